@@ -1,0 +1,60 @@
+/**
+ * Loads the compiled N-API addon (native/build/Release/clonecast_native.node)
+ * and types its functions. Arguments are checked strictly in C; errors carry
+ * errno names as `code` like Node's own fs errors.
+ */
+import { createRequire } from 'node:module';
+import { existsSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+
+/** What deviceInfo() reports about an open file or block device. */
+export interface DeviceInfo {
+  blockDevice: boolean;
+  direct: boolean;
+  size: number;
+  logicalSectorSize: number;
+  physicalSectorSize: number;
+  major: number;
+  minor: number;
+}
+
+/** The addon's functions. */
+export interface NativeAddon {
+  open(path: string, write: boolean, direct: boolean): number;
+  deviceInfo(fd: number): DeviceInfo;
+  alignedBuffer(size: number, alignment: number): Buffer;
+  isAligned(buffer: Buffer, alignment: number): boolean;
+  read(fd: number, buffer: Buffer, offset: number, length: number, position: number): Promise<number>;
+  write(fd: number, buffer: Buffer, offset: number, length: number, position: number): Promise<number>;
+  flush(fd: number): Promise<void>;
+  syncfs(fd: number): Promise<void>;
+  discard(fd: number, position: number, length: number): Promise<void>;
+  zeroRange(fd: number, position: number, length: number): Promise<void>;
+  rereadPartitions(fd: number): Promise<void>;
+}
+
+/** The repository root: the nearest folder above this file that holds native/binding.gyp. */
+export function projectRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  for (;;) {
+    if (existsSync(join(dir, 'native', 'binding.gyp'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error('cannot find the clonecast project root above ' + fileURLToPath(import.meta.url));
+    dir = up;
+  }
+}
+
+let addon: NativeAddon | undefined;
+
+/** The loaded addon; throws NATIVE_UNAVAILABLE with the fix if it was not built. */
+export function native(): NativeAddon {
+  if (addon !== undefined) return addon;
+  const file = join(projectRoot(), 'native', 'build', 'Release', 'clonecast_native.node');
+  if (!existsSync(file)) {
+    throw new ClonecastError(ERR.NATIVE_UNAVAILABLE, `the native raw-I/O module is not built (${file} is missing); run "npm ci" or "node native/build.mjs"`);
+  }
+  addon = createRequire(import.meta.url)(file) as NativeAddon;
+  return addon;
+}

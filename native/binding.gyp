@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "clonecast_native",
+      "sources": ["src/clonecast_native.c"],
+      "cflags_c": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    }
+  ]
+}

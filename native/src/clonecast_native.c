@@ -1,0 +1,428 @@
+// clonecast native addon: only what Node's fs cannot do.
+//
+// Raw block-device I/O with O_DIRECT, device size and sector size ioctls,
+// aligned buffers, flush, zeroing and discard of ranges, re-reading the
+// partition table, syncfs. Every asynchronous call runs on the libuv thread
+// pool, touches only the C fields of its request on the worker thread, and
+// keeps a reference on the JavaScript buffer it reads or writes until it
+// completes.
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#define NAPI_VERSION 8
+#include <node_api.h>
+
+#define ARG_ERROR_CODE "CLONECAST_ERR_NATIVE_ARGUMENT"
+#define MAX_SAFE_INTEGER 9007199254740991.0
+
+// Throws a TypeError with a fixed message and a stable code.
+static napi_value throw_arg(napi_env env, const char *message) {
+  napi_throw_type_error(env, ARG_ERROR_CODE, message);
+  return NULL;
+}
+
+// Builds an Error for an errno value the way Node's fs does:
+// message "CODE: description, syscall", properties errno, code, syscall.
+static napi_value errno_error(napi_env env, int err, const char *syscall) {
+  const char *name = strerrorname_np(err);
+  if (name == NULL) name = "EUNKNOWN";
+  char message[256];
+  snprintf(message, sizeof message, "%s: %s, %s", name, strerror(err), syscall);
+  napi_value msg, code, error, value;
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
+  napi_create_error(env, code, msg, &error);
+  napi_create_int32(env, -err, &value);
+  napi_set_named_property(env, error, "errno", value);
+  napi_set_named_property(env, error, "code", code);
+  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &value);
+  napi_set_named_property(env, error, "syscall", value);
+  return error;
+}
+
+static napi_value throw_errno(napi_env env, int err, const char *syscall) {
+  napi_throw(env, errno_error(env, err, syscall));
+  return NULL;
+}
+
+// Reads a non-negative integer that fits a double exactly.
+static int get_uint(napi_env env, napi_value value, double limit, int64_t *out) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_number) return 0;
+  double d;
+  napi_get_value_double(env, value, &d);
+  if (!(d >= 0) || d > limit || d != (double)(int64_t)d) return 0;
+  *out = (int64_t)d;
+  return 1;
+}
+
+static int get_fd(napi_env env, napi_value value, int *fd) {
+  int64_t v;
+  if (!get_uint(env, value, 2147483647.0, &v)) return 0;
+  *fd = (int)v;
+  return 1;
+}
+
+static int get_bool(napi_env env, napi_value value, int *out) {
+  napi_valuetype type;
+  if (napi_typeof(env, value, &type) != napi_ok || type != napi_boolean) return 0;
+  bool b;
+  napi_get_value_bool(env, value, &b);
+  *out = b ? 1 : 0;
+  return 1;
+}
+
+static int is_block_device(int fd) {
+  struct stat st;
+  return fstat(fd, &st) == 0 && S_ISBLK(st.st_mode);
+}
+
+// ---------------------------------------------------------------------------
+// Asynchronous requests
+
+typedef enum { OP_READ, OP_WRITE, OP_FLUSH, OP_SYNCFS, OP_DISCARD, OP_ZERO, OP_RRPART } op_t;
+
+typedef struct {
+  op_t op;
+  int fd;
+  uint8_t *ptr;
+  uint64_t length;
+  uint64_t position;
+  uint64_t done;    // bytes transferred
+  int err;          // errno, 0 on success
+  const char *syscall;
+  napi_deferred deferred;
+  napi_ref buffer;  // pins the JavaScript buffer until completion
+  napi_async_work work;
+} request_t;
+
+static void run_range_ioctl(request_t *r, unsigned long request, const char *name, int falloc_mode) {
+  if (is_block_device(r->fd)) {
+    uint64_t range[2] = {r->position, r->length};
+    r->syscall = name;
+    if (ioctl(r->fd, request, range) != 0) r->err = errno;
+  } else {
+    r->syscall = "fallocate";
+    if (fallocate(r->fd, falloc_mode, (off_t)r->position, (off_t)r->length) != 0) r->err = errno;
+  }
+}
+
+// Runs on the thread pool: only C fields are touched here.
+static void execute(napi_env env, void *data) {
+  (void)env;
+  request_t *r = data;
+  switch (r->op) {
+    case OP_READ:
+      r->syscall = "pread";
+      while (r->done < r->length) {
+        ssize_t n = pread(r->fd, r->ptr + r->done, r->length - r->done, (off_t)(r->position + r->done));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          r->err = errno;
+          break;
+        }
+        if (n == 0) break;  // end of file: a short count
+        r->done += (uint64_t)n;
+      }
+      break;
+    case OP_WRITE:
+      r->syscall = "pwrite";
+      while (r->done < r->length) {
+        ssize_t n = pwrite(r->fd, r->ptr + r->done, r->length - r->done, (off_t)(r->position + r->done));
+        if (n < 0) {
+          if (errno == EINTR) continue;
+          r->err = errno;
+          break;
+        }
+        if (n == 0) {
+          r->err = ENOSPC;
+          break;
+        }
+        r->done += (uint64_t)n;
+      }
+      break;
+    case OP_FLUSH:
+      r->syscall = "fdatasync";
+      if (fdatasync(r->fd) != 0) r->err = errno;
+      break;
+    case OP_SYNCFS:
+      r->syscall = "syncfs";
+      if (syncfs(r->fd) != 0) r->err = errno;
+      break;
+    case OP_DISCARD:
+      run_range_ioctl(r, BLKDISCARD, "ioctl(BLKDISCARD)", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+      break;
+    case OP_ZERO:
+      // A punched hole in a regular file reads back as zeros.
+      run_range_ioctl(r, BLKZEROOUT, "ioctl(BLKZEROOUT)", FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE);
+      break;
+    case OP_RRPART:
+      r->syscall = "ioctl(BLKRRPART)";
+      if (ioctl(r->fd, BLKRRPART, 0) != 0) r->err = errno;
+      break;
+  }
+}
+
+static void complete(napi_env env, napi_status status, void *data) {
+  request_t *r = data;
+  if (r->buffer != NULL) napi_delete_reference(env, r->buffer);
+  if (status != napi_ok) r->err = ECANCELED;
+  if (r->err != 0) {
+    napi_reject_deferred(env, r->deferred, errno_error(env, r->err, r->syscall));
+  } else {
+    napi_value result;
+    if (r->op == OP_READ || r->op == OP_WRITE) {
+      napi_create_double(env, (double)r->done, &result);
+    } else {
+      napi_get_undefined(env, &result);
+    }
+    napi_resolve_deferred(env, r->deferred, result);
+  }
+  napi_delete_async_work(env, r->work);
+  free(r);
+}
+
+static napi_value queue(napi_env env, request_t *r) {
+  napi_value promise, name;
+  napi_create_promise(env, &r->deferred, &promise);
+  napi_create_string_utf8(env, "clonecast:io", NAPI_AUTO_LENGTH, &name);
+  napi_create_async_work(env, NULL, name, execute, complete, r, &r->work);
+  napi_queue_async_work(env, r->work);
+  return promise;
+}
+
+static request_t *new_request(op_t op, int fd) {
+  request_t *r = calloc(1, sizeof *r);
+  if (r != NULL) {
+    r->op = op;
+    r->fd = fd;
+  }
+  return r;
+}
+
+// read(fd, buffer, offset, length, position) / write(...): Promise<number>
+static napi_value transfer(napi_env env, napi_callback_info info, op_t op) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 5) return throw_arg(env, "expected (fd, buffer, offset, length, position)");
+  int fd;
+  if (!get_fd(env, argv[0], &fd)) return throw_arg(env, "fd must be a non-negative integer");
+  bool is_buffer = false;
+  napi_is_buffer(env, argv[1], &is_buffer);
+  if (!is_buffer) return throw_arg(env, "buffer must be a Buffer");
+  void *base;
+  size_t size;
+  napi_get_buffer_info(env, argv[1], &base, &size);
+  int64_t offset, length, position;
+  if (!get_uint(env, argv[2], MAX_SAFE_INTEGER, &offset)) return throw_arg(env, "offset must be a non-negative integer");
+  if (!get_uint(env, argv[3], MAX_SAFE_INTEGER, &length)) return throw_arg(env, "length must be a non-negative integer");
+  if (!get_uint(env, argv[4], MAX_SAFE_INTEGER, &position)) return throw_arg(env, "position must be a non-negative integer");
+  if ((uint64_t)offset > size || (uint64_t)length > size - (uint64_t)offset) {
+    return throw_arg(env, "offset and length must lie within the buffer");
+  }
+  request_t *r = new_request(op, fd);
+  if (r == NULL) return throw_errno(env, ENOMEM, "malloc");
+  r->ptr = (uint8_t *)base + offset;
+  r->length = (uint64_t)length;
+  r->position = (uint64_t)position;
+  napi_create_reference(env, argv[1], 1, &r->buffer);
+  return queue(env, r);
+}
+
+static napi_value js_read(napi_env env, napi_callback_info info) { return transfer(env, info, OP_READ); }
+static napi_value js_write(napi_env env, napi_callback_info info) { return transfer(env, info, OP_WRITE); }
+
+// flush(fd), syncfs(fd), rereadPartitions(fd): Promise<void>
+static napi_value fd_only(napi_env env, napi_callback_info info, op_t op) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int fd;
+  if (argc != 1 || !get_fd(env, argv[0], &fd)) return throw_arg(env, "fd must be a non-negative integer");
+  request_t *r = new_request(op, fd);
+  if (r == NULL) return throw_errno(env, ENOMEM, "malloc");
+  return queue(env, r);
+}
+
+static napi_value js_flush(napi_env env, napi_callback_info info) { return fd_only(env, info, OP_FLUSH); }
+static napi_value js_syncfs(napi_env env, napi_callback_info info) { return fd_only(env, info, OP_SYNCFS); }
+static napi_value js_rrpart(napi_env env, napi_callback_info info) { return fd_only(env, info, OP_RRPART); }
+
+// discard(fd, position, length), zeroRange(fd, position, length): Promise<void>
+static napi_value range_op(napi_env env, napi_callback_info info, op_t op) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 3) return throw_arg(env, "expected (fd, position, length)");
+  int fd;
+  int64_t position, length;
+  if (!get_fd(env, argv[0], &fd)) return throw_arg(env, "fd must be a non-negative integer");
+  if (!get_uint(env, argv[1], MAX_SAFE_INTEGER, &position)) return throw_arg(env, "position must be a non-negative integer");
+  if (!get_uint(env, argv[2], MAX_SAFE_INTEGER, &length)) return throw_arg(env, "length must be a non-negative integer");
+  request_t *r = new_request(op, fd);
+  if (r == NULL) return throw_errno(env, ENOMEM, "malloc");
+  r->position = (uint64_t)position;
+  r->length = (uint64_t)length;
+  return queue(env, r);
+}
+
+static napi_value js_discard(napi_env env, napi_callback_info info) { return range_op(env, info, OP_DISCARD); }
+static napi_value js_zero(napi_env env, napi_callback_info info) { return range_op(env, info, OP_ZERO); }
+
+// ---------------------------------------------------------------------------
+// Synchronous calls: cheap system calls that never block on the device.
+
+// open(path, write, direct): number. O_DIRECT is asked for only when direct
+// is true; the caller falls back to buffered I/O on EINVAL (tmpfs and some
+// filesystems refuse it).
+static napi_value js_open(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 3) return throw_arg(env, "expected (path, write, direct)");
+  napi_valuetype type;
+  napi_typeof(env, argv[0], &type);
+  if (type != napi_string) return throw_arg(env, "path must be a string");
+  char path[4096];
+  size_t len;
+  napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len);
+  if (len == 0 || len >= sizeof path - 1) return throw_arg(env, "path must be a string of 1 to 4094 bytes");
+  int write, direct;
+  if (!get_bool(env, argv[1], &write)) return throw_arg(env, "write must be a boolean");
+  if (!get_bool(env, argv[2], &direct)) return throw_arg(env, "direct must be a boolean");
+  int flags = (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | (direct ? O_DIRECT : 0);
+  int fd = open(path, flags);
+  if (fd < 0) return throw_errno(env, errno, "open");
+  napi_value result;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
+static void set_number(napi_env env, napi_value obj, const char *key, double v) {
+  napi_value value;
+  napi_create_double(env, v, &value);
+  napi_set_named_property(env, obj, key, value);
+}
+
+// deviceInfo(fd): { blockDevice, size, logicalSectorSize, physicalSectorSize,
+// major, minor, direct }. For a regular file the size is its length, and the
+// sector sizes are 512 and the filesystem's block size.
+static napi_value js_device_info(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int fd;
+  if (argc != 1 || !get_fd(env, argv[0], &fd)) return throw_arg(env, "fd must be a non-negative integer");
+  struct stat st;
+  if (fstat(fd, &st) != 0) return throw_errno(env, errno, "fstat");
+  uint64_t size = (uint64_t)st.st_size;
+  int logical = 512, physical = (int)st.st_blksize;
+  int block = S_ISBLK(st.st_mode);
+  if (block) {
+    if (ioctl(fd, BLKGETSIZE64, &size) != 0) return throw_errno(env, errno, "ioctl(BLKGETSIZE64)");
+    if (ioctl(fd, BLKSSZGET, &logical) != 0) return throw_errno(env, errno, "ioctl(BLKSSZGET)");
+    unsigned int pb = 0;
+    if (ioctl(fd, BLKPBSZGET, &pb) != 0) return throw_errno(env, errno, "ioctl(BLKPBSZGET)");
+    physical = (int)pb;
+  } else if (!S_ISREG(st.st_mode)) {
+    return throw_errno(env, ENOTBLK, "fstat");
+  }
+  int fl = fcntl(fd, F_GETFL);
+  napi_value obj, b;
+  napi_create_object(env, &obj);
+  napi_get_boolean(env, block, &b);
+  napi_set_named_property(env, obj, "blockDevice", b);
+  napi_get_boolean(env, fl >= 0 && (fl & O_DIRECT) != 0, &b);
+  napi_set_named_property(env, obj, "direct", b);
+  set_number(env, obj, "size", (double)size);
+  set_number(env, obj, "logicalSectorSize", logical);
+  set_number(env, obj, "physicalSectorSize", physical);
+  set_number(env, obj, "major", block ? major(st.st_rdev) : major(st.st_dev));
+  set_number(env, obj, "minor", block ? minor(st.st_rdev) : minor(st.st_dev));
+  return obj;
+}
+
+static void free_aligned(napi_env env, void *data, void *hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+// alignedBuffer(size, alignment): Buffer of zeros whose address is a
+// multiple of alignment, as O_DIRECT requires.
+static napi_value js_aligned_buffer(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int64_t size, alignment;
+  if (argc != 2 || !get_uint(env, argv[0], 1u << 30, &size) || size == 0) {
+    return throw_arg(env, "size must be an integer from 1 to 1 GiB");
+  }
+  if (!get_uint(env, argv[1], 1 << 20, &alignment) || alignment < 512 || (alignment & (alignment - 1)) != 0) {
+    return throw_arg(env, "alignment must be a power of two from 512 to 1 MiB");
+  }
+  void *p = NULL;
+  int err = posix_memalign(&p, (size_t)alignment, (size_t)size);
+  if (err != 0) return throw_errno(env, err, "posix_memalign");
+  memset(p, 0, (size_t)size);
+  napi_value result;
+  if (napi_create_external_buffer(env, (size_t)size, p, free_aligned, NULL, &result) != napi_ok) {
+    free(p);
+    return throw_errno(env, ENOMEM, "napi_create_external_buffer");
+  }
+  return result;
+}
+
+// isAligned(buffer, alignment): whether the buffer's address is a multiple of alignment.
+static napi_value js_is_aligned(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  bool is_buffer = false;
+  if (argc == 2) napi_is_buffer(env, argv[0], &is_buffer);
+  if (!is_buffer) return throw_arg(env, "buffer must be a Buffer");
+  int64_t alignment;
+  if (!get_uint(env, argv[1], 1 << 20, &alignment) || alignment == 0 || (alignment & (alignment - 1)) != 0) {
+    return throw_arg(env, "alignment must be a power of two from 1 to 1 MiB");
+  }
+  void *base;
+  size_t size;
+  napi_get_buffer_info(env, argv[0], &base, &size);
+  napi_value result;
+  napi_get_boolean(env, ((uintptr_t)base & (uintptr_t)(alignment - 1)) == 0, &result);
+  return result;
+}
+
+#define EXPORT(name, fn)                                              \
+  do {                                                                \
+    napi_value f;                                                     \
+    napi_create_function(env, name, NAPI_AUTO_LENGTH, fn, NULL, &f);  \
+    napi_set_named_property(env, exports, name, f);                   \
+  } while (0)
+
+NAPI_MODULE_INIT() {
+  EXPORT("open", js_open);
+  EXPORT("deviceInfo", js_device_info);
+  EXPORT("alignedBuffer", js_aligned_buffer);
+  EXPORT("isAligned", js_is_aligned);
+  EXPORT("read", js_read);
+  EXPORT("write", js_write);
+  EXPORT("flush", js_flush);
+  EXPORT("syncfs", js_syncfs);
+  EXPORT("discard", js_discard);
+  EXPORT("zeroRange", js_zero);
+  EXPORT("rereadPartitions", js_rrpart);
+  return exports;
+}

@@ -1,0 +1,151 @@
+/**
+ * Chunks: the unit of storage, transfer and verification (docs/image-format.md).
+ *
+ * A disk is cut into fixed-size chunks. A chunk is compressed on its own with
+ * lz4 (block format, see below) and kept raw when compression saves less than
+ * CHUNK.MIN_SAVING of it. All-zero chunks are never stored.
+ *
+ * The stored form of a chunk (a file in the store, and later the payload
+ * carried by the multicast data packets) is a 24-byte header then the
+ * payload. Big-endian:
+ *
+ *   offset size field
+ *        0    4 magic "CCHK"
+ *        4    1 format version (1)
+ *        5    1 compression: 0 raw, 1 lz4
+ *        6    2 reserved, 0
+ *        8    4 uncompressed length
+ *       12    4 payload length
+ *       16    8 xxh64 (seed 0) of the uncompressed bytes
+ *   // sizeof = 24
+ *
+ * The lz4 payload is what lz4_flex's compress_prepend_size produces (the
+ * lz4-napi block API): the uncompressed length as u32 little-endian, then one
+ * LZ4 block (lz4 Block Format spec). This little-endian field belongs to the
+ * library's framing and is checked against the header's length.
+ */
+import { compressSync, uncompressSync } from 'lz4-napi';
+import { ClonecastError, ERR } from './errors.js';
+import { xxh64 } from './hash.js';
+
+/** Constants of the chunk format. */
+export const CHUNK = Object.freeze({
+  MAGIC: 0x4343484b, // "CCHK"
+  VERSION: 1,
+  HEADER_SIZE: 24,
+  /** Default chunk size: 1 MiB (justified in docs/image-format.md). */
+  DEFAULT_SIZE: 1 << 20,
+  MIN_SIZE: 64 << 10,
+  MAX_SIZE: 16 << 20,
+  /** Compression must save at least 1/16 of a chunk, or it is stored raw. */
+  MIN_SAVING: 1 / 16,
+});
+
+/** How a chunk's payload is encoded. */
+export const Compression = Object.freeze({ RAW: 0, LZ4: 1 } as const);
+export type Compression = (typeof Compression)[keyof typeof Compression];
+
+/** A decoded stored-chunk header. */
+export interface ChunkHeader {
+  compression: Compression;
+  rawLength: number;
+  payloadLength: number;
+  xxh64: bigint;
+}
+
+const ZERO_PAGE = Buffer.alloc(64 << 10);
+
+/** True if every byte of data is zero (compares against a zero page with memcmp). */
+export function isZero(data: Uint8Array): boolean {
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  for (let off = 0; off < buf.length; off += ZERO_PAGE.length) {
+    const end = Math.min(off + ZERO_PAGE.length, buf.length);
+    if (ZERO_PAGE.compare(buf, off, end, 0, end - off) !== 0) {
+      // compare() orders ZERO_PAGE against the slice: any difference means non-zero.
+      return false;
+    }
+  }
+  return true;
+}
+
+/** Compresses raw chunk bytes; returns the payload and how it is encoded. */
+export function compressChunk(raw: Buffer): { compression: Compression; payload: Buffer } {
+  const lz = compressSync(raw);
+  if (lz.length <= raw.length * (1 - CHUNK.MIN_SAVING)) return { compression: Compression.LZ4, payload: lz };
+  return { compression: Compression.RAW, payload: raw };
+}
+
+/** Encodes the stored form: header followed by payload. */
+export function encodeChunk(raw: Buffer, hash: bigint = xxh64(raw)): { compression: Compression; data: Buffer } {
+  const { compression, payload } = compressChunk(raw);
+  const data = Buffer.allocUnsafe(CHUNK.HEADER_SIZE + payload.length);
+  writeChunkHeader(data, { compression, rawLength: raw.length, payloadLength: payload.length, xxh64: hash });
+  payload.copy(data, CHUNK.HEADER_SIZE);
+  return { compression, data };
+}
+
+/** Writes a chunk header into the first CHUNK.HEADER_SIZE bytes of out. */
+export function writeChunkHeader(out: Buffer, h: ChunkHeader): void {
+  out.writeUInt32BE(CHUNK.MAGIC, 0);
+  out.writeUInt8(CHUNK.VERSION, 4);
+  out.writeUInt8(h.compression, 5);
+  out.writeUInt16BE(0, 6);
+  out.writeUInt32BE(h.rawLength, 8);
+  out.writeUInt32BE(h.payloadLength, 12);
+  out.writeBigUInt64BE(h.xxh64, 16);
+}
+
+/** Decodes and checks a chunk header; throws CHUNK_CORRUPT with what is wrong. */
+export function decodeChunkHeader(data: Uint8Array, where = 'chunk'): ChunkHeader {
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const bad = (why: string) => new ClonecastError(ERR.CHUNK_CORRUPT, `${where} is corrupt: ${why}; run "clonecast image verify" to list damaged images`);
+  if (buf.length < CHUNK.HEADER_SIZE) throw bad(`only ${buf.length} bytes, shorter than the ${CHUNK.HEADER_SIZE}-byte header`);
+  if (buf.readUInt32BE(0) !== CHUNK.MAGIC) throw bad('bad magic');
+  const version = buf.readUInt8(4);
+  if (version !== CHUNK.VERSION) throw bad(`unknown chunk format version ${version}`);
+  const compression = buf.readUInt8(5);
+  if (compression !== Compression.RAW && compression !== Compression.LZ4) throw bad(`unknown compression ${compression}`);
+  const rawLength = buf.readUInt32BE(8);
+  const payloadLength = buf.readUInt32BE(12);
+  if (rawLength === 0 || rawLength > CHUNK.MAX_SIZE) throw bad(`uncompressed length ${rawLength} out of range`);
+  if (compression === Compression.RAW && payloadLength !== rawLength) throw bad('raw payload length differs from chunk length');
+  return { compression, rawLength, payloadLength, xxh64: buf.readBigUInt64BE(16) };
+}
+
+/**
+ * Decodes a stored chunk back to its raw bytes and checks its xxh64.
+ * Throws CHUNK_CORRUPT on any mismatch; never returns unchecked data.
+ */
+export function decodeChunk(data: Uint8Array, where = 'chunk'): { header: ChunkHeader; raw: Buffer } {
+  const header = decodeChunkHeader(data, where);
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  const bad = (why: string) => new ClonecastError(ERR.CHUNK_CORRUPT, `${where} is corrupt: ${why}; run "clonecast image verify" to list damaged images`);
+  if (buf.length !== CHUNK.HEADER_SIZE + header.payloadLength) {
+    throw bad(`${buf.length - CHUNK.HEADER_SIZE} payload bytes, header says ${header.payloadLength}`);
+  }
+  const payload = buf.subarray(CHUNK.HEADER_SIZE);
+  let raw: Buffer;
+  if (header.compression === Compression.RAW) {
+    raw = payload;
+  } else {
+    if (payload.length < 4 || payload.readUInt32LE(0) !== header.rawLength) throw bad('lz4 length prefix differs from header');
+    try {
+      raw = uncompressSync(payload);
+    } catch (err) {
+      throw bad(`lz4 block does not decode (${(err as Error).message})`);
+    }
+    if (raw.length !== header.rawLength) throw bad(`decompressed to ${raw.length} bytes, expected ${header.rawLength}`);
+  }
+  if (xxh64(raw) !== header.xxh64) throw bad('xxh64 mismatch');
+  return { header, raw };
+}
+
+/** Number of chunks for a disk of diskSize bytes. */
+export function chunkCount(diskSize: number, chunkSize: number): number {
+  return Math.ceil(diskSize / chunkSize);
+}
+
+/** Length of chunk index i (the last one may be short). */
+export function chunkLength(index: number, diskSize: number, chunkSize: number): number {
+  return Math.min(chunkSize, diskSize - index * chunkSize);
+}

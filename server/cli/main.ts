@@ -1,0 +1,206 @@
+/**
+ * The clonecast command line. The only place that calls process.exit; exit
+ * codes are listed in EXIT and in the README.
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { projectRoot } from '../../native/addon.js';
+import { dataDir, parseRef, Store } from '../store/store.js';
+import { importImage } from '../store/import.js';
+import { exportImage } from '../store/export.js';
+import { collectGarbage, describe, listImages, removeImage, verifyStore } from '../store/maintenance.js';
+import { DEFAULT_LISTEN, startHttp } from '../http.js';
+import { printInfo, printList, printVerify, printImport, printExport, printGc } from './output.js';
+
+/** Exit codes (also in the README). */
+export const EXIT = Object.freeze({
+  OK: 0,
+  FAILURE: 1,
+  USAGE: 2,
+  NOT_FOUND: 3,
+  DAMAGED: 4,
+  BUSY: 5,
+  REFUSED: 6,
+  TOO_SMALL: 7,
+  IO: 8,
+  NEWER_FORMAT: 9,
+  INTERRUPTED: 130,
+});
+
+const CODE_TO_EXIT: Record<string, number> = {
+  [ERR.USAGE]: EXIT.USAGE,
+  [ERR.BAD_NAME]: EXIT.USAGE,
+  [ERR.NOT_FOUND]: EXIT.NOT_FOUND,
+  [ERR.DAMAGED]: EXIT.DAMAGED,
+  [ERR.CHUNK_CORRUPT]: EXIT.DAMAGED,
+  [ERR.CHUNK_MISSING]: EXIT.DAMAGED,
+  [ERR.MANIFEST_CORRUPT]: EXIT.DAMAGED,
+  [ERR.BUSY]: EXIT.BUSY,
+  [ERR.DISK_IN_USE]: EXIT.REFUSED,
+  [ERR.BOOT_DISK]: EXIT.REFUSED,
+  [ERR.TARGET_TOO_SMALL]: EXIT.TOO_SMALL,
+  [ERR.READ_ERROR]: EXIT.IO,
+  [ERR.WRITE_ERROR]: EXIT.IO,
+  [ERR.MANIFEST_VERSION]: EXIT.NEWER_FORMAT,
+};
+
+const USAGE = `clonecast - multicast disk imaging
+
+usage:
+  clonecast image import SRC NAME [--ignore-read-errors] [--chunk-size BYTES]
+  clonecast image list
+  clonecast image info NAME[@V]
+  clonecast image verify [NAME[@V]]
+  clonecast image export NAME[@V] DEST [--force]
+  clonecast image rm NAME[@V]
+  clonecast image gc
+  clonecast serve [--listen HOST:PORT]
+  clonecast version
+
+options for every command:
+  --data DIR   image store (default: $CLONECAST_DATA, else ~/.local/share/clonecast)
+  --json       machine-readable output on stdout
+  --workers N  worker threads for chunk work (default: cores + 1)
+  -h, --help   this text
+`;
+
+const OPTIONS = {
+  data: { type: 'string' },
+  json: { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+  workers: { type: 'string' },
+  'ignore-read-errors': { type: 'boolean' },
+  'chunk-size': { type: 'string' },
+  force: { type: 'boolean' },
+  listen: { type: 'string' },
+} satisfies ParseArgsConfig['options'];
+
+type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
+
+function usage(message: string): ClonecastError {
+  return new ClonecastError(ERR.USAGE, `${message}\nRun "clonecast --help" for usage.`);
+}
+
+function positiveInt(v: string | undefined, flag: string): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n <= 0) throw usage(`${flag} takes a positive whole number, got "${v}"`);
+  return n;
+}
+
+function version(): string {
+  return (JSON.parse(readFileSync(join(projectRoot(), 'package.json'), 'utf8')) as { version: string }).version;
+}
+
+/** Writes a JSON document on stdout; bigints become decimal strings. */
+function emitJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value, (_, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n');
+}
+
+async function run(argv: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true }) as { values: Values; positionals: string[] };
+  const [command, sub, ...rest] = positionals;
+  if (values.help || command === undefined || command === 'help') {
+    process.stdout.write(USAGE);
+    return command === undefined && !values.help ? EXIT.USAGE : EXIT.OK;
+  }
+  const json = values.json === true;
+  const progress = { stream: json ? null : process.stderr };
+  const workers = positiveInt(values.workers, '--workers');
+  const out = (human: () => void, data: unknown) => (json ? emitJson(data) : human());
+
+  if (command === 'version') {
+    out(() => console.log(`clonecast ${version()}`), { version: version() });
+    return EXIT.OK;
+  }
+  if (command === 'serve') {
+    const store = Store.open(dataDir(values.data));
+    const listen = values.listen ?? DEFAULT_LISTEN;
+    const { url } = await startHttp(store, listen).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') throw new ClonecastError(ERR.BUSY, `${listen} is already in use; stop what listens there or pass --listen 127.0.0.1:PORT`);
+      throw err;
+    });
+    out(() => console.log(`clonecast server\n  dashboard: ${url}\n  image store: ${store.root}\n  stop with Ctrl-C`), { url, data: store.root });
+    await new Promise(() => {});
+  }
+  if (command !== 'image') throw usage(`unknown command "${command}"`);
+  const store = Store.open(dataDir(values.data));
+  const args = (n: number, names: string) => {
+    if (rest.length !== n) throw usage(`"clonecast image ${sub}" takes ${names}`);
+    return rest;
+  };
+  switch (sub) {
+    case 'import': {
+      const [src, name] = args(2, 'SRC NAME');
+      const summary = await importImage(store, src, name, {
+        ignoreReadErrors: values['ignore-read-errors'],
+        chunkSize: positiveInt(values['chunk-size'], '--chunk-size'),
+        workers,
+        progress,
+      });
+      out(() => printImport(summary), summary);
+      return EXIT.OK;
+    }
+    case 'list': {
+      args(0, 'no arguments');
+      const list = await listImages(store);
+      out(() => printList(list, store.root), list);
+      return EXIT.OK;
+    }
+    case 'info': {
+      const [ref] = args(1, 'NAME[@V]');
+      const { name, version: v } = store.resolve(parseRef(ref));
+      const info = describe(await store.readManifest(name, v));
+      out(() => printInfo(info), info);
+      return EXIT.OK;
+    }
+    case 'verify': {
+      if (rest.length > 1) throw usage('"clonecast image verify" takes at most NAME[@V]');
+      const report = await verifyStore(store, rest[0] === undefined ? undefined : parseRef(rest[0]), { workers, progress });
+      out(() => printVerify(report), report);
+      return report.ok ? EXIT.OK : EXIT.DAMAGED;
+    }
+    case 'export': {
+      const [ref, dest] = args(2, 'NAME[@V] DEST');
+      const summary = await exportImage(store, parseRef(ref), dest, { force: values.force, workers, progress });
+      out(() => printExport(summary), summary);
+      return EXIT.OK;
+    }
+    case 'rm': {
+      const [ref] = args(1, 'NAME[@V]');
+      const result = removeImage(store, parseRef(ref));
+      out(() => console.log(`removed ${result.removed.map((v) => `${result.name}@${v}`).join(', ')}; run "clonecast image gc" to free chunks no version uses`), result);
+      return EXIT.OK;
+    }
+    case 'gc': {
+      args(0, 'no arguments');
+      const report = await collectGarbage(store);
+      out(() => printGc(report), report);
+      return EXIT.OK;
+    }
+    default:
+      throw usage(sub === undefined ? '"clonecast image" needs a subcommand' : `unknown image subcommand "${sub}"`);
+  }
+}
+
+/** Runs the CLI with argv and exits with the right code. */
+export async function main(argv: string[]): Promise<void> {
+  const json = argv.includes('--json');
+  process.once('SIGINT', () => {
+    process.stderr.write('\ninterrupted: nothing was published; the store is unchanged apart from reusable chunks (run "clonecast image gc" to drop them)\n');
+    process.exit(EXIT.INTERRUPTED);
+  });
+  let code: number;
+  try {
+    code = await run(argv);
+  } catch (err) {
+    const e = err as ClonecastError & NodeJS.ErrnoException;
+    const known = err instanceof ClonecastError;
+    code = known ? (CODE_TO_EXIT[e.code] ?? EXIT.FAILURE) : e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' || e.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' ? EXIT.USAGE : EXIT.FAILURE;
+    if (json) emitJson({ error: { code: e.code ?? 'CLONECAST_ERR_INTERNAL', message: e.message, ...(known ? e.details : {}) } });
+    else process.stderr.write(`clonecast: ${e.message}\n${!known && code === EXIT.FAILURE && process.env.CLONECAST_DEBUG ? `${e.stack}\n` : ''}`);
+  }
+  process.exit(code);
+}

@@ -1,0 +1,80 @@
+/**
+ * Human-readable output of the image commands (--json prints the same
+ * objects as JSON instead).
+ */
+import { typeName } from '../../protocol/partitions.js';
+import type { ExportSummary } from '../store/export.js';
+import type { ImportSummary } from '../store/import.js';
+import type { GcReport, ImageInfo, ListEntry, VerifyReport } from '../store/maintenance.js';
+import { formatBytes, formatDuration } from '../progress.js';
+
+const log = (s = '') => process.stdout.write(s + '\n');
+const ratio = (r: number) => `${r.toFixed(2)}x`;
+
+/** Prints what an import did. */
+export function printImport(s: ImportSummary): void {
+  log(`imported ${s.name}@${s.version}${s.parent !== null ? ` (parent ${s.name}@${s.parent})` : ''}`);
+  log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero`);
+  log(`  stored      ${formatBytes(s.storedBytes)} for this version; new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
+  log(`  partitions  ${s.partitionTable.scheme}, ${s.partitionTable.partitions.length} partition(s)`);
+  log(`  bad ranges  ${s.badRanges.length === 0 ? 'none' : s.badRanges.map((r) => `${r.offset}+${r.length}`).join(', ')}`);
+  log(`  time        ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);
+}
+
+/** Prints what an export did. */
+export function printExport(s: ExportSummary): void {
+  log(`exported ${s.name}@${s.version} to ${s.target} (${s.kind})`);
+  log(`  ${formatBytes(s.diskSize)}: ${s.dataChunks} data chunks written, ${s.zeroChunks} zero chunks ${s.kind === 'file' ? 'left as holes' : 'zeroed'}, ${s.absentChunks} absent left untouched`);
+  log(`  time ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);
+}
+
+/** Prints the image list. */
+export function printList(list: ListEntry[], root: string): void {
+  if (list.length === 0) {
+    log(`no images in ${root}; add one with: clonecast image import SRC NAME`);
+    return;
+  }
+  log(`${'IMAGE'.padEnd(24)} ${'VERSIONS'.padEnd(10)} ${'SIZE'.padStart(10)} ${'STORED'.padStart(10)}  LATEST`);
+  for (const e of list) {
+    const l = e.latest;
+    const tail = 'error' in l ? `unreadable: ${l.error}` : `${formatBytes(l.diskSize).padStart(10)} ${formatBytes(l.storedBytes).padStart(10)}  @${l.version} ${l.createdAt}`;
+    log(`${e.name.padEnd(24)} ${String(e.versions.length).padEnd(10)} ${tail}`);
+  }
+}
+
+/** Prints one version's details. */
+export function printInfo(i: ImageInfo): void {
+  const m = i.meta;
+  log(`${m.name}@${m.version}${m.parent !== null ? `  (parent ${m.name}@${m.parent})` : ''}`);
+  log(`  created      ${m.createdAt}`);
+  log(`  source       ${m.source.path} (${m.source.kind})`);
+  log(`  virtual size ${formatBytes(m.diskSize)} (${m.diskSize} bytes), sector ${m.sectorSize} B, chunk ${formatBytes(m.chunkSize)}`);
+  log(`  chunks       ${i.chunks}: ${i.dataChunks} data, ${i.zeroChunks} zero, ${i.absentChunks} absent`);
+  log(`  stored size  ${formatBytes(i.storedBytes)} in ${i.uniqueChunks} distinct chunks; new in this version ${formatBytes(m.newBytes)}`);
+  log(`  ratios       compression ${ratio(i.compressionRatio)}, dedupe ${ratio(i.dedupeRatio)}, overall ${ratio(i.totalRatio)}`);
+  const t = m.partitionTable;
+  log(`  partitions   ${t.scheme}${t.diskId ? `, disk id ${t.diskId}` : ''}`);
+  for (const p of t.partitions) {
+    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}`);
+  }
+  for (const w of t.warnings) log(`    warning: ${w}`);
+  log(`  bad ranges   ${m.badRanges.length === 0 ? 'none' : ''}`);
+  for (const r of m.badRanges) log(`    bytes ${r.offset}-${r.offset + r.length - 1} (${r.length} bytes) were unreadable and are stored as zeros`);
+}
+
+/** Prints a verify report. */
+export function printVerify(r: VerifyReport): void {
+  log(`checked ${r.chunksChecked} distinct chunks of ${r.versionsChecked.length} version(s)`);
+  for (const m of r.damagedManifests) log(`  DAMAGED manifest ${m.name}@${m.version}: ${m.problem}`);
+  for (const d of r.damagedChunks) {
+    const uses = d.usedBy.map((u) => `${u.name}@${u.version} chunk ${u.chunk} (offset ${u.offset})`).join(', ');
+    log(`  DAMAGED chunk ${d.sha}: ${d.problem}; used by ${uses}`);
+  }
+  if (r.ok) log('all sound');
+  else log(`damaged versions: ${r.damagedVersions.join(', ')}. Re-import them, or remove them with "clonecast image rm NAME@V"`);
+}
+
+/** Prints what gc did. */
+export function printGc(r: GcReport): void {
+  log(`gc: ${r.referencedChunks} chunks in use; removed ${r.removedChunks} unused chunks (${formatBytes(r.removedBytes)}) and ${r.removedTempFiles} temporary files`);
+}

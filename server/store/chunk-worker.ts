@@ -1,0 +1,241 @@
+/**
+ * Worker thread for the chunk pipelines. One script, three modes chosen by
+ * workerData.mode:
+ * - import: read a chunk from the source disk (reading around bad sectors if
+ *   asked), detect zeros, hash, compress and store it unless already stored;
+ * - export: read a stored chunk, decode and check it, write it to the target;
+ * - verify: read a stored chunk, decode it and check its SHA-256 name.
+ */
+import { parentPort, workerData } from 'node:worker_threads';
+import { closeSync, linkSync, openSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero } from '../../protocol/chunk.js';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
+import { ChunkKind, type BadRange } from '../../protocol/manifest.js';
+import { Disk } from '../../native/disk.js';
+import { Store } from './store.js';
+import type { Reply } from './pool.js';
+
+/** Settings shared by every worker of a pool. */
+export interface WorkerSetup {
+  mode: 'import' | 'export' | 'verify';
+  storeRoot: string;
+  chunkSize: number;
+  /** import: source path; export: target path. */
+  device?: string;
+  ignoreReadErrors?: boolean;
+}
+
+/** An import task: one chunk of the source. */
+export interface ImportTask {
+  index: number;
+  position: number;
+  length: number;
+}
+
+/** What an import task found. */
+export interface ImportResult {
+  index: number;
+  kind: ChunkKind;
+  compression: Compression;
+  storedLength: number;
+  xxh64: bigint;
+  sha256: Uint8Array;
+  /** Bytes added to the store (0 if the chunk was already there). */
+  newBytes: number;
+  badRanges: BadRange[];
+}
+
+/** An export task: write one stored chunk to the target. */
+export interface ExportTask {
+  index: number;
+  position: number;
+  length: number;
+  sha: string;
+  xxh64: bigint;
+}
+
+/** A verify task: check one stored chunk. */
+export interface VerifyTask {
+  sha: string;
+  rawLength: number;
+}
+
+/** What a verify task found: null if sound, else what is wrong. */
+export type VerifyResult = { sha: string; problem: string | null; code?: string };
+
+const setup = workerData as WorkerSetup;
+const store = Store.open(setup.storeRoot);
+const ready = initHashes();
+let disk: Disk | undefined;
+let buffer: Buffer | undefined;
+
+function device(): { disk: Disk; buffer: Buffer } {
+  if (disk === undefined) {
+    disk = Disk.open(setup.device!, { write: setup.mode === 'export', force: true });
+    buffer = disk.allocate(setup.chunkSize);
+  }
+  return { disk, buffer: buffer! };
+}
+
+function isIoError(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException).code;
+  return code === 'EIO' || code === 'ENXIO' || code === 'ENODATA' || code === 'EBADMSG' || code === 'EREMOTEIO';
+}
+
+// Reads [position, position+length) into buf. On a read error, reads around
+// it in smaller pieces down to one sector: bad sectors become zeros and are
+// returned as bad ranges, or, without ignoreReadErrors, the first bad
+// sector's offset is thrown.
+async function readSource(d: Disk, buf: Buffer, position: number, length: number): Promise<BadRange[]> {
+  try {
+    const n = await d.read(buf, position, length);
+    if (n !== length) throw new ClonecastError(ERR.READ_ERROR, `${d.path} ended at byte ${position + n}, before its reported size; did it shrink during the import?`);
+    return [];
+  } catch (err) {
+    if (!isIoError(err)) throw err;
+  }
+  const bad: BadRange[] = [];
+  const sector = d.logicalSectorSize;
+  const piece = 64 << 10;
+  for (let off = 0; off < length; off += piece) {
+    const plen = Math.min(piece, length - off);
+    const view = buf.subarray(off);
+    try {
+      await d.read(view, position + off, plen);
+      continue;
+    } catch (err) {
+      if (!isIoError(err)) throw err;
+    }
+    for (let s = 0; s < plen; s += sector) {
+      const slen = Math.min(sector, plen - s);
+      try {
+        await d.read(buf.subarray(off + s), position + off + s, slen);
+      } catch (err) {
+        if (!isIoError(err)) throw err;
+        const at = position + off + s;
+        if (!setup.ignoreReadErrors) {
+          throw new ClonecastError(
+            ERR.READ_ERROR,
+            `read error (${(err as NodeJS.ErrnoException).code}) at byte ${at} of ${d.path}; the disk may be failing. Re-run with --ignore-read-errors to store unreadable sectors as zeros and record them as bad ranges`,
+            { offset: at },
+          );
+        }
+        buf.fill(0, off + s, off + s + slen);
+        const last = bad[bad.length - 1];
+        if (last !== undefined && last.offset + last.length === at) last.length += slen;
+        else bad.push({ offset: at, length: slen });
+      }
+    }
+  }
+  return bad;
+}
+
+function readHeader(path: string): Buffer | null {
+  try {
+    const fd = openSync(path, 'r');
+    try {
+      const head = Buffer.alloc(CHUNK.HEADER_SIZE);
+      return readSync(fd, head, 0, head.length, 0) === head.length ? head : null;
+    } finally {
+      closeSync(fd);
+    }
+  } catch {
+    return null;
+  }
+}
+
+async function importChunk(t: ImportTask): Promise<ImportResult> {
+  const { disk: d, buffer: buf } = device();
+  const badRanges = await readSource(d, buf, t.position, t.length);
+  const raw = buf.subarray(0, t.length);
+  const none = { index: t.index, compression: Compression.RAW, storedLength: 0, xxh64: 0n, sha256: new Uint8Array(32), newBytes: 0, badRanges };
+  if (isZero(raw)) return { ...none, kind: ChunkKind.ZERO };
+  const hash = xxh64(raw);
+  const sha = sha256(raw);
+  const path = store.chunkPath(sha);
+  // Already stored (by an earlier version, another image, or an import that
+  // was killed)? Reuse it if its header and size are whole.
+  const size = store.chunkFileSize(sha);
+  let damaged = false;
+  if (size > 0) {
+    const head = readHeader(path);
+    try {
+      const h = head === null ? null : decodeChunkHeader(head);
+      if (h !== null && h.rawLength === t.length && h.xxh64 === hash && size === CHUNK.HEADER_SIZE + h.payloadLength) {
+        return { ...none, kind: ChunkKind.DATA, compression: h.compression, storedLength: h.payloadLength, xxh64: hash, sha256: sha };
+      }
+    } catch {
+      // a torn or damaged file: replaced below
+    }
+    damaged = true;
+  }
+  const { compression, data } = encodeChunk(raw, hash);
+  const tmp = store.tmpPath('chunk');
+  writeFileSync(tmp, data);
+  let newBytes = data.length;
+  if (damaged || size === 0) {
+    renameSync(tmp, path);
+  } else {
+    // link() fails if another worker stored the same chunk meanwhile, so
+    // every chunk is counted as new exactly once.
+    try {
+      linkSync(tmp, path);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      newBytes = 0;
+    }
+    unlinkSync(tmp);
+  }
+  return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
+}
+
+function loadChunk(sha: string): Buffer {
+  try {
+    return readFileSync(store.chunkPath(sha));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${sha} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha });
+    }
+    throw err;
+  }
+}
+
+async function exportChunk(t: ExportTask): Promise<number> {
+  const { disk: d, buffer: buf } = device();
+  const { raw } = decodeChunk(loadChunk(t.sha), `chunk ${t.sha}`);
+  if (raw.length !== t.length || xxh64(raw) !== t.xxh64) {
+    throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${t.sha} does not match the manifest's length or xxh64 for chunk ${t.index}`, { sha: t.sha, index: t.index });
+  }
+  raw.copy(buf);
+  await d.write(buf, t.position, t.length);
+  return t.index;
+}
+
+function verifyChunk(t: VerifyTask): VerifyResult {
+  try {
+    const { raw } = decodeChunk(loadChunk(t.sha), `chunk ${t.sha}`);
+    if (raw.length !== t.rawLength) return { sha: t.sha, problem: `holds ${raw.length} bytes, the manifest expects ${t.rawLength}`, code: ERR.CHUNK_CORRUPT };
+    if (sha256(raw).toString('hex') !== t.sha) return { sha: t.sha, problem: 'SHA-256 of its contents does not match its name', code: ERR.CHUNK_CORRUPT };
+    return { sha: t.sha, problem: null };
+  } catch (err) {
+    const e = err as ClonecastError;
+    return { sha: t.sha, problem: e.message, code: e.code ?? ERR.CHUNK_CORRUPT };
+  }
+}
+
+parentPort!.on('message', async (task: ImportTask | ExportTask | VerifyTask) => {
+  let reply: Reply<unknown>;
+  try {
+    await ready;
+    let result: unknown;
+    if (setup.mode === 'import') result = await importChunk(task as ImportTask);
+    else if (setup.mode === 'export') result = await exportChunk(task as ExportTask);
+    else result = verifyChunk(task as VerifyTask);
+    reply = { ok: true, result };
+  } catch (err) {
+    const e = err as ClonecastError;
+    reply = { ok: false, error: { code: e.code, message: e.message ?? String(err), details: e.details } };
+  }
+  parentPort!.postMessage(reply);
+});

@@ -1,0 +1,166 @@
+/**
+ * Import: turn a raw image file or a block device into a new version of an
+ * image. The main thread reads the partition table and schedules chunks; a
+ * pool of workers reads, hashes, compresses and stores them. The version is
+ * published only after every chunk it references is durable.
+ */
+import { chunkCount, chunkLength, CHUNK } from '../../protocol/chunk.js';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { newChunkTable, setChunk, ChunkKind, type BadRange, type ManifestMeta } from '../../protocol/manifest.js';
+import { readPartitionTable, type PartitionTable } from '../../protocol/partitions.js';
+import { Disk } from '../../native/disk.js';
+import { Progress, type ProgressOptions } from '../progress.js';
+import { compiledSibling, DEFAULT_WORKERS, WorkerPool } from './pool.js';
+import { checkName, type Store } from './store.js';
+import type { ImportResult, ImportTask, WorkerSetup } from './chunk-worker.js';
+
+/** Options of importImage(). */
+export interface ImportOptions {
+  /** Chunk size in bytes, a power of two from 64 KiB to 16 MiB (default CHUNK.DEFAULT_SIZE). */
+  chunkSize?: number;
+  /** Store unreadable sectors as zeros and record them, instead of stopping. */
+  ignoreReadErrors?: boolean;
+  /** Worker threads (default DEFAULT_WORKERS). */
+  workers?: number;
+  /** Where to show progress. */
+  progress?: ProgressOptions;
+  /** Free text kept in the manifest's source description. */
+  description?: string;
+}
+
+/** What an import did. */
+export interface ImportSummary {
+  name: string;
+  version: number;
+  parent: number | null;
+  diskSize: number;
+  chunks: number;
+  dataChunks: number;
+  zeroChunks: number;
+  /** Data chunks that were already in the store. */
+  reusedChunks: number;
+  /** Bytes this import added to the store. */
+  newBytes: number;
+  /** Stored bytes of this version's data chunks (compressed, with headers). */
+  storedBytes: number;
+  badRanges: BadRange[];
+  partitionTable: PartitionTable;
+  seconds: number;
+  bytesPerSecond: number;
+}
+
+/** Imports src as the next version of image name. */
+export async function importImage(store: Store, src: string, name: string, options: ImportOptions = {}): Promise<ImportSummary> {
+  checkName(name);
+  const chunkSize = options.chunkSize ?? CHUNK.DEFAULT_SIZE;
+  if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < CHUNK.MIN_SIZE || chunkSize > CHUNK.MAX_SIZE) {
+    throw new ClonecastError(ERR.USAGE, `chunk size ${chunkSize} is not a power of two from ${CHUNK.MIN_SIZE} to ${CHUNK.MAX_SIZE} bytes`);
+  }
+  const started = performance.now();
+  const lock = store.lockImage(name, `importing ${src}`);
+  let source: Disk | undefined;
+  let pool: WorkerPool<ImportTask, ImportResult> | undefined;
+  try {
+    source = Disk.open(src);
+    const diskSize = source.size;
+    if (diskSize === 0) throw new ClonecastError(ERR.USAGE, `${src} is empty: there is nothing to import`);
+    const sectorSize = source.logicalSectorSize;
+    const partitionTable = await readTable(source);
+    const n = chunkCount(diskSize, chunkSize);
+    const table = newChunkTable(n);
+    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors };
+    pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
+    const progress = new Progress(`import ${name}`, diskSize, options.progress);
+    const stats = { dataChunks: 0, zeroChunks: 0, reusedChunks: 0, newBytes: 0, storedBytes: 0 };
+    const bad: BadRange[] = [];
+    const results: (BadRange[] | undefined)[] = [];
+    await runBounded(n, (options.workers ?? DEFAULT_WORKERS) * 2, async (i) => {
+      const length = chunkLength(i, diskSize, chunkSize);
+      const r = await pool!.run({ index: i, position: i * chunkSize, length });
+      setChunk(table, i, { kind: r.kind, compression: r.compression, storedLength: r.storedLength, xxh64: r.xxh64, sha256: Buffer.from(r.sha256) });
+      if (r.kind === ChunkKind.ZERO) stats.zeroChunks++;
+      else {
+        stats.dataChunks++;
+        stats.storedBytes += CHUNK.HEADER_SIZE + r.storedLength;
+        if (r.newBytes === 0) stats.reusedChunks++;
+        stats.newBytes += r.newBytes;
+      }
+      if (r.badRanges.length > 0) results[i] = r.badRanges;
+      progress.add(length);
+    });
+    progress.finish();
+    for (const ranges of results) if (ranges !== undefined) mergeRanges(bad, ranges);
+    await store.barrier();
+    const versions = store.versions(name);
+    const parent = versions.length > 0 ? versions[versions.length - 1] : null;
+    const meta: ManifestMeta = {
+      name,
+      version: 0,
+      diskSize,
+      sectorSize,
+      chunkSize,
+      createdAt: new Date().toISOString(),
+      parent,
+      source: { path: src, kind: source.blockDevice ? 'block-device' : 'file', description: options.description ?? `imported from ${src}` },
+      partitionTable,
+      badRanges: bad,
+      newBytes: stats.newBytes,
+    };
+    const version = store.publish({ meta, table });
+    const seconds = (performance.now() - started) / 1000;
+    return { name, version, parent, diskSize, chunks: n, ...stats, badRanges: bad, partitionTable, seconds, bytesPerSecond: diskSize / seconds };
+  } finally {
+    await pool?.close();
+    source?.close();
+    lock.release();
+  }
+}
+
+async function readTable(source: Disk): Promise<PartitionTable> {
+  const sector = source.logicalSectorSize;
+  const headSize = Math.min(source.size, 1 << 20);
+  const head = source.allocate(headSize);
+  try {
+    await source.read(head, 0, headSize);
+  } catch (err) {
+    return { scheme: 'none', sectorSize: sector, partitions: [], warnings: [`could not read the partition table: ${(err as Error).message}`] };
+  }
+  return readPartitionTable(head, sector, async (lba) => {
+    const buf = source.allocate(sector);
+    try {
+      const n = await source.read(buf, lba * sector, sector);
+      return n === sector ? buf : null;
+    } catch {
+      return null;
+    }
+  });
+}
+
+function mergeRanges(into: BadRange[], ranges: BadRange[]): void {
+  for (const r of ranges) {
+    const last = into[into.length - 1];
+    if (last !== undefined && last.offset + last.length === r.offset) last.length += r.length;
+    else into.push({ ...r });
+  }
+}
+
+/**
+ * Runs task(0..n-1) with at most `limit` running at once. The first failure
+ * stops new tasks; the ones running are awaited, then the failure is thrown.
+ */
+export async function runBounded(n: number, limit: number, task: (i: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  let failure: { err: unknown } | undefined;
+  const lane = async () => {
+    while (failure === undefined && next < n) {
+      const i = next++;
+      try {
+        await task(i);
+      } catch (err) {
+        failure ??= { err };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, limit) }, lane));
+  if (failure !== undefined) throw failure.err;
+}

@@ -1,0 +1,261 @@
+/**
+ * Store upkeep: list, info, verify, rm and gc.
+ */
+import { readdirSync, rmdirSync, statSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { chunkLength, CHUNK } from '../../protocol/chunk.js';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { chunkAt, ChunkKind, tableLength, type Manifest, type ManifestMeta } from '../../protocol/manifest.js';
+import { Progress, type ProgressOptions } from '../progress.js';
+import { compiledSibling, DEFAULT_WORKERS, WorkerPool } from './pool.js';
+import { runBounded } from './import.js';
+import { isAlive } from './lock.js';
+import type { ImageRef, Store } from './store.js';
+import type { VerifyResult, VerifyTask, WorkerSetup } from './chunk-worker.js';
+
+/** Sizes and ratios of one version. */
+export interface ImageInfo {
+  meta: ManifestMeta;
+  chunks: number;
+  dataChunks: number;
+  zeroChunks: number;
+  absentChunks: number;
+  /** Bytes of non-zero chunks as they are on the disk. */
+  dataBytes: number;
+  /** Distinct chunks this version uses and their stored bytes (compressed, with headers). */
+  uniqueChunks: number;
+  storedBytes: number;
+  /** Raw bytes of distinct chunks / stored bytes. */
+  compressionRatio: number;
+  /** Data bytes / raw bytes of distinct chunks (repeats inside the disk). */
+  dedupeRatio: number;
+  /** diskSize / storedBytes: what the store saves overall for this version. */
+  totalRatio: number;
+}
+
+/** Computes sizes and ratios of a manifest. */
+export function describe(m: Manifest): ImageInfo {
+  const n = tableLength(m.table);
+  const seen = new Set<string>();
+  const info = { chunks: n, dataChunks: 0, zeroChunks: 0, absentChunks: 0, dataBytes: 0, uniqueChunks: 0, storedBytes: 0 };
+  let uniqueRaw = 0;
+  for (let i = 0; i < n; i++) {
+    const r = chunkAt(m.table, i);
+    const len = chunkLength(i, m.meta.diskSize, m.meta.chunkSize);
+    if (r.kind === ChunkKind.ZERO) info.zeroChunks++;
+    else if (r.kind === ChunkKind.ABSENT) info.absentChunks++;
+    else {
+      info.dataChunks++;
+      info.dataBytes += len;
+      const key = r.sha256.toString('latin1');
+      if (!seen.has(key)) {
+        seen.add(key);
+        info.uniqueChunks++;
+        uniqueRaw += len;
+        info.storedBytes += CHUNK.HEADER_SIZE + r.storedLength;
+      }
+    }
+  }
+  const ratio = (a: number, b: number) => (b > 0 ? a / b : 1);
+  return {
+    meta: m.meta,
+    ...info,
+    compressionRatio: ratio(uniqueRaw, info.storedBytes),
+    dedupeRatio: ratio(info.dataBytes, uniqueRaw),
+    totalRatio: ratio(m.meta.diskSize, info.storedBytes),
+  };
+}
+
+/** One line of `image list`. */
+export interface ListEntry {
+  name: string;
+  versions: number[];
+  latest: { version: number; createdAt: string; diskSize: number; storedBytes: number } | { version: number; error: string };
+}
+
+/** Lists every image with its versions and its latest version's sizes. */
+export async function listImages(store: Store): Promise<ListEntry[]> {
+  const out: ListEntry[] = [];
+  for (const name of store.images()) {
+    const versions = store.versions(name);
+    const version = versions[versions.length - 1];
+    try {
+      const info = describe(await store.readManifest(name, version));
+      out.push({ name, versions, latest: { version, createdAt: info.meta.createdAt, diskSize: info.meta.diskSize, storedBytes: info.storedBytes } });
+    } catch (err) {
+      out.push({ name, versions, latest: { version, error: (err as Error).message } });
+    }
+  }
+  return out;
+}
+
+/** A damaged chunk and where it is used. */
+export interface Damage {
+  sha: string;
+  problem: string;
+  usedBy: { name: string; version: number; chunk: number; offset: number }[];
+}
+
+/** What verify found. */
+export interface VerifyReport {
+  versionsChecked: { name: string; version: number }[];
+  chunksChecked: number;
+  damagedChunks: Damage[];
+  damagedManifests: { name: string; version: number; problem: string }[];
+  /** Damaged versions, as NAME@N. */
+  damagedVersions: string[];
+  ok: boolean;
+}
+
+/** Re-reads every chunk of ref (one version or all versions of a name) or, without ref, of the whole store. */
+export async function verifyStore(store: Store, ref?: ImageRef, options: { workers?: number; progress?: ProgressOptions } = {}): Promise<VerifyReport> {
+  const targets: { name: string; version: number }[] = [];
+  if (ref === undefined) {
+    for (const name of store.images()) for (const version of store.versions(name)) targets.push({ name, version });
+  } else if (ref.version !== undefined) {
+    targets.push(store.resolve(ref));
+  } else {
+    store.resolve(ref);
+    for (const version of store.versions(ref.name)) targets.push({ name: ref.name, version });
+  }
+  const report: VerifyReport = { versionsChecked: targets, chunksChecked: 0, damagedChunks: [], damagedManifests: [], damagedVersions: [], ok: true };
+  const manifests: { name: string; version: number; m: Manifest }[] = [];
+  const unique = new Map<string, number>(); // sha (latin1) -> raw length
+  let total = 0;
+  for (const t of targets) {
+    try {
+      const m = await store.readManifest(t.name, t.version);
+      manifests.push({ ...t, m });
+      for (let i = 0; i < tableLength(m.table); i++) {
+        const r = chunkAt(m.table, i);
+        if (r.kind !== ChunkKind.DATA) continue;
+        const key = r.sha256.toString('latin1');
+        if (!unique.has(key)) {
+          const len = chunkLength(i, m.meta.diskSize, m.meta.chunkSize);
+          unique.set(key, len);
+          total += len;
+        }
+      }
+    } catch (err) {
+      report.damagedManifests.push({ ...t, problem: (err as Error).message });
+    }
+  }
+  const workers = options.workers ?? DEFAULT_WORKERS;
+  const setup: WorkerSetup = { mode: 'verify', storeRoot: store.root, chunkSize: CHUNK.MAX_SIZE };
+  const pool = new WorkerPool<VerifyTask, VerifyResult>(compiledSibling(import.meta.url, 'chunk-worker'), workers, setup);
+  const progress = new Progress('verify', total, options.progress);
+  const bad = new Map<string, string>(); // sha hex -> problem
+  try {
+    const keys = [...unique.keys()];
+    await runBounded(keys.length, workers * 2, async (k) => {
+      const sha = Buffer.from(keys[k], 'latin1').toString('hex');
+      const rawLength = unique.get(keys[k])!;
+      const r = await pool.run({ sha, rawLength });
+      if (r.problem !== null) bad.set(sha, r.problem);
+      report.chunksChecked++;
+      progress.add(rawLength);
+    });
+    progress.finish();
+  } finally {
+    await pool.close();
+  }
+  if (bad.size > 0) {
+    const byHex = new Map<string, Damage>([...bad].map(([sha, problem]) => [sha, { sha, problem, usedBy: [] }]));
+    const versions = new Set<string>();
+    for (const { name, version, m } of manifests) {
+      for (let i = 0; i < tableLength(m.table); i++) {
+        const r = chunkAt(m.table, i);
+        if (r.kind !== ChunkKind.DATA) continue;
+        const d = byHex.get(r.sha256.toString('hex'));
+        if (d === undefined) continue;
+        d.usedBy.push({ name, version, chunk: i, offset: i * m.meta.chunkSize });
+        versions.add(`${name}@${version}`);
+      }
+    }
+    report.damagedChunks = [...byHex.values()];
+    report.damagedVersions = [...versions].sort();
+  }
+  for (const d of report.damagedManifests) report.damagedVersions.push(`${d.name}@${d.version}`);
+  report.ok = report.damagedChunks.length === 0 && report.damagedManifests.length === 0;
+  return report;
+}
+
+/** Removes one version (NAME@N) or every version of an image (NAME). Chunks stay until gc. */
+export function removeImage(store: Store, ref: ImageRef): { name: string; removed: number[] } {
+  const { name } = store.resolve(ref);
+  const lock = store.lockImage(name, 'removing versions');
+  try {
+    const versions = ref.version !== undefined ? [ref.version] : store.versions(name);
+    for (const v of versions) store.removeVersion(name, v);
+    if (store.versions(name).length === 0) {
+      try {
+        rmdirSync(join(store.root, 'images', name));
+      } catch {
+        // not empty (a stray file): leave the folder
+      }
+    }
+    return { name, removed: versions };
+  } finally {
+    lock.release();
+  }
+}
+
+/** What gc did. */
+export interface GcReport {
+  referencedChunks: number;
+  removedChunks: number;
+  removedBytes: number;
+  removedTempFiles: number;
+}
+
+/**
+ * Removes every chunk that no version references, and temporary files of
+ * processes that are gone. Refuses to run if any manifest cannot be read,
+ * since its chunks could not be told apart from garbage.
+ */
+export async function collectGarbage(store: Store): Promise<GcReport> {
+  const lock = store.lockGc();
+  try {
+    const referenced = new Set<string>();
+    for (const name of store.images()) {
+      for (const version of store.versions(name)) {
+        let m: Manifest;
+        try {
+          m = await store.readManifest(name, version);
+        } catch (err) {
+          throw new ClonecastError(
+            ERR.DAMAGED,
+            `gc refused: ${name}@${version} cannot be read (${(err as Error).message}), so its chunks cannot be told from garbage. Remove that version with "clonecast image rm ${name}@${version}" or repair it, then run gc again`,
+          );
+        }
+        for (let i = 0; i < tableLength(m.table); i++) {
+          const r = chunkAt(m.table, i);
+          if (r.kind === ChunkKind.DATA) referenced.add(r.sha256.toString('hex'));
+        }
+      }
+    }
+    const report: GcReport = { referencedChunks: referenced.size, removedChunks: 0, removedBytes: 0, removedTempFiles: 0 };
+    const chunks = join(store.root, 'chunks');
+    for (const dir of readdirSync(chunks)) {
+      for (const file of readdirSync(join(chunks, dir))) {
+        if (referenced.has(file)) continue;
+        const path = join(chunks, dir, file);
+        report.removedBytes += statSync(path).size;
+        unlinkSync(path);
+        report.removedChunks++;
+      }
+    }
+    const tmp = join(store.root, 'tmp');
+    for (const file of readdirSync(tmp)) {
+      const pid = Number(file.split('.')[1]);
+      // Temp files are named TAG.PID.RANDOM; keep those of live processes.
+      if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) continue;
+      unlinkSync(join(tmp, file));
+      report.removedTempFiles++;
+    }
+    await store.barrier();
+    return report;
+  } finally {
+    lock.release();
+  }
+}

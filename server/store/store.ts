@@ -1,0 +1,238 @@
+/**
+ * The image store: a local directory (docs/image-format.md, "Store layout").
+ *
+ *   DATA/store.json              format marker
+ *   DATA/chunks/ab/<sha256 hex>  stored chunks, named by content
+ *   DATA/images/NAME/<N>.manifest  one file per version
+ *   DATA/locks/                  import-NAME.lock, gc.lock
+ *   DATA/tmp/                    files being written
+ *
+ * Every file appears by rename from tmp/. Manifests are fsynced before their
+ * rename; chunk files are made durable together by one syncfs() before the
+ * manifest that references them is published, so a crash at any moment
+ * leaves no version pointing at a missing chunk.
+ */
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync, fsyncSync, renameSync, unlinkSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+import { CHUNK } from '../../protocol/chunk.js';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { decodeManifest, encodeManifest, type Manifest } from '../../protocol/manifest.js';
+import { native } from '../../native/addon.js';
+import { acquireLock, liveLocks, type Lock } from './lock.js';
+
+/** Where the store lives when neither --data nor CLONECAST_DATA says otherwise. */
+export const DEFAULT_DATA_DIR = join(homedir(), '.local', 'share', 'clonecast');
+
+/** The data directory to use: the flag, then CLONECAST_DATA, then the default. */
+export function dataDir(flag?: string): string {
+  return flag ?? process.env.CLONECAST_DATA ?? DEFAULT_DATA_DIR;
+}
+
+const STORE_FORMAT = 1;
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+
+/** A parsed image reference: NAME (latest) or NAME@N. */
+export interface ImageRef {
+  name: string;
+  version?: number;
+}
+
+/** Parses "NAME" or "NAME@N"; throws BAD_NAME with the rule. */
+export function parseRef(ref: string): ImageRef {
+  const at = ref.lastIndexOf('@');
+  const name = at < 0 ? ref : ref.slice(0, at);
+  checkName(name);
+  if (at < 0) return { name };
+  const v = ref.slice(at + 1);
+  if (!/^[1-9][0-9]{0,8}$/.test(v)) {
+    throw new ClonecastError(ERR.BAD_NAME, `"${ref}": a version is written NAME@N with N a positive whole number, e.g. ${name}@2`);
+  }
+  return { name, version: Number(v) };
+}
+
+/** Throws BAD_NAME unless name is a valid image name. */
+export function checkName(name: string): void {
+  if (!NAME_RE.test(name)) {
+    throw new ClonecastError(ERR.BAD_NAME, `"${name}" is not a valid image name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+}
+
+/** An open image store. */
+export class Store {
+  private constructor(readonly root: string) {}
+
+  /** Opens (creating if needed) the store at root. */
+  static open(root: string): Store {
+    const store = new Store(root);
+    const marker = join(root, 'store.json');
+    if (existsSync(marker)) {
+      const format = (JSON.parse(readFileSync(marker, 'utf8')) as { format?: number }).format ?? 0;
+      if (format > STORE_FORMAT) {
+        throw new ClonecastError(ERR.MANIFEST_VERSION, `the store at ${root} has format ${format}, newer than this clonecast reads (${STORE_FORMAT}); upgrade clonecast`);
+      }
+    }
+    for (const dir of ['chunks', 'images', 'locks', 'tmp']) mkdirSync(join(root, dir), { recursive: true });
+    const chunks = join(root, 'chunks');
+    if (readdirSync(chunks).length < 256) {
+      for (let i = 0; i < 256; i++) mkdirSync(join(chunks, i.toString(16).padStart(2, '0')), { recursive: true });
+    }
+    if (!existsSync(marker)) store.writeAtomic(marker, Buffer.from(JSON.stringify({ format: STORE_FORMAT }) + '\n'));
+    return store;
+  }
+
+  /** Path of a stored chunk by its SHA-256. */
+  chunkPath(sha: Buffer | string): string {
+    const hex = typeof sha === 'string' ? sha : sha.toString('hex');
+    return join(this.root, 'chunks', hex.slice(0, 2), hex);
+  }
+
+  /** A fresh temporary path inside the store (same filesystem, so rename is atomic). */
+  tmpPath(tag: string): string {
+    return join(this.root, 'tmp', `${tag}.${process.pid}.${randomBytes(6).toString('hex')}`);
+  }
+
+  /** Writes a file atomically and durably: temp file, fsync, rename, fsync of the folder. */
+  writeAtomic(path: string, data: Buffer): void {
+    const tmp = this.tmpPath('atomic');
+    const fd = openSync(tmp, 'w', 0o644);
+    try {
+      writeFileSync(fd, data);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+    fsyncDir(join(path, '..'));
+  }
+
+  /** Makes every file written to the store so far durable (one syncfs). */
+  async barrier(): Promise<void> {
+    const fd = openSync(this.root, 'r');
+    try {
+      await native().syncfs(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  /** Names of all images, sorted. */
+  images(): string[] {
+    return readdirSync(join(this.root, 'images'))
+      .filter((n) => NAME_RE.test(n) && this.versions(n).length > 0)
+      .sort();
+  }
+
+  /** Version numbers of an image, ascending (empty if none). */
+  versions(name: string): number[] {
+    let files: string[];
+    try {
+      files = readdirSync(join(this.root, 'images', name));
+    } catch {
+      return [];
+    }
+    return files
+      .map((f) => /^([1-9][0-9]*)\.manifest$/.exec(f)?.[1])
+      .filter((v): v is string => v !== undefined)
+      .map(Number)
+      .sort((a, b) => a - b);
+  }
+
+  /** Resolves NAME or NAME@N to an existing version; throws NOT_FOUND with what exists. */
+  resolve(ref: ImageRef): { name: string; version: number } {
+    const versions = this.versions(ref.name);
+    if (versions.length === 0) {
+      const known = this.images();
+      throw new ClonecastError(
+        ERR.NOT_FOUND,
+        `no image named "${ref.name}" in ${this.root}${known.length ? ` (images: ${known.join(', ')})` : ''}; "clonecast image list" shows what is stored`,
+      );
+    }
+    const version = ref.version ?? versions[versions.length - 1];
+    if (!versions.includes(version)) {
+      throw new ClonecastError(ERR.NOT_FOUND, `image "${ref.name}" has no version ${version} (versions: ${versions.join(', ')})`);
+    }
+    return { name: ref.name, version };
+  }
+
+  /** Path of a version's manifest. */
+  manifestPath(name: string, version: number): string {
+    return join(this.root, 'images', name, `${version}.manifest`);
+  }
+
+  /** Reads and checks a version's manifest. */
+  async readManifest(name: string, version: number): Promise<Manifest> {
+    const path = this.manifestPath(name, version);
+    return decodeManifest(await readFile(path), `manifest of ${name}@${version} (${path})`);
+  }
+
+  /**
+   * Publishes a manifest as the next version of its image and returns that
+   * number. The caller holds the image's import lock and has already made
+   * every chunk it references durable with barrier().
+   */
+  publish(manifest: Manifest): number {
+    const name = manifest.meta.name;
+    mkdirSync(join(this.root, 'images', name), { recursive: true });
+    fsyncDir(join(this.root, 'images'));
+    const versions = this.versions(name);
+    const version = (versions[versions.length - 1] ?? 0) + 1;
+    manifest.meta.version = version;
+    this.writeAtomic(this.manifestPath(name, version), encodeManifest(manifest));
+    return version;
+  }
+
+  /** Removes one version's manifest (its chunks stay until gc). */
+  removeVersion(name: string, version: number): void {
+    unlinkSync(this.manifestPath(name, version));
+    fsyncDir(join(this.root, 'images', name));
+  }
+
+  /** Takes the lock that serialises work on one image name. */
+  lockImage(name: string, purpose: string): Lock {
+    const lock = acquireLock(join(this.root, 'locks', `image-${name}.lock`), `image "${name}"`, purpose);
+    const gc = liveLocks(join(this.root, 'locks'), 'gc.lock');
+    if (gc.length > 0) {
+      lock.release();
+      throw new ClonecastError(ERR.BUSY, `the store is being garbage-collected by process ${gc[0].pid}; try again when it finishes`);
+    }
+    return lock;
+  }
+
+  /** Takes the store-wide gc lock; refuses while any image is locked. */
+  lockGc(): Lock {
+    const lock = acquireLock(join(this.root, 'locks', 'gc.lock'), 'the store', 'collecting garbage');
+    const busy = liveLocks(join(this.root, 'locks'), 'image-');
+    if (busy.length > 0) {
+      lock.release();
+      throw new ClonecastError(ERR.BUSY, `cannot collect garbage while ${busy.map((b) => `process ${b.pid} holds ${b.file}`).join(', ')}; try again later`);
+    }
+    return lock;
+  }
+
+  /** Size in bytes of a stored chunk file, or -1 if it is missing. */
+  chunkFileSize(sha: Buffer | string): number {
+    try {
+      return statSync(this.chunkPath(sha)).size;
+    } catch {
+      return -1;
+    }
+  }
+}
+
+/** fsync a directory so a rename inside it is durable. */
+export function fsyncDir(dir: string): void {
+  const fd = openSync(dir, 'r');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** The stored size of a chunk with this payload length (header included). */
+export function storedFileSize(payloadLength: number): number {
+  return CHUNK.HEADER_SIZE + payloadLength;
+}
