@@ -23,6 +23,8 @@ export interface DeviceInfo {
 /** The addon's functions. */
 export interface NativeAddon {
   open(path: string, write: boolean, direct: boolean): number;
+  close(fd: number): void;
+  seekData(fd: number, position: number): number;
   deviceInfo(fd: number): DeviceInfo;
   alignedBuffer(size: number, alignment: number): Buffer;
   isAligned(buffer: Buffer, alignment: number): boolean;
@@ -33,6 +35,9 @@ export interface NativeAddon {
   discard(fd: number, position: number, length: number): Promise<void>;
   zeroRange(fd: number, position: number, length: number): Promise<void>;
   rereadPartitions(fd: number): Promise<void>;
+  lz4Available(): boolean;
+  lz4Compress(src: Buffer, dst: Buffer): number;
+  lz4Decompress(src: Buffer, dst: Buffer): number;
 }
 
 /** The repository root: the nearest folder above this file that holds native/binding.gyp. */
@@ -47,6 +52,15 @@ export function projectRoot(): string {
 }
 
 let addon: NativeAddon | undefined;
+
+/** The addon if it is built, else null (for code that has a JavaScript fallback). */
+export function nativeIfBuilt(): NativeAddon | null {
+  try {
+    return native();
+  } catch {
+    return null;
+  }
+}
 
 /** The loaded addon; throws NATIVE_UNAVAILABLE with the fix if it was not built. */
 export function native(): NativeAddon {

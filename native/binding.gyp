@@ -3,6 +3,7 @@
     {
       "target_name": "clonecast_native",
       "sources": ["src/clonecast_native.c"],
+      "libraries": ["-ldl"],
       "cflags_c": ["-std=gnu11", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]

@@ -24,9 +24,9 @@
  * LZ4 block (lz4 Block Format spec). This little-endian field belongs to the
  * library's framing and is checked against the header's length.
  */
-import { compressSync, uncompressSync } from 'lz4-napi';
 import { ClonecastError, ERR } from './errors.js';
 import { xxh64 } from './hash.js';
+import { lz4CompressInto, lz4DecompressInto } from './lz4.js';
 
 /** Constants of the chunk format. */
 export const CHUNK = Object.freeze({
@@ -68,20 +68,23 @@ export function isZero(data: Uint8Array): boolean {
   return true;
 }
 
-/** Compresses raw chunk bytes; returns the payload and how it is encoded. */
-export function compressChunk(raw: Buffer): { compression: Compression; payload: Buffer } {
-  const lz = compressSync(raw);
-  if (lz.length <= raw.length * (1 - CHUNK.MIN_SAVING)) return { compression: Compression.LZ4, payload: lz };
-  return { compression: Compression.RAW, payload: raw };
-}
-
-/** Encodes the stored form: header followed by payload. */
-export function encodeChunk(raw: Buffer, hash: bigint = xxh64(raw)): { compression: Compression; data: Buffer } {
-  const { compression, payload } = compressChunk(raw);
-  const data = Buffer.allocUnsafe(CHUNK.HEADER_SIZE + payload.length);
-  writeChunkHeader(data, { compression, rawLength: raw.length, payloadLength: payload.length, xxh64: hash });
-  payload.copy(data, CHUNK.HEADER_SIZE);
-  return { compression, data };
+/**
+ * Encodes the stored form of raw chunk bytes: header followed by the lz4
+ * payload, or by the raw bytes when compression would not save
+ * CHUNK.MIN_SAVING of the chunk. With `into` (at least HEADER_SIZE + raw
+ * length bytes), the stored form is written there and `data` is a view of it.
+ */
+export function encodeChunk(raw: Buffer, hash: bigint = xxh64(raw), into?: Buffer): { compression: Compression; data: Buffer } {
+  const limit = Math.floor(raw.length * (1 - CHUNK.MIN_SAVING));
+  const out = into ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + raw.length);
+  if (out.length < CHUNK.HEADER_SIZE + raw.length) throw new RangeError('output buffer is smaller than a chunk header plus the chunk');
+  // Giving the compressor only `limit` bytes makes it give up early on incompressible data.
+  const n = lz4CompressInto(raw, out.subarray(CHUNK.HEADER_SIZE, CHUNK.HEADER_SIZE + limit));
+  const compression = n > 0 ? Compression.LZ4 : Compression.RAW;
+  const payloadLength = n > 0 ? n : raw.length;
+  if (n === 0) raw.copy(out, CHUNK.HEADER_SIZE);
+  writeChunkHeader(out, { compression, rawLength: raw.length, payloadLength, xxh64: hash });
+  return { compression, data: out.subarray(0, CHUNK.HEADER_SIZE + payloadLength) };
 }
 
 /** Writes a chunk header into the first CHUNK.HEADER_SIZE bytes of out. */
@@ -114,9 +117,11 @@ export function decodeChunkHeader(data: Uint8Array, where = 'chunk'): ChunkHeade
 
 /**
  * Decodes a stored chunk back to its raw bytes and checks its xxh64.
- * Throws CHUNK_CORRUPT on any mismatch; never returns unchecked data.
+ * Throws CHUNK_CORRUPT on any mismatch; never returns unchecked data. With
+ * `out`, the raw bytes are written there (e.g. an aligned I/O buffer) and
+ * `raw` is a view of it.
  */
-export function decodeChunk(data: Uint8Array, where = 'chunk'): { header: ChunkHeader; raw: Buffer } {
+export function decodeChunk(data: Uint8Array, where = 'chunk', out?: Buffer): { header: ChunkHeader; raw: Buffer } {
   const header = decodeChunkHeader(data, where);
   const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   const bad = (why: string) => new ClonecastError(ERR.CHUNK_CORRUPT, `${where} is corrupt: ${why}; run "clonecast image verify" to list damaged images`);
@@ -124,18 +129,16 @@ export function decodeChunk(data: Uint8Array, where = 'chunk'): { header: ChunkH
     throw bad(`${buf.length - CHUNK.HEADER_SIZE} payload bytes, header says ${header.payloadLength}`);
   }
   const payload = buf.subarray(CHUNK.HEADER_SIZE);
-  let raw: Buffer;
+  const target = out ?? Buffer.allocUnsafe(header.rawLength);
+  if (target.length < header.rawLength) throw new RangeError(`output buffer of ${target.length} bytes is smaller than the chunk (${header.rawLength})`);
   if (header.compression === Compression.RAW) {
-    raw = payload;
+    payload.copy(target);
   } else {
     if (payload.length < 4 || payload.readUInt32LE(0) !== header.rawLength) throw bad('lz4 length prefix differs from header');
-    try {
-      raw = uncompressSync(payload);
-    } catch (err) {
-      throw bad(`lz4 block does not decode (${(err as Error).message})`);
-    }
-    if (raw.length !== header.rawLength) throw bad(`decompressed to ${raw.length} bytes, expected ${header.rawLength}`);
+    const n = lz4DecompressInto(payload, target.subarray(0, header.rawLength));
+    if (n !== header.rawLength) throw bad(n < 0 ? 'lz4 block does not decode' : `decompressed to ${n} bytes, expected ${header.rawLength}`);
   }
+  const raw = target.subarray(0, header.rawLength);
   if (xxh64(raw) !== header.xxh64) throw bad('xxh64 mismatch');
   return { header, raw };
 }

@@ -7,13 +7,14 @@
  * - verify: read a stored chunk, decode it and check its SHA-256 name.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeSync, linkSync, openSync, readFileSync, readSync, renameSync, unlinkSync, writeFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
 import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
 import { ChunkKind, type BadRange } from '../../protocol/manifest.js';
 import { Disk } from '../../native/disk.js';
-import { Store } from './store.js';
+import { DIRECT_UNIT, Store } from './store.js';
+import { native } from '../../native/addon.js';
 import type { Reply } from './pool.js';
 
 /** Settings shared by every worker of a pool. */
@@ -68,14 +69,35 @@ const setup = workerData as WorkerSetup;
 const store = Store.open(setup.storeRoot);
 const ready = initHashes();
 let disk: Disk | undefined;
-let buffer: Buffer | undefined;
 
-function device(): { disk: Disk; buffer: Buffer } {
+function device(): Disk {
   if (disk === undefined) {
-    disk = Disk.open(setup.device!, { write: setup.mode === 'export', force: true });
-    buffer = disk.allocate(setup.chunkSize);
+    // O_DIRECT for block devices (no page-cache churn on a whole disk);
+    // buffered for image files, where the page cache helps.
+    const direct = statSync(setup.device!).isBlockDevice();
+    disk = Disk.open(setup.device!, { write: setup.mode === 'export', force: true, direct });
   }
-  return { disk, buffer: buffer! };
+  return disk;
+}
+
+/** The aligned buffers one task uses: the raw chunk and its stored form. */
+interface Buffers {
+  raw: Buffer;
+  stored: Buffer;
+}
+
+// A worker runs up to WORKER_DEPTH tasks at once: while one task's write is
+// in flight on the thread pool, the next one computes.
+const free: Buffers[] = [];
+
+function takeBuffers(): Buffers {
+  const unit = DIRECT_UNIT;
+  return (
+    free.pop() ?? {
+      raw: native().alignedBuffer(setup.chunkSize, unit),
+      stored: native().alignedBuffer(Math.ceil((CHUNK.HEADER_SIZE + setup.chunkSize) / unit) * unit, unit),
+    }
+  );
 }
 
 function isIoError(err: unknown): boolean {
@@ -87,9 +109,9 @@ function isIoError(err: unknown): boolean {
 // it in smaller pieces down to one sector: bad sectors become zeros and are
 // returned as bad ranges, or, without ignoreReadErrors, the first bad
 // sector's offset is thrown.
-async function readSource(d: Disk, buf: Buffer, position: number, length: number): Promise<BadRange[]> {
+function readSource(d: Disk, buf: Buffer, position: number, length: number): BadRange[] {
   try {
-    const n = await d.read(buf, position, length);
+    const n = d.readSync(buf, position, length);
     if (n !== length) throw new ClonecastError(ERR.READ_ERROR, `${d.path} ended at byte ${position + n}, before its reported size; did it shrink during the import?`);
     return [];
   } catch (err) {
@@ -102,7 +124,7 @@ async function readSource(d: Disk, buf: Buffer, position: number, length: number
     const plen = Math.min(piece, length - off);
     const view = buf.subarray(off);
     try {
-      await d.read(view, position + off, plen);
+      d.readSync(view, position + off, plen);
       continue;
     } catch (err) {
       if (!isIoError(err)) throw err;
@@ -110,7 +132,7 @@ async function readSource(d: Disk, buf: Buffer, position: number, length: number
     for (let s = 0; s < plen; s += sector) {
       const slen = Math.min(sector, plen - s);
       try {
-        await d.read(buf.subarray(off + s), position + off + s, slen);
+        d.readSync(buf.subarray(off + s), position + off + s, slen);
       } catch (err) {
         if (!isIoError(err)) throw err;
         const at = position + off + s;
@@ -145,10 +167,10 @@ function readHeader(path: string): Buffer | null {
   }
 }
 
-async function importChunk(t: ImportTask): Promise<ImportResult> {
-  const { disk: d, buffer: buf } = device();
-  const badRanges = await readSource(d, buf, t.position, t.length);
-  const raw = buf.subarray(0, t.length);
+async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
+  const d = device();
+  const badRanges = readSource(d, b.raw, t.position, t.length);
+  const raw = b.raw.subarray(0, t.length);
   const none = { index: t.index, compression: Compression.RAW, storedLength: 0, xxh64: 0n, sha256: new Uint8Array(32), newBytes: 0, badRanges };
   if (isZero(raw)) return { ...none, kind: ChunkKind.ZERO };
   const hash = xxh64(raw);
@@ -170,23 +192,9 @@ async function importChunk(t: ImportTask): Promise<ImportResult> {
     }
     damaged = true;
   }
-  const { compression, data } = encodeChunk(raw, hash);
-  const tmp = store.tmpPath('chunk');
-  writeFileSync(tmp, data);
-  let newBytes = data.length;
-  if (damaged || size === 0) {
-    renameSync(tmp, path);
-  } else {
-    // link() fails if another worker stored the same chunk meanwhile, so
-    // every chunk is counted as new exactly once.
-    try {
-      linkSync(tmp, path);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-      newBytes = 0;
-    }
-    unlinkSync(tmp);
-  }
+  const { compression, data } = encodeChunk(raw, hash, b.stored);
+  const stored = await store.putChunk(sha, b.stored, data.length, damaged || size === 0);
+  const newBytes = stored ? data.length : 0;
   return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
 }
 
@@ -201,13 +209,13 @@ function loadChunk(sha: string): Buffer {
   }
 }
 
-async function exportChunk(t: ExportTask): Promise<number> {
-  const { disk: d, buffer: buf } = device();
-  const { raw } = decodeChunk(loadChunk(t.sha), `chunk ${t.sha}`);
-  if (raw.length !== t.length || xxh64(raw) !== t.xxh64) {
+async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
+  const d = device();
+  const buf = b.raw;
+  const { raw, header } = decodeChunk(loadChunk(t.sha), `chunk ${t.sha}`, buf);
+  if (raw.length !== t.length || header.xxh64 !== t.xxh64) {
     throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${t.sha} does not match the manifest's length or xxh64 for chunk ${t.index}`, { sha: t.sha, index: t.index });
   }
-  raw.copy(buf);
   await d.write(buf, t.position, t.length);
   return t.index;
 }
@@ -224,18 +232,21 @@ function verifyChunk(t: VerifyTask): VerifyResult {
   }
 }
 
-parentPort!.on('message', async (task: ImportTask | ExportTask | VerifyTask) => {
+parentPort!.on('message', async ({ id, task }: { id: number; task: ImportTask | ExportTask | VerifyTask }) => {
   let reply: Reply<unknown>;
+  const buffers = setup.mode === 'verify' ? undefined : takeBuffers();
   try {
     await ready;
     let result: unknown;
-    if (setup.mode === 'import') result = await importChunk(task as ImportTask);
-    else if (setup.mode === 'export') result = await exportChunk(task as ExportTask);
+    if (setup.mode === 'import') result = await importChunk(task as ImportTask, buffers!);
+    else if (setup.mode === 'export') result = await exportChunk(task as ExportTask, buffers!);
     else result = verifyChunk(task as VerifyTask);
-    reply = { ok: true, result };
+    reply = { id, ok: true, result };
   } catch (err) {
     const e = err as ClonecastError;
-    reply = { ok: false, error: { code: e.code, message: e.message ?? String(err), details: e.details } };
+    reply = { id, ok: false, error: { code: e.code, message: e.message ?? String(err), details: e.details } };
+  } finally {
+    if (buffers !== undefined) free.push(buffers);
   }
   parentPort!.postMessage(reply);
 });

@@ -10,7 +10,7 @@ import { chunkLength } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { Disk } from '../../native/disk.js';
 import { formatBytes, Progress, type ProgressOptions } from '../progress.js';
-import { compiledSibling, DEFAULT_WORKERS, WorkerPool } from './pool.js';
+import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
 import { runBounded } from './import.js';
 import type { ImageRef, Store } from './store.js';
 import type { ExportTask, WorkerSetup } from './chunk-worker.js';
@@ -91,7 +91,7 @@ export async function exportImage(store: Store, ref: ImageRef, dest: string, opt
       if (device) await target.zeroRange(run.start, run.length);
       progress.add(run.length);
     }
-    await runBounded(data.length, workers * 2, async (k) => {
+    await runBounded(data.length, workers * (WORKER_DEPTH + 1), async (k) => {
       const i = data[k];
       const rec = chunkAt(table, i);
       const length = chunkLength(i, meta.diskSize, meta.chunkSize);

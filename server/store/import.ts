@@ -10,9 +10,12 @@ import { newChunkTable, setChunk, ChunkKind, type BadRange, type ManifestMeta } 
 import { readPartitionTable, type PartitionTable } from '../../protocol/partitions.js';
 import { Disk } from '../../native/disk.js';
 import { Progress, type ProgressOptions } from '../progress.js';
-import { compiledSibling, DEFAULT_WORKERS, WorkerPool } from './pool.js';
+import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
 import { checkName, type Store } from './store.js';
 import type { ImportResult, ImportTask, WorkerSetup } from './chunk-worker.js';
+
+/** Bytes of new chunks between background syncs during an import. */
+export const WRITEBACK_STEP = 64 << 20;
 
 /** Options of importImage(). */
 export interface ImportOptions {
@@ -74,9 +77,14 @@ export async function importImage(store: Store, src: string, name: string, optio
     const stats = { dataChunks: 0, zeroChunks: 0, reusedChunks: 0, newBytes: 0, storedBytes: 0 };
     const bad: BadRange[] = [];
     const results: (BadRange[] | undefined)[] = [];
-    await runBounded(n, (options.workers ?? DEFAULT_WORKERS) * 2, async (i) => {
+    // Start writeback of stored chunks early so that the final barrier only
+    // waits for the tail: one syncfs at a time, every WRITEBACK_STEP bytes.
+    let unsynced = 0;
+    let syncing: Promise<void> | undefined;
+    await runBounded(n, (options.workers ?? DEFAULT_WORKERS) * (WORKER_DEPTH + 1), async (i) => {
       const length = chunkLength(i, diskSize, chunkSize);
-      const r = await pool!.run({ index: i, position: i * chunkSize, length });
+      // A hole in a sparse image file is a zero chunk: no need to read it.
+      const r = source!.isHole(i * chunkSize, length) ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length });
       setChunk(table, i, { kind: r.kind, compression: r.compression, storedLength: r.storedLength, xxh64: r.xxh64, sha256: Buffer.from(r.sha256) });
       if (r.kind === ChunkKind.ZERO) stats.zeroChunks++;
       else {
@@ -84,12 +92,18 @@ export async function importImage(store: Store, src: string, name: string, optio
         stats.storedBytes += CHUNK.HEADER_SIZE + r.storedLength;
         if (r.newBytes === 0) stats.reusedChunks++;
         stats.newBytes += r.newBytes;
+        unsynced += r.newBytes;
+        if (unsynced >= WRITEBACK_STEP && syncing === undefined) {
+          unsynced = 0;
+          syncing = store.barrier().finally(() => (syncing = undefined));
+        }
       }
       if (r.badRanges.length > 0) results[i] = r.badRanges;
       progress.add(length);
     });
     progress.finish();
     for (const ranges of results) if (ranges !== undefined) mergeRanges(bad, ranges);
+    await syncing;
     await store.barrier();
     const versions = store.versions(name);
     const parent = versions.length > 0 ? versions[versions.length - 1] : null;
@@ -134,6 +148,10 @@ async function readTable(source: Disk): Promise<PartitionTable> {
       return null;
     }
   });
+}
+
+function holeResult(index: number): ImportResult {
+  return { index, kind: ChunkKind.ZERO, compression: 0, storedLength: 0, xxh64: 0n, sha256: new Uint8Array(32), newBytes: 0, badRanges: [] };
 }
 
 function mergeRanges(into: BadRange[], ranges: BadRange[]): void {

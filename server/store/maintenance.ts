@@ -7,7 +7,7 @@ import { chunkLength, CHUNK } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { chunkAt, ChunkKind, tableLength, type Manifest, type ManifestMeta } from '../../protocol/manifest.js';
 import { Progress, type ProgressOptions } from '../progress.js';
-import { compiledSibling, DEFAULT_WORKERS, WorkerPool } from './pool.js';
+import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
 import { runBounded } from './import.js';
 import { isAlive } from './lock.js';
 import type { ImageRef, Store } from './store.js';
@@ -147,7 +147,7 @@ export async function verifyStore(store: Store, ref?: ImageRef, options: { worke
   const bad = new Map<string, string>(); // sha hex -> problem
   try {
     const keys = [...unique.keys()];
-    await runBounded(keys.length, workers * 2, async (k) => {
+    await runBounded(keys.length, workers * (WORKER_DEPTH + 1), async (k) => {
       const sha = Buffer.from(keys[k], 'latin1').toString('hex');
       const rawLength = unique.get(keys[k])!;
       const r = await pool.run({ sha, rawLength });

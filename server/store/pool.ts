@@ -31,15 +31,17 @@ interface Pending<T, R> {
 }
 
 /** The shape of a worker's reply. */
-export type Reply<R> = { ok: true; result: R } | { ok: false; error: { code?: string; message: string; details?: Record<string, unknown> } };
+export type Reply<R> = { id: number } & ({ ok: true; result: R } | { ok: false; error: { code?: string; message: string; details?: Record<string, unknown> } });
+
+/** Tasks a worker holds at once: one computing while another's I/O is in flight. */
+export const WORKER_DEPTH = 2;
 
 /** A pool of workers; run() queues a task and resolves with its result. */
 export class WorkerPool<T, R> {
-  private readonly idle: Worker[] = [];
-  private readonly busy = new Map<Worker, Pending<T, R>>();
+  private readonly load = new Map<Worker, Map<number, Pending<T, R>>>();
   private readonly queue: Pending<T, R>[] = [];
   private broken: unknown;
-  private readonly workers: Worker[] = [];
+  private nextId = 0;
 
   constructor(script: string, size: number, workerData: unknown) {
     for (let i = 0; i < size; i++) {
@@ -49,12 +51,11 @@ export class WorkerPool<T, R> {
       w.on('exit', (code) => {
         if (code !== 0 && this.broken === undefined) this.fail(new Error(`a chunk worker exited with code ${code}`));
       });
-      this.workers.push(w);
-      this.idle.push(w);
+      this.load.set(w, new Map());
     }
   }
 
-  /** Runs one task on the next free worker. */
+  /** Runs one task on the least busy worker. */
   run(task: T): Promise<R> {
     if (this.broken !== undefined) return Promise.reject(this.broken);
     return new Promise<R>((resolve, reject) => {
@@ -66,22 +67,25 @@ export class WorkerPool<T, R> {
   /** Stops every worker. */
   async close(): Promise<void> {
     this.broken ??= new Error('worker pool closed');
-    await Promise.all(this.workers.map((w) => w.terminate()));
+    await Promise.all([...this.load.keys()].map((w) => w.terminate()));
   }
 
   private pump(): void {
-    while (this.idle.length > 0 && this.queue.length > 0) {
-      const w = this.idle.pop()!;
+    while (this.queue.length > 0) {
+      let best: Worker | undefined;
+      for (const [w, jobs] of this.load) if (jobs.size < WORKER_DEPTH && (best === undefined || jobs.size < this.load.get(best)!.size)) best = w;
+      if (best === undefined) return;
       const job = this.queue.shift()!;
-      this.busy.set(w, job);
-      w.postMessage(job.task);
+      const id = this.nextId++;
+      this.load.get(best)!.set(id, job);
+      best.postMessage({ id, task: job.task });
     }
   }
 
   private onMessage(w: Worker, msg: Reply<R>): void {
-    const job = this.busy.get(w);
-    this.busy.delete(w);
-    this.idle.push(w);
+    const jobs = this.load.get(w)!;
+    const job = jobs.get(msg.id);
+    jobs.delete(msg.id);
     if (job !== undefined) {
       if (msg.ok) job.resolve(msg.result);
       else job.reject(new ClonecastError(msg.error.code ?? 'CLONECAST_ERR_WORKER', msg.error.message, msg.error.details ?? {}));
@@ -92,8 +96,11 @@ export class WorkerPool<T, R> {
   private fail(err: unknown): void {
     if (this.broken !== undefined) return;
     this.broken = err;
-    for (const job of [...this.busy.values(), ...this.queue]) job.reject(err);
-    this.busy.clear();
+    for (const jobs of this.load.values()) {
+      for (const job of jobs.values()) job.reject(err);
+      jobs.clear();
+    }
+    for (const job of this.queue) job.reject(err);
     this.queue.length = 0;
   }
 }
