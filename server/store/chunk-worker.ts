@@ -7,7 +7,7 @@
  * - verify: read a stored chunk, decode it and check its SHA-256 name.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeSync, openSync, readFileSync, readSync, statSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
 import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
@@ -198,21 +198,36 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
   return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
 }
 
-function loadChunk(sha: string): Buffer {
+/** Reads a stored chunk file into `into` (reused between tasks); returns a view of its bytes. */
+function loadChunk(sha: string, into: Buffer): Buffer {
+  let fd: number;
   try {
-    return readFileSync(store.chunkPath(sha));
+    fd = openSync(store.chunkPath(sha), 'r');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
       throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${sha} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha });
     }
     throw err;
   }
+  try {
+    const size = fstatSync(fd).size;
+    if (size > into.length) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${sha} is corrupt: ${size} bytes, more than a chunk can hold`, { sha });
+    let done = 0;
+    while (done < size) {
+      const n = readSync(fd, into, done, size - done, done);
+      if (n === 0) break;
+      done += n;
+    }
+    return into.subarray(0, done);
+  } finally {
+    closeSync(fd);
+  }
 }
 
 async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
   const d = device();
   const buf = b.raw;
-  const { raw, header } = decodeChunk(loadChunk(t.sha), `chunk ${t.sha}`, buf);
+  const { raw, header } = decodeChunk(loadChunk(t.sha, b.stored), `chunk ${t.sha}`, buf);
   if (raw.length !== t.length || header.xxh64 !== t.xxh64) {
     throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${t.sha} does not match the manifest's length or xxh64 for chunk ${t.index}`, { sha: t.sha, index: t.index });
   }
@@ -220,9 +235,9 @@ async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
   return t.index;
 }
 
-function verifyChunk(t: VerifyTask): VerifyResult {
+function verifyChunk(t: VerifyTask, b: Buffers): VerifyResult {
   try {
-    const { raw } = decodeChunk(loadChunk(t.sha), `chunk ${t.sha}`);
+    const { raw } = decodeChunk(loadChunk(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
     if (raw.length !== t.rawLength) return { sha: t.sha, problem: `holds ${raw.length} bytes, the manifest expects ${t.rawLength}`, code: ERR.CHUNK_CORRUPT };
     if (sha256(raw).toString('hex') !== t.sha) return { sha: t.sha, problem: 'SHA-256 of its contents does not match its name', code: ERR.CHUNK_CORRUPT };
     return { sha: t.sha, problem: null };
@@ -234,19 +249,19 @@ function verifyChunk(t: VerifyTask): VerifyResult {
 
 parentPort!.on('message', async ({ id, task }: { id: number; task: ImportTask | ExportTask | VerifyTask }) => {
   let reply: Reply<unknown>;
-  const buffers = setup.mode === 'verify' ? undefined : takeBuffers();
+  const buffers = takeBuffers();
   try {
     await ready;
     let result: unknown;
     if (setup.mode === 'import') result = await importChunk(task as ImportTask, buffers!);
     else if (setup.mode === 'export') result = await exportChunk(task as ExportTask, buffers!);
-    else result = verifyChunk(task as VerifyTask);
+    else result = verifyChunk(task as VerifyTask, buffers);
     reply = { id, ok: true, result };
   } catch (err) {
     const e = err as ClonecastError;
     reply = { id, ok: false, error: { code: e.code, message: e.message ?? String(err), details: e.details } };
   } finally {
-    if (buffers !== undefined) free.push(buffers);
+    free.push(buffers);
   }
   parentPort!.postMessage(reply);
 });

@@ -141,7 +141,8 @@ export async function verifyStore(store: Store, ref?: ImageRef, options: { worke
     }
   }
   const workers = options.workers ?? DEFAULT_WORKERS;
-  const setup: WorkerSetup = { mode: 'verify', storeRoot: store.root, chunkSize: CHUNK.MAX_SIZE };
+  const chunkSize = Math.max(CHUNK.MIN_SIZE, ...manifests.map(({ m }) => m.meta.chunkSize));
+  const setup: WorkerSetup = { mode: 'verify', storeRoot: store.root, chunkSize };
   const pool = new WorkerPool<VerifyTask, VerifyResult>(compiledSibling(import.meta.url, 'chunk-worker'), workers, setup);
   const progress = new Progress('verify', total, options.progress);
   const bad = new Map<string, string>(); // sha hex -> problem
