@@ -7,7 +7,7 @@
  * partition, is swap or stacked under device-mapper/RAID, or carries the
  * running system's root filesystem, unless `force` is set.
  */
-import { closeSync, ftruncateSync, openSync, readSync, writeSync, constants as fsc } from 'node:fs';
+import { closeSync, ftruncateSync, openSync, readSync, statSync, writeSync, constants as fsc, type Stats } from 'node:fs';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { native, type DeviceInfo, type NativeAddon } from './addon.js';
 import { deviceUsage } from './usage.js';
@@ -76,6 +76,16 @@ export class Disk {
         closeSync(fd);
       }
     }
+    if (write && !options.force) {
+      // Check before opening: a device in use is never opened for writing.
+      let st: Stats | undefined;
+      try {
+        st = statSync(path);
+      } catch {
+        // missing: open() below reports it
+      }
+      if (st?.isBlockDevice()) checkUnused(path, major(st.rdev), minor(st.rdev));
+    }
     let fd: number;
     try {
       fd = addon.open(path, write, options.direct ?? true);
@@ -87,7 +97,6 @@ export class Disk {
     let info: DeviceInfo;
     try {
       info = addon.deviceInfo(fd);
-      if (write && info.blockDevice && !options.force) checkUnused(path, info);
     } catch (err) {
       addon.close(fd);
       if ((err as NodeJS.ErrnoException).code === 'ENOTBLK') {
@@ -265,8 +274,17 @@ function openError(err: unknown, path: string): unknown {
   return err;
 }
 
-function checkUnused(path: string, info: DeviceInfo): void {
-  const usage = deviceUsage(info.major, info.minor);
+// Linux dev_t: major in bits 8-19 and 32-43, minor in bits 0-7 and 20-43 (glibc's gnu_dev_major/minor).
+function major(dev: number): number {
+  return Number(((BigInt(dev) >> 8n) & 0xfffn) | ((BigInt(dev) >> 32n) & ~0xfffn));
+}
+
+function minor(dev: number): number {
+  return Number((BigInt(dev) & 0xffn) | ((BigInt(dev) >> 12n) & ~0xffn));
+}
+
+function checkUnused(path: string, maj: number, min: number): void {
+  const usage = deviceUsage(maj, min);
   if (usage.bootDisk) {
     throw new ClonecastError(
       ERR.BOOT_DISK,

@@ -80,8 +80,11 @@ export function mounts(): Mount[] {
 
 function rdevOf(path: string): DevId | null {
   try {
-    const st = statSync(path);
-    return st.isBlockDevice() ? devId(Math.floor(st.rdev / 256) & 0xfff, (st.rdev & 0xff) | ((st.rdev >> 12) & 0xfff00)) : null;
+    const st = statSync(path, { bigint: true });
+    if (!st.isBlockDevice()) return null;
+    const major = ((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn);
+    const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn);
+    return devId(Number(major), Number(minor));
   } catch {
     return null;
   }

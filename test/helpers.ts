@@ -32,7 +32,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   sfdisk: () => (hasCommand('sfdisk') ? null : 'needs sfdisk (fdisk package)'),
   sgdisk: () => (hasCommand('sgdisk') ? null : 'needs sgdisk (gdisk package)'),
   fuse: () =>
-    existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fuse']).status === 0 ? null : 'needs /dev/fuse and python3-fusepy',
+    existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',
 };
 
 /** Missing capabilities among `caps`, with reasons. */
