@@ -5,11 +5,20 @@
  * than lz4-napi's compressor on binaries here), lz4-napi otherwise; both
  * produce and read the same layout.
  */
-import { compressSync, uncompressSync } from 'lz4-napi';
+import { createRequire } from 'node:module';
 import { nativeIfBuilt } from '../native/addon.js';
 
 const addon = nativeIfBuilt();
 const fast = addon !== null && addon.lz4Available() ? addon : null;
+
+type Lz4Napi = typeof import('lz4-napi');
+let napi: Lz4Napi | undefined;
+
+/** lz4-napi, loaded only when liblz4 is not there (it costs startup time in every worker). */
+function lz4napi(): Lz4Napi {
+  napi ??= createRequire(import.meta.url)('lz4-napi') as Lz4Napi;
+  return napi;
+}
 
 /** Which implementation is in use: "liblz4" or "lz4-napi". */
 export const LZ4_IMPLEMENTATION = fast !== null ? 'liblz4' : 'lz4-napi';
@@ -20,7 +29,7 @@ export const LZ4_IMPLEMENTATION = fast !== null ? 'liblz4' : 'lz4-napi';
  */
 export function lz4CompressInto(raw: Buffer, out: Buffer): number {
   if (fast !== null) return fast.lz4Compress(raw, out);
-  const c = compressSync(raw);
+  const c = lz4napi().compressSync(raw);
   if (c.length > out.length) return 0;
   c.copy(out);
   return c.length;
@@ -34,7 +43,7 @@ export function lz4DecompressInto(payload: Buffer, out: Buffer): number {
   if (fast !== null) return fast.lz4Decompress(payload, out);
   let raw: Buffer;
   try {
-    raw = uncompressSync(payload);
+    raw = lz4napi().uncompressSync(payload);
   } catch {
     return -1;
   }

@@ -79,14 +79,21 @@ export function cli(args: string[], env: Record<string, string> = {}): Promise<C
   });
 }
 
-/** Attaches a loop device to file; detached after the file's tests. */
+const attached: string[] = [];
+
+/** Attaches a loop device to file; detachLoops() (in an afterAll) detaches it. */
 export function loopAttach(file: string, extra: string[] = []): string {
   const dev = execFileSync('losetup', ['-f', '--show', ...extra, file], { encoding: 'utf8' }).trim();
-  afterAll(() => {
-    spawnSync('umount', ['-l', dev]);
-    spawnSync('losetup', ['-d', dev]);
-  });
+  attached.push(dev);
   return dev;
+}
+
+/** Unmounts and detaches every loop device loopAttach() made. */
+export function detachLoops(): void {
+  for (const dev of attached.splice(0)) {
+    spawnSync('sh', ['-c', `grep -o "^${dev}[^ ]*" /proc/mounts | xargs -r -n1 umount -l`]);
+    spawnSync('losetup', ['-d', dev]);
+  }
 }
 
 /** Writes pseudo-random bytes from a seed (repeatable test data). */

@@ -39,8 +39,11 @@ function corpus(limit) {
   return Buffer.concat(parts);
 }
 
-/** Makes the image; returns the layout's byte counts. */
-export function makeImage(out, sizeMiB, seed = 1) {
+/**
+ * Makes the image; returns the layout's byte counts. dense: write the zero
+ * runs out (like dd of a real disk) instead of leaving holes.
+ */
+export function makeImage(out, sizeMiB, { seed = 1, dense = false } = {}) {
   const size = sizeMiB * 1048576;
   let state = seed;
   const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
@@ -55,7 +58,10 @@ export function makeImage(out, sizeMiB, seed = 1) {
     // The kind furthest below its share so far comes next.
     const share = { random: 0.4, zero: 0.35, text: 0.25 };
     const kind = Object.keys(share).sort((a, b) => (counts[a] - share[a] * (pos + len)) - (counts[b] - share[b] * (pos + len)))[0];
-    if (kind !== 'zero') {
+    if (kind === 'zero' && dense) {
+      const zeros = Buffer.alloc(1 << 20);
+      for (let off = 0; off < len; off += zeros.length) writeSync(fd, zeros, 0, Math.min(zeros.length, len - off), pos + off);
+    } else if (kind !== 'zero') {
       for (let off = 0; off < len; off += 1 << 20) {
         const n = Math.min(1 << 20, len - off);
         let buf;
@@ -76,8 +82,8 @@ export function makeImage(out, sizeMiB, seed = 1) {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const [out, mib] = process.argv.slice(2);
-  const c = makeImage(out, Number(mib));
+  const [out, mib, mode] = process.argv.slice(2);
+  const c = makeImage(out, Number(mib), { dense: mode === 'dense' });
   const t = c.random + c.zero + c.text;
   console.log(`${out}: ${mib} MiB, random ${(100 * c.random / t).toFixed(0)}%, zero ${(100 * c.zero / t).toFixed(0)}%, text ${(100 * c.text / t).toFixed(0)}%`);
 }

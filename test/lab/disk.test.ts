@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readFileSync, readSync, statSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
@@ -9,7 +9,9 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { Store, parseRef } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { exportImage } from '../../server/store/export.js';
-import { itNeeds, loopAttach, seeded, tempDir } from '../helpers.js';
+import { detachLoops, itNeeds, loopAttach, seeded, tempDir } from '../helpers.js';
+
+afterAll(detachLoops);
 
 const MiB = 1 << 20;
 

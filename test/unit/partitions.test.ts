@@ -49,6 +49,7 @@ function expectSameAsSfdisk(table: Awaited<ReturnType<typeof readPartitionTable>
 }
 
 describe('partition tables', () => {
+  const dir = tempDir('sgdisk');
   it('reads a GPT written by sfdisk (golden fixture) as sfdisk does', async () => {
     const { head, sector, f } = load('gpt');
     const table = await readPartitionTable(head, 512, sector);
@@ -91,7 +92,6 @@ describe('partition tables', () => {
   });
 
   itNeeds(['sgdisk', 'sfdisk'], 'reads a GPT written by sgdisk (another writer) as sfdisk reads it', async () => {
-    const dir = tempDir('sgdisk');
     const img = join(dir, 'disk.img');
     execFileSync('truncate', ['-s', '48M', img]);
     execFileSync('sgdisk', ['-o', '-n', '1:2048:+4M', '-t', '1:ef00', '-c', '1:ESP', '-n', '2:0:+10M', '-t', '2:8300', '-c', '2:linux root', '-n', '3:0:0', '-t', '3:0700', img], { stdio: 'ignore' });

@@ -1,0 +1,116 @@
+// clonecast benchmarks: import and export throughput against named
+// baselines run in the same script, and peak memory. Prints figures and
+// ratios; exits 1 if a target is missed.
+//
+//   npm run bench                  (1 GiB images, 4 GiB for memory)
+//   node test/bench/run.mjs --quick   (256 MiB, no 4 GiB run)
+//
+// Baselines:
+//   import: `lz4 -1 -c RAW > /dev/null` on the same raw file (target >= 0.8x)
+//   export: `dd if=RAW of=LOOP bs=4M oflag=direct` to the same loop device (target >= 0.8x)
+//   memory: peak RSS of import and export of a 4 GiB image (target < 256 MiB)
+// Each timing is the median of RUNS runs, baseline and clonecast interleaved,
+// since this machine is shared and noisy.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { makeImage } from './mkimage.mjs';
+
+const ROOT = resolve(import.meta.dirname, '..', '..');
+const CLI = join(ROOT, 'bin', 'clonecast');
+const quick = process.argv.includes('--quick');
+const SIZE_MIB = quick ? 256 : 1024;
+const RUNS = quick ? 3 : 5;
+const work = mkdtempSync(join(process.env.CLONECAST_BENCH_TMP ?? tmpdir(), 'clonecast-bench-'));
+const loops = [];
+let failed = false;
+
+/** Runs a command; returns wall seconds and peak RSS in KiB (via /usr/bin/time). */
+function timed(cmd, args, opts = {}) {
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %M', cmd, ...args], { encoding: 'utf8', maxBuffer: 1 << 26, ...opts });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+  const [secs, kib] = r.stderr.trim().split('\n').pop().split(' ').map(Number);
+  return { secs, kib };
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+function report(name, base, ours, target) {
+  const ratio = base / ours; // > 1: clonecast is faster
+  const ok = ratio >= target;
+  if (!ok) failed = true;
+  console.log(`${name.padEnd(44)} baseline ${base.toFixed(2)} s  clonecast ${ours.toFixed(2)} s  ratio ${ratio.toFixed(2)}x  (target >= ${target}x) ${ok ? 'ok' : 'MISSED'}`);
+}
+
+function loop(file, extra = []) {
+  const dev = execFileSync('losetup', ['-f', '--show', ...extra, file], { encoding: 'utf8' }).trim();
+  loops.push(dev);
+  return dev;
+}
+
+function importBench(label, raw) {
+  const base = [];
+  const ours = [];
+  for (let i = 0; i < RUNS; i++) {
+    base.push(timed('sh', ['-c', `lz4 -1 -c '${raw}' > /dev/null`]).secs);
+    const data = join(work, `store-${label}-${i}`);
+    ours.push(timed(CLI, ['image', 'import', raw, 'bench', '--data', data, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }).secs);
+    if (i < RUNS - 1) rmSync(data, { recursive: true, force: true });
+  }
+  report(`import ${SIZE_MIB} MiB (${label}) vs lz4 -1`, median(base), median(ours), 0.8);
+  return join(work, `store-${label}-${RUNS - 1}`);
+}
+
+function exportBench(label, raw, store, loopArgs) {
+  const backing = join(work, `loop-${label}.img`);
+  execFileSync('truncate', ['-s', `${SIZE_MIB + 64}M`, backing]);
+  const dev = loop(backing, loopArgs);
+  const base = [];
+  const ours = [];
+  for (let i = 0; i < RUNS; i++) {
+    base.push(timed('dd', [`if=${raw}`, `of=${dev}`, 'bs=4M', 'oflag=direct', 'status=none']).secs);
+    ours.push(timed(CLI, ['image', 'export', 'bench', dev, '--data', store, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }).secs);
+  }
+  const same = spawnSync('cmp', ['-n', String(SIZE_MIB * 1048576), raw, dev]).status === 0;
+  if (!same) failed = true;
+  report(`export ${SIZE_MIB} MiB to ${label} vs dd oflag=direct`, median(base), median(ours), 0.8);
+  console.log(`  exported disk equals the raw image: ${same ? 'yes' : 'NO'}`);
+}
+
+try {
+  if (process.getuid() !== 0) console.log('note: not root, so the loop-device export benchmarks are skipped');
+  console.log(`clonecast benchmarks: ${SIZE_MIB} MiB images, median of ${RUNS} runs, ${new Date().toISOString()}`);
+  const dense = join(work, 'dense.img');
+  const sparse = join(work, 'sparse.img');
+  const c = makeImage(dense, SIZE_MIB, { dense: true });
+  makeImage(sparse, SIZE_MIB, { dense: false });
+  const t = c.random + c.zero + c.text;
+  console.log(`image mix: ${((100 * c.random) / t).toFixed(0)}% incompressible, ${((100 * c.zero) / t).toFixed(0)}% zeros in runs of 4-48 MiB, ${((100 * c.text) / t).toFixed(0)}% files from /usr`);
+  const denseStore = importBench('zeros written out', dense);
+  importBench('zeros as holes', sparse);
+  if (process.getuid() === 0) {
+    exportBench('a loop device', dense, denseStore, []);
+    exportBench('a direct-io loop device', dense, denseStore, ['--direct-io=on']);
+  }
+  if (!quick) {
+    const big = join(work, 'big.img');
+    makeImage(big, 4096, { dense: true, seed: 2 });
+    const store = join(work, 'store-big');
+    const imp = timed(CLI, ['image', 'import', big, 'big', '--data', store, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    const out = join(work, 'big.out');
+    const exp = timed(CLI, ['image', 'export', 'big', out, '--data', store, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    for (const [name, r] of [['import', imp], ['export', exp]]) {
+      const ok = r.kib < 256 * 1024;
+      if (!ok) failed = true;
+      console.log(`peak memory, ${name} of a 4 GiB image`.padEnd(44) + ` ${(r.kib / 1024).toFixed(0)} MiB in ${r.secs.toFixed(1)} s  (target < 256 MiB) ${ok ? 'ok' : 'MISSED'}`);
+    }
+  }
+} finally {
+  for (const dev of loops) spawnSync('losetup', ['-d', dev]);
+  if (existsSync(work)) rmSync(work, { recursive: true, force: true });
+}
+process.exit(failed ? 1 : 0);
