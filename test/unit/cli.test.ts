@@ -134,3 +134,38 @@ describe('kill -9 during an import', () => {
     expect(readdirSync(join(data, 'tmp'))).toEqual([]);
   }, 120_000);
 });
+
+describe('clonecast serve', () => {
+  const dir = tempDir('serve');
+  const data = join(dir, 'data');
+
+  it('serves the store on localhost and says where', async () => {
+    const src = join(dir, 'd.img');
+    writeFileSync(src, texty(300_000, 3));
+    expect((await cli(['image', 'import', src, 'served', '--data', data])).code).toBe(0);
+    const child = spawn(process.execPath, [CLI, 'serve', '--data', data, '--listen', '127.0.0.1:0']);
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        let out = '';
+        child.stdout.on('data', (d) => {
+          out += d;
+          const m = /dashboard: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
+          if (m) resolve(m[1]);
+        });
+        child.on('exit', () => reject(new Error(`serve exited: ${out}`)));
+      });
+      const images = (await (await fetch(`${url}api/images`)).json()) as { name: string }[];
+      expect(images.map((i) => i.name)).toEqual(['served']);
+      const page = await (await fetch(url)).text();
+      expect(page).toMatch(/<td>served<\/td>/);
+      expect((await fetch(`${url}nope`)).status).toBe(404);
+      // A second server on the same port is refused with what to do.
+      const port = new URL(url).port;
+      const again = await cli(['serve', '--data', data, '--listen', `127.0.0.1:${port}`]);
+      expect(again.code).toBe(5);
+      expect(again.stderr).toMatch(/already in use.*--listen/);
+    } finally {
+      child.kill();
+    }
+  });
+});
