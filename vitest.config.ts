@@ -6,6 +6,7 @@ export default defineConfig({
     // Lab tests share loop devices and the 2 cores: run files one at a time.
     fileParallelism: false,
     testTimeout: 60_000,
+    reporters: ['default', './test/summary-reporter.ts'],
     hookTimeout: 60_000,
   },
 });
