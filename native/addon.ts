@@ -22,7 +22,7 @@ export interface DeviceInfo {
 
 /** The addon's functions. */
 export interface NativeAddon {
-  open(path: string, write: boolean, direct: boolean): number;
+  open(path: string, write: boolean, direct: boolean, create?: boolean): number;
   close(fd: number): void;
   seekData(fd: number, position: number): number;
   deviceInfo(fd: number): DeviceInfo;

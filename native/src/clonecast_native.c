@@ -285,14 +285,15 @@ static napi_value js_zero(napi_env env, napi_callback_info info) { return range_
 // ---------------------------------------------------------------------------
 // Synchronous calls: cheap system calls that never block on the device.
 
-// open(path, write, direct): number. O_DIRECT is asked for only when direct
-// is true; the caller falls back to buffered I/O on EINVAL (tmpfs and some
-// filesystems refuse it).
+// open(path, write, direct[, create]): number. O_DIRECT is asked for only
+// when direct is true; the caller falls back to buffered I/O on EINVAL (tmpfs
+// and some filesystems refuse it). create makes a new file (O_CREAT|O_EXCL,
+// mode 0644) in the same call.
 static napi_value js_open(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  if (argc != 3) return throw_arg(env, "expected (path, write, direct)");
+  if (argc != 3 && argc != 4) return throw_arg(env, "expected (path, write, direct[, create])");
   napi_valuetype type;
   napi_typeof(env, argv[0], &type);
   if (type != napi_string) return throw_arg(env, "path must be a string");
@@ -300,11 +301,12 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   size_t len;
   napi_get_value_string_utf8(env, argv[0], path, sizeof path, &len);
   if (len == 0 || len >= sizeof path - 1) return throw_arg(env, "path must be a string of 1 to 4094 bytes");
-  int write, direct;
+  int write, direct, create = 0;
   if (!get_bool(env, argv[1], &write)) return throw_arg(env, "write must be a boolean");
   if (!get_bool(env, argv[2], &direct)) return throw_arg(env, "direct must be a boolean");
-  int flags = (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | (direct ? O_DIRECT : 0);
-  int fd = open(path, flags);
+  if (argc == 4 && !get_bool(env, argv[3], &create)) return throw_arg(env, "create must be a boolean");
+  int flags = (write ? O_RDWR : O_RDONLY) | O_CLOEXEC | (direct ? O_DIRECT : 0) | (create ? O_CREAT | O_EXCL : 0);
+  int fd = open(path, flags, 0644);
   if (fd < 0) return throw_errno(env, errno, "open");
   napi_value result;
   napi_create_int32(env, fd, &result);

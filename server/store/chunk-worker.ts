@@ -13,7 +13,7 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
 import { ChunkKind, type BadRange } from '../../protocol/manifest.js';
 import { Disk } from '../../native/disk.js';
-import { DIRECT_UNIT, Store } from './store.js';
+import { chunkFileFits, DIRECT_UNIT, Store, storedForm } from './store.js';
 import { native } from '../../native/addon.js';
 import type { Reply } from './pool.js';
 
@@ -184,7 +184,7 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
     const head = readHeader(path);
     try {
       const h = head === null ? null : decodeChunkHeader(head);
-      if (h !== null && h.rawLength === t.length && h.xxh64 === hash && size === CHUNK.HEADER_SIZE + h.payloadLength) {
+      if (h !== null && h.rawLength === t.length && h.xxh64 === hash && chunkFileFits(size, h.payloadLength)) {
         return { ...none, kind: ChunkKind.DATA, compression: h.compression, storedLength: h.payloadLength, xxh64: hash, sha256: sha };
       }
     } catch {
@@ -218,7 +218,11 @@ function loadChunk(sha: string, into: Buffer): Buffer {
       if (n === 0) break;
       done += n;
     }
-    return into.subarray(0, done);
+    const file = into.subarray(0, done);
+    // Strip the O_DIRECT zero padding, checking it is only that.
+    const form = done >= CHUNK.HEADER_SIZE ? storedForm(file, file.readUInt32BE(12)) : null;
+    if (form === null) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${sha} is corrupt: a ${done}-byte file does not hold its header's payload length plus zero padding`, { sha });
+    return form;
   } finally {
     closeSync(fd);
   }

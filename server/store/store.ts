@@ -13,7 +13,7 @@
  * leaves no version pointing at a missing chunk.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, ftruncateSync, linkSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync, fsyncSync, renameSync, unlinkSync } from 'node:fs';
+import { existsSync, linkSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync, fsyncSync, renameSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -218,28 +218,28 @@ export class Store {
   /**
    * Stores a chunk file at its final path from `out`, whose first `length`
    * bytes are the stored form and which is aligned and long enough to round
-   * length up to DIRECT_UNIT. Uses O_DIRECT (no page-cache copy, no
-   * writeback later; barrier() still makes the file's metadata durable).
-   * Returns false if the chunk was already there (another writer won).
+   * length up to DIRECT_UNIT. The file is written with O_DIRECT (no
+   * page-cache copy, no writeback later) and so keeps its zero padding up to
+   * a multiple of DIRECT_UNIT (chunkFileSize() and readers allow for it);
+   * barrier() still makes its metadata durable. Returns false if the chunk
+   * was already there (another writer won).
    */
   async putChunk(sha: Buffer, out: Buffer, length: number, replace: boolean): Promise<boolean> {
     const tmp = this.tmpPath('chunk');
-    closeSync(openSync(tmp, 'w', 0o644));
     const addon = native();
     let fd: number | undefined;
     try {
-      fd = addon.open(tmp, true, true);
+      fd = addon.open(tmp, true, true, true);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
     }
     if (fd === undefined) {
-      writeFileSync(tmp, out.subarray(0, length));
+      writeFileSync(tmp, out.subarray(0, length)); // a filesystem without O_DIRECT: exact size
     } else {
       try {
-        const padded = Math.ceil(length / DIRECT_UNIT) * DIRECT_UNIT;
+        const padded = paddedChunkSize(length);
         out.fill(0, length, padded);
         await addon.write(fd, out, 0, padded, 0);
-        ftruncateSync(fd, length);
       } finally {
         addon.close(fd);
       }
@@ -282,7 +282,26 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** The stored size of a chunk with this payload length (header included). */
-export function storedFileSize(payloadLength: number): number {
-  return CHUNK.HEADER_SIZE + payloadLength;
+/** Size of a chunk file written with O_DIRECT: the stored form padded with zeros to DIRECT_UNIT. */
+export function paddedChunkSize(storedLength: number): number {
+  return Math.ceil(storedLength / DIRECT_UNIT) * DIRECT_UNIT;
+}
+
+/**
+ * The stored form inside a chunk file's bytes: the file is either exactly
+ * the stored form, or the stored form followed by zero padding to
+ * DIRECT_UNIT. Returns null if the file's size or padding says otherwise.
+ */
+export function storedForm(file: Buffer, payloadLength: number): Buffer | null {
+  const exact = CHUNK.HEADER_SIZE + payloadLength;
+  if (file.length === exact) return file;
+  if (file.length !== paddedChunkSize(exact)) return null;
+  for (let i = exact; i < file.length; i++) if (file[i] !== 0) return null;
+  return file.subarray(0, exact);
+}
+
+/** True if a chunk file of this size can hold the stored form of this payload length. */
+export function chunkFileFits(fileSize: number, payloadLength: number): boolean {
+  const exact = CHUNK.HEADER_SIZE + payloadLength;
+  return fileSize === exact || fileSize === paddedChunkSize(exact);
 }

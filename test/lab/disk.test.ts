@@ -55,7 +55,7 @@ describe('native addon', () => {
     expect(messageOf(() => n.read(0, buf, 0, 1, 1.5))).toBe('position must be a non-negative integer');
     expect(messageOf(() => n.alignedBuffer(0, 4096))).toBe('size must be an integer from 1 to 1 GiB');
     expect(messageOf(() => n.alignedBuffer(4096, 1000))).toBe('alignment must be a power of two from 512 to 1 MiB');
-    expect(messageOf(() => (n.open as (...a: unknown[]) => number)(file))).toBe('expected (path, write, direct)');
+    expect(messageOf(() => (n.open as (...a: unknown[]) => number)(file))).toBe('expected (path, write, direct[, create])');
     expect(messageOf(() => n.open(file, 1 as unknown as boolean, false))).toBe('write must be a boolean');
   });
 
