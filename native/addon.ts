@@ -36,6 +36,7 @@ export interface NativeAddon {
   zeroRange(fd: number, position: number, length: number): Promise<void>;
   rereadPartitions(fd: number): Promise<void>;
   lz4Available(): boolean;
+  xxh64(buffer: Buffer): bigint;
   lz4Compress(src: Buffer, dst: Buffer): number;
   lz4Decompress(src: Buffer, dst: Buffer): number;
 }

@@ -5,21 +5,33 @@
  */
 import { createHash } from 'node:crypto';
 import xxhash from 'xxhash-wasm';
+import { nativeIfBuilt } from '../native/addon.js';
 
 type Hasher = Awaited<ReturnType<typeof xxhash>>;
-let hasher: Hasher | undefined;
-let loading: Promise<Hasher> | undefined;
+let wasm: Hasher | undefined;
+let loading: Promise<unknown> | undefined;
+const addon = nativeIfBuilt();
 
-/** Loads the xxh64 WebAssembly module once; call before xxh64(). */
+/** Which xxh64 is in use: the native addon's, or xxhash-wasm where the addon is not built. */
+export const XXH64_IMPLEMENTATION = addon !== null ? 'native' : 'xxhash-wasm';
+
+/** Loads the xxh64 WebAssembly fallback if it is needed; call before xxh64(). */
 export async function initHashes(): Promise<void> {
-  loading ??= xxhash();
-  hasher = await loading;
+  if (addon !== null) return;
+  loading ??= xxhash().then((h) => (wasm = h));
+  await loading;
 }
 
 /** xxh64 with seed 0 of data. initHashes() must have resolved. */
 export function xxh64(data: Uint8Array): bigint {
-  if (hasher === undefined) throw new Error('initHashes() must be awaited before xxh64()');
-  return hasher.h64Raw(data, 0n);
+  if (addon !== null) return addon.xxh64(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  if (wasm === undefined) throw new Error('initHashes() must be awaited before xxh64()');
+  return wasm.h64Raw(data, 0n);
+}
+
+/** xxh64 through xxhash-wasm, for tests that compare the two. */
+export async function xxh64Wasm(data: Uint8Array): Promise<bigint> {
+  return (await xxhash()).h64Raw(data, 0n);
 }
 
 /** SHA-256 of data as a 32-byte buffer. */

@@ -68,11 +68,12 @@ export async function importImage(store: Store, src: string, name: string, optio
     const diskSize = source.size;
     if (diskSize === 0) throw new ClonecastError(ERR.USAGE, `${src} is empty: there is nothing to import`);
     const sectorSize = source.logicalSectorSize;
+    // Workers start up while the partition table is read.
+    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors };
+    pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
     const partitionTable = await readTable(source);
     const n = chunkCount(diskSize, chunkSize);
     const table = newChunkTable(n);
-    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors };
-    pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
     const progress = new Progress(`import ${name}`, diskSize, options.progress);
     const stats = { dataChunks: 0, zeroChunks: 0, reusedChunks: 0, newBytes: 0, storedBytes: 0 };
     const bad: BadRange[] = [];

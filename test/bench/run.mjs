@@ -4,6 +4,7 @@
 //
 //   npm run bench                  (1 GiB images, 4 GiB for memory)
 //   node test/bench/run.mjs --quick   (256 MiB, no 4 GiB run)
+//   node test/bench/run.mjs --skip-memory   (1 GiB runs only)
 //
 // Baselines:
 //   import: `lz4 -1 -c RAW > /dev/null` on the same raw file (target >= 0.8x)
@@ -20,6 +21,7 @@ import { makeImage } from './mkimage.mjs';
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'bin', 'clonecast');
 const quick = process.argv.includes('--quick');
+const skipMemory = quick || process.argv.includes('--skip-memory');
 const SIZE_MIB = quick ? 256 : 1024;
 const RUNS = quick ? 3 : 5;
 const work = mkdtempSync(join(process.env.CLONECAST_BENCH_TMP ?? tmpdir(), 'clonecast-bench-'));
@@ -96,7 +98,7 @@ try {
     exportBench('a loop device', dense, denseStore, []);
     exportBench('a direct-io loop device', dense, denseStore, ['--direct-io=on']);
   }
-  if (!quick) {
+  if (!skipMemory) {
     const big = join(work, 'big.img');
     makeImage(big, 4096, { dense: true, seed: 2 });
     const store = join(work, 'store-big');

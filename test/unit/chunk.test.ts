@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { compressSync, uncompressSync } from 'lz4-napi';
 import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero, chunkCount, chunkLength } from '../../protocol/chunk.js';
 import { ClonecastError } from '../../protocol/errors.js';
-import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
+import { initHashes, sha256, xxh64, xxh64Wasm, XXH64_IMPLEMENTATION } from '../../protocol/hash.js';
 import { LZ4_IMPLEMENTATION, lz4CompressInto, lz4DecompressInto } from '../../protocol/lz4.js';
 import { texty } from '../helpers.js';
 
@@ -117,6 +117,17 @@ describe('chunk format', () => {
         expect(err).toBeInstanceOf(ClonecastError);
       }
     }
+  });
+
+  it('computes xxh64 like xxhash-wasm for every length class (tail of 0-31 bytes, stripes)', async () => {
+    expect(XXH64_IMPLEMENTATION).toBe('native');
+    for (let len = 0; len < 300; len++) {
+      const b = randomBytes(len);
+      expect(xxh64(b), `length ${len}`).toBe(await xxh64Wasm(b));
+    }
+    const big = randomBytes(CHUNK.DEFAULT_SIZE + 13);
+    expect(xxh64(big)).toBe(await xxh64Wasm(big));
+    expect(xxh64(big.subarray(5, 1000))).toBe(await xxh64Wasm(big.subarray(5, 1000)));
   });
 
   it('detects zero chunks exactly', () => {

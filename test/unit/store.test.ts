@@ -162,6 +162,18 @@ describe('image store', () => {
     expect((await verifyStore(store)).ok).toBe(true);
   });
 
+  it('accepts a chunk file only with all-zero padding after the stored form', async () => {
+    const { storedForm, paddedChunkSize } = await import('../../server/store/store.js');
+    const form = Buffer.alloc(24 + 100, 1);
+    const padded = Buffer.concat([form, Buffer.alloc(paddedChunkSize(form.length) - form.length)]);
+    expect(padded.length).toBe(4096);
+    expect(storedForm(form, 100)?.length).toBe(124);
+    expect(storedForm(padded, 100)?.length).toBe(124);
+    padded[4000] = 1;
+    expect(storedForm(padded, 100)).toBeNull();
+    expect(storedForm(padded.subarray(0, 2000), 100)).toBeNull();
+  });
+
   it('gc removes only chunks no kept version references', async () => {
     const orphanSrc = join(dir, 'orphan.img');
     writeFileSync(orphanSrc, seeded(4 * C, 99));
