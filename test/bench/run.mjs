@@ -41,11 +41,14 @@ function median(xs) {
   return s[Math.floor(s.length / 2)];
 }
 
-function report(name, base, ours, target) {
+function report(name, bases, ourss, target) {
+  const base = median(bases);
+  const ours = median(ourss);
   const ratio = base / ours; // > 1: clonecast is faster
   const ok = ratio >= target;
   if (!ok) failed = true;
   console.log(`${name.padEnd(44)} baseline ${base.toFixed(2)} s  clonecast ${ours.toFixed(2)} s  ratio ${ratio.toFixed(2)}x  (target >= ${target}x) ${ok ? 'ok' : 'MISSED'}`);
+  console.log(`  runs: baseline ${bases.map((x) => x.toFixed(2)).join(' ')}; clonecast ${ourss.map((x) => x.toFixed(2)).join(' ')}`);
 }
 
 function loop(file, extra = []) {
@@ -54,16 +57,23 @@ function loop(file, extra = []) {
   return dev;
 }
 
+/** Lets writeback and discards of the previous step finish, so that no run pays for another's I/O. */
+function settle() {
+  spawnSync('sync');
+}
+
 function importBench(label, raw) {
   const base = [];
   const ours = [];
   for (let i = 0; i < RUNS; i++) {
+    settle();
     base.push(timed('sh', ['-c', `lz4 -1 -c '${raw}' > /dev/null`]).secs);
     const data = join(work, `store-${label}-${i}`);
+    settle();
     ours.push(timed(CLI, ['image', 'import', raw, 'bench', '--data', data, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }).secs);
     if (i < RUNS - 1) rmSync(data, { recursive: true, force: true });
   }
-  report(`import ${SIZE_MIB} MiB (${label}) vs lz4 -1`, median(base), median(ours), 0.8);
+  report(`import ${SIZE_MIB} MiB (${label}) vs lz4 -1`, base, ours, 0.8);
   return join(work, `store-${label}-${RUNS - 1}`);
 }
 
@@ -74,12 +84,14 @@ function exportBench(label, raw, store, loopArgs) {
   const base = [];
   const ours = [];
   for (let i = 0; i < RUNS; i++) {
+    settle();
     base.push(timed('dd', [`if=${raw}`, `of=${dev}`, 'bs=4M', 'oflag=direct', 'status=none']).secs);
+    settle();
     ours.push(timed(CLI, ['image', 'export', 'bench', dev, '--data', store, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }).secs);
   }
   const same = spawnSync('cmp', ['-n', String(SIZE_MIB * 1048576), raw, dev]).status === 0;
   if (!same) failed = true;
-  report(`export ${SIZE_MIB} MiB to ${label} vs dd oflag=direct`, median(base), median(ours), 0.8);
+  report(`export ${SIZE_MIB} MiB to ${label} vs dd oflag=direct`, base, ours, 0.8);
   console.log(`  exported disk equals the raw image: ${same ? 'yes' : 'NO'}`);
 }
 
