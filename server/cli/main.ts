@@ -189,7 +189,11 @@ async function run(argv: string[]): Promise<number> {
 export async function main(argv: string[]): Promise<void> {
   const json = argv.includes('--json');
   process.once('SIGINT', () => {
-    process.stderr.write('\ninterrupted: nothing was published; the store is unchanged apart from reusable chunks (run "clonecast image gc" to drop them)\n');
+    const what =
+      argv.includes('export')
+        ? 'the export target is incomplete; run the export again'
+        : 'nothing half-made was published; chunks already stored are reused by the next import (or dropped by "clonecast image gc")';
+    process.stderr.write(`\ninterrupted: ${what}\n`);
     process.exit(EXIT.INTERRUPTED);
   });
   let code: number;

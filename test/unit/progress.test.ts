@@ -24,9 +24,10 @@ describe('progress', () => {
     p.add(40 << 20);
     p.finish();
     const frames = out.text.split('\r').filter(Boolean);
-    expect(frames.length).toBeGreaterThanOrEqual(2);
-    expect(frames[0]).toMatch(/^\[#+\.+\] import x  50\.0% 50\.0 MiB \/ 100\.0 MiB [\d.]+ [KMG]iB\/s ETA \d+s\x1b\[K$/);
-    expect(frames[frames.length - 1]).toMatch(/import x  50\.0% .* done\x1b\[K\n$/);
+    expect(frames).toHaveLength(3);
+    expect(frames[0]).toMatch(/^\[###\.+\] import x  10\.0% 10\.0 MiB \/ 100\.0 MiB [\d.]+ [KMG]iB\/s ETA \d+s\x1b\[K$/);
+    expect(frames[1]).toMatch(/^\[#{15}\.{15}\] import x  50\.0% 50\.0 MiB/);
+    expect(frames[2]).toMatch(/import x  50\.0% .* done\x1b\[K\n$/);
   });
 
   it('prints plain lines at an interval when not on a terminal', async () => {
