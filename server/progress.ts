@@ -38,7 +38,7 @@ export function formatDuration(s: number): string {
 export class Progress {
   private done = 0;
   private readonly start = performance.now();
-  private lastDraw = 0;
+  private lastDraw = -Infinity;
   private samples: { t: number; done: number }[] = [];
   private readonly stream;
   private readonly tty: boolean;

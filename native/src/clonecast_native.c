@@ -481,20 +481,34 @@ static int get_buffer(napi_env env, napi_value v, uint8_t **ptr, size_t *len) {
   return 1;
 }
 
+// Reads the (src, dst) buffer pair of the lz4 calls; throws and returns 0 if
+// they are not two Buffers under 2 GiB.
+static int get_src_dst(napi_env env, napi_callback_info info, uint8_t **src, size_t *src_len, uint8_t **dst, size_t *dst_len) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 2 || !get_buffer(env, argv[0], src, src_len) || !get_buffer(env, argv[1], dst, dst_len)) {
+    throw_arg(env, "expected (src: Buffer, dst: Buffer)");
+    return 0;
+  }
+  if (*src_len > 0x7e000000 || *dst_len > 0x7e000000) {
+    throw_arg(env, "buffers must be smaller than 2 GiB");
+    return 0;
+  }
+  if (!lz4_load()) {
+    throw_errno(env, ENOSYS, "dlopen(liblz4.so.1)");
+    return 0;
+  }
+  return 1;
+}
+
 // lz4Compress(src, dst): number. Writes the 4-byte length prefix and the
 // block into dst; returns the bytes written, or 0 if they would not fit
 // (the caller sizes dst to the most it accepts, so 0 means "store raw").
 static napi_value js_lz4_compress(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   uint8_t *src, *dst;
   size_t src_len, dst_len;
-  if (argc != 2 || !get_buffer(env, argv[0], &src, &src_len) || !get_buffer(env, argv[1], &dst, &dst_len)) {
-    return throw_arg(env, "expected (src: Buffer, dst: Buffer)");
-  }
-  if (src_len > 0x7e000000 || dst_len > 0x7fffffff) return throw_arg(env, "buffers must be smaller than 2 GiB");
-  if (!lz4_load()) return throw_errno(env, ENOSYS, "dlopen(liblz4.so.1)");
+  if (!get_src_dst(env, info, &src, &src_len, &dst, &dst_len)) return NULL;
   int n = 0;
   if (dst_len > 4) {
     n = lz4_compress((const char *)src, (char *)dst + 4, (int)src_len, (int)(dst_len - 4));
@@ -514,16 +528,9 @@ static napi_value js_lz4_compress(napi_env env, napi_callback_info info) {
 // lz4Decompress(src, dst): number. src is prefix + block; returns the bytes
 // written to dst, or -1 if the block is malformed or does not fit.
 static napi_value js_lz4_decompress(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
-  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   uint8_t *src, *dst;
   size_t src_len, dst_len;
-  if (argc != 2 || !get_buffer(env, argv[0], &src, &src_len) || !get_buffer(env, argv[1], &dst, &dst_len)) {
-    return throw_arg(env, "expected (src: Buffer, dst: Buffer)");
-  }
-  if (src_len > 0x7fffffff || dst_len > 0x7fffffff) return throw_arg(env, "buffers must be smaller than 2 GiB");
-  if (!lz4_load()) return throw_errno(env, ENOSYS, "dlopen(liblz4.so.1)");
+  if (!get_src_dst(env, info, &src, &src_len, &dst, &dst_len)) return NULL;
   int n = -1;
   if (src_len >= 4) n = lz4_decompress((const char *)src + 4, (char *)dst, (int)(src_len - 4), (int)dst_len);
   napi_value result;
