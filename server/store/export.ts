@@ -39,6 +39,15 @@ export interface ExportSummary {
 
 /** Writes image ref to dest (a file path, created or replaced, or a block device). */
 export async function exportImage(store: Store, ref: ImageRef, dest: string, options: ExportOptions = {}): Promise<ExportSummary> {
+  const reader = store.lockReader(`exporting ${ref.name} to ${dest}`);
+  try {
+    return await exportLocked(store, ref, dest, options);
+  } finally {
+    reader.release();
+  }
+}
+
+async function exportLocked(store: Store, ref: ImageRef, dest: string, options: ExportOptions): Promise<ExportSummary> {
   const started = performance.now();
   const { name, version } = store.resolve(ref);
   const { meta, table } = await store.readManifest(name, version);

@@ -109,6 +109,15 @@ export interface VerifyReport {
 
 /** Re-reads every chunk of ref (one version or all versions of a name) or, without ref, of the whole store. */
 export async function verifyStore(store: Store, ref?: ImageRef, options: { workers?: number; progress?: ProgressOptions } = {}): Promise<VerifyReport> {
+  const reader = store.lockReader('verifying');
+  try {
+    return await verifyLocked(store, ref, options);
+  } finally {
+    reader.release();
+  }
+}
+
+async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { workers?: number; progress?: ProgressOptions }): Promise<VerifyReport> {
   const targets: { name: string; version: number }[] = [];
   if (ref === undefined) {
     for (const name of store.images()) for (const version of store.versions(name)) targets.push({ name, version });

@@ -204,10 +204,24 @@ export class Store {
     return lock;
   }
 
-  /** Takes the store-wide gc lock; refuses while any image is locked. */
+  /**
+   * Takes a reader's lock (export, verify): many readers may hold one at
+   * once; gc waits for all of them, so no chunk vanishes under a reader.
+   */
+  lockReader(purpose: string): Lock {
+    const lock = acquireLock(join(this.root, 'locks', `reader-${process.pid}-${randomBytes(4).toString('hex')}.lock`), 'the store', purpose);
+    const gc = liveLocks(join(this.root, 'locks'), 'gc.lock');
+    if (gc.length > 0) {
+      lock.release();
+      throw new ClonecastError(ERR.BUSY, `the store is being garbage-collected by process ${gc[0].pid}; try again when it finishes`);
+    }
+    return lock;
+  }
+
+  /** Takes the store-wide gc lock; refuses while any image is locked or read. */
   lockGc(): Lock {
     const lock = acquireLock(join(this.root, 'locks', 'gc.lock'), 'the store', 'collecting garbage');
-    const busy = liveLocks(join(this.root, 'locks'), 'image-');
+    const busy = [...liveLocks(join(this.root, 'locks'), 'image-'), ...liveLocks(join(this.root, 'locks'), 'reader-')];
     if (busy.length > 0) {
       lock.release();
       throw new ClonecastError(ERR.BUSY, `cannot collect garbage while ${busy.map((b) => `process ${b.pid} holds ${b.file}`).join(', ')}; try again later`);

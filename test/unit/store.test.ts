@@ -195,6 +195,26 @@ describe('image store', () => {
     expect((await collectGarbage(store)).removedChunks).toBe(0);
   });
 
+  it('gc waits for readers, and readers wait for gc', async () => {
+    const reader = store.lockReader('exporting');
+    // Pretend the reader is another live process.
+    writeFileSync(reader.path, `${process.ppid}\nexporting lab\n`);
+    try {
+      expect((await expectCode(collectGarbage(store), ERR.BUSY)).message).toMatch(new RegExp(`process ${process.ppid} holds reader-`));
+    } finally {
+      reader.release();
+    }
+    const gc = acquireLock(join(store.root, 'locks', 'gc.lock'), 'the store', 'collecting garbage');
+    writeFileSync(gc.path, `${process.ppid}\ncollecting garbage\n`);
+    try {
+      await expectCode(exportImage(store, parseRef('lab'), join(dir, 'y.img')), ERR.BUSY);
+      await expectCode(verifyStore(store), ERR.BUSY);
+      await expectCode(importImage(store, src, 'lab', { chunkSize: C }), ERR.BUSY);
+    } finally {
+      gc.release();
+    }
+  });
+
   it('gc refuses to run while a manifest is unreadable', async () => {
     const path = store.manifestPath('repeat', 1);
     const saved = readFileSync(path);
