@@ -276,6 +276,23 @@ export class Store {
     }
   }
 
+  /** Reads a stored chunk's stored form (header + payload, padding removed); throws CHUNK_MISSING or CHUNK_CORRUPT. */
+  async readChunk(sha: Buffer | string): Promise<Buffer> {
+    const hex = typeof sha === 'string' ? sha : sha.toString('hex');
+    let file: Buffer;
+    try {
+      file = await readFile(this.chunkPath(hex));
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${hex} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha: hex });
+      }
+      throw err;
+    }
+    const form = file.length >= CHUNK.HEADER_SIZE ? storedForm(file, file.readUInt32BE(12)) : null;
+    if (form === null) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${hex} is corrupt: its size does not match its header`, { sha: hex });
+    return form;
+  }
+
   /** Size in bytes of a stored chunk file, or -1 if it is missing. */
   chunkFileSize(sha: Buffer | string): number {
     try {

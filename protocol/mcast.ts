@@ -1,0 +1,321 @@
+/**
+ * The multicast transfer protocol's packets (docs/protocol.md). Pure codecs:
+ * decode() never throws; it returns null for anything malformed, and the
+ * caller counts and drops it.
+ *
+ * Common header, big-endian:
+ *   offset size field
+ *        0    4 magic "CCMC"
+ *        4    1 protocol version (MCAST.VERSION)
+ *        5    1 type (PacketType)
+ *        6    2 header length of this type (bytes before the variable part)
+ *        8    4 session id
+ *       12    4 sequence number (per sender or per receiver, wraps)
+ *   // sizeof = 16
+ *
+ * DATA (sender -> group): one fragment of a chunk's stored form.
+ *       16    4 chunk index
+ *       20    2 fragment index
+ *       22    2 fragment count
+ *       24    4 stored length (bytes of the chunk's stored form)
+ *       28    2 payload length
+ *       30    2 flags (bit 0: repair)
+ *   // sizeof = 32, then the payload: bytes [index*fragmentSize, ...) of the stored form
+ *
+ * STATUS (receiver -> sender, unicast): progress, what it still needs, NACKs.
+ *       16    4 receiver id
+ *       20    1 state (ReceiverState)
+ *       21    1 write queue fill, 0-255 of capacity
+ *       22    2 range count R
+ *       24    4 chunks done
+ *       28    4 chunks wanted in all (data chunks of the image)
+ *       32    4 data packets received (cumulative)
+ *       36    4 data packets lost (cumulative, from sender sequence gaps)
+ *       40    4 need window start (chunk index)
+ *       44    4 need window end (exclusive): the ranges below are all it needs in [start, end)
+ *       48    2 NACK count K
+ *       50    2 receiver's smoothed round-trip time to the sender, ms (0: not yet measured)
+ *   // sizeof = 52, then R x (u32 first chunk, u32 count), then K x NACK:
+ *   //   u32 chunk, u16 fragment count F, ceil(F/8) bytes bitmap (bit set = missing, LSB first)
+ *
+ * ACK (sender -> receiver, unicast): answers each STATUS.
+ *       16    4 receiver id
+ *       20    4 echoed STATUS sequence (the receiver measures its round-trip time)
+ *       24    1 state the sender holds for the receiver (ReceiverState)
+ *       25    1 reason code when dropped (DropReason)
+ *       26    2 reserved
+ *       28    4 sender rate in KiB/s
+ *   // sizeof = 32
+ */
+
+/** Constants of the multicast protocol. */
+export const MCAST = Object.freeze({
+  MAGIC: 0x43434d43, // "CCMC"
+  VERSION: 1,
+  COMMON_SIZE: 16,
+  DATA_HEADER: 32,
+  STATUS_HEADER: 52,
+  ACK_SIZE: 32,
+  /** 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP): the largest datagram not fragmented. */
+  MAX_UDP_PAYLOAD: 1472,
+  /** Default fragment payload: 1472 - 32. */
+  DEFAULT_FRAGMENT: 1440,
+  /** Jumbo frames: 9000 - 28 - 32. */
+  MAX_FRAGMENT: 8940,
+  /** A STATUS never exceeds one unfragmented datagram. */
+  MAX_STATUS: 1472,
+});
+
+/** Packet types. */
+export const PacketType = Object.freeze({ DATA: 1, STATUS: 2, ACK: 3 } as const);
+export type PacketType = (typeof PacketType)[keyof typeof PacketType];
+
+/** A receiver's state, as it reports it and as the sender holds it. */
+export const ReceiverState = Object.freeze({ JOINING: 0, RECEIVING: 1, VERIFYING: 2, DONE: 3, FAILED: 4, DROPPED: 5 } as const);
+export type ReceiverState = (typeof ReceiverState)[keyof typeof ReceiverState];
+
+/** Why the sender dropped a receiver. */
+export const DropReason = Object.freeze({ NONE: 0, NO_PROGRESS: 1, SESSION_ENDED: 2 } as const);
+export type DropReason = (typeof DropReason)[keyof typeof DropReason];
+
+/** Data flags. */
+export const DataFlag = Object.freeze({ REPAIR: 1 });
+
+/** A decoded DATA packet; payload is a view into the datagram. */
+export interface DataPacket {
+  type: typeof PacketType.DATA;
+  session: number;
+  seq: number;
+  chunk: number;
+  fragment: number;
+  fragments: number;
+  storedLength: number;
+  flags: number;
+  payload: Buffer;
+}
+
+/** A chunk range: [first, first + count). */
+export interface Range {
+  first: number;
+  count: number;
+}
+
+/** Missing fragments of one partly received chunk. */
+export interface Nack {
+  chunk: number;
+  fragments: number;
+  /** Bit i set = fragment i is missing. */
+  missing: Uint8Array;
+}
+
+/** A decoded STATUS packet. */
+export interface StatusPacket {
+  type: typeof PacketType.STATUS;
+  session: number;
+  seq: number;
+  receiver: number;
+  state: ReceiverState;
+  queueFill: number;
+  done: number;
+  wanted: number;
+  received: number;
+  lost: number;
+  windowStart: number;
+  windowEnd: number;
+  rttMs: number;
+  ranges: Range[];
+  nacks: Nack[];
+}
+
+/** A decoded ACK packet. */
+export interface AckPacket {
+  type: typeof PacketType.ACK;
+  session: number;
+  seq: number;
+  receiver: number;
+  echo: number;
+  state: ReceiverState;
+  reason: DropReason;
+  rateKiB: number;
+}
+
+/** Any decoded packet. */
+export type Packet = DataPacket | StatusPacket | AckPacket;
+
+function writeCommon(out: Buffer, type: PacketType, headerLength: number, session: number, seq: number): void {
+  out.writeUInt32BE(MCAST.MAGIC, 0);
+  out.writeUInt8(MCAST.VERSION, 4);
+  out.writeUInt8(type, 5);
+  out.writeUInt16BE(headerLength, 6);
+  out.writeUInt32BE(session >>> 0, 8);
+  out.writeUInt32BE(seq >>> 0, 12);
+}
+
+/** Number of fragments of a stored chunk of `length` bytes. */
+export function fragmentCount(length: number, fragmentSize: number): number {
+  return Math.max(1, Math.ceil(length / fragmentSize));
+}
+
+/**
+ * Encodes a DATA packet into out (at least DATA_HEADER + payload bytes);
+ * returns the datagram length.
+ */
+export function encodeData(out: Buffer, p: Omit<DataPacket, 'type'>): number {
+  writeCommon(out, PacketType.DATA, MCAST.DATA_HEADER, p.session, p.seq);
+  out.writeUInt32BE(p.chunk, 16);
+  out.writeUInt16BE(p.fragment, 20);
+  out.writeUInt16BE(p.fragments, 22);
+  out.writeUInt32BE(p.storedLength, 24);
+  out.writeUInt16BE(p.payload.length, 28);
+  out.writeUInt16BE(p.flags, 30);
+  p.payload.copy(out, MCAST.DATA_HEADER);
+  return MCAST.DATA_HEADER + p.payload.length;
+}
+
+/** Bytes a STATUS needs for these ranges and NACKs. */
+export function statusSize(ranges: number, nacks: Nack[]): number {
+  return MCAST.STATUS_HEADER + ranges * 8 + nacks.reduce((n, k) => n + 6 + Math.ceil(k.fragments / 8), 0);
+}
+
+/** Encodes a STATUS packet. */
+export function encodeStatus(p: Omit<StatusPacket, 'type'>): Buffer {
+  const out = Buffer.alloc(statusSize(p.ranges.length, p.nacks));
+  writeCommon(out, PacketType.STATUS, MCAST.STATUS_HEADER, p.session, p.seq);
+  out.writeUInt32BE(p.receiver >>> 0, 16);
+  out.writeUInt8(p.state, 20);
+  out.writeUInt8(p.queueFill, 21);
+  out.writeUInt16BE(p.ranges.length, 22);
+  out.writeUInt32BE(p.done, 24);
+  out.writeUInt32BE(p.wanted, 28);
+  out.writeUInt32BE(p.received >>> 0, 32);
+  out.writeUInt32BE(p.lost >>> 0, 36);
+  out.writeUInt32BE(p.windowStart, 40);
+  out.writeUInt32BE(p.windowEnd, 44);
+  out.writeUInt16BE(p.nacks.length, 48);
+  out.writeUInt16BE(Math.min(Math.round(p.rttMs), 0xffff), 50);
+  let o = MCAST.STATUS_HEADER;
+  for (const r of p.ranges) {
+    out.writeUInt32BE(r.first, o);
+    out.writeUInt32BE(r.count, o + 4);
+    o += 8;
+  }
+  for (const k of p.nacks) {
+    out.writeUInt32BE(k.chunk, o);
+    out.writeUInt16BE(k.fragments, o + 4);
+    const bytes = Math.ceil(k.fragments / 8);
+    Buffer.from(k.missing.buffer, k.missing.byteOffset, bytes).copy(out, o + 6);
+    o += 6 + bytes;
+  }
+  return out;
+}
+
+/** Encodes an ACK packet. */
+export function encodeAck(p: Omit<AckPacket, 'type'>): Buffer {
+  const out = Buffer.alloc(MCAST.ACK_SIZE);
+  writeCommon(out, PacketType.ACK, MCAST.ACK_SIZE, p.session, p.seq);
+  out.writeUInt32BE(p.receiver >>> 0, 16);
+  out.writeUInt32BE(p.echo >>> 0, 20);
+  out.writeUInt8(p.state, 24);
+  out.writeUInt8(p.reason, 25);
+  out.writeUInt32BE(Math.min(p.rateKiB, 0xffffffff) >>> 0, 28);
+  return out;
+}
+
+/**
+ * Decodes a datagram. Returns null if it is not a well-formed packet of
+ * this protocol version; never throws.
+ */
+export function decode(buf: Buffer): Packet | null {
+  if (buf.length < MCAST.COMMON_SIZE || buf.readUInt32BE(0) !== MCAST.MAGIC || buf[4] !== MCAST.VERSION) return null;
+  const type = buf[5];
+  const headerLength = buf.readUInt16BE(6);
+  const session = buf.readUInt32BE(8);
+  const seq = buf.readUInt32BE(12);
+  if (type === PacketType.DATA) {
+    if (headerLength !== MCAST.DATA_HEADER || buf.length < MCAST.DATA_HEADER) return null;
+    const fragments = buf.readUInt16BE(22);
+    const fragment = buf.readUInt16BE(20);
+    const length = buf.readUInt16BE(28);
+    if (fragments === 0 || fragment >= fragments || buf.length !== MCAST.DATA_HEADER + length || length === 0) return null;
+    return {
+      type,
+      session,
+      seq,
+      chunk: buf.readUInt32BE(16),
+      fragment,
+      fragments,
+      storedLength: buf.readUInt32BE(24),
+      flags: buf.readUInt16BE(30),
+      payload: buf.subarray(MCAST.DATA_HEADER),
+    };
+  }
+  if (type === PacketType.STATUS) {
+    if (headerLength !== MCAST.STATUS_HEADER || buf.length < MCAST.STATUS_HEADER || buf.length > MCAST.MAX_STATUS) return null;
+    const state = buf[20];
+    if (state > ReceiverState.DROPPED) return null;
+    const rangeCount = buf.readUInt16BE(22);
+    const nackCount = buf.readUInt16BE(48);
+    const windowStart = buf.readUInt32BE(40);
+    const windowEnd = buf.readUInt32BE(44);
+    if (windowEnd < windowStart) return null;
+    let o = MCAST.STATUS_HEADER;
+    if (o + rangeCount * 8 > buf.length) return null;
+    const ranges: Range[] = [];
+    for (let i = 0; i < rangeCount; i++, o += 8) {
+      const first = buf.readUInt32BE(o);
+      const count = buf.readUInt32BE(o + 4);
+      if (count === 0 || first < windowStart || first + count > windowEnd) return null;
+      ranges.push({ first, count });
+    }
+    const nacks: Nack[] = [];
+    for (let i = 0; i < nackCount; i++) {
+      if (o + 6 > buf.length) return null;
+      const chunk = buf.readUInt32BE(o);
+      const fragments = buf.readUInt16BE(o + 4);
+      const bytes = Math.ceil(fragments / 8);
+      if (fragments === 0 || o + 6 + bytes > buf.length) return null;
+      nacks.push({ chunk, fragments, missing: new Uint8Array(buf.subarray(o + 6, o + 6 + bytes)) });
+      o += 6 + bytes;
+    }
+    if (o !== buf.length) return null;
+    return {
+      type,
+      session,
+      seq,
+      receiver: buf.readUInt32BE(16),
+      state: state as ReceiverState,
+      queueFill: buf[21],
+      done: buf.readUInt32BE(24),
+      wanted: buf.readUInt32BE(28),
+      received: buf.readUInt32BE(32),
+      lost: buf.readUInt32BE(36),
+      windowStart,
+      windowEnd,
+      rttMs: buf.readUInt16BE(50),
+      ranges,
+      nacks,
+    };
+  }
+  if (type === PacketType.ACK) {
+    if (headerLength !== MCAST.ACK_SIZE || buf.length !== MCAST.ACK_SIZE) return null;
+    const state = buf[24];
+    const reason = buf[25];
+    if (state > ReceiverState.DROPPED || reason > DropReason.SESSION_ENDED) return null;
+    return {
+      type,
+      session,
+      seq,
+      receiver: buf.readUInt32BE(16),
+      echo: buf.readUInt32BE(20),
+      state: state as ReceiverState,
+      reason: reason as DropReason,
+      rateKiB: buf.readUInt32BE(28),
+    };
+  }
+  return null;
+}
+
+/** True if bit i of a fragment bitmap is set. */
+export function bitSet(bits: Uint8Array, i: number): boolean {
+  return (bits[i >> 3] & (1 << (i & 7))) !== 0;
+}

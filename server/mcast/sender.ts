@@ -1,0 +1,520 @@
+/**
+ * The multicast sender (docs/protocol.md). Serve loop: receive a STATUS,
+ * decode, validate, update what that receiver needs, answer with an ACK.
+ * Send loop: pick the repair or chunk most needed, cut it into fragments,
+ * pace them out at the current rate.
+ */
+import { EventEmitter } from 'node:events';
+import { chunkAt, ChunkKind, tableLength, type Manifest } from '../../protocol/manifest.js';
+import { CHUNK } from '../../protocol/chunk.js';
+import {
+  bitSet,
+  decode,
+  DataFlag,
+  DropReason,
+  encodeAck,
+  encodeData,
+  fragmentCount,
+  MCAST,
+  PacketType,
+  ReceiverState,
+  type StatusPacket,
+} from '../../protocol/mcast.js';
+import type { CreateSocket, RemoteInfo, UdpSocket } from '../../protocol/transport.js';
+import { createUdpSocket, growBuffers } from './udp.js';
+
+/** Defaults of SenderOptions. */
+export const SENDER_DEFAULTS = Object.freeze({
+  rateMbit: 1000,
+  /** The rate never falls below this fraction of the maximum. */
+  minRateFraction: 1 / 16,
+  fragmentSize: MCAST.DEFAULT_FRAGMENT,
+  /** A receiver that writes nothing for this long is dropped. */
+  dropAfterMs: 30_000,
+  /** Pacing tick; a burst is what one tick's tokens allow, at most burstPackets. */
+  tickMs: 1,
+  burstPackets: 64,
+  /** Stored chunks kept in memory for repairs and late joiners. */
+  cacheChunks: 48,
+  ttl: 1,
+  /** Loss above this (worst receiver, last interval) cuts the rate by RATE_DECREASE. */
+  lossHigh: 0.25,
+  /** Loss below this lets the rate grow by RATE_STEP of the maximum per interval. */
+  lossLow: 0.05,
+  rateIntervalMs: 250,
+});
+
+const RATE_DECREASE = 0.7;
+const RATE_STEP = 0.05;
+/** A chunk just sent is not sent again for this many round-trip times, whatever stale reports say. */
+const RESEND_GUARD_RTTS = 3;
+const MIN_GUARD_MS = 30;
+
+/** How to run a sender. */
+export interface SenderOptions {
+  manifest: Manifest;
+  /** Returns chunk i's stored form (header + payload, no padding). */
+  loadChunk: (index: number) => Promise<Buffer>;
+  group: string;
+  port: number;
+  /** Local IPv4 address to send from (picks the interface). */
+  address: string;
+  session?: number;
+  rateMbit?: number;
+  fragmentSize?: number;
+  dropAfterMs?: number;
+  cacheChunks?: number;
+  ttl?: number;
+  createSocket?: CreateSocket;
+}
+
+/** What the sender knows about one receiver. */
+export interface ReceiverStats {
+  id: number;
+  address: string;
+  state: ReceiverState;
+  reason: DropReason;
+  done: number;
+  wanted: number;
+  received: number;
+  lost: number;
+  /** Loss over the last report interval, 0-1. */
+  loss: number;
+  nacks: number;
+  /** Chunks written per second, recent. */
+  chunksPerSecond: number;
+  rttMs: number;
+  joinedAt: number;
+  lastSeen: number;
+  lastProgress: number;
+}
+
+interface Peer extends ReceiverStats {
+  port: number;
+  need: Uint8Array; // bit per chunk: the sender believes this receiver needs it
+  lastSeq: number;
+  intervalReceived: number;
+  intervalLost: number;
+}
+
+interface Outgoing {
+  chunk: number;
+  data: Buffer;
+  fragments: number;
+  /** Fragment indexes still to send, in order. */
+  queue: number[];
+  repair: boolean;
+}
+
+/** Counters for the dashboard and tests. */
+export interface SenderCounters {
+  packetsSent: number;
+  bytesSent: number;
+  chunksSent: number;
+  repairPackets: number;
+  statusReceived: number;
+  dropped: { malformed: number; otherSession: number; unexpected: number };
+  sendErrors: number;
+}
+
+/** A multicast sender for one image version. */
+export class Sender extends EventEmitter {
+  readonly session: number;
+  readonly counters: SenderCounters = {
+    packetsSent: 0,
+    bytesSent: 0,
+    chunksSent: 0,
+    repairPackets: 0,
+    statusReceived: 0,
+    dropped: { malformed: 0, otherSession: 0, unexpected: 0 },
+    sendErrors: 0,
+  };
+  /** Current pacing rate, bytes per second. */
+  rate: number;
+  private readonly maxRate: number;
+  private readonly n: number;
+  private readonly kinds: Uint8Array;
+  private readonly demand: Uint16Array;
+  private readonly lastSent: Float64Array;
+  private readonly peers = new Map<number, Peer>();
+  private readonly repairs = new Map<number, Uint8Array>();
+  private readonly cache = new Map<number, Buffer>();
+  private readonly fragmentSize: number;
+  private socket: UdpSocket | undefined;
+  private seq = 0;
+  private tokens = 0;
+  private lastTick = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private rateTimer: NodeJS.Timeout | undefined;
+  private current: Outgoing | undefined;
+  private next: Promise<Outgoing | undefined> | undefined;
+  private cursor = 0;
+  private packet: Buffer;
+  private stopped = false;
+
+  constructor(private readonly options: SenderOptions) {
+    super();
+    this.session = options.session ?? ((Math.random() * 0xffffffff) >>> 0);
+    this.n = tableLength(options.manifest.table);
+    this.kinds = new Uint8Array(this.n);
+    for (let i = 0; i < this.n; i++) this.kinds[i] = chunkAt(options.manifest.table, i).kind;
+    this.demand = new Uint16Array(this.n);
+    this.lastSent = new Float64Array(this.n);
+    this.fragmentSize = options.fragmentSize ?? SENDER_DEFAULTS.fragmentSize;
+    if (this.fragmentSize < 256 || this.fragmentSize > MCAST.MAX_FRAGMENT) throw new RangeError(`fragment size must be 256 to ${MCAST.MAX_FRAGMENT}`);
+    this.maxRate = ((options.rateMbit ?? SENDER_DEFAULTS.rateMbit) * 1e6) / 8;
+    this.rate = this.maxRate;
+    this.packet = Buffer.alloc(MCAST.DATA_HEADER + this.fragmentSize);
+  }
+
+  /** Binds the socket and starts the serve and send loops; resolves with the local port. */
+  async start(): Promise<number> {
+    const socket = (this.options.createSocket ?? createUdpSocket)();
+    this.socket = socket;
+    socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    socket.on('error', (err) => this.emit('error', err));
+    await new Promise<void>((resolve) => socket.bind(0, this.options.address, resolve));
+    socket.setMulticastInterface(this.options.address);
+    socket.setMulticastTTL(this.options.ttl ?? SENDER_DEFAULTS.ttl);
+    socket.setMulticastLoopback(true);
+    growBuffers(socket);
+    this.lastTick = performance.now();
+    this.timer = setInterval(() => this.tick(), SENDER_DEFAULTS.tickMs);
+    this.rateTimer = setInterval(() => this.adjustRate(), SENDER_DEFAULTS.rateIntervalMs);
+    return socket.address().port;
+  }
+
+  /** Stops sending and closes the socket. Receivers still running see no more data. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.timer);
+    clearInterval(this.rateTimer);
+    this.socket?.close();
+  }
+
+  /** Statistics of every receiver seen. */
+  receivers(): ReceiverStats[] {
+    return [...this.peers.values()].map(({ need: _n, lastSeq: _s, intervalReceived: _r, intervalLost: _l, port: _p, ...stats }) => ({ ...stats }));
+  }
+
+  /** Chunks that some active receiver needs, as the sender believes. */
+  pendingDemand(): number {
+    let total = 0;
+    for (let i = 0; i < this.n; i++) total += this.demand[i];
+    return total;
+  }
+
+  // ---- serve loop: STATUS in, ACK out ----
+
+  private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    const p = decode(msg);
+    if (p === null) {
+      this.counters.dropped.malformed++;
+      return;
+    }
+    if (p.session !== this.session) {
+      this.counters.dropped.otherSession++;
+      return;
+    }
+    if (p.type !== PacketType.STATUS) {
+      this.counters.dropped.unexpected++;
+      return;
+    }
+    this.counters.statusReceived++;
+    const peer = this.peerFor(p, rinfo);
+    // A report older than one already applied is stale: answer it, change nothing.
+    if (peer.lastSeq < 0 || seqNewer(p.seq, peer.lastSeq)) this.apply(peer, p);
+    this.reply(peer, p.seq);
+  }
+
+  private peerFor(p: StatusPacket, rinfo: RemoteInfo): Peer {
+    let peer = this.peers.get(p.receiver);
+    const now = performance.now();
+    if (peer === undefined) {
+      peer = {
+        id: p.receiver,
+        address: rinfo.address,
+        port: rinfo.port,
+        state: ReceiverState.JOINING,
+        reason: DropReason.NONE,
+        done: p.done,
+        wanted: p.wanted,
+        received: 0,
+        lost: 0,
+        loss: 0,
+        nacks: 0,
+        chunksPerSecond: 0,
+        rttMs: 0,
+        joinedAt: now,
+        lastSeen: now,
+        lastProgress: now,
+        need: new Uint8Array(Math.ceil(this.n / 8)),
+        lastSeq: -1,
+        intervalReceived: 0,
+        intervalLost: 0,
+      };
+      this.peers.set(p.receiver, peer);
+      this.emit('join', { ...peer });
+    }
+    // A receiver that restarted keeps its id but may come from a new port.
+    peer.address = rinfo.address;
+    peer.port = rinfo.port;
+    return peer;
+  }
+
+  private apply(peer: Peer, p: StatusPacket): void {
+    const now = performance.now();
+    peer.lastSeq = p.seq;
+    peer.lastSeen = now;
+    if (peer.state === ReceiverState.DROPPED) return;
+    if (p.done > peer.done) {
+      const dt = (now - peer.lastProgress) / 1000;
+      peer.chunksPerSecond = dt > 0 ? (p.done - peer.done) / dt : 0;
+      peer.lastProgress = now;
+    } else if (p.done < peer.done) {
+      peer.lastProgress = now; // restarted: count from here
+    }
+    peer.intervalReceived += Math.max(0, p.received - peer.received);
+    peer.intervalLost += Math.max(0, p.lost - peer.lost);
+    peer.done = p.done;
+    peer.wanted = p.wanted;
+    peer.received = p.received;
+    peer.lost = p.lost;
+    peer.rttMs = p.rttMs;
+    const state = p.state === ReceiverState.JOINING ? ReceiverState.RECEIVING : p.state;
+    if (state !== peer.state) {
+      peer.state = state;
+      this.emit('state', { ...peer });
+    }
+    if (state === ReceiverState.DONE || state === ReceiverState.FAILED) {
+      this.setNeeds(peer, 0, this.n, []);
+    } else {
+      this.setNeeds(peer, p.windowStart, Math.min(p.windowEnd, this.n), p.ranges);
+      for (const k of p.nacks) this.addRepair(peer, k.chunk, k.fragments, k.missing);
+    }
+    this.emit('status', { ...peer });
+  }
+
+  // The ranges are all this receiver needs inside [start, end): clear the
+  // window, then set the ranges, keeping demand counts in step.
+  private setNeeds(peer: Peer, start: number, end: number, ranges: { first: number; count: number }[]): void {
+    const guard = this.guardMs(peer);
+    const now = performance.now();
+    for (let i = start; i < end; i++) this.setNeed(peer, i, false);
+    for (const r of ranges) {
+      for (let i = r.first; i < Math.min(r.first + r.count, end); i++) {
+        // Just sent: the report was probably written before it arrived.
+        if (this.kinds[i] === ChunkKind.DATA && now - this.lastSent[i] > guard) this.setNeed(peer, i, true);
+      }
+    }
+  }
+
+  private setNeed(peer: Peer, i: number, on: boolean): void {
+    const bit = 1 << (i & 7);
+    const has = (peer.need[i >> 3] & bit) !== 0;
+    if (has === on) return;
+    if (on) {
+      peer.need[i >> 3] |= bit;
+      this.demand[i]++;
+    } else {
+      peer.need[i >> 3] &= ~bit;
+      this.demand[i]--;
+    }
+  }
+
+  private addRepair(peer: Peer, chunk: number, fragments: number, missing: Uint8Array): void {
+    if (chunk >= this.n || this.kinds[chunk] !== ChunkKind.DATA) return;
+    const expected = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.options.manifest.table, chunk).storedLength, this.fragmentSize);
+    if (fragments !== expected) return;
+    peer.nacks++;
+    const bits = this.repairs.get(chunk) ?? new Uint8Array(Math.ceil(fragments / 8));
+    // The union of everyone's missing fragments: one repair serves them all.
+    for (let b = 0; b < bits.length; b++) bits[b] |= missing[b];
+    this.repairs.set(chunk, bits);
+  }
+
+  private reply(peer: Peer, echo: number): void {
+    const ack = encodeAck({
+      session: this.session,
+      seq: this.seq,
+      receiver: peer.id,
+      echo,
+      state: peer.state,
+      reason: peer.reason,
+      rateKiB: Math.round(this.rate / 1024),
+    });
+    this.socket?.send(ack, peer.port, peer.address);
+  }
+
+  private guardMs(peer?: Peer): number {
+    const rtt = peer?.rttMs ?? 0;
+    return Math.max(MIN_GUARD_MS, rtt * RESEND_GUARD_RTTS);
+  }
+
+  // ---- send loop ----
+
+  private tick(): void {
+    if (this.stopped) return;
+    const now = performance.now();
+    this.tokens = Math.min(this.tokens + ((now - this.lastTick) / 1000) * this.rate, this.burstBytes());
+    this.lastTick = now;
+    this.dropSilent(now);
+    let budget = this.tokens;
+    while (budget >= MCAST.DATA_HEADER + this.fragmentSize) {
+      const out = this.current;
+      if (out === undefined || out.queue.length === 0) {
+        this.current = undefined;
+        this.prepareNext();
+        break; // the next chunk is loading; send it on a later tick
+      }
+      const f = out.queue.shift()!;
+      budget -= this.sendFragment(out, f);
+      if (out.queue.length === 0) {
+        if (!out.repair) this.counters.chunksSent++;
+        this.current = undefined;
+        this.prepareNext();
+      }
+    }
+    this.tokens = budget;
+  }
+
+  private burstBytes(): number {
+    // Enough for two ticks at the current rate, and never more than burstPackets.
+    const pkt = MCAST.DATA_HEADER + this.fragmentSize;
+    return Math.max(2 * pkt, Math.min((this.rate * 2 * SENDER_DEFAULTS.tickMs) / 1000, SENDER_DEFAULTS.burstPackets * pkt) + pkt);
+  }
+
+  private sendFragment(out: Outgoing, f: number): number {
+    const start = f * this.fragmentSize;
+    const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
+    const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length);
+    encodeData(packet, {
+      session: this.session,
+      seq: this.seq++ >>> 0,
+      chunk: out.chunk,
+      fragment: f,
+      fragments: out.fragments,
+      storedLength: out.data.length,
+      flags: out.repair ? DataFlag.REPAIR : 0,
+      payload,
+    });
+    this.seq >>>= 0;
+    this.counters.packetsSent++;
+    this.counters.bytesSent += packet.length;
+    if (out.repair) this.counters.repairPackets++;
+    this.socket!.send(packet, this.options.port, this.options.group, (err) => {
+      if (err) {
+        // ENOBUFS/EAGAIN: the local queue is full; treat it as congestion.
+        this.counters.sendErrors++;
+        this.rate = Math.max(this.rate * RATE_DECREASE, this.minRate());
+      }
+    });
+    return packet.length;
+  }
+
+  private prepareNext(): void {
+    if (this.next !== undefined) return;
+    const pick = this.pick();
+    if (pick === undefined) return;
+    this.next = this.outgoing(pick.chunk, pick.fragments)
+      .catch((err) => {
+        this.emit('error', err);
+        return undefined;
+      })
+      .then((out) => {
+        this.next = undefined;
+        if (out !== undefined && !this.stopped) this.current = out;
+        return out;
+      });
+  }
+
+  /** Repairs first (the union of NACKed fragments), then the chunk most receivers need. */
+  private pick(): { chunk: number; fragments?: Uint8Array } | undefined {
+    for (const [chunk, bits] of this.repairs) {
+      this.repairs.delete(chunk);
+      return { chunk, fragments: bits };
+    }
+    let best = -1;
+    let bestDemand = 0;
+    // Scan from a moving cursor; take the most needed chunk among the first
+    // ones found, so that work spreads over the disk in order.
+    const window = 256;
+    let seen = 0;
+    for (let k = 0; k < this.n; k++) {
+      const i = (this.cursor + k) % this.n;
+      const d = this.demand[i];
+      if (d === 0) continue;
+      if (d > bestDemand) {
+        best = i;
+        bestDemand = d;
+      }
+      if (++seen >= window) break;
+    }
+    if (best < 0) return undefined;
+    this.cursor = (best + 1) % this.n;
+    // Assume it is delivered; a receiver that loses it asks again.
+    for (const peer of this.peers.values()) this.setNeed(peer, best, false);
+    this.lastSent[best] = performance.now();
+    return { chunk: best };
+  }
+
+  private async outgoing(chunk: number, fragments?: Uint8Array): Promise<Outgoing> {
+    let data = this.cache.get(chunk);
+    if (data === undefined) {
+      data = await this.options.loadChunk(chunk);
+      this.cache.set(chunk, data);
+      const limit = this.options.cacheChunks ?? SENDER_DEFAULTS.cacheChunks;
+      // Map iteration order is insertion order: evict the oldest.
+      while (this.cache.size > limit) this.cache.delete(this.cache.keys().next().value!);
+    } else {
+      this.cache.delete(chunk);
+      this.cache.set(chunk, data);
+    }
+    const count = fragmentCount(data.length, this.fragmentSize);
+    const queue: number[] = [];
+    for (let f = 0; f < count; f++) if (fragments === undefined || bitSet(fragments, f)) queue.push(f);
+    return { chunk, data, fragments: count, queue, repair: fragments !== undefined };
+  }
+
+  // ---- rate control and liveness ----
+
+  private minRate(): number {
+    return this.maxRate * SENDER_DEFAULTS.minRateFraction;
+  }
+
+  private adjustRate(): void {
+    let worst = 0;
+    for (const peer of this.peers.values()) {
+      const total = peer.intervalReceived + peer.intervalLost;
+      peer.loss = total > 20 ? peer.intervalLost / total : peer.loss;
+      peer.intervalReceived = 0;
+      peer.intervalLost = 0;
+      if (peer.state === ReceiverState.RECEIVING && total > 20) worst = Math.max(worst, peer.loss);
+    }
+    if (worst > SENDER_DEFAULTS.lossHigh) this.rate = Math.max(this.rate * RATE_DECREASE, this.minRate());
+    else if (worst < SENDER_DEFAULTS.lossLow) this.rate = Math.min(this.rate + this.maxRate * RATE_STEP, this.maxRate);
+  }
+
+  private dropSilent(now: number): void {
+    const limit = this.options.dropAfterMs ?? SENDER_DEFAULTS.dropAfterMs;
+    for (const peer of this.peers.values()) {
+      if (peer.state !== ReceiverState.RECEIVING && peer.state !== ReceiverState.JOINING && peer.state !== ReceiverState.VERIFYING) continue;
+      if (peer.state !== ReceiverState.VERIFYING && now - peer.lastProgress > limit) this.drop(peer, DropReason.NO_PROGRESS);
+      else if (now - peer.lastSeen > limit) this.drop(peer, DropReason.NO_PROGRESS);
+    }
+  }
+
+  private drop(peer: Peer, reason: DropReason): void {
+    peer.state = ReceiverState.DROPPED;
+    peer.reason = reason;
+    this.setNeeds(peer, 0, this.n, []);
+    this.emit('state', { ...peer });
+  }
+}
+
+/** True if sequence a is after b, with 32-bit wrap-around (RFC 1982 style). */
+export function seqNewer(a: number, b: number): boolean {
+  const d = (a - b) >>> 0;
+  return d !== 0 && d < 0x80000000;
+}
