@@ -5,7 +5,9 @@
  * queue never blocks reception: the chunk stays needed and comes again.
  * Every report interval it tells the sender what it still needs.
  */
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
+import { hostname } from 'node:os';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
 import { CHUNK, chunkLength, decodeChunk, isZero } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -150,7 +152,9 @@ export class Receiver extends EventEmitter {
 
   constructor(private readonly options: ReceiverOptions) {
     super();
-    this.id = options.receiverId ?? ((Math.random() * 0xffffffff) >>> 0);
+    // Stable across restarts of the same machine and disk, so that the
+    // sender sees a restarted receiver as the one it already knows.
+    this.id = options.receiverId ?? createHash('sha256').update(`${hostname()}|${options.interfaceAddress ?? ''}|${options.target}`).digest().readUInt32BE(0);
     const { table } = options.manifest;
     this.n = tableLength(table);
     this.status = new Uint8Array(this.n);

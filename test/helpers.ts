@@ -31,6 +31,14 @@ const CAPABILITIES: Record<string, () => string | null> = {
   mkfs: () => (hasCommand('mkfs.ext4') ? null : 'needs mkfs.ext4 (e2fsprogs)'),
   sfdisk: () => (hasCommand('sfdisk') ? null : 'needs sfdisk (fdisk package)'),
   sgdisk: () => (hasCommand('sgdisk') ? null : 'needs sgdisk (gdisk package)'),
+  netns: () => {
+    if (process.getuid?.() !== 0) return 'needs root for network namespaces';
+    const probe = `ccprobe${process.pid}`;
+    if (spawnSync('ip', ['netns', 'add', probe]).status !== 0) return 'cannot create network namespaces (ip netns)';
+    spawnSync('ip', ['netns', 'del', probe]);
+    return hasCommand('tc') ? null : 'needs tc (iproute2)';
+  },
+  blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
   fuse: () =>
     existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',
 };

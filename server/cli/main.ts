@@ -12,6 +12,7 @@ import { importImage } from '../store/import.js';
 import { exportImage } from '../store/export.js';
 import { collectGarbage, describe, listImages, removeImage, verifyStore } from '../store/maintenance.js';
 import { DEFAULT_LISTEN, startHttp } from '../http.js';
+import { receive, send } from './transfer.js';
 import { printInfo, printList, printVerify, printImport, printExport, printGc } from './output.js';
 
 /** Exit codes (also in the README). */
@@ -57,6 +58,10 @@ usage:
   clonecast image rm NAME[@V]
   clonecast image gc
   clonecast serve [--listen HOST:PORT]
+  clonecast send NAME[@V] (--interface IF | --address IP) [--clients N] [--rate MBIT]
+                 [--group ADDR] [--port P] [--http-port P] [--fragment BYTES] [--drop-after S]
+  clonecast receive --from URL --disk PATH [--interface IF | --address IP] [--resume]
+                 [--force] [--no-verify]
   clonecast version
 
 options for every command:
@@ -75,6 +80,20 @@ const OPTIONS = {
   'chunk-size': { type: 'string' },
   force: { type: 'boolean' },
   listen: { type: 'string' },
+  interface: { type: 'string' },
+  address: { type: 'string' },
+  clients: { type: 'string' },
+  rate: { type: 'string' },
+  group: { type: 'string' },
+  port: { type: 'string' },
+  'http-port': { type: 'string' },
+  fragment: { type: 'string' },
+  'drop-after': { type: 'string' },
+  from: { type: 'string' },
+  disk: { type: 'string' },
+  resume: { type: 'boolean' },
+  'no-verify': { type: 'boolean' },
+  'write-limit': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -124,6 +143,40 @@ async function run(argv: string[]): Promise<number> {
     });
     out(() => console.log(`clonecast server\n  dashboard: ${url}\n  image store: ${store.root}\n  stop with Ctrl-C`), { url, data: store.root });
     await new Promise(() => {});
+  }
+  if (command === 'send') {
+    if (sub === undefined || rest.length > 0) throw usage('"clonecast send" takes NAME[@V]');
+    const { code, summary } = await send(Store.open(dataDir(values.data)), {
+      ref: sub,
+      address: values.address,
+      interface: values.interface,
+      clients: positiveInt(values.clients, '--clients'),
+      group: values.group,
+      port: positiveInt(values.port, '--port'),
+      httpPort: values['http-port'] === '0' ? 0 : positiveInt(values['http-port'], '--http-port'),
+      rateMbit: positiveInt(values.rate, '--rate'),
+      fragmentSize: positiveInt(values.fragment, '--fragment'),
+      dropAfterSeconds: positiveInt(values['drop-after'], '--drop-after'),
+      json,
+    });
+    if (json) emitJson(summary);
+    return code;
+  }
+  if (command === 'receive') {
+    if (values.from === undefined || values.disk === undefined) throw usage('"clonecast receive" needs --from URL and --disk PATH');
+    const summary = await receive({
+      from: values.from,
+      disk: values.disk,
+      address: values.address,
+      interface: values.interface,
+      resume: values.resume === true,
+      force: values.force === true,
+      verify: values['no-verify'] !== true,
+      writeLimit: positiveInt(values['write-limit'], '--write-limit'),
+      json,
+    });
+    if (json) emitJson(summary);
+    return EXIT.OK;
   }
   if (command !== 'image') throw usage(`unknown command "${command}"`);
   const store = Store.open(dataDir(values.data));

@@ -1,0 +1,142 @@
+/**
+ * `clonecast send` and `clonecast receive`: one multicast session from the
+ * command line, for the lab and for trying the engine by hand. (The server's
+ * deploy command and the agent replace them in daily use.)
+ */
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { ReceiverState } from '../../protocol/mcast.js';
+import { Receiver } from '../../agent/receiver.js';
+import { fetchSession } from '../../agent/session-client.js';
+import { interfaceAddress, startSession } from '../mcast/session.js';
+import type { ReceiverStats } from '../mcast/sender.js';
+import { formatBytes, formatDuration, Progress } from '../progress.js';
+import { parseRef, type Store } from '../store/store.js';
+
+const STATE_NAMES = ['joining', 'receiving', 'verifying', 'done', 'failed', 'dropped'];
+
+/** Options of the send command. */
+export interface SendArgs {
+  ref: string;
+  address?: string;
+  interface?: string;
+  clients?: number;
+  group?: string;
+  port?: number;
+  httpPort?: number;
+  rateMbit?: number;
+  fragmentSize?: number;
+  dropAfterSeconds?: number;
+  json: boolean;
+}
+
+function localAddress(args: { address?: string; interface?: string }): string | undefined {
+  if (args.address !== undefined) return args.address;
+  if (args.interface !== undefined) return interfaceAddress(args.interface);
+  return undefined;
+}
+
+function describeReceiver(r: ReceiverStats, chunkSize: number): string {
+  const pct = r.wanted > 0 ? ((100 * r.done) / r.wanted).toFixed(1) : '100.0';
+  const rate = formatBytes(r.chunksPerSecond * chunkSize);
+  const eta = r.chunksPerSecond > 0 ? formatDuration((r.wanted - r.done) / r.chunksPerSecond) : '--';
+  return `  ${r.id.toString(16).padStart(8, '0')} ${r.address.padEnd(15)} ${STATE_NAMES[r.state].padEnd(9)} ${pct.padStart(5)}% ${rate}/s ETA ${eta} loss ${(100 * r.loss).toFixed(1)}% nacks ${r.nacks}`;
+}
+
+/** Runs a sender until `clients` receivers have finished (or forever); returns the exit code. */
+export async function send(store: Store, args: SendArgs): Promise<{ code: number; summary: unknown }> {
+  const address = localAddress(args);
+  if (address === undefined) throw new ClonecastError(ERR.USAGE, 'send needs --interface IF or --address IP: the interface to multicast on');
+  const session = await startSession(store, parseRef(args.ref), {
+    address,
+    group: args.group,
+    port: args.port,
+    httpPort: args.httpPort,
+    rateMbit: args.rateMbit,
+    fragmentSize: args.fragmentSize,
+    dropAfterMs: args.dropAfterSeconds !== undefined ? args.dropAfterSeconds * 1000 : undefined,
+  });
+  const { sender } = session;
+  const manifest = await store.readManifest(session.image.name, session.image.version);
+  const chunkSize = manifest.meta.chunkSize;
+  process.stderr.write(`clonecast send: ${session.image.name}@${session.image.version} on ${session.info.group}:${session.info.port} from ${address}\n`);
+  process.stderr.write(`session: ${session.url}\n`);
+  process.stderr.write(`receivers run: clonecast receive --from ${session.url} --disk DISK\n`);
+  const started = performance.now();
+  sender.on('state', (r: ReceiverStats) => {
+    if (!args.json) process.stderr.write(`receiver ${r.id.toString(16).padStart(8, '0')} (${r.address}) is ${STATE_NAMES[r.state]}${r.state === ReceiverState.DROPPED ? ': no progress for too long' : ''}\n`);
+  });
+  const table = setInterval(() => {
+    if (args.json) return;
+    const rs = sender.receivers();
+    process.stderr.write(`${formatDuration((performance.now() - started) / 1000)} rate ${formatBytes(sender.rate)}/s sent ${formatBytes(sender.counters.bytesSent)}, ${rs.length} receiver(s)\n${rs.map((r) => describeReceiver(r, chunkSize)).join('\n')}\n`);
+  }, 2000);
+  try {
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        const rs = sender.receivers();
+        const finished = rs.filter((r) => r.state >= ReceiverState.DONE);
+        if (args.clients !== undefined && finished.length >= args.clients && finished.length === rs.length) resolve();
+      };
+      sender.on('state', check);
+    });
+  } finally {
+    clearInterval(table);
+    session.close();
+  }
+  const receivers = sender.receivers();
+  const seconds = (performance.now() - started) / 1000;
+  const ok = receivers.every((r) => r.state === ReceiverState.DONE);
+  const summary = { image: session.image, seconds, counters: sender.counters, receivers: receivers.map((r) => ({ ...r, state: STATE_NAMES[r.state] })) };
+  if (!args.json) {
+    process.stdout.write(`session ${ok ? 'complete' : 'finished with failures'} in ${formatDuration(seconds)}; sent ${formatBytes(sender.counters.bytesSent)} (${sender.counters.repairPackets} repair packets)\n`);
+    for (const r of receivers) process.stdout.write(`${describeReceiver(r, chunkSize)}\n`);
+  }
+  return { code: ok ? 0 : 1, summary };
+}
+
+/** Options of the receive command. */
+export interface ReceiveArgs {
+  from: string;
+  disk: string;
+  address?: string;
+  interface?: string;
+  resume: boolean;
+  force: boolean;
+  verify: boolean;
+  writeLimit?: number;
+  json: boolean;
+}
+
+/** Joins a session and writes the disk; returns the summary. */
+export async function receive(args: ReceiveArgs): Promise<unknown> {
+  const join = await fetchSession(args.from);
+  const receiver = new Receiver({
+    session: join.info,
+    manifest: join.manifest,
+    target: args.disk,
+    force: args.force,
+    interfaceAddress: localAddress(args),
+    resume: args.resume,
+    verify: args.verify,
+    writeLimit: args.writeLimit,
+  });
+  const { meta } = join.manifest;
+  const progress = new Progress(`receive ${join.image.name}@${join.image.version}`, meta.diskSize, { stream: args.json ? null : process.stderr });
+  let last = 0;
+  receiver.on('resume', ({ skipped }: { skipped: number }) => {
+    if (!args.json) process.stderr.write(`resume: ${skipped} chunks already on ${args.disk}\n`);
+  });
+  receiver.on('progress', ({ bytesWritten }: { bytesWritten: number }) => {
+    progress.add(bytesWritten - last);
+    last = bytesWritten;
+  });
+  const result = await receiver.run();
+  progress.finish();
+  if (!args.json) {
+    process.stdout.write(
+      `received ${join.image.name}@${join.image.version} onto ${args.disk}: ${result.chunks} chunks (${result.skipped} already there), ${formatBytes(result.bytesWritten)} written in ${formatDuration(result.seconds)}, ${result.verified ? 'verified' : 'not verified'}\n` +
+        `  packets ${result.counters.packets}, lost ${result.counters.lost}, duplicates ${result.counters.duplicates}, NACKs ${result.counters.nacksSent}, rejected ${JSON.stringify(result.counters.rejected)}\n`,
+    );
+  }
+  return { image: join.image, ...result };
+}

@@ -1,0 +1,174 @@
+import { afterAll, beforeAll, describe, expect } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { Store } from '../../server/store/store.js';
+import { importImage } from '../../server/store/import.js';
+import { detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
+import { Lab } from './netns.js';
+import { runSession, startReceiver, startSender, type Finished } from './session-runner.js';
+// @ts-expect-error: a plain JavaScript module
+import { makeImage } from '../bench/mkimage.mjs';
+
+const MiB = 1 << 20;
+const labs: Lab[] = [];
+afterAll(() => {
+  for (const lab of labs) lab.down();
+  detachLoops();
+});
+
+function lab(clients: number, loss?: number | number[], rateMbit?: number): Lab {
+  const l = Lab.up({ clients, loss, rateMbit });
+  labs.push(l);
+  return l;
+}
+
+function expectReceived(r: Finished, disk: string, image: Buffer, what: string): void {
+  expect(r.code, `${what}: ${r.stderr}`).toBe(0);
+  expect(readFileSync(disk).subarray(0, image.length).equals(image), `${what}: disk differs from the image`).toBe(true);
+}
+
+describe('multicast sessions in the network-namespace lab', () => {
+  const dir = tempDir('mcast');
+  const data = join(dir, 'data');
+  const raw = join(dir, 'image.raw');
+  let image: Buffer;
+
+  beforeAll(async () => {
+    if (missing(['netns']).length > 0) return;
+    makeImage(raw, 16, { dense: true, seed: 5 });
+    image = readFileSync(raw);
+    await importImage(Store.open(data), raw, 'lab', {});
+  });
+
+  for (const n of [1, 4, 8]) {
+    for (const loss of [0, 0.02, 0.1]) {
+      itNeeds(['netns', 'loop'], `delivers to ${n} receiver(s) with ${loss * 100}% loss each, every disk identical`, async () => {
+        const l = lab(n, loss);
+        const plans = l.clients.map((_, k) => {
+          const file = join(dir, `n${n}-l${loss}-${k}.img`);
+          // N=4 writes to loop devices, the others to files.
+          if (n === 4) {
+            writeFileSync(file, Buffer.alloc(0));
+            execFileSync('truncate', ['-s', `${16 * MiB}`, file]);
+            return { k, disk: loopAttach(file), file };
+          }
+          return { k, disk: file, file };
+        });
+        const { sender, receivers } = await runSession(l, data, 'lab', plans);
+        expect(sender.code, sender.stderr).toBe(0);
+        receivers.forEach((r, k) => expectReceived(r, plans[k].file, image, `receiver ${k}`));
+        if (loss > 0) {
+          expect(receivers.some((r) => r.json.counters.lost > 0)).toBe(true);
+          expect(l.droppedTowards(0)).toBeGreaterThan(0);
+        }
+        expect(sender.json.receivers.map((r: { state: string }) => r.state)).toEqual(Array(n).fill('done'));
+        l.down();
+      }, 120_000);
+    }
+  }
+
+  itNeeds(['netns'], 'a receiver that starts 5 s late finishes correctly, and nobody waits for it', async () => {
+    const l = lab(3);
+    const plans = [0, 1, 2].map((k) => ({ k, disk: join(dir, `late-${k}.img`), delayMs: k === 2 ? 5000 : 0 }));
+    const { sender, receivers } = await runSession(l, data, 'lab', plans, ['--rate', '12']);
+    expect(sender.code, sender.stderr).toBe(0);
+    receivers.forEach((r, k) => expectReceived(r, plans[k].disk, image, `receiver ${k}`));
+    // The early ones finished before the late one, which joined mid-session.
+    expect(Math.max(receivers[0].endedAt, receivers[1].endedAt)).toBeLessThan(receivers[2].endedAt);
+    expect(receivers[0].endedAt).toBeGreaterThan(5000);
+    l.down();
+  }, 120_000);
+
+  itNeeds(['netns'], 'a receiver killed halfway and restarted finishes correctly without fetching again what it wrote', async () => {
+    const l = lab(3);
+    const s = await startSender(l, data, 'lab', 3, ['--rate', '12']);
+    const disks = [0, 1, 2].map((k) => join(dir, `kill-${k}.img`));
+    const steady = [0, 1].map((k) => startReceiver(l, s.url, { k, disk: disks[k] }, s.t0).done);
+    const victim = startReceiver(l, s.url, { k: 2, disk: disks[2] }, s.t0);
+    await new Promise((r) => setTimeout(r, 2500));
+    victim.child.kill('SIGKILL');
+    await victim.done;
+    const again = await startReceiver(l, s.url, { k: 2, disk: disks[2], extra: ['--resume'] }, s.t0).done;
+    const [a, b] = await Promise.all(steady);
+    const sender = await s.done;
+    expect(sender.code, sender.stderr).toBe(0);
+    expectReceived(a, disks[0], image, 'receiver 0');
+    expectReceived(b, disks[1], image, 'receiver 1');
+    expectReceived(again, disks[2], image, 'restarted receiver');
+    expect(again.json.skipped).toBeGreaterThan(0);
+    l.down();
+  }, 120_000);
+
+  itNeeds(['netns', 'loop', 'blkio'], 'a receiver with a throttled disk does not delay the other seven by more than 10%', async () => {
+    const run = async (throttle: boolean) => {
+      const l = lab(8);
+      const plans = l.clients.map((_, k) => ({ k, disk: join(dir, `slow-${throttle}-${k}.img`), shellPrefix: undefined as string | undefined }));
+      let cgroup: string | undefined;
+      if (throttle) {
+        // Receiver 7 writes to a loop device limited to 1 MiB/s by the blkio controller.
+        const file = plans[7].disk;
+        execFileSync('truncate', ['-s', `${16 * MiB}`, file]);
+        const dev = loopAttach(file);
+        const rdev = execFileSync('stat', ['-c', '%t:%T', dev], { encoding: 'utf8' }).trim().split(':').map((h) => parseInt(h, 16)).join(':');
+        cgroup = `/sys/fs/cgroup/blkio/clonecast-${l.tag}`;
+        mkdirSync(cgroup);
+        writeFileSync(join(cgroup, 'blkio.throttle.write_bps_device'), `${rdev} ${MiB}`);
+        plans[7] = { k: 7, disk: dev, shellPrefix: `echo $$ > ${cgroup}/cgroup.procs` };
+      }
+      const t = await runSession(l, data, 'lab', plans, ['--rate', '40']);
+      l.down();
+      if (cgroup) rmdirSync(cgroup);
+      expect(t.sender.code, t.sender.stderr).toBe(0);
+      t.receivers.forEach((r, k) => expectReceived(r, k === 7 && throttle ? join(dir, `slow-true-7.img`) : plans[k].disk, image, `receiver ${k}`));
+      return { fast: Math.max(...t.receivers.slice(0, 7).map((r) => r.endedAt)), slow: t.receivers[7].endedAt };
+    };
+    const base = await run(false);
+    const withSlow = await run(true);
+    expect(withSlow.slow).toBeGreaterThan(withSlow.fast * 1.5); // it really was slow
+    expect(withSlow.fast).toBeLessThan(base.fast * 1.1);
+  }, 240_000);
+
+  itNeeds(['netns'], 'packets injected onto the group from another namespace corrupt nothing', async () => {
+    const l = lab(3);
+    const s = await startSender(l, data, 'lab', 2, ['--rate', '40']);
+    const info = JSON.parse(execFileSync('ip', ['netns', 'exec', l.clients[2].ns, 'curl', '-s', `${s.url}session`], { encoding: 'utf8' }));
+    // The rogue knows the session id and the image's sizes, and floods the group
+    // with well-formed DATA packets of random payloads, plus junk.
+    const rogue = l.spawnIn(l.clients[2].ns, process.execPath, ['-e', ROGUE, JSON.stringify(info), l.clients[2].address]);
+    const disks = [0, 1].map((k) => join(dir, `inject-${k}.img`));
+    const rs = await Promise.all([0, 1].map((k) => startReceiver(l, s.url, { k, disk: disks[k] }, s.t0).done));
+    rogue.kill();
+    const sender = await s.done;
+    expect(sender.code, sender.stderr).toBe(0);
+    rs.forEach((r, k) => expectReceived(r, disks[k], image, `receiver ${k}`));
+    expect(rs[0].json.counters.rejected.foreign).toBeGreaterThan(100);
+    expect(sender.json.counters.dropped.malformed + sender.json.counters.dropped.otherSession).toBeGreaterThan(0);
+    l.down();
+  }, 120_000);
+});
+
+// Floods the group (and the sender's unicast port) with forged packets.
+const ROGUE = `
+const dgram = require('node:dgram');
+const crypto = require('node:crypto');
+const info = JSON.parse(process.argv[1]);
+const s = dgram.createSocket('udp4');
+s.bind(0, process.argv[2], () => {
+  s.setMulticastInterface(process.argv[2]);
+  let seq = 0;
+  setInterval(() => {
+    for (let i = 0; i < 50; i++) {
+      const p = Buffer.alloc(32 + 1000);
+      p.writeUInt32BE(0x43434d43, 0); p[4] = 1; p[5] = 1; p.writeUInt16BE(32, 6);
+      p.writeUInt32BE(info.session, 8); p.writeUInt32BE(seq++, 12);
+      p.writeUInt32BE(i % 16, 16); p.writeUInt16BE(0, 20); p.writeUInt16BE(1, 22);
+      p.writeUInt32BE(1000, 24); p.writeUInt16BE(1000, 28);
+      crypto.randomFillSync(p, 32);
+      s.send(p, info.port, info.group);
+      s.send(crypto.randomBytes(40), info.port, info.group);
+      s.send(crypto.randomBytes(60), info.sender.port, info.sender.address);
+    }
+  }, 5);
+});
+`;
