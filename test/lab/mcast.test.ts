@@ -125,6 +125,7 @@ describe('multicast sessions in the network-namespace lab', () => {
     };
     const base = await run(false);
     const withSlow = await run(true);
+    console.log(`throttled-disk test: the 7 finish in ${base.fast.toFixed(0)} ms alone, ${withSlow.fast.toFixed(0)} ms beside a receiver at 1 MiB/s (which took ${withSlow.slow.toFixed(0)} ms)`);
     expect(withSlow.slow).toBeGreaterThan(withSlow.fast * 1.5); // it really was slow
     expect(withSlow.fast).toBeLessThan(base.fast * 1.1);
   }, 240_000);

@@ -123,6 +123,17 @@ export class Lab {
     return child;
   }
 
+  /**
+   * Spawns `sh -c PREFIX` on the host, which then execs the command inside
+   * the namespace: for host-side setup such as joining a cgroup (inside the
+   * namespace, ip netns exec mounts its own /sys, without the cgroup trees).
+   */
+  spawnInAfter(prefix: string, ns: string, cmd: string, args: string[], options: SpawnOptions = {}): ChildProcess {
+    const child = spawn('sh', ['-c', `${prefix}; exec ip netns exec ${ns} "$0" "$@"`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...options });
+    this.children.push(child);
+    return child;
+  }
+
   /** Runs a command inside a namespace and returns its stdout. */
   execIn(ns: string, cmd: string, args: string[]): string {
     return run('ip', ['netns', 'exec', ns, cmd, ...args]);

@@ -15,7 +15,7 @@ export interface ReceiverPlan {
   /** Start this many ms after the sender is up. */
   delayMs?: number;
   extra?: string[];
-  /** Runs the receiver through `sh -c PREFIX; exec ...` (e.g. to enter a cgroup). */
+  /** Runs this shell command on the host first (e.g. to enter a cgroup), then the receiver in its namespace. */
   shellPrefix?: string;
 }
 
@@ -80,7 +80,7 @@ export function startReceiver(lab: Lab, url: string, plan: ReceiverPlan, t0: num
   const child =
     plan.shellPrefix === undefined
       ? lab.spawnIn(host.ns, process.execPath, args)
-      : lab.spawnIn(host.ns, 'sh', ['-c', `${plan.shellPrefix}; exec "$0" "$@"`, process.execPath, ...args]);
+      : lab.spawnInAfter(plan.shellPrefix, host.ns, process.execPath, args);
   return { child, done: collect(child, t0) };
 }
 
