@@ -133,7 +133,7 @@ describe('multicast sessions in the network-namespace lab', () => {
   itNeeds(['netns'], 'packets injected onto the group from another namespace corrupt nothing', async () => {
     const l = lab(3);
     const s = await startSender(l, data, 'lab', 2, ['--rate', '40']);
-    const info = JSON.parse(execFileSync('ip', ['netns', 'exec', l.clients[2].ns, 'curl', '-s', `${s.url}session`], { encoding: 'utf8' }));
+    const info = JSON.parse(l.execIn(l.clients[2].ns, process.execPath, ['-e', `fetch('${s.url}session').then((r) => r.text()).then((t) => process.stdout.write(t))`]));
     // The rogue knows the session id and the image's sizes, and floods the group
     // with well-formed DATA packets of random payloads, plus junk.
     const rogue = l.spawnIn(l.clients[2].ns, process.execPath, ['-e', ROGUE, JSON.stringify(info), l.clients[2].address]);

@@ -6,7 +6,7 @@ import { importImage } from '../../server/store/import.js';
 import { Sender } from '../../server/mcast/sender.js';
 import { Receiver, type SessionInfo } from '../../agent/receiver.js';
 import { chunkAt } from '../../protocol/manifest.js';
-import { ReceiverState } from '../../protocol/mcast.js';
+import { decode, encodeStatus, PacketType, ReceiverState } from '../../protocol/mcast.js';
 import { FakeNetwork } from './fake-network.js';
 import { seeded, tempDir, texty } from '../helpers.js';
 
@@ -62,4 +62,94 @@ describe('transfer engine over a faulty in-memory network', () => {
       sender.stop();
     }
   }, 60_000);
+
+  function makeSender(store: Store, manifest: Awaited<ReturnType<typeof setup>>['manifest'], net: FakeNetwork, extra: Partial<ConstructorParameters<typeof Sender>[0]> = {}) {
+    return new Sender({
+      manifest,
+      loadChunk: (i) => store.readChunk(chunkAt(manifest.table, i).sha256),
+      group: '239.77.0.1',
+      port: 9000,
+      address: '10.0.0.1',
+      rateMbit: 100,
+      fragmentSize: 1000,
+      createSocket: net.factory('10.0.0.1'),
+      ...extra,
+    });
+  }
+
+  it('applies only the newest report of a receiver and answers stale ones unchanged', async () => {
+    const { store, manifest } = await setup(join(dir, 'stale'));
+    const net = new FakeNetwork(3);
+    const sender = makeSender(store, manifest, net, { rateMbit: 1 });
+    const port = await sender.start();
+    const sock = net.factory('10.0.0.50')();
+    const acks: number[] = [];
+    sock.on('message', (m) => {
+      const p = decode(m);
+      if (p?.type === PacketType.ACK) acks.push(p.echo);
+    });
+    await new Promise<void>((r) => sock.bind(9000, undefined, r));
+    const report = (seq: number, ranges: { first: number; count: number }[]) =>
+      sock.send(encodeStatus({ session: sender.session, seq, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, ranges, nacks: [] }), port, '10.0.0.1');
+    try {
+      report(5, [{ first: 0, count: 5 }]);
+      await new Promise((r) => setTimeout(r, 5));
+      const after5 = sender.pendingDemand();
+      report(4, [{ first: 0, count: 23 }]); // older: must not add needs
+      await new Promise((r) => setTimeout(r, 5));
+      expect(sender.pendingDemand()).toBeLessThanOrEqual(after5);
+      expect(acks).toEqual([5, 4]);
+      report(6, []); // newer: needs nothing
+      await new Promise((r) => setTimeout(r, 5));
+      expect(sender.pendingDemand()).toBe(0);
+    } finally {
+      sender.stop();
+      sock.close();
+    }
+  });
+
+  it('drops a receiver that stops making progress and finishes the others', async () => {
+    const { store, manifest, disk } = await setup(join(dir, 'drop'));
+    const net = new FakeNetwork(5);
+    net.faults.set('10.0.0.21', { loss: 1 }); // hears nothing at all
+    const sender = makeSender(store, manifest, net, { dropAfterMs: 400 });
+    const port = await sender.start();
+    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize: 1000 };
+    const dropped = new Promise<number>((resolve) => sender.on('state', (r) => r.state === ReceiverState.DROPPED && resolve(r.id)));
+    try {
+      const deaf = new Receiver({ session: info, manifest, target: join(dir, 'deaf.img'), createSocket: net.factory('10.0.0.21'), receiverId: 21, timeoutMs: 2000 });
+      const deafRun = deaf.run().catch((e: Error) => e);
+      const ok = await new Receiver({ session: info, manifest, target: join(dir, 'ok.img'), createSocket: net.factory('10.0.0.22'), receiverId: 22 }).run();
+      expect(ok.verified).toBe(true);
+      expect(readFileSync(join(dir, 'ok.img')).equals(disk)).toBe(true);
+      expect(await dropped).toBe(21);
+      const err = await deafRun;
+      expect(err).toBeInstanceOf(Error);
+      expect((err as Error).message).toMatch(/no word from the sender|dropped this receiver/);
+    } finally {
+      sender.stop();
+    }
+  }, 30_000);
+
+  it('keeps a slow disk from holding back a fast one (the slow one pauses its requests)', async () => {
+    const { store, manifest, disk } = await setup(join(dir, 'slow'));
+    const net = new FakeNetwork(9);
+    const sender = makeSender(store, manifest, net, { rateMbit: 50 });
+    const port = await sender.start();
+    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize: 1000 };
+    try {
+      const ended: Record<string, number> = {};
+      const t0 = performance.now();
+      const run = (h: number, writeLimit?: number) =>
+        new Receiver({ session: info, manifest, target: join(dir, `s${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h, writeLimit, queueChunks: 2 })
+          .run()
+          .then((r) => ((ended[h] = performance.now() - t0), r));
+      await Promise.all([run(31), run(32, 256 << 10)]);
+      expect(readFileSync(join(dir, 's31.img')).equals(disk)).toBe(true);
+      expect(readFileSync(join(dir, 's32.img')).equals(disk)).toBe(true);
+      expect(ended[31] * 2).toBeLessThan(ended[32]);
+    } finally {
+      sender.stop();
+    }
+  }, 30_000);
 });

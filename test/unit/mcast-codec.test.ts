@@ -1,0 +1,131 @@
+import { describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
+import { decode, encodeAck, encodeData, encodeStatus, fragmentCount, MCAST, PacketType, statusSize } from '../../protocol/mcast.js';
+import { seqNewer } from '../../server/mcast/sender.js';
+
+// Golden packets, field by field (docs/protocol.md).
+const DATA = [
+  '43434d43', // magic "CCMC"
+  '01', //       version 1
+  '01', //       type DATA
+  '0020', //     header length 32
+  '11223344', // session
+  '00000007', // sequence 7
+  '00000003', // chunk 3
+  '0001', //     fragment 1
+  '0002', //     of 2
+  '000005a5', // stored length 1445
+  '0005', //     payload length 5
+  '0001', //     flags: repair
+  '68656c6c6f', // payload "hello"
+].join('');
+
+const STATUS = [
+  '43434d43', '01', '02', '0034', '11223344', '00000009', // common: STATUS, header 52, seq 9
+  'aabbccdd', // receiver id
+  '01', //       state RECEIVING
+  '80', //       write queue half full
+  '0002', //     2 ranges
+  '00000005', // 5 chunks done
+  '0000000a', // of 10 wanted
+  '000003e8', // 1000 packets received
+  '00000014', // 20 lost
+  '00000002', // need window start 2
+  '0000000c', // need window end 12
+  '0001', //     1 NACK
+  '0003', //     rtt 3 ms
+  '00000002', '00000003', // needs chunks 2-4
+  '00000009', '00000001', // and chunk 9
+  '00000006', '000a', '0502', // chunk 6 of 10 fragments misses 0, 2 and 9
+].join('');
+
+const ACK = [
+  '43434d43', '01', '03', '0020', '11223344', '00000004', // common: ACK, header 32, seq 4
+  'aabbccdd', // receiver id
+  '00000009', // echoes STATUS 9
+  '03', //       state DONE
+  '00', //       no drop reason
+  '0000', //     reserved
+  '00002faf', // rate 12207 KiB/s
+].join('');
+
+describe('multicast packets', () => {
+  it('decode the golden packets field by field', () => {
+    expect(decode(Buffer.from(DATA, 'hex'))).toEqual({
+      type: PacketType.DATA, session: 0x11223344, seq: 7, chunk: 3, fragment: 1, fragments: 2, storedLength: 1445, flags: 1, payload: Buffer.from('hello'),
+    });
+    expect(decode(Buffer.from(STATUS, 'hex'))).toEqual({
+      type: PacketType.STATUS, session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20,
+      windowStart: 2, windowEnd: 12, rttMs: 3, ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
+    });
+    expect(decode(Buffer.from(ACK, 'hex'))).toEqual({ type: PacketType.ACK, session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 });
+  });
+
+  it('encode the golden packets byte for byte', () => {
+    const data = Buffer.alloc(37);
+    encodeData(data, { session: 0x11223344, seq: 7, chunk: 3, fragment: 1, fragments: 2, storedLength: 1445, flags: 1, payload: Buffer.from('hello') });
+    expect(data.toString('hex')).toBe(DATA);
+    const status = encodeStatus({
+      session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20, windowStart: 2, windowEnd: 12, rttMs: 3,
+      ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
+    });
+    expect(status.toString('hex')).toBe(STATUS);
+    expect(encodeAck({ session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 }).toString('hex')).toBe(ACK);
+  });
+
+  it('round-trips a full-size DATA packet within one 1500-byte frame', () => {
+    const payload = randomBytes(MCAST.DEFAULT_FRAGMENT);
+    const out = Buffer.alloc(MCAST.DATA_HEADER + payload.length);
+    const n = encodeData(out, { session: 1, seq: 0xffffffff, chunk: 70000, fragment: 727, fragments: 729, storedLength: 1048600, flags: 0, payload });
+    expect(n).toBe(MCAST.MAX_UDP_PAYLOAD);
+    const p = decode(out);
+    expect(p).toMatchObject({ chunk: 70000, fragment: 727, fragments: 729, seq: 0xffffffff });
+    expect(fragmentCount(1048600, MCAST.DEFAULT_FRAGMENT)).toBe(729);
+  });
+
+  it('rejects malformed packets: truncation, bad lengths, ranges outside the window', () => {
+    const data = Buffer.from(DATA, 'hex');
+    for (let n = 0; n < data.length; n++) expect(decode(data.subarray(0, n)), `DATA cut at ${n}`).toBeNull();
+    const status = Buffer.from(STATUS, 'hex');
+    for (let n = 0; n < status.length; n++) expect(decode(status.subarray(0, n)), `STATUS cut at ${n}`).toBeNull();
+    const bad = (hex: string, at: number, value: number, size: 1 | 2 | 4) => {
+      const b = Buffer.from(hex, 'hex');
+      b.writeUIntBE(value, at, size);
+      return decode(b);
+    };
+    expect(bad(DATA, 0, 0x43434d44, 4)).toBeNull(); // magic
+    expect(bad(DATA, 4, 2, 1)).toBeNull(); // newer version
+    expect(bad(DATA, 5, 9, 1)).toBeNull(); // unknown type
+    expect(bad(DATA, 20, 2, 2)).toBeNull(); // fragment index = count
+    expect(bad(DATA, 22, 0, 2)).toBeNull(); // zero fragments
+    expect(bad(DATA, 28, 6, 2)).toBeNull(); // payload length disagrees
+    expect(bad(STATUS, 52, 1, 4)).toBeNull(); // range before the window
+    expect(bad(STATUS, 56, 0, 4)).toBeNull(); // empty range
+    expect(bad(STATUS, 44, 1, 4)).toBeNull(); // window ends before it starts
+    expect(bad(STATUS, 20, 9, 1)).toBeNull(); // unknown state
+    expect(bad(ACK, 25, 7, 1)).toBeNull(); // unknown drop reason
+    expect(decode(Buffer.concat([Buffer.from(ACK, 'hex'), Buffer.alloc(1)]))).toBeNull();
+    expect(decode(Buffer.concat([Buffer.from(STATUS, 'hex'), Buffer.alloc(1)]))).toBeNull();
+  });
+
+  it('never throws on random bytes, with or without a valid common header', () => {
+    for (let i = 0; i < 20000; i++) {
+      const b = randomBytes(Math.floor(Math.random() * 120));
+      if (i % 2 && b.length >= 16) {
+        b.writeUInt32BE(MCAST.MAGIC, 0);
+        b[4] = 1;
+        b[5] = 1 + (i % 3);
+        b.writeUInt16BE([32, 52, 32][i % 3], 6);
+      }
+      expect(() => decode(b)).not.toThrow();
+    }
+  });
+
+  it('keeps a STATUS within one datagram and orders sequence numbers across wrap-around', () => {
+    expect(statusSize(177, [])).toBeLessThanOrEqual(MCAST.MAX_STATUS);
+    expect(seqNewer(1, 0)).toBe(true);
+    expect(seqNewer(0, 0xffffffff)).toBe(true);
+    expect(seqNewer(0xffffffff, 0)).toBe(false);
+    expect(seqNewer(5, 5)).toBe(false);
+  });
+});
