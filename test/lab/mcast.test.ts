@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
-import { Lab } from './netns.js';
+import { Lab } from '../../server/lab/netns.js';
 import { runSession, startReceiver, startSender, type Finished } from './session-runner.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';

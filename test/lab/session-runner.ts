@@ -5,7 +5,7 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { CLI } from '../helpers.js';
-import type { Lab } from './netns.js';
+import type { Lab } from '../../server/lab/netns.js';
 
 /** One receiver to start. */
 export interface ReceiverPlan {

@@ -3,8 +3,9 @@
  * namespace and N client namespaces, each linked to the bridge by a veth
  * pair. Addresses 10.77.0.1 (server) and 10.77.0.10+k (clients). Optional
  * per-client loss (a classic-BPF filter on the bridge port towards the
- * client, since this kernel has no netem; see ../shared/LAB-NOTES.md) and a
- * rate limit (tbf) on the server's link. down() removes everything by name.
+ * client: kernels without netem can still run it) and a rate limit (tbf)
+ * on the server's link. down() removes everything by name. Used by the lab
+ * tests and benchmarks; `clonecast lab` will expose it.
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
