@@ -58,7 +58,7 @@ usage:
   clonecast image rm NAME[@V]
   clonecast image gc
   clonecast serve [--listen HOST:PORT]
-  clonecast send NAME[@V] (--interface IF | --address IP) [--clients N] [--rate MBIT]
+  clonecast send NAME[@V] (--interface IF | --address IP) [--clients N [--wait S]] [--rate MBIT]
                  [--group ADDR] [--port P] [--http-port P] [--fragment BYTES] [--drop-after S]
   clonecast receive --from URL --disk PATH [--interface IF | --address IP] [--resume]
                  [--force] [--no-verify]
@@ -89,6 +89,7 @@ const OPTIONS = {
   'http-port': { type: 'string' },
   fragment: { type: 'string' },
   'drop-after': { type: 'string' },
+  wait: { type: 'string' },
   from: { type: 'string' },
   disk: { type: 'string' },
   resume: { type: 'boolean' },
@@ -157,6 +158,7 @@ async function run(argv: string[]): Promise<number> {
       rateMbit: positiveInt(values.rate, '--rate'),
       fragmentSize: positiveInt(values.fragment, '--fragment'),
       dropAfterSeconds: positiveInt(values['drop-after'], '--drop-after'),
+      waitSeconds: positiveInt(values.wait, '--wait'),
       json,
     });
     if (json) emitJson(summary);

@@ -26,6 +26,8 @@ export interface SendArgs {
   rateMbit?: number;
   fragmentSize?: number;
   dropAfterSeconds?: number;
+  /** With clients: start after this many seconds even if fewer have joined. */
+  waitSeconds?: number;
   json: boolean;
 }
 
@@ -54,6 +56,9 @@ export async function send(store: Store, args: SendArgs): Promise<{ code: number
     rateMbit: args.rateMbit,
     fragmentSize: args.fragmentSize,
     dropAfterMs: args.dropAfterSeconds !== undefined ? args.dropAfterSeconds * 1000 : undefined,
+    // The start rule: all expected receivers joined, or --wait seconds after the first.
+    waitFor: args.clients,
+    waitMs: args.waitSeconds !== undefined ? args.waitSeconds * 1000 : undefined,
   });
   const { sender } = session;
   const manifest = await store.readManifest(session.image.name, session.image.version);
@@ -62,6 +67,9 @@ export async function send(store: Store, args: SendArgs): Promise<{ code: number
   process.stderr.write(`session: ${session.url}\n`);
   process.stderr.write(`receivers run: clonecast receive --from ${session.url} --disk DISK\n`);
   const started = performance.now();
+  sender.on('start', ({ receivers }: { receivers: number }) => {
+    if (!args.json) process.stderr.write(`sending to ${receivers} receiver(s); latecomers join as they come\n`);
+  });
   sender.on('state', (r: ReceiverStats) => {
     if (!args.json) process.stderr.write(`receiver ${r.id.toString(16).padStart(8, '0')} (${r.address}) is ${STATE_NAMES[r.state]}${r.state === ReceiverState.DROPPED ? ': no progress for too long' : ''}\n`);
   });

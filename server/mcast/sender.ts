@@ -60,6 +60,10 @@ export interface SenderOptions {
   /** Local IPv4 address to send from (picks the interface). */
   address: string;
   session?: number;
+  /** Start sending once this many receivers have joined (default 1). */
+  waitFor?: number;
+  /** ...or once this long has passed since the first one joined (default: wait for all). */
+  waitMs?: number;
   rateMbit?: number;
   fragmentSize?: number;
   dropAfterMs?: number;
@@ -151,6 +155,8 @@ export class Sender extends EventEmitter {
   private cursor = 0;
   private packet: Buffer;
   private stopped = false;
+  private firstJoin = 0;
+  private started = false;
 
   constructor(private readonly options: SenderOptions) {
     super();
@@ -255,6 +261,7 @@ export class Sender extends EventEmitter {
         intervalLost: 0,
       };
       this.peers.set(p.receiver, peer);
+      if (this.firstJoin === 0) this.firstJoin = now;
       this.emit('join', { ...peer });
     }
     // A receiver that restarted keeps its id but may come from a new port.
@@ -360,6 +367,7 @@ export class Sender extends EventEmitter {
     this.tokens = Math.min(this.tokens + ((now - this.lastTick) / 1000) * this.rate, this.burstBytes());
     this.lastTick = now;
     this.dropSilent(now);
+    if (!this.started && !this.ready(now)) return;
     let budget = this.tokens;
     while (budget >= MCAST.DATA_HEADER + this.fragmentSize) {
       const out = this.current;
@@ -377,6 +385,18 @@ export class Sender extends EventEmitter {
       }
     }
     this.tokens = budget;
+  }
+
+  // The start rule: enough receivers joined, or waited long enough since the first.
+  private ready(now: number): boolean {
+    const joined = this.peers.size;
+    const want = this.options.waitFor ?? 1;
+    const waited = this.firstJoin > 0 && this.options.waitMs !== undefined && now - this.firstJoin >= this.options.waitMs;
+    if (joined >= want || waited) {
+      this.started = true;
+      this.emit('start', { receivers: joined });
+    }
+    return this.started;
   }
 
   private burstBytes(): number {

@@ -81,7 +81,7 @@ async function udpcast(lab, file, n, { zstd, rate, slow }) {
     outs.map((out, k) => {
       const pipes = [zstd ? 'zstd -d -q' : '', slow && k === n - 1 ? 'pv -q -L 2m' : ''].filter(Boolean).join(' | ');
       const args = ['udp-receiver', '--file', out, '--interface', 'eth0', '--nokbd', '--portbase', port, '--mcast-rdv-address', '239.77.1.1'];
-      if (pipes) args.push('--pipe', pipes);
+      if (pipes) args.push('--pipe', `sh -c '${pipes}'`);
       return timedIn(lab, lab.clients[k].ns, args, t0);
     }),
   );

@@ -71,10 +71,11 @@ describe('multicast sessions in the network-namespace lab', () => {
   itNeeds(['netns'], 'a receiver that starts 5 s late finishes correctly, and nobody waits for it', async () => {
     const l = lab(3);
     const plans = [0, 1, 2].map((k) => ({ k, disk: join(dir, `late-${k}.img`), delayMs: k === 2 ? 5000 : 0 }));
-    const { sender, receivers } = await runSession(l, data, 'lab', plans, ['--rate', '12']);
+    // Start 1 s after the first receiver joined, without waiting for all three.
+    const { sender, receivers } = await runSession(l, data, 'lab', plans, ['--rate', '12', '--wait', '1']);
     expect(sender.code, sender.stderr).toBe(0);
     receivers.forEach((r, k) => expectReceived(r, plans[k].disk, image, `receiver ${k}`));
-    // The early ones finished before the late one, which joined mid-session.
+    // The late one joined mid-session: the early ones were well on their way and finished first.
     expect(Math.max(receivers[0].endedAt, receivers[1].endedAt)).toBeLessThan(receivers[2].endedAt);
     expect(receivers[0].endedAt).toBeGreaterThan(5000);
     l.down();
