@@ -30,8 +30,8 @@ export interface SessionInfo {
 export const RECEIVER_DEFAULTS = Object.freeze({
   /** Decoded chunks waiting for the disk. */
   queueChunks: 8,
-  /** Chunks being reassembled at once (each holds up to a chunk of memory). */
-  maxPartials: 32,
+  /** Chunks being reassembled at once (each holds a chunk-sized buffer from a pool). */
+  maxPartials: 16,
   /** Report interval floor, ms; it grows to 2 round-trip times on slow links. */
   reportMs: 100,
   /** Give up if the sender is silent this long. */
@@ -131,6 +131,7 @@ export class Receiver extends EventEmitter {
   private readonly partials = new Map<number, Partial>();
   private readonly queue: Pending[] = [];
   private readonly spare: Buffer[] = [];
+  private readonly partialPool: Buffer[] = [];
   private wanted = 0;
   private done = 0;
   private skipped = 0;
@@ -298,7 +299,8 @@ export class Receiver extends EventEmitter {
     let part = this.partials.get(c);
     if (part === undefined) {
       if (this.partials.size >= (this.options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials)) this.evictPartial();
-      part = { buf: Buffer.allocUnsafe(expected), got: new Uint8Array(Math.ceil(p.fragments / 8)), count: 0, fragments: p.fragments, lastAt: 0, nackedAt: 0 };
+      const buf = this.partialPool.pop() ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + this.options.manifest.meta.chunkSize);
+      part = { buf, got: new Uint8Array(Math.ceil(p.fragments / 8)), count: 0, fragments: p.fragments, lastAt: 0, nackedAt: 0 };
       this.partials.set(c, part);
       this.status[c] = PARTIAL;
     }
@@ -335,6 +337,7 @@ export class Receiver extends EventEmitter {
       }
     }
     if (victim >= 0) {
+      this.partialPool.push(this.partials.get(victim)!.buf);
       this.partials.delete(victim);
       this.status[victim] = NEEDED;
       this.counters.evictions++;
@@ -346,6 +349,7 @@ export class Receiver extends EventEmitter {
     const limit = this.options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
     if (this.queue.length >= limit) {
       // The disk is behind: drop it; it is still needed and comes again.
+      this.partialPool.push(part.buf);
       this.status[c] = NEEDED;
       this.counters.queueFullDrops++;
       return;
@@ -354,7 +358,7 @@ export class Receiver extends EventEmitter {
     const length = chunkLength(c, meta.diskSize, meta.chunkSize);
     const out = this.spare.pop() ?? this.disk!.allocate(meta.chunkSize);
     try {
-      const { header } = decodeChunk(part.buf, `chunk ${c}`, out);
+      const { header } = decodeChunk(part.buf.subarray(0, this.stored[c]), `chunk ${c}`, out);
       // The manifest's hash, not the packet's, decides: a stray chunk never reaches the disk.
       if (header.xxh64 !== this.hashes[c] || header.rawLength !== length) throw new Error('does not match the manifest');
     } catch {
@@ -362,6 +366,8 @@ export class Receiver extends EventEmitter {
       this.status[c] = NEEDED;
       this.spare.push(out);
       return;
+    } finally {
+      this.partialPool.push(part.buf);
     }
     this.status[c] = QUEUED;
     this.queue.push({ chunk: c, buf: out, length });

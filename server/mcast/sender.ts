@@ -394,15 +394,20 @@ export class Sender extends EventEmitter {
     const waited = this.firstJoin > 0 && this.options.waitMs !== undefined && now - this.firstJoin >= this.options.waitMs;
     if (joined >= want || waited) {
       this.started = true;
+      // Waiting for the others is not a lack of progress.
+      for (const peer of this.peers.values()) peer.lastProgress = now;
       this.emit('start', { receivers: joined });
     }
     return this.started;
   }
 
   private burstBytes(): number {
-    // Enough for two ticks at the current rate, and never more than burstPackets.
+    // Two ticks of tokens at the current rate, capped at burstPackets, or at
+    // 1.5 ticks when the rate is so high that burstPackets would cap it: a
+    // burst then lasts no longer than the tick that paces it.
     const pkt = MCAST.DATA_HEADER + this.fragmentSize;
-    return Math.max(2 * pkt, Math.min((this.rate * 2 * SENDER_DEFAULTS.tickMs) / 1000, SENDER_DEFAULTS.burstPackets * pkt) + pkt);
+    const perTick = (this.rate * SENDER_DEFAULTS.tickMs) / 1000;
+    return Math.max(2 * pkt, Math.min(2 * perTick, Math.max(SENDER_DEFAULTS.burstPackets * pkt, 1.5 * perTick)) + pkt);
   }
 
   private sendFragment(out: Outgoing, f: number): number {
@@ -520,7 +525,7 @@ export class Sender extends EventEmitter {
     const limit = this.options.dropAfterMs ?? SENDER_DEFAULTS.dropAfterMs;
     for (const peer of this.peers.values()) {
       if (peer.state !== ReceiverState.RECEIVING && peer.state !== ReceiverState.JOINING && peer.state !== ReceiverState.VERIFYING) continue;
-      if (peer.state !== ReceiverState.VERIFYING && now - peer.lastProgress > limit) this.drop(peer, DropReason.NO_PROGRESS);
+      if (this.started && peer.state !== ReceiverState.VERIFYING && now - peer.lastProgress > limit) this.drop(peer, DropReason.NO_PROGRESS);
       else if (now - peer.lastSeen > limit) this.drop(peer, DropReason.NO_PROGRESS);
     }
   }

@@ -10,7 +10,7 @@
 // Wire-bound cells limit the server's link to 100 mbit (both tools are given
 // a 95 Mbit/s maximum rate); CPU-bound cells have no limit.
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { makeImage } from './mkimage.mjs';
@@ -79,9 +79,15 @@ async function udpcast(lab, file, n, { zstd, rate, slow }) {
   const outs = lab.clients.slice(0, n).map((_, k) => join(work, `udp-${k}.img`));
   const receivers = await Promise.all(
     outs.map((out, k) => {
-      const pipes = [zstd ? 'zstd -d -q' : '', slow && k === n - 1 ? 'pv -q -L 2m' : ''].filter(Boolean).join(' | ');
+      const stages = [zstd ? 'zstd -d -q' : '', slow && k === n - 1 ? 'pv -q -L 2m' : ''].filter(Boolean);
       const args = ['udp-receiver', '--file', out, '--interface', 'eth0', '--nokbd', '--portbase', port, '--mcast-rdv-address', '239.77.1.1'];
-      if (pipes) args.push('--pipe', `sh -c '${pipes}'`);
+      // udp-receiver splits --pipe on spaces and runs it without a shell: a pipeline goes in a script.
+      if (stages.length === 1) args.push('--pipe', stages[0]);
+      if (stages.length > 1) {
+        const script = join(work, `pipe-${k}.sh`);
+        writeFileSync(script, `#!/bin/sh\n${stages.join(' | ')}\n`, { mode: 0o755 });
+        args.push('--pipe', script);
+      }
       return timedIn(lab, lab.clients[k].ns, args, t0);
     }),
   );
