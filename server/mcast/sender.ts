@@ -112,6 +112,8 @@ interface Outgoing {
 
 /** Counters for the dashboard and tests. */
 export interface SenderCounters {
+  /** Seconds from the first to the last data packet. */
+  sendingSeconds: number;
   packetsSent: number;
   bytesSent: number;
   chunksSent: number;
@@ -125,6 +127,7 @@ export interface SenderCounters {
 export class Sender extends EventEmitter {
   readonly session: number;
   readonly counters: SenderCounters = {
+    sendingSeconds: 0,
     packetsSent: 0,
     bytesSent: 0,
     chunksSent: 0,
@@ -151,11 +154,13 @@ export class Sender extends EventEmitter {
   private timer: NodeJS.Timeout | undefined;
   private rateTimer: NodeJS.Timeout | undefined;
   private current: Outgoing | undefined;
+  private prefetched: Outgoing | undefined;
   private next: Promise<Outgoing | undefined> | undefined;
   private cursor = 0;
   private packet: Buffer;
   private stopped = false;
   private firstJoin = 0;
+  private firstSend = 0;
   private started = false;
 
   constructor(private readonly options: SenderOptions) {
@@ -370,19 +375,17 @@ export class Sender extends EventEmitter {
     if (!this.started && !this.ready(now)) return;
     let budget = this.tokens;
     while (budget >= MCAST.DATA_HEADER + this.fragmentSize) {
-      const out = this.current;
-      if (out === undefined || out.queue.length === 0) {
-        this.current = undefined;
+      if (this.current === undefined || this.current.queue.length === 0) {
+        // The next chunk was read ahead while this one went out.
+        this.current = this.prefetched;
+        this.prefetched = undefined;
         this.prepareNext();
-        break; // the next chunk is loading; send it on a later tick
+        if (this.current === undefined) break; // still loading: send it on a later tick
       }
+      const out = this.current;
       const f = out.queue.shift()!;
       budget -= this.sendFragment(out, f);
-      if (out.queue.length === 0) {
-        if (!out.repair) this.counters.chunksSent++;
-        this.current = undefined;
-        this.prepareNext();
-      }
+      if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
     }
     this.tokens = budget;
   }
@@ -402,12 +405,13 @@ export class Sender extends EventEmitter {
   }
 
   private burstBytes(): number {
-    // Two ticks of tokens at the current rate, capped at burstPackets, or at
+    // Four ticks of tokens at the current rate (a late timer does not lose
+    // sending time), capped at burstPackets, or at
     // 1.5 ticks when the rate is so high that burstPackets would cap it: a
     // burst then lasts no longer than the tick that paces it.
     const pkt = MCAST.DATA_HEADER + this.fragmentSize;
     const perTick = (this.rate * SENDER_DEFAULTS.tickMs) / 1000;
-    return Math.max(2 * pkt, Math.min(2 * perTick, Math.max(SENDER_DEFAULTS.burstPackets * pkt, 1.5 * perTick)) + pkt);
+    return Math.max(2 * pkt, Math.min(4 * perTick, Math.max(SENDER_DEFAULTS.burstPackets * pkt, 1.5 * perTick)) + pkt);
   }
 
   private sendFragment(out: Outgoing, f: number): number {
@@ -425,6 +429,9 @@ export class Sender extends EventEmitter {
       payload,
     });
     this.seq >>>= 0;
+    const now = performance.now();
+    if (this.firstSend === 0) this.firstSend = now;
+    this.counters.sendingSeconds = (now - this.firstSend) / 1000;
     this.counters.packetsSent++;
     this.counters.bytesSent += packet.length;
     if (out.repair) this.counters.repairPackets++;
@@ -439,7 +446,7 @@ export class Sender extends EventEmitter {
   }
 
   private prepareNext(): void {
-    if (this.next !== undefined) return;
+    if (this.next !== undefined || this.prefetched !== undefined) return;
     const pick = this.pick();
     if (pick === undefined) return;
     this.next = this.outgoing(pick.chunk, pick.fragments)
@@ -449,7 +456,10 @@ export class Sender extends EventEmitter {
       })
       .then((out) => {
         this.next = undefined;
-        if (out !== undefined && !this.stopped) this.current = out;
+        if (out === undefined || this.stopped) return out;
+        if (this.current === undefined || this.current.queue.length === 0) this.current = out;
+        else this.prefetched = out;
+        this.prepareNext(); // read the one after ahead too
         return out;
       });
   }
