@@ -69,6 +69,8 @@ export interface SenderOptions {
   dropAfterMs?: number;
   cacheChunks?: number;
   ttl?: number;
+  /** With one receiver left needing data, send to it by unicast (default true). */
+  unicastSingle?: boolean;
   createSocket?: CreateSocket;
 }
 
@@ -118,6 +120,8 @@ export interface SenderCounters {
   bytesSent: number;
   chunksSent: number;
   repairPackets: number;
+  /** Data packets sent by unicast to a sole receiver. */
+  unicastPackets: number;
   statusReceived: number;
   dropped: { malformed: number; otherSession: number; unexpected: number };
   sendErrors: number;
@@ -132,6 +136,7 @@ export class Sender extends EventEmitter {
     bytesSent: 0,
     chunksSent: 0,
     repairPackets: 0,
+    unicastPackets: 0,
     statusReceived: 0,
     dropped: { malformed: 0, otherSession: 0, unexpected: 0 },
     sendErrors: 0,
@@ -374,6 +379,10 @@ export class Sender extends EventEmitter {
     this.dropSilent(now);
     if (!this.started && !this.ready(now)) return;
     let budget = this.tokens;
+    // One receiver left: unicast, so that switches without IGMP snooping do
+    // not flood the group to every port (a single restore, a remote site).
+    const only = this.options.unicastSingle === false ? undefined : this.soleReceiver();
+    const dest = only !== undefined ? { port: only.port, address: only.address } : { port: this.options.port, address: this.options.group };
     while (budget >= MCAST.DATA_HEADER + this.fragmentSize) {
       if (this.current === undefined || this.current.queue.length === 0) {
         // The next chunk was read ahead while this one went out.
@@ -384,7 +393,8 @@ export class Sender extends EventEmitter {
       }
       const out = this.current;
       const f = out.queue.shift()!;
-      budget -= this.sendFragment(out, f);
+      budget -= this.sendFragment(out, f, dest);
+      if (only !== undefined) this.counters.unicastPackets++;
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
     }
     this.tokens = budget;
@@ -414,7 +424,7 @@ export class Sender extends EventEmitter {
     return Math.max(2 * pkt, Math.min(4 * perTick, Math.max(SENDER_DEFAULTS.burstPackets * pkt, 1.5 * perTick)) + pkt);
   }
 
-  private sendFragment(out: Outgoing, f: number): number {
+  private sendFragment(out: Outgoing, f: number, dest: { port: number; address: string }): number {
     const start = f * this.fragmentSize;
     const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
     const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length);
@@ -435,7 +445,7 @@ export class Sender extends EventEmitter {
     this.counters.packetsSent++;
     this.counters.bytesSent += packet.length;
     if (out.repair) this.counters.repairPackets++;
-    this.socket!.send(packet, this.options.port, this.options.group, (err) => {
+    this.socket!.send(packet, dest.port, dest.address, (err) => {
       if (err) {
         // ENOBUFS/EAGAIN: the local queue is full; treat it as congestion.
         this.counters.sendErrors++;
@@ -443,6 +453,18 @@ export class Sender extends EventEmitter {
       }
     });
     return packet.length;
+  }
+
+  /** The one receiver still receiving, if there is exactly one. */
+  private soleReceiver(): Peer | undefined {
+    let only: Peer | undefined;
+    for (const peer of this.peers.values()) {
+      if (peer.state === ReceiverState.JOINING || peer.state === ReceiverState.RECEIVING) {
+        if (only !== undefined) return undefined;
+        only = peer;
+      }
+    }
+    return only;
   }
 
   private prepareNext(): void {

@@ -152,4 +152,23 @@ describe('transfer engine over a faulty in-memory network', () => {
       sender.stop();
     }
   }, 30_000);
+
+  it('serves a single receiver by unicast, and the group once a second one joins', async () => {
+    const { store, manifest, disk } = await setup(join(dir, 'uni'));
+    const net = new FakeNetwork(11);
+    const sender = makeSender(store, manifest, net, { rateMbit: 20 });
+    const port = await sender.start();
+    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize: 1000 };
+    try {
+      await new Receiver({ session: info, manifest, target: join(dir, 'u1.img'), createSocket: net.factory('10.0.0.41'), receiverId: 41 }).run();
+      expect(readFileSync(join(dir, 'u1.img')).equals(disk)).toBe(true);
+      expect(sender.counters.unicastPackets).toBe(sender.counters.packetsSent);
+      const before = sender.counters.packetsSent;
+      await Promise.all([42, 43].map((h) => new Receiver({ session: info, manifest, target: join(dir, `u${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h }).run()));
+      expect(readFileSync(join(dir, 'u42.img')).equals(disk)).toBe(true);
+      expect(sender.counters.packetsSent - before).toBeGreaterThan(sender.counters.unicastPackets - before);
+    } finally {
+      sender.stop();
+    }
+  }, 30_000);
 });
