@@ -4,10 +4,9 @@
  * is the chunk's identity in the store.
  */
 import { createHash } from 'node:crypto';
-import xxhash from 'xxhash-wasm';
 import { nativeIfBuilt } from '../native/addon.js';
 
-type Hasher = Awaited<ReturnType<typeof xxhash>>;
+type Hasher = Awaited<ReturnType<typeof import('xxhash-wasm').default>>;
 let wasm: Hasher | undefined;
 let loading: Promise<unknown> | undefined;
 const addon = nativeIfBuilt();
@@ -18,7 +17,7 @@ export const XXH64_IMPLEMENTATION = addon !== null ? 'native' : 'xxhash-wasm';
 /** Loads the xxh64 WebAssembly fallback if it is needed; call before xxh64(). */
 export async function initHashes(): Promise<void> {
   if (addon !== null) return;
-  loading ??= xxhash().then((h) => (wasm = h));
+  loading ??= import('xxhash-wasm').then((m) => m.default()).then((h) => (wasm = h));
   await loading;
 }
 
@@ -31,7 +30,7 @@ export function xxh64(data: Uint8Array): bigint {
 
 /** xxh64 through xxhash-wasm, for tests that compare the two. */
 export async function xxh64Wasm(data: Uint8Array): Promise<bigint> {
-  return (await xxhash()).h64Raw(data, 0n);
+  return (await (await import('xxhash-wasm')).default()).h64Raw(data, 0n);
 }
 
 /** SHA-256 of data as a 32-byte buffer. */

@@ -8,8 +8,9 @@ import { listImages } from './store/maintenance.js';
 import { formatBytes } from './progress.js';
 import type { Store } from './store/store.js';
 
-/** Default address of the dashboard: localhost only. */
-export const DEFAULT_LISTEN = '127.0.0.1:8080';
+import { DEFAULT_LISTEN } from './defaults.js';
+
+export { DEFAULT_LISTEN };
 
 /** Parses HOST:PORT (PORT may be 0 for any free port). */
 export function parseListen(listen: string): { host: string; port: number } {

@@ -8,12 +8,14 @@ import { join } from 'node:path';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { projectRoot } from '../../native/addon.js';
 import { dataDir, parseRef, Store } from '../store/store.js';
-import { importImage } from '../store/import.js';
-import { exportImage } from '../store/export.js';
-import { collectGarbage, describe, listImages, removeImage, verifyStore } from '../store/maintenance.js';
-import { DEFAULT_LISTEN, startHttp } from '../http.js';
-import { receive, send } from './transfer.js';
+import { DEFAULT_LISTEN } from '../defaults.js';
 import { printInfo, printList, printVerify, printImport, printExport, printGc } from './output.js';
+
+// Each command loads only what it uses: startup time counts in every run.
+const importImage = async (...a: Parameters<typeof import('../store/import.js').importImage>) => (await import('../store/import.js')).importImage(...a);
+const exportImage = async (...a: Parameters<typeof import('../store/export.js').exportImage>) => (await import('../store/export.js')).exportImage(...a);
+const maintenance = () => import('../store/maintenance.js');
+const transfer = () => import('./transfer.js');
 
 /** Exit codes (also in the README). */
 export const EXIT = Object.freeze({
@@ -138,6 +140,7 @@ async function run(argv: string[]): Promise<number> {
   if (command === 'serve') {
     const store = Store.open(dataDir(values.data));
     const listen = values.listen ?? DEFAULT_LISTEN;
+    const { startHttp } = await import('../http.js');
     const { url } = await startHttp(store, listen).catch((err: NodeJS.ErrnoException) => {
       if (err.code === 'EADDRINUSE') throw new ClonecastError(ERR.BUSY, `${listen} is already in use; stop what listens there or pass --listen 127.0.0.1:PORT`);
       throw err;
@@ -147,6 +150,7 @@ async function run(argv: string[]): Promise<number> {
   }
   if (command === 'send') {
     if (sub === undefined || rest.length > 0) throw usage('"clonecast send" takes NAME[@V]');
+    const { send } = await transfer();
     const { code, summary } = await send(Store.open(dataDir(values.data)), {
       ref: sub,
       address: values.address,
@@ -166,6 +170,7 @@ async function run(argv: string[]): Promise<number> {
   }
   if (command === 'receive') {
     if (values.from === undefined || values.disk === undefined) throw usage('"clonecast receive" needs --from URL and --disk PATH');
+    const { receive } = await transfer();
     const summary = await receive({
       from: values.from,
       disk: values.disk,
@@ -200,20 +205,20 @@ async function run(argv: string[]): Promise<number> {
     }
     case 'list': {
       args(0, 'no arguments');
-      const list = await listImages(store);
+      const list = await (await maintenance()).listImages(store);
       out(() => printList(list, store.root), list);
       return EXIT.OK;
     }
     case 'info': {
       const [ref] = args(1, 'NAME[@V]');
       const { name, version: v } = store.resolve(parseRef(ref));
-      const info = describe(await store.readManifest(name, v));
+      const info = (await maintenance()).describe(await store.readManifest(name, v));
       out(() => printInfo(info), info);
       return EXIT.OK;
     }
     case 'verify': {
       if (rest.length > 1) throw usage('"clonecast image verify" takes at most NAME[@V]');
-      const report = await verifyStore(store, rest[0] === undefined ? undefined : parseRef(rest[0]), { workers, progress });
+      const report = await (await maintenance()).verifyStore(store, rest[0] === undefined ? undefined : parseRef(rest[0]), { workers, progress });
       out(() => printVerify(report), report);
       return report.ok ? EXIT.OK : EXIT.DAMAGED;
     }
@@ -225,13 +230,13 @@ async function run(argv: string[]): Promise<number> {
     }
     case 'rm': {
       const [ref] = args(1, 'NAME[@V]');
-      const result = removeImage(store, parseRef(ref));
+      const result = (await maintenance()).removeImage(store, parseRef(ref));
       out(() => console.log(`removed ${result.removed.map((v) => `${result.name}@${v}`).join(', ')}; run "clonecast image gc" to free chunks no version uses`), result);
       return EXIT.OK;
     }
     case 'gc': {
       args(0, 'no arguments');
-      const report = await collectGarbage(store);
+      const report = await (await maintenance()).collectGarbage(store);
       out(() => printGc(report), report);
       return EXIT.OK;
     }
