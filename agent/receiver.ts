@@ -246,6 +246,7 @@ export class Receiver extends EventEmitter {
       this.finished = resolve;
       this.failed = reject;
     });
+    this.lastHeard = performance.now(); // scanning and zeroing the disk took time, not the sender
     this.timer = setInterval(() => this.report(), RECEIVER_DEFAULTS.reportMs);
     this.report();
     if (this.done === this.wanted) void this.complete();
