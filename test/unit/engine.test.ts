@@ -12,6 +12,11 @@ import { seeded, tempDir, texty } from '../helpers.js';
 
 const C = 64 << 10;
 
+/** What receivers need to know about an in-memory session. */
+function sessionOf(sender: Sender, port: number, fragmentSize = 1000): SessionInfo {
+  return { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize };
+}
+
 async function setup(dir: string) {
   const store = Store.open(join(dir, 'data'));
   const src = join(dir, 'disk.img');
@@ -44,7 +49,7 @@ describe('transfer engine over a faulty in-memory network', () => {
       createSocket: net.factory('10.0.0.1'),
     });
     const senderPort = await sender.start();
-    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port: senderPort }, fragmentSize: 1000 };
+    const info = sessionOf(sender, senderPort);
     try {
       const results = await Promise.all(
         [11, 12, 13].map((h) =>
@@ -114,7 +119,7 @@ describe('transfer engine over a faulty in-memory network', () => {
     net.faults.set('10.0.0.21', { loss: 1 }); // hears nothing at all
     const sender = makeSender(store, manifest, net, { dropAfterMs: 400 });
     const port = await sender.start();
-    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize: 1000 };
+    const info = sessionOf(sender, port);
     const dropped = new Promise<number>((resolve) => sender.on('state', (r) => r.state === ReceiverState.DROPPED && resolve(r.id)));
     try {
       const deaf = new Receiver({ session: info, manifest, target: join(dir, 'deaf.img'), createSocket: net.factory('10.0.0.21'), receiverId: 21, timeoutMs: 2000 });
@@ -136,7 +141,7 @@ describe('transfer engine over a faulty in-memory network', () => {
     const net = new FakeNetwork(9);
     const sender = makeSender(store, manifest, net, { rateMbit: 50 });
     const port = await sender.start();
-    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize: 1000 };
+    const info = sessionOf(sender, port);
     try {
       const ended: Record<string, number> = {};
       const t0 = performance.now();
@@ -158,7 +163,7 @@ describe('transfer engine over a faulty in-memory network', () => {
     const net = new FakeNetwork(11);
     const sender = makeSender(store, manifest, net, { rateMbit: 20 });
     const port = await sender.start();
-    const info: SessionInfo = { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize: 1000 };
+    const info = sessionOf(sender, port);
     try {
       await new Receiver({ session: info, manifest, target: join(dir, 'u1.img'), createSocket: net.factory('10.0.0.41'), receiverId: 41 }).run();
       expect(readFileSync(join(dir, 'u1.img')).equals(disk)).toBe(true);
