@@ -5,7 +5,7 @@
  * queue never blocks reception: the chunk stays needed and comes again.
  * Every report interval it tells the sender what it still needs.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
@@ -138,6 +138,7 @@ export class Receiver extends EventEmitter {
   private socket: UdpSocket | undefined;
   private disk: Disk | undefined;
   private seq = 0;
+  private readonly incarnation = randomBytes(4).readUInt32BE(0);
   private firstSeq = -1;
   private maxSeq = -1;
   private srtt = 0;
@@ -505,6 +506,7 @@ export class Receiver extends EventEmitter {
       windowStart,
       windowEnd,
       rttMs: this.srtt,
+      incarnation: this.incarnation,
       ranges,
       nacks,
     });

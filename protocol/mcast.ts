@@ -35,7 +35,9 @@
  *       44    4 need window end (exclusive): the ranges below are all it needs in [start, end)
  *       48    2 NACK count K
  *       50    2 receiver's smoothed round-trip time to the sender, ms (0: not yet measured)
- *   // sizeof = 52, then R x (u32 first chunk, u32 count), then K x NACK:
+ *       52    4 incarnation: random per start of the receiver, so that the sender
+ *                knows a restart (its sequence numbers start again) from a stale report
+ *   // sizeof = 56, then R x (u32 first chunk, u32 count), then K x NACK:
  *   //   u32 chunk, u16 fragment count F, ceil(F/8) bytes bitmap (bit set = missing, LSB first)
  *
  * ACK (sender -> receiver, unicast): answers each STATUS.
@@ -54,7 +56,7 @@ export const MCAST = Object.freeze({
   VERSION: 1,
   COMMON_SIZE: 16,
   DATA_HEADER: 32,
-  STATUS_HEADER: 52,
+  STATUS_HEADER: 56,
   ACK_SIZE: 32,
   /** 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP): the largest datagram not fragmented. */
   MAX_UDP_PAYLOAD: 1472,
@@ -123,6 +125,7 @@ export interface StatusPacket {
   windowStart: number;
   windowEnd: number;
   rttMs: number;
+  incarnation: number;
   ranges: Range[];
   nacks: Nack[];
 }
@@ -193,6 +196,7 @@ export function encodeStatus(p: Omit<StatusPacket, 'type'>): Buffer {
   out.writeUInt32BE(p.windowEnd, 44);
   out.writeUInt16BE(p.nacks.length, 48);
   out.writeUInt16BE(Math.min(Math.round(p.rttMs), 0xffff), 50);
+  out.writeUInt32BE(p.incarnation >>> 0, 52);
   let o = MCAST.STATUS_HEADER;
   for (const r of p.ranges) {
     out.writeUInt32BE(r.first, o);
@@ -292,6 +296,7 @@ export function decode(buf: Buffer): Packet | null {
       windowStart,
       windowEnd,
       rttMs: buf.readUInt16BE(50),
+      incarnation: buf.readUInt32BE(52),
       ranges,
       nacks,
     };

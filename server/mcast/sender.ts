@@ -97,6 +97,7 @@ export interface ReceiverStats {
 
 interface Peer extends ReceiverStats {
   port: number;
+  incarnation: number;
   need: Uint8Array; // bit per chunk: the sender believes this receiver needs it
   lastSeq: number;
   intervalReceived: number;
@@ -267,6 +268,7 @@ export class Sender extends EventEmitter {
         lastProgress: now,
         need: new Uint8Array(Math.ceil(this.n / 8)),
         lastSeq: -1,
+        incarnation: p.incarnation,
         intervalReceived: 0,
         intervalLost: 0,
       };
@@ -274,9 +276,22 @@ export class Sender extends EventEmitter {
       if (this.firstJoin === 0) this.firstJoin = now;
       this.emit('join', { ...peer });
     }
-    // A receiver that restarted keeps its id but may come from a new port.
+    // A receiver that restarted keeps its id but may come from a new port,
+    // numbers its reports from scratch, and is welcome back even if dropped.
     peer.address = rinfo.address;
     peer.port = rinfo.port;
+    if (peer.incarnation !== p.incarnation) {
+      peer.incarnation = p.incarnation;
+      peer.lastSeq = -1;
+      peer.lastProgress = now;
+      peer.received = 0;
+      peer.lost = 0;
+      if (peer.state === ReceiverState.DROPPED) {
+        peer.state = ReceiverState.JOINING;
+        peer.reason = DropReason.NONE;
+        this.emit('state', { ...peer });
+      }
+    }
     return peer;
   }
 

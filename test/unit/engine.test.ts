@@ -95,7 +95,7 @@ describe('transfer engine over a faulty in-memory network', () => {
     });
     await new Promise<void>((r) => sock.bind(9000, undefined, r));
     const report = (seq: number, ranges: { first: number; count: number }[]) =>
-      sock.send(encodeStatus({ session: sender.session, seq, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, ranges, nacks: [] }), port, '10.0.0.1');
+      sock.send(encodeStatus({ session: sender.session, seq, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation: 1, ranges, nacks: [] }), port, '10.0.0.1');
     try {
       report(5, [{ first: 0, count: 5 }]);
       await new Promise((r) => setTimeout(r, 5));
@@ -107,6 +107,39 @@ describe('transfer engine over a faulty in-memory network', () => {
       report(6, []); // newer: needs nothing
       await new Promise((r) => setTimeout(r, 5));
       expect(sender.pendingDemand()).toBe(0);
+    } finally {
+      sender.stop();
+      sock.close();
+    }
+  });
+
+  it('takes back a dropped receiver that restarts, even though its reports are numbered from scratch', async () => {
+    const { store, manifest } = await setup(join(dir, 'restart'));
+    const net = new FakeNetwork(4);
+    const sender = makeSender(store, manifest, net, { rateMbit: 1, dropAfterMs: 200 });
+    const port = await sender.start();
+    const sock = net.factory('10.0.0.60')();
+    const states: number[] = [];
+    sock.on('message', (m) => {
+      const p = decode(m);
+      if (p?.type === PacketType.ACK) states.push(p.state);
+    });
+    await new Promise<void>((r) => sock.bind(9000, undefined, r));
+    const report = (incarnation: number, seq: number) =>
+      sock.send(encodeStatus({ session: sender.session, seq, receiver: 60, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation, ranges: [{ first: 0, count: 23 }], nacks: [] }), port, '10.0.0.1');
+    try {
+      for (let seq = 0; seq < 40; seq++) {
+        report(1, seq); // no progress: dropped after 200 ms
+        await new Promise((r) => setTimeout(r, 10));
+      }
+      expect(states[states.length - 1]).toBe(ReceiverState.DROPPED);
+      report(1, 41); // the same run: still dropped
+      await new Promise((r) => setTimeout(r, 10));
+      expect(states[states.length - 1]).toBe(ReceiverState.DROPPED);
+      report(2, 0); // a restart: sequence 0, new incarnation
+      await new Promise((r) => setTimeout(r, 10));
+      expect(states[states.length - 1]).toBe(ReceiverState.RECEIVING);
+      expect(sender.pendingDemand()).toBeGreaterThan(0);
     } finally {
       sender.stop();
       sock.close();

@@ -21,7 +21,7 @@ const DATA = [
 ].join('');
 
 const STATUS = [
-  '43434d43', '01', '02', '0034', '11223344', '00000009', // common: STATUS, header 52, seq 9
+  '43434d43', '01', '02', '0038', '11223344', '00000009', // common: STATUS, header 56, seq 9
   'aabbccdd', // receiver id
   '01', //       state RECEIVING
   '80', //       write queue half full
@@ -34,6 +34,7 @@ const STATUS = [
   '0000000c', // need window end 12
   '0001', //     1 NACK
   '0003', //     rtt 3 ms
+  '0badf00d', // incarnation
   '00000002', '00000003', // needs chunks 2-4
   '00000009', '00000001', // and chunk 9
   '00000006', '000a', '0502', // chunk 6 of 10 fragments misses 0, 2 and 9
@@ -56,7 +57,7 @@ describe('multicast packets', () => {
     });
     expect(decode(Buffer.from(STATUS, 'hex'))).toEqual({
       type: PacketType.STATUS, session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20,
-      windowStart: 2, windowEnd: 12, rttMs: 3, ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
+      windowStart: 2, windowEnd: 12, rttMs: 3, incarnation: 0x0badf00d, ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
     });
     expect(decode(Buffer.from(ACK, 'hex'))).toEqual({ type: PacketType.ACK, session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 });
   });
@@ -66,7 +67,7 @@ describe('multicast packets', () => {
     encodeData(data, { session: 0x11223344, seq: 7, chunk: 3, fragment: 1, fragments: 2, storedLength: 1445, flags: 1, payload: Buffer.from('hello') });
     expect(data.toString('hex')).toBe(DATA);
     const status = encodeStatus({
-      session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20, windowStart: 2, windowEnd: 12, rttMs: 3,
+      session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20, windowStart: 2, windowEnd: 12, rttMs: 3, incarnation: 0x0badf00d,
       ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
     });
     expect(status.toString('hex')).toBe(STATUS);
@@ -99,8 +100,8 @@ describe('multicast packets', () => {
     expect(bad(DATA, 20, 2, 2)).toBeNull(); // fragment index = count
     expect(bad(DATA, 22, 0, 2)).toBeNull(); // zero fragments
     expect(bad(DATA, 28, 6, 2)).toBeNull(); // payload length disagrees
-    expect(bad(STATUS, 52, 1, 4)).toBeNull(); // range before the window
-    expect(bad(STATUS, 56, 0, 4)).toBeNull(); // empty range
+    expect(bad(STATUS, 56, 1, 4)).toBeNull(); // range before the window
+    expect(bad(STATUS, 60, 0, 4)).toBeNull(); // empty range
     expect(bad(STATUS, 44, 1, 4)).toBeNull(); // window ends before it starts
     expect(bad(STATUS, 20, 9, 1)).toBeNull(); // unknown state
     expect(bad(ACK, 25, 7, 1)).toBeNull(); // unknown drop reason
@@ -115,7 +116,7 @@ describe('multicast packets', () => {
         b.writeUInt32BE(MCAST.MAGIC, 0);
         b[4] = 1;
         b[5] = 1 + (i % 3);
-        b.writeUInt16BE([32, 52, 32][i % 3], 6);
+        b.writeUInt16BE([32, 56, 32][i % 3], 6);
       }
       expect(() => decode(b)).not.toThrow();
     }
