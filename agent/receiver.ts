@@ -84,6 +84,8 @@ export interface ReceiverResult {
   bytesWritten: number;
   seconds: number;
   verified: boolean;
+  /** Smoothed round-trip time to the sender, ms. */
+  rttMs: number;
   counters: ReceiverCounters;
 }
 
@@ -432,6 +434,7 @@ export class Receiver extends EventEmitter {
       bytesWritten: this.counters.bytesWritten,
       seconds: (performance.now() - this.started) / 1000,
       verified: this.options.verify !== false,
+      rttMs: this.srtt,
       counters: this.counters,
     });
   }

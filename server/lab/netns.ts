@@ -9,6 +9,8 @@
  */
 import { execFileSync, spawn, spawnSync, type ChildProcess, type SpawnOptions } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
 
 /** How to build a lab. */
 export interface LabOptions {
@@ -17,6 +19,12 @@ export interface LabOptions {
   loss?: number | number[];
   /** Rate limit of the server's link, Mbit/s. */
   rateMbit?: number;
+  /**
+   * One-way delay, ms, on the server's link (both directions), by a
+   * layer-2 relay in a namespace between the server and the bridge
+   * (delay-relay.py; this kernel has no netem).
+   */
+  delayMs?: number;
 }
 
 /** One host of the lab. */
@@ -73,7 +81,8 @@ export class Lab {
     run('ip', ['-n', b, 'link', 'set', 'br0', 'up']);
     // br_netfilter would push every bridged packet through iptables (LAB-NOTES).
     spawnSync('ip', ['netns', 'exec', b, 'sysctl', '-qw', 'net.bridge.bridge-nf-call-iptables=0']);
-    this.attach(this.server, 'vs');
+    if (options.delayMs !== undefined && options.delayMs > 0) this.attachDelayed(this.server, 'vs', options.delayMs);
+    else this.attach(this.server, 'vs');
     if (options.rateMbit !== undefined) {
       run('ip', ['netns', 'exec', this.server.ns, 'tc', 'qdisc', 'add', 'dev', 'eth0', 'root', 'tbf', 'rate', `${options.rateMbit}mbit`, 'burst', '64kb', 'latency', '20ms']);
     }
@@ -100,6 +109,27 @@ export class Lab {
     run('ip', ['-n', host.ns, 'link', 'set', 'eth0', 'up']);
     // Namespaces have no default route: multicast needs one for 239/8.
     run('ip', ['-n', host.ns, 'route', 'add', '239.0.0.0/8', 'dev', 'eth0']);
+  }
+
+  // host <-> relay namespace (delay-relay.py forwarding frames late) <-> bridge.
+  private attachDelayed(host: LabHost, port: string, delayMs: number): void {
+    const relay = `cc${this.tag}r`;
+    this.addNs(relay);
+    this.addNs(host.ns);
+    run('ip', ['-n', this.bridgeNs, 'link', 'add', port, 'type', 'veth', 'peer', 'name', 'up0', 'netns', relay]);
+    run('ip', ['-n', this.bridgeNs, 'link', 'set', port, 'master', 'br0', 'up']);
+    run('ip', ['-n', relay, 'link', 'add', 'down0', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', host.ns]);
+    for (const dev of ['up0', 'down0']) run('ip', ['-n', relay, 'link', 'set', dev, 'promisc', 'on', 'up']);
+    // Frames a packet socket picks up from a veth may carry checksums left to
+    // offload; sent on as they are they would be dropped. Compute them in software.
+    run('ip', ['netns', 'exec', host.ns, 'ethtool', '-K', 'eth0', 'tx', 'off']);
+    run('ip', ['netns', 'exec', this.bridgeNs, 'ethtool', '-K', port, 'tx', 'off']);
+    run('ip', ['-n', host.ns, 'addr', 'add', `${host.address}/24`, 'dev', 'eth0']);
+    run('ip', ['-n', host.ns, 'link', 'set', 'eth0', 'up']);
+    run('ip', ['-n', host.ns, 'route', 'add', '239.0.0.0/8', 'dev', 'eth0']);
+    const script = fileURLToPath(new URL('../../../server/lab/delay-relay.py', import.meta.url));
+    const source = existsSync(script) ? script : fileURLToPath(new URL('./delay-relay.py', import.meta.url));
+    this.spawnIn(relay, '/usr/bin/python3', [source, 'up0', 'down0', String(delayMs)], { stdio: 'ignore' });
   }
 
   /** Sets independent random loss (0-1) on everything the bridge sends to client k. */

@@ -17,8 +17,8 @@ afterAll(() => {
   detachLoops();
 });
 
-function lab(clients: number, loss?: number | number[], rateMbit?: number): Lab {
-  const l = Lab.up({ clients, loss, rateMbit });
+function lab(clients: number, loss?: number | number[], rateMbit?: number, delayMs?: number): Lab {
+  const l = Lab.up({ clients, loss, rateMbit, delayMs });
   labs.push(l);
   return l;
 }
@@ -67,6 +67,20 @@ describe('multicast sessions in the network-namespace lab', () => {
       }, 120_000);
     }
   }
+
+  itNeeds(['netns'], 'works across a 25 ms one-way delay with 2% loss, and measures the round trip', async () => {
+    const l = lab(2, 0.02, undefined, 25);
+    const plans = [0, 1].map((k) => ({ k, disk: join(dir, `delay-${k}.img`) }));
+    const { sender, receivers } = await runSession(l, data, 'lab', plans, ['--rate', '40']);
+    expect(sender.code, sender.stderr).toBe(0);
+    receivers.forEach((r, k) => expectReceived(r, plans[k].disk, image, `receiver ${k}`));
+    for (const r of receivers) {
+      expect(r.json.rttMs).toBeGreaterThan(45);
+      expect(r.json.rttMs).toBeLessThan(200);
+      expect(r.json.counters.nacksSent).toBeGreaterThan(0);
+    }
+    l.down();
+  }, 120_000);
 
   itNeeds(['netns'], 'a receiver that starts 5 s late finishes correctly, and nobody waits for it', async () => {
     const l = lab(3);
