@@ -97,6 +97,8 @@ export interface ReceiverStats {
 
 interface Peer extends ReceiverStats {
   port: number;
+  /** Bits set in need. */
+  needCount: number;
   incarnation: number;
   need: Uint8Array; // bit per chunk: the sender believes this receiver needs it
   lastSeq: number;
@@ -148,6 +150,8 @@ export class Sender extends EventEmitter {
   private readonly n: number;
   private readonly kinds: Uint8Array;
   private readonly demand: Uint16Array;
+  /** Sum of demand[], so that an idle sender does not scan the table every tick. */
+  private totalDemand = 0;
   private readonly lastSent: Float64Array;
   private readonly peers = new Map<number, Peer>();
   private readonly repairs = new Map<number, Uint8Array>();
@@ -212,14 +216,12 @@ export class Sender extends EventEmitter {
 
   /** Statistics of every receiver seen. */
   receivers(): ReceiverStats[] {
-    return [...this.peers.values()].map(({ need: _n, lastSeq: _s, intervalReceived: _r, intervalLost: _l, port: _p, ...stats }) => ({ ...stats }));
+    return [...this.peers.values()].map(({ need: _n, lastSeq: _s, intervalReceived: _r, intervalLost: _l, port: _p, needCount: _c, incarnation: _i, ...stats }) => ({ ...stats }));
   }
 
   /** Chunks that some active receiver needs, as the sender believes. */
   pendingDemand(): number {
-    let total = 0;
-    for (let i = 0; i < this.n; i++) total += this.demand[i];
-    return total;
+    return this.totalDemand;
   }
 
   // ---- serve loop: STATUS in, ACK out ----
@@ -268,6 +270,7 @@ export class Sender extends EventEmitter {
         lastProgress: now,
         need: new Uint8Array(Math.ceil(this.n / 8)),
         lastSeq: -1,
+        needCount: 0,
         incarnation: p.incarnation,
         intervalReceived: 0,
         intervalLost: 0,
@@ -333,7 +336,8 @@ export class Sender extends EventEmitter {
   private setNeeds(peer: Peer, start: number, end: number, ranges: { first: number; count: number }[]): void {
     const guard = this.guardMs(peer);
     const now = performance.now();
-    for (let i = start; i < end; i++) this.setNeed(peer, i, false);
+    // Clearing costs a pass over the window; skip it when nothing is set.
+    if (peer.needCount > 0) for (let i = start; i < end; i++) this.setNeed(peer, i, false);
     for (const r of ranges) {
       for (let i = r.first; i < Math.min(r.first + r.count, end); i++) {
         // Just sent: the report was probably written before it arrived.
@@ -349,9 +353,13 @@ export class Sender extends EventEmitter {
     if (on) {
       peer.need[i >> 3] |= bit;
       this.demand[i]++;
+      this.totalDemand++;
+      peer.needCount++;
     } else {
       peer.need[i >> 3] &= ~bit;
       this.demand[i]--;
+      this.totalDemand--;
+      peer.needCount--;
     }
   }
 
@@ -507,6 +515,7 @@ export class Sender extends EventEmitter {
       this.repairs.delete(chunk);
       return { chunk, fragments: bits };
     }
+    if (this.totalDemand === 0) return undefined;
     let best = -1;
     let bestDemand = 0;
     // Scan from a moving cursor; take the most needed chunk among the first
