@@ -7,13 +7,13 @@
  * - verify: read a stored chunk, decode it and check its SHA-256 name.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { closeSync, fstatSync, openSync, readSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
 import { ChunkKind, type BadRange } from '../../protocol/manifest.js';
 import { Disk } from '../../native/disk.js';
-import { chunkFileFits, DIRECT_UNIT, Store, storedForm } from './store.js';
+import { chunkFileFits, DIRECT_UNIT, Store } from './store.js';
 import { native } from '../../native/addon.js';
 import type { Reply } from './pool.js';
 
@@ -153,20 +153,6 @@ function readSource(d: Disk, buf: Buffer, position: number, length: number): Bad
   return bad;
 }
 
-function readHeader(path: string): Buffer | null {
-  try {
-    const fd = openSync(path, 'r');
-    try {
-      const head = Buffer.alloc(CHUNK.HEADER_SIZE);
-      return readSync(fd, head, 0, head.length, 0) === head.length ? head : null;
-    } finally {
-      closeSync(fd);
-    }
-  } catch {
-    return null;
-  }
-}
-
 async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
   const d = device();
   const badRanges = readSource(d, b.raw, t.position, t.length);
@@ -175,16 +161,15 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
   if (isZero(raw)) return { ...none, kind: ChunkKind.ZERO };
   const hash = xxh64(raw);
   const sha = sha256(raw);
-  const path = store.chunkPath(sha);
   // Already stored (by an earlier version, another image, or an import that
   // was killed)? Reuse it if its header and size are whole.
-  const size = store.chunkFileSize(sha);
+  const found = store.chunkHead(sha);
+  const size = found?.size ?? -1;
   let damaged = false;
-  if (size > 0) {
-    const head = readHeader(path);
+  if (found !== null && size > 0) {
     try {
-      const h = head === null ? null : decodeChunkHeader(head);
-      if (h !== null && h.rawLength === t.length && h.xxh64 === hash && chunkFileFits(size, h.payloadLength)) {
+      const h = decodeChunkHeader(found.head);
+      if (h.rawLength === t.length && h.xxh64 === hash && chunkFileFits(size, h.payloadLength)) {
         return { ...none, kind: ChunkKind.DATA, compression: h.compression, storedLength: h.payloadLength, xxh64: hash, sha256: sha };
       }
     } catch {
@@ -198,40 +183,10 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
   return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
 }
 
-/** Reads a stored chunk file into `into` (reused between tasks); returns a view of its bytes. */
-function loadChunk(sha: string, into: Buffer): Buffer {
-  let fd: number;
-  try {
-    fd = openSync(store.chunkPath(sha), 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${sha} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha });
-    }
-    throw err;
-  }
-  try {
-    const size = fstatSync(fd).size;
-    if (size > into.length) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${sha} is corrupt: ${size} bytes, more than a chunk can hold`, { sha });
-    let done = 0;
-    while (done < size) {
-      const n = readSync(fd, into, done, size - done, done);
-      if (n === 0) break;
-      done += n;
-    }
-    const file = into.subarray(0, done);
-    // Strip the O_DIRECT zero padding, checking it is only that.
-    const form = done >= CHUNK.HEADER_SIZE ? storedForm(file, file.readUInt32BE(12)) : null;
-    if (form === null) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${sha} is corrupt: a ${done}-byte file does not hold its header's payload length plus zero padding`, { sha });
-    return form;
-  } finally {
-    closeSync(fd);
-  }
-}
-
 async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
   const d = device();
   const buf = b.raw;
-  const { raw, header } = decodeChunk(loadChunk(t.sha, b.stored), `chunk ${t.sha}`, buf);
+  const { raw, header } = decodeChunk(store.readChunkInto(t.sha, b.stored), `chunk ${t.sha}`, buf);
   if (raw.length !== t.length || header.xxh64 !== t.xxh64) {
     throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${t.sha} does not match the manifest's length or xxh64 for chunk ${t.index}`, { sha: t.sha, index: t.index });
   }
@@ -241,7 +196,7 @@ async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
 
 function verifyChunk(t: VerifyTask, b: Buffers): VerifyResult {
   try {
-    const { raw } = decodeChunk(loadChunk(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
+    const { raw } = decodeChunk(store.readChunkInto(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
     if (raw.length !== t.rawLength) return { sha: t.sha, problem: `holds ${raw.length} bytes, the manifest expects ${t.rawLength}`, code: ERR.CHUNK_CORRUPT };
     if (sha256(raw).toString('hex') !== t.sha) return { sha: t.sha, problem: 'SHA-256 of its contents does not match its name', code: ERR.CHUNK_CORRUPT };
     return { sha: t.sha, problem: null };

@@ -13,7 +13,7 @@
  * leaves no version pointing at a missing chunk.
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, linkSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, statSync, writeFileSync, fsyncSync, renameSync, unlinkSync } from 'node:fs';
+import { existsSync, fstatSync, linkSync, mkdirSync, openSync, closeSync, readSync, readdirSync, readFileSync, statSync, writeFileSync, fsyncSync, renameSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
@@ -234,7 +234,7 @@ export class Store {
    * bytes are the stored form and which is aligned and long enough to round
    * length up to DIRECT_UNIT. The file is written with O_DIRECT (no
    * page-cache copy, no writeback later) and so keeps its zero padding up to
-   * a multiple of DIRECT_UNIT (chunkFileSize() and readers allow for it);
+   * a multiple of DIRECT_UNIT (chunkHead() users and readers allow for it);
    * barrier() still makes its metadata durable. Returns false if the chunk
    * was already there (another writer won).
    */
@@ -283,24 +283,71 @@ export class Store {
     try {
       file = await readFile(this.chunkPath(hex));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${hex} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha: hex });
-      }
-      throw err;
+      throw chunkOpenError(err, hex);
     }
-    const form = file.length >= CHUNK.HEADER_SIZE ? storedForm(file, file.readUInt32BE(12)) : null;
-    if (form === null) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${hex} is corrupt: its size does not match its header`, { sha: hex });
-    return form;
+    return checkedStoredForm(file, hex);
   }
 
-  /** Size in bytes of a stored chunk file, or -1 if it is missing. */
-  chunkFileSize(sha: Buffer | string): number {
+  /**
+   * The blocking form of readChunk() for worker threads: reads the chunk
+   * file into `into` (reused between calls) and returns a view of its stored form.
+   */
+  readChunkInto(sha: string, into: Buffer): Buffer {
+    let fd: number;
     try {
-      return statSync(this.chunkPath(sha)).size;
-    } catch {
-      return -1;
+      fd = openSync(this.chunkPath(sha), 'r');
+    } catch (err) {
+      throw chunkOpenError(err, sha);
+    }
+    try {
+      const size = fstatSync(fd).size;
+      if (size > into.length) throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${sha} is corrupt: ${size} bytes, more than a chunk can hold`, { sha });
+      let done = 0;
+      while (done < size) {
+        const n = readSync(fd, into, done, size - done, done);
+        if (n === 0) break;
+        done += n;
+      }
+      return checkedStoredForm(into.subarray(0, done), sha);
+    } finally {
+      closeSync(fd);
     }
   }
+
+  /**
+   * The header of a stored chunk and its file's size, or null if it is not
+   * there (one open instead of a stat and an open).
+   */
+  chunkHead(sha: Buffer): { head: Buffer; size: number } | null {
+    let fd: number;
+    try {
+      fd = openSync(this.chunkPath(sha), 'r');
+    } catch {
+      return null;
+    }
+    try {
+      const size = fstatSync(fd).size;
+      const head = Buffer.alloc(CHUNK.HEADER_SIZE);
+      const n = size >= head.length ? readSync(fd, head, 0, head.length, 0) : 0;
+      return { head: head.subarray(0, n), size };
+    } finally {
+      closeSync(fd);
+    }
+  }
+}
+
+function chunkOpenError(err: unknown, hex: string): unknown {
+  if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return err;
+  return new ClonecastError(ERR.CHUNK_MISSING, `chunk ${hex} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha: hex });
+}
+
+/** The stored form inside a chunk file's bytes (padding stripped and checked); CHUNK_CORRUPT otherwise. */
+function checkedStoredForm(file: Buffer, hex: string): Buffer {
+  const form = file.length >= CHUNK.HEADER_SIZE ? storedForm(file, file.readUInt32BE(12)) : null;
+  if (form === null) {
+    throw new ClonecastError(ERR.CHUNK_CORRUPT, `chunk ${hex} is corrupt: a ${file.length}-byte file does not hold its header's payload length plus zero padding`, { sha: hex });
+  }
+  return form;
 }
 
 /** fsync a directory so a rename inside it is durable. */
