@@ -167,10 +167,11 @@ export class Sender extends EventEmitter {
   private prefetched: Outgoing | undefined;
   private next: Promise<Outgoing | undefined> | undefined;
   private cursor = 0;
-  private packet: Buffer;
   private stopped = false;
   private firstJoin = 0;
   private firstSend = 0;
+  /** A send failed locally (ENOBUFS) since the last rate adjustment. */
+  private localCongestion = false;
   private started = false;
 
   constructor(private readonly options: SenderOptions) {
@@ -185,7 +186,6 @@ export class Sender extends EventEmitter {
     if (this.fragmentSize < 256 || this.fragmentSize > MCAST.MAX_FRAGMENT) throw new RangeError(`fragment size must be 256 to ${MCAST.MAX_FRAGMENT}`);
     this.maxRate = ((options.rateMbit ?? SENDER_DEFAULTS.rateMbit) * 1e6) / 8;
     this.rate = this.maxRate;
-    this.packet = Buffer.alloc(MCAST.DATA_HEADER + this.fragmentSize);
   }
 
   /** Binds the socket and starts the serve and send loops; resolves with the local port. */
@@ -387,9 +387,8 @@ export class Sender extends EventEmitter {
     this.socket?.send(ack, peer.port, peer.address);
   }
 
-  private guardMs(peer?: Peer): number {
-    const rtt = peer?.rttMs ?? 0;
-    return Math.max(MIN_GUARD_MS, rtt * RESEND_GUARD_RTTS);
+  private guardMs(peer: Peer): number {
+    return Math.max(MIN_GUARD_MS, peer.rttMs * RESEND_GUARD_RTTS);
   }
 
   // ---- send loop ----
@@ -406,6 +405,7 @@ export class Sender extends EventEmitter {
     // not flood the group to every port (a single restore, a remote site).
     const only = this.options.unicastSingle === false ? undefined : this.soleReceiver();
     const dest = only !== undefined ? { port: only.port, address: only.address } : { port: this.options.port, address: this.options.group };
+    const sentBefore = this.counters.packetsSent;
     while (budget >= MCAST.DATA_HEADER + this.fragmentSize) {
       if (this.current === undefined || this.current.queue.length === 0) {
         // The next chunk was read ahead while this one went out.
@@ -421,6 +421,10 @@ export class Sender extends EventEmitter {
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
     }
     this.tokens = budget;
+    if (this.counters.packetsSent > sentBefore) {
+      if (this.firstSend === 0) this.firstSend = now;
+      this.counters.sendingSeconds = (now - this.firstSend) / 1000;
+    }
   }
 
   // The start rule: enough receivers joined, or waited long enough since the first.
@@ -462,17 +466,15 @@ export class Sender extends EventEmitter {
       payload,
     });
     this.seq >>>= 0;
-    const now = performance.now();
-    if (this.firstSend === 0) this.firstSend = now;
-    this.counters.sendingSeconds = (now - this.firstSend) / 1000;
     this.counters.packetsSent++;
     this.counters.bytesSent += packet.length;
     if (out.repair) this.counters.repairPackets++;
     this.socket!.send(packet, dest.port, dest.address, (err) => {
       if (err) {
-        // ENOBUFS/EAGAIN: the local queue is full; treat it as congestion.
+        // ENOBUFS/EAGAIN: the local queue is full. Congestion, handled by the
+        // rate rule once per interval (not once per failed packet).
         this.counters.sendErrors++;
-        this.rate = Math.max(this.rate * RATE_DECREASE, this.minRate());
+        this.localCongestion = true;
       }
     });
     return packet.length;
@@ -573,7 +575,9 @@ export class Sender extends EventEmitter {
       peer.intervalLost = 0;
       if (peer.state === ReceiverState.RECEIVING && total > 20) worst = Math.max(worst, peer.loss);
     }
-    if (worst > SENDER_DEFAULTS.lossHigh) this.rate = Math.max(this.rate * RATE_DECREASE, this.minRate());
+    const congested = worst > SENDER_DEFAULTS.lossHigh || this.localCongestion;
+    this.localCongestion = false;
+    if (congested) this.rate = Math.max(this.rate * RATE_DECREASE, this.minRate());
     else if (worst < SENDER_DEFAULTS.lossLow) this.rate = Math.min(this.rate + this.maxRate * RATE_STEP, this.maxRate);
   }
 
