@@ -6,7 +6,7 @@ import { importImage } from '../../server/store/import.js';
 import { Sender } from '../../server/mcast/sender.js';
 import { Receiver, type SessionInfo } from '../../agent/receiver.js';
 import { chunkAt } from '../../protocol/manifest.js';
-import { decode, encodeStatus, PacketType, ReceiverState } from '../../protocol/mcast.js';
+import { decode, encodeStatus, PacketType, ReceiverState, type AckPacket, type StatusPacket } from '../../protocol/mcast.js';
 import { FakeNetwork } from './fake-network.js';
 import { seeded, tempDir, texty } from '../helpers.js';
 
@@ -15,6 +15,26 @@ const C = 64 << 10;
 /** What receivers need to know about an in-memory session. */
 function sessionOf(sender: Sender, port: number, fragmentSize = 1000): SessionInfo {
   return { session: sender.session, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port }, fragmentSize };
+}
+
+/**
+ * A hand-driven receiver on host: report() sends a STATUS (defaults for the
+ * fields not given) and waits a moment; acks collects the sender's answers.
+ */
+async function rawPeer(net: FakeNetwork, host: string, sender: Sender, port: number) {
+  const sock = net.factory(host)();
+  const acks: AckPacket[] = [];
+  sock.on('message', (m) => {
+    const p = decode(m);
+    if (p?.type === PacketType.ACK) acks.push(p);
+  });
+  await new Promise<void>((r) => sock.bind(9000, undefined, r));
+  const base = { session: sender.session, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation: 1, ranges: [], nacks: [] };
+  const report = async (fields: Partial<Omit<StatusPacket, 'type'>> & { seq: number }) => {
+    sock.send(encodeStatus({ ...base, ...fields }), port, '10.0.0.1');
+    await new Promise((r) => setTimeout(r, 10));
+  };
+  return { acks, report, close: () => sock.close() };
 }
 
 async function setup(dir: string) {
@@ -87,29 +107,18 @@ describe('transfer engine over a faulty in-memory network', () => {
     const net = new FakeNetwork(3);
     const sender = makeSender(store, manifest, net, { rateMbit: 1 });
     const port = await sender.start();
-    const sock = net.factory('10.0.0.50')();
-    const acks: number[] = [];
-    sock.on('message', (m) => {
-      const p = decode(m);
-      if (p?.type === PacketType.ACK) acks.push(p.echo);
-    });
-    await new Promise<void>((r) => sock.bind(9000, undefined, r));
-    const report = (seq: number, ranges: { first: number; count: number }[]) =>
-      sock.send(encodeStatus({ session: sender.session, seq, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation: 1, ranges, nacks: [] }), port, '10.0.0.1');
+    const peer = await rawPeer(net, '10.0.0.50', sender, port);
     try {
-      report(5, [{ first: 0, count: 5 }]);
-      await new Promise((r) => setTimeout(r, 5));
+      await peer.report({ seq: 5, ranges: [{ first: 0, count: 5 }] });
       const after5 = sender.pendingDemand();
-      report(4, [{ first: 0, count: 23 }]); // older: must not add needs
-      await new Promise((r) => setTimeout(r, 5));
+      await peer.report({ seq: 4, ranges: [{ first: 0, count: 23 }] }); // older: must not add needs
       expect(sender.pendingDemand()).toBeLessThanOrEqual(after5);
-      expect(acks).toEqual([5, 4]);
-      report(6, []); // newer: needs nothing
-      await new Promise((r) => setTimeout(r, 5));
+      expect(peer.acks.map((a) => a.echo)).toEqual([5, 4]);
+      await peer.report({ seq: 6 }); // newer: needs nothing
       expect(sender.pendingDemand()).toBe(0);
     } finally {
       sender.stop();
-      sock.close();
+      peer.close();
     }
   });
 
@@ -118,31 +127,20 @@ describe('transfer engine over a faulty in-memory network', () => {
     const net = new FakeNetwork(4);
     const sender = makeSender(store, manifest, net, { rateMbit: 1, dropAfterMs: 200 });
     const port = await sender.start();
-    const sock = net.factory('10.0.0.60')();
-    const states: number[] = [];
-    sock.on('message', (m) => {
-      const p = decode(m);
-      if (p?.type === PacketType.ACK) states.push(p.state);
-    });
-    await new Promise<void>((r) => sock.bind(9000, undefined, r));
-    const report = (incarnation: number, seq: number) =>
-      sock.send(encodeStatus({ session: sender.session, seq, receiver: 60, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation, ranges: [{ first: 0, count: 23 }], nacks: [] }), port, '10.0.0.1');
+    const peer = await rawPeer(net, '10.0.0.60', sender, port);
+    const all = [{ first: 0, count: 23 }];
+    const lastState = () => peer.acks[peer.acks.length - 1].state;
     try {
-      for (let seq = 0; seq < 40; seq++) {
-        report(1, seq); // no progress: dropped after 200 ms
-        await new Promise((r) => setTimeout(r, 10));
-      }
-      expect(states[states.length - 1]).toBe(ReceiverState.DROPPED);
-      report(1, 41); // the same run: still dropped
-      await new Promise((r) => setTimeout(r, 10));
-      expect(states[states.length - 1]).toBe(ReceiverState.DROPPED);
-      report(2, 0); // a restart: sequence 0, new incarnation
-      await new Promise((r) => setTimeout(r, 10));
-      expect(states[states.length - 1]).toBe(ReceiverState.RECEIVING);
+      for (let seq = 0; seq < 40; seq++) await peer.report({ seq, incarnation: 1, ranges: all }); // no progress: dropped after 200 ms
+      expect(lastState()).toBe(ReceiverState.DROPPED);
+      await peer.report({ seq: 41, incarnation: 1, ranges: all }); // the same run: still dropped
+      expect(lastState()).toBe(ReceiverState.DROPPED);
+      await peer.report({ seq: 0, incarnation: 2, ranges: all }); // a restart: sequence 0, new incarnation
+      expect(lastState()).toBe(ReceiverState.RECEIVING);
       expect(sender.pendingDemand()).toBeGreaterThan(0);
     } finally {
       sender.stop();
-      sock.close();
+      peer.close();
     }
   });
 
