@@ -441,7 +441,8 @@ static napi_value js_is_aligned(napi_env env, napi_callback_info info) {
 // LZ4 block compression through the system's liblz4 (Debian: liblz4-1, which
 // apt itself depends on), loaded with dlopen so that the build needs no
 // development package and the addon still loads where the library is absent.
-// lz4-napi's own compressor measured 5x slower than liblz4 on binary data.
+// lz4-napi's own compressor took 3.3 s where liblz4 took 0.43 s for the
+// data chunks of the 1 GiB benchmark image.
 // The output layout is lz4-napi's: u32 little-endian uncompressed length,
 // then one LZ4 block, so either side can decode what the other wrote.
 
