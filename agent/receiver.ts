@@ -281,7 +281,9 @@ export class Receiver extends EventEmitter {
 
   private onData(p: DataPacket): void {
     this.counters.packets++;
-    this.trackLoss(p.seq);
+    // Once it has everything, the sender may unicast the rest to the last
+    // receiver: sequence gaps then are not this receiver's loss.
+    if (this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING) this.trackLoss(p.seq);
     const c = p.chunk;
     const expected = c < this.n ? this.stored[c] : 0;
     const fragmentSize = this.options.session.fragmentSize;
