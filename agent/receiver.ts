@@ -11,7 +11,7 @@ import { hostname } from 'node:os';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
 import { CHUNK, chunkLength, decodeChunk, isZero } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { initHashes, xxh64 } from '../protocol/hash.js';
+import { initHashes, sha256, xxh64 } from '../protocol/hash.js';
 import { decode, DropReason, encodeStatus, fragmentCount, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Nack, type Range } from '../protocol/mcast.js';
 import type { CreateSocket, RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
@@ -52,6 +52,8 @@ export interface ReceiverOptions {
   receiverId?: number;
   /** Check which chunks the target already holds and skip them. */
   resume?: boolean;
+  /** Chunks this process already wrote to the target in an earlier run (one byte per chunk, non-zero: written and checked). */
+  known?: Uint8Array;
   /** Read the disk back and check every chunk at the end (default true). */
   verify?: boolean;
   queueChunks?: number;
@@ -81,6 +83,8 @@ export interface ReceiverResult {
   receiver: number;
   chunks: number;
   skipped: number;
+  /** What reading the disk back found (absent with verify: false). */
+  verification?: Verification;
   bytesWritten: number;
   seconds: number;
   verified: boolean;
@@ -88,6 +92,18 @@ export interface ReceiverResult {
   rttMs: number;
   counters: ReceiverCounters;
 }
+
+/** What reading a disk back found. */
+export interface Verification {
+  chunksVerified: number;
+  /** Chunks that did not read back as written (the first MAX_BAD_LISTED). */
+  bad: number[];
+  chunksBad: number;
+  /** diskDigest() of what was read back: comparable with the manifest's. */
+  digest: Buffer;
+}
+
+const MAX_BAD_LISTED = 32;
 
 const NEEDED = 0;
 const PARTIAL = 1;
@@ -153,6 +169,7 @@ export class Receiver extends EventEmitter {
   private failed: ((e: unknown) => void) | undefined;
   private acked = false;
   private started = 0;
+  private stopError: unknown;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
@@ -187,13 +204,48 @@ export class Receiver extends EventEmitter {
       if (disk.size < meta.diskSize) {
         throw new ClonecastError(ERR.TARGET_TOO_SMALL, `${this.options.target} holds ${disk.size} bytes but the image needs ${meta.diskSize}; use a larger disk`);
       }
+      this.markKnown();
       if (this.options.resume) await this.scanExisting();
       await this.zeroChunks();
+      if (this.stopError !== undefined) throw this.stopError;
       return await this.receive();
     } finally {
       clearInterval(this.timer);
       this.socket?.close();
+      // A write may still be in flight after a failure or stop(): the fd must outlive it.
+      while (this.writing) await new Promise((r) => setTimeout(r, 5));
       disk.close();
+    }
+  }
+
+  /** Chunks done so far (one byte per chunk, 1: written), to hand to a later run on the same disk. */
+  doneMap(): Uint8Array {
+    const map = new Uint8Array(this.n);
+    for (let i = 0; i < this.n; i++) map[i] = this.status[i] === DONE ? 1 : 0;
+    return map;
+  }
+
+  /** Progress so far. */
+  progress(): { state: ReceiverState; done: number; wanted: number; skipped: number } {
+    return { state: this.state, done: this.done, wanted: this.wanted, skipped: this.skipped };
+  }
+
+  /** Leaves the session: run() rejects with err once no write is in flight. */
+  stop(err: unknown): void {
+    this.stopError ??= err;
+    this.fail(err);
+  }
+
+  private markKnown(): void {
+    const known = this.options.known;
+    if (known === undefined) return;
+    if (known.length !== this.n) throw new RangeError(`known map has ${known.length} entries, the image ${this.n} chunks`);
+    for (let i = 0; i < this.n; i++) {
+      if (known[i] !== 0 && this.status[i] === NEEDED) {
+        this.status[i] = DONE;
+        this.done++;
+        this.skipped++;
+      }
     }
   }
 
@@ -201,7 +253,7 @@ export class Receiver extends EventEmitter {
     const disk = this.disk!;
     const { meta } = this.options.manifest;
     const buf = disk.allocate(meta.chunkSize);
-    for (let i = 0; i < this.n; i++) {
+    for (let i = 0; i < this.n && this.stopError === undefined; i++) {
       if (this.status[i] !== NEEDED) continue;
       const len = chunkLength(i, meta.diskSize, meta.chunkSize);
       const got = await disk.read(buf, i * meta.chunkSize, len);
@@ -415,9 +467,20 @@ export class Receiver extends EventEmitter {
   private async complete(): Promise<void> {
     this.state = ReceiverState.VERIFYING;
     this.report();
+    let verification: Verification | undefined;
     try {
       await this.disk!.flush();
-      if (this.options.verify !== false) await this.verifyDisk();
+      if (this.options.verify !== false) {
+        verification = await this.verifyDisk();
+        if (verification.chunksBad > 0) {
+          const first = verification.bad[0];
+          throw new ClonecastError(
+            ERR.DAMAGED,
+            `verification failed: ${verification.chunksBad} chunk(s) of ${this.options.target} do not read back as written, the first at chunk ${first} (offset ${first * this.options.manifest.meta.chunkSize}); the disk may be failing`,
+            { verification },
+          );
+        }
+      }
     } catch (err) {
       this.state = ReceiverState.FAILED;
       this.report();
@@ -436,26 +499,35 @@ export class Receiver extends EventEmitter {
       bytesWritten: this.counters.bytesWritten,
       seconds: (performance.now() - this.started) / 1000,
       verified: this.options.verify !== false,
+      verification,
       rttMs: this.srtt,
       counters: this.counters,
     });
   }
 
-  /** Reads every chunk back from the disk and checks it against the manifest. */
-  private async verifyDisk(): Promise<void> {
+  /** Reads every chunk back, checks it against the manifest and digests what it read. */
+  private async verifyDisk(): Promise<Verification> {
     const { meta, table } = this.options.manifest;
     const disk = this.disk!;
     const buf = disk.allocate(meta.chunkSize);
+    const digest = createHash('sha256');
+    const result: Verification = { chunksVerified: 0, bad: [], chunksBad: 0, digest: Buffer.alloc(0) };
     for (let i = 0; i < this.n; i++) {
       const kind = chunkAt(table, i).kind;
       if (kind === ChunkKind.ABSENT) continue;
       const len = chunkLength(i, meta.diskSize, meta.chunkSize);
       await disk.read(buf, i * meta.chunkSize, len);
-      const ok = kind === ChunkKind.ZERO ? isZero(buf.subarray(0, len)) : xxh64(buf.subarray(0, len)) === this.hashes[i];
-      if (!ok) {
-        throw new ClonecastError(ERR.DAMAGED, `verification failed: chunk ${i} (offset ${i * meta.chunkSize}) of ${this.options.target} does not read back as written; the disk may be failing`, { chunk: i });
+      const data = buf.subarray(0, len);
+      const ok = kind === ChunkKind.ZERO ? isZero(data) : xxh64(data) === this.hashes[i];
+      digest.update(sha256(data));
+      if (ok) result.chunksVerified++;
+      else {
+        result.chunksBad++;
+        if (result.bad.length < MAX_BAD_LISTED) result.bad.push(i);
       }
     }
+    result.digest = digest.digest();
+    return result;
   }
 
   private fail(err: unknown): void {

@@ -189,3 +189,29 @@ function checkMeta(meta: ManifestMeta, n: number, bad: (why: string) => Error): 
   if (chunkCount(meta.diskSize, meta.chunkSize) !== n) throw bad('chunk count does not match disk size');
   if (!Array.isArray(meta.badRanges)) throw bad('bad ranges missing');
 }
+
+/**
+ * The whole-disk digest of an image: SHA-256 over the SHA-256 of every
+ * chunk's bytes in order (zero chunks hash as zeros; absent chunks are left
+ * out). An agent computes the same over what it reads back, so a server can
+ * check a finished disk without reading the image.
+ */
+export function diskDigest(manifest: Manifest): Buffer {
+  const { meta, table } = manifest;
+  const n = tableLength(table);
+  const all = createHash('sha256');
+  const zeroHashes = new Map<number, Buffer>();
+  for (let i = 0; i < n; i++) {
+    const r = chunkAt(table, i);
+    if (r.kind === ChunkKind.ABSENT) continue;
+    if (r.kind === ChunkKind.DATA) {
+      all.update(r.sha256);
+      continue;
+    }
+    const len = Math.min(meta.chunkSize, meta.diskSize - i * meta.chunkSize);
+    let h = zeroHashes.get(len);
+    if (h === undefined) zeroHashes.set(len, (h = createHash('sha256').update(Buffer.alloc(len)).digest()));
+    all.update(h);
+  }
+  return all.digest();
+}

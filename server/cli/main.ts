@@ -16,6 +16,7 @@ const importImage = async (...a: Parameters<typeof import('../store/import.js').
 const exportImage = async (...a: Parameters<typeof import('../store/export.js').exportImage>) => (await import('../store/export.js')).exportImage(...a);
 const maintenance = () => import('../store/maintenance.js');
 const transfer = () => import('./transfer.js');
+const admin = () => import('./admin.js');
 
 /** Exit codes (also in the README). */
 export const EXIT = Object.freeze({
@@ -47,6 +48,9 @@ const CODE_TO_EXIT: Record<string, number> = {
   [ERR.READ_ERROR]: EXIT.IO,
   [ERR.WRITE_ERROR]: EXIT.IO,
   [ERR.MANIFEST_VERSION]: EXIT.NEWER_FORMAT,
+  [ERR.UNAUTHORIZED]: EXIT.REFUSED,
+  [ERR.REFUSED]: EXIT.REFUSED,
+  [ERR.UNREACHABLE]: EXIT.NOT_FOUND,
 };
 
 const USAGE = `clonecast - multicast disk imaging
@@ -59,7 +63,15 @@ usage:
   clonecast image export NAME[@V] DEST [--force]
   clonecast image rm NAME[@V]
   clonecast image gc
-  clonecast serve [--listen HOST:PORT]
+  clonecast serve [--listen HOST:PORT] [--interface IF]
+  clonecast token
+  clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
+                 [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
+                 [--drop-after S] [--token T]
+  clonecast agent [--server URL] [--disk PATH|auto] [--token T] [--once] [--no-verify]
+                 [--allow-power] [--machine-id MAC]
+  clonecast machines [--server URL] [--token T]
+  clonecast sessions [start|cancel ID] [--server URL] [--token T]
   clonecast send NAME[@V] (--interface IF | --address IP) [--clients N [--wait S]] [--rate MBIT]
                  [--group ADDR] [--port P] [--http-port P] [--fragment BYTES] [--drop-after S]
   clonecast receive --from URL --disk PATH [--interface IF | --address IP] [--resume]
@@ -70,6 +82,8 @@ options for every command:
   --data DIR   image store (default: $CLONECAST_DATA, else ~/.local/share/clonecast)
   --json       machine-readable output on stdout
   --workers N  worker threads for chunk work (default: cores + 1)
+  --server URL a running server (default: $CLONECAST_SERVER, else http://127.0.0.1:8080/)
+  --token T    the server's token (default: $CLONECAST_TOKEN, else the data directory's)
   -h, --help   this text
 `;
 
@@ -97,6 +111,15 @@ const OPTIONS = {
   resume: { type: 'boolean' },
   'no-verify': { type: 'boolean' },
   'write-limit': { type: 'string' },
+  server: { type: 'string' },
+  token: { type: 'string' },
+  machines: { type: 'string' },
+  at: { type: 'string' },
+  after: { type: 'string' },
+  target: { type: 'string' },
+  once: { type: 'boolean' },
+  'allow-power': { type: 'boolean' },
+  'machine-id': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -137,17 +160,15 @@ async function run(argv: string[]): Promise<number> {
     out(() => console.log(`clonecast ${version()}`), { version: version() });
     return EXIT.OK;
   }
-  if (command === 'serve') {
-    const store = Store.open(dataDir(values.data));
-    const listen = values.listen ?? DEFAULT_LISTEN;
-    const { startHttp } = await import('../http.js');
-    const { url } = await startHttp(store, listen).catch((err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE') throw new ClonecastError(ERR.BUSY, `${listen} is already in use; stop what listens there or pass --listen 127.0.0.1:PORT`);
-      throw err;
-    });
-    out(() => console.log(`clonecast server\n  dashboard: ${url}\n  image store: ${store.root}\n  stop with Ctrl-C`), { url, data: store.root });
-    await new Promise(() => {});
+  if (command === 'serve') return serve(values, json);
+  if (command === 'token') {
+    const { loadOrCreateToken } = await import('../token.js');
+    const t = loadOrCreateToken(Store.open(dataDir(values.data)).root);
+    out(() => console.log(t.token), { token: t.token, path: t.path, created: t.created });
+    return EXIT.OK;
   }
+  if (command === 'deploy' || command === 'machines' || command === 'sessions') return adminCommand(command, sub, rest, values, json);
+  if (command === 'agent') return agentCommand(values, json);
   if (command === 'send') {
     if (sub === undefined || rest.length > 0) throw usage('"clonecast send" takes NAME[@V]');
     const { send } = await transfer();
@@ -243,6 +264,120 @@ async function run(argv: string[]): Promise<number> {
     default:
       throw usage(sub === undefined ? '"clonecast image" needs a subcommand' : `unknown image subcommand "${sub}"`);
   }
+}
+
+function serverUrl(values: Values): string {
+  return values.server ?? process.env.CLONECAST_SERVER ?? `http://${DEFAULT_LISTEN}/`;
+}
+
+function logLine(level: string, message: string): void {
+  process.stderr.write(`${new Date().toISOString()} ${level.padEnd(4)} ${message}\n`);
+}
+
+async function serve(values: Values, json: boolean): Promise<number> {
+  const store = Store.open(dataDir(values.data));
+  const { startServer } = await import('../app.js');
+  const srv = await startServer({ store, listen: values.listen ?? DEFAULT_LISTEN, interface: values.interface, version: version(), log: logLine });
+  const dashboard = `${srv.url}#token=${srv.token}`;
+  if (json) emitJson({ url: srv.url, dashboard, token: srv.token, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
+  else {
+    console.log(`clonecast server ${version()}
+  dashboard:   ${dashboard}
+  token:       ${srv.token}${srv.tokenCreated ? '  (new; kept in ' + srv.tokenPath + ', mode 0600)' : ''}
+               agents and admin commands need it: --token T or CLONECAST_TOKEN=T
+  agents:      clonecast agent --server ${srv.url} --token ${srv.token}
+  deploy:      clonecast deploy NAME --server ${srv.url} --clients N
+  multicast:   ${srv.senderAddress !== undefined ? `from ${srv.senderAddress}` : 'off: restart with --interface IF (the network the machines are on) to deploy'}
+  image store: ${store.root}
+  stop with Ctrl-C`);
+  }
+  process.removeAllListeners('SIGINT');
+  await new Promise<void>((resolve) => {
+    const stop = () => resolve();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+  });
+  logLine('info', 'stopping: sessions are saved and resume at the next start');
+  await srv.close();
+  return EXIT.OK;
+}
+
+async function adminCommand(command: string, sub: string | undefined, rest: string[], values: Values, json: boolean): Promise<number> {
+  const a = await admin();
+  const client = { server: serverUrl(values), token: a.clientToken(values.token, dataDir(values.data)) };
+  if (command === 'machines') {
+    const ms = await a.api<import('../registry.js').MachineRecord[]>(client, 'GET', '/api/machines');
+    if (json) emitJson(ms);
+    else a.printMachines(ms);
+    return EXIT.OK;
+  }
+  if (command === 'sessions') {
+    if (sub === 'start' || sub === 'cancel') {
+      const id = positiveInt(rest[0], `sessions ${sub} ID`);
+      if (id === undefined) throw usage(`"clonecast sessions ${sub}" takes a session ID`);
+      const s = await a.api<import('../sessions.js').SessionRecord>(client, 'POST', `/api/sessions/${id}/${sub}`);
+      if (json) emitJson(s);
+      else console.log(`session ${s.id}: ${s.state}${s.reason ? ` (${s.reason})` : ''}`);
+      return EXIT.OK;
+    }
+    if (sub !== undefined) throw usage(`unknown sessions subcommand "${sub}"`);
+    const ss = await a.api<import('../sessions.js').SessionRecord[]>(client, 'GET', '/api/sessions');
+    if (json) emitJson(ss);
+    else a.printSessions(ss);
+    return EXIT.OK;
+  }
+  if (sub === undefined || rest.length > 0) throw usage('"clonecast deploy" takes NAME[@V]');
+  const after = values.after ?? 'wait';
+  if (after !== 'wait' && after !== 'reboot' && after !== 'poweroff') throw usage('--after takes reboot, poweroff or wait');
+  const wait = values.wait === undefined ? undefined : Number(values.wait);
+  if (wait !== undefined && !(wait >= 0)) throw usage(`--wait takes seconds, got "${values.wait}"`);
+  const { ok, summary } = await a.deploy(
+    client,
+    {
+      image: sub,
+      rule: {
+        clients: positiveInt(values.clients, '--clients'),
+        machines: values.machines?.split(',').map((m) => m.trim()).filter((m) => m !== ''),
+        waitS: wait,
+        at: values.at,
+      },
+      rateMbit: positiveInt(values.rate, '--rate'),
+      after,
+      target: values.target,
+      verify: values['no-verify'] !== true,
+      dropAfterS: positiveInt(values['drop-after'], '--drop-after'),
+    },
+    { json, stream: process.stderr },
+  );
+  if (json) emitJson(summary);
+  return ok ? EXIT.OK : EXIT.FAILURE;
+}
+
+async function agentCommand(values: Values, json: boolean): Promise<number> {
+  const { Agent } = await import('../../agent/agent.js');
+  const token = values.token ?? process.env.CLONECAST_TOKEN;
+  if (token === undefined || token === '') throw new ClonecastError(ERR.UNAUTHORIZED, 'the agent needs the server\'s token: --token T or CLONECAST_TOKEN (the server prints it)');
+  const agent = new Agent({
+    server: serverUrl(values),
+    token,
+    disk: values.disk,
+    machineId: values['machine-id'],
+    once: values.once === true,
+    verify: values['no-verify'] === true ? false : undefined,
+    allowPower: values['allow-power'] === true,
+    writeLimit: positiveInt(values['write-limit'], '--write-limit'),
+    version: version(),
+    log: logLine,
+  });
+  process.removeAllListeners('SIGINT');
+  const stop = () => agent.stop();
+  process.once('SIGINT', stop);
+  process.once('SIGTERM', stop);
+  const result = await agent.run();
+  const { MachineState } = await import('../../protocol/control.js');
+  if (json) emitJson(result === undefined ? null : { ...result, diskDigest: Buffer.from(result.diskDigest ?? []).toString('hex'), state: MachineState[result.state ?? 0] });
+  if (values.once !== true) return EXIT.OK;
+  return result?.state === MachineState.STATE_DONE ? EXIT.OK : EXIT.FAILURE;
 }
 
 /** Runs the CLI with argv and exits with the right code. */

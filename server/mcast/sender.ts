@@ -64,6 +64,8 @@ export interface SenderOptions {
   waitFor?: number;
   /** ...or once this long has passed since the first one joined (default: wait for all). */
   waitMs?: number;
+  /** Wait for release() whatever waitFor and waitMs say (a server applies its own start rule). */
+  hold?: boolean;
   rateMbit?: number;
   fragmentSize?: number;
   dropAfterMs?: number;
@@ -173,6 +175,7 @@ export class Sender extends EventEmitter {
   /** A send failed locally (ENOBUFS) since the last rate adjustment. */
   private localCongestion = false;
   private started = false;
+  private released = false;
 
   constructor(private readonly options: SenderOptions) {
     super();
@@ -203,6 +206,16 @@ export class Sender extends EventEmitter {
     this.timer = setInterval(() => this.tick(), SENDER_DEFAULTS.tickMs);
     this.rateTimer = setInterval(() => this.adjustRate(), SENDER_DEFAULTS.rateIntervalMs);
     return socket.address().port;
+  }
+
+  /** Starts sending now (with hold: the caller's start rule is met). */
+  release(): void {
+    this.released = true;
+  }
+
+  /** True once sending has begun. */
+  get sending(): boolean {
+    return this.started;
   }
 
   /** Stops sending and closes the socket. Receivers still running see no more data. */
@@ -429,10 +442,11 @@ export class Sender extends EventEmitter {
 
   // The start rule: enough receivers joined, or waited long enough since the first.
   private ready(now: number): boolean {
+    if (this.options.hold && !this.released) return false;
     const joined = this.peers.size;
     const want = this.options.waitFor ?? 1;
     const waited = this.firstJoin > 0 && this.options.waitMs !== undefined && now - this.firstJoin >= this.options.waitMs;
-    if (joined >= want || waited) {
+    if (this.released || joined >= want || waited) {
       this.started = true;
       // Waiting for the others is not a lack of progress.
       for (const peer of this.peers.values()) peer.lastProgress = now;

@@ -1,0 +1,365 @@
+/**
+ * The agent: connects to the server's control channel, says who it is,
+ * takes work (an Assign), runs the multicast receiver on the chosen disk,
+ * reports progress about once a second and the final result, and then
+ * reboots, powers off or waits. It reconnects with back-off after any fault
+ * and picks its session back up: chunks it has written are not fetched
+ * again, whether the connection or the whole server went away.
+ */
+import { createHash } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { spawn } from 'node:child_process';
+import { WebSocket } from 'ws';
+import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, type AgentMessage, type Assign, type Progress, type Result } from '../protocol/control.js';
+import { ClonecastError, ERR, isError } from '../protocol/errors.js';
+import { decodeManifest, tableLength } from '../protocol/manifest.js';
+import { ReceiverState } from '../protocol/mcast.js';
+import { machine } from './inventory.js';
+import { Receiver, type ReceiverResult, type Verification } from './receiver.js';
+
+/** Defaults of AgentOptions. */
+export const AGENT_DEFAULTS = Object.freeze({
+  /** Reconnect back-off: first wait, doubled per failure up to the most. */
+  backoffMs: 500,
+  backoffMaxMs: 5000,
+  /** The receiver gives up on a silent sender after this long; the server's cancel or drop normally comes first. */
+  receiverTimeoutMs: 10 * 60_000,
+});
+
+/** How to run an agent. */
+export interface AgentOptions {
+  /** The server's URL, e.g. http://10.77.0.1:8080/. */
+  server: string;
+  token: string;
+  /** The one disk this agent may write, or "auto" (every disk; the server chooses by its rule). */
+  disk?: string;
+  /** Overrides the primary MAC as machine id (several agents on one host in tests). */
+  machineId?: string;
+  /** Exit after one session. */
+  once?: boolean;
+  /** Read the disk back at the end (default: what the session says). */
+  verify?: boolean;
+  /** Really reboot or power off when told; without it the agent only says it would. */
+  allowPower?: boolean;
+  /** Emulated disk write limit, bytes/s (tests and demos). */
+  writeLimit?: number;
+  version: string;
+  log?: (level: 'info' | 'warn', message: string) => void;
+}
+
+interface Job {
+  assign: Assign;
+  receiver: Receiver;
+  running: Promise<void>;
+  startedAt: number;
+  lastBytes: number;
+  lastPackets: number;
+  lastLost: number;
+  lastAt: number;
+  state: MachineState;
+}
+
+/** A target-side agent. Emits 'state' (MachineState), 'result' (Result), 'connected', 'disconnected'. */
+export class Agent extends EventEmitter {
+  private ws: WebSocket | undefined;
+  private job: Job | undefined;
+  /** Chunks written per session, kept across receiver restarts in this process. */
+  private readonly known = new Map<number, Uint8Array>();
+  /** Results not yet delivered, by session. */
+  private readonly pending = new Map<number, Result>();
+  private readonly finished = new Set<number>();
+  private stopped = false;
+  private fatal: ClonecastError | undefined;
+  private outcome: Result | undefined;
+  private progressTimer: NodeJS.Timeout | undefined;
+  private progressMs = 1000;
+  private localAddress: string | undefined;
+  readonly machineId: string;
+  private readonly describe: ReturnType<typeof machine>;
+
+  constructor(private readonly o: AgentOptions) {
+    super();
+    this.describe = machine(o.disk);
+    const id = o.machineId ?? this.describe.macs[0];
+    if (id === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'this machine has no Ethernet interface with a MAC address; pass --machine-id MAC');
+    this.machineId = id.toLowerCase();
+  }
+
+  /** Runs until stop(), or after one session with once; resolves with that session's result (undefined if stopped first). */
+  async run(): Promise<Result | undefined> {
+    let backoff: number = AGENT_DEFAULTS.backoffMs;
+    while (!this.stopped) {
+      const welcomed = await this.connectOnce();
+      if (this.fatal) throw this.fatal;
+      if (this.stopped) break;
+      if (welcomed) backoff = AGENT_DEFAULTS.backoffMs;
+      this.o.log?.('warn', `lost the server at ${this.o.server}; trying again in ${(backoff / 1000).toFixed(1)} s`);
+      await new Promise((r) => setTimeout(r, backoff));
+      backoff = Math.min(backoff * 2, AGENT_DEFAULTS.backoffMaxMs);
+    }
+    if (this.job) await this.job.running;
+    return this.outcome;
+  }
+
+  /** Stops the agent (a running receiver is stopped; the server sees the machine go offline). */
+  stop(): void {
+    this.stopped = true;
+    this.job?.receiver.stop(new ClonecastError(ERR.CANCELLED, 'the agent was stopped'));
+    this.ws?.close();
+  }
+
+  // ---- connection ----
+
+  /** One connection, until it closes; true if the server welcomed it. */
+  private connectOnce(): Promise<boolean> {
+    return new Promise((resolve) => {
+      const url = new URL(CONTROL.AGENT_PATH, this.o.server.replace(/^http/, 'ws'));
+      const ws = new WebSocket(url, { maxPayload: CONTROL.MAX_MESSAGE * 4, handshakeTimeout: 5000 });
+      this.ws = ws;
+      let welcomed = false;
+      let lastHeard = Date.now();
+      let beat: NodeJS.Timeout | undefined;
+      ws.on('upgrade', (res) => (this.localAddress = res.socket.localAddress?.replace(/^::ffff:/, '')));
+      ws.on('open', () => {
+        const current = this.job?.assign.sessionId ?? [...this.pending.keys()][0];
+        this.sendMsg({
+          type: 'hello',
+          hello: {
+            protocol: CONTROL.VERSION,
+            token: this.o.token,
+            machineId: this.machineId,
+            macs: this.describe.macs,
+            hostname: this.describe.hostname,
+            bootMode: this.describe.bootMode,
+            agentVersion: this.o.version,
+            disks: this.describe.disks,
+            resume: current !== undefined ? { sessionId: current, chunksDone: this.job?.receiver.progress().done ?? 0 } : null,
+          },
+        });
+      });
+      ws.on('message', (data, isBinary) => {
+        lastHeard = Date.now();
+        if (!isBinary) return;
+        let msg;
+        try {
+          msg = decodeServerMessage(Buffer.from(data as Buffer));
+        } catch (err) {
+          this.o.log?.('warn', `ignoring a bad message from the server: ${(err as Error).message}`);
+          return;
+        }
+        switch (msg.type) {
+          case 'welcome': {
+            welcomed = true;
+            this.progressMs = msg.welcome.progressMs || 1000;
+            const every = msg.welcome.heartbeatMs || 5000;
+            beat = setInterval(() => {
+              if (Date.now() - lastHeard > every * 3) ws.terminate();
+              else this.sendMsg({ type: 'heartbeat', heartbeat: { sentMs: Date.now(), echoMs: 0 } });
+            }, every);
+            this.o.log?.('info', `connected to ${this.o.server} as ${this.machineId}`);
+            this.emit('connected');
+            for (const r of this.pending.values()) this.sendMsg({ type: 'result', result: r });
+            if (this.job) this.sendProgress();
+            return;
+          }
+          case 'refuse':
+            this.o.log?.('warn', `the server refused this agent: ${msg.refuse.reason}`);
+            if (!msg.refuse.retry) {
+              this.fatal = new ClonecastError(ERR.REFUSED, `the server refused this agent: ${msg.refuse.reason}`);
+              this.stopped = true;
+            }
+            return;
+          case 'assign':
+            void this.onAssign(msg.assign);
+            return;
+          case 'cancel': {
+            const job = this.job;
+            if (job !== undefined && job.assign.sessionId === msg.cancel.sessionId) job.receiver.stop(new ClonecastError(ERR.CANCELLED, `cancelled: ${msg.cancel.reason}`));
+            return;
+          }
+          case 'heartbeat':
+            return;
+        }
+      });
+      ws.on('error', (err) => this.o.log?.('warn', `control channel: ${err.message}`));
+      ws.on('close', () => {
+        clearInterval(beat);
+        this.ws = undefined;
+        this.emit('disconnected');
+        resolve(welcomed);
+      });
+    });
+  }
+
+  private sendMsg(m: AgentMessage): boolean {
+    if (this.ws?.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(encodeAgentMessage(m));
+    return true;
+  }
+
+  // ---- work ----
+
+  private async onAssign(a: Assign): Promise<void> {
+    const id = a.sessionId!;
+    if (this.finished.has(id)) return; // its result is pending or delivered
+    const current = this.job;
+    if (current !== undefined) {
+      const same = current.assign.sessionId === id && current.assign.senderAddress === a.senderAddress && current.assign.senderPort === a.senderPort && current.assign.sessionKey === a.sessionKey;
+      if (same) return this.sendProgress();
+      // The server restarted (a new sender) or moved us: keep what is written, start again.
+      this.o.log?.('info', `session ${id}: the sender moved to ${a.senderAddress}:${a.senderPort}; continuing with what is already written`);
+      current.receiver.stop(new ClonecastError(ERR.CANCELLED, 'superseded'));
+      await current.running;
+    }
+    await this.start(a);
+  }
+
+  private async start(a: Assign): Promise<void> {
+    const id = a.sessionId!;
+    const job: Partial<Job> = { assign: a, startedAt: performance.now(), state: MachineState.STATE_ASSIGNED };
+    try {
+      if (this.o.disk !== undefined && this.o.disk !== 'auto' && a.device !== this.o.disk) {
+        throw new ClonecastError(ERR.REFUSED, `the server chose ${a.device} but this agent may only write ${this.o.disk}`);
+      }
+      const manifest = await this.fetchManifest(a);
+      const known = this.known.get(id);
+      const receiver = new Receiver({
+        session: { session: a.sessionKey!, group: a.group!, port: a.port!, sender: { address: a.senderAddress!, port: a.senderPort! }, fragmentSize: a.fragmentSize! },
+        manifest,
+        target: a.device!,
+        interfaceAddress: this.localAddress,
+        receiverId: createHash('sha256').update(`${this.machineId}|${a.device}`).digest().readUInt32BE(0),
+        known: known?.length === tableLength(manifest.table) ? known : undefined,
+        resume: known === undefined && a.resume === true,
+        verify: this.o.verify === false ? false : a.verify !== false,
+        timeoutMs: AGENT_DEFAULTS.receiverTimeoutMs,
+        writeLimit: this.o.writeLimit,
+      });
+      Object.assign(job, { receiver, lastBytes: 0, lastPackets: 0, lastLost: 0, lastAt: performance.now() });
+      const full = job as Job;
+      full.running = receiver.run().then(
+        (r) => this.ended(full, r, undefined),
+        (err) => this.ended(full, undefined, err),
+      );
+      this.job = full;
+      this.sendProgress();
+      clearInterval(this.progressTimer);
+      this.progressTimer = setInterval(() => this.sendProgress(), this.progressMs);
+    } catch (err) {
+      this.finish(a, this.resultOf(a, undefined, err, 0));
+    }
+  }
+
+  private async fetchManifest(a: Assign) {
+    const url = new URL(a.manifestPath!, this.o.server);
+    const res = await fetch(url, { headers: { authorization: `Bearer ${this.o.token}` } }).catch((err: Error) => {
+      throw new ClonecastError(ERR.UNREACHABLE, `cannot fetch the manifest from ${url}: ${err.message}`);
+    });
+    if (!res.ok) throw new ClonecastError(ERR.UNREACHABLE, `the server answered ${res.status} for ${url}`);
+    const bytes = Buffer.from(await res.arrayBuffer());
+    if (a.manifestSha256 && a.manifestSha256.length > 0 && !createHash('sha256').update(bytes).digest().equals(Buffer.from(a.manifestSha256))) {
+      throw new ClonecastError(ERR.MANIFEST_CORRUPT, 'the manifest does not match the checksum in the assignment; not writing anything');
+    }
+    const manifest = decodeManifest(bytes, `manifest of session ${a.sessionId}`);
+    if (manifest.meta.diskSize !== Number(a.imageSize)) throw new ClonecastError(ERR.MANIFEST_CORRUPT, 'the manifest and the assignment disagree on the image size');
+    return manifest;
+  }
+
+  private ended(job: Job, r: ReceiverResult | undefined, err: unknown): void {
+    const id = job.assign.sessionId!;
+    this.known.set(id, job.receiver.doneMap());
+    if (this.job === job) {
+      this.job = undefined;
+      clearInterval(this.progressTimer);
+    }
+    if (isError(err, ERR.CANCELLED) && err.message === 'superseded') return; // a new receiver takes over
+    this.finish(job.assign, this.resultOf(job.assign, r, err, (performance.now() - job.startedAt) / 1000));
+  }
+
+  private resultOf(a: Assign, r: ReceiverResult | undefined, err: unknown, seconds: number): Result {
+    const v = (r?.verification ?? (err as ClonecastError | undefined)?.details?.verification) as Verification | undefined;
+    let state: MachineState = MachineState.STATE_DONE;
+    if (err !== undefined) {
+      state = isError(err, ERR.CANCELLED) ? MachineState.STATE_CANCELLED : /dropped this receiver/.test((err as Error).message) ? MachineState.STATE_DROPPED : MachineState.STATE_FAILED;
+    }
+    return {
+      sessionId: a.sessionId!,
+      state,
+      verified: err === undefined && r?.verification !== undefined,
+      chunksVerified: v?.chunksVerified ?? 0,
+      chunksBad: v?.chunksBad ?? 0,
+      badChunks: v?.bad ?? [],
+      diskDigest: v?.digest ?? new Uint8Array(0),
+      error: err === undefined ? '' : (err as Error).message,
+      seconds,
+      bytesWritten: r?.bytesWritten ?? 0,
+      device: a.device ?? '',
+    };
+  }
+
+  private finish(a: Assign, result: Result): void {
+    const id = a.sessionId!;
+    this.finished.add(id);
+    this.pending.set(id, result);
+    this.o.log?.(result.state === MachineState.STATE_DONE ? 'info' : 'warn', `session ${id}: ${MachineState[result.state!]}${result.error ? `: ${result.error}` : ''}`);
+    this.outcome = result;
+    this.emit('result', result);
+    if (this.sendMsg({ type: 'result', result })) this.pending.delete(id);
+    void this.after(result, a.after ?? After.AFTER_WAIT);
+  }
+
+  private async after(result: Result, what: After): Promise<void> {
+    if (result.state === MachineState.STATE_DONE && (what === After.AFTER_REBOOT || what === After.AFTER_POWEROFF)) {
+      const cmd = what === After.AFTER_REBOOT ? 'reboot' : 'poweroff';
+      if (this.o.allowPower) {
+        this.o.log?.('info', `${cmd} as the session asks`);
+        spawn(cmd, [], { stdio: 'ignore', detached: true }).on('error', (e) => this.o.log?.('warn', `${cmd} failed: ${e.message}`));
+      } else {
+        this.o.log?.('info', `the session asks for ${cmd}; not doing it without --allow-power`);
+      }
+    }
+    if (this.o.once) {
+      // Give the result a moment to leave, then end.
+      await new Promise((r) => setTimeout(r, 200));
+      this.stopped = true;
+      this.ws?.close();
+    }
+  }
+
+  private sendProgress(): void {
+    const job = this.job;
+    if (job === undefined) return;
+    const p = job.receiver.progress();
+    const c = job.receiver.counters;
+    const now = performance.now();
+    const dt = (now - job.lastAt) / 1000;
+    const packets = c.packets - job.lastPackets;
+    const lost = c.lost - job.lastLost;
+    const rate = dt > 0 ? (c.bytesWritten - job.lastBytes) / dt : 0;
+    Object.assign(job, { lastAt: now, lastBytes: c.bytesWritten, lastPackets: c.packets, lastLost: c.lost });
+    const state =
+      p.state === ReceiverState.VERIFYING || p.state === ReceiverState.DONE
+        ? MachineState.STATE_VERIFYING
+        : p.state === ReceiverState.RECEIVING
+          ? c.packets === 0 && p.done === p.skipped
+            ? MachineState.STATE_WAITING
+            : MachineState.STATE_RECEIVING
+          : MachineState.STATE_ASSIGNED;
+    if (state !== job.state) {
+      job.state = state;
+      this.emit('state', state);
+    }
+    const progress: Progress = {
+      sessionId: job.assign.sessionId,
+      state,
+      chunksDone: p.done,
+      chunksTotal: p.wanted,
+      bytesWritten: c.bytesWritten,
+      rateBps: Math.max(0, Math.round(rate)),
+      loss: packets + lost > 0 ? Math.min(1, lost / (packets + lost)) : 0,
+      nacks: c.nacksSent,
+      skipped: p.skipped,
+    };
+    this.sendMsg({ type: 'progress', progress });
+  }
+}

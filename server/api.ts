@@ -1,0 +1,199 @@
+/**
+ * The server's HTTP side: the dashboard's static files (no data in them),
+ * the admin JSON API and /metrics (both need the token as
+ * `Authorization: Bearer TOKEN`), and the manifest download for agents.
+ * Each request: parse, authorise, act, reply; an error becomes a JSON
+ * {error: {code, message}} with a status, never a crash.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { projectRoot } from '../native/addon.js';
+import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
+import { listImages, type ListEntry } from './store/maintenance.js';
+import { tokenMatches } from './token.js';
+import type { Registry } from './registry.js';
+import type { Store } from './store/store.js';
+import type { AgentChannel } from './control.js';
+
+/** Largest request body accepted, bytes. */
+export const MAX_BODY = 64 * 1024;
+
+const STATIC: Record<string, { file: string; type: string }> = {
+  '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
+  '/dashboard.js': { file: 'dashboard.js', type: 'text/javascript; charset=utf-8' },
+  '/dashboard.css': { file: 'dashboard.css', type: 'text/css; charset=utf-8' },
+};
+
+const STATUS_OF: Record<string, number> = {
+  [ERR.USAGE]: 400,
+  [ERR.BAD_NAME]: 400,
+  [ERR.UNAUTHORIZED]: 401,
+  [ERR.NOT_FOUND]: 404,
+  [ERR.BUSY]: 409,
+  [ERR.MANIFEST_VERSION]: 409,
+};
+
+/** What the API serves from. */
+export interface ApiContext {
+  store: Store;
+  registry: Registry;
+  sessions: SessionManager;
+  agents: AgentChannel;
+  token: string;
+  version: string;
+  senderAddress: string | undefined;
+}
+
+/** The dashboard's view of everything, also GET /api/state. */
+export interface Snapshot {
+  server: { version: string; data: string; senderAddress: string | null; agents: number; time: string };
+  machines: ReturnType<Registry['list']>;
+  sessions: (ReturnType<SessionManager['list']>[number] & { ruleText: string })[];
+  images: ListEntry[];
+}
+
+/** The snapshot and its cached image list (reading manifests is not free). */
+export class State {
+  private images: ListEntry[] = [];
+  private imagesAt = 0;
+
+  constructor(private readonly c: ApiContext) {}
+
+  async snapshot(): Promise<Snapshot> {
+    if (Date.now() - this.imagesAt > 5000) {
+      this.images = await listImages(this.c.store);
+      this.imagesAt = Date.now();
+    }
+    return {
+      server: { version: this.c.version, data: this.c.store.root, senderAddress: this.c.senderAddress ?? null, agents: this.c.agents.connected, time: new Date().toISOString() },
+      machines: this.c.registry.list(),
+      sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...s, ruleText: describeRule(s.rule) })),
+      images: this.images,
+    };
+  }
+
+  /** Forgets the cached image list. */
+  imagesChanged(): void {
+    this.imagesAt = 0;
+  }
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(body));
+}
+
+async function readJson(req: IncomingMessage): Promise<unknown> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const part of req) {
+    size += (part as Buffer).length;
+    if (size > MAX_BODY) throw new ClonecastError(ERR.USAGE, `request body over ${MAX_BODY} bytes`);
+    parts.push(part as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    return JSON.parse(Buffer.concat(parts).toString('utf8'));
+  } catch {
+    throw new ClonecastError(ERR.USAGE, 'request body is not JSON');
+  }
+}
+
+/** The bearer token of a request. */
+export function bearer(req: IncomingMessage): string | undefined {
+  const h = req.headers.authorization;
+  return h?.startsWith('Bearer ') ? h.slice(7).trim() : undefined;
+}
+
+/** Handles one HTTP request. */
+export async function handle(c: ApiContext, state: State, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  try {
+    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    const method = req.method ?? 'GET';
+    const asset = STATIC[path];
+    if (asset !== undefined && method === 'GET') {
+      const body = readFileSync(join(projectRoot(), 'server', 'dashboard', asset.file));
+      res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache' }).end(body);
+      return;
+    }
+    if (path === '/healthz') return send(res, 200, { ok: true });
+    if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
+    if (!tokenMatches(bearer(req), c.token)) {
+      throw new ClonecastError(ERR.UNAUTHORIZED, 'this needs the server\'s token: send "Authorization: Bearer TOKEN" ("clonecast token" prints it)');
+    }
+    if (path === '/metrics' && method === 'GET') {
+      res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(metrics(c));
+      return;
+    }
+    const route = `${method} ${path.replace(/\/\d+(?=\/|$)/, '/:id')}`;
+    const id = Number(/\/api\/sessions\/(\d+)/.exec(path)?.[1]);
+    switch (route) {
+      case 'GET /api/state':
+        return send(res, 200, await state.snapshot());
+      case 'GET /api/machines':
+        return send(res, 200, c.registry.list());
+      case 'GET /api/images':
+        return send(res, 200, await listImages(c.store));
+      case 'GET /api/sessions':
+        return send(res, 200, c.sessions.list());
+      case 'POST /api/sessions': {
+        const session = await c.sessions.create((await readJson(req)) as SessionRequest);
+        return send(res, 201, session);
+      }
+      case 'GET /api/sessions/:id': {
+        const s = c.sessions.get(id);
+        if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${id}`);
+        return send(res, 200, s);
+      }
+      case 'POST /api/sessions/:id/start':
+        return send(res, 200, c.sessions.start(id));
+      case 'POST /api/sessions/:id/cancel':
+        return send(res, 200, c.sessions.cancel(id));
+      case 'GET /api/sessions/:id/manifest': {
+        const m = c.sessions.manifest(id);
+        if (m === undefined) throw new ClonecastError(ERR.NOT_FOUND, `session ${id} is not active`);
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': m.length }).end(m);
+        return;
+      }
+      default:
+        throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
+    }
+  } catch (err) {
+    const known = err instanceof ClonecastError;
+    const code = known ? err.code : 'CLONECAST_ERR_INTERNAL';
+    if (!res.headersSent) send(res, known ? (STATUS_OF[code] ?? 422) : 500, { error: { code, message: (err as Error).message } });
+  }
+}
+
+function esc(v: string): string {
+  return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+}
+
+/** Prometheus text format (exposition format 0.0.4). */
+export function metrics(c: ApiContext): string {
+  const lines: string[] = [];
+  const gauge = (name: string, help: string, type: 'gauge' | 'counter', samples: [Record<string, string>, number][]) => {
+    lines.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+    for (const [labels, v] of samples) {
+      const l = Object.entries(labels).map(([k, x]) => `${k}="${esc(x)}"`).join(',');
+      lines.push(`${name}${l ? `{${l}}` : ''} ${v}`);
+    }
+  };
+  const sessions = c.sessions.list();
+  const byState = (xs: { state: string }[], states: string[]) => states.map((s) => [{ state: s }, xs.filter((x) => x.state === s).length] as [Record<string, string>, number]);
+  gauge('clonecast_sessions', 'Sessions by state.', 'gauge', byState(sessions, ['waiting', 'running', 'done', 'failed', 'cancelled']));
+  const machines = c.registry.list();
+  gauge('clonecast_machines', 'Machines by state.', 'gauge', byState(machines, ['idle', 'assigned', 'waiting', 'receiving', 'verifying', 'done', 'failed', 'dropped', 'cancelled', 'offline']));
+  gauge('clonecast_agents_connected', 'Agents connected now.', 'gauge', [[{}, c.agents.connected]]);
+  const live = c.sessions.senders();
+  const sum = (f: (x: (typeof live)[number]['sender']['counters']) => number) => live.reduce((a, l) => a + f(l.sender.counters), 0);
+  gauge('clonecast_bytes_sent_total', 'Multicast data bytes sent.', 'counter', [[{}, c.sessions.totals.bytes + sum((x) => x.bytesSent)]]);
+  gauge('clonecast_packets_sent_total', 'Multicast data packets sent.', 'counter', [[{}, c.sessions.totals.packets + sum((x) => x.packetsSent)]]);
+  gauge('clonecast_retransmit_packets_total', 'Data packets sent again as repairs.', 'counter', [[{}, c.sessions.totals.repairPackets + sum((x) => x.repairPackets)]]);
+  const active = machines.filter((m) => m.progress !== null);
+  gauge('clonecast_machine_loss_ratio', 'Packet loss a receiving machine reports, last interval.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.loss]));
+  gauge('clonecast_machine_bytes_written', 'Bytes a machine has written in its session.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.bytesWritten]));
+  gauge('clonecast_control_rejected_total', 'Agent connections closed for bad frames or credentials.', 'counter', Object.entries(c.agents.rejected).map(([reason, n]) => [{ reason }, n]));
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,144 @@
+/**
+ * `clonecast serve`: the image store, the machine registry, sessions and
+ * their senders, the agent control channel, the admin API, the live event
+ * stream and the dashboard, on one HTTP listener.
+ */
+import { createServer, type Server } from 'node:http';
+import { WebSocketServer, type WebSocket } from 'ws';
+import { CONTROL } from '../protocol/control.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { handle, State, type ApiContext } from './api.js';
+import { AgentChannel, type AgentChannelOptions } from './control.js';
+import { DEFAULT_LISTEN } from './defaults.js';
+import { interfaceAddress } from './mcast/session.js';
+import { Registry } from './registry.js';
+import { SessionManager } from './sessions.js';
+import { loadOrCreateToken, tokenMatches } from './token.js';
+import type { Store } from './store/store.js';
+
+export { DEFAULT_LISTEN };
+
+/** Parses HOST:PORT (PORT may be 0 for any free port). */
+export function parseListen(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  const port = Number(listen.slice(i + 1));
+  if (i <= 0 || !Number.isInteger(port) || port < 0 || port > 65535) throw new ClonecastError(ERR.USAGE, `--listen takes HOST:PORT, e.g. ${DEFAULT_LISTEN}; got "${listen}"`);
+  return { host: listen.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}
+
+/** How to run the server. */
+export interface ServerOptions {
+  store: Store;
+  listen?: string;
+  /** Interface for multicast; default: the listen address when it is a concrete one. */
+  interface?: string;
+  version: string;
+  maxMessage?: number;
+  heartbeatMs?: number;
+  log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
+}
+
+/** A running server. */
+export interface RunningServer {
+  url: string;
+  token: string;
+  tokenPath: string;
+  tokenCreated: boolean;
+  senderAddress: string | undefined;
+  registry: Registry;
+  sessions: SessionManager;
+  agents: AgentChannel;
+  close(): Promise<void>;
+}
+
+/** Events are pushed to dashboards at most this often, ms. */
+const PUSH_MS = 300;
+
+/** Starts everything; resolves once it listens. */
+export async function startServer(o: ServerOptions): Promise<RunningServer> {
+  const { host, port } = parseListen(o.listen ?? DEFAULT_LISTEN);
+  const { token, path: tokenPath, created } = loadOrCreateToken(o.store.root);
+  const senderAddress = o.interface !== undefined ? interfaceAddress(o.interface) : /^(0\.0\.0\.0|::|localhost)$/.test(host) ? undefined : host;
+  const registry = new Registry(o.store);
+  if (registry.setAside) o.log?.('warn', `machines.json could not be read; kept as ${registry.setAside}, starting an empty registry`);
+  const agents = new AgentChannel({ token, registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
+  const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
+  agents.attach(sessions);
+  await sessions.restore();
+  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress };
+  const state = new State(ctx);
+
+  const server: Server = createServer((req, res) => void handle(ctx, state, req, res));
+  const agentWss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessage ?? CONTROL.MAX_MESSAGE });
+  const eventWss = new WebSocketServer({ noServer: true, maxPayload: 4096 });
+  server.on('upgrade', (req, socket, head) => {
+    const path = new URL(req.url ?? '/', 'http://x').pathname;
+    if (path === CONTROL.AGENT_PATH) agentWss.handleUpgrade(req, socket, head, (ws) => agents.accept(ws, req));
+    else if (path === CONTROL.EVENTS_PATH) eventWss.handleUpgrade(req, socket, head, (ws) => watch(ws));
+    else socket.destroy();
+  });
+
+  // Dashboards: the first message is {"token": "..."}; then a snapshot on every change.
+  const watchers = new Set<WebSocket>();
+  let dirty = false;
+  const watch = (ws: WebSocket) => {
+    const deadline = setTimeout(() => ws.close(4401, 'no token'), 5000);
+    ws.once('message', (data) => {
+      clearTimeout(deadline);
+      let presented: unknown;
+      try {
+        presented = (JSON.parse(String(data)) as { token?: unknown }).token;
+      } catch {
+        presented = undefined;
+      }
+      if (!tokenMatches(typeof presented === 'string' ? presented : undefined, token)) {
+        ws.send(JSON.stringify({ error: 'wrong or missing token' }));
+        ws.close(4401, 'wrong or missing token');
+        return;
+      }
+      watchers.add(ws);
+      void state.snapshot().then((s) => ws.send(JSON.stringify(s)));
+    });
+    ws.on('close', () => watchers.delete(ws));
+    ws.on('error', () => watchers.delete(ws));
+  };
+  const changed = () => (dirty = true);
+  registry.on('changed', changed);
+  sessions.on('changed', changed);
+  const pusher = setInterval(() => {
+    if (!dirty || watchers.size === 0) return;
+    dirty = false;
+    void state.snapshot().then((s) => {
+      const text = JSON.stringify(s);
+      for (const ws of watchers) ws.send(text);
+    });
+  }, PUSH_MS);
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'EADDRINUSE' ? new ClonecastError(ERR.BUSY, `${host}:${port} is already in use; stop what listens there or pass --listen HOST:PORT`) : err),
+    );
+    server.listen(port, host, () => resolve());
+  });
+  const addr = server.address();
+  const actual = typeof addr === 'object' && addr !== null ? addr.port : port;
+  const url = `http://${host.includes(':') ? `[${host}]` : host}:${actual}/`;
+  return {
+    url,
+    token,
+    tokenPath,
+    tokenCreated: created,
+    senderAddress,
+    registry,
+    sessions,
+    agents,
+    async close() {
+      clearInterval(pusher);
+      sessions.close();
+      registry.close();
+      agents.closeAll();
+      for (const ws of watchers) ws.terminate();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}

@@ -1,0 +1,155 @@
+/**
+ * Commands that talk to a running server's admin API: deploy (create a
+ * session and follow it live), machines, sessions (list, start, cancel).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { formatBytes, formatDuration } from '../progress.js';
+import type { MachineRecord } from '../registry.js';
+import type { SessionMachine, SessionRecord, SessionRequest } from '../sessions.js';
+import { TOKEN_FILE } from '../token.js';
+
+/** Where the server is and how to prove we may talk to it. */
+export interface Client {
+  server: string;
+  token: string;
+}
+
+/** The token from --token, CLONECAST_TOKEN, or the local data directory's token file. */
+export function clientToken(flag: string | undefined, dataRoot: string): string {
+  const t = flag ?? process.env.CLONECAST_TOKEN;
+  if (t !== undefined && t !== '') return t;
+  const file = join(dataRoot, TOKEN_FILE);
+  if (existsSync(file)) {
+    try {
+      return readFileSync(file, 'utf8').trim();
+    } catch {
+      // not readable by this user: fall through to the message
+    }
+  }
+  throw new ClonecastError(ERR.UNAUTHORIZED, 'no token: pass --token T or set CLONECAST_TOKEN (the server prints it at start; "clonecast token" on the server prints it too)');
+}
+
+/** Calls the admin API; errors become ClonecastErrors with the server's message. */
+export async function api<T>(c: Client, method: string, path: string, body?: unknown): Promise<T> {
+  const url = new URL(path, c.server);
+  let res: Response;
+  try {
+    res = await fetch(url, {
+      method,
+      headers: { authorization: `Bearer ${c.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      body: body !== undefined ? JSON.stringify(body) : undefined,
+    });
+  } catch (err) {
+    throw new ClonecastError(ERR.UNREACHABLE, `cannot reach the server at ${c.server} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "clonecast serve" running there?`);
+  }
+  const text = await res.text();
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    parsed = undefined;
+  }
+  if (!res.ok) {
+    const e = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
+    throw new ClonecastError(e?.code ?? ERR.UNREACHABLE, e?.message ?? `the server answered ${res.status}`);
+  }
+  return parsed as T;
+}
+
+function pad(s: string, n: number): string {
+  return s.length >= n ? s.slice(0, n) : s + ' '.repeat(n - s.length);
+}
+
+/** One line per machine of a session: state, %, rate, ETA, loss. */
+export function sessionTable(s: SessionRecord, names: Map<string, string>): string[] {
+  const lines = [`${pad('MACHINE', 18)} ${pad('NAME', 12)} ${pad('STATE', 10)} ${pad('DONE', 6)} ${pad('RATE', 11)} ${pad('ETA', 7)} ${pad('LOSS', 6)} NOTE`];
+  for (const [id, m] of Object.entries(s.machines)) {
+    const pct = m.chunksTotal > 0 ? `${Math.floor((100 * m.chunksDone) / m.chunksTotal)}%` : m.state === 'done' ? '100%' : '-';
+    const rate = m.rateBps > 0 ? `${formatBytes(m.rateBps)}/s` : '-';
+    const eta = m.rateBps > 0 && m.chunksTotal > 0 ? formatDuration(((m.chunksTotal - m.chunksDone) * (1 << 20)) / m.rateBps) : '-';
+    const note = m.error || (m.state === 'done' ? `verified in ${m.seconds.toFixed(1)} s` : m.skipped > 0 ? `${m.skipped} chunks already there` : '');
+    lines.push(`${pad(id, 18)} ${pad(names.get(id) ?? '', 12)} ${pad(m.state, 10)} ${pad(pct, 6)} ${pad(rate, 11)} ${pad(eta, 7)} ${pad(`${(m.loss * 100).toFixed(1)}%`, 6)} ${note}`);
+  }
+  if (Object.keys(s.machines).length === 0) lines.push('(no machine has joined yet: start agents with "clonecast agent --server URL")');
+  return lines;
+}
+
+const ENDED = new Set(['done', 'failed', 'cancelled']);
+
+/** What `deploy` prints at the end and returns with --json. */
+export interface DeploySummary {
+  session: number;
+  image: string;
+  state: string;
+  reason: string;
+  machines: Record<string, SessionMachine>;
+}
+
+/** Creates a session and follows it to the end; true if every machine finished and verified. */
+export async function deploy(c: Client, req: SessionRequest, o: { json: boolean; stream: NodeJS.WriteStream }): Promise<{ ok: boolean; summary: DeploySummary }> {
+  const created = await api<SessionRecord>(c, 'POST', '/api/sessions', req);
+  const out = o.json ? null : o.stream;
+  out?.write(`session ${created.id}: ${created.image}@${created.version} to ${created.group}:${created.port}; waiting for machines (Ctrl-C leaves it running)\n`);
+  const tty = out?.isTTY === true;
+  let drawn = 0;
+  let lastPlain = 0;
+  let lastText = '';
+  let unreachable = false;
+  let s = created;
+  for (;;) {
+    await new Promise((r) => setTimeout(r, tty ? 500 : 1000));
+    let names = new Map<string, string>();
+    try {
+      [s] = await Promise.all([
+        api<SessionRecord>(c, 'GET', `/api/sessions/${created.id}`),
+        api<MachineRecord[]>(c, 'GET', '/api/machines').then((ms) => (names = new Map(ms.map((m) => [m.id, m.hostname])))),
+      ]);
+      if (unreachable) out?.write('server is back\n');
+      unreachable = false;
+    } catch (err) {
+      if (!(err instanceof ClonecastError && err.code === ERR.UNREACHABLE)) throw err;
+      if (!unreachable) out?.write(`${err.message}; retrying (the session resumes when the server is back)\n`);
+      unreachable = true;
+      continue;
+    }
+    const lines = [`session ${s.id} ${s.state}${s.reason ? `: ${s.reason}` : ''}`, ...sessionTable(s, names)];
+    const text = lines.join('\n');
+    if (tty) {
+      out!.write(`${drawn > 0 ? `\x1b[${drawn}F\x1b[J` : ''}${text}\n`);
+      drawn = lines.length;
+    } else if (out !== null && (ENDED.has(s.state) || (text !== lastText && Date.now() - lastPlain >= 5000))) {
+      out.write(`${text}\n`);
+      lastPlain = Date.now();
+      lastText = text;
+    }
+    if (ENDED.has(s.state)) break;
+  }
+  const machines = Object.values(s.machines);
+  const done = machines.filter((m) => m.state === 'done').length;
+  out?.write(`\n${done} of ${machines.length} machine(s) done${s.verify ? ' and verified' : ' (not verified: --no-verify)'}; session ${s.state}\n`);
+  for (const [id, m] of Object.entries(s.machines)) if (m.state !== 'done') out?.write(`  ${id}: ${m.state}: ${m.error || 'no reason given'}\n`);
+  return { ok: s.state === 'done', summary: { session: s.id, image: `${s.image}@${s.version}`, state: s.state, reason: s.reason, machines: s.machines } };
+}
+
+/** Prints `clonecast machines`. */
+export function printMachines(ms: MachineRecord[]): void {
+  console.log(`${pad('MACHINE', 18)} ${pad('NAME', 12)} ${pad('ADDRESS', 15)} ${pad('STATE', 10)} ${pad('LAST IMAGE', 20)} LAST SEEN`);
+  for (const m of ms) {
+    const last = m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : '-';
+    console.log(`${pad(m.id, 18)} ${pad(m.hostname, 12)} ${pad(m.address, 15)} ${pad(m.online ? m.state : 'offline', 10)} ${pad(last, 20)} ${m.lastSeen}${m.lastError ? `  (${m.lastError})` : ''}`);
+  }
+  if (ms.length === 0) console.log('(no machine has connected yet)');
+}
+
+/** Prints `clonecast sessions`. */
+export function printSessions(ss: (SessionRecord & { ruleText?: string })[]): void {
+  console.log(`${pad('ID', 4)} ${pad('IMAGE', 20)} ${pad('STATE', 10)} ${pad('MACHINES', 9)} ${pad('CREATED', 24)} DETAIL`);
+  for (const s of ss) {
+    const ms = Object.values(s.machines);
+    const done = ms.filter((m) => m.state === 'done').length;
+    console.log(`${pad(String(s.id), 4)} ${pad(`${s.image}@${s.version}`, 20)} ${pad(s.state, 10)} ${pad(`${done}/${ms.length}`, 9)} ${pad(s.createdAt, 24)} ${s.reason}`);
+  }
+  if (ss.length === 0) console.log('(no sessions yet: clonecast deploy NAME)');
+}

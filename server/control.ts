@@ -1,0 +1,215 @@
+/**
+ * The agent side of the control channel (WebSocket at CONTROL.AGENT_PATH,
+ * binary frames of protocol/control.proto). Per connection: receive, decode,
+ * check, act. The first message must be a Hello with the server's token; a
+ * frame over the size limit, a text frame, an unknown type or a malformed
+ * message closes that one connection with a logged reason and a count in
+ * `rejected`; every other connection goes on.
+ */
+import type { IncomingMessage } from 'node:http';
+import { WebSocket, type RawData } from 'ws';
+import { BootMode, CONTROL, decodeAgentMessage, encodeServerMessage, type AgentMessage, type Hello, type ServerMessage } from '../protocol/control.js';
+import { tokenMatches } from './token.js';
+import type { Registry } from './registry.js';
+import type { AgentLink, SessionManager } from './sessions.js';
+
+/** Defaults of the channel. */
+export const CHANNEL_DEFAULTS = Object.freeze({
+  /** Agents send a heartbeat this often, ms. */
+  heartbeatMs: 5000,
+  /** ...and progress at most this often, ms. */
+  progressMs: 1000,
+  /** A connection silent for this many heartbeats is closed. */
+  silentBeats: 3,
+  /** Time allowed for the Hello, ms. */
+  helloMs: 10_000,
+});
+
+/** WebSocket close codes the server uses (4000-4999 are for applications, RFC 6455 7.4.2). */
+export const CLOSE = Object.freeze({
+  UNAUTHORIZED: 4401,
+  PROTOCOL: 4400,
+  REPLACED: 4409,
+  SILENT: 4408,
+  /** RFC 6455: 1003 unsupported data, 1007 invalid payload, 1009 too big. */
+  TEXT: 1003,
+  MALFORMED: 1007,
+});
+
+interface Conn {
+  ws: WebSocket;
+  address: string;
+  machine: string | undefined;
+  lastHeard: number;
+}
+
+/** Options of AgentChannel. */
+export interface AgentChannelOptions {
+  token: string;
+  registry: Registry;
+  version: string;
+  maxMessage?: number;
+  heartbeatMs?: number;
+  progressMs?: number;
+  log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
+}
+
+/** Every agent connection; the SessionManager sends through it. */
+export class AgentChannel implements AgentLink {
+  /** Connections closed for a bad frame or credentials, by reason. */
+  readonly rejected = { unauthorized: 0, malformed: 0, tooLarge: 0, text: 0, protocol: 0, silent: 0 };
+  private readonly byMachine = new Map<string, Conn>();
+  private readonly all = new Set<Conn>();
+  private sessions: SessionManager | undefined;
+  private readonly timer: NodeJS.Timeout;
+  private readonly heartbeatMs: number;
+
+  constructor(private readonly o: AgentChannelOptions) {
+    this.heartbeatMs = o.heartbeatMs ?? CHANNEL_DEFAULTS.heartbeatMs;
+    this.timer = setInterval(() => this.sweep(), Math.min(this.heartbeatMs, 1000));
+  }
+
+  /** The session manager to hand work to (set once both exist). */
+  attach(sessions: SessionManager): void {
+    this.sessions = sessions;
+  }
+
+  /** Number of open agent connections that said hello. */
+  get connected(): number {
+    return this.byMachine.size;
+  }
+
+  /** Takes a new WebSocket from the HTTP server's upgrade. */
+  accept(ws: WebSocket, req: IncomingMessage): void {
+    const conn: Conn = { ws, address: req.socket.remoteAddress?.replace(/^::ffff:/, '') ?? '', machine: undefined, lastHeard: Date.now() };
+    this.all.add(conn);
+    const hello = setTimeout(() => this.close(conn, CLOSE.PROTOCOL, 'no hello in time', 'protocol'), CHANNEL_DEFAULTS.helloMs);
+    ws.on('message', (data: RawData, isBinary: boolean) => {
+      if (!isBinary) return this.close(conn, CLOSE.TEXT, 'text frame (the control channel is binary protobuf)', 'text');
+      const frame = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
+      let msg: AgentMessage;
+      try {
+        msg = decodeAgentMessage(frame, this.o.maxMessage ?? CONTROL.MAX_MESSAGE);
+      } catch (err) {
+        return this.close(conn, CLOSE.MALFORMED, (err as Error).message, 'malformed');
+      }
+      conn.lastHeard = Date.now();
+      if (conn.machine === undefined) {
+        clearTimeout(hello);
+        if (msg.type !== 'hello') return this.close(conn, CLOSE.PROTOCOL, `${msg.type} before hello`, 'protocol');
+        return this.onHello(conn, msg.hello);
+      }
+      this.onMessage(conn, conn.machine, msg);
+    });
+    ws.on('error', (err: Error & { code?: string }) => {
+      // ws closes the socket itself (1009 for a frame over maxPayload); count and log why.
+      if (err.code === 'WS_ERR_UNSUPPORTED_MESSAGE_LENGTH') this.rejected.tooLarge++;
+      else this.rejected.malformed++;
+      this.o.log?.('warn', `agent ${conn.machine ?? conn.address}: connection closed: ${err.message}`);
+    });
+    ws.on('close', () => {
+      clearTimeout(hello);
+      this.all.delete(conn);
+      const id = conn.machine;
+      if (id === undefined || this.byMachine.get(id) !== conn) return;
+      this.byMachine.delete(id);
+      this.o.registry.update(id, { online: false });
+      this.sessions?.disconnected(id);
+      this.o.log?.('info', `agent ${id} disconnected`);
+    });
+  }
+
+  /** Sends to a connected machine. */
+  send(machineId: string, message: ServerMessage): boolean {
+    const conn = this.byMachine.get(machineId);
+    if (conn === undefined || conn.ws.readyState !== WebSocket.OPEN) return false;
+    conn.ws.send(encodeServerMessage(message));
+    return true;
+  }
+
+  /** Closes every connection. */
+  closeAll(): void {
+    clearInterval(this.timer);
+    for (const c of this.all) c.ws.terminate();
+  }
+
+  private onHello(conn: Conn, h: Hello): void {
+    if (!tokenMatches(h.token, this.o.token)) {
+      this.refuse(conn, 'wrong or missing token: give the agent the server\'s token (--token or CLONECAST_TOKEN; "clonecast token" prints it)', false);
+      this.rejected.unauthorized++;
+      this.o.log?.('warn', `agent ${h.machineId} from ${conn.address} refused: wrong or missing token`);
+      return;
+    }
+    if (h.protocol !== CONTROL.VERSION) {
+      this.refuse(conn, `control protocol ${h.protocol} is not this server's ${CONTROL.VERSION}; run the same clonecast version on both sides`, false);
+      this.rejected.protocol++;
+      return;
+    }
+    const id = h.machineId!;
+    const old = this.byMachine.get(id);
+    if (old !== undefined) {
+      old.machine = undefined; // its close must not mark the machine offline
+      old.ws.close(CLOSE.REPLACED, 'replaced by a newer connection from the same machine');
+    }
+    conn.machine = id;
+    this.byMachine.set(id, conn);
+    const record = this.o.registry.seen({
+      id,
+      macs: h.macs ?? [],
+      hostname: h.hostname ?? '',
+      bootMode: BootMode[h.bootMode ?? 0].replace('BOOT_', '').toLowerCase(),
+      agentVersion: h.agentVersion ?? '',
+      disks: h.disks ?? [],
+      address: conn.address,
+    });
+    this.o.registry.update(id, { state: 'idle', session: null, progress: null });
+    this.o.log?.('info', `agent ${id} (${record.hostname}, ${conn.address}) connected with ${record.disks.length} disk(s)${h.resume ? `, resuming session ${h.resume.sessionId}` : ''}`);
+    conn.ws.send(
+      encodeServerMessage({
+        type: 'welcome',
+        welcome: { protocol: CONTROL.VERSION, serverVersion: this.o.version, heartbeatMs: this.heartbeatMs, progressMs: this.o.progressMs ?? CHANNEL_DEFAULTS.progressMs },
+      }),
+    );
+    this.sessions?.connected(record, h.resume?.sessionId ?? null);
+  }
+
+  private onMessage(conn: Conn, id: string, msg: AgentMessage): void {
+    switch (msg.type) {
+      case 'hello':
+        return this.close(conn, CLOSE.PROTOCOL, 'a second hello', 'protocol');
+      case 'heartbeat':
+        conn.ws.send(encodeServerMessage({ type: 'heartbeat', heartbeat: { sentMs: Date.now(), echoMs: msg.heartbeat.sentMs } }));
+        return;
+      case 'progress':
+        this.sessions?.progress(id, msg.progress);
+        return;
+      case 'result':
+        this.sessions?.result(id, msg.result);
+        return;
+    }
+  }
+
+  private refuse(conn: Conn, reason: string, retry: boolean): void {
+    conn.ws.send(encodeServerMessage({ type: 'refuse', refuse: { reason, retry } }));
+    conn.ws.close(CLOSE.UNAUTHORIZED, reason.slice(0, 120));
+  }
+
+  private close(conn: Conn, code: number, reason: string, counter: keyof AgentChannel['rejected']): void {
+    this.rejected[counter]++;
+    this.o.log?.('warn', `agent ${conn.machine ?? conn.address}: closing the connection: ${reason}`);
+    if (conn.ws.readyState === WebSocket.OPEN) conn.ws.send(encodeServerMessage({ type: 'refuse', refuse: { reason, retry: true } }));
+    // Reason in a close frame is limited to 123 bytes (RFC 6455 5.5).
+    conn.ws.close(code, Buffer.from(reason).subarray(0, 120).toString());
+  }
+
+  private sweep(): void {
+    const limit = this.heartbeatMs * CHANNEL_DEFAULTS.silentBeats;
+    const now = Date.now();
+    for (const c of this.all) {
+      if (c.machine !== undefined && now - c.lastHeard > limit) {
+        this.close(c, CLOSE.SILENT, `silent for ${Math.round((now - c.lastHeard) / 1000)} s`, 'silent');
+        c.ws.terminate();
+      }
+    }
+  }
+}

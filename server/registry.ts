@@ -1,0 +1,146 @@
+/**
+ * The machine registry: every machine ever seen, its last state, the image
+ * it last received and its session history. Persisted in the data directory
+ * as machines.json, written atomically (temp file, fsync, rename) at most
+ * every SAVE_MS and on close.
+ */
+import { EventEmitter } from 'node:events';
+import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import type { DiskInfo } from '../protocol/control.js';
+import type { Store } from './store/store.js';
+
+/** How often the registry is written at most, ms. */
+export const SAVE_MS = 1000;
+/** Session history entries kept per machine. */
+export const HISTORY_LIMIT = 50;
+
+/** A machine's live progress in its current session. */
+export interface MachineProgress {
+  chunksDone: number;
+  chunksTotal: number;
+  bytesWritten: number;
+  rateBps: number;
+  loss: number;
+  nacks: number;
+  skipped: number;
+  /** Seconds left at the current rate, or null when unknown. */
+  etaSeconds: number | null;
+}
+
+/** One session in a machine's history. */
+export interface HistoryEntry {
+  session: number;
+  image: string;
+  version: number;
+  outcome: string;
+  error: string;
+  verified: boolean;
+  seconds: number;
+  endedAt: string;
+}
+
+/** What the server knows about one machine. */
+export interface MachineRecord {
+  /** Primary MAC. */
+  id: string;
+  macs: string[];
+  hostname: string;
+  bootMode: string;
+  agentVersion: string;
+  disks: DiskInfo[];
+  /** IP address of its last connection. */
+  address: string;
+  online: boolean;
+  /** State name (control.ts stateName), e.g. "idle", "receiving", "done". */
+  state: string;
+  session: number | null;
+  image: string | null;
+  progress: MachineProgress | null;
+  lastError: string;
+  firstSeen: string;
+  lastSeen: string;
+  lastImage: { name: string; version: number; at: string; verified: boolean } | null;
+  history: HistoryEntry[];
+}
+
+/** Every machine, by id; saved to DATA/machines.json. Emits 'changed'. */
+export class Registry extends EventEmitter {
+  private readonly machines = new Map<string, MachineRecord>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly path: string;
+  /** Set when the file could not be read (it was kept aside under this name). */
+  readonly setAside: string | undefined;
+
+  constructor(private readonly store: Store) {
+    super();
+    this.path = join(store.root, 'machines.json');
+    if (!existsSync(this.path)) return;
+    try {
+      const list = JSON.parse(readFileSync(this.path, 'utf8')) as MachineRecord[];
+      if (!Array.isArray(list)) throw new Error('not a list');
+      for (const m of list) this.machines.set(m.id, { ...m, online: false, state: m.state === 'done' || m.state === 'failed' ? m.state : 'offline' });
+    } catch {
+      // Never lose what was there: keep the unreadable file aside and start empty.
+      this.setAside = `${this.path}.unreadable-${Date.now()}`;
+      renameSync(this.path, this.setAside);
+    }
+  }
+
+  /** All machines, most recently seen first. */
+  list(): MachineRecord[] {
+    return [...this.machines.values()].sort((a, b) => b.lastSeen.localeCompare(a.lastSeen));
+  }
+
+  get(id: string): MachineRecord | undefined {
+    return this.machines.get(id);
+  }
+
+  /** Records a machine that said hello; returns its record. */
+  seen(info: Pick<MachineRecord, 'id' | 'macs' | 'hostname' | 'bootMode' | 'agentVersion' | 'disks' | 'address'>): MachineRecord {
+    const now = new Date().toISOString();
+    const known = this.machines.get(info.id);
+    const record: MachineRecord = known
+      ? { ...known, ...info, online: true, lastSeen: now }
+      : { ...info, online: true, state: 'idle', session: null, image: null, progress: null, lastError: '', firstSeen: now, lastSeen: now, lastImage: null, history: [] };
+    this.machines.set(info.id, record);
+    this.changed();
+    return record;
+  }
+
+  /** Applies changes to a machine's record. */
+  update(id: string, change: Partial<MachineRecord>): MachineRecord | undefined {
+    const m = this.machines.get(id);
+    if (m === undefined) return undefined;
+    Object.assign(m, change, { lastSeen: new Date().toISOString() });
+    this.changed();
+    return m;
+  }
+
+  /** Adds a finished session to a machine's history. */
+  finished(id: string, entry: HistoryEntry): void {
+    const m = this.machines.get(id);
+    if (m === undefined) return;
+    m.history.unshift(entry);
+    m.history.length = Math.min(m.history.length, HISTORY_LIMIT);
+    if (entry.outcome === 'done') m.lastImage = { name: entry.image, version: entry.version, at: entry.endedAt, verified: entry.verified };
+    this.changed();
+  }
+
+  /** Writes the file now. */
+  save(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list(), null, 1)));
+  }
+
+  /** Writes pending changes and stops the timer. */
+  close(): void {
+    if (this.timer !== undefined) this.save();
+  }
+
+  private changed(): void {
+    this.emit('changed');
+    this.timer ??= setTimeout(() => this.save(), SAVE_MS);
+  }
+}

@@ -1,0 +1,589 @@
+/**
+ * Sessions: one image version multicast to a group of machines. A session
+ * waits until its start rule is met (N machines joined, a list of MACs, a
+ * wait from the first join, a time, or now), then its sender runs; machines
+ * that come later join the running session. Each machine ends in one
+ * outcome: done (written and verified), failed with a reason, dropped for no
+ * progress or lost contact, or cancelled. Sessions are saved in
+ * DATA/sessions.json so that a restarted server picks them up again.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
+import { After, isFinalState, MachineState, stateName, type Assign, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
+import { Sender } from './mcast/sender.js';
+import type { MachineRecord, Registry } from './registry.js';
+import { parseRef, type ImageRef, type Store } from './store/store.js';
+import { chooseDisk } from './targets.js';
+
+/** When a session starts; any rule met starts it. No rule at all means now. */
+export interface StartRule {
+  /** As soon as this many machines joined. */
+  clients?: number;
+  /** As soon as every one of these machines (MACs) joined; only they may join. */
+  machines?: string[];
+  /** This many seconds after the first machine joined. */
+  waitS?: number;
+  /** At this time (ISO 8601). */
+  at?: string;
+  now?: boolean;
+}
+
+/** What `deploy` asks for. */
+export interface SessionRequest {
+  /** NAME or NAME@VERSION. */
+  image: string;
+  rule?: StartRule;
+  rateMbit?: number;
+  after?: 'wait' | 'reboot' | 'poweroff';
+  /** "auto" (default) or a device path. */
+  target?: string;
+  verify?: boolean;
+  /** A machine without progress or contact this long is dropped. */
+  dropAfterS?: number;
+  fragmentSize?: number;
+}
+
+/** One machine's part of a session. */
+export interface SessionMachine {
+  state: string;
+  /** The MAC by which the start rule named it ('' if the rule names none). */
+  mac: string;
+  device: string;
+  error: string;
+  chunksDone: number;
+  chunksTotal: number;
+  bytesWritten: number;
+  rateBps: number;
+  loss: number;
+  nacks: number;
+  skipped: number;
+  verified: boolean;
+  digestOk: boolean | null;
+  chunksVerified: number;
+  chunksBad: number;
+  seconds: number;
+  joinedAt: string;
+  endedAt: string | null;
+  /** ms since epoch when it went offline; 0 while connected. */
+  offlineSince: number;
+}
+
+export type SessionState = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled';
+
+/** A session as saved and as the API shows it. */
+export interface SessionRecord {
+  id: number;
+  /** The multicast session number on the wire. */
+  key: number;
+  image: string;
+  version: number;
+  imageSize: number;
+  group: string;
+  port: number;
+  rule: StartRule;
+  rateMbit: number | null;
+  after: 'wait' | 'reboot' | 'poweroff';
+  target: string;
+  verify: boolean;
+  dropAfterS: number;
+  fragmentSize: number;
+  state: SessionState;
+  reason: string;
+  createdAt: string;
+  firstJoinAt: string | null;
+  startedAt: string | null;
+  endedAt: string | null;
+  machines: Record<string, SessionMachine>;
+  sent: { bytes: number; packets: number; repairPackets: number };
+}
+
+/** How the session manager reaches agents. */
+export interface AgentLink {
+  /** Sends an assignment or a cancel to a connected machine; false if it is not connected. */
+  send(machineId: string, message: { type: 'assign'; assign: Assign } | { type: 'cancel'; cancel: { sessionId: number; reason: string } }): boolean;
+}
+
+/** Options of SessionManager. */
+export interface SessionManagerOptions {
+  store: Store;
+  registry: Registry;
+  agents: AgentLink;
+  /** Local IPv4 address the senders use (picks the multicast interface); undefined: deploy is refused. */
+  senderAddress: string | undefined;
+  log?: (level: 'info' | 'warn', message: string) => void;
+}
+
+export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: 60, fragmentSize: 1440, port: 9000, keep: 200 });
+
+const ACTIVE: ReadonlySet<SessionState> = new Set(['waiting', 'running']);
+const FINAL_MACHINE = new Set(['done', 'failed', 'dropped', 'cancelled']);
+const AFTER = { wait: After.AFTER_WAIT, reboot: After.AFTER_REBOOT, poweroff: After.AFTER_POWEROFF } as const;
+
+interface Live {
+  manifest: Manifest;
+  manifestBytes: Buffer;
+  manifestSha: Buffer;
+  digest: Buffer;
+  sender: Sender;
+  senderPort: number;
+}
+
+/** Every session, the senders of the active ones, and the start rules. */
+export class SessionManager extends EventEmitter {
+  private readonly sessions = new Map<number, SessionRecord>();
+  private readonly live = new Map<number, Live>();
+  private readonly path: string;
+  private timer: NodeJS.Timeout | undefined;
+  /** Totals of senders that have ended, for /metrics. */
+  readonly totals = { bytes: 0, packets: 0, repairPackets: 0 };
+
+  constructor(private readonly o: SessionManagerOptions) {
+    super();
+    this.path = join(o.store.root, 'sessions.json');
+  }
+
+  /** Loads saved sessions and restarts the senders of active ones. */
+  async restore(): Promise<void> {
+    if (existsSync(this.path)) {
+      let list: SessionRecord[] = [];
+      try {
+        list = JSON.parse(readFileSync(this.path, 'utf8')) as SessionRecord[];
+        if (!Array.isArray(list)) throw new Error('not a list');
+      } catch {
+        const aside = `${this.path}.unreadable-${Date.now()}`;
+        renameSync(this.path, aside);
+        this.o.log?.('warn', `sessions.json could not be read; kept as ${aside}, starting with no sessions`);
+        list = [];
+      }
+      for (const s of list) this.sessions.set(s.id, s);
+    }
+    for (const s of this.sessions.values()) {
+      if (!ACTIVE.has(s.state)) continue;
+      try {
+        await this.open(s);
+        for (const m of Object.values(s.machines)) if (!FINAL_MACHINE.has(m.state)) Object.assign(m, { state: 'offline', offlineSince: Date.now() });
+        if (s.state === 'running') this.live.get(s.id)!.sender.release();
+        this.o.log?.('info', `session ${s.id} (${s.image}@${s.version}) restored, ${s.state}; waiting for its machines to reconnect`);
+      } catch (err) {
+        this.end(s, 'failed', `could not be restored after a restart: ${(err as Error).message}`);
+      }
+    }
+    this.timer = setInterval(() => this.tick(), 1000);
+    this.save();
+  }
+
+  /** Every session, newest first. */
+  list(): SessionRecord[] {
+    return [...this.sessions.values()].sort((a, b) => b.id - a.id);
+  }
+
+  get(id: number): SessionRecord | undefined {
+    return this.sessions.get(id);
+  }
+
+  /** The encoded manifest of an active session, for agents. */
+  manifest(id: number): Buffer | undefined {
+    return this.live.get(id)?.manifestBytes;
+  }
+
+  /** Sender counters of the active sessions, for /metrics. */
+  senders(): { id: number; sender: Sender }[] {
+    return [...this.live.entries()].map(([id, l]) => ({ id, sender: l.sender }));
+  }
+
+  /** Creates a session; it starts when its rule is met. */
+  async create(req: SessionRequest): Promise<SessionRecord> {
+    if (this.o.senderAddress === undefined) {
+      throw new ClonecastError(ERR.USAGE, 'this server has no multicast interface; restart it with --interface IF (the network the machines boot on)');
+    }
+    const { name, version } = this.o.store.resolve(parseImage(req.image));
+    const manifest = await this.o.store.readManifest(name, version);
+    const id = Math.max(0, ...this.sessions.keys()) + 1;
+    const used = new Set([...this.sessions.values()].filter((s) => ACTIVE.has(s.state)).map((s) => s.group));
+    let slot = id;
+    while (used.has(groupFor(slot))) slot++;
+    const rule = normaliseRule(req.rule);
+    const record: SessionRecord = {
+      id,
+      key: randomBytes(4).readUInt32BE(0),
+      image: name,
+      version,
+      imageSize: manifest.meta.diskSize,
+      group: groupFor(slot),
+      port: SESSION_DEFAULTS.port + (slot % 1000),
+      rule,
+      rateMbit: req.rateMbit ?? null,
+      after: req.after ?? 'wait',
+      target: req.target ?? 'auto',
+      verify: req.verify ?? true,
+      dropAfterS: req.dropAfterS ?? SESSION_DEFAULTS.dropAfterS,
+      fragmentSize: req.fragmentSize ?? SESSION_DEFAULTS.fragmentSize,
+      state: 'waiting',
+      reason: '',
+      createdAt: new Date().toISOString(),
+      firstJoinAt: null,
+      startedAt: null,
+      endedAt: null,
+      machines: {},
+      sent: { bytes: 0, packets: 0, repairPackets: 0 },
+    };
+    await this.open(record, manifest);
+    this.sessions.set(id, record);
+    this.o.log?.('info', `session ${id}: ${name}@${version} on ${record.group}:${record.port}, starts ${describeRule(rule)}`);
+    this.evaluate(record);
+    this.save();
+    this.offerIdle();
+    this.emit('changed');
+    return record;
+  }
+
+  /** Starts a waiting session now, whatever its rule says. */
+  start(id: number): SessionRecord {
+    const s = this.active(id);
+    if (s.state === 'waiting') this.begin(s, 'started by hand');
+    return s;
+  }
+
+  /** Cancels a session: its machines stop, the others are untouched. */
+  cancel(id: number, reason = 'cancelled by the administrator'): SessionRecord {
+    const s = this.active(id);
+    for (const [mid, m] of Object.entries(s.machines)) {
+      if (FINAL_MACHINE.has(m.state)) continue;
+      this.o.agents.send(mid, { type: 'cancel', cancel: { sessionId: s.id, reason } });
+      this.finishMachine(s, mid, { state: 'cancelled', error: reason });
+    }
+    this.end(s, 'cancelled', reason);
+    return s;
+  }
+
+  /** A machine connected (after its hello): resume its session or offer it work. */
+  connected(machine: MachineRecord, resumeSession: number | null): void {
+    for (const s of this.sessions.values()) {
+      const m = s.machines[machine.id];
+      if (!ACTIVE.has(s.state) || m === undefined || FINAL_MACHINE.has(m.state)) continue;
+      // Its session is still on: assign it again; it keeps what it has written.
+      const begun = m.chunksDone > 0 || resumeSession === s.id || m.state !== 'assigned';
+      this.assign(s, machine, begun);
+      return;
+    }
+    this.offer(machine);
+  }
+
+  /** A machine's connection closed. */
+  disconnected(machineId: string): void {
+    for (const s of this.sessions.values()) {
+      const m = s.machines[machineId];
+      if (ACTIVE.has(s.state) && m !== undefined && !FINAL_MACHINE.has(m.state)) {
+        m.state = 'offline';
+        m.offlineSince = Date.now();
+        this.emit('changed');
+      }
+    }
+  }
+
+  /** Progress from an agent. */
+  progress(machineId: string, p: Progress): void {
+    const s = this.sessions.get(p.sessionId ?? 0);
+    const m = s?.machines[machineId];
+    if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state) || !ACTIVE.has(s.state)) return;
+    const state = stateName(p.state ?? MachineState.STATE_UNKNOWN);
+    if (isFinalState(p.state ?? 0)) return; // the Result says how it ended
+    Object.assign(m, {
+      state,
+      offlineSince: 0,
+      chunksDone: p.chunksDone ?? 0,
+      chunksTotal: p.chunksTotal ?? 0,
+      bytesWritten: p.bytesWritten ?? 0,
+      rateBps: p.rateBps ?? 0,
+      loss: p.loss ?? 0,
+      nacks: p.nacks ?? 0,
+      skipped: p.skipped ?? 0,
+      error: p.error ?? '',
+    });
+    this.o.registry.update(machineId, { state, progress: { ...pick(m), etaSeconds: eta(m, this.live.get(s.id)?.manifest) } });
+    this.evaluate(s);
+    this.emit('changed');
+  }
+
+  /** The final result from an agent. */
+  result(machineId: string, r: Result): void {
+    const s = this.sessions.get(r.sessionId ?? 0);
+    const m = s?.machines[machineId];
+    if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state)) return;
+    let state = stateName(r.state ?? MachineState.STATE_FAILED);
+    let error = r.error ?? '';
+    let digestOk: boolean | null = null;
+    const live = this.live.get(s.id);
+    if (state === 'done' && s.verify) {
+      digestOk = live !== undefined && r.diskDigest !== undefined && r.diskDigest !== null && Buffer.from(r.diskDigest).equals(live.digest);
+      if (!r.verified || !digestOk) {
+        state = 'failed';
+        error = r.verified ? 'the disk digest the agent read back does not match the image; the disk may be failing' : 'the agent did not verify the disk';
+      }
+    }
+    this.finishMachine(s, machineId, {
+      state,
+      error,
+      digestOk,
+      verified: (r.verified ?? false) && digestOk !== false,
+      chunksVerified: r.chunksVerified ?? 0,
+      chunksBad: r.chunksBad ?? 0,
+      seconds: r.seconds ?? 0,
+      bytesWritten: Math.max(m.bytesWritten, r.bytesWritten ?? 0),
+      chunksDone: state === 'done' ? m.chunksTotal : m.chunksDone,
+    });
+    this.checkEnd(s);
+  }
+
+  /** Stops every sender and saves. */
+  close(): void {
+    clearInterval(this.timer);
+    for (const l of this.live.values()) l.sender.stop();
+    this.live.clear();
+    this.save();
+  }
+
+  // ---- internals ----
+
+  private active(id: number): SessionRecord {
+    const s = this.sessions.get(id);
+    if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${id}; "clonecast sessions" lists them`);
+    if (!ACTIVE.has(s.state)) throw new ClonecastError(ERR.USAGE, `session ${id} has already ended (${s.state})`);
+    return s;
+  }
+
+  private async open(s: SessionRecord, manifest?: Manifest): Promise<void> {
+    const m = manifest ?? (await this.o.store.readManifest(s.image, s.version));
+    const manifestBytes = encodeManifest(m);
+    const sender = new Sender({
+      manifest: m,
+      loadChunk: (i) => this.o.store.readChunk(chunkAt(m.table, i).sha256),
+      group: s.group,
+      port: s.port,
+      address: this.o.senderAddress!,
+      session: s.key,
+      hold: true,
+      rateMbit: s.rateMbit ?? undefined,
+      fragmentSize: s.fragmentSize,
+      dropAfterMs: s.dropAfterS * 1000,
+    });
+    sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
+    const senderPort = await sender.start();
+    this.live.set(s.id, { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort });
+  }
+
+  private offerIdle(): void {
+    for (const m of this.o.registry.list()) if (m.online && (m.state === 'idle' || FINAL_MACHINE.has(m.state))) this.offer(m);
+  }
+
+  /** Puts an idle machine into the first active session that takes it (sessions naming it first). */
+  private offer(machine: MachineRecord): void {
+    const open = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && s.machines[machine.id] === undefined);
+    const named = open.filter((s) => s.rule.machines?.some((mac) => machine.macs.includes(mac) || mac === machine.id));
+    const target = named[0] ?? open.find((s) => s.rule.machines === undefined);
+    if (target !== undefined) this.join(target, machine);
+  }
+
+  private join(s: SessionRecord, machine: MachineRecord): void {
+    const now = new Date().toISOString();
+    s.firstJoinAt ??= now;
+    s.machines[machine.id] = {
+      state: 'assigned', mac: s.rule.machines?.find((mac) => mac === machine.id || machine.macs.includes(mac)) ?? '', device: '', error: '', chunksDone: 0, chunksTotal: 0, bytesWritten: 0, rateBps: 0, loss: 0, nacks: 0, skipped: 0,
+      verified: false, digestOk: null, chunksVerified: 0, chunksBad: 0, seconds: 0, joinedAt: now, endedAt: null, offlineSince: 0,
+    };
+    this.o.log?.('info', `session ${s.id}: ${machine.id} (${machine.hostname}) joined${s.state === 'running' ? ' the running session' : ''}`);
+    this.assign(s, machine, false);
+    this.save();
+  }
+
+  private assign(s: SessionRecord, machine: MachineRecord, resume: boolean): void {
+    const m = s.machines[machine.id];
+    const choice = chooseDisk(machine.disks as DiskInfo[], s.target, s.imageSize);
+    if ('error' in choice) {
+      this.o.log?.('warn', `session ${s.id}: ${machine.id} refused: ${choice.error}`);
+      this.finishMachine(s, machine.id, { state: 'failed', error: choice.error });
+      this.evaluate(s);
+      this.checkEnd(s);
+      return;
+    }
+    const live = this.live.get(s.id)!;
+    m.device = choice.device;
+    if (m.state === 'offline') m.state = 'assigned';
+    m.offlineSince = 0;
+    this.o.registry.update(machine.id, { state: m.state, session: s.id, image: `${s.image}@${s.version}`, lastError: '' });
+    this.o.agents.send(machine.id, {
+      type: 'assign',
+      assign: {
+        sessionId: s.id,
+        image: s.image,
+        version: s.version,
+        imageSize: s.imageSize,
+        device: choice.device,
+        group: s.group,
+        port: s.port,
+        senderAddress: this.o.senderAddress!,
+        senderPort: live.senderPort,
+        sessionKey: s.key,
+        fragmentSize: s.fragmentSize,
+        after: AFTER[s.after],
+        manifestPath: `/api/sessions/${s.id}/manifest`,
+        manifestSha256: live.manifestSha,
+        verify: s.verify,
+        resume,
+      },
+    });
+    this.emit('changed');
+  }
+
+  private finishMachine(s: SessionRecord, id: string, change: Partial<SessionMachine>): void {
+    const m = s.machines[id];
+    Object.assign(m, change, { endedAt: new Date().toISOString(), rateBps: 0, offlineSince: 0 });
+    this.o.log?.(m.state === 'done' ? 'info' : 'warn', `session ${s.id}: ${id} ${m.state}${m.error ? `: ${m.error}` : ''}`);
+    this.o.registry.update(id, { state: m.state, lastError: m.error, progress: null, session: null });
+    this.o.registry.finished(id, { session: s.id, image: s.image, version: s.version, outcome: m.state, error: m.error, verified: m.verified, seconds: m.seconds, endedAt: m.endedAt! });
+    this.save();
+    this.emit('changed');
+  }
+
+  /** Applies the start rule. */
+  private evaluate(s: SessionRecord): void {
+    if (s.state !== 'waiting') return;
+    const why = ruleMet(s, Date.now());
+    if (why !== null) this.begin(s, why);
+  }
+
+  private begin(s: SessionRecord, why: string): void {
+    s.state = 'running';
+    s.startedAt = new Date().toISOString();
+    this.live.get(s.id)?.sender.release();
+    this.o.log?.('info', `session ${s.id} started: ${why}`);
+    this.save();
+    this.emit('changed');
+    this.checkEnd(s);
+  }
+
+  private checkEnd(s: SessionRecord): void {
+    const ms = Object.values(s.machines);
+    if (s.state !== 'running' || ms.length === 0 || !ms.every((m) => FINAL_MACHINE.has(m.state))) return;
+    const done = ms.filter((m) => m.state === 'done').length;
+    this.end(s, done === ms.length ? 'done' : 'failed', `${done} of ${ms.length} machines done${done === ms.length ? ' and verified' : ''}`);
+  }
+
+  private end(s: SessionRecord, state: SessionState, reason: string): void {
+    s.state = state;
+    s.reason = reason;
+    s.endedAt = new Date().toISOString();
+    const live = this.live.get(s.id);
+    if (live !== undefined) {
+      live.sender.stop();
+      const c = live.sender.counters;
+      s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
+      this.totals.bytes += c.bytesSent;
+      this.totals.packets += c.packetsSent;
+      this.totals.repairPackets += c.repairPackets;
+      this.live.delete(s.id);
+    }
+    this.o.log?.('info', `session ${s.id} ${state}: ${reason}`);
+    this.save();
+    this.emit('changed');
+    // Machines it held are free for other sessions.
+    this.offerIdle();
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    for (const s of this.sessions.values()) {
+      if (!ACTIVE.has(s.state)) continue;
+      const live = this.live.get(s.id);
+      if (live !== undefined) {
+        const c = live.sender.counters;
+        s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
+      }
+      for (const [id, m] of Object.entries(s.machines)) {
+        if (m.state === 'offline' && now - m.offlineSince > s.dropAfterS * 1000) {
+          this.finishMachine(s, id, { state: 'dropped', error: `no contact for ${s.dropAfterS} s; it may have lost power or its network` });
+        }
+      }
+      this.evaluate(s);
+      this.checkEnd(s);
+    }
+  }
+
+  private save(): void {
+    const all = this.list();
+    const kept = all.filter((s, i) => ACTIVE.has(s.state) || i < SESSION_DEFAULTS.keep);
+    this.o.store.writeAtomic(this.path, Buffer.from(JSON.stringify(kept.reverse(), null, 1)));
+  }
+}
+
+/** Multicast group of session slot n, inside 239.77.0.0/16. */
+function groupFor(n: number): string {
+  const k = (n - 1) % (254 * 254);
+  return `239.77.${1 + Math.floor(k / 254)}.${1 + (k % 254)}`;
+}
+
+function parseImage(image: unknown): ImageRef {
+  if (typeof image !== 'string' || image.length === 0) throw new ClonecastError(ERR.USAGE, 'a session needs an image, NAME or NAME@VERSION');
+  return parseRef(image);
+}
+
+function normaliseRule(r: StartRule | undefined): StartRule {
+  const rule: StartRule = {};
+  if (r?.clients !== undefined) {
+    if (!Number.isSafeInteger(r.clients) || r.clients < 1) throw new ClonecastError(ERR.USAGE, `clients must be a positive whole number, got ${r.clients}`);
+    rule.clients = r.clients;
+  }
+  if (r?.machines !== undefined) {
+    const macs = r.machines.map((m) => String(m).toLowerCase().replace(/-/g, ':'));
+    for (const mac of macs) if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, `"${mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+    if (macs.length === 0) throw new ClonecastError(ERR.USAGE, 'machines: give at least one MAC');
+    rule.machines = macs;
+  }
+  if (r?.waitS !== undefined) {
+    if (!(r.waitS >= 0 && Number.isFinite(r.waitS))) throw new ClonecastError(ERR.USAGE, `wait must be a number of seconds, got ${r.waitS}`);
+    rule.waitS = r.waitS;
+  }
+  if (r?.at !== undefined) {
+    if (Number.isNaN(Date.parse(r.at))) throw new ClonecastError(ERR.USAGE, `at must be a time such as 2026-11-22T08:00:00Z, got "${r.at}"`);
+    rule.at = new Date(r.at).toISOString();
+  }
+  if (r?.now === true || Object.keys(rule).length === 0) rule.now = true;
+  return rule;
+}
+
+/** A rule in words, for logs and the dashboard. */
+export function describeRule(r: StartRule): string {
+  const parts: string[] = [];
+  if (r.now) parts.push('now');
+  if (r.clients !== undefined) parts.push(`when ${r.clients} machine${r.clients === 1 ? '' : 's'} joined`);
+  if (r.machines !== undefined) parts.push(`when ${r.machines.join(', ')} joined`);
+  if (r.waitS !== undefined) parts.push(`${r.waitS} s after the first joined`);
+  if (r.at !== undefined) parts.push(`at ${r.at}`);
+  return parts.join(' or ');
+}
+
+/** Why the rule is met, or null. A machine counts as joined once it waits on the group or has ended. */
+function ruleMet(s: SessionRecord, now: number): string | null {
+  const r = s.rule;
+  const joined = Object.entries(s.machines).filter(([, m]) => m.state !== 'assigned' && m.state !== 'offline');
+  if (r.now) return 'its rule is "now"';
+  if (r.clients !== undefined && joined.length >= r.clients) return `${joined.length} machines joined`;
+  if (r.machines !== undefined && r.machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
+  if (r.waitS !== undefined && s.firstJoinAt !== null && joined.length > 0 && now - Date.parse(s.firstJoinAt) >= r.waitS * 1000) return `${r.waitS} s since the first machine joined`;
+  if (r.at !== undefined && now >= Date.parse(r.at)) return `it is ${r.at}`;
+  return null;
+}
+
+function pick(m: SessionMachine): Omit<import('./registry.js').MachineProgress, 'etaSeconds'> {
+  return { chunksDone: m.chunksDone, chunksTotal: m.chunksTotal, bytesWritten: m.bytesWritten, rateBps: m.rateBps, loss: m.loss, nacks: m.nacks, skipped: m.skipped };
+}
+
+/** Seconds left at the current rate, counting a full chunk for each one missing. */
+export function eta(m: Pick<SessionMachine, 'chunksDone' | 'chunksTotal' | 'rateBps'>, manifest: Manifest | undefined): number | null {
+  if (m.rateBps <= 0 || manifest === undefined || m.chunksTotal === 0) return null;
+  return Math.ceil(((m.chunksTotal - m.chunksDone) * manifest.meta.chunkSize) / m.rateBps);
+}
