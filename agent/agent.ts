@@ -10,7 +10,7 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import { WebSocket } from 'ws';
-import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, type AgentMessage, type Assign, type Progress, type Result } from '../protocol/control.js';
+import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, stateName, type AgentMessage, type Assign, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR, isError } from '../protocol/errors.js';
 import { decodeManifest, tableLength } from '../protocol/manifest.js';
 import { ReceiverState } from '../protocol/mcast.js';
@@ -301,7 +301,8 @@ export class Agent extends EventEmitter {
     const id = a.sessionId!;
     this.finished.add(id);
     this.pending.set(id, result);
-    this.o.log?.(result.state === MachineState.STATE_DONE ? 'info' : 'warn', `session ${id}: ${MachineState[result.state!]}${result.error ? `: ${result.error}` : ''}`);
+    const how = result.state === MachineState.STATE_DONE ? (result.verified ? ' (written and verified)' : ' (written, not verified)') : '';
+    this.o.log?.(result.state === MachineState.STATE_DONE ? 'info' : 'warn', `session ${id}: ${stateName(result.state!)}${how} in ${result.seconds!.toFixed(1)} s${result.error ? `: ${result.error}` : ''}`);
     this.outcome = result;
     this.emit('result', result);
     if (this.sendMsg({ type: 'result', result })) this.pending.delete(id);
