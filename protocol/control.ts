@@ -101,16 +101,18 @@ export function decodeAgentMessage(frame: Uint8Array, limit: number = CONTROL.MA
 export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.MAX_MESSAGE * 4): ServerMessage {
   const m = parse(frame, limit, (b) => pb.ServerMessage.decode(b));
   switch (m.body) {
-    case 'welcome':
-      return { type: 'welcome', welcome: m.welcome! };
+    case 'welcome': {
+      const w = m.welcome!;
+      return { type: 'welcome', welcome: { protocol: num(w.protocol), serverVersion: str(w.serverVersion, 'server version', 64), heartbeatMs: num(w.heartbeatMs), progressMs: num(w.progressMs) } };
+    }
     case 'refuse':
-      return { type: 'refuse', refuse: m.refuse! };
+      return { type: 'refuse', refuse: { reason: str(m.refuse!.reason, 'reason', 1024), retry: m.refuse!.retry ?? false } };
     case 'heartbeat':
       return { type: 'heartbeat', heartbeat: checkHeartbeat(m.heartbeat!) };
     case 'assign':
       return { type: 'assign', assign: checkAssign(m.assign!) };
     case 'cancel':
-      return { type: 'cancel', cancel: m.cancel! };
+      return { type: 'cancel', cancel: { sessionId: num(m.cancel!.sessionId), reason: str(m.cancel!.reason, 'reason', 1024) } };
     default:
       throw malformed('no known message in the frame (unknown type, or a newer server)');
   }
@@ -245,7 +247,25 @@ function checkAssign(a: Assign): Assign {
   const fragmentSize = num(a.fragmentSize);
   if (fragmentSize < 256 || fragmentSize > 9000) throw malformed(`fragment size ${fragmentSize}`);
   if (num(a.port) < 1 || num(a.port) > 65535 || num(a.senderPort) < 1 || num(a.senderPort) > 65535) throw malformed('port out of range');
-  return { ...a, imageSize: size(a.imageSize, 'image size'), after: enumValue(a.after, pb.After, 'after') };
+  // Decoded messages keep proto3 defaults on the prototype: copy every field by name.
+  return {
+    sessionId: num(a.sessionId),
+    image: str(a.image, 'image'),
+    version: num(a.version),
+    imageSize: size(a.imageSize, 'image size'),
+    device: str(a.device, 'device'),
+    group: str(a.group, 'group', 64),
+    port: num(a.port),
+    senderAddress: str(a.senderAddress, 'sender address', 64),
+    senderPort: num(a.senderPort),
+    sessionKey: num(a.sessionKey),
+    fragmentSize,
+    after: enumValue(a.after, pb.After, 'after'),
+    manifestPath: str(a.manifestPath, 'manifest path'),
+    manifestSha256: a.manifestSha256 ?? new Uint8Array(0),
+    verify: a.verify ?? false,
+    resume: a.resume ?? false,
+  };
 }
 
 /** The name of a machine state, e.g. "receiving". */

@@ -184,7 +184,8 @@ export function metrics(c: ApiContext): string {
   const byState = (xs: { state: string }[], states: string[]) => states.map((s) => [{ state: s }, xs.filter((x) => x.state === s).length] as [Record<string, string>, number]);
   gauge('clonecast_sessions', 'Sessions by state.', 'gauge', byState(sessions, ['waiting', 'running', 'done', 'failed', 'cancelled']));
   const machines = c.registry.list();
-  gauge('clonecast_machines', 'Machines by state.', 'gauge', byState(machines, ['idle', 'assigned', 'waiting', 'receiving', 'verifying', 'done', 'failed', 'dropped', 'cancelled', 'offline']));
+  const seen = machines.map((m) => ({ state: m.online ? m.state : 'offline' }));
+  gauge('clonecast_machines', 'Machines by state (offline: not connected now).', 'gauge', byState(seen, ['idle', 'assigned', 'waiting', 'receiving', 'verifying', 'done', 'failed', 'dropped', 'cancelled', 'offline']));
   gauge('clonecast_agents_connected', 'Agents connected now.', 'gauge', [[{}, c.agents.connected]]);
   const live = c.sessions.senders();
   const sum = (f: (x: (typeof live)[number]['sender']['counters']) => number) => live.reduce((a, l) => a + f(l.sender.counters), 0);
