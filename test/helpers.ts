@@ -38,6 +38,8 @@ const CAPABILITIES: Record<string, () => string | null> = {
     spawnSync('ip', ['netns', 'del', probe]);
     return hasCommand('tc') ? null : 'needs tc (iproute2)';
   },
+  chromium: () => (existsSync('/usr/bin/chromium') ? null : 'needs Debian\'s chromium at /usr/bin/chromium (apt-get install chromium)'),
+  curl: () => (hasCommand('curl') ? null : 'needs curl'),
   blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
   fuse: () =>
     existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',

@@ -32,7 +32,8 @@ function rows(id, html) {
 
 function render(s) {
   $('#server').textContent = `v${s.server.version} · ${s.server.agents} agent(s) connected · multicast ${s.server.senderAddress || 'off (serve --interface IF)'}`;
-  rows('machines', s.machines.map((m) => {
+  const byAddress = [...s.machines].sort((a, b) => a.address.localeCompare(b.address, undefined, { numeric: true }) || a.id.localeCompare(b.id));
+  rows('machines', byAddress.map((m) => {
     const p = m.progress;
     const pct = p && p.chunksTotal ? Math.floor((100 * p.chunksDone) / p.chunksTotal) : (m.state === 'done' ? 100 : 0);
     const state = m.online ? m.state : 'offline';

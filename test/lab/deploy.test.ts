@@ -45,7 +45,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
   }, LONG);
   afterAll(() => fleet?.down());
 
-  itNeeds(['netns'], 'an agent without the token is refused, and so is an admin client', async () => {
+  itNeeds(['netns', 'curl'], 'an agent without the token is refused, and so is an admin client', async () => {
     const bad = fleet.startAgent(0, ['--once'], 'f'.repeat(48));
     expect(await bad.exited).toBe(6);
     expect(bad.out).toMatch(/refused this agent: wrong or missing token/);
@@ -61,7 +61,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     await until(async () => (await fleet.online()) === N, 20_000, '4 agents online');
   }, LONG);
 
-  itNeeds(['netns'], 'start rule "--clients 4": 4 verified disks', async () => {
+  itNeeds(['netns', 'curl'], 'start rule "--clients 4": 4 verified disks', async () => {
     const d = fleet.deploy('a', ['--clients', '4']);
     expect(await d.exited, d.out).toBe(0);
     expect(d.out).toMatch(/4 of 4 machine\(s\) done and verified; session done/);
@@ -70,7 +70,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     for (const m of machines) expect(m.lastImage).toMatchObject({ name: 'a', version: 1, verified: true });
   }, LONG);
 
-  itNeeds(['netns'], 'start rule "--machines": only the listed machines join', async () => {
+  itNeeds(['netns', 'curl'], 'start rule "--machines": only the listed machines join', async () => {
     const macs = [fleet.mac(0), fleet.mac(1)];
     const d = fleet.deploy('b', ['--machines', macs.join(',')]);
     expect(await d.exited, d.out).toBe(0);
@@ -80,7 +80,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'start rule "--wait 2": starts 2 s after the first machine joined', async () => {
+  itNeeds(['netns', 'curl'], 'start rule "--wait 2": starts 2 s after the first machine joined', async () => {
     const d = fleet.deploy('a', ['--wait', '2']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
@@ -88,7 +88,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'start rule "--at": starts at the given time', async () => {
+  itNeeds(['netns', 'curl'], 'start rule "--at": starts at the given time', async () => {
     const at = new Date(Date.now() + 3000).toISOString();
     const d = fleet.deploy('b', ['--at', at]);
     expect(await d.exited, d.out).toBe(0);
@@ -97,7 +97,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'start rule "now" (no rule given): starts at once', async () => {
+  itNeeds(['netns', 'curl'], 'start rule "now" (no rule given): starts at once', async () => {
     const d = fleet.deploy('a', []);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
@@ -106,7 +106,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'a session started by hand ("clonecast sessions start") before its rule is met', async () => {
+  itNeeds(['netns', 'curl'], 'a session started by hand ("clonecast sessions start") before its rule is met', async () => {
     const d = fleet.deploy('b', ['--clients', '10']);
     await until(async () => Object.values((await latestSession())?.machines ?? {}).filter((m: any) => m.state === 'waiting').length === N, 20_000, '4 machines waiting');
     const s = await latestSession();
@@ -117,7 +117,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'a latecomer joins a running session and finishes', async () => {
+  itNeeds(['netns', 'curl'], 'a latecomer joins a running session and finishes', async () => {
     fleet.agents[3]!.child.kill('SIGTERM');
     await fleet.agents[3]!.exited;
     await until(async () => (await fleet.online()) === N - 1, 10_000, 'agent 3 offline');
@@ -132,7 +132,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'a cancelled session leaves a session running beside it untouched', async () => {
+  itNeeds(['netns', 'curl'], 'a cancelled session leaves a session running beside it untouched', async () => {
     const slow = fleet.deploy('b', ['--machines', `${fleet.mac(0)},${fleet.mac(1)}`, '--rate', '10']);
     await until(async () => (await latestSession())?.state === 'running', 20_000, 'the slow session to run');
     const slowId = (await latestSession()).id;
@@ -150,7 +150,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [2, 3]);
   }, LONG);
 
-  itNeeds(['netns'], 'an image larger than one agent\'s disk fails that machine only', async () => {
+  itNeeds(['netns', 'curl'], 'an image larger than one agent\'s disk fails that machine only', async () => {
     fleet.agents[3]!.child.kill('SIGTERM');
     await fleet.agents[3]!.exited;
     fleet.disk(3, 8 * MiB);
@@ -172,7 +172,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     await until(async () => (await fleet.online()) === N, 20_000, 'agent 3 back');
   }, LONG);
 
-  itNeeds(['netns'], 'the server is killed mid-session and restarted: every agent resumes and finishes', async () => {
+  itNeeds(['netns', 'curl'], 'the server is killed mid-session and restarted: every agent resumes and finishes', async () => {
     const d = fleet.deploy('b', ['--clients', '4', '--rate', '20']);
     await until(
       async () => {
