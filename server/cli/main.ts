@@ -63,7 +63,7 @@ usage:
   clonecast image export NAME[@V] DEST [--force]
   clonecast image rm NAME[@V]
   clonecast image gc
-  clonecast serve [--listen HOST:PORT] [--interface IF]
+  clonecast serve [--listen HOST:PORT] [--interface IF] [--max-message BYTES]
   clonecast token
   clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
@@ -120,6 +120,7 @@ const OPTIONS = {
   once: { type: 'boolean' },
   'allow-power': { type: 'boolean' },
   'machine-id': { type: 'string' },
+  'max-message': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -277,7 +278,14 @@ function logLine(level: string, message: string): void {
 async function serve(values: Values, json: boolean): Promise<number> {
   const store = Store.open(dataDir(values.data));
   const { startServer } = await import('../app.js');
-  const srv = await startServer({ store, listen: values.listen ?? DEFAULT_LISTEN, interface: values.interface, version: version(), log: logLine });
+  const srv = await startServer({
+    store,
+    listen: values.listen ?? DEFAULT_LISTEN,
+    interface: values.interface,
+    maxMessage: positiveInt(values['max-message'], '--max-message'),
+    version: version(),
+    log: logLine,
+  });
   const dashboard = `${srv.url}#token=${srv.token}`;
   if (json) emitJson({ url: srv.url, dashboard, token: srv.token, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
   else {

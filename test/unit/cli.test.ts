@@ -141,33 +141,40 @@ describe('clonecast serve', () => {
   const dir = tempDir('serve');
   const data = join(dir, 'data');
 
-  it('serves the store on localhost and says where', async () => {
+  it('serves the store on localhost, prints the dashboard URL and the token, and stops cleanly', async () => {
     const src = join(dir, 'd.img');
     writeFileSync(src, texty(300_000, 3));
     expect((await cli(['image', 'import', src, 'served', '--data', data])).code).toBe(0);
     const child = spawn(process.execPath, [CLI, 'serve', '--data', data, '--listen', '127.0.0.1:0']);
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     try {
-      const url = await new Promise<string>((resolve, reject) => {
+      const { url, token } = await new Promise<{ url: string; token: string }>((resolve, reject) => {
         let out = '';
         child.stdout.on('data', (d) => {
           out += d;
-          const m = /dashboard: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-          if (m) resolve(m[1]);
+          const m = /dashboard: +(http:\/\/127\.0\.0\.1:\d+\/)#token=([0-9a-f]+)\n/.exec(out);
+          if (m && /token: +[0-9a-f]+/.test(out)) resolve({ url: m[1], token: m[2] });
         });
         child.on('exit', () => reject(new Error(`serve exited: ${out}`)));
       });
-      const images = (await (await fetch(`${url}api/images`)).json()) as { name: string }[];
+      expect(readFileSync(join(data, 'token'), 'utf8').trim()).toBe(token);
+      expect((await fetch(`${url}api/images`)).status).toBe(401);
+      const images = (await (await fetch(`${url}api/images`, { headers: { authorization: `Bearer ${token}` } })).json()) as { name: string }[];
       expect(images.map((i) => i.name)).toEqual(['served']);
-      const page = await (await fetch(url)).text();
-      expect(page).toMatch(/<td>served<\/td>/);
+      expect(await (await fetch(url)).text()).toMatch(/<title>clonecast<\/title>/);
       expect((await fetch(`${url}nope`)).status).toBe(404);
+      // The admin commands find the local token in the data directory.
+      const machines = await cli(['machines', '--server', url, '--data', data]);
+      expect(machines.code, machines.stderr).toBe(0);
+      expect(machines.stdout).toMatch(/no machine has connected yet/);
       // A second server on the same port is refused with what to do.
       const port = new URL(url).port;
       const again = await cli(['serve', '--data', data, '--listen', `127.0.0.1:${port}`]);
       expect(again.code).toBe(5);
       expect(again.stderr).toMatch(/already in use.*--listen/);
     } finally {
-      child.kill();
+      child.kill('SIGTERM');
     }
+    expect(await exited).toBe(0);
   });
 });
