@@ -170,6 +170,8 @@ export class Receiver extends EventEmitter {
   private acked = false;
   private started = 0;
   private stopError: unknown;
+  /** The kernel re-read the partition table after the write. */
+  partitionsReread = false;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
@@ -486,6 +488,13 @@ export class Receiver extends EventEmitter {
       this.report();
       this.fail(err);
       return;
+    }
+    try {
+      // Tell the kernel about the new partition table (block devices only).
+      await this.disk!.rereadPartitions();
+      this.partitionsReread = true;
+    } catch {
+      // A loop device without partition scanning, or a busy disk: the table is written; the kernel learns it at the next open.
     }
     this.state = ReceiverState.DONE;
     this.report();

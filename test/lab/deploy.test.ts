@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
-import { itNeeds, missing, tempDir } from '../helpers.js';
+import { detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
 import { Fleet, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
@@ -41,11 +41,16 @@ describe('deploy to 4 agents in the namespace lab', () => {
     }
     fleet = new Fleet(dir, data, N);
     for (let k = 0; k < N; k++) fleet.disk(k, 20 * MiB);
+    // Machine 1 writes a real block device (a loop device over its disk file).
+    fleet.devices[1] = loopAttach(fleet.diskPath(1));
     await fleet.startServer();
   }, LONG);
-  afterAll(() => fleet?.down());
+  afterAll(() => {
+    fleet?.down();
+    detachLoops();
+  });
 
-  itNeeds(['netns', 'curl'], 'an agent without the token is refused, and so is an admin client', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'an agent without the token is refused, and so is an admin client', async () => {
     const bad = fleet.startAgent(0, ['--once'], 'f'.repeat(48));
     expect(await bad.exited).toBe(6);
     expect(bad.out).toMatch(/refused this agent: wrong or missing token/);
@@ -61,16 +66,19 @@ describe('deploy to 4 agents in the namespace lab', () => {
     await until(async () => (await fleet.online()) === N, 20_000, '4 agents online');
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'start rule "--clients 4": 4 verified disks', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "--clients 4": 4 verified disks', async () => {
     const d = fleet.deploy('a', ['--clients', '4']);
     expect(await d.exited, d.out).toBe(0);
     expect(d.out).toMatch(/4 of 4 machine\(s\) done and verified; session done/);
     expectDisks('a', [0, 1, 2, 3]);
     const machines = await fleet.api('GET', '/api/machines');
     for (const m of machines) expect(m.lastImage).toMatchObject({ name: 'a', version: 1, verified: true });
+    // The loop device was reported as a block device with its real size and sectors.
+    const loop = machines.find((m: any) => m.disks[0].device === fleet.devices[1]);
+    expect(loop.disks[0]).toMatchObject({ size: 20 * MiB, logicalSector: 512, mounted: false, boot: false });
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'start rule "--machines": only the listed machines join', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "--machines": only the listed machines join', async () => {
     const macs = [fleet.mac(0), fleet.mac(1)];
     const d = fleet.deploy('b', ['--machines', macs.join(',')]);
     expect(await d.exited, d.out).toBe(0);
@@ -80,7 +88,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'start rule "--wait 2": starts 2 s after the first machine joined', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "--wait 2": starts 2 s after the first machine joined', async () => {
     const d = fleet.deploy('a', ['--wait', '2']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
@@ -88,7 +96,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'start rule "--at": starts at the given time', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "--at": starts at the given time', async () => {
     const at = new Date(Date.now() + 3000).toISOString();
     const d = fleet.deploy('b', ['--at', at]);
     expect(await d.exited, d.out).toBe(0);
@@ -97,7 +105,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'start rule "now" (no rule given): starts at once', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "now" (no rule given): starts at once', async () => {
     const d = fleet.deploy('a', []);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
@@ -106,7 +114,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'a session started by hand ("clonecast sessions start") before its rule is met', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'a session started by hand ("clonecast sessions start") before its rule is met', async () => {
     const d = fleet.deploy('b', ['--clients', '10']);
     await until(async () => Object.values((await latestSession())?.machines ?? {}).filter((m: any) => m.state === 'waiting').length === N, 20_000, '4 machines waiting');
     const s = await latestSession();
@@ -117,7 +125,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'a latecomer joins a running session and finishes', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'a latecomer joins a running session and finishes', async () => {
     fleet.agents[3]!.child.kill('SIGTERM');
     await fleet.agents[3]!.exited;
     await until(async () => (await fleet.online()) === N - 1, 10_000, 'agent 3 offline');
@@ -132,7 +140,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('a', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'a cancelled session leaves a session running beside it untouched', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'a cancelled session leaves a session running beside it untouched', async () => {
     const slow = fleet.deploy('b', ['--machines', `${fleet.mac(0)},${fleet.mac(1)}`, '--rate', '10']);
     await until(async () => (await latestSession())?.state === 'running', 20_000, 'the slow session to run');
     const slowId = (await latestSession()).id;
@@ -150,7 +158,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'an image larger than one agent\'s disk fails that machine only', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'an image larger than one agent\'s disk fails that machine only', async () => {
     fleet.agents[3]!.child.kill('SIGTERM');
     await fleet.agents[3]!.exited;
     fleet.disk(3, 8 * MiB);
@@ -172,7 +180,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     await until(async () => (await fleet.online()) === N, 20_000, 'agent 3 back');
   }, LONG);
 
-  itNeeds(['netns', 'curl'], 'the server is killed mid-session and restarted: every agent resumes and finishes', async () => {
+  itNeeds(['netns', 'curl', 'loop'], 'the server is killed mid-session and restarted: every agent resumes and finishes', async () => {
     const d = fleet.deploy('b', ['--clients', '4', '--rate', '20']);
     await until(
       async () => {

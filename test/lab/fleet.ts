@@ -40,6 +40,8 @@ export class Fleet {
   readonly lab: Lab;
   server: Proc | undefined;
   readonly agents: (Proc | undefined)[] = [];
+  /** Block devices standing in for client k's disk file (loop devices), when given. */
+  readonly devices: (string | undefined)[] = [];
   token = '';
 
   constructor(
@@ -74,7 +76,7 @@ export class Fleet {
 
   /** Starts an agent in client k's namespace. */
   startAgent(k: number, extra: string[] = [], token = this.token): Proc {
-    const p = watch(this.lab.spawnIn(this.lab.clients[k].ns, process.execPath, [CLI, 'agent', '--server', URL_, '--token', token, '--disk', this.diskPath(k), ...extra]));
+    const p = watch(this.lab.spawnIn(this.lab.clients[k].ns, process.execPath, [CLI, 'agent', '--server', URL_, '--token', token, '--disk', this.devices[k] ?? this.diskPath(k), ...extra]));
     this.agents[k] = p;
     return p;
   }

@@ -1,0 +1,10 @@
+import { chromium } from 'playwright-core';
+const [url, mid, end] = process.argv.slice(2);
+const b = await chromium.launch({ executablePath: '/tmp/classroom/wrapper.sh' });
+const p = await b.newPage({ viewport: { width: 1400, height: 760 } });
+await p.goto(url);
+await p.waitForFunction(() => [...document.querySelectorAll('#machines .pct')].filter((e) => { const v = parseInt(e.textContent); return v > 20 && v < 90; }).length >= 2, undefined, { timeout: 120000 });
+await p.screenshot({ path: mid });
+await p.waitForFunction(() => document.querySelector('#sessions tr[data-state="done"]'), undefined, { timeout: 120000 });
+await p.screenshot({ path: end });
+await b.close();
