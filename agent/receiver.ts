@@ -170,6 +170,8 @@ export class Receiver extends EventEmitter {
   private acked = false;
   private started = 0;
   private stopError: unknown;
+  /** Failed or stopped: the writer leaves what is queued. */
+  private halted = false;
   /** The kernel re-read the partition table after the write. */
   partitionsReread = false;
 
@@ -441,13 +443,13 @@ export class Receiver extends EventEmitter {
     this.writing = true;
     const { meta } = this.options.manifest;
     try {
-      while (this.queue.length > 0) {
+      while (this.queue.length > 0 && !this.halted) {
         const item = this.queue[0];
         const t0 = performance.now();
         await this.disk!.write(item.buf, item.chunk * meta.chunkSize, item.length);
         if (this.options.writeLimit) {
-          const wait = (item.length / this.options.writeLimit) * 1000 - (performance.now() - t0);
-          if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+          const until = t0 + (item.length / this.options.writeLimit) * 1000;
+          while (!this.halted && performance.now() < until) await new Promise((r) => setTimeout(r, Math.min(100, until - performance.now())));
         }
         this.queue.shift();
         this.spare.push(item.buf);
@@ -540,6 +542,7 @@ export class Receiver extends EventEmitter {
   }
 
   private fail(err: unknown): void {
+    this.halted = true;
     const f = this.failed;
     this.failed = undefined;
     this.finished = undefined;

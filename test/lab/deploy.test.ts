@@ -105,13 +105,15 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl', 'loop'], 'start rule "now" (no rule given): starts at once', async () => {
-    const d = fleet.deploy('a', []);
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "now" (no rule given): starts at once; "--after reboot" is only said without --allow-power', async () => {
+    const d = fleet.deploy('a', ['--after', 'reboot']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
     expect(s.rule).toEqual({ now: true });
     expect(Date.parse(s.startedAt) - Date.parse(s.createdAt)).toBeLessThan(1000);
     expectDisks('a', [0, 1, 2, 3]);
+    await until(() => fleet.agents.every((a) => /the session asks for reboot; not doing it without --allow-power/.test(a!.out)), 5000, 'every agent to say it would reboot');
+    expect(await fleet.online()).toBe(N);
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'a session started by hand ("clonecast sessions start") before its rule is met', async () => {
@@ -178,6 +180,23 @@ describe('deploy to 4 agents in the namespace lab', () => {
     fleet.disk(3, 20 * MiB);
     fleet.startAgent(3);
     await until(async () => (await fleet.online()) === N, 20_000, 'agent 3 back');
+  }, LONG);
+
+  itNeeds(['netns', 'curl', 'loop'], 'a machine whose disk makes no progress is dropped with the reason; the session says so', async () => {
+    fleet.agents[0]!.child.kill('SIGTERM');
+    await fleet.agents[0]!.exited;
+    fleet.startAgent(0, ['--write-limit', '40000']); // 1 MiB chunks at 40 kB/s: 26 s each
+    await until(async () => (await fleet.online()) === N, 20_000, 'agent 0 back, slow');
+    const d = fleet.deploy('b', ['--machines', fleet.mac(0), '--drop-after', '3']);
+    expect(await d.exited, d.out).toBe(1);
+    const m = (await latestSession()).machines[fleet.mac(0)];
+    expect(m.state).toBe('dropped');
+    expect(m.error).toMatch(/dropped this receiver: it made no progress for too long/);
+    expect(d.out).toMatch(/dropped: the sender dropped this receiver/);
+    fleet.agents[0]!.child.kill('SIGTERM');
+    await fleet.agents[0]!.exited;
+    fleet.startAgent(0);
+    await until(async () => (await fleet.online()) === N, 20_000, 'agent 0 back');
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'the server is killed mid-session and restarted: every agent resumes and finishes', async () => {
