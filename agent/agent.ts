@@ -320,6 +320,8 @@ export class Agent extends EventEmitter {
       }
     }
     if (this.o.once) {
+      // The result goes out on the next connection if this one is down; end only once it has.
+      while (this.pending.has(result.sessionId!) && !this.stopped) await new Promise((r) => setTimeout(r, 200));
       // Give the result a moment to leave, then end.
       await new Promise((r) => setTimeout(r, 200));
       this.stopped = true;

@@ -134,9 +134,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     agents,
     async close() {
       clearInterval(pusher);
+      agents.closeAll();
       sessions.close();
       registry.close();
-      agents.closeAll();
       for (const ws of watchers) ws.terminate();
       await new Promise<void>((r) => server.close(() => r()));
     },

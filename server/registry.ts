@@ -68,6 +68,7 @@ export interface MachineRecord {
 export class Registry extends EventEmitter {
   private readonly machines = new Map<string, MachineRecord>();
   private timer: NodeJS.Timeout | undefined;
+  private closed = false;
   private readonly path: string;
   /** Set when the file could not be read (it was kept aside under this name). */
   readonly setAside: string | undefined;
@@ -134,13 +135,15 @@ export class Registry extends EventEmitter {
     this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list(), null, 1)));
   }
 
-  /** Writes pending changes and stops the timer. */
+  /** Writes pending changes; later changes stay in memory only. */
   close(): void {
     if (this.timer !== undefined) this.save();
+    this.closed = true;
   }
 
   private changed(): void {
     this.emit('changed');
+    if (this.closed) return;
     this.timer ??= setTimeout(() => this.save(), SAVE_MS);
   }
 }
