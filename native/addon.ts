@@ -39,6 +39,7 @@ export interface NativeAddon {
   xxh64(buffer: Buffer): bigint;
   lz4Compress(src: Buffer, dst: Buffer): number;
   lz4Decompress(src: Buffer, dst: Buffer): number;
+  udpSocket(device: string, address: string, port: number): number;
 }
 
 /** The repository root: the nearest folder above this file that holds native/binding.gyp. */

@@ -41,6 +41,7 @@ export const ERR = Object.freeze({
   REFUSED: 'CLONECAST_ERR_REFUSED',
   UNREACHABLE: 'CLONECAST_ERR_UNREACHABLE',
   CANCELLED: 'CLONECAST_ERR_CANCELLED',
+  PACKET_MALFORMED: 'CLONECAST_ERR_PACKET_MALFORMED',
 });
 
 /** True if err is a ClonecastError with the given code. */

@@ -16,7 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
@@ -641,6 +645,54 @@ static napi_value js_xxh64(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// udpSocket(device, address, port): number. A UDP/IPv4 socket bound to one
+// network interface (SO_BINDTODEVICE, set before bind so that no packet from
+// another interface is ever queued), with SO_REUSEADDR and SO_BROADCAST, bound
+// to address:port. address "0.0.0.0" receives broadcasts, which a socket
+// bound to the interface's own address does not. The descriptor is handed to
+// dgram (socket.bind({ fd })). Needs CAP_NET_RAW for SO_BINDTODEVICE.
+static napi_value js_udp_socket(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  if (argc != 3) return throw_arg(env, "expected (device, address, port)");
+  napi_valuetype type;
+  char dev[IFNAMSIZ + 1];
+  char addr[64];
+  size_t len;
+  napi_typeof(env, argv[0], &type);
+  if (type != napi_string) return throw_arg(env, "device must be a string");
+  napi_get_value_string_utf8(env, argv[0], dev, sizeof dev, &len);
+  if (len == 0 || len >= IFNAMSIZ) return throw_arg(env, "device must be an interface name of 1 to 15 bytes");
+  napi_typeof(env, argv[1], &type);
+  if (type != napi_string) return throw_arg(env, "address must be a string");
+  napi_get_value_string_utf8(env, argv[1], addr, sizeof addr, &len);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1) return throw_arg(env, "address must be a dotted IPv4 address");
+  int32_t port;
+  napi_typeof(env, argv[2], &type);
+  if (type != napi_number || napi_get_value_int32(env, argv[2], &port) != napi_ok || port < 0 || port > 65535) return throw_arg(env, "port must be 0 to 65535");
+  sa.sin_port = htons((uint16_t)port);
+  int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (fd < 0) return throw_errno(env, errno, "socket");
+  int one = 1;
+  const char *failed = NULL;
+  if (setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev, (socklen_t)strlen(dev)) != 0) failed = "setsockopt(SO_BINDTODEVICE)";
+  else if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) failed = "setsockopt(SO_REUSEADDR)";
+  else if (setsockopt(fd, SOL_SOCKET, SO_BROADCAST, &one, sizeof one) != 0) failed = "setsockopt(SO_BROADCAST)";
+  else if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) failed = "bind";
+  if (failed != NULL) {
+    int err = errno;
+    close(fd);
+    return throw_errno(env, err, failed);
+  }
+  napi_value result;
+  napi_create_int32(env, fd, &result);
+  return result;
+}
+
 #define EXPORT(name, fn)                                              \
   do {                                                                \
     napi_value f;                                                     \
@@ -666,5 +718,6 @@ NAPI_MODULE_INIT() {
   EXPORT("xxh64", js_xxh64);
   EXPORT("lz4Compress", js_lz4_compress);
   EXPORT("lz4Decompress", js_lz4_decompress);
+  EXPORT("udpSocket", js_udp_socket);
   return exports;
 }

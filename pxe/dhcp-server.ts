@@ -1,0 +1,335 @@
+/**
+ * The DHCP server for network boot. Full mode hands out addresses from a
+ * pool (RFC 2131: DISCOVER/OFFER/REQUEST/ACK/NAK, DECLINE, RELEASE, INFORM,
+ * relays via giaddr) and adds boot information for PXE and iPXE clients.
+ * Proxy mode (PXE 2.1 section 2.2.2, "proxyDHCP") never hands out an
+ * address: it answers only PXE clients, with boot information, beside the
+ * lab's own DHCP server, and serves the port-4011 boot-server exchange that
+ * UEFI firmware uses. Sockets are bound to one interface (SO_BINDTODEVICE),
+ * so nothing is ever answered on another.
+ *
+ * Serve loop: receive, decode, validate, decide, reply. A bad packet is
+ * counted and dropped; it never throws out of a handler.
+ */
+import { createSocket, type Socket } from 'node:dgram';
+import { EventEmitter } from 'node:events';
+import {
+  clientArch,
+  clientMac,
+  decodeDhcp,
+  DHCP,
+  encodeDhcp,
+  ipBytes,
+  isPxeClient,
+  MessageType,
+  messageType,
+  OPT,
+  optionIp,
+  pxeVendorOptions,
+  u32,
+  userClasses,
+  type DhcpPacket,
+} from '../protocol/dhcp.js';
+import { native } from '../native/addon.js';
+import { Leases } from './leases.js';
+
+/** What the boot policy is asked. */
+export interface BootRequest {
+  mac: string;
+  /** Option 93 (0 BIOS, 7/9 x64 UEFI, 11 arm64), null if absent. */
+  arch: number | null;
+  /** The client is iPXE already (user class "iPXE"). */
+  ipxe: boolean;
+}
+
+/** What a booting client is told: a file on TFTP (a name) or a URL (for iPXE). */
+export interface BootAnswer {
+  file: string;
+}
+
+/** Options of DhcpServer. */
+export interface DhcpServerOptions {
+  mode: 'proxy' | 'full';
+  /** Interface to answer on (SO_BINDTODEVICE); required outside tests. */
+  device?: string;
+  /** This server's address on that interface: server identifier and next-server. */
+  serverAddress: string;
+  netmask: string;
+  /** Full mode: the pool. */
+  pool?: { start: string; end: string };
+  router?: string;
+  dns?: string[];
+  leaseSeconds?: number;
+  statics?: Map<string, string>;
+  leasesPath?: string;
+  /** Boot information for a client, or null to give none (unknown machine, ignored). */
+  boot: (r: BootRequest) => BootAnswer | null;
+  /** Ports (tests use others). */
+  port?: number;
+  pxePort?: number;
+  clientPort?: number;
+  /** Where broadcasts go (tests: the lab's broadcast address). */
+  broadcast?: string;
+  log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
+}
+
+/** Counters for /metrics and tests. */
+export interface DhcpCounters {
+  received: number;
+  malformed: number;
+  ignored: number;
+  offers: number;
+  acks: number;
+  naks: number;
+  proxyOffers: number;
+  bootAcks: number;
+  poolFull: number;
+  declines: number;
+  releases: number;
+}
+
+const OFFER_HOLD_MS = 60_000;
+const DECLINE_HOLD_MS = 10 * 60_000;
+
+/** A DHCP or proxyDHCP server. Emits 'lease' and 'boot' events. */
+export class DhcpServer extends EventEmitter {
+  readonly counters: DhcpCounters = { received: 0, malformed: 0, ignored: 0, offers: 0, acks: 0, naks: 0, proxyOffers: 0, bootAcks: 0, poolFull: 0, declines: 0, releases: 0 };
+  readonly leases: Leases | undefined;
+  private main: Socket | undefined;
+  private pxe: Socket | undefined;
+
+  constructor(private readonly o: DhcpServerOptions) {
+    super();
+    if (o.mode === 'full') {
+      if (o.pool === undefined) throw new RangeError('full mode needs a pool');
+      this.leases = new Leases(o.leasesPath, o.pool, o.statics, new Set([o.serverAddress, ...(o.router ? [o.router] : [])]));
+    }
+  }
+
+  /** Binds port 67 (and 4011 in proxy mode) on the interface. */
+  async start(): Promise<void> {
+    this.main = await this.bind(this.o.port ?? DHCP.SERVER_PORT);
+    this.main.on('message', (msg, rinfo) => this.onMessage(msg, rinfo, false));
+    if (this.o.mode === 'proxy') {
+      this.pxe = await this.bind(this.o.pxePort ?? DHCP.PXE_PORT);
+      this.pxe.on('message', (msg, rinfo) => this.onMessage(msg, rinfo, true));
+    }
+  }
+
+  close(): void {
+    this.main?.close();
+    this.pxe?.close();
+  }
+
+  private bind(port: number): Promise<Socket> {
+    const s = createSocket({ type: 'udp4', reuseAddr: true });
+    s.on('error', (err) => this.o.log?.('warn', `dhcp: ${err.message}`));
+    return new Promise((resolve) => {
+      const done = () => {
+        s.setBroadcast(true);
+        resolve(s);
+      };
+      // 0.0.0.0 to receive broadcasts; the device binding keeps other interfaces out.
+      if (this.o.device !== undefined) s.bind({ fd: native().udpSocket(this.o.device, '0.0.0.0', port) } as never, done);
+      else s.bind(port, '0.0.0.0', done);
+    });
+  }
+
+  // ---- receive, decode, validate, decide ----
+
+  private onMessage(msg: Buffer, rinfo: { address: string; port: number }, bootService: boolean): void {
+    this.counters.received++;
+    let p: DhcpPacket;
+    try {
+      p = decodeDhcp(msg);
+    } catch (err) {
+      this.counters.malformed++;
+      this.o.log?.('debug', `dhcp: from ${rinfo.address}: ${(err as Error).message}`);
+      return;
+    }
+    const mac = clientMac(p);
+    const type = messageType(p);
+    if (p.op !== DHCP.BOOTREQUEST || mac === null || type === null) {
+      this.counters.ignored++;
+      return;
+    }
+    try {
+      if (bootService) this.onBootService(p, mac, type, rinfo);
+      else if (this.o.mode === 'proxy') this.onProxy(p, mac, type);
+      else this.onFull(p, mac, type);
+    } catch (err) {
+      // A reply that cannot be built (e.g. a boot URL too long for the file field) is this client's problem only.
+      this.counters.ignored++;
+      this.o.log?.('warn', `dhcp: ${mac}: ${(err as Error).message}`);
+    }
+  }
+
+  private bootFor(p: DhcpPacket, mac: string): BootAnswer | null {
+    const ipxe = userClasses(p).includes('iPXE');
+    if (!ipxe && !isPxeClient(p)) return null;
+    return this.o.boot({ mac, arch: clientArch(p), ipxe });
+  }
+
+  /** Proxy mode: only PXE clients, only boot information, never an address. */
+  private onProxy(p: DhcpPacket, mac: string, type: MessageType): void {
+    if (type !== MessageType.DISCOVER && type !== MessageType.REQUEST) return void this.counters.ignored++;
+    // A REQUEST is for the lab's DHCP server, unless it names us (some ROMs ask the proxy again).
+    if (type === MessageType.REQUEST && optionIp(p, OPT.SERVER_ID) !== this.o.serverAddress) return void this.counters.ignored++;
+    const boot = this.bootFor(p, mac);
+    if (boot === null) return void this.counters.ignored++;
+    const reply = this.reply(p, type === MessageType.DISCOVER ? MessageType.OFFER : MessageType.ACK, '0.0.0.0', boot, []);
+    this.counters.proxyOffers++;
+    this.o.log?.('info', `proxyDHCP: ${mac} (arch ${clientArch(p) ?? '-'}) boots ${boot.file}`);
+    this.emit('boot', { mac, file: boot.file, mode: 'proxy' });
+    this.send(reply, p);
+  }
+
+  /** Port 4011 (PXE 2.1 section 2.2.1): the client has an address and asks the boot server directly. */
+  private onBootService(p: DhcpPacket, mac: string, type: MessageType, rinfo: { address: string; port: number }): void {
+    if (type !== MessageType.REQUEST && type !== MessageType.INFORM) return void this.counters.ignored++;
+    const boot = this.bootFor(p, mac);
+    if (boot === null) return void this.counters.ignored++;
+    const reply = this.reply(p, MessageType.ACK, '0.0.0.0', boot, []);
+    this.counters.bootAcks++;
+    this.o.log?.('info', `boot service: ${mac} boots ${boot.file}`);
+    this.emit('boot', { mac, file: boot.file, mode: 'boot-service' });
+    this.pxe!.send(encodeDhcp(reply), rinfo.port, rinfo.address);
+  }
+
+  /** Full mode: RFC 2131 section 4.3. */
+  private onFull(p: DhcpPacket, mac: string, type: MessageType): void {
+    const leases = this.leases!;
+    const seconds = this.o.leaseSeconds ?? 3600;
+    const ours = optionIp(p, OPT.SERVER_ID);
+    const requested = optionIp(p, OPT.REQUESTED_IP);
+    const hostname = p.options.get(OPT.HOSTNAME)?.toString('latin1') ?? '';
+    switch (type) {
+      case MessageType.DISCOVER: {
+        const ip = leases.choose(mac, requested);
+        if (ip === null) {
+          this.counters.poolFull++;
+          this.o.log?.('warn', `dhcp: no free address for ${mac}: the pool ${this.o.pool!.start}-${this.o.pool!.end} is full`);
+          return;
+        }
+        leases.offer(mac, ip, OFFER_HOLD_MS);
+        this.counters.offers++;
+        return this.send(this.reply(p, MessageType.OFFER, ip, this.bootFor(p, mac), this.config(seconds)), p);
+      }
+      case MessageType.REQUEST: {
+        if (ours !== null && ours !== this.o.serverAddress) {
+          // The client chose another server (RFC 2131 4.3.2): forget the offer, say nothing.
+          leases.withdraw(mac);
+          return void this.counters.ignored++;
+        }
+        // RFC 2131 4.3.2: SELECTING (our server id), INIT-REBOOT (requested address, no
+        // server id) or RENEWING/REBINDING (ciaddr only).
+        const want = requested ?? (p.ciaddr !== '0.0.0.0' ? p.ciaddr : null);
+        if (want === null) return void this.counters.ignored++;
+        const lease = leases.get(mac);
+        let verdict: 'ack' | 'nak' | 'silent';
+        if (ours !== null) verdict = leases.offered(mac) === want || lease?.ip === want || leases.available(mac, want) ? 'ack' : 'nak';
+        else if (!this.inSubnet(want)) verdict = 'nak'; // the client moved to another network
+        else if (lease === undefined) verdict = 'silent'; // no record of this client: not ours to answer
+        else verdict = lease.ip === want && leases.available(mac, want) ? 'ack' : 'nak';
+        if (verdict === 'silent') return void this.counters.ignored++;
+        if (verdict === 'nak') {
+          this.counters.naks++;
+          this.o.log?.('info', `dhcp: NAK ${mac} asking for ${want}`);
+          return this.send(this.nak(p), p);
+        }
+        leases.bind(mac, want, seconds, hostname);
+        this.counters.acks++;
+        this.emit('lease', { mac, ip: want, hostname });
+        this.o.log?.('info', `dhcp: ${mac}${hostname ? ` (${hostname})` : ''} has ${want} for ${seconds} s`);
+        return this.send(this.reply(p, MessageType.ACK, want, this.bootFor(p, mac), this.config(seconds)), p);
+      }
+      case MessageType.DECLINE:
+        if (ours !== this.o.serverAddress || requested === null) return void this.counters.ignored++;
+        this.counters.declines++;
+        leases.decline(mac, requested, DECLINE_HOLD_MS);
+        this.o.log?.('warn', `dhcp: ${mac} found ${requested} already in use; kept out of the pool for 10 min`);
+        return;
+      case MessageType.RELEASE:
+        if (ours !== this.o.serverAddress) return void this.counters.ignored++;
+        if (leases.release(mac, p.ciaddr)) this.counters.releases++;
+        return;
+      case MessageType.INFORM: {
+        // The client has an address already: configuration only, no lease, no yiaddr (4.3.5).
+        this.counters.acks++;
+        const reply = this.reply(p, MessageType.ACK, '0.0.0.0', this.bootFor(p, mac), this.config(null));
+        reply.ciaddr = p.ciaddr;
+        return this.send(reply, p);
+      }
+      default:
+        this.counters.ignored++;
+    }
+  }
+
+  private inSubnet(ip: string): boolean {
+    const mask = ipBytes(this.o.netmask).readUInt32BE(0);
+    return (ipBytes(ip).readUInt32BE(0) & mask) === (ipBytes(this.o.serverAddress).readUInt32BE(0) & mask);
+  }
+
+  /** Network configuration options of an OFFER/ACK (lease time only when leasing). */
+  private config(seconds: number | null): [number, Buffer][] {
+    const out: [number, Buffer][] = [];
+    if (seconds !== null) {
+      out.push([OPT.LEASE_TIME, u32(seconds)], [OPT.RENEWAL_TIME, u32(Math.floor(seconds / 2))], [OPT.REBINDING_TIME, u32(Math.floor((seconds * 7) / 8))]);
+    }
+    out.push([OPT.SUBNET_MASK, ipBytes(this.o.netmask)]);
+    if (this.o.router !== undefined) out.push([OPT.ROUTER, ipBytes(this.o.router)]);
+    if (this.o.dns !== undefined && this.o.dns.length > 0) out.push([OPT.DNS, Buffer.concat(this.o.dns.map(ipBytes))]);
+    return out;
+  }
+
+  private reply(p: DhcpPacket, type: MessageType, yiaddr: string, boot: BootAnswer | null, extra: [number, Buffer][]): DhcpPacket {
+    const options = new Map<number, Buffer>([
+      [OPT.MESSAGE_TYPE, Buffer.from([type])],
+      [OPT.SERVER_ID, ipBytes(this.o.serverAddress)],
+    ]);
+    for (const [code, v] of extra) options.set(code, v);
+    if (boot !== null) {
+      // PXE 2.1: a PXE offer says "PXEClient"; sub-option 6 = 8: no boot-server discovery, load the file named here.
+      options.set(OPT.VENDOR_CLASS, Buffer.from('PXEClient'));
+      if (isPxeClient(p) && !userClasses(p).includes('iPXE')) options.set(OPT.VENDOR_SPECIFIC, pxeVendorOptions({ 6: Buffer.from([8]) }));
+      options.set(OPT.TFTP_SERVER, Buffer.from(this.o.serverAddress));
+      options.set(OPT.BOOTFILE, Buffer.from(boot.file));
+    }
+    const uuid = p.options.get(OPT.CLIENT_UUID);
+    if (uuid !== undefined && boot !== null) options.set(OPT.CLIENT_UUID, uuid);
+    return {
+      op: DHCP.BOOTREPLY,
+      htype: p.htype,
+      hlen: p.hlen,
+      hops: 0,
+      xid: p.xid,
+      secs: 0,
+      flags: p.flags,
+      ciaddr: '0.0.0.0',
+      yiaddr,
+      siaddr: boot !== null ? this.o.serverAddress : '0.0.0.0',
+      giaddr: p.giaddr,
+      chaddr: p.chaddr,
+      sname: boot !== null ? this.o.serverAddress : '',
+      // The file field holds up to 127 bytes; longer names travel in option 67 only.
+      file: boot !== null && boot.file.length <= 127 ? boot.file : '',
+      options,
+    };
+  }
+
+  private nak(p: DhcpPacket): DhcpPacket {
+    const r = this.reply(p, MessageType.NAK, '0.0.0.0', null, []);
+    r.flags |= DHCP.BROADCAST;
+    return r;
+  }
+
+  /** RFC 2131 section 4.1: to the relay, to the client's address, or broadcast. */
+  private send(reply: DhcpPacket, req: DhcpPacket): void {
+    const buf = encodeDhcp(reply);
+    const clientPort = this.o.clientPort ?? DHCP.CLIENT_PORT;
+    if (req.giaddr !== '0.0.0.0') return void this.main!.send(buf, this.o.port ?? DHCP.SERVER_PORT, req.giaddr);
+    const type = reply.options.get(OPT.MESSAGE_TYPE)![0];
+    if (req.ciaddr !== '0.0.0.0' && type !== MessageType.NAK) return void this.main!.send(buf, clientPort, req.ciaddr);
+    this.main!.send(buf, clientPort, this.o.broadcast ?? '255.255.255.255');
+  }
+}
