@@ -91,6 +91,8 @@ export interface DhcpPacket {
   sname: string;
   file: string;
   options: Map<number, Buffer>;
+  /** Total size on the wire (decode); encode pads to it, and to at least MIN_SIZE. */
+  size?: number;
 }
 
 function malformed(why: string): ClonecastError {
@@ -162,6 +164,7 @@ export function decodeDhcp(buf: Buffer): DhcpPacket {
     sname: overload & 2 ? '' : cstr(buf.subarray(44, 108)),
     file: overload & 1 ? '' : cstr(buf.subarray(108, 236)),
     options,
+    size: buf.length,
   };
 }
 
@@ -169,7 +172,7 @@ export function decodeDhcp(buf: Buffer): DhcpPacket {
 export function encodeDhcp(p: DhcpPacket): Buffer {
   let optLen = 1; // END
   for (const v of p.options.values()) optLen += 2 * Math.ceil(Math.max(v.length, 1) / 255) + v.length;
-  const out = Buffer.alloc(Math.max(DHCP.MIN_SIZE, DHCP.HEADER_SIZE + 4 + optLen));
+  const out = Buffer.alloc(Math.max(DHCP.MIN_SIZE, p.size ?? 0, DHCP.HEADER_SIZE + 4 + optLen));
   out[0] = p.op;
   out[1] = p.htype;
   out[2] = p.hlen;

@@ -40,6 +40,8 @@ export interface BootRequest {
   arch: number | null;
   /** The client is iPXE already (user class "iPXE"). */
   ipxe: boolean;
+  /** The DHCP transaction: the same for a client's DISCOVER and REQUEST, new after a chainload. */
+  xid: number;
 }
 
 /** What a booting client is told: a file on TFTP (a name) or a URL (for iPXE). */
@@ -167,7 +169,7 @@ export class DhcpServer extends EventEmitter {
   private bootFor(p: DhcpPacket, mac: string): BootAnswer | null {
     const ipxe = userClasses(p).includes('iPXE');
     if (!ipxe && !isPxeClient(p)) return null;
-    return this.o.boot({ mac, arch: clientArch(p), ipxe });
+    return this.o.boot({ mac, arch: clientArch(p), ipxe, xid: p.xid });
   }
 
   /** Proxy mode: only PXE clients, only boot information, never an address. */

@@ -45,6 +45,8 @@ export interface TftpServerOptions {
 /** Counters for /metrics and tests. */
 export interface TftpCounters {
   requests: number;
+  /** Requests that only asked for the size (ended after the OACK). */
+  probes: number;
   completed: number;
   failed: number;
   refused: number;
@@ -69,7 +71,7 @@ function udp(o: TftpServerOptions, port: number): Promise<Socket> {
 
 /** The TFTP service. Emits 'transfer' ({file, client, bytes, seconds, ok, error}). */
 export class TftpServer extends EventEmitter {
-  readonly counters: TftpCounters = { requests: 0, completed: 0, failed: 0, refused: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
+  readonly counters: TftpCounters = { requests: 0, probes: 0, completed: 0, failed: 0, refused: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
   private socket: Socket | undefined;
   private readonly transfers = new Set<Transfer>();
   private rootReal: string | undefined;
@@ -97,6 +99,11 @@ export class TftpServer extends EventEmitter {
   /** Transfers running now. */
   get active(): number {
     return this.transfers.size;
+  }
+
+  /** The local ports of the transfers running now (their transfer IDs). */
+  transferPorts(): number[] {
+    return [...this.transfers].map((t) => t.port);
   }
 
   // receive, decode, validate, decide, reply
@@ -153,9 +160,12 @@ export class TftpServer extends EventEmitter {
     this.transfers.add(t);
     t.on('end', (ok: boolean, error: string, seconds: number) => {
       this.transfers.delete(t);
-      if (ok) this.counters.completed++;
+      if (t.probe) this.counters.probes++;
+      else if (ok) this.counters.completed++;
       else this.counters.failed++;
       this.emit('transfer', { file: p.filename, client: rinfo.address, bytes: t.bytes, seconds, ok, error });
+      if (t.probe) this.o.log?.('debug', `tftp: ${rinfo.address} asked the size of ${p.filename}`);
+      else if (ok) this.o.log?.('info', `tftp: sent ${p.filename} to ${rinfo.address} (${t.bytes} bytes in ${seconds.toFixed(2)} s)`);
     });
     t.start();
   }
@@ -199,6 +209,8 @@ class Transfer extends EventEmitter {
   private buf: Buffer = Buffer.alloc(0);
   private awaitingOack = false;
   private sending = false;
+  /** It ended after the OACK: the client only asked for the size. */
+  probe = false;
 
   constructor(
     private readonly server: TftpServer,
@@ -247,6 +259,10 @@ class Transfer extends EventEmitter {
     return out;
   }
 
+  get port(): number {
+    return this.socket.address().port;
+  }
+
   start(): void {
     this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
     this.socket.on('error', (err) => this.end(false, err.message));
@@ -276,7 +292,11 @@ class Transfer extends EventEmitter {
       this.server.count('malformed');
       return;
     }
-    if (p.op === Opcode.ERROR) return this.end(false, `the client gave up: ${p.message} (code ${p.code})`);
+    if (p.op === Opcode.ERROR) {
+      // Firmware often asks for tsize only and ends the transfer at the OACK (PXE's size probe).
+      if (this.awaitingOack) return this.end(true, '', true);
+      return this.end(false, `the client gave up: ${p.message} (code ${p.code})`);
+    }
     if (p.op !== Opcode.ACK) {
       this.server.count('malformed');
       return;
@@ -351,10 +371,11 @@ class Transfer extends EventEmitter {
     void this.sendWindow();
   }
 
-  /** Ends the transfer once. */
-  end(ok: boolean, error: string): void {
+  /** Ends the transfer once; probe: the client only wanted the options (tsize). */
+  end(ok: boolean, error: string, probe = false): void {
     if (this.ended) return;
     this.ended = true;
+    this.probe = probe;
     clearTimeout(this.timer);
     if (!ok && error !== 'server stopped') this.server.o.log?.('warn', `tftp: ${this.name} to ${this.peer.address}: ${error}`);
     this.socket.close();

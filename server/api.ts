@@ -6,8 +6,10 @@
  * {error: {code, message}} with a status, never a crash.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { createReadStream, readFileSync } from 'node:fs';
+import { realpath, stat } from 'node:fs/promises';
+import { join, sep } from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
 import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
@@ -16,6 +18,7 @@ import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
 import type { Store } from './store/store.js';
 import type { AgentChannel } from './control.js';
+import type { PxeServices } from '../pxe/service.js';
 
 /** Largest request body accepted, bytes. */
 export const MAX_BODY = 64 * 1024;
@@ -44,6 +47,10 @@ export interface ApiContext {
   token: string;
   version: string;
   senderAddress: string | undefined;
+  /** Network boot: the kernel/initramfs folder and the per-machine iPXE script. */
+  boot: { dir: string; script: (mac: string) => string } | undefined;
+  /** The PXE services, once started. */
+  pxe?: () => PxeServices | undefined;
 }
 
 /** The dashboard's view of everything, also GET /api/state. */
@@ -118,6 +125,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       return;
     }
     if (path === '/healthz') return send(res, 200, { ok: true });
+    if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, res);
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
     if (!tokenMatches(bearer(req), c.token)) {
       throw new ClonecastError(ERR.UNAUTHORIZED, 'this needs the server\'s token: send "Authorization: Bearer TOKEN" ("clonecast token" prints it)');
@@ -166,6 +174,33 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
   }
 }
 
+/**
+ * Network boot over HTTP, without the token (firmware cannot send one):
+ * GET /boot/ipxe?mac=MAC (the machine's iPXE script) and GET /boot/files/NAME
+ * (kernel and initramfs from the boot folder, never outside it).
+ */
+async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, res: ServerResponse): Promise<void> {
+  if (c.boot === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'network boot is off: start the server with --pxe proxy|full');
+  if (path === '/boot/ipxe') {
+    const mac = (query.get('mac') ?? '').toLowerCase().replace(/-/g, ':');
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, 'boot/ipxe needs ?mac=aa:bb:cc:dd:ee:ff');
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac));
+    return;
+  }
+  const name = decodeURIComponent(path.slice('/boot/files/'.length));
+  if (!path.startsWith('/boot/files/') || name === '' || name.includes('/') || name.startsWith('.')) throw new ClonecastError(ERR.NOT_FOUND, `no ${path} here`);
+  const root = await realpath(c.boot.dir).catch(() => {
+    throw new ClonecastError(ERR.NOT_FOUND, `the boot folder ${c.boot!.dir} does not exist; put the agent's kernel and initramfs there`);
+  });
+  const file = await realpath(join(root, name)).catch(() => {
+    throw new ClonecastError(ERR.NOT_FOUND, `no ${name} in the boot folder ${root}`);
+  });
+  if (!file.startsWith(root + sep)) throw new ClonecastError(ERR.NOT_FOUND, `no ${name} in the boot folder`);
+  const size = (await stat(file)).size;
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': size });
+  await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), res);
+}
+
 function esc(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
@@ -196,5 +231,10 @@ export function metrics(c: ApiContext): string {
   gauge('clonecast_machine_loss_ratio', 'Packet loss a receiving machine reports, last interval.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.loss]));
   gauge('clonecast_machine_bytes_written', 'Bytes a machine has written in its session.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.bytesWritten]));
   gauge('clonecast_control_rejected_total', 'Agent connections closed for bad frames or credentials.', 'counter', Object.entries(c.agents.rejected).map(([reason, n]) => [{ reason }, n]));
+  const pxe = c.pxe?.();
+  if (pxe !== undefined) {
+    gauge('clonecast_dhcp_packets_total', 'DHCP packets by what became of them.', 'counter', Object.entries(pxe.dhcp.counters).map(([result, n]) => [{ result }, n]));
+    gauge('clonecast_tftp_total', 'TFTP requests, transfers and packets by outcome.', 'counter', Object.entries(pxe.tftp.counters).map(([what, n]) => [{ what }, n]));
+  }
   return `${lines.join('\n')}\n`;
 }

@@ -15,6 +15,8 @@ import { Registry } from './registry.js';
 import { SessionManager } from './sessions.js';
 import { loadOrCreateToken, tokenMatches } from './token.js';
 import type { Store } from './store/store.js';
+import { join } from 'node:path';
+import { bootToken, ipxeScript, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
 
 export { DEFAULT_LISTEN };
 
@@ -35,7 +37,20 @@ export interface ServerOptions {
   version: string;
   maxMessage?: number;
   heartbeatMs?: number;
+  /** Network boot on the interface (needs interface). */
+  pxe?: PxeConfig;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
+}
+
+/** Network boot settings of `serve --pxe`. */
+export interface PxeConfig extends Omit<PxeOptions, 'interface' | 'httpBase' | 'dataRoot' | 'log' | 'isKnown'> {
+  /** Folder with the agent's kernel and initramfs (default DATA/pxe/boot). */
+  bootDir?: string;
+  kernel?: string;
+  initrd?: string;
+  cmdline?: string;
+  /** What a machine with no work boots: its disk (default), the agent, or a menu. */
+  idle?: BootAction;
 }
 
 /** A running server. */
@@ -48,6 +63,7 @@ export interface RunningServer {
   registry: Registry;
   sessions: SessionManager;
   agents: AgentChannel;
+  pxe: PxeServices | undefined;
   close(): Promise<void>;
 }
 
@@ -61,12 +77,14 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const senderAddress = o.interface !== undefined ? interfaceAddress(o.interface) : /^(0\.0\.0\.0|::|localhost)$/.test(host) ? undefined : host;
   const registry = new Registry(o.store);
   if (registry.setAside) o.log?.('warn', `machines.json could not be read; kept as ${registry.setAside}, starting an empty registry`);
-  const agents = new AgentChannel({ token, registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
+  if (o.pxe !== undefined && o.interface === undefined) throw new ClonecastError(ERR.USAGE, '--pxe needs --interface IF: the network the machines boot on');
+  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
   const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
   agents.attach(sessions);
   await sessions.restore();
-  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress };
+  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe };
   const state = new State(ctx);
+  let pxe: PxeServices | undefined;
 
   const server: Server = createServer((req, res) => void handle(ctx, state, req, res));
   const agentWss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessage ?? CONTROL.MAX_MESSAGE });
@@ -123,6 +141,30 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const addr = server.address();
   const actual = typeof addr === 'object' && addr !== null ? addr.port : port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${actual}/`;
+  if (o.pxe !== undefined) {
+    // Booting clients must reach the HTTP server on the boot interface's address.
+    const reachable = host === senderAddress || /^(0\.0\.0\.0|::)$/.test(host);
+    const base = `http://${senderAddress}:${actual}/`;
+    if (!reachable) {
+      server.close();
+      sessions.close();
+      throw new ClonecastError(ERR.USAGE, `--pxe: booting machines reach this server on ${senderAddress}, but it listens on ${host}; use --listen ${senderAddress}:${actual} or 0.0.0.0:${actual}`);
+    }
+    const cfg = o.pxe;
+    try {
+      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined });
+    } catch (err) {
+      server.close();
+      sessions.close();
+      throw err;
+    }
+    ctx.boot = {
+      dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
+      script: (mac) =>
+        ipxeScript(sessions.wants(mac) ? 'agent' : (cfg.idle ?? 'local'), { base, mac, token: bootToken(token, mac), kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline }),
+    };
+    o.log?.('info', `pxe: ${cfg.mode === 'proxy' ? 'proxyDHCP (no addresses handed out)' : 'DHCP'} and TFTP on ${o.interface} (${pxe.serverAddress}); boot scripts at ${base}boot/ipxe`);
+  }
   return {
     url,
     token,
@@ -132,8 +174,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     registry,
     sessions,
     agents,
+    pxe,
     async close() {
       clearInterval(pusher);
+      pxe?.close();
       agents.closeAll();
       sessions.close();
       registry.close();

@@ -10,6 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import { WebSocket, type RawData } from 'ws';
 import { BootMode, CONTROL, decodeAgentMessage, encodeServerMessage, type AgentMessage, type Hello, type ServerMessage } from '../protocol/control.js';
 import { tokenMatches } from './token.js';
+import { bootToken } from '../pxe/service.js';
 import type { Registry } from './registry.js';
 import type { AgentLink, SessionManager } from './sessions.js';
 
@@ -46,6 +47,8 @@ interface Conn {
 /** Options of AgentChannel. */
 export interface AgentChannelOptions {
   token: string;
+  /** Accept the per-MAC boot tokens that network-booted agents carry. */
+  acceptBootTokens?: boolean;
   registry: Registry;
   version: string;
   maxMessage?: number;
@@ -134,7 +137,9 @@ export class AgentChannel implements AgentLink {
   }
 
   private onHello(conn: Conn, h: Hello): void {
-    if (!tokenMatches(h.token, this.o.token)) {
+    // A machine booted by our PXE carries a token derived for its own MAC only (pxe/service.ts).
+    const bootOk = this.o.acceptBootTokens === true && tokenMatches(h.token, bootToken(this.o.token, h.machineId ?? ''));
+    if (!tokenMatches(h.token, this.o.token) && !bootOk) {
       this.refuse(conn, 'wrong or missing token: give the agent the server\'s token (--token or CLONECAST_TOKEN; "clonecast token" prints it)', false);
       this.rejected.unauthorized++;
       this.o.log?.('warn', `agent ${h.machineId} from ${conn.address} refused: wrong or missing token`);

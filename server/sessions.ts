@@ -273,6 +273,21 @@ export class SessionManager extends EventEmitter {
     this.offer(machine);
   }
 
+  /** True if an active session holds this machine or would take it (so it should boot the agent). */
+  wants(mac: string): boolean {
+    const m = mac.toLowerCase();
+    for (const s of this.sessions.values()) {
+      if (!ACTIVE.has(s.state)) continue;
+      const mine = s.machines[m];
+      if (mine !== undefined) {
+        if (!FINAL_MACHINE.has(mine.state)) return true;
+        continue;
+      }
+      if (s.rule.machines === undefined || s.rule.machines.includes(m)) return true;
+    }
+    return false;
+  }
+
   /** A machine's connection closed. */
   disconnected(machineId: string): void {
     for (const s of this.sessions.values()) {

@@ -64,6 +64,9 @@ usage:
   clonecast image rm NAME[@V]
   clonecast image gc
   clonecast serve [--listen HOST:PORT] [--interface IF] [--max-message BYTES]
+                 [--pxe proxy|full [--pool START-END] [--router IP] [--dns IP,...] [--lease-time S]
+                  [--boot-dir DIR] [--pxe-idle local|agent|menu] [--pxe-unknown boot|ignore]
+                  [--efi ipxe.efi|snponly.efi]]
   clonecast token
   clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
@@ -121,6 +124,15 @@ const OPTIONS = {
   'allow-power': { type: 'boolean' },
   'machine-id': { type: 'string' },
   'max-message': { type: 'string' },
+  pxe: { type: 'string' },
+  pool: { type: 'string' },
+  router: { type: 'string' },
+  dns: { type: 'string' },
+  'boot-dir': { type: 'string' },
+  'pxe-idle': { type: 'string' },
+  'pxe-unknown': { type: 'string' },
+  efi: { type: 'string' },
+  'lease-time': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -278,10 +290,32 @@ function logLine(level: string, message: string): void {
 async function serve(values: Values, json: boolean): Promise<number> {
   const store = Store.open(dataDir(values.data));
   const { startServer } = await import('../app.js');
+  const pxeMode = values.pxe;
+  if (pxeMode !== undefined && pxeMode !== 'proxy' && pxeMode !== 'full') throw usage('--pxe takes proxy (beside the lab\'s own DHCP server) or full (this server hands out addresses)');
+  const idle = values['pxe-idle'] ?? 'local';
+  if (idle !== 'local' && idle !== 'agent' && idle !== 'menu') throw usage('--pxe-idle takes local, agent or menu');
+  const unknown = values['pxe-unknown'] ?? 'boot';
+  if (unknown !== 'boot' && unknown !== 'ignore') throw usage('--pxe-unknown takes boot or ignore');
+  const efi = values.efi ?? 'ipxe.efi';
+  if (efi !== 'ipxe.efi' && efi !== 'snponly.efi') throw usage('--efi takes ipxe.efi or snponly.efi');
   const srv = await startServer({
     store,
     listen: values.listen ?? DEFAULT_LISTEN,
     interface: values.interface,
+    pxe:
+      pxeMode === undefined
+        ? undefined
+        : {
+            mode: pxeMode,
+            pool: values.pool,
+            router: values.router,
+            dns: values.dns?.split(',').filter((d) => d !== ''),
+            leaseSeconds: positiveInt(values['lease-time'], '--lease-time'),
+            bootDir: values['boot-dir'],
+            idle,
+            unknown,
+            efiBinary: efi,
+          },
     maxMessage: positiveInt(values['max-message'], '--max-message'),
     version: version(),
     log: logLine,
@@ -296,6 +330,7 @@ async function serve(values: Values, json: boolean): Promise<number> {
   agents:      clonecast agent --server ${srv.url} --token ${srv.token}
   deploy:      clonecast deploy NAME --server ${srv.url} --clients N
   multicast:   ${srv.senderAddress !== undefined ? `from ${srv.senderAddress}` : 'off: restart with --interface IF (the network the machines are on) to deploy'}
+  network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? 'proxyDHCP (the lab\'s DHCP server hands out addresses)' : 'DHCP'} + TFTP on ${values.interface}, iPXE scripts at ${srv.url}boot/ipxe` : 'off (--pxe proxy|full to boot machines from this server)'}
   image store: ${store.root}
   stop with Ctrl-C`);
   }

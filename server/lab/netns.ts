@@ -147,6 +147,28 @@ export class Lab {
     return m ? Number(m[1]) : 0;
   }
 
+  /** The namespace holding the bridge (qemu runs there, on a tap device). */
+  get bridgeNamespace(): string {
+    return this.bridgeNs;
+  }
+
+  /** Adds a tap device on the bridge for a VM (run the VM in bridgeNamespace); removed with the namespace. */
+  addTap(name: string): string {
+    run('ip', ['-n', this.bridgeNs, 'tuntap', 'add', 'dev', name, 'mode', 'tap']);
+    run('ip', ['-n', this.bridgeNs, 'link', 'set', name, 'master', 'br0', 'up']);
+    return name;
+  }
+
+  /** Adds a host on the bridge without an address (a machine that will ask DHCP for one). */
+  addBareHost(k: number): LabHost {
+    const host = { ns: `cc${this.tag}x${k}`, address: '', iface: 'eth0' };
+    this.addNs(host.ns);
+    run('ip', ['-n', this.bridgeNs, 'link', 'add', `vx${k}`, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', host.ns]);
+    run('ip', ['-n', this.bridgeNs, 'link', 'set', `vx${k}`, 'master', 'br0', 'up']);
+    run('ip', ['-n', host.ns, 'link', 'set', 'eth0', 'up']);
+    return host;
+  }
+
   /** Spawns a command inside a namespace; killed by down(). */
   spawnIn(ns: string, cmd: string, args: string[], options: SpawnOptions = {}): ChildProcess {
     const child = spawn('ip', ['netns', 'exec', ns, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...options });

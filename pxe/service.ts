@@ -1,0 +1,195 @@
+/**
+ * Network boot as `clonecast serve --pxe proxy|full` runs it: a TFTP root
+ * holding only the iPXE binaries (from Debian's ipxe package), the DHCP or
+ * proxyDHCP server choosing a binary by client architecture, and, once a
+ * client is iPXE, an HTTP URL of its boot script (served by the main HTTP
+ * server, with the kernel and initramfs: much faster than TFTP).
+ */
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { networkInterfaces } from 'node:os';
+import { join } from 'node:path';
+import { createHmac } from 'node:crypto';
+import { ARCH } from '../protocol/dhcp.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { DhcpServer, type BootRequest } from './dhcp-server.js';
+import { TftpServer } from './tftp-server.js';
+import { intToIp, ipToInt } from './leases.js';
+
+/** Where Debian's ipxe package puts its binaries. */
+export const IPXE_DIR = '/usr/lib/ipxe';
+/** The binaries handed out, by the architectures that load them. */
+export const IPXE_FILES = Object.freeze({ bios: 'undionly.kpxe', efi: 'ipxe.efi', snp: 'snponly.efi' });
+
+/** How long after handing a client iPXE its next DHCP transaction counts as that iPXE's, ms. */
+const CHAIN_MS = 120_000;
+
+/** Options of startPxe(). */
+export interface PxeOptions {
+  mode: 'proxy' | 'full';
+  interface: string;
+  /** The server's base URL as clients reach it, e.g. http://10.77.0.1:8080/. */
+  httpBase: string;
+  dataRoot: string;
+  /** Full mode: "START-END"; default: the interface's subnet from .100 to .199 (or its upper half). */
+  pool?: string;
+  router?: string;
+  dns?: string[];
+  leaseSeconds?: number;
+  /** unknown machines (never seen by the server): boot them (default) or ignore them. */
+  unknown?: 'boot' | 'ignore';
+  isKnown?: (mac: string) => boolean;
+  /** UEFI binary: ipxe.efi (its own drivers, default) or snponly.efi (the firmware's network driver). */
+  efiBinary?: 'ipxe.efi' | 'snponly.efi';
+  ipxeDir?: string;
+  /** Test ports. */
+  dhcpPort?: number;
+  pxePort?: number;
+  tftpPort?: number;
+  clientPort?: number;
+  log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
+}
+
+/** The running PXE services. */
+export interface PxeServices {
+  dhcp: DhcpServer;
+  tftp: TftpServer;
+  serverAddress: string;
+  tftpRoot: string;
+  close(): void;
+}
+
+/** The IPv4 address and netmask of an interface; throws with the interfaces there are. */
+export function interfaceV4(name: string): { address: string; netmask: string } {
+  const all = networkInterfaces();
+  const v4 = (all[name] ?? []).find((a) => a.family === 'IPv4');
+  if (v4 === undefined) throw new ClonecastError(ERR.NOT_FOUND, `interface "${name}" has no IPv4 address (interfaces here: ${Object.keys(all).join(', ')})`);
+  return { address: v4.address, netmask: v4.netmask };
+}
+
+/** The default pool: hosts .100-.199 of a /24 or wider, else the upper half of the subnet. */
+export function defaultPool(address: string, netmask: string): { start: string; end: string } {
+  const mask = ipToInt(netmask);
+  const net = (ipToInt(address) & mask) >>> 0;
+  const size = (~mask >>> 0) + 1;
+  if (size >= 256) return { start: intToIp(net + 100), end: intToIp(net + 199) };
+  return { start: intToIp(net + Math.floor(size / 2)), end: intToIp(net + size - 2) };
+}
+
+/** Parses "START-END". */
+export function parsePool(pool: string): { start: string; end: string } {
+  const m = /^(\d+\.\d+\.\d+\.\d+)-(\d+\.\d+\.\d+\.\d+)$/.exec(pool);
+  if (m === null || ipToInt(m[1]) > ipToInt(m[2])) throw new ClonecastError(ERR.USAGE, `--pool takes START-END, e.g. 10.77.0.100-10.77.0.199; got "${pool}"`);
+  return { start: m[1], end: m[2] };
+}
+
+/** Copies the iPXE binaries into the TFTP root; says what to install if they are missing. */
+export function prepareTftpRoot(root: string, ipxeDir = IPXE_DIR): void {
+  mkdirSync(root, { recursive: true });
+  const missing = Object.values(IPXE_FILES).filter((f) => !existsSync(join(ipxeDir, f)));
+  if (missing.length > 0) {
+    throw new ClonecastError(ERR.NOT_FOUND, `network boot needs the iPXE binaries (${missing.join(', ')} missing in ${ipxeDir}); install them with "apt-get install ipxe" (Debian/Ubuntu), or run serve without --pxe`);
+  }
+  for (const f of Object.values(IPXE_FILES)) {
+    const from = join(ipxeDir, f);
+    const to = join(root, f);
+    if (!existsSync(to) || statSync(to).size !== statSync(from).size || !readFileSync(to).equals(readFileSync(from))) copyFileSync(from, to);
+  }
+}
+
+/** The token a booting machine's agent presents: bound to its MAC, derived from the server's token. */
+export function bootToken(serverToken: string, mac: string): string {
+  return createHmac('sha256', serverToken).update(`boot:${mac.toLowerCase()}`).digest('hex').slice(0, 48);
+}
+
+/** Starts TFTP and DHCP/proxyDHCP on the interface. */
+export async function startPxe(o: PxeOptions): Promise<PxeServices> {
+  const { address, netmask } = interfaceV4(o.interface);
+  const tftpRoot = join(o.dataRoot, 'pxe', 'tftp');
+  prepareTftpRoot(tftpRoot, o.ipxeDir);
+  const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, log: o.log });
+  await tftp.start();
+  const efi = o.efiBinary ?? IPXE_FILES.efi;
+  // Which DHCP transaction of each MAC was handed our iPXE binary, and when.
+  const chained = new Map<string, { xid: number; at: number }>();
+  const boot = (r: BootRequest) => {
+    if ((o.unknown ?? 'boot') === 'ignore' && !(o.isKnown?.(r.mac) ?? false)) return null;
+    // Every client first loads our iPXE over TFTP, even an iPXE in a NIC's ROM (whose version and
+    // features we do not know). Our iPXE then starts a new DHCP transaction (a new xid): that one
+    // gets the boot script's URL, absolute because in proxy mode iPXE's next-server is the router.
+    // An iPXE handed the script never gets iPXE again, which would loop.
+    const now = Date.now();
+    const last = chained.get(r.mac);
+    if (r.ipxe && last !== undefined && last.xid !== r.xid && now - last.at < CHAIN_MS) return { file: new URL(`boot/ipxe?mac=${r.mac}`, o.httpBase).toString() };
+    if (last === undefined || last.xid !== r.xid || now - last.at >= CHAIN_MS) chained.set(r.mac, { xid: r.xid, at: now });
+    if (r.arch === null || r.arch === ARCH.BIOS) return { file: IPXE_FILES.bios };
+    if (r.arch === ARCH.EFI_X64 || r.arch === ARCH.EFI_BC) return { file: efi };
+    o.log?.('warn', `pxe: ${r.mac} has architecture ${r.arch}, for which there is no iPXE binary here; not answering`);
+    return null;
+  };
+  const dhcp = new DhcpServer({
+    mode: o.mode,
+    device: o.interface,
+    serverAddress: address,
+    netmask,
+    pool: o.mode === 'full' ? (o.pool !== undefined ? parsePool(o.pool) : defaultPool(address, netmask)) : undefined,
+    router: o.router,
+    dns: o.dns,
+    leaseSeconds: o.leaseSeconds,
+    leasesPath: join(o.dataRoot, 'pxe', 'leases.json'),
+    boot,
+    port: o.dhcpPort,
+    pxePort: o.pxePort,
+    clientPort: o.clientPort,
+    log: o.log,
+  });
+  try {
+    await dhcp.start();
+  } catch (err) {
+    tftp.close();
+    throw err;
+  }
+  return {
+    dhcp,
+    tftp,
+    serverAddress: address,
+    tftpRoot,
+    close() {
+      dhcp.close();
+      tftp.close();
+    },
+  };
+}
+
+/** What a machine's iPXE script does. */
+export type BootAction = 'agent' | 'local' | 'menu';
+
+/** The iPXE script for one machine. */
+export function ipxeScript(action: BootAction, o: { base: string; mac: string; token: string; kernel: string; initrd: string; cmdline?: string }): string {
+  const agent = [
+    `echo clonecast: starting the agent for ${o.mac}`,
+    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.base} clonecast.token=${o.token} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200'}`,
+    `initrd ${o.base}boot/files/${o.initrd}`,
+    'boot || goto failed',
+  ];
+  const local = ['echo clonecast: no work for this machine; booting from its disk', 'sanboot --no-describe --drive 0x80 || exit'];
+  const failed = [':failed', 'echo clonecast: the boot failed; trying again in 10 s', 'sleep 10', `chain ${o.base}boot/ipxe?mac=${o.mac}`];
+  let body: string[];
+  if (action === 'agent') body = [...agent, 'exit', ...failed];
+  else if (action === 'local') body = [...local];
+  else {
+    body = [
+      'menu clonecast',
+      'item agent  Start the clonecast agent (imaging)',
+      'item local  Boot from the local disk',
+      'choose --timeout 10000 --default local target || goto local',
+      'goto ${target}',
+      ':agent',
+      ...agent,
+      'exit',
+      ':local',
+      ...local,
+      ...failed,
+    ];
+  }
+  return `#!ipxe\n${body.join('\n')}\n`;
+}
