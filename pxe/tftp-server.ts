@@ -14,6 +14,9 @@ import { join, sep } from 'node:path';
 import { decodeTftp, dataHeader, encodeTftp, Opcode, TFTP, TftpError, type TftpPacket } from '../protocol/tftp.js';
 import { native } from '../native/addon.js';
 
+/** Bytes read from the file at a time for one transfer. */
+const READ_AHEAD = 1 << 20;
+
 /** Defaults of TftpServerOptions. */
 export const TFTP_DEFAULTS = Object.freeze({
   /** Retransmission timeout before any client option, ms. */
@@ -209,6 +212,10 @@ class Transfer extends EventEmitter {
   private buf: Buffer = Buffer.alloc(0);
   private awaitingOack = false;
   private sending = false;
+  /** Read-ahead: file bytes [aheadAt, aheadAt + aheadLen). */
+  private ahead: Buffer = Buffer.alloc(0);
+  private aheadAt = 0;
+  private aheadLen = 0;
   /** It ended after the OACK: the client only asked for the size. */
   probe = false;
 
@@ -327,21 +334,14 @@ class Transfer extends EventEmitter {
       const last = Math.min(this.lastBlock, this.acked + this.window);
       const start = (first - 1) * this.blksize;
       const want = Math.max(0, Math.min(this.size - start, (last - first + 1) * this.blksize));
-      // One read for the whole window, into place behind each block's header.
-      const data = Buffer.alloc(want);
-      let got = 0;
-      while (got < want) {
-        const { bytesRead } = await this.file.read(data, got, want - got, start + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
+      const got = await this.fill(start, want);
       if (this.ended) return;
       for (let b = first; b <= last; b++) {
         const off = (b - first) * this.blksize;
         const len = Math.max(0, Math.min(this.blksize, got - off));
         const pkt = this.buf.subarray((b - first) * (4 + this.blksize), (b - first) * (4 + this.blksize) + 4 + len);
         dataHeader(pkt, b);
-        data.copy(pkt, 4, off, off + len);
+        this.ahead.copy(pkt, 4, start - this.aheadAt + off, start - this.aheadAt + off + len);
         this.socket.send(pkt, this.peer.port, this.peer.address);
         this.server.count('bytesSent', len);
         if (b > this.sentUpTo) this.bytes += len;
@@ -353,6 +353,27 @@ class Transfer extends EventEmitter {
     } finally {
       this.sending = false;
     }
+  }
+
+  /**
+   * Makes bytes [start, start+want) available in `ahead`, reading READ_AHEAD
+   * at a time: a lock-step client (one 512-byte block per round trip) must
+   * not wait for a disk read per block. Returns the bytes there are.
+   */
+  private async fill(start: number, want: number): Promise<number> {
+    const end = Math.min(this.size, start + want);
+    if (start >= this.aheadAt && end <= this.aheadAt + this.aheadLen) return end - start;
+    const size = Math.max(want, READ_AHEAD);
+    if (this.ahead.length < size) this.ahead = Buffer.alloc(size);
+    let got = 0;
+    while (got < size && start + got < this.size) {
+      const { bytesRead } = await this.file.read(this.ahead, got, Math.min(size - got, this.size - start - got), start + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    this.aheadAt = start;
+    this.aheadLen = got;
+    return Math.min(got, end - start);
   }
 
   private arm(): void {
