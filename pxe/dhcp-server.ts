@@ -72,6 +72,10 @@ export interface DhcpServerOptions {
   clientPort?: number;
   /** Where broadcasts go (tests: the lab's broadcast address). */
   broadcast?: string;
+  /** The port relay agents listen on (67; tests use another). */
+  relayPort?: number;
+  /** Address to bind without a device (tests on loopback; default 0.0.0.0). */
+  bindAddress?: string;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
 }
 
@@ -123,6 +127,11 @@ export class DhcpServer extends EventEmitter {
     this.pxe?.close();
   }
 
+  /** The ports bound (port 0 in options picks free ones). */
+  ports(): { dhcp: number; pxe: number | undefined } {
+    return { dhcp: this.main!.address().port, pxe: this.pxe?.address().port };
+  }
+
   private bind(port: number): Promise<Socket> {
     const s = createSocket({ type: 'udp4', reuseAddr: true });
     s.on('error', (err) => this.o.log?.('warn', `dhcp: ${err.message}`));
@@ -133,7 +142,7 @@ export class DhcpServer extends EventEmitter {
       };
       // 0.0.0.0 to receive broadcasts; the device binding keeps other interfaces out.
       if (this.o.device !== undefined) s.bind({ fd: native().udpSocket(this.o.device, '0.0.0.0', port) } as never, done);
-      else s.bind(port, '0.0.0.0', done);
+      else s.bind(port, this.o.bindAddress ?? '0.0.0.0', done);
     });
   }
 
@@ -329,7 +338,7 @@ export class DhcpServer extends EventEmitter {
   private send(reply: DhcpPacket, req: DhcpPacket): void {
     const buf = encodeDhcp(reply);
     const clientPort = this.o.clientPort ?? DHCP.CLIENT_PORT;
-    if (req.giaddr !== '0.0.0.0') return void this.main!.send(buf, this.o.port ?? DHCP.SERVER_PORT, req.giaddr);
+    if (req.giaddr !== '0.0.0.0') return void this.main!.send(buf, this.o.relayPort ?? DHCP.SERVER_PORT, req.giaddr);
     const type = reply.options.get(OPT.MESSAGE_TYPE)![0];
     if (req.ciaddr !== '0.0.0.0' && type !== MessageType.NAK) return void this.main!.send(buf, clientPort, req.ciaddr);
     this.main!.send(buf, clientPort, this.o.broadcast ?? '255.255.255.255');

@@ -160,8 +160,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     }
     ctx.boot = {
       dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
-      script: (mac) =>
-        ipxeScript(sessions.wants(mac) ? 'agent' : (cfg.idle ?? 'local'), { base, mac, token: bootToken(token, mac), kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline }),
+      script: (mac) => {
+        const action = sessions.wants(mac) ? 'agent' : (cfg.idle ?? 'local');
+        o.log?.('info', `boot: script for ${mac}: ${action}${action === 'agent' && !sessions.wants(mac) ? ' (--pxe-idle)' : ''}`);
+        return ipxeScript(action, { base, mac, token: bootToken(token, mac), kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
+      },
     };
     o.log?.('info', `pxe: ${cfg.mode === 'proxy' ? 'proxyDHCP (no addresses handed out)' : 'DHCP'} and TFTP on ${o.interface} (${pxe.serverAddress}); boot scripts at ${base}boot/ipxe`);
   }
