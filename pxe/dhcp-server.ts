@@ -135,11 +135,13 @@ export class DhcpServer extends EventEmitter {
   private bind(port: number): Promise<Socket> {
     const s = createSocket({ type: 'udp4', reuseAddr: true });
     s.on('error', (err) => this.o.log?.('warn', `dhcp: ${err.message}`));
-    return new Promise((resolve) => {
+    return new Promise((resolve, reject) => {
       const done = () => {
+        s.off('error', reject);
         s.setBroadcast(true);
         resolve(s);
       };
+      s.once('error', reject);
       // 0.0.0.0 to receive broadcasts; the device binding keeps other interfaces out.
       if (this.o.device !== undefined) s.bind({ fd: native().udpSocket(this.o.device, '0.0.0.0', port) } as never, done);
       else s.bind(port, this.o.bindAddress ?? '0.0.0.0', done);

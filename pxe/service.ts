@@ -101,13 +101,27 @@ export function bootToken(serverToken: string, mac: string): string {
   return createHmac('sha256', serverToken).update(`boot:${mac.toLowerCase()}`).digest('hex').slice(0, 48);
 }
 
+/** Turns a socket error of the PXE services into what to do about it. */
+function explain(err: unknown, what: string, o: PxeOptions): unknown {
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === 'EPERM' || code === 'EACCES') {
+    return new ClonecastError(ERR.REFUSED, `network boot needs root (or CAP_NET_RAW and CAP_NET_BIND_SERVICE) for ${what} on ${o.interface}`, {}, { cause: err });
+  }
+  if (code === 'EADDRINUSE') {
+    return new ClonecastError(ERR.BUSY, `${what} is already served on this host (another DHCP or TFTP server, e.g. dnsmasq?); stop it, or run serve without --pxe`, {}, { cause: err });
+  }
+  return err;
+}
+
 /** Starts TFTP and DHCP/proxyDHCP on the interface. */
 export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const { address, netmask } = interfaceV4(o.interface);
   const tftpRoot = join(o.dataRoot, 'pxe', 'tftp');
   prepareTftpRoot(tftpRoot, o.ipxeDir);
   const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, log: o.log });
-  await tftp.start();
+  await tftp.start().catch((err: unknown) => {
+    throw explain(err, `TFTP (port ${o.tftpPort ?? 69})`, o);
+  });
   const efi = o.efiBinary ?? IPXE_FILES.efi;
   // Which DHCP transaction of each MAC was handed our iPXE binary, and when.
   const chained = new Map<string, { xid: number; at: number }>();
@@ -146,7 +160,7 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     await dhcp.start();
   } catch (err) {
     tftp.close();
-    throw err;
+    throw explain(err, `DHCP (port ${o.dhcpPort ?? 67}${o.mode === 'proxy' ? ` and ${o.pxePort ?? 4011}` : ''})`, o);
   }
   return {
     dhcp,

@@ -1,0 +1,54 @@
+import { describe, expect, it } from 'vitest';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { bootToken, defaultPool, ipxeScript, parsePool, prepareTftpRoot } from '../../pxe/service.js';
+import { cli, itNeeds, tempDir } from '../helpers.js';
+
+describe('network boot wiring', () => {
+  it('says what to install when the iPXE binaries are missing', () => {
+    const dir = tempDir('ipxe');
+    mkdirSync(join(dir, 'empty'));
+    expect(() => prepareTftpRoot(join(dir, 'root'), join(dir, 'empty'))).toThrow(/apt-get install ipxe/);
+  });
+
+  itNeeds(['qemu'], 'copies the iPXE binaries into the TFTP root', () => {
+    const root = join(tempDir('tftproot'), 'root');
+    prepareTftpRoot(root);
+    for (const f of ['undionly.kpxe', 'ipxe.efi', 'snponly.efi']) expect(existsSync(join(root, f))).toBe(true);
+  });
+
+  it('derives the default pool from the interface and parses --pool', () => {
+    expect(defaultPool('10.77.0.1', '255.255.255.0')).toEqual({ start: '10.77.0.100', end: '10.77.0.199' });
+    expect(defaultPool('10.77.3.9', '255.255.0.0')).toEqual({ start: '10.77.0.100', end: '10.77.0.199' });
+    expect(defaultPool('10.77.0.129', '255.255.255.192')).toEqual({ start: '10.77.0.160', end: '10.77.0.190' });
+    expect(parsePool('10.77.0.50-10.77.0.60')).toEqual({ start: '10.77.0.50', end: '10.77.0.60' });
+    expect(() => parsePool('10.77.0.60-10.77.0.50')).toThrow(/START-END/);
+  });
+
+  it('boot tokens are bound to one MAC and are not the server token', () => {
+    const t = 'ab'.repeat(24);
+    expect(bootToken(t, '52:54:00:00:00:01')).toMatch(/^[0-9a-f]{48}$/);
+    expect(bootToken(t, '52:54:00:00:00:01')).not.toBe(bootToken(t, '52:54:00:00:00:02'));
+    expect(bootToken(t, '52:54:00:00:00:01')).not.toBe(t);
+  });
+
+  it('writes iPXE scripts with absolute URLs and the initrd name the UEFI kernel needs', () => {
+    const o = { base: 'http://10.77.0.1:8080/', mac: '52:54:00:00:00:01', token: 'x'.repeat(48), kernel: 'vmlinuz', initrd: 'initrd.img' };
+    const agent = ipxeScript('agent', o);
+    expect(agent).toMatch(/^#!ipxe\n/);
+    expect(agent).toMatch(/kernel http:\/\/10\.77\.0\.1:8080\/boot\/files\/vmlinuz initrd=initrd\.img clonecast\.server=http:\/\/10\.77\.0\.1:8080\/ clonecast\.token=x{48}/);
+    expect(agent).toMatch(/initrd http:\/\/10\.77\.0\.1:8080\/boot\/files\/initrd\.img/);
+    expect(ipxeScript('local', o)).toMatch(/sanboot --no-describe --drive 0x80 \|\| exit/);
+    expect(ipxeScript('menu', o)).toMatch(/choose --timeout 10000 --default local/);
+  });
+
+  it('serve --pxe needs --interface and a known mode', async () => {
+    const data = join(tempDir('pxecli'), 'data');
+    const a = await cli(['serve', '--data', data, '--listen', '127.0.0.1:0', '--pxe', 'full']);
+    expect(a.code).toBe(2);
+    expect(a.stderr).toMatch(/--pxe needs --interface IF/);
+    const b = await cli(['serve', '--data', data, '--listen', '127.0.0.1:0', '--pxe', 'maybe']);
+    expect(b.code).toBe(2);
+    expect(b.stderr).toMatch(/--pxe takes proxy .* or full/);
+  });
+});
