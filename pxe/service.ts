@@ -38,6 +38,8 @@ export interface PxeOptions {
   /** unknown machines (never seen by the server): boot them (default) or ignore them. */
   unknown?: 'boot' | 'ignore';
   isKnown?: (mac: string) => boolean;
+  /** Full mode: fixed addresses by MAC. */
+  statics?: Map<string, string>;
   /** UEFI binary: ipxe.efi (its own drivers, default) or snponly.efi (the firmware's network driver). */
   efiBinary?: 'ipxe.efi' | 'snponly.efi';
   ipxeDir?: string;
@@ -117,6 +119,7 @@ function explain(err: unknown, what: string, o: PxeOptions): unknown {
 export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const { address, netmask } = interfaceV4(o.interface);
   const tftpRoot = join(o.dataRoot, 'pxe', 'tftp');
+  checkOverrides(o.dataRoot);
   prepareTftpRoot(tftpRoot, o.ipxeDir);
   const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, log: o.log });
   await tftp.start().catch((err: unknown) => {
@@ -126,7 +129,9 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   // Which DHCP transaction of each MAC was handed our iPXE binary, and when.
   const chained = new Map<string, { xid: number; at: number }>();
   const boot = (r: BootRequest) => {
-    if ((o.unknown ?? 'boot') === 'ignore' && !(o.isKnown?.(r.mac) ?? false)) return null;
+    const override = machineOverride(o.dataRoot, r.mac);
+    if ((o.unknown ?? 'boot') === 'ignore' && !(o.isKnown?.(r.mac) ?? false) && override === undefined) return null;
+    if (override?.ignore === true) return null;
     // Every client first loads our iPXE over TFTP, even an iPXE in a NIC's ROM (whose version and
     // features we do not know). Our iPXE then starts a new DHCP transaction (a new xid): that one
     // gets the boot script's URL, absolute because in proxy mode iPXE's next-server is the router.
@@ -135,6 +140,7 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     const last = chained.get(r.mac);
     if (r.ipxe && last !== undefined && last.xid !== r.xid && now - last.at < CHAIN_MS) return { file: new URL(`boot/ipxe?mac=${r.mac}`, o.httpBase).toString() };
     if (last === undefined || last.xid !== r.xid || now - last.at >= CHAIN_MS) chained.set(r.mac, { xid: r.xid, at: now });
+    if (override?.file !== undefined) return { file: override.file };
     if (r.arch === null || r.arch === ARCH.BIOS) return { file: IPXE_FILES.bios };
     if (r.arch === ARCH.EFI_X64 || r.arch === ARCH.EFI_BC) return { file: efi };
     o.log?.('warn', `pxe: ${r.mac} has architecture ${r.arch}, for which there is no iPXE binary here; not answering`);
@@ -150,6 +156,7 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     dns: o.dns,
     leaseSeconds: o.leaseSeconds,
     leasesPath: join(o.dataRoot, 'pxe', 'leases.json'),
+    statics: o.statics,
     boot,
     port: o.dhcpPort,
     pxePort: o.pxePort,
@@ -172,6 +179,44 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
       tftp.close();
     },
   };
+}
+
+/** Per-machine settings in DATA/pxe/machines.json: {"MAC": {"file", "action", "ignore"}}. */
+export interface MachineOverride {
+  /** Boot file instead of the one for its architecture (a name in the TFTP root). */
+  file?: string;
+  /** What its script does when it has no work, instead of --pxe-idle. */
+  action?: BootAction;
+  /** Never answer it. */
+  ignore?: boolean;
+}
+
+/** The override for mac, read fresh each time (the file is small and edited by hand). */
+export function machineOverride(dataRoot: string, mac: string): MachineOverride | undefined {
+  const path = join(dataRoot, 'pxe', 'machines.json');
+  if (!existsSync(path)) return undefined;
+  try {
+    const all = JSON.parse(readFileSync(path, 'utf8')) as Record<string, MachineOverride>;
+    return all[mac] ?? all[mac.toUpperCase()] ?? all[mac.replace(/:/g, '-')];
+  } catch {
+    return undefined; // a broken file is reported at start (checkOverrides)
+  }
+}
+
+/** Checks DATA/pxe/machines.json at start; throws with what is wrong. */
+export function checkOverrides(dataRoot: string): void {
+  const path = join(dataRoot, 'pxe', 'machines.json');
+  if (!existsSync(path)) return;
+  let all: unknown;
+  try {
+    all = JSON.parse(readFileSync(path, 'utf8'));
+  } catch (err) {
+    throw new ClonecastError(ERR.USAGE, `${path} is not JSON (${(err as Error).message}); fix it or remove it`);
+  }
+  for (const [mac, v] of Object.entries(all as Record<string, MachineOverride>)) {
+    if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, `${path}: "${mac}" is not a MAC address`);
+    if (v.action !== undefined && !['agent', 'local', 'menu'].includes(v.action)) throw new ClonecastError(ERR.USAGE, `${path}: ${mac}: action must be agent, local or menu`);
+  }
 }
 
 /** What a machine's iPXE script does. */

@@ -16,7 +16,7 @@ import { SessionManager } from './sessions.js';
 import { loadOrCreateToken, tokenMatches } from './token.js';
 import type { Store } from './store/store.js';
 import { join } from 'node:path';
-import { bootToken, ipxeScript, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
+import { bootToken, ipxeScript, machineOverride, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
 
 export { DEFAULT_LISTEN };
 
@@ -161,7 +161,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     ctx.boot = {
       dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
       script: (mac) => {
-        const action = sessions.wants(mac) ? 'agent' : (cfg.idle ?? 'local');
+        const action = sessions.wants(mac) ? 'agent' : (machineOverride(o.store.root, mac)?.action ?? cfg.idle ?? 'local');
         o.log?.('info', `boot: script for ${mac}: ${action}${action === 'agent' && !sessions.wants(mac) ? ' (--pxe-idle)' : ''}`);
         return ipxeScript(action, { base, mac, token: bootToken(token, mac), kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
       },

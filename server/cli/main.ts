@@ -65,6 +65,7 @@ usage:
   clonecast image gc
   clonecast serve [--listen HOST:PORT] [--interface IF] [--max-message BYTES]
                  [--pxe proxy|full [--pool START-END] [--router IP] [--dns IP,...] [--lease-time S]
+                  [--static-lease MAC=IP,...]
                   [--boot-dir DIR] [--pxe-idle local|agent|menu] [--pxe-unknown boot|ignore]
                   [--efi ipxe.efi|snponly.efi]]
   clonecast token
@@ -133,6 +134,7 @@ const OPTIONS = {
   'pxe-unknown': { type: 'string' },
   efi: { type: 'string' },
   'lease-time': { type: 'string' },
+  'static-lease': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -287,6 +289,18 @@ function logLine(level: string, message: string): void {
   process.stderr.write(`${new Date().toISOString()} ${level.padEnd(4)} ${message}\n`);
 }
 
+/** --static-lease MAC=IP,MAC=IP */
+function parseStatics(v: string | undefined): Map<string, string> | undefined {
+  if (v === undefined) return undefined;
+  const out = new Map<string, string>();
+  for (const item of v.split(',').filter((x) => x !== '')) {
+    const m = /^([0-9a-fA-F]{2}(?:[:-][0-9a-fA-F]{2}){5})=(\d+\.\d+\.\d+\.\d+)$/.exec(item.trim());
+    if (m === null) throw usage(`--static-lease takes MAC=IP[,MAC=IP...], e.g. 52:54:00:12:34:56=10.77.0.50; got "${item}"`);
+    out.set(m[1].toLowerCase().replace(/-/g, ':'), m[2]);
+  }
+  return out;
+}
+
 async function serve(values: Values, json: boolean): Promise<number> {
   const store = Store.open(dataDir(values.data));
   const { startServer } = await import('../app.js');
@@ -311,6 +325,7 @@ async function serve(values: Values, json: boolean): Promise<number> {
             router: values.router,
             dns: values.dns?.split(',').filter((d) => d !== ''),
             leaseSeconds: positiveInt(values['lease-time'], '--lease-time'),
+            statics: parseStatics(values['static-lease']),
             bootDir: values['boot-dir'],
             idle,
             unknown,

@@ -74,6 +74,18 @@ describe('TFTP server with atftp and tftp-hpa', () => {
     expect(readFileSync(r.path).equals(files['100mb.bin'])).toBe(true);
   }, 120_000);
 
+  itNeeds(['atftp'], 'serves 4 clients at once, each file intact', async () => {
+    const runs = await Promise.all([0, 1, 2, 3].map(async (i) => {
+      const out = join(dir, `concurrent-${i}`);
+      const r = await run('atftp', ['--option', 'blksize 1468', '--option', 'windowsize 16', '-g', '-r', 'sub/35mb.bin', '-l', out, '127.0.0.1', String(port)], dir);
+      return { code: r.code, out };
+    }));
+    for (const r of runs) {
+      expect(r.code).toBe(0);
+      expect(readFileSync(r.out).equals(files['sub/35mb.bin'])).toBe(true);
+    }
+  }, 120_000);
+
   itNeeds(['atftp'], 'refuses ".." and a symlink out of the root, and write requests', async () => {
     const before = server.counters.refused;
     expect((await get('atftp', '../secret')).out).toMatch(/access violation/);

@@ -118,6 +118,17 @@ describe('DHCP server, full mode', () => {
     expect(await send({ ...d, chaddr: mac(4) })).toEqual([]);
   });
 
+  it('gives a static address to its MAC only', async () => {
+    const { send } = await setup({ statics: new Map([['02:77:00:00:00:01', '127.0.0.50']]) });
+    const d = fixture('udhcpc-discover');
+    const other = (await send({ ...d, chaddr: Buffer.from([2, 0, 0, 0, 0, 9, ...new Array(10).fill(0)]) }))[0];
+    expect(other.yiaddr).toBe('127.0.0.100');
+    const mine = (await send({ ...d, chaddr: Buffer.from([2, 0x77, 0, 0, 0, 1, ...new Array(10).fill(0)]) }))[0];
+    expect(mine.yiaddr).toBe('127.0.0.50');
+    const steal = await send(withOptions(fixture('udhcpc-request'), [[OPT.REQUESTED_IP, ipBytes('127.0.0.50')], [OPT.SERVER_ID, ipBytes('127.0.0.1')]], { chaddr: Buffer.from([2, 0, 0, 0, 0, 9, ...new Array(10).fill(0)]) }));
+    expect(messageType(steal[0])).toBe(MessageType.NAK);
+  });
+
   it('answers INFORM with configuration only, to the client\'s address', async () => {
     const { send } = await setup({ router: '127.0.0.254' });
     const [ack] = await send(withOptions(fixture('dhclient-request'), [type(MessageType.INFORM), [OPT.REQUESTED_IP, null], [OPT.SERVER_ID, null]], { ciaddr: '127.0.0.1' }));

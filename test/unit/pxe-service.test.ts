@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootToken, defaultPool, ipxeScript, parsePool, prepareTftpRoot } from '../../pxe/service.js';
+import { bootToken, checkOverrides, defaultPool, ipxeScript, machineOverride, parsePool, prepareTftpRoot } from '../../pxe/service.js';
 import { cli, itNeeds, tempDir } from '../helpers.js';
 
 describe('network boot wiring', () => {
@@ -40,6 +40,20 @@ describe('network boot wiring', () => {
     expect(agent).toMatch(/initrd http:\/\/10\.77\.0\.1:8080\/boot\/files\/initrd\.img/);
     expect(ipxeScript('local', o)).toMatch(/sanboot --no-describe --drive 0x80 \|\| exit/);
     expect(ipxeScript('menu', o)).toMatch(/choose --timeout 10000 --default local/);
+  });
+
+  it('reads per-machine overrides from DATA/pxe/machines.json and refuses a broken one', () => {
+    const data = tempDir('ovr');
+    mkdirSync(join(data, 'pxe'));
+    expect(machineOverride(data, '52:54:00:00:00:01')).toBeUndefined();
+    writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify({ '52:54:00:00:00:01': { file: 'snponly.efi', action: 'menu' }, '52-54-00-00-00-02': { ignore: true } }));
+    checkOverrides(data);
+    expect(machineOverride(data, '52:54:00:00:00:01')).toEqual({ file: 'snponly.efi', action: 'menu' });
+    expect(machineOverride(data, '52:54:00:00:00:02')).toEqual({ ignore: true });
+    writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify({ 'pc-1': {} }));
+    expect(() => checkOverrides(data)).toThrow(/"pc-1" is not a MAC address/);
+    writeFileSync(join(data, 'pxe', 'machines.json'), '{');
+    expect(() => checkOverrides(data)).toThrow(/is not JSON/);
   });
 
   it('serve --pxe needs --interface and a known mode', async () => {
