@@ -37,6 +37,8 @@ describe('network boot services with real clients', () => {
   });
   afterAll(() => {
     fleet?.down();
+    // dhclient -1 goes to the background once bound; it must not outlive its namespace.
+    spawnSync('sh', ['-c', `[ -f ${join(dir, 'dhclient.pid')} ] && kill $(cat ${join(dir, 'dhclient.pid')}) 2>/dev/null`]);
     if (bootTimes.length > 0) console.log(`PXE boot times (power-on to marker):\n  ${bootTimes.join('\n  ')}`);
   });
 
