@@ -41,6 +41,8 @@ export interface AgentOptions {
   verify?: boolean;
   /** Really reboot or power off when told; without it the agent only says it would. */
   allowPower?: boolean;
+  /** Leave reboot/poweroff to the caller (the boot environment's init): see afterAction. */
+  powerExit?: boolean;
   /** Emulated disk write limit, bytes/s (tests and demos). */
   writeLimit?: number;
   version: string;
@@ -71,6 +73,8 @@ export class Agent extends EventEmitter {
   private stopped = false;
   private fatal: ClonecastError | undefined;
   private outcome: Result | undefined;
+  /** What the last finished session asked for afterwards. */
+  afterAction: After = After.AFTER_WAIT;
   private progressTimer: NodeJS.Timeout | undefined;
   private progressMs = 1000;
   private localAddress: string | undefined;
@@ -252,7 +256,7 @@ export class Agent extends EventEmitter {
 
   private async fetchManifest(a: Assign) {
     const url = new URL(a.manifestPath!, this.o.server);
-    const res = await fetch(url, { headers: { authorization: `Bearer ${this.o.token}` } }).catch((err: Error) => {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${this.o.token}`, 'x-clonecast-machine': this.machineId } }).catch((err: Error) => {
       throw new ClonecastError(ERR.UNREACHABLE, `cannot fetch the manifest from ${url}: ${err.message}`);
     });
     if (!res.ok) throw new ClonecastError(ERR.UNREACHABLE, `the server answered ${res.status} for ${url}`);
@@ -310,7 +314,8 @@ export class Agent extends EventEmitter {
   }
 
   private async after(result: Result, what: After): Promise<void> {
-    if (result.state === MachineState.STATE_DONE && (what === After.AFTER_REBOOT || what === After.AFTER_POWEROFF)) {
+    this.afterAction = what;
+    if (result.state === MachineState.STATE_DONE && (what === After.AFTER_REBOOT || what === After.AFTER_POWEROFF) && !this.o.powerExit) {
       const cmd = what === After.AFTER_REBOOT ? 'reboot' : 'poweroff';
       if (this.o.allowPower) {
         this.o.log?.('info', `${cmd} as the session asks`);

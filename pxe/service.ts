@@ -226,7 +226,7 @@ export type BootAction = 'agent' | 'local' | 'menu';
 export function ipxeScript(action: BootAction, o: { base: string; mac: string; token: string; kernel: string; initrd: string; cmdline?: string }): string {
   const agent = [
     `echo clonecast: starting the agent for ${o.mac}`,
-    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.base} clonecast.token=${o.token} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200'}`,
+    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.base} clonecast.token=${o.token} clonecast.mac=${o.mac} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200 quiet'}`,
     `initrd ${o.base}boot/files/${o.initrd}`,
     'boot || goto failed',
   ];

@@ -18,7 +18,7 @@ import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
 import type { Store } from './store/store.js';
 import type { AgentChannel } from './control.js';
-import type { PxeServices } from '../pxe/service.js';
+import { bootToken, type PxeServices } from '../pxe/service.js';
 
 /** Largest request body accepted, bytes. */
 export const MAX_BODY = 64 * 1024;
@@ -127,7 +127,10 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     if (path === '/healthz') return send(res, 200, { ok: true });
     if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, res);
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
-    if (!tokenMatches(bearer(req), c.token)) {
+    // A network-booted agent holds only its own boot token (pxe/service.ts): enough for its session's manifest.
+    const machine = String(req.headers['x-clonecast-machine'] ?? '').toLowerCase();
+    const bootAgent = c.boot !== undefined && /^\/api\/sessions\/\d+\/manifest$/.test(path) && machine !== '' && tokenMatches(bearer(req), bootToken(c.token, machine));
+    if (!bootAgent && !tokenMatches(bearer(req), c.token)) {
       throw new ClonecastError(ERR.UNAUTHORIZED, 'this needs the server\'s token: send "Authorization: Bearer TOKEN" ("clonecast token" prints it)');
     }
     if (path === '/metrics' && method === 'GET') {

@@ -30,6 +30,9 @@ export const EXIT = Object.freeze({
   TOO_SMALL: 7,
   IO: 8,
   NEWER_FORMAT: 9,
+  /** agent --once --power-exit: done, and the session asks for a reboot / a power-off. */
+  AFTER_REBOOT: 10,
+  AFTER_POWEROFF: 11,
   INTERRUPTED: 130,
 });
 
@@ -69,11 +72,12 @@ usage:
                   [--boot-dir DIR] [--pxe-idle local|agent|menu] [--pxe-unknown boot|ignore]
                   [--efi ipxe.efi|snponly.efi]]
   clonecast token
+  clonecast bootenv build [--out DIR] [--kernel-deb FILE]
   clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
                  [--drop-after S] [--token T]
   clonecast agent [--server URL] [--disk PATH|auto] [--token T] [--once] [--no-verify]
-                 [--allow-power] [--machine-id MAC]
+                 [--allow-power] [--power-exit] [--machine-id MAC]
   clonecast machines [--server URL] [--token T]
   clonecast sessions [start|cancel ID] [--server URL] [--token T]
   clonecast send NAME[@V] (--interface IF | --address IP) [--clients N [--wait S]] [--rate MBIT]
@@ -135,6 +139,9 @@ const OPTIONS = {
   efi: { type: 'string' },
   'lease-time': { type: 'string' },
   'static-lease': { type: 'string' },
+  'power-exit': { type: 'boolean' },
+  out: { type: 'string' },
+  'kernel-deb': { type: 'string' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -184,6 +191,20 @@ async function run(argv: string[]): Promise<number> {
   }
   if (command === 'deploy' || command === 'machines' || command === 'sessions') return adminCommand(command, sub, rest, values, json);
   if (command === 'agent') return agentCommand(values, json);
+  if (command === 'bootenv') {
+    if (sub !== 'build') throw usage('"clonecast bootenv" takes build');
+    const { buildBootEnv } = await import('../../pxe/bootenv.js');
+    const { join } = await import('node:path');
+    const outDir = values.out ?? join(Store.open(dataDir(values.data)).root, 'pxe', 'boot');
+    if (!json) console.error(`building the network-boot environment in ${outDir}`);
+    const env = buildBootEnv({ out: outDir, kernelDeb: values['kernel-deb'], log: (m) => !json && console.error(`  ${m}`) });
+    const mib = (n: number) => `${(n / 1048576).toFixed(1)} MiB`;
+    out(() => console.log(`boot environment built in ${env.seconds.toFixed(1)} s
+  kernel      ${env.kernel} (${env.kernelVersion}, ${mib(env.kernelBytes)})
+  initramfs   ${env.initrd} (${mib(env.initrdBytes)}: busybox, node ${process.version}, the agent, ${env.modules.length} kernel modules)
+  serve it:   clonecast serve --interface IF --pxe proxy|full${values.out !== undefined ? ` --boot-dir ${outDir}` : ''}`), env);
+    return EXIT.OK;
+  }
   if (command === 'send') {
     if (sub === undefined || rest.length > 0) throw usage('"clonecast send" takes NAME[@V]');
     const { send } = await transfer();
@@ -423,6 +444,7 @@ async function agentCommand(values: Values, json: boolean): Promise<number> {
     once: values.once === true,
     verify: values['no-verify'] === true ? false : undefined,
     allowPower: values['allow-power'] === true,
+    powerExit: values['power-exit'] === true,
     writeLimit: positiveInt(values['write-limit'], '--write-limit'),
     version: version(),
     log: logLine,
@@ -432,10 +454,14 @@ async function agentCommand(values: Values, json: boolean): Promise<number> {
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   const result = await agent.run();
-  const { MachineState } = await import('../../protocol/control.js');
+  const { MachineState, After } = await import('../../protocol/control.js');
   if (json) emitJson(result === undefined ? null : { ...result, diskDigest: Buffer.from(result.diskDigest ?? []).toString('hex'), state: MachineState[result.state ?? 0] });
   if (values.once !== true) return EXIT.OK;
-  return result?.state === MachineState.STATE_DONE ? EXIT.OK : EXIT.FAILURE;
+  if (result?.state !== MachineState.STATE_DONE) return EXIT.FAILURE;
+  // --power-exit: the caller (the boot environment's init) reboots or powers off.
+  if (values['power-exit'] === true && agent.afterAction === After.AFTER_REBOOT) return EXIT.AFTER_REBOOT;
+  if (values['power-exit'] === true && agent.afterAction === After.AFTER_POWEROFF) return EXIT.AFTER_POWEROFF;
+  return EXIT.OK;
 }
 
 /** Runs the CLI with argv and exits with the right code. */

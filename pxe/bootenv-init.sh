@@ -1,0 +1,63 @@
+#!/bin/busybox sh
+# /init of clonecast's network-boot environment (pxe/bootenv.ts builds it).
+# Kernel command line: clonecast.server=URL clonecast.token=T clonecast.mac=MAC
+# (the iPXE script of `clonecast serve --pxe` writes them).
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs run /run
+mount -t tmpfs tmp /tmp
+
+say() { echo "clonecast-boot: $*" > /dev/console; }
+fail_wait() { say "$*"; say "retrying in 10 s (the server's dashboard shows this machine once it connects)"; sleep 10; }
+
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    clonecast.server=*) SERVER="${arg#clonecast.server=}" ;;
+    clonecast.token=*) TOKEN="${arg#clonecast.token=}" ;;
+    clonecast.mac=*) MAC="${arg#clonecast.mac=}" ;;
+    clonecast.shell=1) SHELL_ON_FAIL=1 ;;
+  esac
+done
+say "$(cat /etc/clonecast-bootenv | tr '\n' ' ')"
+[ -n "$SERVER" ] && [ -n "$TOKEN" ] || { say "no clonecast.server= or clonecast.token= on the kernel command line; boot this through clonecast serve --pxe"; exec sh; }
+
+for m in $(cat /lib/modules/load-order); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
+
+# The interface the machine booted from (its MAC), else the first Ethernet one.
+IFACE=""
+i=0
+while [ -z "$IFACE" ] && [ $i -lt 50 ]; do
+  for d in /sys/class/net/*; do
+    n="${d##*/}"
+    [ "$n" = lo ] && continue
+    if [ -z "$MAC" ] || [ "$(cat "$d/address")" = "$MAC" ]; then IFACE="$n"; break; fi
+  done
+  [ -z "$IFACE" ] && { sleep 0.2; i=$((i + 1)); }
+done
+[ -n "$IFACE" ] || { say "no network card found (MAC ${MAC:-any}); this kernel may lack its driver"; exec sh; }
+[ -n "$MAC" ] || MAC="$(cat /sys/class/net/$IFACE/address)"
+hostname "pc-$(echo "$MAC" | tr -d : | cut -c7-12)"
+ip link set lo up
+ip link set "$IFACE" up
+
+until udhcpc -i "$IFACE" -t 5 -T 2 -n -q -s /etc/udhcpc.script > /dev/null 2>&1; do
+  fail_wait "no DHCP answer on $IFACE ($MAC)"
+done
+say "network up on $IFACE: $(cat /run/clonecast-ip) ($MAC); server $SERVER"
+
+while true; do
+  node /opt/clonecast/bin/clonecast agent --server "$SERVER" --token "$TOKEN" --machine-id "$MAC" \
+    --disk auto --once --power-exit --data /tmp/clonecast
+  code=$?
+  case $code in
+    0) say "done and verified; waiting for more work" ;;
+    10) say "done and verified; rebooting"; sync; reboot -f ;;
+    11) say "done and verified; powering off"; sync; poweroff -f ;;
+    *)
+      [ -n "$SHELL_ON_FAIL" ] && { say "the agent failed (exit $code); a shell for you (clonecast.shell=1)"; sh; }
+      fail_wait "the agent failed (exit $code)" ;;
+  esac
+done

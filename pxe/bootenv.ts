@@ -1,0 +1,214 @@
+/**
+ * `clonecast bootenv build`: what PXE hands a machine. The kernel comes from
+ * Debian's kernel package (unpacked with dpkg-deb, never installed here);
+ * the initramfs holds busybox (busybox-static), this Node and the shared
+ * libraries it links, the agent (compiled code, the native addon, liblz4 and
+ * the production npm packages), the kernel modules for common disks and
+ * network cards with their dependencies, and an init (bootenv-init.sh) that
+ * brings up the network, starts the agent with the server URL and token
+ * from the kernel command line, and reboots or powers off as the session
+ * says. Everything comes from Debian and npm packages.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join, relative } from 'node:path';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { projectRoot } from '../native/addon.js';
+
+/** Kernel modules a lab PC or a VM needs for its disk and network card (their dependencies are added). */
+export const MODULES = Object.freeze([
+  // network cards: qemu's and common lab PCs'
+  'e1000', 'e1000e', 'igb', 'igc', 'r8169', 'tg3', 'bnx2', 'virtio_net', 'virtio_pci',
+  // disks: SATA/AHCI, legacy IDE, NVMe, virtio, SCSI disks
+  'ahci', 'ata_piix', 'nvme', 'virtio_blk', 'virtio_scsi', 'sd_mod',
+]);
+
+/** Where a kernel package is looked for before one is downloaded. */
+export const KERNEL_CACHE = '/var/cache/clonecast-test';
+
+/** What a build made. */
+export interface BootEnv {
+  kernel: string;
+  initrd: string;
+  kernelVersion: string;
+  kernelBytes: number;
+  initrdBytes: number;
+  modules: string[];
+  seconds: number;
+}
+
+/** Options of buildBootEnv(). */
+export interface BootEnvOptions {
+  out: string;
+  /** A linux-image-*.deb; default: the cache, else apt-get download. */
+  kernelDeb?: string;
+  log?: (message: string) => void;
+}
+
+function run(cmd: string, args: string[], cwd?: string): string {
+  const r = spawnSync(cmd, args, { cwd, encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (r.error !== undefined || r.status !== 0) {
+    throw new ClonecastError(ERR.NOT_FOUND, `${cmd} ${args.join(' ')} failed: ${r.error?.message ?? r.stderr.trim()}`);
+  }
+  return r.stdout;
+}
+
+/** The kernel package to use: given, cached, or downloaded with apt-get into cacheDir. */
+export function kernelPackage(given: string | undefined, cacheDir: string, log?: (m: string) => void): string {
+  if (given !== undefined) return given;
+  for (const dir of [cacheDir, KERNEL_CACHE]) {
+    if (!existsSync(dir)) continue;
+    const deb = readdirSync(dir).find((f) => /^linux-image-\d.*-amd64_.*\.deb$/.test(f));
+    if (deb !== undefined) return join(dir, deb);
+  }
+  const dep = /Depends: (linux-image-\d\S*)/.exec(run('apt-cache', ['depends', 'linux-image-amd64']))?.[1];
+  if (dep === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'apt-cache knows no linux-image-amd64; run apt-get update, or pass --kernel-deb FILE');
+  mkdirSync(cacheDir, { recursive: true });
+  log?.(`downloading ${dep} (apt-get download; it is not installed)`);
+  run('apt-get', ['download', '-qq', dep], cacheDir);
+  return kernelPackage(undefined, cacheDir);
+}
+
+/** A module's dependencies, from the depends= field of its .modinfo section. */
+function moduleDepends(file: string): string[] {
+  const m = /depends=([^\0]*)\0/.exec(readFileSync(file, 'latin1'));
+  return m === null || m[1] === '' ? [] : m[1].split(',');
+}
+
+/** Index of module name → path under lib/modules/VER/kernel. */
+function moduleIndex(root: string): Map<string, string> {
+  const index = new Map<string, string>();
+  const walk = (dir: string) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = join(dir, e.name);
+      if (e.isDirectory()) walk(p);
+      else if (e.name.endsWith('.ko')) index.set(e.name.slice(0, -3).replace(/-/g, '_'), p);
+    }
+  };
+  walk(root);
+  return index;
+}
+
+/** The modules to load, dependencies first. */
+function loadOrder(index: Map<string, string>, wanted: readonly string[]): string[] {
+  const order: string[] = [];
+  const seen = new Set<string>();
+  const visit = (name: string) => {
+    const key = name.replace(/-/g, '_');
+    if (seen.has(key)) return;
+    seen.add(key);
+    const file = index.get(key);
+    if (file === undefined) return; // built into the kernel
+    for (const d of moduleDepends(file)) visit(d);
+    order.push(key);
+  };
+  for (const m of wanted) visit(m);
+  return order;
+}
+
+/** Shared libraries a binary links (ldd), with the loader. */
+function sharedLibraries(binary: string): string[] {
+  const out = run('ldd', [binary]);
+  const libs = new Set<string>();
+  for (const line of out.split('\n')) {
+    const m = /=>\s*(\/\S+)/.exec(line) ?? /^\s*(\/\S+)\s+\(/.exec(line);
+    if (m !== null) libs.add(m[1]);
+  }
+  return [...libs];
+}
+
+function copyInto(root: string, file: string): void {
+  const to = join(root, file);
+  mkdirSync(dirname(to), { recursive: true });
+  copyFileSync(file, to);
+  chmodSync(to, statSync(file).mode & 0o777);
+}
+
+/** Builds vmlinuz and initrd.img into o.out. */
+export function buildBootEnv(o: BootEnvOptions): BootEnv {
+  const started = performance.now();
+  const project = projectRoot();
+  for (const [file, pkg] of [['/bin/busybox', 'busybox-static'], ['/usr/bin/cpio', 'cpio'], ['/usr/bin/dpkg-deb', 'dpkg']] as const) {
+    if (!existsSync(file)) throw new ClonecastError(ERR.NOT_FOUND, `bootenv build needs ${file}: apt-get install ${pkg}`);
+  }
+  if (spawnSync('/bin/busybox', ['udhcpc', '--help']).status === 127) throw new ClonecastError(ERR.NOT_FOUND, '/bin/busybox has no udhcpc: apt-get install busybox-static');
+  const addon = join(project, 'native', 'build', 'Release', 'clonecast_native.node');
+  if (!existsSync(addon) || !existsSync(join(project, 'dist', 'server', 'cli', 'main.js'))) throw new ClonecastError(ERR.NOT_FOUND, 'build clonecast first (npm ci)');
+  mkdirSync(o.out, { recursive: true });
+  const work = join(o.out, `.build-${process.pid}`);
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  try {
+    const deb = kernelPackage(o.kernelDeb, join(o.out, 'cache'), o.log);
+    o.log?.(`kernel from ${basename(deb)}`);
+    const x = join(work, 'deb');
+    run('dpkg-deb', ['-x', deb, x]);
+    const version = readdirSync(join(x, 'lib', 'modules'))[0];
+    const vmlinuz = readdirSync(join(x, 'boot')).find((f) => f.startsWith('vmlinuz-'))!;
+
+    const root = join(work, 'root');
+    for (const d of ['bin', 'sbin', 'usr/bin', 'proc', 'sys', 'dev', 'run', 'tmp', 'etc', 'lib/modules', 'opt']) mkdirSync(join(root, d), { recursive: true });
+    copyInto(root, '/bin/busybox');
+    // Node and what it links, at the same paths so the loader finds them.
+    const node = process.execPath;
+    copyFileSync(node, join(root, 'usr/bin/node'));
+    chmodSync(join(root, 'usr/bin/node'), 0o755);
+    for (const lib of sharedLibraries(node)) copyInto(root, lib);
+    // liblz4 is loaded by the addon with dlopen (ldd cannot see it).
+    const lz4 = ['/lib/x86_64-linux-gnu/liblz4.so.1', '/usr/lib/x86_64-linux-gnu/liblz4.so.1'].find((p) => existsSync(p));
+    if (lz4 !== undefined) copyInto(root, lz4);
+    // The agent: compiled code, addon, production packages.
+    const app = join(root, 'opt', 'clonecast');
+    mkdirSync(app, { recursive: true });
+    for (const f of ['package.json', 'bin', 'dist']) cpSync(join(project, f), join(app, f), { recursive: true, filter: (src) => !src.endsWith('.map') && !src.includes(`${join('dist', 'test')}`) });
+    mkdirSync(join(app, 'native', 'build', 'Release'), { recursive: true });
+    copyFileSync(join(project, 'native', 'binding.gyp'), join(app, 'native', 'binding.gyp'));
+    copyFileSync(addon, join(app, 'native', 'build', 'Release', 'clonecast_native.node'));
+    const prod = run('npm', ['ls', '--omit=dev', '--all', '--parseable'], project).split('\n').filter((p) => p.includes('node_modules'));
+    for (const p of prod) cpSync(p, join(app, relative(project, p)), { recursive: true, dereference: true });
+    // Kernel modules, dependencies first.
+    const index = moduleIndex(join(x, 'lib', 'modules', version, 'kernel'));
+    const order = loadOrder(index, MODULES);
+    for (const m of order) copyFileSync(index.get(m)!, join(root, 'lib', 'modules', `${m}.ko`));
+    writeFileSync(join(root, 'lib', 'modules', 'load-order'), `${order.join('\n')}\n`);
+    // init and the DHCP client's script.
+    const init = readFileSync(join(project, 'pxe', 'bootenv-init.sh'), 'utf8');
+    writeFileSync(join(root, 'init'), init);
+    chmodSync(join(root, 'init'), 0o755);
+    writeFileSync(join(root, 'etc', 'udhcpc.script'), UDHCPC_SCRIPT);
+    chmodSync(join(root, 'etc', 'udhcpc.script'), 0o755);
+    writeFileSync(join(root, 'etc', 'clonecast-bootenv'), `kernel ${version}\nnode ${process.version}\nbuilt ${new Date().toISOString()}\n`);
+
+    const kernel = join(o.out, 'vmlinuz');
+    const initrd = join(o.out, 'initrd.img');
+    copyFileSync(join(x, 'boot', vmlinuz), kernel);
+    // newc cpio, gzip: what every kernel unpacks; sorted names so that the same inputs give the same archive.
+    execFileSync('sh', ['-c', `cd '${root}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | gzip -6 -n > '${initrd}.tmp'`]);
+    execFileSync('mv', [`${initrd}.tmp`, initrd]);
+    return {
+      kernel,
+      initrd,
+      kernelVersion: version,
+      kernelBytes: statSync(kernel).size,
+      initrdBytes: statSync(initrd).size,
+      modules: order,
+      seconds: (performance.now() - started) / 1000,
+    };
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+/** busybox udhcpc's event script: configure the address, the route, and the multicast route. */
+const UDHCPC_SCRIPT = `#!/bin/sh
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/\${mask:-24}" dev "$interface"
+    [ -n "$router" ] && ip route add default via "\${router%% *}" dev "$interface" 2>/dev/null
+    ip route add 239.0.0.0/8 dev "$interface" 2>/dev/null
+    echo "$ip" > /run/clonecast-ip ;;
+esac
+exit 0
+`;
