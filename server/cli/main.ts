@@ -73,6 +73,8 @@ usage:
                   [--efi ipxe.efi|snponly.efi]]
   clonecast token
   clonecast bootenv build [--out DIR] [--kernel-deb FILE]
+  clonecast lab up --clients N [--loss PCT] [--rate MBIT] [--delay MS] [--vms] [--port P]
+  clonecast lab status | lab down | lab demo
   clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
                  [--drop-after S] [--token T]
@@ -142,6 +144,9 @@ const OPTIONS = {
   'power-exit': { type: 'boolean' },
   out: { type: 'string' },
   'kernel-deb': { type: 'string' },
+  loss: { type: 'string' },
+  delay: { type: 'string' },
+  vms: { type: 'boolean' },
 } satisfies ParseArgsConfig['options'];
 
 type Values = { [K in keyof typeof OPTIONS]?: (typeof OPTIONS)[K]['type'] extends 'boolean' ? boolean : string };
@@ -191,6 +196,7 @@ async function run(argv: string[]): Promise<number> {
   }
   if (command === 'deploy' || command === 'machines' || command === 'sessions') return adminCommand(command, sub, rest, values, json);
   if (command === 'agent') return agentCommand(values, json);
+  if (command === 'lab') return labCommand(sub, rest, values, json);
   if (command === 'bootenv') {
     if (sub !== 'build') throw usage('"clonecast bootenv" takes build');
     const { buildBootEnv } = await import('../../pxe/bootenv.js');
@@ -462,6 +468,77 @@ async function agentCommand(values: Values, json: boolean): Promise<number> {
   if (values['power-exit'] === true && agent.afterAction === After.AFTER_REBOOT) return EXIT.AFTER_REBOOT;
   if (values['power-exit'] === true && agent.afterAction === After.AFTER_POWEROFF) return EXIT.AFTER_POWEROFF;
   return EXIT.OK;
+}
+
+async function labCommand(sub: string | undefined, rest: string[], values: Values, json: boolean): Promise<number> {
+  const lab = await import('../lab/cli.js');
+  const cli = join(projectRoot(), 'bin', 'clonecast');
+  const num = (v: string | undefined, flag: string) => {
+    if (v === undefined) return undefined;
+    const n = Number(v);
+    if (!(n >= 0) || !Number.isFinite(n)) throw usage(`${flag} takes a number, got "${v}"`);
+    return n;
+  };
+  switch (sub) {
+    case 'up': {
+      const port = positiveInt(values.port, '--port');
+      const state = await lab.labUp({
+        clients: positiveInt(values.clients, '--clients') ?? 4,
+        lossPct: num(values.loss, '--loss'),
+        rateMbit: positiveInt(values.rate, '--rate'),
+        delayMs: num(values.delay, '--delay'),
+        vms: values.vms === true,
+        data: values.data,
+        port,
+        cli,
+      });
+      if (json) emitJson(state);
+      else {
+        console.log(`lab up: server 10.77.0.1 in namespace cclabs, ${state.clients} ${state.vms ? 'VMs network-booting from it' : 'agents on loop devices'} (${state.machines.map((m) => `${m.name} ${m.disk}`).join(', ')})
+  dashboard:  ${state.dashboard}
+  image store: ${state.data}   (import into it with: clonecast image import SRC NAME --data ${state.data})
+  deploy:     ip netns exec cclabs ${cli} deploy NAME --server ${state.serverUrl} --token ${state.token} --clients ${state.clients}
+  logs:       ${lab.LAB_DIR}/*.log
+  status:     clonecast lab status;  remove it all: clonecast lab down`);
+      }
+      return EXIT.OK;
+    }
+    case 'status': {
+      const st = await lab.labStatus(positiveInt(values.port, '--port'));
+      if (json) emitJson(st);
+      else if (st.state === undefined) console.log('no lab is up ("clonecast lab up --clients N")');
+      else {
+        console.log(`lab since ${st.state.createdAt}: ${st.namespaces.length}/${st.state.namespaces.length} namespaces, ${st.alive.length}/${st.state.pids.length} processes running`);
+        console.log(`  dashboard: ${st.state.dashboard}`);
+        if (st.machines === null) console.log('  the server does not answer through the forwarder');
+        else for (const m of st.machines as { id: string; address: string; online: boolean; state: string; lastImage: { name: string; version: number } | null }[]) {
+          console.log(`  ${m.id}  ${m.address.padEnd(12)} ${(m.online ? m.state : 'offline').padEnd(10)} ${m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : '-'}`);
+        }
+      }
+      return EXIT.OK;
+    }
+    case 'down': {
+      const r = lab.labDown();
+      out_lab(json, r, r.removed ? `lab removed: ${r.namespaces.join(', ')}, its processes, loop devices and disks` : 'no lab was up');
+      return EXIT.OK;
+    }
+    case 'demo': {
+      const { labDemo } = await import('../lab/demo.js');
+      return (await labDemo(cli, (l) => console.log(l))) ? EXIT.OK : EXIT.FAILURE;
+    }
+    case 'forward': {
+      lab.forward(positiveInt(rest[0], 'lab forward PORT') ?? 8080);
+      await new Promise(() => {});
+      return EXIT.OK;
+    }
+    default:
+      throw usage('"clonecast lab" takes up, status, down or demo');
+  }
+}
+
+function out_lab(json: boolean, data: unknown, text: string): void {
+  if (json) emitJson(data);
+  else console.log(text);
 }
 
 /** Runs the CLI with argv and exits with the right code. */

@@ -63,8 +63,8 @@ export class Lab {
   }
 
   /** Builds a lab; on any failure removes what it made and throws. */
-  static up(options: LabOptions): Lab {
-    const lab = new Lab(randomBytes(3).toString('hex'));
+  static up(options: LabOptions & { tag?: string }): Lab {
+    const lab = new Lab(options.tag ?? randomBytes(3).toString('hex'));
     try {
       lab.build(options);
     } catch (err) {
@@ -190,6 +190,16 @@ export class Lab {
   /** Runs a command inside a namespace and returns its stdout. */
   execIn(ns: string, cmd: string, args: string[]): string {
     return run('ip', ['netns', 'exec', ns, cmd, ...args]);
+  }
+
+  /** Process ids of what it spawned and is still running. */
+  childPids(): number[] {
+    return this.children.filter((c) => c.exitCode === null && c.pid !== undefined).map((c) => c.pid!);
+  }
+
+  /** The namespaces made so far (for a caller that must delete them later by name). */
+  get namespaceNames(): string[] {
+    return [...this.namespaces];
   }
 
   /** Kills what it spawned and deletes every namespace it made (their links go with them). */
