@@ -298,6 +298,7 @@ export class Agent extends EventEmitter {
       seconds,
       bytesWritten: r?.bytesWritten ?? 0,
       device: a.device ?? '',
+      skipped: r?.skipped ?? 0,
     };
   }
 

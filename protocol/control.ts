@@ -240,6 +240,7 @@ function checkResult(r: Result): Result {
     seconds,
     bytesWritten: size(r.bytesWritten, 'bytes written'),
     device: str(r.device, 'device'),
+    skipped: num(r.skipped),
   };
 }
 

@@ -349,6 +349,7 @@ export class SessionManager extends EventEmitter {
       chunksBad: r.chunksBad ?? 0,
       seconds: r.seconds ?? 0,
       bytesWritten: Math.max(m.bytesWritten, r.bytesWritten ?? 0),
+      skipped: Math.max(m.skipped, r.skipped ?? 0),
       chunksDone: state === 'done' ? m.chunksTotal : m.chunksDone,
     });
     this.checkEnd(s);

@@ -74,7 +74,7 @@ usage:
   clonecast token
   clonecast bootenv build [--out DIR] [--kernel-deb FILE]
   clonecast lab up --clients N [--loss PCT] [--rate MBIT] [--delay MS] [--vms] [--port P]
-  clonecast lab status | lab down | lab demo
+  clonecast lab status | lab down | lab demo [--port P]
   clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
                  [--drop-after S] [--token T]
@@ -524,7 +524,7 @@ async function labCommand(sub: string | undefined, rest: string[], values: Value
     }
     case 'demo': {
       const { labDemo } = await import('../lab/demo.js');
-      return (await labDemo(cli, (l) => console.log(l))) ? EXIT.OK : EXIT.FAILURE;
+      return (await labDemo(cli, (l) => console.log(l), positiveInt(values.port, '--port'))) ? EXIT.OK : EXIT.FAILURE;
     }
     case 'forward': {
       lab.forward(positiveInt(rest[0], 'lab forward PORT') ?? 8080);

@@ -14,7 +14,7 @@ import { LAB_DIR, labDown, labUp } from './cli.js';
 const MiB = 1 << 20;
 
 /** Runs the demo; resolves with true if every disk came out identical and verified. */
-export async function labDemo(cli: string, out: (line: string) => void): Promise<boolean> {
+export async function labDemo(cli: string, out: (line: string) => void, port?: number): Promise<boolean> {
   const dir = join(LAB_DIR, 'demo');
   rmSync(dir, { recursive: true, force: true });
   mkdirSync(join(dir, 'files'), { recursive: true });
@@ -34,7 +34,7 @@ export async function labDemo(cli: string, out: (line: string) => void): Promise
   out(`   imported demo@${imported.version}: ${imported.dataChunks} data chunks, ${imported.zeroChunks} zero chunks`);
 
   out('2. the lab: a bridge, a server (10.77.0.1) and 4 machines with empty 64 MiB loop-device disks');
-  const state = await labUp({ clients: 4, data, diskBytes: 64 * MiB, cli });
+  const state = await labUp({ clients: 4, data, diskBytes: 64 * MiB, cli, port });
   let ok = false;
   try {
     out(`   dashboard (live while the deploy runs): ${state.dashboard}`);

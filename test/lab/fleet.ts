@@ -48,8 +48,9 @@ export class Fleet {
     readonly dir: string,
     readonly data: string,
     clients: number,
+    loss?: number,
   ) {
-    this.lab = Lab.up({ clients });
+    this.lab = Lab.up({ clients, loss });
   }
 
   /** Starts (or restarts) the server; resolves when it listens. */
