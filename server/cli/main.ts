@@ -491,6 +491,7 @@ async function labCommand(sub: string | undefined, rest: string[], values: Value
         data: values.data,
         port,
         cli,
+        log: (m) => !json && console.error(m),
       });
       if (json) emitJson(state);
       else {

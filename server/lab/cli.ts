@@ -94,7 +94,22 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
   save();
   try {
     const serveArgs = ['netns', 'exec', lab.server.ns, process.execPath, o.cli, 'serve', '--data', data, '--listen', '10.77.0.1:8080', '--interface', 'eth0'];
-    if (o.vms) serveArgs.push('--pxe', 'full', '--pxe-idle', 'agent');
+    if (o.vms) {
+      // The VMs boot the agent's environment: build it once into the store's boot folder.
+      const bootDir = join(data, 'pxe', 'boot');
+      if (!existsSync(join(bootDir, 'initrd.img'))) {
+        o.log?.(`building the boot environment into ${bootDir} (once)`);
+        const { buildBootEnv } = await import('../../pxe/bootenv.js');
+        buildBootEnv({ out: bootDir, log: o.log });
+      }
+      serveArgs.push('--pxe', 'full', '--pxe-idle', 'agent');
+      // Router advertisements: without them iPXE waits ~13 s for IPv6 at every start.
+      if (spawnSync('sh', ['-c', 'command -v radvd']).status === 0) {
+        writeFileSync(join(LAB_DIR, 'radvd.conf'), 'interface eth0 { AdvSendAdvert on; MinRtrAdvInterval 3; MaxRtrAdvInterval 4; prefix fd77::/64 { AdvOnLink on; AdvAutonomous on; }; };\n');
+        spawnSync('ip', ['netns', 'exec', lab.server.ns, 'sysctl', '-qw', 'net.ipv6.conf.all.forwarding=1']);
+        state.pids.push(detached('ip', ['netns', 'exec', lab.server.ns, 'radvd', '-n', '-C', join(LAB_DIR, 'radvd.conf'), '-p', join(LAB_DIR, 'radvd.pid'), '-m', 'stderr'], join(LAB_DIR, 'radvd.log')).pid!);
+      }
+    }
     const server = detached('ip', serveArgs, join(LAB_DIR, 'server.log'));
     state.pids.push(server.pid!);
     save();

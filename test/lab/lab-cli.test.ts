@@ -53,6 +53,19 @@ describe('clonecast lab', () => {
     for (const pid of state.pids) expect(running(pid), `pid ${pid}`).toBe(false);
   }, 60_000);
 
+  itNeeds(['netns', 'qemu', 'kernel'], 'up --vms: a VM PXE-boots from the lab server into the agent', async () => {
+    const up = await cli(['lab', 'up', '--clients', '1', '--vms', '--port', '18433', '--json'], env);
+    expect(up.code, up.stderr).toBe(0);
+    try {
+      expect(up.json.machines[0].mac).toBe('52:54:00:77:10:01');
+      await until(async () => ((await cli(['lab', 'status', '--port', '18433', '--json'], env)).json?.machines ?? []).some((m: any) => m.online && m.id === '52:54:00:77:10:01' && m.disks.length === 1), 150_000, 'the VM\'s agent to connect');
+      const serial = readFileSync(join(env.CLONECAST_LAB_DIR, 'pc1.serial.log'), 'utf8');
+      expect(serial).toMatch(/clonecast-boot: network up on eth0/);
+    } finally {
+      expect((await cli(['lab', 'down'], env)).code).toBe(0);
+    }
+  }, 240_000);
+
   itNeeds(['netns', 'loop', 'sgdisk', 'mkfs'], 'demo: sample image, 4 agents, deploy, verified identical disks, torn down', async () => {
     const r = await cli(['lab', 'demo', '--port', '18432'], env);
     console.log(r.stdout);
