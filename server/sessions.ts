@@ -45,6 +45,12 @@ export interface SessionRequest {
   /** A machine without progress or contact this long is dropped. */
   dropAfterS?: number;
   fragmentSize?: number;
+  /**
+   * Differential restore: agents check what their disk already holds and receive only the
+   * rest. true forces it, false forbids it; undefined: automatic, for a machine whose disk
+   * the registry says last received a version of the same image.
+   */
+  differential?: boolean;
 }
 
 /** One machine's part of a session. */
@@ -91,6 +97,7 @@ export interface SessionRecord {
   verify: boolean;
   dropAfterS: number;
   fragmentSize: number;
+  differential: boolean | null;
   state: SessionState;
   reason: string;
   createdAt: string;
@@ -222,6 +229,7 @@ export class SessionManager extends EventEmitter {
       verify: req.verify ?? true,
       dropAfterS: req.dropAfterS ?? SESSION_DEFAULTS.dropAfterS,
       fragmentSize: req.fragmentSize ?? SESSION_DEFAULTS.fragmentSize,
+      differential: typeof req.differential === 'boolean' ? req.differential : null,
       state: 'waiting',
       reason: '',
       createdAt: new Date().toISOString(),
@@ -427,6 +435,10 @@ export class SessionManager extends EventEmitter {
       return;
     }
     const live = this.live.get(s.id)!;
+    // Differential: the disk holds a version of this image already (the registry says so), or forced.
+    const last = machine.lastImage;
+    const differential = s.differential ?? (last !== null && last.name === s.image);
+    if (differential && !resume) this.o.log?.('info', `session ${s.id}: ${machine.id} restores differentially (its disk ${last ? `last received ${last.name}@${last.version}` : 'is checked first'})`);
     m.device = choice.device;
     if (m.state === 'offline') m.state = 'assigned';
     m.offlineSince = 0;
@@ -449,7 +461,7 @@ export class SessionManager extends EventEmitter {
         manifestPath: `/api/sessions/${s.id}/manifest`,
         manifestSha256: live.manifestSha,
         verify: s.verify,
-        resume,
+        resume: resume || differential,
       },
     });
     this.emit('changed');

@@ -69,7 +69,8 @@ export function sessionTable(s: SessionRecord, names: Map<string, string>): stri
     const pct = m.chunksTotal > 0 ? `${Math.floor((100 * m.chunksDone) / m.chunksTotal)}%` : m.state === 'done' ? '100%' : '-';
     const rate = m.rateBps > 0 ? `${formatBytes(m.rateBps)}/s` : '-';
     const eta = m.rateBps > 0 && m.chunksTotal > 0 ? formatDuration(((m.chunksTotal - m.chunksDone) * (1 << 20)) / m.rateBps) : '-';
-    const note = m.error || (m.state === 'done' ? `verified in ${m.seconds.toFixed(1)} s` : m.skipped > 0 ? `${m.skipped} chunks already there` : '');
+    const already = m.skipped > 0 ? `${m.skipped} chunks already on the disk` : '';
+    const note = m.error || (m.state === 'done' ? `verified in ${m.seconds.toFixed(1)} s${already ? `; ${already}` : ''}` : already);
     lines.push(`${pad(id, 18)} ${pad(names.get(id) ?? '', 12)} ${pad(m.state, 10)} ${pad(pct, 6)} ${pad(rate, 11)} ${pad(eta, 7)} ${pad(`${(m.loss * 100).toFixed(1)}%`, 6)} ${note}`);
   }
   if (Object.keys(s.machines).length === 0) lines.push('(no machine has joined yet: start agents with "clonecast agent --server URL")');

@@ -10,6 +10,7 @@ import { projectRoot } from '../../native/addon.js';
 import { dataDir, parseRef, Store } from '../store/store.js';
 import { DEFAULT_LISTEN } from '../defaults.js';
 import { printInfo, printList, printVerify, printImport, printExport, printGc } from './output.js';
+import { formatBytes as fmtBytes } from '../progress.js';
 
 // Each command loads only what it uses: startup time counts in every run.
 const importImage = async (...a: Parameters<typeof import('../store/import.js').importImage>) => (await import('../store/import.js')).importImage(...a);
@@ -61,9 +62,11 @@ const USAGE = `clonecast - multicast disk imaging
 usage:
   clonecast image import SRC NAME [--ignore-read-errors] [--chunk-size BYTES]
   clonecast image list
-  clonecast image info NAME[@V]
+  clonecast image info NAME[@V]        (V: a version, or a date for the latest version at or before it)
   clonecast image verify [NAME[@V]]
   clonecast image export NAME[@V] DEST [--force]
+  clonecast image history NAME
+  clonecast image prune NAME [--keep-last K] [--keep-daily D] [--dry-run]
   clonecast image rm NAME[@V]
   clonecast image gc
   clonecast serve [--listen HOST:PORT] [--interface IF] [--max-message BYTES]
@@ -77,7 +80,7 @@ usage:
   clonecast lab status | lab down | lab demo [--port P]
   clonecast deploy NAME[@V] [--server URL] [--clients N | --machines MAC,...] [--wait S] [--at TIME]
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
-                 [--drop-after S] [--token T]
+                 [--drop-after S] [--differential] [--token T]
   clonecast agent [--server URL] [--disk PATH|auto] [--token T] [--once] [--no-verify]
                  [--allow-power] [--power-exit] [--machine-id MAC]
   clonecast machines [--server URL] [--token T]
@@ -144,6 +147,10 @@ const OPTIONS = {
   'power-exit': { type: 'boolean' },
   out: { type: 'string' },
   'kernel-deb': { type: 'string' },
+  'keep-last': { type: 'string' },
+  'keep-daily': { type: 'string' },
+  'dry-run': { type: 'boolean' },
+  differential: { type: 'boolean' },
   loss: { type: 'string' },
   delay: { type: 'string' },
   vms: { type: 'boolean' },
@@ -291,6 +298,31 @@ async function run(argv: string[]): Promise<number> {
       out(() => printExport(summary), summary);
       return EXIT.OK;
     }
+    case 'history': {
+      const [name] = args(1, 'NAME');
+      const history = await (await maintenance()).imageHistory(store, name);
+      out(() => {
+        console.log(`VERSION  CREATED                   SIZE        NEW STORED  BAD  SOURCE`);
+        for (const h of history) {
+          console.log(`${`@${h.version}`.padEnd(8)} ${h.createdAt.padEnd(25)} ${fmtBytes(h.diskSize).padStart(10)} ${fmtBytes(h.newBytes).padStart(11)} ${String(h.badRanges).padStart(4)}  ${h.source}`);
+        }
+      }, history);
+      return EXIT.OK;
+    }
+    case 'prune': {
+      const [name] = args(1, 'NAME');
+      const keepLast = positiveInt(values['keep-last'], '--keep-last');
+      const keepDaily = positiveInt(values['keep-daily'], '--keep-daily');
+      const r = await (await maintenance()).pruneImage(store, name, { keepLast, keepDaily }, values['dry-run'] === true);
+      out(
+        () =>
+          console.log(
+            `${values['dry-run'] ? 'would remove' : 'removed'} ${r.removed.length ? r.removed.map((v) => `${name}@${v}`).join(', ') : 'nothing'}; kept ${r.kept.map((v) => `@${v}`).join(', ')}${r.removed.length && !values['dry-run'] ? '; "clonecast image gc" frees the chunks only they used' : ''}`,
+          ),
+        r,
+      );
+      return EXIT.OK;
+    }
     case 'rm': {
       const [ref] = args(1, 'NAME[@V]');
       const result = (await maintenance()).removeImage(store, parseRef(ref));
@@ -431,6 +463,7 @@ async function adminCommand(command: string, sub: string | undefined, rest: stri
       target: values.target,
       verify: values['no-verify'] !== true,
       dropAfterS: positiveInt(values['drop-after'], '--drop-after'),
+      differential: values.differential === true ? true : undefined,
     },
     { json, stream: process.stderr },
   );

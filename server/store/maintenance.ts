@@ -192,10 +192,10 @@ async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { 
 
 /** Removes one version (NAME@N) or every version of an image (NAME). Chunks stay until gc. */
 export function removeImage(store: Store, ref: ImageRef): { name: string; removed: number[] } {
-  const { name } = store.resolve(ref);
+  const { name, version } = store.resolve(ref);
   const lock = store.lockImage(name, 'removing versions');
   try {
-    const versions = ref.version !== undefined ? [ref.version] : store.versions(name);
+    const versions = ref.version !== undefined || ref.asOf !== undefined ? [version] : store.versions(name);
     for (const v of versions) store.removeVersion(name, v);
     if (store.versions(name).length === 0) {
       try {
@@ -268,4 +268,83 @@ export async function collectGarbage(store: Store): Promise<GcReport> {
   } finally {
     lock.release();
   }
+}
+
+/** One version in an image's history. */
+export interface HistoryEntry {
+  version: number;
+  createdAt: string;
+  parent: number | null;
+  source: string;
+  diskSize: number;
+  newBytes: number;
+  storedBytes: number;
+  badRanges: number;
+}
+
+/** Every version of an image, oldest first. */
+export async function imageHistory(store: Store, name: string): Promise<HistoryEntry[]> {
+  store.resolve({ name });
+  const out: HistoryEntry[] = [];
+  for (const version of store.versions(name)) {
+    const m = await store.readManifest(name, version);
+    const info = describe(m);
+    out.push({
+      version,
+      createdAt: m.meta.createdAt,
+      parent: m.meta.parent,
+      source: m.meta.source.description || m.meta.source.path,
+      diskSize: m.meta.diskSize,
+      newBytes: m.meta.newBytes,
+      storedBytes: info.storedBytes,
+      badRanges: m.meta.badRanges.length,
+    });
+  }
+  return out;
+}
+
+/** Retention rules: the latest version is always kept. */
+export interface Retention {
+  /** Keep the newest K versions. */
+  keepLast?: number;
+  /** Keep the newest version of each of the last D days (UTC), counting from now. */
+  keepDaily?: number;
+  now?: number;
+}
+
+/** Which versions the rules keep. */
+export function retained(history: { version: number; createdAt: string }[], r: Retention): Set<number> {
+  const keep = new Set<number>();
+  const newest = [...history].sort((a, b) => b.version - a.version);
+  if (newest.length > 0) keep.add(newest[0].version);
+  for (const h of newest.slice(0, r.keepLast ?? 0)) keep.add(h.version);
+  if (r.keepDaily !== undefined && r.keepDaily > 0) {
+    const today = Math.floor((r.now ?? Date.now()) / 86_400_000);
+    const days = new Set<number>();
+    for (const h of newest) {
+      const day = Math.floor(Date.parse(h.createdAt) / 86_400_000);
+      if (today - day < r.keepDaily && !days.has(day)) {
+        days.add(day);
+        keep.add(h.version);
+      }
+    }
+  }
+  return keep;
+}
+
+/** Removes the versions of name the rules do not keep (their chunks go at the next gc). */
+export async function pruneImage(store: Store, name: string, r: Retention, dryRun = false): Promise<{ name: string; kept: number[]; removed: number[] }> {
+  if (r.keepLast === undefined && r.keepDaily === undefined) throw new ClonecastError(ERR.USAGE, 'prune needs --keep-last K and/or --keep-daily D');
+  const history = await imageHistory(store, name);
+  const keep = retained(history, r);
+  const removed = history.map((h) => h.version).filter((v) => !keep.has(v));
+  if (!dryRun && removed.length > 0) {
+    const lock = store.lockImage(name, 'pruning versions');
+    try {
+      for (const v of removed) store.removeVersion(name, v);
+    } finally {
+      lock.release();
+    }
+  }
+  return { name, kept: [...keep].sort((a, b) => a - b), removed };
 }

@@ -37,21 +37,25 @@ const STORE_FORMAT = 1;
 export const DIRECT_UNIT = 4096;
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
-/** A parsed image reference: NAME (latest) or NAME@N. */
+/** A parsed image reference: NAME (latest), NAME@N, or NAME@DATE (the latest version at or before it). */
 export interface ImageRef {
   name: string;
   version?: number;
+  /** ISO time: the latest version created at or before it (restore-as-of). */
+  asOf?: string;
 }
 
-/** Parses "NAME" or "NAME@N"; throws BAD_NAME with the rule. */
+/** Parses "NAME", "NAME@N", "NAME@2026-11-20" (end of that day, UTC) or "NAME@2026-11-20T18:00Z"; throws BAD_NAME with the rule. */
 export function parseRef(ref: string): ImageRef {
   const at = ref.lastIndexOf('@');
   const name = at < 0 ? ref : ref.slice(0, at);
   checkName(name);
   if (at < 0) return { name };
   const v = ref.slice(at + 1);
+  if (/^\d{4}-\d{2}-\d{2}$/.test(v) && !Number.isNaN(Date.parse(`${v}T00:00:00Z`))) return { name, asOf: `${v}T23:59:59.999Z` };
+  if (/^\d{4}-\d{2}-\d{2}T/.test(v) && !Number.isNaN(Date.parse(v))) return { name, asOf: new Date(v).toISOString() };
   if (!/^[1-9][0-9]{0,8}$/.test(v)) {
-    throw new ClonecastError(ERR.BAD_NAME, `"${ref}": a version is written NAME@N with N a positive whole number, e.g. ${name}@2`);
+    throw new ClonecastError(ERR.BAD_NAME, `"${ref}": a version is written NAME@N with N a positive whole number (e.g. ${name}@2), or NAME@DATE for the latest version at or before a date (e.g. ${name}@2026-11-20)`);
   }
   return { name, version: Number(v) };
 }
@@ -153,11 +157,24 @@ export class Store {
         `no image named "${ref.name}" in ${this.root}${known.length ? ` (images: ${known.join(', ')})` : ''}; "clonecast image list" shows what is stored`,
       );
     }
+    if (ref.asOf !== undefined) return { name: ref.name, version: this.versionAsOf(ref.name, versions, ref.asOf) };
     const version = ref.version ?? versions[versions.length - 1];
     if (!versions.includes(version)) {
       throw new ClonecastError(ERR.NOT_FOUND, `image "${ref.name}" has no version ${version} (versions: ${versions.join(', ')})`);
     }
     return { name: ref.name, version };
+  }
+
+  /** The latest version created at or before asOf. */
+  private versionAsOf(name: string, versions: number[], asOf: string): number {
+    const limit = Date.parse(asOf);
+    let first = '';
+    for (const v of [...versions].reverse()) {
+      const created = decodeManifest(readFileSync(this.manifestPath(name, v)), `manifest of ${name}@${v}`).meta.createdAt;
+      first = `${name}@${v} of ${created}`;
+      if (Date.parse(created) <= limit) return v;
+    }
+    throw new ClonecastError(ERR.NOT_FOUND, `image "${name}" has no version at or before ${asOf} (the first is ${first})`);
   }
 
   /** Path of a version's manifest. */
