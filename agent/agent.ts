@@ -43,6 +43,8 @@ export interface AgentOptions {
   allowPower?: boolean;
   /** Leave reboot/poweroff to the caller (the boot environment's init): see afterAction. */
   powerExit?: boolean;
+  /** Ask for data by unicast from the start (multicast cannot reach this machine); otherwise automatic. */
+  unicast?: boolean;
   /** Emulated disk write limit, bytes/s (tests and demos). */
   writeLimit?: number;
   version: string;
@@ -238,7 +240,11 @@ export class Agent extends EventEmitter {
         verify: this.o.verify === false ? false : a.verify !== false,
         timeoutMs: AGENT_DEFAULTS.receiverTimeoutMs,
         writeLimit: this.o.writeLimit,
+        unicast: this.o.unicast,
       });
+      receiver.on('unicast', (u: { silentMs: number; senderPackets: number }) =>
+        this.o.log?.('warn', `session ${id}: no multicast data for ${(u.silentMs / 1000).toFixed(1)} s while the sender sent ${u.senderPackets} packets; asking for unicast (is multicast routed to this network?)`),
+      );
       Object.assign(job, { receiver, lastBytes: 0, lastPackets: 0, lastLost: 0, lastAt: performance.now() });
       const full = job as Job;
       full.running = receiver.run().then(

@@ -59,6 +59,8 @@ export interface ReceiverOptions {
   queueChunks?: number;
   maxPartials?: number;
   timeoutMs?: number;
+  /** Ask for data by unicast from the start (a site multicast cannot reach); otherwise automatic. */
+  unicast?: boolean;
   /** Emulates a slow disk: at most this many bytes per second written (tests and demos). */
   writeLimit?: number;
   createSocket?: CreateSocket;
@@ -104,6 +106,9 @@ export interface Verification {
 }
 
 const MAX_BAD_LISTED = 32;
+/** The unicast fallback: no data for this long while the sender sent this many packets. */
+const UNICAST_AFTER_MS = 3000;
+const UNICAST_AFTER_PACKETS = 64;
 
 const NEEDED = 0;
 const PARTIAL = 1;
@@ -170,6 +175,12 @@ export class Receiver extends EventEmitter {
   private acked = false;
   private started = 0;
   private stopError: unknown;
+  /** Send my data by unicast: asked for, or multicast never arrives while the sender sends. */
+  unicast = false;
+  private lastDataAt = 0;
+  /** The sender's packet sequence in its latest ACK, and what it was when data last arrived. */
+  private ackSeq = 0;
+  private ackSeqAtData = 0;
   /** Failed or stopped: the writer leaves what is queued. */
   private halted = false;
   /** The kernel re-read the partition table after the write. */
@@ -331,12 +342,17 @@ export class Receiver extends EventEmitter {
     }
     this.lastHeard = performance.now();
     if (p.type === PacketType.DATA) this.onData(p);
-    else if (p.type === PacketType.ACK && p.receiver === this.id) this.onAck(p.echo, p.state, p.reason);
+    else if (p.type === PacketType.ACK && p.receiver === this.id) {
+      this.ackSeq = p.seq;
+      this.onAck(p.echo, p.state, p.reason);
+    }
     else this.counters.rejected.malformed++;
   }
 
   private onData(p: DataPacket): void {
     this.counters.packets++;
+    this.lastDataAt = performance.now();
+    this.ackSeqAtData = this.ackSeq;
     // Once it has everything, the sender may unicast the rest to the last
     // receiver: sequence gaps then are not this receiver's loss.
     if (this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING) this.trackLoss(p.seq);
@@ -565,6 +581,24 @@ export class Receiver extends EventEmitter {
     if (state === ReceiverState.DONE && this.state === ReceiverState.DONE) this.acked = true;
   }
 
+  /**
+   * Unicast fallback: the sender's ACKs show it sending (its packet sequence moved on by
+   * UNICAST_AFTER_PACKETS) while no data packet reached this receiver for UNICAST_AFTER_MS:
+   * the group does not reach it (another subnet, no multicast routing). Sticky once set.
+   */
+  private wantsUnicast(now: number): boolean {
+    if (this.options.unicast === true) this.unicast = true;
+    if (!this.unicast && this.state === ReceiverState.RECEIVING && this.done < this.wanted) {
+      const silentFor = now - Math.max(this.lastDataAt, this.started);
+      const sentSince = (this.ackSeq - this.ackSeqAtData) >>> 0;
+      if (silentFor > UNICAST_AFTER_MS && sentSince > UNICAST_AFTER_PACKETS && sentSince < 0x80000000) {
+        this.unicast = true;
+        this.emit('unicast', { silentMs: Math.round(silentFor), senderPackets: sentSince });
+      }
+    }
+    return this.unicast;
+  }
+
   /** Sends one STATUS: progress, what is still needed, NACKs for stalled partial chunks. */
   private report(): void {
     const now = performance.now();
@@ -587,6 +621,7 @@ export class Receiver extends EventEmitter {
       seq,
       receiver: this.id,
       state: this.state,
+      unicast: this.wantsUnicast(now),
       queueFill: Math.min(255, Math.round((255 * this.queue.length) / (this.options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks))),
       done: this.done,
       wanted: this.wanted,

@@ -24,7 +24,8 @@
  *
  * STATUS (receiver -> sender, unicast): progress, what it still needs, NACKs.
  *       16    4 receiver id
- *       20    1 state (ReceiverState)
+ *       20    1 state (ReceiverState) in bits 0-6; bit 7 (UNICAST_FLAG): multicast does not
+ *                reach this receiver, send its data to it by unicast
  *       21    1 write queue fill, 0-255 of capacity
  *       22    2 range count R
  *       24    4 chunks done
@@ -126,6 +127,8 @@ export interface StatusPacket {
   windowEnd: number;
   rttMs: number;
   incarnation: number;
+  /** Send this receiver its data by unicast (bit 7 of the state byte). */
+  unicast?: boolean;
   ranges: Range[];
   nacks: Nack[];
 }
@@ -180,12 +183,15 @@ export function statusSize(ranges: number, nacks: Nack[]): number {
   return MCAST.STATUS_HEADER + ranges * 8 + nacks.reduce((n, k) => n + 6 + Math.ceil(k.fragments / 8), 0);
 }
 
+/** STATUS state byte, bit 7: "multicast does not reach me, unicast my data". */
+export const UNICAST_FLAG = 0x80;
+
 /** Encodes a STATUS packet. */
 export function encodeStatus(p: Omit<StatusPacket, 'type'>): Buffer {
   const out = Buffer.alloc(statusSize(p.ranges.length, p.nacks));
   writeCommon(out, PacketType.STATUS, MCAST.STATUS_HEADER, p.session, p.seq);
   out.writeUInt32BE(p.receiver >>> 0, 16);
-  out.writeUInt8(p.state, 20);
+  out.writeUInt8(p.state | (p.unicast ? UNICAST_FLAG : 0), 20);
   out.writeUInt8(p.queueFill, 21);
   out.writeUInt16BE(p.ranges.length, 22);
   out.writeUInt32BE(p.done, 24);
@@ -255,7 +261,7 @@ export function decode(buf: Buffer): Packet | null {
   }
   if (type === PacketType.STATUS) {
     if (headerLength !== MCAST.STATUS_HEADER || buf.length < MCAST.STATUS_HEADER || buf.length > MCAST.MAX_STATUS) return null;
-    const state = buf[20];
+    const state = buf[20] & ~UNICAST_FLAG;
     if (state > ReceiverState.DROPPED) return null;
     const rangeCount = buf.readUInt16BE(22);
     const nackCount = buf.readUInt16BE(48);
@@ -288,6 +294,7 @@ export function decode(buf: Buffer): Packet | null {
       seq,
       receiver: buf.readUInt32BE(16),
       state: state as ReceiverState,
+      unicast: (buf[20] & UNICAST_FLAG) !== 0,
       queueFill: buf[21],
       done: buf.readUInt32BE(24),
       wanted: buf.readUInt32BE(28),

@@ -82,7 +82,7 @@ usage:
                  [--rate MBIT] [--after reboot|poweroff|wait] [--target DEV|auto] [--no-verify]
                  [--drop-after S] [--differential] [--token T]
   clonecast agent [--server URL] [--disk PATH|auto] [--token T] [--once] [--no-verify]
-                 [--allow-power] [--power-exit] [--machine-id MAC]
+                 [--allow-power] [--power-exit] [--machine-id MAC] [--unicast]
   clonecast machines [--server URL] [--token T]
   clonecast sessions [start|cancel ID] [--server URL] [--token T]
   clonecast send NAME[@V] (--interface IF | --address IP) [--clients N [--wait S]] [--rate MBIT]
@@ -145,6 +145,7 @@ const OPTIONS = {
   'lease-time': { type: 'string' },
   'static-lease': { type: 'string' },
   'power-exit': { type: 'boolean' },
+  unicast: { type: 'boolean' },
   out: { type: 'string' },
   'kernel-deb': { type: 'string' },
   'keep-last': { type: 'string' },
@@ -484,6 +485,7 @@ async function agentCommand(values: Values, json: boolean): Promise<number> {
     verify: values['no-verify'] === true ? false : undefined,
     allowPower: values['allow-power'] === true,
     powerExit: values['power-exit'] === true,
+    unicast: values.unicast === true,
     writeLimit: positiveInt(values['write-limit'], '--write-limit'),
     version: version(),
     log: logLine,

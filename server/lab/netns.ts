@@ -140,6 +140,17 @@ export class Lab {
     run('ip', ['netns', 'exec', this.bridgeNs, 'tc', 'filter', 'add', 'dev', dev, 'egress', 'bpf', 'da', 'bytecode', lossBytecode(loss)]);
   }
 
+  /** Drops every multicast packet towards client k: a machine at a site the group does not reach. */
+  blockMulticast(k: number): void {
+    const dev = `vc${k}`;
+    spawnSync('ip', ['netns', 'exec', this.bridgeNs, 'tc', 'qdisc', 'add', 'dev', dev, 'clsact']); // may exist already (loss)
+    // cBPF, direct action (no act_gact module here): frames to an IPv4 multicast MAC
+    // (01:00:5e:...) are shot (2); anything else goes on to the next filter (-1, the loss filter).
+    //   ldh [0]; jeq #0x0100, 0, 3; ldb [2]; jeq #0x5e, 0, 1; ret #2; ret #-1
+    const prog = '6,40 0 0 0,21 0 3 256,48 0 0 2,21 0 1 94,6 0 0 2,6 0 0 4294967295';
+    run('ip', ['netns', 'exec', this.bridgeNs, 'tc', 'filter', 'add', 'dev', dev, 'egress', 'pref', '1', 'bpf', 'da', 'bytecode', prog]);
+  }
+
   /** Packets the loss filter dropped towards client k (the clsact qdisc's drop counter). */
   droppedTowards(k: number): number {
     const out = run('ip', ['netns', 'exec', this.bridgeNs, 'tc', '-s', 'qdisc', 'show', 'dev', `vc${k}`]);

@@ -99,6 +99,8 @@ export interface ReceiverStats {
 
 interface Peer extends ReceiverStats {
   port: number;
+  /** Multicast does not reach it: it gets copies of its data by unicast. */
+  unicast: boolean;
   /** Bits set in need. */
   needCount: number;
   incarnation: number;
@@ -115,6 +117,8 @@ interface Outgoing {
   /** Fragment indexes still to send, in order. */
   queue: number[];
   repair: boolean;
+  /** Receivers the group does not reach that wanted this chunk: they get unicast copies. */
+  unicastTo: Peer[];
 }
 
 /** Counters for the dashboard and tests. */
@@ -157,6 +161,8 @@ export class Sender extends EventEmitter {
   private readonly lastSent: Float64Array;
   private readonly peers = new Map<number, Peer>();
   private readonly repairs = new Map<number, Uint8Array>();
+  /** Repairs asked for by receivers the group does not reach. */
+  private readonly unicastRepairs = new Map<number, Set<Peer>>();
   private readonly cache = new Map<number, Buffer>();
   private readonly fragmentSize: number;
   private socket: UdpSocket | undefined;
@@ -229,7 +235,7 @@ export class Sender extends EventEmitter {
 
   /** Statistics of every receiver seen. */
   receivers(): ReceiverStats[] {
-    return [...this.peers.values()].map(({ need: _n, lastSeq: _s, intervalReceived: _r, intervalLost: _l, port: _p, needCount: _c, incarnation: _i, ...stats }) => ({ ...stats }));
+    return [...this.peers.values()].map(({ need: _n, lastSeq: _s, intervalReceived: _r, intervalLost: _l, port: _p, needCount: _c, incarnation: _i, unicast: _u, ...stats }) => ({ ...stats }));
   }
 
   /** Chunks that some active receiver needs, as the sender believes. */
@@ -282,6 +288,7 @@ export class Sender extends EventEmitter {
         lastSeen: now,
         lastProgress: now,
         need: new Uint8Array(Math.ceil(this.n / 8)),
+        unicast: false,
         lastSeq: -1,
         needCount: 0,
         incarnation: p.incarnation,
@@ -316,6 +323,10 @@ export class Sender extends EventEmitter {
     peer.lastSeq = p.seq;
     peer.lastSeen = now;
     if (peer.state === ReceiverState.DROPPED) return;
+    if (p.unicast === true && !peer.unicast) {
+      peer.unicast = true;
+      this.emit('unicast', { ...peer });
+    }
     if (p.done > peer.done) {
       const dt = (now - peer.lastProgress) / 1000;
       peer.chunksPerSecond = dt > 0 ? (p.done - peer.done) / dt : 0;
@@ -385,6 +396,11 @@ export class Sender extends EventEmitter {
     // The union of everyone's missing fragments: one repair serves them all.
     for (let b = 0; b < bits.length; b++) bits[b] |= missing[b];
     this.repairs.set(chunk, bits);
+    if (peer.unicast) {
+      const set = this.unicastRepairs.get(chunk) ?? new Set<Peer>();
+      set.add(peer);
+      this.unicastRepairs.set(chunk, set);
+    }
   }
 
   private reply(peer: Peer, echo: number): void {
@@ -431,6 +447,13 @@ export class Sender extends EventEmitter {
       const f = out.queue.shift()!;
       budget -= this.sendFragment(out, f, dest);
       if (only !== undefined) this.counters.unicastPackets++;
+      else {
+        // Receivers the group does not reach get their own copy of what they need.
+        for (const peer of out.unicastTo) {
+          budget -= this.sendFragment(out, f, { port: peer.port, address: peer.address });
+          this.counters.unicastPackets++;
+        }
+      }
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
     }
     this.tokens = budget;
@@ -510,7 +533,7 @@ export class Sender extends EventEmitter {
     if (this.next !== undefined || this.prefetched !== undefined) return;
     const pick = this.pick();
     if (pick === undefined) return;
-    this.next = this.outgoing(pick.chunk, pick.fragments)
+    this.next = this.outgoing(pick.chunk, pick.fragments, pick.unicastTo)
       .catch((err) => {
         this.emit('error', err);
         return undefined;
@@ -526,10 +549,12 @@ export class Sender extends EventEmitter {
   }
 
   /** Repairs first (the union of NACKed fragments), then the chunk most receivers need. */
-  private pick(): { chunk: number; fragments?: Uint8Array } | undefined {
+  private pick(): { chunk: number; fragments?: Uint8Array; unicastTo: Peer[] } | undefined {
     for (const [chunk, bits] of this.repairs) {
       this.repairs.delete(chunk);
-      return { chunk, fragments: bits };
+      const unicastTo = [...(this.unicastRepairs.get(chunk) ?? [])];
+      this.unicastRepairs.delete(chunk);
+      return { chunk, fragments: bits, unicastTo };
     }
     if (this.totalDemand === 0) return undefined;
     let best = -1;
@@ -551,12 +576,16 @@ export class Sender extends EventEmitter {
     if (best < 0) return undefined;
     this.cursor = (best + 1) % this.n;
     // Assume it is delivered; a receiver that loses it asks again.
-    for (const peer of this.peers.values()) this.setNeed(peer, best, false);
+    const unicastTo: Peer[] = [];
+    for (const peer of this.peers.values()) {
+      if (peer.unicast && (peer.need[best >> 3] & (1 << (best & 7))) !== 0) unicastTo.push(peer);
+      this.setNeed(peer, best, false);
+    }
     this.lastSent[best] = performance.now();
-    return { chunk: best };
+    return { chunk: best, unicastTo };
   }
 
-  private async outgoing(chunk: number, fragments?: Uint8Array): Promise<Outgoing> {
+  private async outgoing(chunk: number, fragments?: Uint8Array, unicastTo: Peer[] = []): Promise<Outgoing> {
     let data = this.cache.get(chunk);
     if (data === undefined) {
       data = await this.options.loadChunk(chunk);
@@ -571,7 +600,7 @@ export class Sender extends EventEmitter {
     const count = fragmentCount(data.length, this.fragmentSize);
     const queue: number[] = [];
     for (let f = 0; f < count; f++) if (fragments === undefined || bitSet(fragments, f)) queue.push(f);
-    return { chunk, data, fragments: count, queue, repair: fragments !== undefined };
+    return { chunk, data, fragments: count, queue, repair: fragments !== undefined, unicastTo };
   }
 
   // ---- rate control and liveness ----

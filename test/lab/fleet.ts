@@ -49,8 +49,9 @@ export class Fleet {
     readonly data: string,
     clients: number,
     loss?: number,
+    more: { delayMs?: number; loss?: number[] } = {},
   ) {
-    this.lab = Lab.up({ clients, loss });
+    this.lab = Lab.up({ clients, loss: more.loss ?? loss, delayMs: more.delayMs });
   }
 
   /** Starts (or restarts) the server; resolves when it listens. */

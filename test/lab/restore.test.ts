@@ -82,3 +82,33 @@ describe('differential restore', () => {
     for (let k = 0; k < 2; k++) expect(readFileSync(fleet.diskPath(k)).subarray(0, v2.length).equals(v2)).toBe(true);
   }, 240_000);
 });
+
+describe('unicast for a machine the multicast group does not reach', () => {
+  const dir = tempDir('unicast');
+  let fleet: Fleet | undefined;
+  afterAll(() => fleet?.down());
+
+  itNeeds(['netns', 'curl'], 'a remote machine behind 50 ms and 1% loss, without multicast, falls back to unicast and verifies', async () => {
+    const data = join(dir, 'data');
+    const image = seeded(12 * MiB, 7);
+    writeFileSync(join(dir, 'img'), image);
+    await importImage(Store.open(data), join(dir, 'img'), 'remote', {});
+    // The server's link has 50 ms of delay each way; client 1 also loses 1% and gets no multicast at all.
+    fleet = new Fleet(dir, data, 2, undefined, { delayMs: 50, loss: [0, 0.01] });
+    fleet.lab.blockMulticast(1);
+    for (let k = 0; k < 2; k++) fleet.disk(k, 16 * MiB);
+    await fleet.startServer();
+    // Machine 0 (reached by multicast) writes slowly, so that the group stays busy: machine 1
+    // must notice on its own that none of it arrives, not be rescued as the last receiver.
+    fleet.startAgent(0, ['--write-limit', '2000000']);
+    fleet.startAgent(1);
+    await until(async () => (await fleet!.online()) === 2, 20_000, '2 agents online');
+    const d = fleet.deploy('remote', ['--clients', '2', '--rate', '100']);
+    expect(await d.exited, d.out).toBe(0);
+    expect(d.out).toMatch(/2 of 2 machine\(s\) done and verified/);
+    expect(fleet.agents[1]!.out).toMatch(/no multicast data for \d+\.\d s while the sender sent \d+ packets; asking for unicast/);
+    expect(fleet.agents[0]!.out).not.toMatch(/asking for unicast/);
+    for (let k = 0; k < 2; k++) expect(readFileSync(fleet.diskPath(k)).subarray(0, image.length).equals(image), `disk ${k}`).toBe(true);
+    expect(fleet.lab.droppedTowards(1)).toBeGreaterThan(0);
+  }, 180_000);
+});

@@ -57,7 +57,7 @@ describe('multicast packets', () => {
     });
     expect(decode(Buffer.from(STATUS, 'hex'))).toEqual({
       type: PacketType.STATUS, session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20,
-      windowStart: 2, windowEnd: 12, rttMs: 3, incarnation: 0x0badf00d, ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
+      windowStart: 2, windowEnd: 12, rttMs: 3, incarnation: 0x0badf00d, unicast: false, ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
     });
     expect(decode(Buffer.from(ACK, 'hex'))).toEqual({ type: PacketType.ACK, session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 });
   });
@@ -72,6 +72,16 @@ describe('multicast packets', () => {
     });
     expect(status.toString('hex')).toBe(STATUS);
     expect(encodeAck({ session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 }).toString('hex')).toBe(ACK);
+  });
+
+  it('carries the unicast request in bit 7 of the STATUS state byte, the state unchanged', () => {
+    const golden = Buffer.from(STATUS, 'hex');
+    const flagged = Buffer.from(golden);
+    flagged[20] |= 0x80;
+    expect(decode(flagged)).toMatchObject({ type: PacketType.STATUS, state: 1, unicast: true });
+    const again = encodeStatus({ ...(decode(flagged) as Parameters<typeof encodeStatus>[0]) });
+    expect(again.equals(flagged)).toBe(true);
+    expect(again[20]).toBe(0x81);
   });
 
   it('round-trips a full-size DATA packet within one 1500-byte frame', () => {
