@@ -10,11 +10,12 @@ import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
 import { WebSocket } from 'ws';
-import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, stateName, type AgentMessage, type Assign, type Progress, type Result } from '../protocol/control.js';
+import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, stateName, type AgentMessage, type Assign, type Capture, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR, isError } from '../protocol/errors.js';
 import { decodeManifest, tableLength } from '../protocol/manifest.js';
 import { ReceiverState } from '../protocol/mcast.js';
 import { machine } from './inventory.js';
+import { reportFailure, runCapture } from './capture.js';
 import { Receiver, type ReceiverResult, type Verification } from './receiver.js';
 
 /** Defaults of AgentOptions. */
@@ -72,6 +73,8 @@ export class Agent extends EventEmitter {
   /** Results not yet delivered, by session. */
   private readonly pending = new Map<number, Result>();
   private readonly finished = new Set<number>();
+  /** Captures started (a repeated command after a reconnect is not run twice). */
+  private readonly captures = new Set<number>();
   private stopped = false;
   private fatal: ClonecastError | undefined;
   private outcome: Result | undefined;
@@ -185,6 +188,9 @@ export class Agent extends EventEmitter {
           }
           case 'heartbeat':
             return;
+          case 'capture':
+            void this.onCapture(msg.capture);
+            return;
         }
       });
       ws.on('error', (err) => this.o.log?.('warn', `control channel: ${err.message}`));
@@ -204,6 +210,28 @@ export class Agent extends EventEmitter {
   }
 
   // ---- work ----
+
+  private async onCapture(c: Capture): Promise<void> {
+    const id = c.captureId!;
+    if (this.captures.has(id)) return;
+    this.captures.add(id);
+    const device = c.device || (this.o.disk !== undefined && this.o.disk !== 'auto' ? this.o.disk : '');
+    const link = { server: this.o.server, token: this.o.token, machineId: this.machineId, log: this.o.log };
+    this.o.log?.('info', `capture ${id}: reading ${device} into image ${c.image}${c.partitions?.length ? ` (partitions ${c.partitions.join(',')})` : ''}`);
+    try {
+      if (this.job !== undefined) {
+        const why = `this machine is writing its disk for session ${this.job.assign.sessionId}; capture after it`;
+        await reportFailure(link, id, why);
+        throw new ClonecastError(ERR.BUSY, why);
+      }
+      const r = await runCapture(link, c, device, (p) => this.emit('capture-progress', p));
+      this.o.log?.('info', `capture ${id}: published ${c.image}@${r.version}`);
+      this.emit('capture', { id, ok: true, ...r });
+    } catch (err) {
+      this.o.log?.('warn', `capture ${id}: ${(err as Error).message}`);
+      this.emit('capture', { id, ok: false, error: (err as Error).message });
+    }
+  }
 
   private async onAssign(a: Assign): Promise<void> {
     const id = a.sessionId!;

@@ -24,6 +24,7 @@ export type Welcome = pb.Welcome.$Properties;
 export type Refuse = pb.Refuse.$Properties;
 export type Assign = pb.Assign.$Properties;
 export type Cancel = pb.Cancel.$Properties;
+export type Capture = pb.Capture.$Properties;
 
 /** Constants of the control channel. */
 export const CONTROL = Object.freeze({
@@ -55,7 +56,8 @@ export type ServerMessage =
   | { type: 'refuse'; refuse: Refuse }
   | { type: 'heartbeat'; heartbeat: Heartbeat }
   | { type: 'assign'; assign: Assign }
-  | { type: 'cancel'; cancel: Cancel };
+  | { type: 'cancel'; cancel: Cancel }
+  | { type: 'capture'; capture: Capture };
 
 /** Encodes one agent message into a frame. */
 export function encodeAgentMessage(m: AgentMessage): Buffer {
@@ -113,6 +115,21 @@ export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.M
       return { type: 'assign', assign: checkAssign(m.assign!) };
     case 'cancel':
       return { type: 'cancel', cancel: { sessionId: num(m.cancel!.sessionId), reason: str(m.cancel!.reason, 'reason', 1024) } };
+    case 'capture': {
+      const c = m.capture!;
+      return {
+        type: 'capture',
+        capture: {
+          captureId: num(c.captureId),
+          image: str(c.image, 'image'),
+          device: str(c.device, 'device'),
+          partitions: (c.partitions ?? []).map((x) => num(x)),
+          ignoreReadErrors: c.ignoreReadErrors ?? false,
+          force: c.force ?? false,
+          chunkSize: num(c.chunkSize),
+        },
+      };
+    }
     default:
       throw malformed('no known message in the frame (unknown type, or a newer server)');
   }

@@ -18,6 +18,7 @@ import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
 import type { Store } from './store/store.js';
 import type { AgentChannel } from './control.js';
+import type { CaptureManager } from './captures.js';
 import { bootToken, type PxeServices } from '../pxe/service.js';
 
 /** Largest request body accepted, bytes. */
@@ -36,6 +37,8 @@ const STATUS_OF: Record<string, number> = {
   [ERR.NOT_FOUND]: 404,
   [ERR.BUSY]: 409,
   [ERR.MANIFEST_VERSION]: 409,
+  [ERR.CHUNK_CORRUPT]: 422,
+  [ERR.CHUNK_MISSING]: 409,
 };
 
 /** What the API serves from. */
@@ -51,6 +54,7 @@ export interface ApiContext {
   boot: { dir: string; script: (mac: string) => string } | undefined;
   /** The PXE services, once started. */
   pxe?: () => PxeServices | undefined;
+  captures: CaptureManager;
 }
 
 /** The dashboard's view of everything, also GET /api/state. */
@@ -129,7 +133,9 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
     // A network-booted agent holds only its own boot token (pxe/service.ts): enough for its session's manifest.
     const machine = String(req.headers['x-clonecast-machine'] ?? '').toLowerCase();
-    const bootAgent = c.boot !== undefined && /^\/api\/sessions\/\d+\/manifest$/.test(path) && machine !== '' && tokenMatches(bearer(req), bootToken(c.token, machine));
+    const captureId = Number(/^\/api\/captures\/(\d+)\/(have|chunks\/[0-9a-f]{64}|table|progress|finish|fail)$/.exec(path)?.[1]);
+    const agentRoute = /^\/api\/sessions\/\d+\/manifest$/.test(path) || (Number.isInteger(captureId) && c.captures.owns(captureId, machine));
+    const bootAgent = c.boot !== undefined && agentRoute && machine !== '' && tokenMatches(bearer(req), bootToken(c.token, machine));
     if (!bootAgent && !tokenMatches(bearer(req), c.token)) {
       throw new ClonecastError(ERR.UNAUTHORIZED, 'this needs the server\'s token: send "Authorization: Bearer TOKEN" ("clonecast token" prints it)');
     }
@@ -137,6 +143,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4' }).end(metrics(c));
       return;
     }
+    if (path.startsWith('/api/captures')) return await captureRoute(c, method, path, req, res);
     const route = `${method} ${path.replace(/\/\d+(?=\/|$)/, '/:id')}`;
     const id = Number(/\/api\/sessions\/(\d+)/.exec(path)?.[1]);
     switch (route) {
@@ -175,6 +182,48 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     const code = known ? err.code : 'CLONECAST_ERR_INTERNAL';
     if (!res.headersSent) send(res, known ? (STATUS_OF[code] ?? 422) : 500, { error: { code, message: (err as Error).message } });
   }
+}
+
+async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let size = 0;
+  for await (const part of req) {
+    size += (part as Buffer).length;
+    if (size > limit) throw new ClonecastError(ERR.USAGE, `request body over ${limit} bytes`);
+    parts.push(part as Buffer);
+  }
+  return Buffer.concat(parts);
+}
+
+/** Captures: the admin starts and watches them; the agent uploads into them. */
+async function captureRoute(c: ApiContext, method: string, path: string, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  const m = /^\/api\/captures(?:\/(\d+)(?:\/(have|chunks|table|progress|finish|fail)(?:\/([0-9a-f]{64}))?)?)?$/.exec(path);
+  if (m === null) throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
+  const [, idText, action, sha] = m;
+  const id = Number(idText);
+  const json = async () => JSON.parse((await readBody(req, MAX_BODY)).toString('utf8') || '{}') as Record<string, unknown>;
+  if (idText === undefined) {
+    if (method === 'GET') return send(res, 200, c.captures.list());
+    if (method === 'POST') return send(res, 201, c.captures.create((await json()) as never));
+  } else if (action === undefined && method === 'GET') {
+    return send(res, 200, c.captures.get(id));
+  } else if (action === 'have' && method === 'POST') {
+    return send(res, 200, c.captures.have(id, (await json()).chunks));
+  } else if (action === 'chunks' && sha !== undefined && method === 'PUT') {
+    await c.captures.putChunk(id, sha, await readBody(req, 32 << 20));
+    return send(res, 200, { ok: true });
+  } else if (action === 'table' && method === 'PUT') {
+    c.captures.table(id, await readBody(req, 512 << 20));
+    return send(res, 200, { ok: true });
+  } else if (action === 'progress' && method === 'POST') {
+    c.captures.progress(id, (await json()) as never);
+    return send(res, 200, { ok: true });
+  } else if (action === 'finish' && method === 'POST') {
+    return send(res, 200, await c.captures.finish(id, (await json()) as never));
+  } else if (action === 'fail' && method === 'POST') {
+    return send(res, 200, c.captures.fail(id, String((await json()).error ?? 'no reason given')));
+  }
+  throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
 }
 
 /**

@@ -13,6 +13,7 @@ import { DEFAULT_LISTEN } from './defaults.js';
 import { interfaceAddress } from './mcast/session.js';
 import { Registry } from './registry.js';
 import { SessionManager } from './sessions.js';
+import { CaptureManager } from './captures.js';
 import { loadOrCreateToken, tokenMatches } from './token.js';
 import type { Store } from './store/store.js';
 import { join } from 'node:path';
@@ -82,7 +83,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
   agents.attach(sessions);
   await sessions.restore();
-  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe };
+  const captures = new CaptureManager(o.store, registry, agents, o.log);
+  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures };
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
 
@@ -123,6 +125,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const changed = () => (dirty = true);
   registry.on('changed', changed);
   sessions.on('changed', changed);
+  captures.on('changed', () => {
+    changed();
+    state.imagesChanged();
+  });
   const pusher = setInterval(() => {
     if (!dirty || watchers.size === 0) return;
     dirty = false;

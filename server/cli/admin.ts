@@ -134,6 +134,36 @@ export async function deploy(c: Client, req: SessionRequest, o: { json: boolean;
   return { ok: s.state === 'done', summary: { session: s.id, image: `${s.image}@${s.version}`, state: s.state, reason: s.reason, machines: s.machines } };
 }
 
+/** Starts a capture and follows it; resolves with its final record. */
+export async function capture(c: Client, req: import('../captures.js').CaptureRequest, o: { json: boolean; stream: NodeJS.WriteStream }): Promise<import('../captures.js').CaptureRecord> {
+  type Rec = import('../captures.js').CaptureRecord;
+  let r = await api<Rec>(c, 'POST', '/api/captures', req);
+  const out = o.json ? null : o.stream;
+  out?.write(`capture ${r.id}: ${r.machine} ${r.device} into image ${r.image}\n`);
+  let last = 0;
+  while (r.state === 'running') {
+    await new Promise((res) => setTimeout(res, 500));
+    try {
+      r = await api<Rec>(c, 'GET', `/api/captures/${r.id}`);
+    } catch (err) {
+      if (!(err instanceof ClonecastError && err.code === ERR.UNREACHABLE)) throw err;
+      continue; // the server restarts: the capture resumes
+    }
+    const p = r.progress;
+    if (out !== null && Date.now() - last > (out.isTTY ? 500 : 5000) && p.chunksTotal > 0) {
+      last = Date.now();
+      out.write(`  ${Math.floor((100 * p.chunksDone) / p.chunksTotal)}%  read ${formatBytes(p.bytesRead)}, sent ${formatBytes(p.bytesSent)}, ${p.reused} chunks already stored\n`);
+    }
+  }
+  if (r.state === 'done' && r.result !== null) {
+    const x = r.result;
+    out?.write(
+      `captured ${r.image}@${x.version} from ${r.machine}: ${formatBytes(x.diskSize)} disk, read ${formatBytes(r.progress.bytesRead)}, sent ${formatBytes(r.received.bytes)} (${r.progress.reused} chunks the store already had), ${formatBytes(x.newBytes)} new in the store${r.received.bytes > 0 ? `; read/sent ${x.dedupeRatio.toFixed(1)}x` : ''}${x.badRanges.length ? `; ${x.badRanges.length} unreadable range(s) stored as zeros` : ''}\n`,
+    );
+  } else out?.write(`capture ${r.id} failed: ${r.error}\n`);
+  return r;
+}
+
 /** Prints `clonecast machines`. */
 export function printMachines(ms: MachineRecord[]): void {
   console.log(`${pad('MACHINE', 18)} ${pad('NAME', 12)} ${pad('ADDRESS', 15)} ${pad('STATE', 10)} ${pad('LAST IMAGE', 20)} LAST SEEN`);

@@ -83,6 +83,7 @@ usage:
                  [--drop-after S] [--differential] [--token T]
   clonecast agent [--server URL] [--disk PATH|auto] [--token T] [--once] [--no-verify]
                  [--allow-power] [--power-exit] [--machine-id MAC] [--unicast]
+  clonecast capture MACHINE NAME [--disk DEV] [--partitions 1,3] [--ignore-read-errors] [--force]
   clonecast machines [--server URL] [--token T]
   clonecast sessions [start|cancel ID] [--server URL] [--token T]
   clonecast send NAME[@V] (--interface IF | --address IP) [--clients N [--wait S]] [--rate MBIT]
@@ -151,6 +152,7 @@ const OPTIONS = {
   'keep-last': { type: 'string' },
   'keep-daily': { type: 'string' },
   'dry-run': { type: 'boolean' },
+  partitions: { type: 'string' },
   differential: { type: 'boolean' },
   loss: { type: 'string' },
   delay: { type: 'string' },
@@ -203,6 +205,15 @@ async function run(argv: string[]): Promise<number> {
     return EXIT.OK;
   }
   if (command === 'deploy' || command === 'machines' || command === 'sessions') return adminCommand(command, sub, rest, values, json);
+  if (command === 'capture') {
+    if (sub === undefined || rest.length !== 1) throw usage('"clonecast capture" takes MACHINE NAME');
+    const a = await admin();
+    const client = { server: serverUrl(values), token: a.clientToken(values.token, dataDir(values.data)) };
+    const partitions = values.partitions?.split(',').map((p) => positiveInt(p.trim(), '--partitions')!);
+    const r = await a.capture(client, { machine: sub, image: rest[0], disk: values.disk, partitions, ignoreReadErrors: values['ignore-read-errors'] === true, force: values.force === true }, { json, stream: process.stderr });
+    if (json) emitJson(r);
+    return r.state === 'done' ? EXIT.OK : EXIT.FAILURE;
+  }
   if (command === 'agent') return agentCommand(values, json);
   if (command === 'lab') return labCommand(sub, rest, values, json);
   if (command === 'bootenv') {

@@ -25,7 +25,7 @@ export async function labDemo(cli: string, out: (line: string) => void, port?: n
   for (let i = 0; i < random.length; i += 4) random.writeUInt32LE((Math.imul(i, 2654435761) ^ (i >>> 7)) >>> 0, i);
   writeFileSync(join(dir, 'files', 'data.bin'), random);
   execFileSync('truncate', ['-s', `${64 * MiB}`, raw]);
-  execFileSync('sgdisk', ['-q', '-n', '1:2048:+16M', '-t', '1:ef00', '-c', '1:ESP', '-n', '2:0:0', '-t', '2:8300', '-c', '2:root', raw]);
+  execFileSync('sgdisk', ['-n', '1:2048:+16M', '-t', '1:ef00', '-c', '1:ESP', '-n', '2:0:0', '-t', '2:8300', '-c', '2:root', raw], { stdio: 'ignore' }); // (-q would make sgdisk write nothing to a blank disk)
   const rootStart = (2048 + 32768) * 512;
   const rootBlocks = Math.floor((64 * MiB - rootStart - 34 * 512) / 1024);
   execFileSync('mkfs.ext4', ['-q', '-d', join(dir, 'files'), '-E', `offset=${rootStart}`, raw, `${rootBlocks}k`]);
@@ -55,9 +55,11 @@ export async function labDemo(cli: string, out: (line: string) => void, port?: n
       closeSync(d);
       const same = got.equals(image);
       const sg = spawnSync('sgdisk', ['-v', m.disk], { encoding: 'utf8' }).stdout;
+      // "No problems found" is also what sgdisk says of a blank disk: count the partitions too.
+      const parts = spawnSync('sgdisk', ['-p', m.disk], { encoding: 'utf8' }).stdout.split('\n').filter((l) => /^\s+\d+\s+\d+\s+\d+/.test(l)).length;
       const fsck = spawnSync('e2fsck', ['-fn', `${m.disk}?offset=${rootStart}`]).status;
-      out(`   ${m.name} ${m.disk}: ${same ? 'identical to the image' : 'DIFFERS'}; sgdisk -v: ${/No problems found/.test(sg) ? 'no problems' : 'PROBLEMS'}; e2fsck -fn: ${fsck === 0 ? 'clean' : `exit ${fsck}`}`);
-      ok &&= same && fsck === 0;
+      out(`   ${m.name} ${m.disk}: ${same ? 'identical to the image' : 'DIFFERS'}; GPT with ${parts} partitions, sgdisk -v: ${/No problems found/.test(sg) ? 'no problems' : 'PROBLEMS'}; e2fsck -fn: ${fsck === 0 ? 'clean' : `exit ${fsck}`}`);
+      ok &&= same && fsck === 0 && parts === 2 && /No problems found/.test(sg);
     }
   } finally {
     out('5. tear down');

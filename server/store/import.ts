@@ -131,7 +131,8 @@ export async function importImage(store: Store, src: string, name: string, optio
   }
 }
 
-async function readTable(source: Disk): Promise<PartitionTable> {
+/** Reads the partition table from the first MiB of a disk (and the GPT backup when needed). */
+export async function readTable(source: Disk): Promise<PartitionTable> {
   const sector = source.logicalSectorSize;
   const headSize = Math.min(source.size, 1 << 20);
   const head = source.allocate(headSize);

@@ -71,7 +71,7 @@ describe('clonecast lab', () => {
     console.log(r.stdout);
     expect(r.code, r.stdout + r.stderr).toBe(0);
     expect(r.stdout).toMatch(/dashboard \(live while the deploy runs\): http:\/\/127\.0\.0\.1:18432\/#token=[0-9a-f]+/);
-    expect(r.stdout.match(/identical to the image; sgdisk -v: no problems; e2fsck -fn: clean/g)).toHaveLength(4);
+    expect(r.stdout.match(/identical to the image; GPT with 2 partitions, sgdisk -v: no problems; e2fsck -fn: clean/g)).toHaveLength(4);
     expect(r.stdout).toMatch(/demo: all 4 disks written, verified and identical/);
     expect(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout).not.toMatch(/^cclab/m);
   }, 120_000);
