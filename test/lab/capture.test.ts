@@ -99,7 +99,7 @@ describe('capture and restore over the network', () => {
     await until(async () => {
       const caps = await fleet.api('GET', '/api/captures').catch(() => []);
       seen = caps[0];
-      return seen?.image === 'big' && (seen.progress.chunksDone >= 3 || seen.state !== 'running');
+      return seen?.image === 'big' && (seen.received.chunks >= 3 || seen.state !== 'running');
     }, 30_000, 'the capture to be under way');
     expect(seen.state, 'the capture should still run when the server is killed').toBe('running');
     fleet.server!.child.kill('SIGKILL');
