@@ -63,6 +63,7 @@ export interface Snapshot {
   machines: ReturnType<Registry['list']>;
   sessions: (ReturnType<SessionManager['list']>[number] & { ruleText: string })[];
   images: ListEntry[];
+  captures: ReturnType<CaptureManager['list']>;
 }
 
 /** The snapshot and its cached image list (reading manifests is not free). */
@@ -82,6 +83,7 @@ export class State {
       machines: this.c.registry.list(),
       sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...s, ruleText: describeRule(s.rule) })),
       images: this.images,
+      captures: this.c.captures.list().slice(0, 20),
     };
   }
 

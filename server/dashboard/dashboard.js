@@ -41,7 +41,8 @@ function render(s) {
       `<td class="state-${esc(state)}">${esc(state)}</td><td>${esc(m.image || (m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : ''))}</td>` +
       `<td><span class="bar"><i style="width:${pct}%"></i></span><span class="pct">${pct}%</span></td>` +
       `<td>${p && p.rateBps ? `${bytes(p.rateBps)}/s` : ''}</td><td>${p ? duration(p.etaSeconds) : ''}</td>` +
-      `<td>${p ? `${(100 * p.loss).toFixed(1)}%` : ''}</td><td class="error">${esc(m.lastError)}</td></tr>`;
+      `<td>${p ? `${(100 * p.loss).toFixed(1)}%` : ''}</td><td class="error">${esc(m.lastError)}</td>` +
+      `<td>${m.online ? `<button data-capture="${esc(m.id)}">capture…</button>` : ''}</td></tr>`;
   }).join(''));
   rows('sessions', s.sessions.map((x) => {
     const ms = Object.values(x.machines);
@@ -57,7 +58,14 @@ function render(s) {
     const l = i.latest;
     return l.error
       ? `<tr><td>${esc(i.name)}</td><td>${i.versions.join(', ')}</td><td colspan="3" class="error">unreadable: ${esc(l.error)}</td></tr>`
-      : `<tr><td>${esc(i.name)}</td><td>${i.versions.join(', ')}</td><td>${bytes(l.diskSize)}</td><td>${bytes(l.storedBytes)}</td><td>${time(l.createdAt)}</td></tr>`;
+      : `<tr><td>${esc(i.name)}</td><td>${i.versions.join(', ')}</td><td>${bytes(l.diskSize)}</td><td>${bytes(l.storedBytes)}</td><td>${time(l.createdAt)}</td><td>${l.badRanges || ''}</td></tr>`;
+  }).join(''));
+  rows('captures', (s.captures || []).map((c) => {
+    const p = c.progress;
+    const pct = p.chunksTotal ? Math.floor((100 * p.chunksDone) / p.chunksTotal) : (c.state === 'done' ? 100 : 0);
+    const result = c.result ? `${esc(c.image)}@${c.result.version}: ${bytes(c.result.newBytes)} new${c.result.badRanges.length ? `, ${c.result.badRanges.length} bad range(s)` : ''}` : esc(c.error);
+    return `<tr data-capture-id="${c.id}" data-state="${esc(c.state)}"><td>${c.id}</td><td>${esc(c.machine)}</td><td>${esc(c.device)}</td><td>${esc(c.image)}</td>` +
+      `<td class="state-${esc(c.state)}">${esc(c.state)}</td><td>${pct}%</td><td>${bytes(c.received.bytes)} (${p.reused} chunks already stored)</td><td class="${c.state === 'failed' ? 'error' : ''}">${result}</td></tr>`;
   }).join(''));
   const history = s.machines.flatMap((m) => m.history.map((h) => ({ ...h, machine: m.id }))).sort((a, b) => b.endedAt.localeCompare(a.endedAt)).slice(0, 100);
   rows('history', history.map((h) =>
@@ -72,7 +80,17 @@ async function act(action, id) {
 document.addEventListener('click', (e) => {
   const b = e.target.closest('button[data-act]');
   if (b) void act(b.dataset.act, b.dataset.id);
+  const c = e.target.closest('button[data-capture]');
+  if (c) {
+    const image = prompt(`Capture ${c.dataset.capture}'s disk as a new version of which image?`);
+    if (image) void startCapture(c.dataset.capture, image.trim());
+  }
 });
+
+async function startCapture(machine, image) {
+  const res = await fetch('/api/captures', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ machine, image }) });
+  if (!res.ok) alert((await res.json()).error?.message ?? `HTTP ${res.status}`);
+}
 
 let retry = 500;
 function connect() {

@@ -113,6 +113,14 @@ describe('capture and restore over the network', () => {
     expect(v).toMatch(/all sound/);
   }, 120_000);
 
+  itNeeds(['netns', 'loop', 'sgdisk', 'mkfs', 'curl'], 'two captures of one image never run at once', async () => {
+    const first = await fleet.api('POST', '/api/captures', { machine: fleet.mac(1), image: 'twice' });
+    const second = await fleet.api('POST', '/api/captures', { machine: fleet.mac(0), image: 'twice' });
+    expect(second.error?.message ?? '').toMatch(new RegExp(`capture ${first.id} of "twice" .* is still running; captures of one image never run at once`));
+    await until(async () => (await fleet.api('GET', `/api/captures/${first.id}`)).state !== 'running', 30_000, 'the first capture to end');
+    expect((await fleet.api('GET', `/api/captures/${first.id}`)).state).toBe('done');
+  }, 60_000);
+
   itNeeds(['netns', 'loop', 'mkfs', 'curl'], 'a mounted disk is refused with the reason', async () => {
     const file = join(dir, 'mounted.img');
     execFileSync('truncate', ['-s', `${16 * MiB}`, file]);
