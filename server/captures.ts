@@ -177,6 +177,14 @@ export class CaptureManager extends EventEmitter {
   /** Publishes the version once every chunk is stored. */
   async finish(id: number, m: { diskSize: number; sectorSize: number; chunkSize: number; partitionTable: PartitionTable; badRanges: BadRange[]; device: string; blockDevice: boolean; progress: CaptureRecord['progress'] }): Promise<CaptureRecord> {
     const c = this.running(id);
+    // What the agent says is checked before it shapes a manifest.
+    const pow2 = (n: unknown) => Number.isInteger(n) && Number.isInteger(Math.log2(n as number));
+    if (!Number.isSafeInteger(m.diskSize) || m.diskSize <= 0) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} is not a byte count`);
+    if (!pow2(m.chunkSize) || m.chunkSize < CHUNK.MIN_SIZE || m.chunkSize > CHUNK.MAX_SIZE) throw new ClonecastError(ERR.USAGE, `chunk size ${m.chunkSize} is not a power of two from ${CHUNK.MIN_SIZE} to ${CHUNK.MAX_SIZE}`);
+    if (!pow2(m.sectorSize) || m.sectorSize < 512 || m.sectorSize > 65536) throw new ClonecastError(ERR.USAGE, `sector size ${m.sectorSize}`);
+    if (!Array.isArray(m.badRanges) || m.badRanges.some((r) => !Number.isSafeInteger(r?.offset) || !Number.isSafeInteger(r?.length) || r.offset < 0 || r.length <= 0 || r.offset + r.length > m.diskSize)) {
+      throw new ClonecastError(ERR.USAGE, 'bad ranges must be {offset, length} inside the disk');
+    }
     const table = this.pending.get(id)?.table;
     if (table === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'no chunk table uploaded for this capture (PUT .../table first)');
     if (tableLength(table) !== chunkCount(m.diskSize, m.chunkSize)) throw new ClonecastError(ERR.USAGE, 'the chunk table does not match the disk size');
