@@ -9,7 +9,7 @@
  * whole story once and tears down.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
@@ -177,8 +177,8 @@ export function labDown(): { removed: boolean; namespaces: string[] } {
   }
   for (const ns of [...state.namespaces].reverse()) spawnSync('ip', ['netns', 'del', ns]);
   for (const loop of state.loops) spawnSync('losetup', ['-d', loop]);
-  for (const m of state.machines) if (m.disk.startsWith(LAB_DIR)) rmSync(m.disk, { force: true });
-  for (const n of [1, 2, 3, 4, 5, 6, 7, 8].map((i) => join(LAB_DIR, `pc${i}.img`))) rmSync(n, { force: true });
+  // The machines' disk files (behind the loop devices, or the VMs' disks).
+  for (const f of readdirSync(LAB_DIR)) if (/^pc\d+\.img$/.test(f)) rmSync(join(LAB_DIR, f), { force: true });
   rmSync(statePath(), { force: true });
   return { removed: true, namespaces: state.namespaces };
 }
