@@ -16,9 +16,9 @@ import type { PartitionTable } from '../protocol/partitions.js';
 import type { Capture } from '../protocol/control.js';
 import { statSync } from 'node:fs';
 import { Disk } from '../native/disk.js';
-import { deviceUsage } from '../native/usage.js';
+import { devNumbers, deviceUsage } from '../native/usage.js';
 import { readAround } from '../native/read-around.js';
-import { readTable } from '../server/store/import.js';
+import { mergeRanges, readTable } from '../server/store/import.js';
 
 /** Data chunks asked about (and uploaded) per round trip. */
 const BATCH = 16;
@@ -135,7 +135,7 @@ export async function runCapture(link: CaptureLink, c: Capture, device: string, 
           setChunk(table, i, { kind: ChunkKind.ABSENT, compression: 0, storedLength: 0, xxh64: 0n, sha256: Buffer.alloc(32) });
         } else {
           const view = raw.subarray(0, length);
-          for (const r of readAround(disk, raw, position, length, c.ignoreReadErrors === true)) bad.push(r);
+          mergeRanges(bad, readAround(disk, raw, position, length, c.ignoreReadErrors === true));
           progress.bytesRead += length;
           if (isZero(view)) setChunk(table, i, { kind: ChunkKind.ZERO, compression: 0, storedLength: 0, xxh64: 0n, sha256: Buffer.alloc(32) });
           else {
@@ -157,7 +157,7 @@ export async function runCapture(link: CaptureLink, c: Capture, device: string, 
       await flush();
       onProgress({ ...progress });
       await call(link, 'PUT', `${base}/table`, table, 'application/octet-stream');
-      const meta = { diskSize, sectorSize: disk.logicalSectorSize, chunkSize, partitionTable, badRanges: mergeBad(bad), device, blockDevice: disk.blockDevice, progress };
+      const meta = { diskSize, sectorSize: disk.logicalSectorSize, chunkSize, partitionTable, badRanges: bad, device, blockDevice: disk.blockDevice, progress };
       const done = (await call(link, 'POST', `${base}/finish`, JSON.stringify(meta))) as { result: { version: number; newBytes: number } };
       return done.result;
     } finally {
@@ -174,9 +174,8 @@ function refuseInUse(device: string, force: boolean): void {
   if (force) return;
   const st = statSync(device);
   if (!st.isBlockDevice()) return;
-  const maj = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
-  const min = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & ~0xffn));
-  const usage = deviceUsage(maj, min);
+  const { major, minor } = devNumbers(st.rdev);
+  const usage = deviceUsage(major, minor);
   const reasons = [...usage.reasons, ...(usage.bootDisk ? ['it holds the running system'] : [])];
   if (reasons.length > 0) {
     throw new ClonecastError(
@@ -189,14 +188,4 @@ function refuseInUse(device: string, force: boolean): void {
 /** Tells the server a capture failed before it could start. */
 export async function reportFailure(link: CaptureLink, id: number, error: string): Promise<void> {
   await call(link, 'POST', `/api/captures/${id}/fail`, JSON.stringify({ error })).catch(() => {});
-}
-
-function mergeBad(ranges: BadRange[]): BadRange[] {
-  const out: BadRange[] = [];
-  for (const r of ranges) {
-    const last = out[out.length - 1];
-    if (last !== undefined && last.offset + last.length === r.offset) last.length += r.length;
-    else out.push({ ...r });
-  }
-  return out;
 }

@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { BootMode, type DiskInfo } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { deviceUsage } from '../native/usage.js';
+import { devNumbers, deviceUsage } from '../native/usage.js';
 
 /** Block devices that are never a machine's disk. */
 const NOT_DISKS = /^(loop|ram|zram|sr|fd|nbd|dm-|md)/;
@@ -74,9 +74,8 @@ export function disks(only?: string): DiskInfo[] {
       return [{ device: only, size: st.size, logicalSector: 512, physicalSector: 512, model: 'file', serial: '', removable: false, mounted: false, boot: false }];
     }
     if (!st.isBlockDevice()) throw new ClonecastError(ERR.USAGE, `--disk ${only} is neither a block device nor a file`);
-    const maj = Number((BigInt(st.rdev) >> 8n) & 0xfffn);
-    const min = Number((BigInt(st.rdev) & 0xffn) | ((BigInt(st.rdev) >> 12n) & ~0xffn));
-    return [describeSys(only, realpathSync(`/sys/dev/block/${maj}:${min}`))];
+    const { major, minor } = devNumbers(st.rdev);
+    return [describeSys(only, realpathSync(`/sys/dev/block/${major}:${minor}`))];
   }
   const out: DiskInfo[] = [];
   for (const name of readdirSync('/sys/block').sort()) {

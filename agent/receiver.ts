@@ -351,7 +351,7 @@ export class Receiver extends EventEmitter {
 
   private onData(p: DataPacket): void {
     this.counters.packets++;
-    this.lastDataAt = performance.now();
+    this.lastDataAt = this.lastHeard; // onMessage just read the clock
     this.ackSeqAtData = this.ackSeq;
     // Once it has everything, the sender may unicast the rest to the last
     // receiver: sequence gaps then are not this receiver's loss.

@@ -10,7 +10,7 @@
 import { closeSync, ftruncateSync, openSync, readSync, statSync, writeSync, constants as fsc, type Stats } from 'node:fs';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { native, type DeviceInfo, type NativeAddon } from './addon.js';
-import { deviceUsage } from './usage.js';
+import { devNumbers, deviceUsage } from './usage.js';
 
 /** How to open a disk. */
 export interface DiskOptions {
@@ -84,7 +84,10 @@ export class Disk {
       } catch {
         // missing: open() below reports it
       }
-      if (st?.isBlockDevice()) checkUnused(path, major(st.rdev), minor(st.rdev));
+      if (st?.isBlockDevice()) {
+        const { major, minor } = devNumbers(st.rdev);
+        checkUnused(path, major, minor);
+      }
     }
     let fd: number;
     try {
@@ -272,15 +275,6 @@ function openError(err: unknown, path: string): unknown {
   }
   if (code === 'EBUSY') return new ClonecastError(ERR.DISK_IN_USE, `${path} is busy (opened exclusively by another program)`, {}, { cause: err });
   return err;
-}
-
-// Linux dev_t: major in bits 8-19 and 32-43, minor in bits 0-7 and 20-43 (glibc's gnu_dev_major/minor).
-function major(dev: number): number {
-  return Number(((BigInt(dev) >> 8n) & 0xfffn) | ((BigInt(dev) >> 32n) & ~0xfffn));
-}
-
-function minor(dev: number): number {
-  return Number((BigInt(dev) & 0xffn) | ((BigInt(dev) >> 12n) & ~0xffn));
 }
 
 function checkUnused(path: string, maj: number, min: number): void {

@@ -78,13 +78,18 @@ export function mounts(): Mount[] {
   return out;
 }
 
+/** Major and minor of a Linux dev_t: major in bits 8-19 and 32-43, minor in bits 0-7 and 20-43 (glibc's gnu_dev_major/minor). */
+export function devNumbers(rdev: number | bigint): { major: number; minor: number } {
+  const d = BigInt(rdev);
+  return { major: Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn)), minor: Number((d & 0xffn) | ((d >> 12n) & ~0xffn)) };
+}
+
 function rdevOf(path: string): DevId | null {
   try {
     const st = statSync(path, { bigint: true });
     if (!st.isBlockDevice()) return null;
-    const major = ((st.rdev >> 8n) & 0xfffn) | ((st.rdev >> 32n) & ~0xfffn);
-    const minor = (st.rdev & 0xffn) | ((st.rdev >> 12n) & ~0xffn);
-    return devId(Number(major), Number(minor));
+    const { major, minor } = devNumbers(st.rdev);
+    return devId(major, minor);
   } catch {
     return null;
   }

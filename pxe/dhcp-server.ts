@@ -11,7 +11,7 @@
  * Serve loop: receive, decode, validate, decide, reply. A bad packet is
  * counted and dropped; it never throws out of a handler.
  */
-import { createSocket, type Socket } from 'node:dgram';
+import type { Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import {
   clientArch,
@@ -30,7 +30,7 @@ import {
   userClasses,
   type DhcpPacket,
 } from '../protocol/dhcp.js';
-import { native } from '../native/addon.js';
+import { bindUdp } from './socket.js';
 import { Leases } from './leases.js';
 
 /** What the boot policy is asked. */
@@ -132,20 +132,12 @@ export class DhcpServer extends EventEmitter {
     return { dhcp: this.main!.address().port, pxe: this.pxe?.address().port };
   }
 
-  private bind(port: number): Promise<Socket> {
-    const s = createSocket({ type: 'udp4', reuseAddr: true });
-    s.on('error', (err) => this.o.log?.('warn', `dhcp: ${err.message}`));
-    return new Promise((resolve, reject) => {
-      const done = () => {
-        s.off('error', reject);
-        s.setBroadcast(true);
-        resolve(s);
-      };
-      s.once('error', reject);
-      // 0.0.0.0 to receive broadcasts; the device binding keeps other interfaces out.
-      if (this.o.device !== undefined) s.bind({ fd: native().udpSocket(this.o.device, '0.0.0.0', port) } as never, done);
-      else s.bind(port, this.o.bindAddress ?? '0.0.0.0', done);
-    });
+  private async bind(port: number): Promise<Socket> {
+    // 0.0.0.0 to receive broadcasts; the device binding keeps other interfaces out.
+    const s = await bindUdp({ device: this.o.device, address: this.o.device !== undefined ? '0.0.0.0' : this.o.bindAddress, port });
+    s.on('error', (err: Error) => this.o.log?.('warn', `dhcp: ${err.message}`));
+    s.setBroadcast(true);
+    return s;
   }
 
   // ---- receive, decode, validate, decide ----

@@ -7,12 +7,12 @@
  * A bad packet is counted and dropped; a packet from the wrong port is
  * answered with "unknown transfer ID" and otherwise ignored.
  */
-import { createSocket, type Socket } from 'node:dgram';
+import type { Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { open, realpath, type FileHandle } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { decodeTftp, dataHeader, encodeTftp, Opcode, TFTP, TftpError, type TftpPacket } from '../protocol/tftp.js';
-import { native } from '../native/addon.js';
+import { bindUdp } from './socket.js';
 
 /** Bytes read from the file at a time for one transfer. */
 const READ_AHEAD = 1 << 20;
@@ -59,19 +59,6 @@ export interface TftpCounters {
   bytesSent: number;
 }
 
-function udp(o: TftpServerOptions, port: number): Promise<Socket> {
-  const s = createSocket({ type: 'udp4', reuseAddr: true });
-  return new Promise((resolve, reject) => {
-    s.once('error', reject);
-    const done = () => {
-      s.off('error', reject);
-      resolve(s);
-    };
-    if (o.device !== undefined) s.bind({ fd: native().udpSocket(o.device, o.address ?? '0.0.0.0', port) } as never, done);
-    else s.bind(port, o.address ?? '0.0.0.0', done);
-  });
-}
-
 /** The TFTP service. Emits 'transfer' ({file, client, bytes, seconds, ok, error}). */
 export class TftpServer extends EventEmitter {
   readonly counters: TftpCounters = { requests: 0, probes: 0, completed: 0, failed: 0, refused: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
@@ -86,7 +73,7 @@ export class TftpServer extends EventEmitter {
   /** Binds the listener; resolves with its port. */
   async start(): Promise<number> {
     this.rootReal = await realpath(this.o.root);
-    const s = await udp(this.o, this.o.port ?? TFTP.PORT);
+    const s = await bindUdp({ device: this.o.device, address: this.o.address, port: this.o.port ?? TFTP.PORT });
     this.socket = s;
     s.on('message', (msg, rinfo) => void this.onRequest(msg, rinfo));
     s.on('error', (err) => this.o.log?.('warn', `tftp: ${err.message}`));
@@ -153,7 +140,7 @@ export class TftpServer extends EventEmitter {
     const size = (await file.stat()).size;
     let socket: Socket;
     try {
-      socket = await udp(this.o, 0);
+      socket = await bindUdp({ device: this.o.device, address: this.o.address, port: 0 });
     } catch (err) {
       await file.close();
       this.o.log?.('warn', `tftp: no socket for a transfer: ${(err as Error).message}`);

@@ -98,16 +98,10 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const part of req) {
-    size += (part as Buffer).length;
-    if (size > MAX_BODY) throw new ClonecastError(ERR.USAGE, `request body over ${MAX_BODY} bytes`);
-    parts.push(part as Buffer);
-  }
-  if (size === 0) return {};
+  const body = await readBody(req, MAX_BODY);
+  if (body.length === 0) return {};
   try {
-    return JSON.parse(Buffer.concat(parts).toString('utf8'));
+    return JSON.parse(body.toString('utf8'));
   } catch {
     throw new ClonecastError(ERR.USAGE, 'request body is not JSON');
   }
@@ -203,7 +197,7 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   if (m === null) throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
   const [, idText, action, sha] = m;
   const id = Number(idText);
-  const json = async () => JSON.parse((await readBody(req, MAX_BODY)).toString('utf8') || '{}') as Record<string, unknown>;
+  const json = async () => (await readJson(req)) as Record<string, unknown>;
   if (idText === undefined) {
     if (method === 'GET') return send(res, 200, c.captures.list());
     if (method === 'POST') return send(res, 201, c.captures.create((await json()) as never));

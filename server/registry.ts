@@ -15,15 +15,20 @@ export const SAVE_MS = 1000;
 /** Session history entries kept per machine. */
 export const HISTORY_LIMIT = 50;
 
-/** A machine's live progress in its current session. */
-export interface MachineProgress {
+/** The transfer counters a machine reports in a session (control.proto's Progress). */
+export interface TransferCounts {
   chunksDone: number;
   chunksTotal: number;
   bytesWritten: number;
   rateBps: number;
   loss: number;
   nacks: number;
+  /** Chunks already on the disk, not fetched again. */
   skipped: number;
+}
+
+/** A machine's live progress in its current session. */
+export interface MachineProgress extends TransferCounts {
   /** Seconds left at the current rate, or null when unknown. */
   etaSeconds: number | null;
 }

@@ -15,7 +15,7 @@ import { After, isFinalState, MachineState, stateName, type Assign, type DiskInf
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
 import { Sender } from './mcast/sender.js';
-import type { MachineRecord, Registry } from './registry.js';
+import type { MachineRecord, Registry, TransferCounts } from './registry.js';
 import { parseRef, type ImageRef, type Store } from './store/store.js';
 import { chooseDisk } from './targets.js';
 
@@ -54,19 +54,12 @@ export interface SessionRequest {
 }
 
 /** One machine's part of a session. */
-export interface SessionMachine {
+export interface SessionMachine extends TransferCounts {
   state: string;
   /** The MAC by which the start rule named it ('' if the rule names none). */
   mac: string;
   device: string;
   error: string;
-  chunksDone: number;
-  chunksTotal: number;
-  bytesWritten: number;
-  rateBps: number;
-  loss: number;
-  nacks: number;
-  skipped: number;
   verified: boolean;
   digestOk: boolean | null;
   chunksVerified: number;
@@ -315,9 +308,7 @@ export class SessionManager extends EventEmitter {
     if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state) || !ACTIVE.has(s.state)) return;
     const state = stateName(p.state ?? MachineState.STATE_UNKNOWN);
     if (isFinalState(p.state ?? 0)) return; // the Result says how it ended
-    Object.assign(m, {
-      state,
-      offlineSince: 0,
+    const counts: TransferCounts = {
       chunksDone: p.chunksDone ?? 0,
       chunksTotal: p.chunksTotal ?? 0,
       bytesWritten: p.bytesWritten ?? 0,
@@ -325,9 +316,9 @@ export class SessionManager extends EventEmitter {
       loss: p.loss ?? 0,
       nacks: p.nacks ?? 0,
       skipped: p.skipped ?? 0,
-      error: p.error ?? '',
-    });
-    this.o.registry.update(machineId, { state, progress: { ...pick(m), etaSeconds: eta(m, this.live.get(s.id)?.manifest) } });
+    };
+    Object.assign(m, counts, { state, offlineSince: 0, error: p.error ?? '' });
+    this.o.registry.update(machineId, { state, progress: { ...counts, etaSeconds: eta(counts, this.live.get(s.id)?.manifest) } });
     this.evaluate(s);
     this.emit('changed');
   }
@@ -604,10 +595,6 @@ function ruleMet(s: SessionRecord, now: number): string | null {
   if (r.waitS !== undefined && s.firstJoinAt !== null && joined.length > 0 && now - Date.parse(s.firstJoinAt) >= r.waitS * 1000) return `${r.waitS} s since the first machine joined`;
   if (r.at !== undefined && now >= Date.parse(r.at)) return `it is ${r.at}`;
   return null;
-}
-
-function pick(m: SessionMachine): Omit<import('./registry.js').MachineProgress, 'etaSeconds'> {
-  return { chunksDone: m.chunksDone, chunksTotal: m.chunksTotal, bytesWritten: m.bytesWritten, rateBps: m.rateBps, loss: m.loss, nacks: m.nacks, skipped: m.skipped };
 }
 
 /** Seconds left at the current rate, counting a full chunk for each one missing. */

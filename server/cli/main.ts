@@ -566,7 +566,8 @@ async function labCommand(sub: string | undefined, rest: string[], values: Value
     }
     case 'down': {
       const r = lab.labDown();
-      out_lab(json, r, r.removed ? `lab removed: ${r.namespaces.join(', ')}, its processes, loop devices and disks` : 'no lab was up');
+      if (json) emitJson(r);
+      else console.log(r.removed ? `lab removed: ${r.namespaces.join(', ')}, its processes, loop devices and disks` : 'no lab was up');
       return EXIT.OK;
     }
     case 'demo': {
@@ -581,11 +582,6 @@ async function labCommand(sub: string | undefined, rest: string[], values: Value
     default:
       throw usage('"clonecast lab" takes up, status, down or demo');
   }
-}
-
-function out_lab(json: boolean, data: unknown, text: string): void {
-  if (json) emitJson(data);
-  else console.log(text);
 }
 
 /** Runs the CLI with argv and exits with the right code. */

@@ -156,7 +156,8 @@ function holeResult(index: number): ImportResult {
   return { index, kind: ChunkKind.ZERO, compression: 0, storedLength: 0, xxh64: 0n, sha256: new Uint8Array(32), newBytes: 0, badRanges: [] };
 }
 
-function mergeRanges(into: BadRange[], ranges: BadRange[]): void {
+/** Appends ranges (in disk order) to into, joining ranges that touch. */
+export function mergeRanges(into: BadRange[], ranges: BadRange[]): void {
   for (const r of ranges) {
     const last = into[into.length - 1];
     if (last !== undefined && last.offset + last.length === r.offset) last.length += r.length;

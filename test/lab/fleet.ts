@@ -8,7 +8,7 @@ import { execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CLI } from '../helpers.js';
-import { Lab } from '../../server/lab/netns.js';
+import { Lab, type LabOptions } from '../../server/lab/netns.js';
 
 export const PORT = 8080;
 export const URL_ = `http://10.77.0.1:${PORT}/`;
@@ -48,10 +48,9 @@ export class Fleet {
     readonly dir: string,
     readonly data: string,
     clients: number,
-    loss?: number,
-    more: { delayMs?: number; loss?: number[] } = {},
+    net: Pick<LabOptions, 'loss' | 'delayMs'> = {},
   ) {
-    this.lab = Lab.up({ clients, loss: more.loss ?? loss, delayMs: more.delayMs });
+    this.lab = Lab.up({ clients, ...net });
   }
 
   /** Starts (or restarts) the server; resolves when it listens. */

@@ -88,7 +88,7 @@ describe('the classroom in the namespace lab: 8 agents, 2% loss, one killed and 
     const image = readFileSync(raw);
     const data = join(dir, 'data');
     await importImage(Store.open(data), raw, 'class', {});
-    fleet = new Fleet(dir, data, 8, 0.02);
+    fleet = new Fleet(dir, data, 8, { loss: 0.02 });
     for (let k = 0; k < 8; k++) fleet.disk(k, 32 * MiB);
     await fleet.startServer();
     for (let k = 0; k < 8; k++) fleet.startAgent(k);

@@ -94,7 +94,7 @@ describe('unicast for a machine the multicast group does not reach', () => {
     writeFileSync(join(dir, 'img'), image);
     await importImage(Store.open(data), join(dir, 'img'), 'remote', {});
     // The server's link has 50 ms of delay each way; client 1 also loses 1% and gets no multicast at all.
-    fleet = new Fleet(dir, data, 2, undefined, { delayMs: 50, loss: [0, 0.01] });
+    fleet = new Fleet(dir, data, 2, { delayMs: 50, loss: [0, 0.01] });
     fleet.lab.blockMulticast(1);
     for (let k = 0; k < 2; k++) fleet.disk(k, 16 * MiB);
     await fleet.startServer();
