@@ -59,7 +59,7 @@ export interface TftpCounters {
   bytesSent: number;
 }
 
-/** The TFTP service. Emits 'transfer' ({file, client, bytes, seconds, ok, error}). */
+/** The TFTP service. Emits 'transfer' ({file, client, bytes, seconds, ok, error, options}). */
 export class TftpServer extends EventEmitter {
   readonly counters: TftpCounters = { requests: 0, probes: 0, completed: 0, failed: 0, refused: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
   private socket: Socket | undefined;
@@ -153,7 +153,7 @@ export class TftpServer extends EventEmitter {
       if (t.probe) this.counters.probes++;
       else if (ok) this.counters.completed++;
       else this.counters.failed++;
-      this.emit('transfer', { file: p.filename, client: rinfo.address, bytes: t.bytes, seconds, ok, error });
+      this.emit('transfer', { file: p.filename, client: rinfo.address, bytes: t.bytes, seconds, ok, error, options: Object.fromEntries(t.negotiated) });
       if (t.probe) this.o.log?.('debug', `tftp: ${rinfo.address} asked the size of ${p.filename}`);
       else if (ok) this.o.log?.('info', `tftp: sent ${p.filename} to ${rinfo.address} (${t.bytes} bytes in ${seconds.toFixed(2)} s)`);
     });
@@ -219,10 +219,11 @@ class Transfer extends EventEmitter {
     this.timeoutMs = server.o.timeoutMs ?? TFTP_DEFAULTS.timeoutMs;
     const accepted = this.negotiate();
     this.lastBlock = Math.floor(size / this.blksize) + 1; // the last block is short, maybe empty
-    this.oack = accepted;
+    this.negotiated = accepted;
   }
 
-  private readonly oack: Map<string, string>;
+  /** The options this server accepted (its OACK); empty: none asked for, plain RFC 1350. */
+  readonly negotiated: Map<string, string>;
 
   /** RFC 2347: accept what can be honoured, leave out the rest. */
   private negotiate(): Map<string, string> {
@@ -261,14 +262,14 @@ class Transfer extends EventEmitter {
     this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
     this.socket.on('error', (err) => this.end(false, err.message));
     this.buf = Buffer.alloc((4 + this.blksize) * this.window);
-    if (this.oack.size > 0) {
+    if (this.negotiated.size > 0) {
       this.awaitingOack = true;
       this.sendOack();
     } else void this.sendWindow();
   }
 
   private sendOack(): void {
-    this.socket.send(encodeTftp({ op: Opcode.OACK, options: this.oack }), this.peer.port, this.peer.address);
+    this.socket.send(encodeTftp({ op: Opcode.OACK, options: this.negotiated }), this.peer.port, this.peer.address);
     this.arm();
   }
 
