@@ -183,8 +183,6 @@ export class Receiver extends EventEmitter {
   private ackSeqAtData = 0;
   /** Failed or stopped: the writer leaves what is queued. */
   private halted = false;
-  /** The kernel re-read the partition table after the write. */
-  partitionsReread = false;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
@@ -510,7 +508,6 @@ export class Receiver extends EventEmitter {
     try {
       // Tell the kernel about the new partition table (block devices only).
       await this.disk!.rereadPartitions();
-      this.partitionsReread = true;
     } catch {
       // A loop device without partition scanning, or a busy disk: the table is written; the kernel learns it at the next open.
     }

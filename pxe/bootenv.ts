@@ -23,8 +23,15 @@ export const MODULES = Object.freeze([
   'ahci', 'ata_piix', 'nvme', 'virtio_blk', 'virtio_scsi', 'sd_mod',
 ]);
 
-/** Where a kernel package is looked for before one is downloaded. */
-export const KERNEL_CACHE = '/var/cache/clonecast-test';
+/** Where a kernel package is looked for before one is downloaded (.ci/run puts one there). */
+export const KERNEL_CACHE = process.env.CLONECAST_KERNEL_CACHE ?? '/var/cache/clonecast-test';
+
+/** A linux-image-*-amd64 package already in dir, or null. */
+export function cachedKernelPackage(dir: string = KERNEL_CACHE): string | null {
+  if (!existsSync(dir)) return null;
+  const deb = readdirSync(dir).find((f) => /^linux-image-\d.*-amd64_.*\.deb$/.test(f));
+  return deb === undefined ? null : join(dir, deb);
+}
 
 /** What a build made. */
 export interface BootEnv {
@@ -56,11 +63,8 @@ function run(cmd: string, args: string[], cwd?: string): string {
 /** The kernel package to use: given, cached, or downloaded with apt-get into cacheDir. */
 export function kernelPackage(given: string | undefined, cacheDir: string, log?: (m: string) => void): string {
   if (given !== undefined) return given;
-  for (const dir of [cacheDir, KERNEL_CACHE]) {
-    if (!existsSync(dir)) continue;
-    const deb = readdirSync(dir).find((f) => /^linux-image-\d.*-amd64_.*\.deb$/.test(f));
-    if (deb !== undefined) return join(dir, deb);
-  }
+  const cached = cachedKernelPackage(cacheDir) ?? cachedKernelPackage();
+  if (cached !== null) return cached;
   const dep = /Depends: (linux-image-\d\S*)/.exec(run('apt-cache', ['depends', 'linux-image-amd64']))?.[1];
   if (dep === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'apt-cache knows no linux-image-amd64; run apt-get update, or pass --kernel-deb FILE');
   mkdirSync(cacheDir, { recursive: true });

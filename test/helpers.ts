@@ -7,6 +7,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { it, afterAll } from 'vitest';
+import { cachedKernelPackage, KERNEL_CACHE } from '../pxe/bootenv.js';
 
 /** Repository root. */
 export const ROOT = resolve(import.meta.dirname, '..');
@@ -47,7 +48,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   dnsmasq: () => (hasCommand('dnsmasq') ? null : 'needs dnsmasq (apt-get install dnsmasq-base)'),
   radvd: () => (hasCommand('radvd') ? null : 'needs radvd (apt-get install radvd)'),
   qemu: () => (hasCommand('qemu-system-x86_64') && existsSync('/usr/share/ovmf/OVMF.fd') && existsSync('/usr/lib/ipxe/undionly.kpxe') ? null : 'needs qemu-system-x86, ovmf and ipxe (apt-get install qemu-system-x86 ovmf ipxe ipxe-qemu)'),
-  kernel: () => (existsSync(process.env.CLONECAST_KERNEL_CACHE ?? '/var/cache/clonecast-test') && spawnSync('sh', ['-c', `ls ${process.env.CLONECAST_KERNEL_CACHE ?? '/var/cache/clonecast-test'}/linux-image-*-amd64_*.deb`]).status === 0 ? null : 'needs a Debian kernel package in /var/cache/clonecast-test (.ci/run downloads it with apt-get download)'),
+  kernel: () => (cachedKernelPackage() !== null ? null : `needs a Debian kernel package in ${KERNEL_CACHE} (.ci/run downloads it with apt-get download)`),
   blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
   fuse: () =>
     existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',

@@ -219,11 +219,6 @@ export class Sender extends EventEmitter {
     this.released = true;
   }
 
-  /** True once sending has begun. */
-  get sending(): boolean {
-    return this.started;
-  }
-
   /** Stops sending and closes the socket. Receivers still running see no more data. */
   stop(): void {
     if (this.stopped) return;

@@ -7,22 +7,14 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { cachedKernelPackage, KERNEL_CACHE } from '../../pxe/bootenv.js';
 
-/** Where .ci/run leaves the kernel package. */
-export const KERNEL_CACHE = process.env.CLONECAST_KERNEL_CACHE ?? '/var/cache/clonecast-test';
 export const MARKER = 'CLONECAST-TEST-BOOT-OK';
-
-/** The kernel package in the cache, or null. */
-export function kernelPackage(): string | null {
-  if (!existsSync(KERNEL_CACHE)) return null;
-  const deb = readdirSync(KERNEL_CACHE).find((f) => /^linux-image-.*-amd64_.*\.deb$/.test(f) && !f.includes('-dbg'));
-  return deb === undefined ? null : join(KERNEL_CACHE, deb);
-}
 
 /** Writes vmlinuz and initrd.img into dir. */
 export function makeBootFiles(dir: string): void {
   mkdirSync(dir, { recursive: true });
-  const deb = kernelPackage();
+  const deb = cachedKernelPackage();
   if (deb === null) throw new Error(`no kernel package in ${KERNEL_CACHE}: apt-get download linux-image-<version>-amd64 there (.ci/run does)`);
   const x = join(dir, 'x');
   execFileSync('dpkg-deb', ['-x', deb, x]);
