@@ -9,7 +9,7 @@
  * upload resumes after a server restart.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync } from 'node:fs';
+import { loadJsonList } from './jsonfile.js';
 import { join } from 'node:path';
 import { CHUNK, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -69,13 +69,9 @@ export class CaptureManager extends EventEmitter {
   ) {
     super();
     this.path = join(store.root, 'captures.json');
-    if (existsSync(this.path)) {
-      try {
-        for (const c of JSON.parse(readFileSync(this.path, 'utf8')) as CaptureRecord[]) this.captures.set(c.id, c);
-      } catch {
-        this.log?.('warn', 'captures.json could not be read; starting with no captures');
-      }
-    }
+    const { list, setAside } = loadJsonList<CaptureRecord>(this.path);
+    if (setAside !== undefined) this.log?.('warn', `captures.json could not be read; kept as ${setAside}, starting with no captures`);
+    for (const c of list) this.captures.set(c.id, c);
   }
 
   list(): CaptureRecord[] {

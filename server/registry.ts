@@ -5,7 +5,7 @@
  * every SAVE_MS and on close.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { loadJsonList } from './jsonfile.js';
 import { join } from 'node:path';
 import type { DiskInfo } from '../protocol/control.js';
 import type { Store } from './store/store.js';
@@ -81,16 +81,9 @@ export class Registry extends EventEmitter {
   constructor(private readonly store: Store) {
     super();
     this.path = join(store.root, 'machines.json');
-    if (!existsSync(this.path)) return;
-    try {
-      const list = JSON.parse(readFileSync(this.path, 'utf8')) as MachineRecord[];
-      if (!Array.isArray(list)) throw new Error('not a list');
-      for (const m of list) this.machines.set(m.id, { ...m, online: false, state: m.state === 'done' || m.state === 'failed' ? m.state : 'offline' });
-    } catch {
-      // Never lose what was there: keep the unreadable file aside and start empty.
-      this.setAside = `${this.path}.unreadable-${Date.now()}`;
-      renameSync(this.path, this.setAside);
-    }
+    const { list, setAside } = loadJsonList<MachineRecord>(this.path);
+    this.setAside = setAside;
+    for (const m of list) this.machines.set(m.id, { ...m, online: false, state: m.state === 'done' || m.state === 'failed' ? m.state : 'offline' });
   }
 
   /** All machines, most recently seen first. */

@@ -9,7 +9,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { loadJsonList } from './jsonfile.js';
 import { join } from 'node:path';
 import { After, isFinalState, MachineState, stateName, type Assign, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -148,19 +148,9 @@ export class SessionManager extends EventEmitter {
 
   /** Loads saved sessions and restarts the senders of active ones. */
   async restore(): Promise<void> {
-    if (existsSync(this.path)) {
-      let list: SessionRecord[] = [];
-      try {
-        list = JSON.parse(readFileSync(this.path, 'utf8')) as SessionRecord[];
-        if (!Array.isArray(list)) throw new Error('not a list');
-      } catch {
-        const aside = `${this.path}.unreadable-${Date.now()}`;
-        renameSync(this.path, aside);
-        this.o.log?.('warn', `sessions.json could not be read; kept as ${aside}, starting with no sessions`);
-        list = [];
-      }
-      for (const s of list) this.sessions.set(s.id, s);
-    }
+    const { list, setAside } = loadJsonList<SessionRecord>(this.path);
+    if (setAside !== undefined) this.o.log?.('warn', `sessions.json could not be read; kept as ${setAside}, starting with no sessions`);
+    for (const s of list) this.sessions.set(s.id, s);
     for (const s of this.sessions.values()) {
       if (!ACTIVE.has(s.state)) continue;
       try {
