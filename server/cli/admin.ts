@@ -63,15 +63,17 @@ function pad(s: string, n: number): string {
 }
 
 /** One line per machine of a session: state, %, rate, ETA, loss. */
-export function sessionTable(s: SessionRecord, names: Map<string, string>): string[] {
+export function sessionTable(s: SessionRecord, machines: Map<string, MachineRecord>): string[] {
   const lines = [`${pad('MACHINE', 18)} ${pad('NAME', 12)} ${pad('STATE', 10)} ${pad('DONE', 6)} ${pad('RATE', 11)} ${pad('ETA', 7)} ${pad('LOSS', 6)} NOTE`];
   for (const [id, m] of Object.entries(s.machines)) {
     const pct = m.chunksTotal > 0 ? `${Math.floor((100 * m.chunksDone) / m.chunksTotal)}%` : m.state === 'done' ? '100%' : '-';
     const rate = m.rateBps > 0 ? `${formatBytes(m.rateBps)}/s` : '-';
-    const eta = m.rateBps > 0 && m.chunksTotal > 0 ? formatDuration(((m.chunksTotal - m.chunksDone) * (1 << 20)) / m.rateBps) : '-';
+    // The server works the ETA out with the image's chunk size (registry progress).
+    const etaSeconds = m.state === 'receiving' ? machines.get(id)?.progress?.etaSeconds : null;
+    const eta = etaSeconds !== null && etaSeconds !== undefined ? formatDuration(etaSeconds) : '-';
     const already = m.skipped > 0 ? `${m.skipped} chunks already on the disk` : '';
     const note = m.error || (m.state === 'done' ? `verified in ${m.seconds.toFixed(1)} s${already ? `; ${already}` : ''}` : already);
-    lines.push(`${pad(id, 18)} ${pad(names.get(id) ?? '', 12)} ${pad(m.state, 10)} ${pad(pct, 6)} ${pad(rate, 11)} ${pad(eta, 7)} ${pad(`${(m.loss * 100).toFixed(1)}%`, 6)} ${note}`);
+    lines.push(`${pad(id, 18)} ${pad(machines.get(id)?.hostname ?? '', 12)} ${pad(m.state, 10)} ${pad(pct, 6)} ${pad(rate, 11)} ${pad(eta, 7)} ${pad(`${(m.loss * 100).toFixed(1)}%`, 6)} ${note}`);
   }
   if (Object.keys(s.machines).length === 0) lines.push('(no machine has joined yet: start agents with "clonecast agent --server URL")');
   return lines;
@@ -101,11 +103,11 @@ export async function deploy(c: Client, req: SessionRequest, o: { json: boolean;
   let s = created;
   for (;;) {
     await new Promise((r) => setTimeout(r, tty ? 500 : 1000));
-    let names = new Map<string, string>();
+    let machines = new Map<string, MachineRecord>();
     try {
       [s] = await Promise.all([
         api<SessionRecord>(c, 'GET', `/api/sessions/${created.id}`),
-        api<MachineRecord[]>(c, 'GET', '/api/machines').then((ms) => (names = new Map(ms.map((m) => [m.id, m.hostname])))),
+        api<MachineRecord[]>(c, 'GET', '/api/machines').then((ms) => (machines = new Map(ms.map((m) => [m.id, m])))),
       ]);
       if (unreachable) out?.write('server is back\n');
       unreachable = false;
@@ -115,7 +117,7 @@ export async function deploy(c: Client, req: SessionRequest, o: { json: boolean;
       unreachable = true;
       continue;
     }
-    const lines = [`session ${s.id} ${s.state}${s.reason ? `: ${s.reason}` : ''}`, ...sessionTable(s, names)];
+    const lines = [`session ${s.id} ${s.state}${s.reason ? `: ${s.reason}` : ''}`, ...sessionTable(s, machines)];
     const text = lines.join('\n');
     if (tty) {
       out!.write(`${drawn > 0 ? `\x1b[${drawn}F\x1b[J` : ''}${text}\n`);
