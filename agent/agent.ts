@@ -75,8 +75,8 @@ export class Agent extends EventEmitter {
   private readonly finished = new Set<number>();
   /** Captures started (a repeated command after a reconnect is not run twice). */
   private readonly captures = new Set<number>();
-  /** The session whose receiver is being set up (manifest fetch), if any. */
-  private starting: number | undefined;
+  /** Assignments are handled one after the other, in arrival order. */
+  private assigning: Promise<void> = Promise.resolve();
   private stopped = false;
   private fatal: ClonecastError | undefined;
   private outcome: Result | undefined;
@@ -180,9 +180,13 @@ export class Agent extends EventEmitter {
               this.stopped = true;
             }
             return;
-          case 'assign':
-            void this.onAssign(msg.assign);
+          case 'assign': {
+            // One assignment at a time: a second Assign that arrives while the first is still
+            // superseding or starting a receiver waits for it, then finds it running (one receiver per disk).
+            const a = msg.assign;
+            this.assigning = this.assigning.then(() => this.onAssign(a)).catch((err: Error) => this.o.log?.('warn', `session ${a.sessionId}: ${err.message}`));
             return;
+          }
           case 'cancel': {
             const job = this.job;
             if (job !== undefined && job.assign.sessionId === msg.cancel.sessionId) job.receiver.stop(new ClonecastError(ERR.CANCELLED, `cancelled: ${msg.cancel.reason}`));
@@ -238,8 +242,6 @@ export class Agent extends EventEmitter {
   private async onAssign(a: Assign): Promise<void> {
     const id = a.sessionId!;
     if (this.finished.has(id)) return; // its result is pending or delivered
-    // A second Assign while this one is still being set up (a quick reconnect): one receiver per disk.
-    if (this.starting === id) return;
     const current = this.job;
     if (current !== undefined) {
       const same = current.assign.sessionId === id && current.assign.senderAddress === a.senderAddress && current.assign.senderPort === a.senderPort && current.assign.sessionKey === a.sessionKey;
@@ -255,7 +257,6 @@ export class Agent extends EventEmitter {
   private async start(a: Assign): Promise<void> {
     const id = a.sessionId!;
     const job: Partial<Job> = { assign: a, startedAt: performance.now(), state: MachineState.STATE_ASSIGNED };
-    this.starting = id;
     try {
       if (this.o.disk !== undefined && this.o.disk !== 'auto' && a.device !== this.o.disk) {
         throw new ClonecastError(ERR.REFUSED, `the server chose ${a.device} but this agent may only write ${this.o.disk}`);
@@ -290,8 +291,6 @@ export class Agent extends EventEmitter {
       this.progressTimer = setInterval(() => this.sendProgress(), this.progressMs);
     } catch (err) {
       this.finish(a, this.resultOf(a, undefined, err, 0));
-    } finally {
-      this.starting = undefined;
     }
   }
 

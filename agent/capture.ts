@@ -18,7 +18,8 @@ import { statSync } from 'node:fs';
 import { Disk } from '../native/disk.js';
 import { devNumbers, deviceUsage } from '../native/usage.js';
 import { readAround } from '../native/read-around.js';
-import { mergeRanges, readTable } from '../server/store/import.js';
+import { mergeRanges } from '../protocol/manifest.js';
+import { readTable } from '../native/disk-table.js';
 
 /** Data chunks asked about (and uploaded) per round trip. */
 const BATCH = 16;

@@ -8,6 +8,8 @@ import { existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ClonecastError, ERR } from '../protocol/errors.js';
+import { useNativeXxh64 } from '../protocol/hash.js';
+import { useNativeLz4 } from '../protocol/lz4.js';
 
 /** What deviceInfo() reports about an open file or block device. */
 export interface DeviceInfo {
@@ -73,4 +75,14 @@ export function native(): NativeAddon {
   }
   addon = createRequire(import.meta.url)(file) as NativeAddon;
   return addon;
+}
+
+// Hand the codecs the addon's xxh64 and liblz4 (protocol/ loads no addon itself): any program
+// that loads this module, directly or through Disk or the store, hashes and compresses natively.
+{
+  const built = nativeIfBuilt();
+  if (built !== null) {
+    useNativeXxh64(built);
+    if (built.lz4Available()) useNativeLz4(built);
+  }
 }

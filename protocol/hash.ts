@@ -4,15 +4,22 @@
  * is the chunk's identity in the store.
  */
 import { createHash } from 'node:crypto';
-import { nativeIfBuilt } from '../native/addon.js';
 
 type Hasher = Awaited<ReturnType<typeof import('xxhash-wasm').default>>;
 let wasm: Hasher | undefined;
 let loading: Promise<unknown> | undefined;
-const addon = nativeIfBuilt();
+/** A faster xxh64 handed in from outside (native/addon.ts registers the addon's when it is built). */
+let addon: { xxh64(buffer: Buffer): bigint } | null = null;
 
-/** Which xxh64 is in use: the native addon's, or xxhash-wasm where the addon is not built. */
-export const XXH64_IMPLEMENTATION = addon !== null ? 'native' : 'xxhash-wasm';
+/** Uses this xxh64 from now on (the native addon's; protocol/ loads no addon itself). */
+export function useNativeXxh64(impl: { xxh64(buffer: Buffer): bigint }): void {
+  addon = impl;
+}
+
+/** Which xxh64 is in use: the native addon's, or xxhash-wasm where the addon is not built or not loaded. */
+export function xxh64Implementation(): 'native' | 'xxhash-wasm' {
+  return addon !== null ? 'native' : 'xxhash-wasm';
+}
 
 /** Loads the xxh64 WebAssembly fallback if it is needed; call before xxh64(). */
 export async function initHashes(): Promise<void> {

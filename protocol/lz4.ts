@@ -6,10 +6,14 @@
  * produce and read the same layout.
  */
 import { createRequire } from 'node:module';
-import { nativeIfBuilt } from '../native/addon.js';
 
-const addon = nativeIfBuilt();
-const fast = addon !== null && addon.lz4Available() ? addon : null;
+/** liblz4 handed in from outside (native/addon.ts registers the addon's when it is built with liblz4). */
+let fast: { lz4Compress(src: Buffer, dst: Buffer): number; lz4Decompress(src: Buffer, dst: Buffer): number } | null = null;
+
+/** Uses liblz4 from the native addon from now on (protocol/ loads no addon itself). */
+export function useNativeLz4(impl: NonNullable<typeof fast>): void {
+  fast = impl;
+}
 
 type Lz4Napi = typeof import('lz4-napi');
 let napi: Lz4Napi | undefined;
@@ -21,7 +25,9 @@ function lz4napi(): Lz4Napi {
 }
 
 /** Which implementation is in use: "liblz4" or "lz4-napi". */
-export const LZ4_IMPLEMENTATION = fast !== null ? 'liblz4' : 'lz4-napi';
+export function lz4Implementation(): 'liblz4' | 'lz4-napi' {
+  return fast !== null ? 'liblz4' : 'lz4-napi';
+}
 
 /**
  * Compresses raw into out (prefix + block); returns the bytes used, or 0 if

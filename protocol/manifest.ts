@@ -215,3 +215,12 @@ export function diskDigest(manifest: Manifest): Buffer {
   }
   return all.digest();
 }
+
+/** Appends ranges (in disk order) to into, joining ranges that touch. */
+export function mergeRanges(into: BadRange[], ranges: BadRange[]): void {
+  for (const r of ranges) {
+    const last = into[into.length - 1];
+    if (last !== undefined && last.offset + last.length === r.offset) last.length += r.length;
+    else into.push({ ...r });
+  }
+}

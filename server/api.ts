@@ -140,6 +140,10 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       return;
     }
     if (path.startsWith('/api/captures')) return await captureRoute(c, method, path, req, res);
+    const machineRoute = /^\/api\/machines\/([0-9A-Fa-f:-]{17})$/.exec(path);
+    if (machineRoute !== null && method === 'PATCH') {
+      return send(res, 200, c.registry.label(machineRoute[1].replace(/-/g, ':'), (await readJson(req)) as { name?: unknown; groups?: unknown }));
+    }
     const route = `${method} ${path.replace(/\/\d+(?=\/|$)/, '/:id')}`;
     const id = Number(/\/api\/sessions\/(\d+)/.exec(path)?.[1]);
     switch (route) {
@@ -197,7 +201,11 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   if (m === null) throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
   const [, idText, action, sha] = m;
   const id = Number(idText);
-  const json = async () => (await readJson(req)) as Record<string, unknown>;
+  const json = async () => {
+    const body = await readJson(req);
+    if (typeof body !== 'object' || body === null || Array.isArray(body)) throw new ClonecastError(ERR.USAGE, 'request body must be a JSON object');
+    return body as Record<string, unknown>;
+  };
   if (idText === undefined) {
     if (method === 'GET') return send(res, 200, c.captures.list());
     if (method === 'POST') return send(res, 201, c.captures.create((await json()) as never));
@@ -217,7 +225,10 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   } else if (action === 'finish' && method === 'POST') {
     return send(res, 200, await c.captures.finish(id, (await json()) as never));
   } else if (action === 'fail' && method === 'POST') {
-    return send(res, 200, c.captures.fail(id, String((await json()).error ?? 'no reason given')));
+    const body = await json();
+    const reason = String(body.error ?? body.reason ?? '').slice(0, 1024);
+    const byAdmin = tokenMatches(bearer(req), c.token);
+    return send(res, 200, c.captures.fail(id, reason !== '' ? (byAdmin ? `failed by the administrator: ${reason}` : reason) : byAdmin ? 'failed by the administrator' : 'no reason given'));
   }
   throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
 }

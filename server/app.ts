@@ -38,6 +38,8 @@ export interface ServerOptions {
   version: string;
   maxMessage?: number;
   heartbeatMs?: number;
+  /** A running capture whose machine has been disconnected this long fails, s (default CAPTURE_DEFAULTS.lostAfterS). */
+  captureLostAfterS?: number;
   /** Network boot on the interface (needs interface). */
   pxe?: PxeConfig;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
@@ -64,7 +66,10 @@ export interface RunningServer {
   registry: Registry;
   sessions: SessionManager;
   agents: AgentChannel;
+  captures: CaptureManager;
   pxe: PxeServices | undefined;
+  /** Resolves when the server has stopped: with the fault that stopped it, or undefined after close(). */
+  ended: Promise<Error | undefined>;
   close(): Promise<void>;
 }
 
@@ -82,8 +87,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
   const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
   agents.attach(sessions);
+  const captures = new CaptureManager(o.store, registry, agents, { log: o.log, lostAfterS: o.captureLostAfterS });
   await sessions.restore();
-  const captures = new CaptureManager(o.store, registry, agents, o.log);
+  // Machines held by a session or capture that ended while the server was down are free again.
+  registry.reconcile((a) => (a.kind === 'session' ? sessions.isActive(a.id) : a.kind === 'capture' ? captures.isActive(a.id) : true));
   const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures };
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
@@ -117,7 +124,10 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
         return;
       }
       watchers.add(ws);
-      void state.snapshot().then((s) => ws.send(JSON.stringify(s)));
+      state.snapshot().then(
+        (s) => ws.send(JSON.stringify(s)),
+        (err: Error) => o.log?.('warn', `dashboard snapshot: ${err.message}`),
+      );
     });
     ws.on('close', () => watchers.delete(ws));
     ws.on('error', () => watchers.delete(ws));
@@ -132,10 +142,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const pusher = setInterval(() => {
     if (!dirty || watchers.size === 0) return;
     dirty = false;
-    void state.snapshot().then((s) => {
-      const text = JSON.stringify(s);
-      for (const ws of watchers) ws.send(text);
-    });
+    state.snapshot().then(
+      (s) => {
+        const text = JSON.stringify(s);
+        for (const ws of watchers) ws.send(text);
+      },
+      (err: Error) => o.log?.('warn', `dashboard snapshot: ${err.message}`),
+    );
   }, PUSH_MS);
 
   await new Promise<void>((resolve, reject) => {
@@ -154,6 +167,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     if (!reachable) {
       server.close();
       sessions.close();
+      captures.close();
       throw new ClonecastError(ERR.USAGE, `--pxe: booting machines reach this server on ${senderAddress}, but it listens on ${host}; use --listen ${senderAddress}:${actual} or 0.0.0.0:${actual}`);
     }
     const cfg = o.pxe;
@@ -162,6 +176,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     } catch (err) {
       server.close();
       sessions.close();
+      captures.close();
       throw err;
     }
     ctx.boot = {
@@ -174,6 +189,24 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     };
     o.log?.('info', `pxe: ${cfg.mode === 'proxy' ? 'proxyDHCP (no addresses handed out)' : 'DHCP'} and TFTP on ${o.interface} (${pxe.serverAddress}); boot scripts at ${base}boot/ipxe`);
   }
+  // One way down: close() ends every listener and timer once, whether asked or after a fault.
+  let closing: Promise<void> | undefined;
+  let endedBy: ((err: Error | undefined) => void) | undefined;
+  const ended = new Promise<Error | undefined>((r) => (endedBy = r));
+  const close = (err?: Error): Promise<void> =>
+    (closing ??= (async () => {
+      if (err !== undefined) o.log?.('warn', `the server is stopping: ${err.message}`);
+      clearInterval(pusher);
+      pxe?.close();
+      agents.closeAll();
+      sessions.close();
+      captures.close();
+      registry.close();
+      for (const ws of watchers) ws.terminate();
+      await new Promise<void>((r) => server.close(() => r()));
+      endedBy?.(err);
+    })());
+  server.on('error', (err) => void close(err));
   return {
     url,
     token,
@@ -183,15 +216,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     registry,
     sessions,
     agents,
+    captures,
     pxe,
-    async close() {
-      clearInterval(pusher);
-      pxe?.close();
-      agents.closeAll();
-      sessions.close();
-      registry.close();
-      for (const ws of watchers) ws.terminate();
-      await new Promise<void>((r) => server.close(() => r()));
-    },
+    ended,
+    close: () => close(),
   };
 }

@@ -5,8 +5,11 @@
  * xxh64 holds, and its SHA-256 is its name), and publishes the version only
  * when the whole chunk table is there and every chunk it names is stored:
  * then a barrier, then the manifest (atomic). Two captures of one image
- * name never run at once. Captures are saved in DATA/captures.json, so an
- * upload resumes after a server restart.
+ * name never run at once. A capture holds its machine in the registry (the
+ * one owner of machine activity), so no session can write a disk while it
+ * is read; a capture whose agent stays away for `lostAfterS` fails with
+ * that reason, and an administrator can fail one by hand. Captures are
+ * saved in DATA/captures.json, so an upload resumes after a server restart.
  */
 import { EventEmitter } from 'node:events';
 import { loadJsonList } from './jsonfile.js';
@@ -21,6 +24,19 @@ import type { AgentChannel } from './control.js';
 import type { Registry } from './registry.js';
 import { checkName, type Store } from './store/store.js';
 import { native } from '../native/addon.js';
+import type { Activity } from '../protocol/states.js';
+
+/** Defaults of CaptureManager. */
+export const CAPTURE_DEFAULTS = Object.freeze({
+  /** A running capture whose machine has been disconnected this long fails, s. */
+  lostAfterS: 120,
+});
+
+/** Options of CaptureManager. */
+export interface CaptureOptions {
+  lostAfterS?: number;
+  log?: (level: 'info' | 'warn', message: string) => void;
+}
 
 /** What an administrator asks for. */
 export interface CaptureRequest {
@@ -60,18 +76,37 @@ export class CaptureManager extends EventEmitter {
   private readonly captures = new Map<number, CaptureRecord>();
   private readonly pending = new Map<number, Pending>();
   private readonly path: string;
+  /** When each running capture's machine was first seen disconnected (ms since epoch). */
+  private readonly lostSince = new Map<number, number>();
+  private readonly timer: NodeJS.Timeout;
+  private readonly log: CaptureOptions['log'];
+  private readonly lostAfterMs: number;
 
   constructor(
     private readonly store: Store,
     private readonly registry: Registry,
     private readonly agents: AgentChannel,
-    private readonly log?: (level: 'info' | 'warn', message: string) => void,
+    options: CaptureOptions = {},
   ) {
     super();
+    this.log = options.log;
+    this.lostAfterMs = (options.lostAfterS ?? CAPTURE_DEFAULTS.lostAfterS) * 1000;
+    this.timer = setInterval(() => this.tick(), Math.min(1000, this.lostAfterMs / 4));
+    this.timer.unref();
     this.path = join(store.root, 'captures.json');
     const { list, setAside } = loadJsonList<CaptureRecord>(this.path);
     if (setAside !== undefined) this.log?.('warn', `captures.json could not be read; kept as ${setAside}, starting with no captures`);
     for (const c of list) this.captures.set(c.id, c);
+  }
+
+  /** True if capture `id` is running (it holds its machine). */
+  isActive(id: number): boolean {
+    return this.captures.get(id)?.state === 'running';
+  }
+
+  /** Stops the timer. */
+  close(): void {
+    clearInterval(this.timer);
   }
 
   list(): CaptureRecord[] {
@@ -95,6 +130,8 @@ export class CaptureManager extends EventEmitter {
     const device = req.disk ?? (machine.disks.length === 1 ? machine.disks[0].device! : '');
     if (device === '') throw new ClonecastError(ERR.USAGE, `${machine.id} has ${machine.disks.length} disks (${machine.disks.map((d) => d.device).join(', ')}); say which with --disk`);
     const id = Math.max(0, ...this.captures.keys()) + 1;
+    // The machine is claimed before anything is sent: a machine in a session (or another capture) is refused.
+    this.registry.claim(machine.id, holder(id), 'capturing');
     const record: CaptureRecord = {
       id,
       machine: machine.id,
@@ -213,6 +250,8 @@ export class CaptureManager extends EventEmitter {
       c.state = 'done';
       c.endedAt = new Date().toISOString();
       this.pending.delete(id);
+      this.lostSince.delete(id);
+      this.registry.apply(c.machine, { type: 'release', by: holder(id), state: 'idle' });
       this.log?.('info', `capture ${id}: published ${c.image}@${version} (${c.received.newBytes} new bytes stored, ${c.received.bytes} sent)`);
       this.save();
       this.emit('changed');
@@ -222,7 +261,7 @@ export class CaptureManager extends EventEmitter {
     }
   }
 
-  /** The agent says the capture failed; nothing is published. */
+  /** The agent or the administrator says the capture failed; nothing is published, the machine is free again. */
   fail(id: number, error: string): CaptureRecord {
     const c = this.get(id);
     if (c.state !== 'running') return c;
@@ -230,13 +269,37 @@ export class CaptureManager extends EventEmitter {
     c.error = String(error).slice(0, 1024);
     c.endedAt = new Date().toISOString();
     this.pending.delete(id);
+    this.lostSince.delete(id);
+    this.registry.apply(c.machine, { type: 'release', by: holder(id), state: 'failed', error: `capture ${id}: ${c.error}` });
     this.log?.('warn', `capture ${id}: failed: ${c.error}`);
     this.save();
     this.emit('changed');
     return c;
   }
 
+  /** Fails running captures whose machine has been gone for too long. */
+  private tick(): void {
+    const now = Date.now();
+    for (const c of this.captures.values()) {
+      if (c.state !== 'running') continue;
+      if (this.registry.get(c.machine)?.online === true) {
+        this.lostSince.delete(c.id);
+        continue;
+      }
+      const since = this.lostSince.get(c.id) ?? now;
+      this.lostSince.set(c.id, since);
+      if (now - since >= this.lostAfterMs) {
+        this.fail(c.id, `the machine's agent has been gone for ${Math.round((now - since) / 1000)} s; start the capture again once the machine is back`);
+      }
+    }
+  }
+
   private save(): void {
     this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list().slice(0, 200), null, 1)));
   }
+}
+
+/** The activity by which a capture holds its machine in the registry. */
+function holder(id: number): Activity {
+  return { kind: 'capture', id };
 }

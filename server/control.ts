@@ -35,6 +35,8 @@ export const CLOSE = Object.freeze({
   /** RFC 6455: 1003 unsupported data, 1007 invalid payload, 1009 too big. */
   TEXT: 1003,
   MALFORMED: 1007,
+  /** RFC 6455 7.4.1: 1011, the server met a condition that kept it from fulfilling the request. */
+  INTERNAL: 1011,
 });
 
 interface Conn {
@@ -61,6 +63,8 @@ export interface AgentChannelOptions {
 export class AgentChannel implements AgentLink {
   /** Connections closed for a bad frame or credentials, by reason. */
   readonly rejected = { unauthorized: 0, malformed: 0, tooLarge: 0, text: 0, protocol: 0, silent: 0 };
+  /** Messages whose handling failed on the server (the connection was closed, the server went on). */
+  faults = 0;
   private readonly byMachine = new Map<string, Conn>();
   private readonly all = new Set<Conn>();
   private sessions: SessionManager | undefined;
@@ -97,12 +101,19 @@ export class AgentChannel implements AgentLink {
         return this.close(conn, CLOSE.MALFORMED, (err as Error).message, 'malformed');
       }
       conn.lastHeard = Date.now();
-      if (conn.machine === undefined) {
-        clearTimeout(hello);
-        if (msg.type !== 'hello') return this.close(conn, CLOSE.PROTOCOL, `${msg.type} before hello`, 'protocol');
-        return this.onHello(conn, msg.hello);
+      // Acting on a message never throws out of the socket handler: a fault closes this connection only.
+      try {
+        if (conn.machine === undefined) {
+          clearTimeout(hello);
+          if (msg.type !== 'hello') return this.close(conn, CLOSE.PROTOCOL, `${msg.type} before hello`, 'protocol');
+          return this.onHello(conn, msg.hello);
+        }
+        this.onMessage(conn, conn.machine, msg);
+      } catch (err) {
+        this.faults++;
+        this.o.log?.('warn', `agent ${conn.machine ?? conn.address}: acting on its ${msg.type} failed: ${(err as Error).message}`);
+        this.close(conn, CLOSE.INTERNAL, 'the server could not act on a message; reconnect', 'protocol');
       }
-      this.onMessage(conn, conn.machine, msg);
     });
     ws.on('error', (err: Error & { code?: string }) => {
       // ws closes the socket itself (1009 for a frame over maxPayload); count and log why.
@@ -116,7 +127,7 @@ export class AgentChannel implements AgentLink {
       const id = conn.machine;
       if (id === undefined || this.byMachine.get(id) !== conn) return;
       this.byMachine.delete(id);
-      this.o.registry.update(id, { online: false });
+      this.o.registry.online(id, false);
       this.sessions?.disconnected(id);
       this.o.log?.('info', `agent ${id} disconnected`);
     });
@@ -167,7 +178,6 @@ export class AgentChannel implements AgentLink {
       disks: h.disks ?? [],
       address: conn.address,
     });
-    this.o.registry.update(id, { state: 'idle', session: null, progress: null });
     this.o.log?.('info', `agent ${id} (${record.hostname}, ${conn.address}) connected with ${record.disks.length} disk(s)${h.resume ? `, resuming session ${h.resume.sessionId}` : ''}`);
     conn.ws.send(
       encodeServerMessage({

@@ -1,13 +1,20 @@
 /**
- * The machine registry: every machine ever seen, its last state, the image
- * it last received and its session history. Persisted in the data directory
- * as machines.json, written atomically (temp file, fsync, rename) at most
- * every SAVE_MS and on close.
+ * The machine registry: every machine ever seen, and the one owner of what
+ * each machine is doing. A machine is idle, held by one session, or held by
+ * one capture (its activity); sessions and captures claim, report on and
+ * release machines only through `apply`, the one transition function, so a
+ * deploy can never take a machine that is being captured, nor a capture one
+ * that is being written. Also kept: names and groups given by the
+ * administrator, the image each machine last received, its session history.
+ * Persisted in the data directory as machines.json, written atomically
+ * (temp file, fsync, rename) at most every SAVE_MS and on close.
  */
 import { EventEmitter } from 'node:events';
 import { loadJsonList } from './jsonfile.js';
 import { join } from 'node:path';
 import type { DiskInfo } from '../protocol/control.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { describeActivity, IDLE, sameActivity, type Activity, type MachineStateName } from '../protocol/states.js';
 import type { Store } from './store/store.js';
 
 /** How often the registry is written at most, ms. */
@@ -49,6 +56,10 @@ export interface HistoryEntry {
 export interface MachineRecord {
   /** Primary MAC. */
   id: string;
+  /** A name the administrator gave it ('' if none). */
+  name: string;
+  /** Groups the administrator put it in (a session can name a group). */
+  groups: string[];
   macs: string[];
   hostname: string;
   bootMode: string;
@@ -57,8 +68,11 @@ export interface MachineRecord {
   /** IP address of its last connection. */
   address: string;
   online: boolean;
-  /** State name (control.ts stateName), e.g. "idle", "receiving", "done". */
-  state: string;
+  /** What holds the machine now; changed only by Registry.apply. */
+  activity: Activity;
+  /** What it is doing or how its last work ended (protocol/states.ts), e.g. "idle", "receiving", "done". */
+  state: MachineStateName;
+  /** The session holding it, or null (mirrors activity, for readers). */
   session: number | null;
   image: string | null;
   progress: MachineProgress | null;
@@ -68,6 +82,18 @@ export interface MachineRecord {
   lastImage: { name: string; version: number; at: string; verified: boolean } | null;
   history: HistoryEntry[];
 }
+
+/** A change to a machine's activity; `by` is the session or capture that asks. */
+export type MachineEvent =
+  /** Take an idle machine (or one this holder already has). */
+  | { type: 'claim'; by: Activity; state: MachineStateName; image?: string }
+  /** Progress or a new state from the holder; ignored from anyone else. */
+  | { type: 'report'; by: Activity; state: MachineStateName; progress?: MachineProgress | null; error?: string }
+  /** The holder lets go: the machine is idle again, its last state says how the work ended. */
+  | { type: 'release'; by: Activity; state: MachineStateName; error?: string; history?: HistoryEntry };
+
+/** Names and group names: 1-64 letters, digits, '.', '_' or '-'. */
+export const LABEL = /^[A-Za-z0-9._-]{1,64}$/;
 
 /** Every machine, by id; saved to DATA/machines.json. Emits 'changed'. */
 export class Registry extends EventEmitter {
@@ -83,7 +109,94 @@ export class Registry extends EventEmitter {
     this.path = join(store.root, 'machines.json');
     const { list, setAside } = loadJsonList<MachineRecord>(this.path);
     this.setAside = setAside;
-    for (const m of list) this.machines.set(m.id, { ...m, online: false, state: m.state === 'done' || m.state === 'failed' ? m.state : 'offline' });
+    for (const m of list) {
+      // Files from before activities: nothing held them.
+      const old = m as Partial<MachineRecord> & MachineRecord;
+      this.machines.set(m.id, { ...m, name: old.name ?? '', groups: old.groups ?? [], activity: old.activity ?? IDLE, online: false, state: 'offline', progress: null });
+    }
+  }
+
+  /**
+   * After a restart: machines held by a session or capture that is no longer
+   * active are released (their holder ended while the server was down).
+   */
+  reconcile(active: (a: Activity) => boolean): void {
+    for (const m of this.machines.values()) {
+      if (m.activity.kind !== 'idle' && !active(m.activity)) Object.assign(m, { activity: IDLE, session: null, progress: null });
+    }
+    this.changed();
+  }
+
+  /**
+   * The one transition function of a machine's activity. A claim succeeds
+   * only on an idle machine (or one the same holder has); reports and
+   * releases count only from the holder. Returns null, or why it was refused.
+   */
+  apply(id: string, e: MachineEvent): string | null {
+    const m = this.machines.get(id);
+    if (m === undefined) return `no machine ${id}`;
+    const mine = sameActivity(m.activity, e.by);
+    switch (e.type) {
+      case 'claim':
+        if (m.activity.kind !== 'idle' && !mine) return `${id} is busy (${describeActivity(m.activity)})`;
+        Object.assign(m, { activity: e.by, state: e.state, session: e.by.kind === 'session' ? e.by.id : null, lastError: '', progress: null });
+        if (e.image !== undefined) m.image = e.image;
+        break;
+      case 'report':
+        if (!mine) return `${id} is not held by ${describeActivity(e.by)}`;
+        m.state = e.state;
+        if (e.progress !== undefined) m.progress = e.progress;
+        if (e.error !== undefined) m.lastError = e.error;
+        break;
+      case 'release':
+        if (!mine) return `${id} is not held by ${describeActivity(e.by)}`;
+        Object.assign(m, { activity: IDLE, state: e.state, session: null, progress: null, lastError: e.error ?? '' });
+        if (e.history !== undefined) this.addHistory(m, e.history);
+        break;
+    }
+    m.lastSeen = new Date().toISOString();
+    this.changed();
+    return null;
+  }
+
+  /** Like apply, but a refusal throws (for requests that must not go ahead). */
+  claim(id: string, by: Activity, state: MachineStateName): void {
+    const why = this.apply(id, { type: 'claim', by, state });
+    if (why !== null) throw new ClonecastError(ERR.BUSY, why);
+  }
+
+  /** The machine's agent connected (online) or went away (offline); its activity stays with its holder. */
+  online(id: string, online: boolean): void {
+    const m = this.machines.get(id);
+    if (m === undefined) return;
+    m.online = online;
+    if (m.activity.kind === 'idle') m.state = online ? 'idle' : 'offline';
+    m.lastSeen = new Date().toISOString();
+    this.changed();
+  }
+
+  /** Gives a machine a name and groups (the administrator's labels). */
+  label(id: string, change: { name?: unknown; groups?: unknown }): MachineRecord {
+    const m = this.machines.get(id.toLowerCase());
+    if (m === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${id}; "clonecast machines" lists them`);
+    if (typeof change !== 'object' || change === null) throw new ClonecastError(ERR.USAGE, 'send {"name": ..., "groups": [...]}');
+    if (change.name !== undefined) {
+      if (change.name !== '' && (typeof change.name !== 'string' || !LABEL.test(change.name))) throw new ClonecastError(ERR.USAGE, 'a machine name is 1-64 letters, digits, ".", "_" or "-" (or "" to remove it)');
+      m.name = change.name as string;
+    }
+    if (change.groups !== undefined) {
+      if (!Array.isArray(change.groups) || change.groups.length > 32 || change.groups.some((g) => typeof g !== 'string' || !LABEL.test(g))) {
+        throw new ClonecastError(ERR.USAGE, 'groups are a list of up to 32 names of 1-64 letters, digits, ".", "_" or "-"');
+      }
+      m.groups = [...new Set(change.groups as string[])];
+    }
+    this.changed();
+    return m;
+  }
+
+  /** Machines in a group. */
+  inGroup(group: string): MachineRecord[] {
+    return this.list().filter((m) => m.groups.includes(group));
   }
 
   /** All machines, most recently seen first. */
@@ -100,30 +213,17 @@ export class Registry extends EventEmitter {
     const now = new Date().toISOString();
     const known = this.machines.get(info.id);
     const record: MachineRecord = known
-      ? { ...known, ...info, online: true, lastSeen: now }
-      : { ...info, online: true, state: 'idle', session: null, image: null, progress: null, lastError: '', firstSeen: now, lastSeen: now, lastImage: null, history: [] };
+      ? { ...known, ...info, online: true, lastSeen: now, state: known.activity.kind === 'idle' ? 'idle' : known.state }
+      : { ...info, name: '', groups: [], online: true, activity: IDLE, state: 'idle', session: null, image: null, progress: null, lastError: '', firstSeen: now, lastSeen: now, lastImage: null, history: [] };
     this.machines.set(info.id, record);
     this.changed();
     return record;
   }
 
-  /** Applies changes to a machine's record. */
-  update(id: string, change: Partial<MachineRecord>): MachineRecord | undefined {
-    const m = this.machines.get(id);
-    if (m === undefined) return undefined;
-    Object.assign(m, change, { lastSeen: new Date().toISOString() });
-    this.changed();
-    return m;
-  }
-
-  /** Adds a finished session to a machine's history. */
-  finished(id: string, entry: HistoryEntry): void {
-    const m = this.machines.get(id);
-    if (m === undefined) return;
+  private addHistory(m: MachineRecord, entry: HistoryEntry): void {
     m.history.unshift(entry);
     m.history.length = Math.min(m.history.length, HISTORY_LIMIT);
     if (entry.outcome === 'done') m.lastImage = { name: entry.image, version: entry.version, at: entry.endedAt, verified: entry.verified };
-    this.changed();
   }
 
   /** Writes the file now. */

@@ -1,11 +1,12 @@
 /**
- * Sessions: one image version multicast to a group of machines. A session
- * waits until its start rule is met (N machines joined, a list of MACs, a
- * wait from the first join, a time, or now), then its sender runs; machines
- * that come later join the running session. Each machine ends in one
- * outcome: done (written and verified), failed with a reason, dropped for no
- * progress or lost contact, or cancelled. Sessions are saved in
- * DATA/sessions.json so that a restarted server picks them up again.
+ * Sessions: one image version multicast to the machines a session names. A
+ * session waits until its start rule is met (session-rules.ts), then its
+ * sender runs; named machines that come later join the running session.
+ * Machines are claimed from and released to the registry, their one owner:
+ * a machine another session or a capture holds is never taken. Each machine
+ * ends in one outcome: done (written and verified), failed with a reason,
+ * dropped for no progress or lost contact, or cancelled. Sessions are saved
+ * in DATA/sessions.json so that a restarted server picks them up again.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
@@ -13,24 +14,15 @@ import { loadJsonList } from './jsonfile.js';
 import { join } from 'node:path';
 import { After, isFinalState, MachineState, stateName, type Assign, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
+import { ACTIVE_SESSION_STATES as ACTIVE, FINAL_MACHINE_STATES as FINAL_MACHINE, machineMoveAllowed, sessionMoveAllowed, type Activity, type MachineStateName, type SessionState } from '../protocol/states.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
 import { Sender } from './mcast/sender.js';
 import type { MachineRecord, Registry, TransferCounts } from './registry.js';
 import { parseRef, type ImageRef, type Store } from './store/store.js';
 import { chooseDisk } from './targets.js';
+import { allEnded, describeRule, namedBy, normaliseRule, ruleMet, takes, type StartRule } from './session-rules.js';
 
-/** When a session starts; any rule met starts it. No rule at all means now. */
-export interface StartRule {
-  /** As soon as this many machines joined. */
-  clients?: number;
-  /** As soon as every one of these machines (MACs) joined; only they may join. */
-  machines?: string[];
-  /** This many seconds after the first machine joined. */
-  waitS?: number;
-  /** At this time (ISO 8601). */
-  at?: string;
-  now?: boolean;
-}
+export { describeRule, type StartRule };
 
 /** What `deploy` asks for. */
 export interface SessionRequest {
@@ -71,7 +63,7 @@ export interface SessionMachine extends TransferCounts {
   offlineSince: number;
 }
 
-export type SessionState = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled';
+export type { SessionState };
 
 /** A session as saved and as the API shows it. */
 export interface SessionRecord {
@@ -119,8 +111,6 @@ export interface SessionManagerOptions {
 
 export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: 60, fragmentSize: 1440, port: 9000, keep: 200 });
 
-const ACTIVE: ReadonlySet<SessionState> = new Set(['waiting', 'running']);
-const FINAL_MACHINE = new Set(['done', 'failed', 'dropped', 'cancelled']);
 const AFTER = { wait: After.AFTER_WAIT, reboot: After.AFTER_REBOOT, poweroff: After.AFTER_POWEROFF } as const;
 
 interface Live {
@@ -137,6 +127,8 @@ export class SessionManager extends EventEmitter {
   private readonly sessions = new Map<number, SessionRecord>();
   private readonly live = new Map<number, Live>();
   private readonly path: string;
+  /** Ids and group slots taken by sessions being created (chosen before any await, so two creations never share one). */
+  private readonly reserved = { ids: new Set<number>(), slots: new Set<number>() };
   private timer: NodeJS.Timeout | undefined;
   /** Totals of senders that have ended, for /metrics. */
   readonly totals = { bytes: 0, packets: 0, repairPackets: 0 };
@@ -166,6 +158,11 @@ export class SessionManager extends EventEmitter {
     this.save();
   }
 
+  /** True if session `id` is waiting or running (it may hold machines). */
+  isActive(id: number): boolean {
+    return ACTIVE.has(this.sessions.get(id)?.state ?? '');
+  }
+
   /** Every session, newest first. */
   list(): SessionRecord[] {
     return [...this.sessions.values()].sort((a, b) => b.id - a.id);
@@ -191,12 +188,27 @@ export class SessionManager extends EventEmitter {
       throw new ClonecastError(ERR.USAGE, 'this server has no multicast interface; restart it with --interface IF (the network the machines boot on)');
     }
     const { name, version } = this.o.store.resolve(parseImage(req.image));
-    const manifest = await this.o.store.readManifest(name, version);
-    const id = Math.max(0, ...this.sessions.keys()) + 1;
-    const used = new Set([...this.sessions.values()].filter((s) => ACTIVE.has(s.state)).map((s) => s.group));
+    const rule = normaliseRule(req.rule);
+    const after = req.after ?? 'wait';
+    if (!(after in AFTER)) throw new ClonecastError(ERR.USAGE, 'after must be wait, reboot or poweroff');
+    // Id and group slot are taken now, before any await: concurrent creations get distinct ones.
+    const id = Math.max(0, ...this.sessions.keys(), ...this.reserved.ids) + 1;
+    const used = new Set([...[...this.sessions.values()].filter((s) => ACTIVE.has(s.state)).map((s) => s.group), ...[...this.reserved.slots].map(groupFor)]);
     let slot = id;
     while (used.has(groupFor(slot))) slot++;
-    const rule = normaliseRule(req.rule);
+    this.reserved.ids.add(id);
+    this.reserved.slots.add(slot);
+    try {
+      return await this.createReserved(id, slot, name, version, rule, req);
+    } finally {
+      this.reserved.ids.delete(id);
+      this.reserved.slots.delete(slot);
+    }
+  }
+
+  private async createReserved(id: number, slot: number, name: string, version: number, rule: StartRule, req: SessionRequest): Promise<SessionRecord> {
+    const after = req.after ?? 'wait';
+    const manifest = await this.o.store.readManifest(name, version);
     const record: SessionRecord = {
       id,
       key: randomBytes(4).readUInt32BE(0),
@@ -207,7 +219,7 @@ export class SessionManager extends EventEmitter {
       port: SESSION_DEFAULTS.port + (slot % 1000),
       rule,
       rateMbit: req.rateMbit ?? null,
-      after: req.after ?? 'wait',
+      after,
       target: req.target ?? 'auto',
       verify: req.verify ?? true,
       dropAfterS: req.dropAfterS ?? SESSION_DEFAULTS.dropAfterS,
@@ -224,9 +236,17 @@ export class SessionManager extends EventEmitter {
     };
     await this.open(record, manifest);
     this.sessions.set(id, record);
-    this.o.log?.('info', `session ${id}: ${name}@${version} on ${record.group}:${record.port}, starts ${describeRule(rule)}`);
+    // Saved before anything starts: a session that cannot be saved never runs (no phantom session).
+    try {
+      await this.persist();
+    } catch (err) {
+      this.live.get(id)?.sender.stop();
+      this.live.delete(id);
+      this.sessions.delete(id);
+      throw new ClonecastError(ERR.WRITE_ERROR, `the session could not be saved, so it was not created: ${(err as Error).message}; free space in ${this.o.store.root} and try again`);
+    }
+    this.o.log?.('info', `session ${id}: ${name}@${version} on ${record.group}:${record.port}, ${describeRule(rule)}`);
     this.evaluate(record);
-    this.save();
     this.offerIdle();
     this.emit('changed');
     return record;
@@ -253,20 +273,26 @@ export class SessionManager extends EventEmitter {
 
   /** A machine connected (after its hello): resume its session or offer it work. */
   connected(machine: MachineRecord, resumeSession: number | null): void {
-    for (const s of this.sessions.values()) {
-      const m = s.machines[machine.id];
-      if (!ACTIVE.has(s.state) || m === undefined || FINAL_MACHINE.has(m.state)) continue;
-      // Its session is still on: assign it again; it keeps what it has written.
-      const begun = m.chunksDone > 0 || resumeSession === s.id || m.state !== 'assigned';
-      this.assign(s, machine, begun);
-      return;
+    const held = machine.activity;
+    if (held.kind === 'session') {
+      const s = this.sessions.get(held.id);
+      const m = s?.machines[machine.id];
+      if (s !== undefined && m !== undefined && ACTIVE.has(s.state) && !FINAL_MACHINE.has(m.state)) {
+        // Its session is still on: assign it again; it keeps what it has written.
+        const begun = m.chunksDone > 0 || resumeSession === s.id || m.state !== 'assigned';
+        this.assign(s, machine, begun);
+        return;
+      }
     }
-    this.offer(machine);
+    if (held.kind === 'idle') this.offer(machine);
   }
 
   /** True if an active session holds this machine or would take it (so it should boot the agent). */
   wants(mac: string): boolean {
     const m = mac.toLowerCase();
+    const known = this.o.registry.get(m);
+    const machine = known ?? { id: m, macs: [m], groups: [] };
+    if (known !== undefined && known.activity.kind === 'capture') return true;
     for (const s of this.sessions.values()) {
       if (!ACTIVE.has(s.state)) continue;
       const mine = s.machines[m];
@@ -274,7 +300,7 @@ export class SessionManager extends EventEmitter {
         if (!FINAL_MACHINE.has(mine.state)) return true;
         continue;
       }
-      if (s.rule.machines === undefined || s.rule.machines.includes(m)) return true;
+      if ((known === undefined || known.activity.kind === 'idle') && takes(s, machine)) return true;
     }
     return false;
   }
@@ -284,7 +310,7 @@ export class SessionManager extends EventEmitter {
     for (const s of this.sessions.values()) {
       const m = s.machines[machineId];
       if (ACTIVE.has(s.state) && m !== undefined && !FINAL_MACHINE.has(m.state)) {
-        m.state = 'offline';
+        this.move(s, machineId, 'offline');
         m.offlineSince = Date.now();
         this.emit('changed');
       }
@@ -296,8 +322,9 @@ export class SessionManager extends EventEmitter {
     const s = this.sessions.get(p.sessionId ?? 0);
     const m = s?.machines[machineId];
     if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state) || !ACTIVE.has(s.state)) return;
-    const state = stateName(p.state ?? MachineState.STATE_UNKNOWN);
+    const state = stateName(p.state ?? MachineState.STATE_UNKNOWN) as MachineStateName;
     if (isFinalState(p.state ?? 0)) return; // the Result says how it ended
+    if (!machineMoveAllowed(m.state === 'offline' ? 'assigned' : m.state, state)) return; // a stale or impossible report
     const counts: TransferCounts = {
       chunksDone: p.chunksDone ?? 0,
       chunksTotal: p.chunksTotal ?? 0,
@@ -308,7 +335,7 @@ export class SessionManager extends EventEmitter {
       skipped: p.skipped ?? 0,
     };
     Object.assign(m, counts, { state, offlineSince: 0, error: p.error ?? '' });
-    this.o.registry.update(machineId, { state, progress: { ...counts, etaSeconds: eta(counts, this.live.get(s.id)?.manifest) } });
+    this.o.registry.apply(machineId, { type: 'report', by: holder(s), state, progress: { ...counts, etaSeconds: eta(counts, this.live.get(s.id)?.manifest) } });
     this.evaluate(s);
     this.emit('changed');
   }
@@ -318,7 +345,7 @@ export class SessionManager extends EventEmitter {
     const s = this.sessions.get(r.sessionId ?? 0);
     const m = s?.machines[machineId];
     if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state)) return;
-    let state = stateName(r.state ?? MachineState.STATE_FAILED);
+    let state = stateName(r.state ?? MachineState.STATE_FAILED) as MachineStateName;
     let error = r.error ?? '';
     let digestOk: boolean | null = null;
     const live = this.live.get(s.id);
@@ -382,22 +409,28 @@ export class SessionManager extends EventEmitter {
   }
 
   private offerIdle(): void {
-    for (const m of this.o.registry.list()) if (m.online && (m.state === 'idle' || FINAL_MACHINE.has(m.state))) this.offer(m);
+    for (const m of this.o.registry.list()) if (m.online && m.activity.kind === 'idle') this.offer(m);
   }
 
-  /** Puts an idle machine into the first active session that takes it (sessions naming it first). */
+  /** Puts an idle machine into the first active session that names it (by MAC, then by group, then "any"). */
   private offer(machine: MachineRecord): void {
-    const open = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && s.machines[machine.id] === undefined);
-    const named = open.filter((s) => s.rule.machines?.some((mac) => machine.macs.includes(mac) || mac === machine.id));
-    const target = named[0] ?? open.find((s) => s.rule.machines === undefined);
+    if (!machine.online || machine.activity.kind !== 'idle') return;
+    const open = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && takes(s, machine)).sort((a, b) => a.id - b.id);
+    const rank = (s: SessionRecord) => (s.rule.machines !== undefined ? 0 : s.rule.group !== undefined ? 1 : 2);
+    const target = open.sort((a, b) => rank(a) - rank(b))[0];
     if (target !== undefined) this.join(target, machine);
   }
 
   private join(s: SessionRecord, machine: MachineRecord): void {
+    const refused = this.o.registry.apply(machine.id, { type: 'claim', by: holder(s), state: 'assigned', image: `${s.image}@${s.version}` });
+    if (refused !== null) {
+      this.o.log?.('info', `session ${s.id}: ${machine.id} not taken: ${refused}`);
+      return;
+    }
     const now = new Date().toISOString();
     s.firstJoinAt ??= now;
     s.machines[machine.id] = {
-      state: 'assigned', mac: s.rule.machines?.find((mac) => mac === machine.id || machine.macs.includes(mac)) ?? '', device: '', error: '', chunksDone: 0, chunksTotal: 0, bytesWritten: 0, rateBps: 0, loss: 0, nacks: 0, skipped: 0,
+      state: 'assigned', mac: namedBy(s.rule, machine) ?? '', device: '', error: '', chunksDone: 0, chunksTotal: 0, bytesWritten: 0, rateBps: 0, loss: 0, nacks: 0, skipped: 0,
       verified: false, digestOk: null, chunksVerified: 0, chunksBad: 0, seconds: 0, joinedAt: now, endedAt: null, offlineSince: 0,
     };
     this.o.log?.('info', `session ${s.id}: ${machine.id} (${machine.hostname}) joined${s.state === 'running' ? ' the running session' : ''}`);
@@ -421,9 +454,9 @@ export class SessionManager extends EventEmitter {
     const differential = s.differential ?? (last !== null && last.name === s.image);
     if (differential && !resume) this.o.log?.('info', `session ${s.id}: ${machine.id} restores differentially (its disk ${last ? `last received ${last.name}@${last.version}` : 'is checked first'})`);
     m.device = choice.device;
-    if (m.state === 'offline') m.state = 'assigned';
+    if (m.state === 'offline') this.move(s, machine.id, 'assigned');
     m.offlineSince = 0;
-    this.o.registry.update(machine.id, { state: m.state, session: s.id, image: `${s.image}@${s.version}`, lastError: '' });
+    this.o.registry.apply(machine.id, { type: 'report', by: holder(s), state: m.state as MachineStateName, error: '' });
     this.o.agents.send(machine.id, {
       type: 'assign',
       assign: {
@@ -450,12 +483,26 @@ export class SessionManager extends EventEmitter {
 
   private finishMachine(s: SessionRecord, id: string, change: Partial<SessionMachine>): void {
     const m = s.machines[id];
+    if (FINAL_MACHINE.has(m.state)) return; // it has ended once already
     Object.assign(m, change, { endedAt: new Date().toISOString(), rateBps: 0, offlineSince: 0 });
     this.o.log?.(m.state === 'done' ? 'info' : 'warn', `session ${s.id}: ${id} ${m.state}${m.error ? `: ${m.error}` : ''}`);
-    this.o.registry.update(id, { state: m.state, lastError: m.error, progress: null, session: null });
-    this.o.registry.finished(id, { session: s.id, image: s.image, version: s.version, outcome: m.state, error: m.error, verified: m.verified, seconds: m.seconds, endedAt: m.endedAt! });
+    this.o.registry.apply(id, {
+      type: 'release',
+      by: holder(s),
+      state: m.state as MachineStateName,
+      error: m.error,
+      history: { session: s.id, image: s.image, version: s.version, outcome: m.state, error: m.error, verified: m.verified, seconds: m.seconds, endedAt: m.endedAt! },
+    });
     this.save();
     this.emit('changed');
+  }
+
+  /** A machine's state within a session moves only as protocol/states.ts allows. */
+  private move(s: SessionRecord, id: string, to: MachineStateName): void {
+    const m = s.machines[id];
+    if (!machineMoveAllowed(m.state, to)) return;
+    m.state = to;
+    this.o.registry.apply(id, { type: 'report', by: holder(s), state: to });
   }
 
   /** Applies the start rule. */
@@ -466,6 +513,7 @@ export class SessionManager extends EventEmitter {
   }
 
   private begin(s: SessionRecord, why: string): void {
+    if (!sessionMoveAllowed(s.state, 'running')) return;
     s.state = 'running';
     s.startedAt = new Date().toISOString();
     this.live.get(s.id)?.sender.release();
@@ -476,13 +524,18 @@ export class SessionManager extends EventEmitter {
   }
 
   private checkEnd(s: SessionRecord): void {
+    if (s.state !== 'running' || !allEnded(s)) return;
     const ms = Object.values(s.machines);
-    if (s.state !== 'running' || ms.length === 0 || !ms.every((m) => FINAL_MACHINE.has(m.state))) return;
     const done = ms.filter((m) => m.state === 'done').length;
     this.end(s, done === ms.length ? 'done' : 'failed', `${done} of ${ms.length} machines done${done === ms.length ? ' and verified' : ''}`);
   }
 
   private end(s: SessionRecord, state: SessionState, reason: string): void {
+    if (!sessionMoveAllowed(s.state, state)) return;
+    // Machines it still holds go back to idle.
+    for (const [id, m] of Object.entries(s.machines)) {
+      if (!FINAL_MACHINE.has(m.state)) this.finishMachine(s, id, { state: state === 'cancelled' ? 'cancelled' : 'failed', error: reason });
+    }
     s.state = state;
     s.reason = reason;
     s.endedAt = new Date().toISOString();
@@ -522,11 +575,21 @@ export class SessionManager extends EventEmitter {
     }
   }
 
+  /** Saves now and resolves once the sessions are on disk (rejects if they could not be written). */
+  private async persist(): Promise<void> {
+    this.save();
+  }
+
   private save(): void {
     const all = this.list();
     const kept = all.filter((s, i) => ACTIVE.has(s.state) || i < SESSION_DEFAULTS.keep);
     this.o.store.writeAtomic(this.path, Buffer.from(JSON.stringify(kept.reverse(), null, 1)));
   }
+}
+
+/** The activity by which a session holds its machines in the registry. */
+function holder(s: SessionRecord): Activity {
+  return { kind: 'session', id: s.id };
 }
 
 /** Multicast group of session slot n, inside 239.77.0.0/16. */
@@ -538,53 +601,6 @@ function groupFor(n: number): string {
 function parseImage(image: unknown): ImageRef {
   if (typeof image !== 'string' || image.length === 0) throw new ClonecastError(ERR.USAGE, 'a session needs an image, NAME or NAME@VERSION');
   return parseRef(image);
-}
-
-function normaliseRule(r: StartRule | undefined): StartRule {
-  const rule: StartRule = {};
-  if (r?.clients !== undefined) {
-    if (!Number.isSafeInteger(r.clients) || r.clients < 1) throw new ClonecastError(ERR.USAGE, `clients must be a positive whole number, got ${r.clients}`);
-    rule.clients = r.clients;
-  }
-  if (r?.machines !== undefined) {
-    const macs = r.machines.map((m) => String(m).toLowerCase().replace(/-/g, ':'));
-    for (const mac of macs) if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, `"${mac}" is not a MAC address (aa:bb:cc:dd:ee:ff)`);
-    if (macs.length === 0) throw new ClonecastError(ERR.USAGE, 'machines: give at least one MAC');
-    rule.machines = macs;
-  }
-  if (r?.waitS !== undefined) {
-    if (!(r.waitS >= 0 && Number.isFinite(r.waitS))) throw new ClonecastError(ERR.USAGE, `wait must be a number of seconds, got ${r.waitS}`);
-    rule.waitS = r.waitS;
-  }
-  if (r?.at !== undefined) {
-    if (Number.isNaN(Date.parse(r.at))) throw new ClonecastError(ERR.USAGE, `at must be a time such as 2026-11-22T08:00:00Z, got "${r.at}"`);
-    rule.at = new Date(r.at).toISOString();
-  }
-  if (r?.now === true || Object.keys(rule).length === 0) rule.now = true;
-  return rule;
-}
-
-/** A rule in words, for logs and the dashboard. */
-export function describeRule(r: StartRule): string {
-  const parts: string[] = [];
-  if (r.now) parts.push('now');
-  if (r.clients !== undefined) parts.push(`when ${r.clients} machine${r.clients === 1 ? '' : 's'} joined`);
-  if (r.machines !== undefined) parts.push(`when ${r.machines.join(', ')} joined`);
-  if (r.waitS !== undefined) parts.push(`${r.waitS} s after the first joined`);
-  if (r.at !== undefined) parts.push(`at ${r.at}`);
-  return parts.join(' or ');
-}
-
-/** Why the rule is met, or null. A machine counts as joined once it waits on the group or has ended. */
-function ruleMet(s: SessionRecord, now: number): string | null {
-  const r = s.rule;
-  const joined = Object.entries(s.machines).filter(([, m]) => m.state !== 'assigned' && m.state !== 'offline');
-  if (r.now) return 'its rule is "now"';
-  if (r.clients !== undefined && joined.length >= r.clients) return `${joined.length} machines joined`;
-  if (r.machines !== undefined && r.machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
-  if (r.waitS !== undefined && s.firstJoinAt !== null && joined.length > 0 && now - Date.parse(s.firstJoinAt) >= r.waitS * 1000) return `${r.waitS} s since the first machine joined`;
-  if (r.at !== undefined && now >= Date.parse(r.at)) return `it is ${r.at}`;
-  return null;
 }
 
 /** Seconds left at the current rate, counting a full chunk for each one missing. */

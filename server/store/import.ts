@@ -7,7 +7,9 @@
 import { chunkCount, chunkLength, CHUNK } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { newChunkTable, setChunk, ChunkKind, type BadRange, type ManifestMeta } from '../../protocol/manifest.js';
-import { readPartitionTable, type PartitionTable } from '../../protocol/partitions.js';
+import type { PartitionTable } from '../../protocol/partitions.js';
+import { mergeRanges } from '../../protocol/manifest.js';
+import { readTable } from '../../native/disk-table.js';
 import { Disk } from '../../native/disk.js';
 import { Progress, type ProgressOptions } from '../progress.js';
 import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
@@ -131,38 +133,8 @@ export async function importImage(store: Store, src: string, name: string, optio
   }
 }
 
-/** Reads the partition table from the first MiB of a disk (and the GPT backup when needed). */
-export async function readTable(source: Disk): Promise<PartitionTable> {
-  const sector = source.logicalSectorSize;
-  const headSize = Math.min(source.size, 1 << 20);
-  const head = source.allocate(headSize);
-  try {
-    await source.read(head, 0, headSize);
-  } catch (err) {
-    return { scheme: 'none', sectorSize: sector, partitions: [], warnings: [`could not read the partition table: ${(err as Error).message}`] };
-  }
-  return readPartitionTable(head, sector, async (lba) => {
-    const buf = source.allocate(sector);
-    try {
-      const n = await source.read(buf, lba * sector, sector);
-      return n === sector ? buf : null;
-    } catch {
-      return null;
-    }
-  });
-}
-
 function holeResult(index: number): ImportResult {
   return { index, kind: ChunkKind.ZERO, compression: 0, storedLength: 0, xxh64: 0n, sha256: new Uint8Array(32), newBytes: 0, badRanges: [] };
-}
-
-/** Appends ranges (in disk order) to into, joining ranges that touch. */
-export function mergeRanges(into: BadRange[], ranges: BadRange[]): void {
-  for (const r of ranges) {
-    const last = into[into.length - 1];
-    if (last !== undefined && last.offset + last.length === r.offset) last.length += r.length;
-    else into.push({ ...r });
-  }
 }
 
 /**

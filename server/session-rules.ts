@@ -1,0 +1,122 @@
+/**
+ * Who a session takes and when it starts: pure functions over a session
+ * record and a machine, with no timers and no I/O. A session takes only
+ * the machines it names (a MAC list or a group of the registry), or, only
+ * when asked with `any`, any idle machine that comes; `clients` is then both
+ * the start threshold and the most machines that may join.
+ */
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { FINAL_MACHINE_STATES } from '../protocol/states.js';
+import { LABEL, type MachineRecord } from './registry.js';
+
+/** When a session starts and whom it takes. Any start rule met starts it; no start rule means now. */
+export interface StartRule {
+  /** Start as soon as this many machines joined; also the most that may join. */
+  clients?: number;
+  /** Only these machines (MACs) take part; start as soon as every one joined. */
+  machines?: string[];
+  /** Only machines of this registry group take part. */
+  group?: string;
+  /** Any machine that comes may take part (up to `clients`). */
+  any?: boolean;
+  /** Start this many seconds after the first machine joined. */
+  waitS?: number;
+  /** Start at this time (ISO 8601). */
+  at?: string;
+  now?: boolean;
+}
+
+/** The parts of a session record the rules read. */
+export interface RuleSubject {
+  rule: StartRule;
+  firstJoinAt: string | null;
+  machines: Record<string, { state: string; mac: string }>;
+}
+
+const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+
+/** Checks and normalises a rule from the network or the CLI. */
+export function normaliseRule(r: StartRule | undefined): StartRule {
+  const rule: StartRule = {};
+  if (r !== undefined && (typeof r !== 'object' || r === null)) throw new ClonecastError(ERR.USAGE, 'rule must be an object');
+  if (r?.clients !== undefined) {
+    if (!Number.isSafeInteger(r.clients) || r.clients < 1 || r.clients > 10_000) throw new ClonecastError(ERR.USAGE, `clients must be a whole number from 1 to 10000, got ${r.clients}`);
+    rule.clients = r.clients;
+  }
+  if (r?.machines !== undefined) {
+    if (!Array.isArray(r.machines) || r.machines.length === 0 || r.machines.length > 10_000) throw new ClonecastError(ERR.USAGE, 'machines: give a list of 1 to 10000 MACs');
+    const macs = r.machines.map((m) => String(m).toLowerCase().replace(/-/g, ':'));
+    for (const mac of macs) if (!MAC.test(mac)) throw new ClonecastError(ERR.USAGE, `"${mac.slice(0, 40)}" is not a MAC address (aa:bb:cc:dd:ee:ff)`);
+    rule.machines = [...new Set(macs)];
+  }
+  if (r?.group !== undefined) {
+    if (typeof r.group !== 'string' || !LABEL.test(r.group)) throw new ClonecastError(ERR.USAGE, 'group must be a group name (1-64 letters, digits, ".", "_" or "-")');
+    rule.group = r.group;
+  }
+  if (r?.any !== undefined && r.any !== false) {
+    if (r.any !== true) throw new ClonecastError(ERR.USAGE, 'any must be true or false');
+    rule.any = true;
+  }
+  const selectors = [rule.machines !== undefined, rule.group !== undefined, rule.any === true].filter(Boolean).length;
+  if (selectors === 0) throw new ClonecastError(ERR.USAGE, 'say which machines take part: machines (a MAC list), group (a group name) or any (any machine that comes, up to clients)');
+  if (selectors > 1) throw new ClonecastError(ERR.USAGE, 'give only one of machines, group or any');
+  if (r?.waitS !== undefined) {
+    if (typeof r.waitS !== 'number' || !(r.waitS >= 0 && r.waitS <= 7 * 86400)) throw new ClonecastError(ERR.USAGE, `wait must be a number of seconds (at most a week), got ${r.waitS}`);
+    rule.waitS = r.waitS;
+  }
+  if (r?.at !== undefined) {
+    if (typeof r.at !== 'string' || Number.isNaN(Date.parse(r.at))) throw new ClonecastError(ERR.USAGE, `at must be a time such as 2026-11-22T08:00:00Z, got "${String(r.at).slice(0, 40)}"`);
+    rule.at = new Date(r.at).toISOString();
+  }
+  const starts = rule.clients !== undefined || rule.machines !== undefined || rule.waitS !== undefined || rule.at !== undefined;
+  if (r?.now === true || !starts) rule.now = true;
+  return rule;
+}
+
+/** A rule in words, for logs and the dashboard. */
+export function describeRule(r: StartRule): string {
+  const who = r.machines !== undefined ? `machines ${r.machines.join(', ')}` : r.group !== undefined ? `group ${r.group}` : 'any machine';
+  const cap = r.clients !== undefined ? ` (at most ${r.clients})` : '';
+  const parts: string[] = [];
+  if (r.now) parts.push('now');
+  if (r.clients !== undefined) parts.push(`when ${r.clients} machine${r.clients === 1 ? '' : 's'} joined`);
+  if (r.machines !== undefined) parts.push('when every listed machine joined');
+  if (r.waitS !== undefined) parts.push(`${r.waitS} s after the first joined`);
+  if (r.at !== undefined) parts.push(`at ${r.at}`);
+  return `${who}${cap}; starts ${parts.join(' or ')}`;
+}
+
+/** The MAC by which the rule names this machine: '' when it is taken by group or any, null when not at all. */
+export function namedBy(rule: StartRule, machine: Pick<MachineRecord, 'id' | 'macs' | 'groups'>): string | null {
+  if (rule.machines !== undefined) return rule.machines.find((mac) => mac === machine.id || machine.macs.includes(mac)) ?? null;
+  if (rule.group !== undefined) return machine.groups.includes(rule.group) ? '' : null;
+  return rule.any === true ? '' : null;
+}
+
+/** True if the session has room for one more machine. */
+export function hasRoom(s: RuleSubject): boolean {
+  return s.rule.clients === undefined || Object.keys(s.machines).length < s.rule.clients;
+}
+
+/** True if this machine may join this session now. */
+export function takes(s: RuleSubject, machine: Pick<MachineRecord, 'id' | 'macs' | 'groups'>): boolean {
+  return s.machines[machine.id] === undefined && namedBy(s.rule, machine) !== null && hasRoom(s);
+}
+
+/** Why the start rule is met, or null. A machine counts as joined once it waits on the group or has ended. */
+export function ruleMet(s: RuleSubject, now: number): string | null {
+  const r = s.rule;
+  const joined = Object.entries(s.machines).filter(([, m]) => m.state !== 'assigned' && m.state !== 'offline');
+  if (r.now) return 'its rule is "now"';
+  if (r.clients !== undefined && joined.length >= r.clients) return `${joined.length} machines joined`;
+  if (r.machines !== undefined && r.machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
+  if (r.waitS !== undefined && s.firstJoinAt !== null && joined.length > 0 && now - Date.parse(s.firstJoinAt) >= r.waitS * 1000) return `${r.waitS} s since the first machine joined`;
+  if (r.at !== undefined && now >= Date.parse(r.at)) return `it is ${r.at}`;
+  return null;
+}
+
+/** True once every machine of a session has ended. */
+export function allEnded(s: RuleSubject): boolean {
+  const ms = Object.values(s.machines);
+  return ms.length > 0 && ms.every((m) => FINAL_MACHINE_STATES.has(m.state));
+}
