@@ -64,7 +64,7 @@ interface Job {
   state: MachineState;
 }
 
-/** A target-side agent. Emits 'state' (MachineState), 'result' (Result), 'connected', 'disconnected'. */
+/** A target-side agent. Emits 'state' (MachineState), 'result' (Result), 'receiver' (a receiver started: {sessionId, sender}), 'connected', 'disconnected'. */
 export class Agent extends EventEmitter {
   private ws: WebSocket | undefined;
   private job: Job | undefined;
@@ -286,6 +286,7 @@ export class Agent extends EventEmitter {
         (err) => this.ended(full, undefined, err),
       );
       this.job = full;
+      this.emit('receiver', { sessionId: id, sender: `${a.senderAddress}:${a.senderPort}` });
       this.sendProgress();
       clearInterval(this.progressTimer);
       this.progressTimer = setInterval(() => this.sendProgress(), this.progressMs);

@@ -95,7 +95,7 @@ export type MachineEvent =
 /** Names and group names: 1-64 letters, digits, '.', '_' or '-'. */
 export const LABEL = /^[A-Za-z0-9._-]{1,64}$/;
 
-/** Every machine, by id; saved to DATA/machines.json. Emits 'changed'. */
+/** Every machine, by id; saved to DATA/machines.json. Emits 'changed', and 'released' (id) when a machine becomes idle. */
 export class Registry extends EventEmitter {
   private readonly machines = new Map<string, MachineRecord>();
   private timer: NodeJS.Timeout | undefined;
@@ -152,6 +152,8 @@ export class Registry extends EventEmitter {
         if (!mine) return `${id} is not held by ${describeActivity(e.by)}`;
         Object.assign(m, { activity: IDLE, state: e.state, session: null, progress: null, lastError: e.error ?? '' });
         if (e.history !== undefined) this.addHistory(m, e.history);
+        // Others may want it now; told after this transition has completed, never inside it.
+        setImmediate(() => this.emit('released', id));
         break;
     }
     m.lastSeen = new Date().toISOString();

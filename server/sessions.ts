@@ -136,6 +136,11 @@ export class SessionManager extends EventEmitter {
   constructor(private readonly o: SessionManagerOptions) {
     super();
     this.path = join(o.store.root, 'sessions.json');
+    // A machine another session or a capture let go of may be one a waiting session names.
+    o.registry.on('released', (id: string) => {
+      const m = o.registry.get(id);
+      if (m !== undefined) this.offer(m);
+    });
   }
 
   /** Loads saved sessions and restarts the senders of active ones. */

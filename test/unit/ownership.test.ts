@@ -1,0 +1,154 @@
+/**
+ * One owner per machine, on loopback with a real server: the races and
+ * overlaps the old structure allowed, each performed and refused. Named
+ * after what broke.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { WebSocket } from 'ws';
+import { CONTROL, decodeServerMessage, encodeAgentMessage, type ServerMessage } from '../../protocol/control.js';
+import { startServer, type RunningServer } from '../../server/app.js';
+import { Store } from '../../server/store/store.js';
+import { importImage } from '../../server/store/import.js';
+import { Agent } from '../../agent/agent.js';
+import { tempDir } from '../helpers.js';
+
+/** A hand-driven agent connection: says hello with one disk, records what the server sends. */
+async function fakeAgent(url: string, token: string, mac: string) {
+  const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, url.replace('http', 'ws')));
+  const got: ServerMessage[] = [];
+  ws.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
+  ws.on('error', () => {});
+  await new Promise<void>((r) => ws.on('open', () => r()));
+  ws.send(
+    encodeAgentMessage({
+      type: 'hello',
+      hello: { protocol: CONTROL.VERSION, token, machineId: mac, macs: [mac], hostname: `pc-${mac.slice(-2)}`, agentVersion: 'test', disks: [{ device: '/dev/vda', size: 1 << 30, logicalSector: 512, physicalSector: 512 }] },
+    }),
+  );
+  await until(() => got.some((m) => m.type === 'welcome'));
+  return { ws, got, closed: new Promise<void>((r) => ws.on('close', () => r())) };
+}
+
+async function until(cond: () => boolean, ms = 15_000, what = 'condition'): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+describe('one owner per machine', () => {
+  const dir = tempDir('own');
+  const data = join(dir, 'data');
+  let srv: RunningServer;
+  const image = join(dir, 'disk.img');
+
+  const api = async (path: string, body?: unknown, method = body === undefined ? 'GET' : 'POST') => {
+    const res = await fetch(new URL(path, srv.url), { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    return { status: res.status, body: (await res.json()) as Record<string, any> };
+  };
+
+  beforeAll(async () => {
+    // 4 MiB: two chunks of data, two of zeros.
+    const bytes = Buffer.alloc(4 << 20);
+    randomBytes(2 << 20).copy(bytes, 1 << 20);
+    writeFileSync(image, bytes);
+    const store = Store.open(data);
+    await importImage(store, image, 'img', { workers: 1 });
+    srv = await startServer({ store, listen: '127.0.0.1:0', version: 'test', heartbeatMs: 60_000, captureLostAfterS: 1 });
+  });
+  afterAll(async () => srv?.close());
+
+  it('two concurrent session creations get distinct ids, groups and ports, and no sender is orphaned', async () => {
+    const rule = { machines: ['02:00:00:00:09:99'] };
+    const made = await Promise.all(Array.from({ length: 4 }, () => api('/api/sessions', { image: 'img', rule })));
+    expect(made.map((m) => m.status)).toEqual([201, 201, 201, 201]);
+    const ids = new Set(made.map((m) => m.body.id));
+    const groups = new Set(made.map((m) => `${m.body.group}:${m.body.port}`));
+    expect(ids.size).toBe(4);
+    expect(groups.size).toBe(4);
+    // Every sender belongs to a listed session: cancelling them all leaves none running.
+    expect(srv.sessions.senders().map((s) => s.id).sort()).toEqual([...ids].sort());
+    for (const id of ids) expect((await api(`/api/sessions/${id}/cancel`, {})).status).toBe(200);
+    expect(srv.sessions.senders()).toEqual([]);
+  });
+
+  it('refuses a session that does not say which machines take part', async () => {
+    const r = await api('/api/sessions', { image: 'img', rule: { clients: 2 } });
+    expect(r.status).toBe(400);
+    expect(r.body.error.message).toMatch(/say which machines take part/);
+  });
+
+  it('a deploy cannot take a machine under capture, and a capture cannot start on a machine in a session', async () => {
+    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0a:01');
+    const b = await fakeAgent(srv.url, srv.token, '02:00:00:00:0a:02');
+    const cap = await api('/api/captures', { machine: '02:00:00:00:0a:01', image: 'golden' });
+    expect(cap.status).toBe(201);
+    await until(() => a.got.some((m) => m.type === 'capture'), 5000, 'the capture command');
+    // A session naming both takes only b: a is being read.
+    const s = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0a:01', '02:00:00:00:0a:02'] } });
+    expect(s.status).toBe(201);
+    await until(() => b.got.some((m) => m.type === 'assign'), 5000, 'b assigned');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(a.got.some((m) => m.type === 'assign')).toBe(false);
+    const session = (await api(`/api/sessions/${s.body.id}`)).body;
+    expect(Object.keys(session.machines)).toEqual(['02:00:00:00:0a:02']);
+    // b is held by the session: a capture of it is refused, and says why.
+    const busy = await api('/api/captures', { machine: '02:00:00:00:0a:02', image: 'other' });
+    expect(busy.status).toBe(409);
+    expect(busy.body.error.message).toMatch(/busy \(session \d+\)/);
+    expect(b.got.some((m) => m.type === 'capture')).toBe(false);
+    // Failing a's capture by hand frees it, and the waiting session takes it.
+    const failed = await api(`/api/captures/${cap.body.id}/fail`, { reason: 'wrong machine' });
+    expect(failed.body).toMatchObject({ state: 'failed', error: 'failed by the administrator: wrong machine' });
+    await until(() => a.got.some((m) => m.type === 'assign'), 5000, 'a assigned once free');
+    expect((await api(`/api/sessions/${s.body.id}/cancel`, {})).status).toBe(200);
+    a.ws.close();
+    b.ws.close();
+  });
+
+  it('a capture whose agent disappears ends with a reason and frees the machine', async () => {
+    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:01');
+    const cap = await api('/api/captures', { machine: '02:00:00:00:0b:01', image: 'lost' });
+    expect(cap.status).toBe(201);
+    a.ws.terminate();
+    await until(() => srv.captures.get(cap.body.id).state !== 'running', 10_000, 'the capture to end');
+    const c = srv.captures.get(cap.body.id);
+    expect(c.state).toBe('failed');
+    expect(c.error).toMatch(/agent has been gone for \d+ s/);
+    expect(srv.registry.get('02:00:00:00:0b:01')?.activity).toEqual({ kind: 'idle' });
+    // The image name is free again.
+    const again = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:01');
+    const next = await api('/api/captures', { machine: '02:00:00:00:0b:01', image: 'lost' });
+    expect(next.status).toBe(201);
+    await api(`/api/captures/${next.body.id}/fail`, { reason: 'test over' });
+    again.ws.close();
+  });
+
+  it('deploy --clients 2 with 3 idle agents touches exactly 2 disks', async () => {
+    const disks = [1, 2, 3].map((i) => {
+      const p = join(dir, `pc${i}.img`);
+      writeFileSync(p, Buffer.alloc(4 << 20));
+      return p;
+    });
+    const agents = disks.map((disk, i) => new Agent({ server: srv.url, token: srv.token, disk, machineId: `02:00:00:00:0c:0${i + 1}`, version: 'test' }));
+    const runs = agents.map((a) => a.run().catch(() => undefined));
+    await until(() => agents.every((_, i) => srv.registry.get(`02:00:00:00:0c:0${i + 1}`)?.online === true), 10_000, 'three agents');
+    const s = await api('/api/sessions', { image: 'img', rule: { any: true, clients: 2 }, rateMbit: 200 });
+    expect(s.status).toBe(201);
+    await until(() => ['done', 'failed'].includes(srv.sessions.get(s.body.id)!.state), 30_000, 'the session to end');
+    const session = srv.sessions.get(s.body.id)!;
+    expect(session.state).toBe('done');
+    expect(Object.keys(session.machines)).toHaveLength(2);
+    const want = readFileSync(image);
+    const written = disks.filter((p) => readFileSync(p).equals(want));
+    const untouched = disks.filter((p) => readFileSync(p).equals(Buffer.alloc(4 << 20)));
+    expect(written).toHaveLength(2);
+    expect(untouched).toHaveLength(1);
+    for (const a of agents) a.stop();
+    await Promise.all(runs);
+  });
+});
