@@ -61,6 +61,8 @@ export const SESSION_STATES = Object.freeze(['waiting', 'running', 'done', 'fail
 export type SessionState = (typeof SESSION_STATES)[number];
 /** Sessions still holding machines. */
 export const ACTIVE_SESSION_STATES: ReadonlySet<string> = new Set<SessionState>(['waiting', 'running']);
+/** Sessions that have ended. */
+export const FINAL_SESSION_STATES: ReadonlySet<string> = new Set<SessionState>(['done', 'failed', 'cancelled']);
 const SESSION_MOVES: Readonly<Record<string, readonly SessionState[]>> = Object.freeze({
   waiting: ['running', 'failed', 'cancelled'],
   running: ['done', 'failed', 'cancelled'],

@@ -11,6 +11,7 @@ import { realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { ClonecastError, ERR } from '../protocol/errors.js';
+import { MACHINE_STATES, SESSION_STATES } from '../protocol/states.js';
 import { projectRoot } from '../native/addon.js';
 import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
 import { listImages, type ListEntry } from './store/maintenance.js';
@@ -28,6 +29,7 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/': { file: 'index.html', type: 'text/html; charset=utf-8' },
   '/dashboard.js': { file: 'dashboard.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard.css': { file: 'dashboard.css', type: 'text/css; charset=utf-8' },
+  '/states.js': { file: 'states.js', type: 'text/javascript; charset=utf-8' },
 };
 
 const STATUS_OF: Record<string, number> = {
@@ -120,7 +122,9 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     const method = req.method ?? 'GET';
     const asset = STATIC[path];
     if (asset !== undefined && method === 'GET') {
-      const body = readFileSync(join(projectRoot(), 'server', 'dashboard', asset.file));
+      // The state vocabulary is the compiled protocol module itself (it imports nothing).
+      const file = path === '/states.js' ? join(projectRoot(), 'dist', 'protocol', 'states.js') : join(projectRoot(), 'server', 'dashboard', asset.file);
+      const body = readFileSync(file);
       res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache' }).end(body);
       return;
     }
@@ -276,10 +280,10 @@ export function metrics(c: ApiContext): string {
   };
   const sessions = c.sessions.list();
   const byState = (xs: { state: string }[], states: string[]) => states.map((s) => [{ state: s }, xs.filter((x) => x.state === s).length] as [Record<string, string>, number]);
-  gauge('clonecast_sessions', 'Sessions by state.', 'gauge', byState(sessions, ['waiting', 'running', 'done', 'failed', 'cancelled']));
+  gauge('clonecast_sessions', 'Sessions by state.', 'gauge', byState(sessions, [...SESSION_STATES]));
   const machines = c.registry.list();
   const seen = machines.map((m) => ({ state: m.online ? m.state : 'offline' }));
-  gauge('clonecast_machines', 'Machines by state (offline: not connected now).', 'gauge', byState(seen, ['idle', 'assigned', 'waiting', 'receiving', 'verifying', 'done', 'failed', 'dropped', 'cancelled', 'offline']));
+  gauge('clonecast_machines', 'Machines by state (offline: not connected now).', 'gauge', byState(seen, [...MACHINE_STATES]));
   gauge('clonecast_agents_connected', 'Agents connected now.', 'gauge', [[{}, c.agents.connected]]);
   const live = c.sessions.senders();
   const sum = (f: (x: (typeof live)[number]['sender']['counters']) => number) => live.reduce((a, l) => a + f(l.sender.counters), 0);

@@ -1,7 +1,9 @@
 // The clonecast dashboard: one WebSocket (/api/events) carrying a JSON
 // snapshot of machines, sessions and images on every change; buttons call
-// the admin API. No framework, nothing loaded from elsewhere.
-'use strict';
+// the admin API. No framework, nothing loaded from elsewhere. The state
+// names come from the server's one vocabulary (protocol/states.ts, served
+// compiled as /states.js).
+import { ACTIVE_SESSION_STATES } from '/states.js';
 
 const $ = (sel) => document.querySelector(sel);
 let token = new URLSearchParams(location.hash.slice(1)).get('token') || localStorage.getItem('clonecast-token') || '';
@@ -47,7 +49,7 @@ function render(s) {
   rows('sessions', s.sessions.map((x) => {
     const ms = Object.values(x.machines);
     const done = ms.filter((m) => m.state === 'done').length;
-    const active = x.state === 'waiting' || x.state === 'running';
+    const active = ACTIVE_SESSION_STATES.has(x.state);
     const buttons = active
       ? `${x.state === 'waiting' ? `<button data-act="start" data-id="${x.id}">start now</button> ` : ''}<button data-act="cancel" data-id="${x.id}">cancel</button>`
       : esc(x.reason);

@@ -58,7 +58,7 @@ describe('dashboard in a real browser', () => {
       expect(page.url()).toBe(URL_);
 
       // A session whose rule is never met by 4 machines: started from the page.
-      const created = await fleet.api('POST', '/api/sessions', { image: 'classroom', rule: { clients: 10 }, rateMbit: 60 });
+      const created = await fleet.api('POST', '/api/sessions', { image: 'classroom', rule: { any: true, clients: 10 }, rateMbit: 60 });
       const row = `#sessions tr[data-session="${created.id}"]`;
       await page.waitForSelector(`${row}[data-state="waiting"] button[data-act="start"]`);
       await page.waitForFunction(() => [...document.querySelectorAll('#machines tr[data-machine]')].every((r) => (r as HTMLElement).dataset.state === 'waiting'));

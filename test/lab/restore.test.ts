@@ -54,7 +54,7 @@ describe('differential restore', () => {
     // Version 1 on empty disks: the registry knows nothing of them, so a full restore.
     const first = await deploy(['--clients', '2', '--rate', String(rate)]);
     expect(first.version).toBe(2); // NAME alone is the latest version
-    const back = await deploy([], { image: 'os@1', rule: { clients: 2 }, rateMbit: rate });
+    const back = await deploy([], { image: 'os@1', rule: { any: true, clients: 2 }, rateMbit: rate });
     // ...and os@1 over os@2 is differential on its own (same image): only the 2 chunks differ.
     for (const m of Object.values(first.machines) as any[]) expect(m.skipped).toBe(0);
     for (const m of Object.values(back.machines) as any[]) {
@@ -64,8 +64,8 @@ describe('differential restore', () => {
     for (let k = 0; k < 2; k++) expect(readFileSync(fleet.diskPath(k)).subarray(0, v1.length).equals(v1)).toBe(true);
 
     // Version 2 over version 1: automatic differential.
-    const diff = await deploy([], { image: 'os@2', rule: { clients: 2 }, rateMbit: rate });
-    const full = await deploy([], { image: 'os@2', rule: { clients: 2 }, rateMbit: rate, differential: false });
+    const diff = await deploy([], { image: 'os@2', rule: { any: true, clients: 2 }, rateMbit: rate });
+    const full = await deploy([], { image: 'os@2', rule: { any: true, clients: 2 }, rateMbit: rate, differential: false });
     const seconds = (s: any) => (Date.parse(s.endedAt) - Date.parse(s.startedAt)) / 1000;
     for (const m of Object.values(diff.machines) as any[]) {
       expect(m.state).toBe('done');
