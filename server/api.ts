@@ -250,7 +250,12 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac));
     return;
   }
-  const name = decodeURIComponent(path.slice('/boot/files/'.length));
+  let name: string;
+  try {
+    name = decodeURIComponent(path.slice('/boot/files/'.length));
+  } catch {
+    throw new ClonecastError(ERR.NOT_FOUND, 'a boot file name must be valid percent-encoded UTF-8');
+  }
   if (!path.startsWith('/boot/files/') || name === '' || name.includes('/') || name.startsWith('.')) throw new ClonecastError(ERR.NOT_FOUND, `no ${path} here`);
   const root = await realpath(c.boot.dir).catch(() => {
     throw new ClonecastError(ERR.NOT_FOUND, `the boot folder ${c.boot!.dir} does not exist; put the agent's kernel and initramfs there`);

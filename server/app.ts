@@ -75,6 +75,8 @@ export interface RunningServer {
 
 /** Events are pushed to dashboards at most this often, ms. */
 const PUSH_MS = 300;
+/** Dashboard connections that have not sent the token yet, at most. */
+const MAX_PENDING_WATCHERS = 64;
 
 /** Starts everything; resolves once it listens. */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
@@ -100,18 +102,28 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const eventWss = new WebSocketServer({ noServer: true, maxPayload: 4096 });
   server.on('upgrade', (req, socket, head) => {
     const path = new URL(req.url ?? '/', 'http://x').pathname;
-    if (path === CONTROL.AGENT_PATH) agentWss.handleUpgrade(req, socket, head, (ws) => agents.accept(ws, req));
-    else if (path === CONTROL.EVENTS_PATH) eventWss.handleUpgrade(req, socket, head, (ws) => watch(ws));
+    const from = req.socket.remoteAddress?.replace(/^::ffff:/, '') ?? '';
+    if (path === CONTROL.AGENT_PATH && agents.admits(from)) agentWss.handleUpgrade(req, socket, head, (ws) => agents.accept(ws, req));
+    else if (path === CONTROL.EVENTS_PATH && watchersPending < MAX_PENDING_WATCHERS) eventWss.handleUpgrade(req, socket, head, (ws) => watch(ws));
     else socket.destroy();
   });
 
   // Dashboards: the first message is {"token": "..."}; then a snapshot on every change.
   const watchers = new Set<WebSocket>();
+  let watchersPending = 0;
   let dirty = false;
   const watch = (ws: WebSocket) => {
-    const deadline = setTimeout(() => ws.close(4401, 'no token'), 5000);
+    watchersPending++;
+    let pending = true;
+    const settle = () => pending && ((pending = false), watchersPending--);
+    const deadline = setTimeout(() => {
+      settle();
+      ws.terminate();
+    }, 2000);
+    ws.on('close', settle);
     ws.once('message', (data) => {
       clearTimeout(deadline);
+      settle();
       let presented: unknown;
       try {
         presented = (JSON.parse(String(data)) as { token?: unknown }).token;

@@ -22,8 +22,13 @@ export const CHANNEL_DEFAULTS = Object.freeze({
   progressMs: 1000,
   /** A connection silent for this many heartbeats is closed. */
   silentBeats: 3,
-  /** Time allowed for the Hello, ms. */
-  helloMs: 10_000,
+  /** Time allowed for the Hello, ms: a connection that has not proved who it is holds a socket only this long. */
+  helloMs: 2000,
+  /** Connections still without a Hello, at most, from one address and in all. */
+  pendingPerAddress: 8,
+  pendingTotal: 256,
+  /** Agent connections in all, at most (a classroom is 30-60). */
+  maxConnections: 4096,
 });
 
 /** WebSocket close codes the server uses (4000-4999 are for applications, RFC 6455 7.4.2). */
@@ -62,7 +67,10 @@ export interface AgentChannelOptions {
 /** Every agent connection; the SessionManager sends through it. */
 export class AgentChannel implements AgentLink {
   /** Connections closed for a bad frame or credentials, by reason. */
-  readonly rejected = { unauthorized: 0, malformed: 0, tooLarge: 0, text: 0, protocol: 0, silent: 0 };
+  readonly rejected = { unauthorized: 0, malformed: 0, tooLarge: 0, text: 0, protocol: 0, silent: 0, overLimit: 0 };
+  /** Connections without a Hello yet, by address. */
+  private readonly pending = new Map<string, number>();
+  private pendingTotal = 0;
   /** Messages whose handling failed on the server (the connection was closed, the server went on). */
   faults = 0;
   private readonly byMachine = new Map<string, Conn>();
@@ -86,11 +94,36 @@ export class AgentChannel implements AgentLink {
     return this.byMachine.size;
   }
 
+  /**
+   * Whether to take one more connection from this address, asked before the
+   * WebSocket handshake: unauthenticated connections are capped per address
+   * and in all, so a flood costs a bounded number of sockets.
+   */
+  admits(address: string): boolean {
+    const ok = this.all.size < CHANNEL_DEFAULTS.maxConnections && this.pendingTotal < CHANNEL_DEFAULTS.pendingTotal && (this.pending.get(address) ?? 0) < CHANNEL_DEFAULTS.pendingPerAddress;
+    if (!ok) this.rejected.overLimit++;
+    return ok;
+  }
+
   /** Takes a new WebSocket from the HTTP server's upgrade. */
   accept(ws: WebSocket, req: IncomingMessage): void {
     const conn: Conn = { ws, address: req.socket.remoteAddress?.replace(/^::ffff:/, '') ?? '', machine: undefined, lastHeard: Date.now() };
     this.all.add(conn);
-    const hello = setTimeout(() => this.close(conn, CLOSE.PROTOCOL, 'no hello in time', 'protocol'), CHANNEL_DEFAULTS.helloMs);
+    let waiting = true;
+    this.pending.set(conn.address, (this.pending.get(conn.address) ?? 0) + 1);
+    this.pendingTotal++;
+    const proven = () => {
+      if (!waiting) return;
+      waiting = false;
+      this.pendingTotal--;
+      const n = (this.pending.get(conn.address) ?? 1) - 1;
+      if (n > 0) this.pending.set(conn.address, n);
+      else this.pending.delete(conn.address);
+    };
+    const hello = setTimeout(() => {
+      this.close(conn, CLOSE.PROTOCOL, 'no hello in time', 'protocol');
+      ws.terminate();
+    }, CHANNEL_DEFAULTS.helloMs);
     ws.on('message', (data: RawData, isBinary: boolean) => {
       if (!isBinary) return this.close(conn, CLOSE.TEXT, 'text frame (the control channel is binary protobuf)', 'text');
       const frame = Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data as ArrayBuffer);
@@ -105,6 +138,7 @@ export class AgentChannel implements AgentLink {
       try {
         if (conn.machine === undefined) {
           clearTimeout(hello);
+          proven();
           if (msg.type !== 'hello') return this.close(conn, CLOSE.PROTOCOL, `${msg.type} before hello`, 'protocol');
           return this.onHello(conn, msg.hello);
         }
@@ -123,6 +157,7 @@ export class AgentChannel implements AgentLink {
     });
     ws.on('close', () => {
       clearTimeout(hello);
+      proven();
       this.all.delete(conn);
       const id = conn.machine;
       if (id === undefined || this.byMachine.get(id) !== conn) return;
