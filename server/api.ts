@@ -218,15 +218,20 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   } else if (action === 'have' && method === 'POST') {
     return send(res, 200, c.captures.have(id, (await json()).chunks));
   } else if (action === 'chunks' && sha !== undefined && method === 'PUT') {
-    await c.captures.putChunk(id, sha, await readBody(req, 32 << 20));
+    // The capture's state and limits are checked before any body is read.
+    const { chunkBytes } = c.captures.uploadLimits(id);
+    await c.captures.putChunk(id, sha, await readBody(req, chunkBytes));
     return send(res, 200, { ok: true });
   } else if (action === 'table' && method === 'PUT') {
-    c.captures.table(id, await readBody(req, 512 << 20));
+    c.captures.uploadLimits(id);
+    await c.captures.table(id, req);
     return send(res, 200, { ok: true });
   } else if (action === 'progress' && method === 'POST') {
-    c.captures.progress(id, (await json()) as never);
+    c.captures.uploadLimits(id);
+    c.captures.progress(id, await json());
     return send(res, 200, { ok: true });
   } else if (action === 'finish' && method === 'POST') {
+    c.captures.uploadLimits(id);
     return send(res, 200, await c.captures.finish(id, (await json()) as never));
   } else if (action === 'fail' && method === 'POST') {
     const body = await json();

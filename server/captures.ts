@@ -12,6 +12,10 @@
  * saved in DATA/captures.json, so an upload resumes after a server restart.
  */
 import { EventEmitter } from 'node:events';
+import { createWriteStream } from 'node:fs';
+import { readFile, rm } from 'node:fs/promises';
+import { pipeline } from 'node:stream/promises';
+import { Transform } from 'node:stream';
 import { loadJsonList } from './jsonfile.js';
 import { join } from 'node:path';
 import { CHUNK, decodeChunk } from '../protocol/chunk.js';
@@ -25,6 +29,8 @@ import type { Registry } from './registry.js';
 import { checkName, type Store } from './store/store.js';
 import { native } from '../native/addon.js';
 import type { Activity } from '../protocol/states.js';
+import { encodeManifest, decodeManifest } from '../protocol/manifest.js';
+import { checkDevice, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
 
 /** Defaults of CaptureManager. */
 export const CAPTURE_DEFAULTS = Object.freeze({
@@ -54,6 +60,9 @@ export interface CaptureRecord {
   machine: string;
   image: string;
   device: string;
+  /** Size of that disk as its agent reported it in its Hello, bytes (0 in records from before this was kept). */
+  diskSize: number;
+  chunkSize: number;
   partitions: number[];
   ignoreReadErrors: boolean;
   force: boolean;
@@ -68,7 +77,8 @@ export interface CaptureRecord {
 }
 
 interface Pending {
-  table?: Buffer;
+  /** The uploaded chunk table, streamed to a temporary file in the store. */
+  tablePath?: string;
 }
 
 /** Every capture; the API routes call into it. */
@@ -129,6 +139,8 @@ export class CaptureManager extends EventEmitter {
     if (busy !== undefined) throw new ClonecastError(ERR.BUSY, `capture ${busy.id} of "${req.image}" (from ${busy.machine}) is still running; captures of one image never run at once`);
     const device = req.disk ?? (machine.disks.length === 1 ? machine.disks[0].device! : '');
     if (device === '') throw new ClonecastError(ERR.USAGE, `${machine.id} has ${machine.disks.length} disks (${machine.disks.map((d) => d.device).join(', ')}); say which with --disk`);
+    const disk = machine.disks.find((d) => d.device === device);
+    if (disk === undefined) throw new ClonecastError(ERR.USAGE, `${device} is not one of ${machine.id}'s disks (${machine.disks.map((d) => d.device).join(', ') || 'none reported'})`);
     const id = Math.max(0, ...this.captures.keys()) + 1;
     // The machine is claimed before anything is sent: a machine in a session (or another capture) is refused.
     this.registry.claim(machine.id, holder(id), 'capturing');
@@ -137,6 +149,8 @@ export class CaptureManager extends EventEmitter {
       machine: machine.id,
       image: req.image,
       device,
+      diskSize: Number(disk.size),
+      chunkSize: CHUNK.DEFAULT_SIZE,
       partitions: req.partitions ?? [],
       ignoreReadErrors: req.ignoreReadErrors === true,
       force: req.force === true,
@@ -152,7 +166,7 @@ export class CaptureManager extends EventEmitter {
     this.save();
     const sent = this.agents.send(machine.id, {
       type: 'capture',
-      capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, chunkSize: CHUNK.DEFAULT_SIZE },
+      capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, chunkSize: record.chunkSize },
     });
     if (!sent) this.fail(id, 'the machine disconnected before the capture could start');
     this.log?.('info', `capture ${id}: ${machine.id} ${device} → ${req.image}`);
@@ -171,6 +185,16 @@ export class CaptureManager extends EventEmitter {
     return c;
   }
 
+  /**
+   * Limits for uploads into a running capture, asked before any body is
+   * read: an ended capture takes nothing, and bodies are capped by what its
+   * disk can need (one chunk; one table record per chunk of the disk).
+   */
+  uploadLimits(id: number): { chunkBytes: number; tableBytes: number } {
+    const c = this.running(id);
+    return { chunkBytes: maxChunkUpload(c.chunkSize), tableBytes: chunkCount(Math.max(1, c.diskSize), c.chunkSize) * 48 };
+  }
+
   /** Which of these chunk names the store lacks. */
   have(id: number, chunks: unknown): { missing: string[] } {
     this.running(id);
@@ -182,8 +206,9 @@ export class CaptureManager extends EventEmitter {
   async putChunk(id: number, sha: string, body: Buffer): Promise<void> {
     const c = this.running(id);
     if (!/^[0-9a-f]{64}$/.test(sha)) throw new ClonecastError(ERR.USAGE, 'a chunk is named by its SHA-256 (64 hex digits)');
-    if (body.length < CHUNK.HEADER_SIZE || body.length > CHUNK.HEADER_SIZE + CHUNK.MAX_SIZE + 4096) throw new ClonecastError(ERR.USAGE, `a chunk of ${body.length} bytes`);
+    if (body.length < CHUNK.HEADER_SIZE || body.length > maxChunkUpload(c.chunkSize)) throw new ClonecastError(ERR.USAGE, `a chunk of ${body.length} bytes`);
     const { raw } = decodeChunk(body, `uploaded chunk ${sha}`);
+    if (raw.length > c.chunkSize) throw new ClonecastError(ERR.USAGE, `an uploaded chunk of ${raw.length} bytes is larger than the capture's chunk size`);
     if (sha256(raw).toString('hex') !== sha) throw new ClonecastError(ERR.CHUNK_CORRUPT, `uploaded chunk ${sha} does not hash to its name; it was damaged on the way`);
     // putChunk writes with O_DIRECT: an aligned buffer, room for the padding.
     const out = native().alignedBuffer(Math.ceil((body.length + 1) / 4096) * 4096 + 4096, 4096);
@@ -194,22 +219,40 @@ export class CaptureManager extends EventEmitter {
     if (isNew) c.received.newBytes += body.length;
   }
 
-  progress(id: number, p: CaptureRecord['progress']): void {
+  progress(id: number, p: unknown): void {
     const c = this.running(id);
-    c.progress = { chunksDone: Number(p.chunksDone) || 0, chunksTotal: Number(p.chunksTotal) || 0, bytesRead: Number(p.bytesRead) || 0, reused: Number(p.reused) || 0, bytesSent: Number(p.bytesSent) || 0 };
+    c.progress = checkProgress(p, chunkCount(Math.max(1, c.diskSize), c.chunkSize));
     this.emit('changed');
   }
 
-  /** The chunk table, before finish. */
-  table(id: number, body: Buffer): void {
-    this.running(id);
-    if (body.length % 48 !== 0) throw new ClonecastError(ERR.USAGE, 'a chunk table is a whole number of 48-byte records');
-    this.pending.set(id, { table: body });
+  /** The chunk table, before finish: streamed to a temporary file, never more than the disk needs. */
+  async table(id: number, body: AsyncIterable<Buffer>): Promise<void> {
+    const { tableBytes } = this.uploadLimits(id);
+    const path = this.store.tmpPath(`capture-${id}-table`);
+    let size = 0;
+    const cap = new Transform({
+      transform(part: Buffer, _enc, done) {
+        size += part.length;
+        done(size > tableBytes ? new ClonecastError(ERR.USAGE, `a chunk table over ${tableBytes} bytes (the disk has ${tableBytes / 48} chunks)`) : null, part);
+      },
+    });
+    try {
+      await pipeline(body, cap, createWriteStream(path, { mode: 0o600 }));
+      if (size % 48 !== 0) throw new ClonecastError(ERR.USAGE, 'a chunk table is a whole number of 48-byte records');
+    } catch (err) {
+      await rm(path, { force: true });
+      throw err;
+    }
+    const old = this.pending.get(id)?.tablePath;
+    this.pending.set(id, { tablePath: path });
+    if (old !== undefined) await rm(old, { force: true });
   }
 
   /** Publishes the version once every chunk is stored. */
   async finish(id: number, m: { diskSize: number; sectorSize: number; chunkSize: number; partitionTable: PartitionTable; badRanges: BadRange[]; device: string; blockDevice: boolean; progress: CaptureRecord['progress'] }): Promise<CaptureRecord> {
     const c = this.running(id);
+    if (c.diskSize > 0 && m.diskSize !== c.diskSize) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} differs from the ${c.diskSize} bytes ${c.machine} reported for ${c.device}`);
+    if (m.chunkSize !== c.chunkSize) throw new ClonecastError(ERR.USAGE, `chunk size ${m.chunkSize} is not the capture's ${c.chunkSize}`);
     // What the agent says is checked before it shapes a manifest.
     const pow2 = (n: unknown) => Number.isInteger(n) && Number.isInteger(Math.log2(n as number));
     if (!Number.isSafeInteger(m.diskSize) || m.diskSize <= 0) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} is not a byte count`);
@@ -218,13 +261,15 @@ export class CaptureManager extends EventEmitter {
     if (!Array.isArray(m.badRanges) || m.badRanges.some((r) => !Number.isSafeInteger(r?.offset) || !Number.isSafeInteger(r?.length) || r.offset < 0 || r.length <= 0 || r.offset + r.length > m.diskSize)) {
       throw new ClonecastError(ERR.USAGE, 'bad ranges must be {offset, length} inside the disk');
     }
-    const table = this.pending.get(id)?.table;
-    if (table === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'no chunk table uploaded for this capture (PUT .../table first)');
+    const tablePath = this.pending.get(id)?.tablePath;
+    if (tablePath === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'no chunk table uploaded for this capture (PUT .../table first)');
+    const table = await readFile(tablePath);
     if (tableLength(table) !== chunkCount(m.diskSize, m.chunkSize)) throw new ClonecastError(ERR.USAGE, 'the chunk table does not match the disk size');
-    for (let i = 0; i < tableLength(table); i++) {
-      const r = chunkAt(table, i);
-      if (r.kind === ChunkKind.DATA && this.store.chunkHead(r.sha256) === null) throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${i} (${r.sha256.toString('hex')}) was never uploaded`);
-    }
+    checkTable(this.store, table, m.diskSize, m.chunkSize);
+    const device = checkDevice(m.device);
+    // The table as the stored bytes say, where they hold the start of the disk; else the agent's, checked.
+    const partitionTable = (await tableFromChunks(this.store, table, m.diskSize, m.chunkSize, m.sectorSize)) ?? checkPartitionTable(m.partitionTable, m.diskSize, m.sectorSize);
+    const progress = checkProgress(m.progress ?? c.progress, tableLength(table));
     const lock = this.store.lockImage(c.image, `capture ${id} from ${c.machine}`);
     try {
       await this.store.barrier();
@@ -238,18 +283,20 @@ export class CaptureManager extends EventEmitter {
         chunkSize: m.chunkSize,
         createdAt: new Date().toISOString(),
         parent: versions.length > 0 ? versions[versions.length - 1] : null,
-        source: { path: m.device, kind: m.blockDevice ? 'block-device' : 'file', description: `captured from ${c.machine}${machine?.hostname ? ` (${machine.hostname})` : ''} ${m.device}${c.partitions.length ? `, partitions ${c.partitions.join(',')}` : ''}` },
-        partitionTable: m.partitionTable,
+        source: { path: device, kind: m.blockDevice === true ? 'block-device' : 'file', description: `captured from ${c.machine}${machine?.hostname ? ` (${machine.hostname.replace(/[\x00-\x1f\x7f]/g, '?')})` : ''} ${device}${c.partitions.length ? `, partitions ${c.partitions.join(',')}` : ''}` },
+        partitionTable,
         badRanges: m.badRanges,
         newBytes: c.received.newBytes,
       };
+      // Published only what the normal decoder reads back.
+      decodeManifest(encodeManifest({ meta, table }), `capture ${id}'s manifest`);
       const version = this.store.publish({ meta, table });
-      const dataBytes = Math.max(1, m.progress?.bytesRead ?? 0);
-      c.progress = m.progress ?? c.progress;
+      const dataBytes = Math.max(1, progress.bytesRead);
+      c.progress = progress;
       c.result = { version, newBytes: c.received.newBytes, diskSize: m.diskSize, dedupeRatio: dataBytes / Math.max(1, c.received.bytes), badRanges: m.badRanges };
       c.state = 'done';
       c.endedAt = new Date().toISOString();
-      this.pending.delete(id);
+      this.dropPending(id);
       this.lostSince.delete(id);
       this.registry.apply(c.machine, { type: 'release', by: holder(id), state: 'idle' });
       this.log?.('info', `capture ${id}: published ${c.image}@${version} (${c.received.newBytes} new bytes stored, ${c.received.bytes} sent)`);
@@ -268,13 +315,20 @@ export class CaptureManager extends EventEmitter {
     c.state = 'failed';
     c.error = String(error).slice(0, 1024);
     c.endedAt = new Date().toISOString();
-    this.pending.delete(id);
+    this.dropPending(id);
     this.lostSince.delete(id);
     this.registry.apply(c.machine, { type: 'release', by: holder(id), state: 'failed', error: `capture ${id}: ${c.error}` });
     this.log?.('warn', `capture ${id}: failed: ${c.error}`);
     this.save();
     this.emit('changed');
     return c;
+  }
+
+  /** Forgets an ended capture's upload state and removes its temporary table. */
+  private dropPending(id: number): void {
+    const path = this.pending.get(id)?.tablePath;
+    this.pending.delete(id);
+    if (path !== undefined) rm(path, { force: true }).catch((err: Error) => this.log?.('warn', `capture ${id}: could not remove ${path}: ${err.message}`));
   }
 
   /** Fails running captures whose machine has been gone for too long. */
