@@ -86,7 +86,7 @@ export class Agent extends EventEmitter {
   private progressMs = 1000;
   private localAddress: string | undefined;
   readonly machineId: string;
-  private readonly describe: ReturnType<typeof machine>;
+  private describe: ReturnType<typeof machine>;
 
   constructor(private readonly o: AgentOptions) {
     super();
@@ -132,6 +132,8 @@ export class Agent extends EventEmitter {
       let beat: NodeJS.Timeout | undefined;
       ws.on('upgrade', (res) => (this.localAddress = res.socket.localAddress?.replace(/^::ffff:/, '')));
       ws.on('open', () => {
+        // Disks are read again on every connection: one may have been added, replaced or resized.
+        this.describe = machine(this.o.disk);
         const current = this.job?.assign.sessionId ?? [...this.pending.keys()][0];
         this.sendMsg({
           type: 'hello',

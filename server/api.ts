@@ -236,7 +236,8 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   } else if (action === 'fail' && method === 'POST') {
     const body = await json();
     const reason = String(body.error ?? body.reason ?? '').slice(0, 1024);
-    const byAdmin = tokenMatches(bearer(req), c.token);
+    // An agent names itself in x-clonecast-machine; an administrator's client does not.
+    const byAdmin = tokenMatches(bearer(req), c.token) && req.headers['x-clonecast-machine'] === undefined;
     return send(res, 200, c.captures.fail(id, reason !== '' ? (byAdmin ? `failed by the administrator: ${reason}` : reason) : byAdmin ? 'failed by the administrator' : 'no reason given'));
   }
   throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);

@@ -192,6 +192,9 @@ export class CaptureManager extends EventEmitter {
    */
   uploadLimits(id: number): { chunkBytes: number; tableBytes: number } {
     const c = this.running(id);
+    // The disk's size as its agent last reported it (a reconnecting agent reports its disks again).
+    const now = this.registry.get(c.machine)?.disks.find((d) => d.device === c.device)?.size;
+    if (now !== undefined && Number(now) > 0) c.diskSize = Number(now);
     return { chunkBytes: maxChunkUpload(c.chunkSize), tableBytes: chunkCount(Math.max(1, c.diskSize), c.chunkSize) * 48 };
   }
 
@@ -251,6 +254,7 @@ export class CaptureManager extends EventEmitter {
   /** Publishes the version once every chunk is stored. */
   async finish(id: number, m: { diskSize: number; sectorSize: number; chunkSize: number; partitionTable: PartitionTable; badRanges: BadRange[]; device: string; blockDevice: boolean; progress: CaptureRecord['progress'] }): Promise<CaptureRecord> {
     const c = this.running(id);
+    this.uploadLimits(id);
     if (c.diskSize > 0 && m.diskSize !== c.diskSize) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} differs from the ${c.diskSize} bytes ${c.machine} reported for ${c.device}`);
     if (m.chunkSize !== c.chunkSize) throw new ClonecastError(ERR.USAGE, `chunk size ${m.chunkSize} is not the capture's ${c.chunkSize}`);
     // What the agent says is checked before it shapes a manifest.
