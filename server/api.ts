@@ -43,6 +43,18 @@ const STATUS_OF: Record<string, number> = {
   [ERR.CHUNK_MISSING]: 409,
 };
 
+/**
+ * Headers on the dashboard's files: scripts only from this server and no
+ * inline script or style (what an injected value could use), no framing,
+ * no referrer carrying a URL out.
+ */
+export const PAGE_HEADERS = Object.freeze({
+  'content-security-policy': "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+  'x-content-type-options': 'nosniff',
+  'referrer-policy': 'no-referrer',
+  'x-frame-options': 'DENY',
+});
+
 /** What the API serves from. */
 export interface ApiContext {
   store: Store;
@@ -96,7 +108,7 @@ export class State {
 }
 
 function send(res: ServerResponse, status: number, body: unknown): void {
-  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' }).end(JSON.stringify(body));
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' }).end(JSON.stringify(body));
 }
 
 async function readJson(req: IncomingMessage): Promise<unknown> {
@@ -125,7 +137,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       // The state vocabulary is the compiled protocol module itself (it imports nothing).
       const file = path === '/states.js' ? join(projectRoot(), 'dist', 'protocol', 'states.js') : join(projectRoot(), 'server', 'dashboard', asset.file);
       const body = readFileSync(file);
-      res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache' }).end(body);
+      res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache', ...PAGE_HEADERS }).end(body);
       return;
     }
     if (path === '/healthz') return send(res, 200, { ok: true });

@@ -6,15 +6,30 @@
 import { ACTIVE_SESSION_STATES } from '/states.js';
 
 const $ = (sel) => document.querySelector(sel);
-let token = new URLSearchParams(location.hash.slice(1)).get('token') || localStorage.getItem('clonecast-token') || '';
+// The token lives in this page's memory only: never in storage a script could read later.
+let token = new URLSearchParams(location.hash.slice(1)).get('token') || '';
 if (location.hash) history.replaceState(null, '', location.pathname);
 
-function esc(s) {
-  return String(s ?? '').replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
+/**
+ * Builds an element. Every value from the server becomes a text node or a
+ * property, never markup: agent-reported names cannot run script here.
+ */
+function h(tag, props, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'data') for (const [dk, dv] of Object.entries(v)) el.dataset[dk] = String(dv);
+    else if (k === 'width') el.style.width = v;
+    else el.setAttribute(k, String(v));
+  }
+  for (const c of children.flat()) if (c !== undefined && c !== null && c !== false) el.append(c instanceof Node ? c : String(c));
+  return el;
 }
 function bytes(n) {
   const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let i = 0;
+  n = Number(n) || 0;
   while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
   return `${i ? n.toFixed(1) : n} ${u[i]}`;
 }
@@ -28,55 +43,63 @@ function duration(s) {
 function time(iso) {
   return iso ? new Date(iso).toLocaleString() : '';
 }
-function rows(id, html) {
-  $(`#${id} tbody`).innerHTML = html || `<tr><td colspan="10">none yet</td></tr>`;
+function pct(done, total, finished) {
+  return total ? Math.floor((100 * done) / total) : finished ? 100 : 0;
 }
+function rows(id, list) {
+  const body = $(`#${id} tbody`);
+  body.replaceChildren(...(list.length ? list : [h('tr', {}, h('td', { colspan: 10 }, 'none yet'))]));
+}
+const td = (v, cls) => h('td', { class: cls }, v);
+const stateCell = (state) => h('td', { class: `state-${state}` }, state);
 
 function render(s) {
   $('#server').textContent = `v${s.server.version} · ${s.server.agents} agent(s) connected · multicast ${s.server.senderAddress || 'off (serve --interface IF)'}`;
-  const byAddress = [...s.machines].sort((a, b) => a.address.localeCompare(b.address, undefined, { numeric: true }) || a.id.localeCompare(b.id));
+  const byAddress = [...s.machines].sort((a, b) => String(a.address).localeCompare(String(b.address), undefined, { numeric: true }) || a.id.localeCompare(b.id));
   rows('machines', byAddress.map((m) => {
     const p = m.progress;
-    const pct = p && p.chunksTotal ? Math.floor((100 * p.chunksDone) / p.chunksTotal) : (m.state === 'done' ? 100 : 0);
     const state = m.online ? m.state : 'offline';
-    return `<tr data-machine="${esc(m.id)}" data-state="${esc(state)}"><td>${esc(m.id)}</td><td>${esc(m.hostname)}</td><td>${esc(m.address)}</td>` +
-      `<td class="state-${esc(state)}">${esc(state)}</td><td>${esc(m.image || (m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : ''))}</td>` +
-      `<td><span class="bar"><i style="width:${pct}%"></i></span><span class="pct">${pct}%</span></td>` +
-      `<td>${p && p.rateBps ? `${bytes(p.rateBps)}/s` : ''}</td><td>${p ? duration(p.etaSeconds) : ''}</td>` +
-      `<td>${p ? `${(100 * p.loss).toFixed(1)}%` : ''}</td><td class="error">${esc(m.lastError)}</td>` +
-      `<td>${m.online ? `<button data-capture="${esc(m.id)}">capture…</button>` : ''}</td></tr>`;
-  }).join(''));
+    const done = pct(p && p.chunksDone, p && p.chunksTotal, m.state === 'done');
+    return h('tr', { data: { machine: m.id, state } },
+      td(m.id), td(m.name ? `${m.name} (${m.hostname})` : m.hostname), td(m.address), stateCell(state),
+      td(m.image || (m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : '')),
+      h('td', {}, h('span', { class: 'bar' }, h('i', { width: `${done}%` })), h('span', { class: 'pct' }, `${done}%`)),
+      td(p && p.rateBps ? `${bytes(p.rateBps)}/s` : ''), td(p ? duration(p.etaSeconds) : ''),
+      td(p ? `${(100 * Number(p.loss)).toFixed(1)}%` : ''), td(m.lastError, 'error'),
+      h('td', {}, m.online ? h('button', { data: { capture: m.id } }, 'capture…') : ''));
+  }));
   rows('sessions', s.sessions.map((x) => {
     const ms = Object.values(x.machines);
     const done = ms.filter((m) => m.state === 'done').length;
-    const active = ACTIVE_SESSION_STATES.has(x.state);
-    const buttons = active
-      ? `${x.state === 'waiting' ? `<button data-act="start" data-id="${x.id}">start now</button> ` : ''}<button data-act="cancel" data-id="${x.id}">cancel</button>`
-      : esc(x.reason);
-    return `<tr data-session="${x.id}" data-state="${esc(x.state)}"><td>${x.id}</td><td>${esc(x.image)}@${x.version}</td><td class="state-${esc(x.state)}">${esc(x.state)}</td>` +
-      `<td>${esc(x.ruleText)}</td><td>${done}/${ms.length} done</td><td>${esc(x.group)}:${x.port}</td><td>${bytes(x.sent.bytes)}</td><td>${time(x.createdAt)}</td><td>${buttons}</td></tr>`;
-  }).join(''));
+    const buttons = ACTIVE_SESSION_STATES.has(x.state)
+      ? [x.state === 'waiting' ? h('button', { data: { act: 'start', id: x.id } }, 'start now') : '', ' ', h('button', { data: { act: 'cancel', id: x.id } }, 'cancel')]
+      : [x.reason];
+    return h('tr', { data: { session: x.id, state: x.state } },
+      td(x.id), td(`${x.image}@${x.version}`), stateCell(x.state), td(x.ruleText), td(`${done}/${ms.length} done`),
+      td(`${x.group}:${x.port}`), td(bytes(x.sent.bytes)), td(time(x.createdAt)), h('td', {}, ...buttons));
+  }));
   rows('images', s.images.map((i) => {
     const l = i.latest;
     return l.error
-      ? `<tr><td>${esc(i.name)}</td><td>${i.versions.join(', ')}</td><td colspan="3" class="error">unreadable: ${esc(l.error)}</td></tr>`
-      : `<tr><td>${esc(i.name)}</td><td>${i.versions.join(', ')}</td><td>${bytes(l.diskSize)}</td><td>${bytes(l.storedBytes)}</td><td>${time(l.createdAt)}</td><td>${l.badRanges || ''}</td></tr>`;
-  }).join(''));
+      ? h('tr', {}, td(i.name), td(i.versions.join(', ')), h('td', { colspan: 3, class: 'error' }, `unreadable: ${l.error}`))
+      : h('tr', {}, td(i.name), td(i.versions.join(', ')), td(bytes(l.diskSize)), td(bytes(l.storedBytes)), td(time(l.createdAt)), td(l.badRanges || ''));
+  }));
   rows('captures', (s.captures || []).map((c) => {
     const p = c.progress;
-    const pct = p.chunksTotal ? Math.floor((100 * p.chunksDone) / p.chunksTotal) : (c.state === 'done' ? 100 : 0);
-    const result = c.result ? `${esc(c.image)}@${c.result.version}: ${bytes(c.result.newBytes)} new${c.result.badRanges.length ? `, ${c.result.badRanges.length} bad range(s)` : ''}` : esc(c.error);
-    return `<tr data-capture-id="${c.id}" data-state="${esc(c.state)}"><td>${c.id}</td><td>${esc(c.machine)}</td><td>${esc(c.device)}</td><td>${esc(c.image)}</td>` +
-      `<td class="state-${esc(c.state)}">${esc(c.state)}</td><td>${pct}%</td><td>${bytes(c.received.bytes)} (${p.reused} chunks already stored)</td><td class="${c.state === 'failed' ? 'error' : ''}">${result}</td></tr>`;
-  }).join(''));
-  const history = s.machines.flatMap((m) => m.history.map((h) => ({ ...h, machine: m.id }))).sort((a, b) => b.endedAt.localeCompare(a.endedAt)).slice(0, 100);
-  rows('history', history.map((h) =>
-    `<tr><td>${time(h.endedAt)}</td><td>${esc(h.machine)}</td><td>${h.session}</td><td>${esc(h.image)}@${h.version}</td>` +
-    `<td class="state-${esc(h.outcome)}">${esc(h.outcome)}${h.verified ? ' ✓' : ''}</td><td>${duration(h.seconds)}</td><td class="error">${esc(h.error)}</td></tr>`).join(''));
+    const result = c.result ? `${c.image}@${c.result.version}: ${bytes(c.result.newBytes)} new${c.result.badRanges.length ? `, ${c.result.badRanges.length} bad range(s)` : ''}` : c.error;
+    return h('tr', { data: { captureId: c.id, state: c.state } },
+      td(c.id), td(c.machine), td(c.device), td(c.image), stateCell(c.state), td(`${pct(p.chunksDone, p.chunksTotal, c.state === 'done')}%`),
+      td(`${bytes(c.received.bytes)} (${p.reused} chunks already stored)`), td(result, c.state === 'failed' ? 'error' : undefined));
+  }));
+  const history = s.machines.flatMap((m) => m.history.map((x) => ({ ...x, machine: m.id }))).sort((a, b) => b.endedAt.localeCompare(a.endedAt)).slice(0, 100);
+  rows('history', history.map((x) =>
+    h('tr', {}, td(time(x.endedAt)), td(x.machine), td(x.session), td(`${x.image}@${x.version}`),
+      h('td', { class: `state-${x.outcome}` }, `${x.outcome}${x.verified ? ' ✓' : ''}`), td(duration(x.seconds)), td(x.error, 'error'))));
 }
 
 async function act(action, id) {
-  const res = await fetch(`/api/sessions/${id}/${action}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  if (action === 'cancel' && !confirm(`Cancel session ${id}? Its machines stop where they are; their disks are left incomplete.`)) return;
+  const res = await fetch(`/api/sessions/${encodeURIComponent(id)}/${action}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
   if (!res.ok) alert((await res.json()).error?.message ?? `HTTP ${res.status}`);
 }
 document.addEventListener('click', (e) => {
@@ -105,14 +128,12 @@ function connect() {
   ws.onmessage = (e) => {
     const s = JSON.parse(e.data);
     if (s.error) {
-      localStorage.removeItem('clonecast-token');
       token = '';
       $('#login-error').textContent = s.error;
       $('#login').hidden = false;
       $('#main').hidden = true;
       return;
     }
-    localStorage.setItem('clonecast-token', token);
     $('#login').hidden = true;
     $('#main').hidden = false;
     $('#conn').textContent = 'live';
