@@ -207,9 +207,10 @@ export class AgentChannel implements AgentLink {
     const record = this.o.registry.seen({
       id,
       macs: h.macs ?? [],
-      hostname: h.hostname ?? '',
+      // Shown in terminals and pages: control characters (terminal escapes) never get that far.
+      hostname: printable(h.hostname ?? ''),
       bootMode: BootMode[h.bootMode ?? 0].replace('BOOT_', '').toLowerCase(),
-      agentVersion: h.agentVersion ?? '',
+      agentVersion: printable(h.agentVersion ?? ''),
       disks: h.disks ?? [],
       address: conn.address,
     });
@@ -262,4 +263,9 @@ export class AgentChannel implements AgentLink {
       }
     }
   }
+}
+
+/** Text with control characters (C0, DEL, C1: terminal escapes among them) replaced by '?'. */
+export function printable(text: string): string {
+  return text.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
 }

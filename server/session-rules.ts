@@ -88,7 +88,8 @@ export function describeRule(r: StartRule): string {
 
 /** The MAC by which the rule names this machine: '' when it is taken by group or any, null when not at all. */
 export function namedBy(rule: StartRule, machine: Pick<MachineRecord, 'id' | 'macs' | 'groups'>): string | null {
-  if (rule.machines !== undefined) return rule.machines.find((mac) => mac === machine.id || machine.macs.includes(mac)) ?? null;
+  // By the machine's id only: the other MACs are the agent's own word, and a listed MAC must not be claimable by another machine.
+  if (rule.machines !== undefined) return rule.machines.find((mac) => mac === machine.id) ?? null;
   if (rule.group !== undefined) return machine.groups.includes(rule.group) ? '' : null;
   return rule.any === true ? '' : null;
 }

@@ -16,7 +16,7 @@ import { Agent } from '../../agent/agent.js';
 import { tempDir } from '../helpers.js';
 
 /** A hand-driven agent connection: says hello with one disk, records what the server sends. */
-async function fakeAgent(url: string, token: string, mac: string) {
+async function fakeAgent(url: string, token: string, mac: string, extra: { macs?: string[]; hostname?: string } = {}) {
   const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, url.replace('http', 'ws')));
   const got: ServerMessage[] = [];
   ws.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
@@ -25,7 +25,7 @@ async function fakeAgent(url: string, token: string, mac: string) {
   ws.send(
     encodeAgentMessage({
       type: 'hello',
-      hello: { protocol: CONTROL.VERSION, token, machineId: mac, macs: [mac], hostname: `pc-${mac.slice(-2)}`, agentVersion: 'test', disks: [{ device: '/dev/vda', size: 1 << 30, logicalSector: 512, physicalSector: 512 }] },
+      hello: { protocol: CONTROL.VERSION, token, machineId: mac, macs: extra.macs ?? [mac], hostname: extra.hostname ?? `pc-${mac.slice(-2)}`, agentVersion: 'test', disks: [{ device: '/dev/vda', size: 1 << 30, logicalSector: 512, physicalSector: 512 }] },
     }),
   );
   await until(() => got.some((m) => m.type === 'welcome'));
@@ -108,6 +108,17 @@ describe('one owner per machine', () => {
     expect((await api(`/api/sessions/${s.body.id}/cancel`, {})).status).toBe(200);
     a.ws.close();
     b.ws.close();
+  });
+
+  it('a machine that lists another machine\'s MAC as its own is not taken for that MAC, and its host name loses its terminal escapes', async () => {
+    const intruder = await fakeAgent(srv.url, srv.token, '02:00:00:00:0a:66', { macs: ['02:00:00:00:0a:66', '02:00:00:00:0a:77'], hostname: 'pc\x1b[2J\x1b]0;owned\x07' });
+    const s = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0a:77'] } });
+    expect(s.status).toBe(201);
+    await new Promise((r) => setTimeout(r, 300));
+    expect(intruder.got.some((m) => m.type === 'assign')).toBe(false);
+    expect(srv.registry.get('02:00:00:00:0a:66')?.hostname).toBe('pc?[2J?]0;owned?');
+    await api(`/api/sessions/${s.body.id}/cancel`, {});
+    intruder.ws.close();
   });
 
   it('a capture whose agent disappears ends with a reason and frees the machine', async () => {
