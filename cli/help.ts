@@ -53,7 +53,7 @@ export function commandHelp(c: Command): string {
   entries.push(['-h, --help', 'Print this text.']);
   const col = Math.min(28, Math.max(...entries.map(([l]) => l.length)) + 2);
   const lines = [`usage: clonecast ${c.name}${c.usage ? ` ${c.usage}` : ''}${Object.keys(c.options).length > 0 && !c.usage.endsWith('[options]') ? ' [options]' : ''}`, '', wrap(c.summary, 0, 0)];
-  for (const d of c.details ?? []) lines.push(wrap(d, 0, 0));
+  if (c.details !== undefined) lines.push('', ...c.details.map((d) => wrap(d, 0, 0)));
   lines.push('', 'options:');
   for (const [l, h] of entries) {
     if (l.length + 2 > col) lines.push(`  ${l}`, `  ${' '.repeat(col)}${wrap(h, col + 2, col + 2)}`);

@@ -43,7 +43,7 @@ export const machinesSet: Command = {
     if (name !== undefined && !NAME_RE.test(name)) throw ctx.usage(`--name takes 1-64 letters, digits, ".", "_" or "-"; got "${name}"`);
     const bad = groups?.find((g) => !NAME_RE.test(g));
     if (bad !== undefined) throw ctx.usage(`--groups takes group names of 1-64 letters, digits, ".", "_" or "-"; "${bad}" is not one`);
-    const m = await api<MachineView>(ctx.client(), 'PATCH', `/api/machines/${encodeURIComponent(mac)}`, { name, groups });
+    const m = await api<MachineView>(ctx.client(), 'PATCH', `/api/machines/${mac}`, { name, groups });
     ctx.out(() => console.log(`${safeText(m.id)}: name ${safeText(m.name || '-')}, groups ${m.groups?.length ? m.groups.map(safeText).join(',') : '-'}`), m);
     return 0;
   },
