@@ -89,7 +89,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'start rule "--wait 2": starts 2 s after the first machine joined', async () => {
-    const d = fleet.deploy('a', ['--wait', '2']);
+    const d = fleet.deploy('a', ['--any', '--wait', '2']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
     expect(Date.parse(s.startedAt) - Date.parse(s.firstJoinAt)).toBeGreaterThanOrEqual(2000);
@@ -98,18 +98,18 @@ describe('deploy to 4 agents in the namespace lab', () => {
 
   itNeeds(['netns', 'curl', 'loop'], 'start rule "--at": starts at the given time', async () => {
     const at = new Date(Date.now() + 3000).toISOString();
-    const d = fleet.deploy('b', ['--at', at]);
+    const d = fleet.deploy('b', ['--any', '--at', at]);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
     expect(Date.parse(s.startedAt)).toBeGreaterThanOrEqual(Date.parse(at));
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl', 'loop'], 'start rule "now" (no rule given): starts at once; "--after reboot" is only said without --allow-power', async () => {
-    const d = fleet.deploy('a', ['--after', 'reboot']);
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "--now": starts at once; "--after reboot" is only said without --allow-power', async () => {
+    const d = fleet.deploy('a', ['--any', '--now', '--after', 'reboot']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
-    expect(s.rule).toEqual({ now: true });
+    expect(s.rule).toMatchObject({ now: true });
     expect(Date.parse(s.startedAt) - Date.parse(s.createdAt)).toBeLessThan(1000);
     expectDisks('a', [0, 1, 2, 3]);
     await until(() => fleet.agents.every((a) => /the session asks for reboot; not doing it without --allow-power/.test(a!.out)), 5000, 'every agent to say it would reboot');
