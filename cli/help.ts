@@ -47,8 +47,8 @@ function optionLeft(name: string, o: OptionSpec): string {
   return `--${name}${o.value !== undefined ? ` ${o.value}` : ''}`;
 }
 
-/** "clonecast CMD --help". */
-export function commandHelp(c: Command): string {
+/** "clonecast CMD --help"; all is every command, to name CMD's subcommands. */
+export function commandHelp(c: Command, all: readonly Command[] = []): string {
   const entries: [string, string][] = Object.entries(c.options).map(([name, o]) => [optionLeft(name, o), `${o.help}${o.default !== undefined ? ` (default: ${o.default})` : ''}`]);
   entries.push(['-h, --help', 'Print this text.']);
   const col = Math.min(28, Math.max(...entries.map(([l]) => l.length)) + 2);
@@ -58,6 +58,11 @@ export function commandHelp(c: Command): string {
   for (const [l, h] of entries) {
     if (l.length + 2 > col) lines.push(`  ${l}`, `  ${' '.repeat(col)}${wrap(h, col + 2, col + 2)}`);
     else lines.push(`  ${l.padEnd(col)}${wrap(h, col + 2, col + 2)}`);
+  }
+  const subs = all.filter((x) => x.name.startsWith(`${c.name} `) && !x.hidden);
+  if (subs.length > 0) {
+    lines.push('', 'subcommands (each has its own --help):');
+    for (const x of subs) lines.push(`  ${x.name}${x.usage ? ` ${x.usage}` : ''}`, `      ${wrap(x.summary, 6, 6)}`);
   }
   // A text built from the arguments is shown with their names (DEST, DISK).
   const ctrlC = typeof c.interrupted === 'string' ? c.interrupted : c.interrupted({ positionals: [], str: () => undefined } as unknown as Context);

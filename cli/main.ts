@@ -125,7 +125,7 @@ async function run(argv: string[], interrupts: Interrupts): Promise<number> {
   const { command, rest } = found;
   const { values, positionals } = parseCommand(command, rest, optionOwners());
   if (values.help === true) {
-    process.stdout.write(commandHelp(command));
+    process.stdout.write(commandHelp(command, COMMANDS));
     return EXIT.OK;
   }
   const ctx: Context = makeContext(command, values, positionals, {
