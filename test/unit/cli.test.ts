@@ -382,3 +382,21 @@ describe('the server-side commands against a stand-in API', () => {
     }
   });
 });
+
+describe('the command table', () => {
+  it('gives every command a summary, a Ctrl-C text and one sentence per option, and common options only where they apply', async () => {
+    const { COMMANDS } = await import('../../cli/commands/index.js');
+    const names = COMMANDS.map((c) => c.name);
+    expect(new Set(names).size).toBe(names.length);
+    for (const c of COMMANDS) {
+      expect(c.summary, c.name).toMatch(/^[A-Z].*\.$/);
+      expect(c.interrupted, c.name).toBeTruthy();
+      for (const [o, spec] of Object.entries(c.options)) expect(spec.help, `${c.name} --${o}`).toMatch(/^[A-Z].*[.)]$/);
+      expect(Object.keys(c.options), c.name).toEqual(expect.arrayContaining(['data', 'json']));
+    }
+    const having = (o: string) => COMMANDS.filter((c) => o in c.options).map((c) => c.name).sort();
+    expect(having('workers')).toEqual(['image export', 'image import', 'image verify']);
+    expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines set', 'sessions', 'sessions cancel', 'sessions start']);
+    expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm']);
+  });
+});
