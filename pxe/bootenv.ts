@@ -137,7 +137,7 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
   }
   if (spawnSync('/bin/busybox', ['udhcpc', '--help']).status === 127) throw new ClonecastError(ERR.NOT_FOUND, '/bin/busybox has no udhcpc: apt-get install busybox-static');
   const addon = join(project, 'native', 'build', 'Release', 'clonecast_native.node');
-  if (!existsSync(addon) || !existsSync(join(project, 'dist', 'server', 'cli', 'main.js'))) throw new ClonecastError(ERR.NOT_FOUND, 'build clonecast first (npm ci)');
+  if (!existsSync(addon) || !existsSync(join(project, 'dist', 'cli', 'main.js'))) throw new ClonecastError(ERR.NOT_FOUND, 'build clonecast first (npm ci)');
   mkdirSync(o.out, { recursive: true });
   const work = join(o.out, `.build-${process.pid}`);
   rmSync(work, { recursive: true, force: true });

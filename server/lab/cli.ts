@@ -132,7 +132,7 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
         state.loops.push(loop);
         const ns = lab.clients[k].ns;
         const mac = lab.execIn(ns, 'cat', ['/sys/class/net/eth0/address']).trim();
-        const agent = detached('ip', ['netns', 'exec', ns, process.execPath, o.cli, 'agent', '--server', SERVER_URL, '--token', state.token, '--disk', loop], join(LAB_DIR, `pc${k + 1}.log`));
+        const agent = detached('ip', ['netns', 'exec', ns, process.execPath, o.cli, 'agent', '--server', SERVER_URL, '--token-file', join(data, 'token'), '--disk', loop], join(LAB_DIR, `pc${k + 1}.log`));
         state.pids.push(agent.pid!);
         state.machines.push({ name: `pc${k + 1}`, disk: loop, mac });
       }

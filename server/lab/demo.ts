@@ -40,7 +40,7 @@ export async function labDemo(cli: string, out: (line: string) => void, port?: n
     out(`   dashboard (live while the deploy runs): ${state.dashboard}`);
     await new Promise((r) => setTimeout(r, 1500));
     out('3. deploy demo to the 4 machines by multicast');
-    const deploy = spawn('ip', ['netns', 'exec', 'cclabs', process.execPath, cli, 'deploy', 'demo', '--server', state.serverUrl, '--token', state.token, '--clients', '4', '--rate', '200'], { stdio: ['ignore', 'inherit', 'inherit'] });
+    const deploy = spawn('ip', ['netns', 'exec', 'cclabs', process.execPath, cli, 'deploy', 'demo', '--server', state.serverUrl, '--any', '--clients', '4', '--rate', '200'], { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, CLONECAST_TOKEN: state.token } });
     const code = await new Promise<number | null>((r) => deploy.on('close', r));
     out(`4. check every disk against the image (deploy exited ${code})`);
     const image = Buffer.alloc(64 * MiB);

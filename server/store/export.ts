@@ -17,7 +17,10 @@ import type { ExportTask, WorkerSetup } from './chunk-worker.js';
 
 /** Options of exportImage(). */
 export interface ExportOptions {
-  /** Write to a device even if it is mounted or is the boot disk. */
+  /**
+   * Overwrite what DEST holds: a non-empty file, a device with a partition
+   * table, and also a device that is mounted, in use or the boot disk.
+   */
   force?: boolean;
   workers?: number;
   progress?: ProgressOptions;
@@ -52,6 +55,7 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
   const { name, version } = store.resolve(ref);
   const { meta, table } = await store.readManifest(name, version);
   const device = isBlockDevice(dest);
+  if (!device && options.force !== true) refuseNonEmptyFile(dest);
   if (!device) {
     // A fresh sparse file: zero chunks stay holes.
     const fd = openSync(dest, 'w', 0o644);
@@ -61,9 +65,11 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
       closeSync(fd);
     }
   }
+  // Disk.open refuses a mounted, in-use or boot disk first: the graver reason is the one shown.
   const target = Disk.open(dest, { write: true, force: options.force });
   let pool: WorkerPool<ExportTask, number> | undefined;
   try {
+    if (device && options.force !== true) await refusePartitionedDevice(target, dest);
     if (target.size < meta.diskSize) {
       throw new ClonecastError(
         ERR.TARGET_TOO_SMALL,
@@ -121,6 +127,39 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
   } finally {
     await pool?.close();
     target.close();
+  }
+}
+
+/** Refuses to replace a regular file that already holds data. */
+function refuseNonEmptyFile(dest: string): void {
+  let st;
+  try {
+    st = statSync(dest);
+  } catch {
+    return; // absent: it is created
+  }
+  if (st.isFile() && st.size > 0) {
+    throw new ClonecastError(ERR.REFUSED, `refusing to overwrite ${dest}: it is a file of ${formatBytes(st.size)} (${st.size} bytes); add --force to replace it, or export to a new path`, { path: dest, size: st.size });
+  }
+}
+
+/** The partition table signature in a disk's first 8 KiB, if any: MBR at 510, GPT at LBA 1 (512- or 4096-byte sectors). */
+export function partitionSignature(head: Buffer): 'GPT' | 'MBR' | null {
+  const gpt = (at: number) => head.length >= at + 8 && head.toString('latin1', at, at + 8) === 'EFI PART';
+  if (gpt(512) || gpt(4096)) return 'GPT';
+  if (head.length >= 512 && head[510] === 0x55 && head[511] === 0xaa) return 'MBR';
+  return null;
+}
+
+/** Refuses to overwrite a block device whose first sectors hold a partition table. */
+async function refusePartitionedDevice(target: Disk, dest: string): Promise<void> {
+  const length = Math.min(8192, target.size);
+  if (length < 512) return;
+  const head = target.allocate(8192);
+  const n = await target.read(head, 0, length - (length % 512));
+  const kind = partitionSignature(head.subarray(0, n));
+  if (kind !== null) {
+    throw new ClonecastError(ERR.REFUSED, `refusing to overwrite ${dest}: it holds ${kind === 'GPT' ? 'a GPT' : 'an MBR'} partition table (${formatBytes(target.size)} disk); add --force if its contents may go`, { path: dest, partitionTable: kind });
   }
 }
 

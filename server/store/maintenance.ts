@@ -191,11 +191,14 @@ async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { 
 }
 
 /** Removes one version (NAME@N) or every version of an image (NAME). Chunks stay until gc. */
-export function removeImage(store: Store, ref: ImageRef): { name: string; removed: number[] } {
+export function removeImage(store: Store, ref: ImageRef, options: { dryRun?: boolean } = {}): { name: string; removed: number[]; dryRun: boolean } {
   const { name, version } = store.resolve(ref);
+  const dryRun = options.dryRun === true;
+  const versions = ref.version !== undefined || ref.asOf !== undefined ? [version] : store.versions(name);
+  // A dry run only names what would go: no lock (it changes nothing), no removal.
+  if (dryRun) return { name, removed: versions, dryRun };
   const lock = store.lockImage(name, 'removing versions');
   try {
-    const versions = ref.version !== undefined || ref.asOf !== undefined ? [version] : store.versions(name);
     for (const v of versions) store.removeVersion(name, v);
     if (store.versions(name).length === 0) {
       try {
@@ -204,14 +207,15 @@ export function removeImage(store: Store, ref: ImageRef): { name: string; remove
         // not empty (a stray file): leave the folder
       }
     }
-    return { name, removed: versions };
+    return { name, removed: versions, dryRun };
   } finally {
     lock.release();
   }
 }
 
-/** What gc did. */
+/** What gc did (with dryRun: what it would remove; nothing was). */
 export interface GcReport {
+  dryRun: boolean;
   referencedChunks: number;
   removedChunks: number;
   removedBytes: number;
@@ -221,9 +225,11 @@ export interface GcReport {
 /**
  * Removes every chunk that no version references, and temporary files of
  * processes that are gone. Refuses to run if any manifest cannot be read,
- * since its chunks could not be told apart from garbage.
+ * since its chunks could not be told apart from garbage. With dryRun it
+ * counts what it would remove and removes nothing.
  */
-export async function collectGarbage(store: Store): Promise<GcReport> {
+export async function collectGarbage(store: Store, options: { dryRun?: boolean } = {}): Promise<GcReport> {
+  const dryRun = options.dryRun === true;
   const lock = store.lockGc();
   try {
     const referenced = new Set<string>();
@@ -244,14 +250,14 @@ export async function collectGarbage(store: Store): Promise<GcReport> {
         }
       }
     }
-    const report: GcReport = { referencedChunks: referenced.size, removedChunks: 0, removedBytes: 0, removedTempFiles: 0 };
+    const report: GcReport = { dryRun, referencedChunks: referenced.size, removedChunks: 0, removedBytes: 0, removedTempFiles: 0 };
     const chunks = join(store.root, 'chunks');
     for (const dir of readdirSync(chunks)) {
       for (const file of readdirSync(join(chunks, dir))) {
         if (referenced.has(file)) continue;
         const path = join(chunks, dir, file);
         report.removedBytes += statSync(path).size;
-        unlinkSync(path);
+        if (!dryRun) unlinkSync(path);
         report.removedChunks++;
       }
     }
@@ -260,10 +266,10 @@ export async function collectGarbage(store: Store): Promise<GcReport> {
       const pid = Number(file.split('.')[1]);
       // Temp files are named TAG.PID.RANDOM; keep those of live processes.
       if (Number.isInteger(pid) && pid !== process.pid && isAlive(pid)) continue;
-      unlinkSync(join(tmp, file));
+      if (!dryRun) unlinkSync(join(tmp, file));
       report.removedTempFiles++;
     }
-    await store.barrier();
+    if (!dryRun) await store.barrier();
     return report;
   } finally {
     lock.release();

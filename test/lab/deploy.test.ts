@@ -67,7 +67,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'start rule "--clients 4": 4 verified disks', async () => {
-    const d = fleet.deploy('a', ['--clients', '4']);
+    const d = fleet.deploy('a', ['--any', '--clients', '4']);
     expect(await d.exited, d.out).toBe(0);
     expect(d.out).toMatch(/4 of 4 machine\(s\) done and verified; session done/);
     expectDisks('a', [0, 1, 2, 3]);
@@ -89,7 +89,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'start rule "--wait 2": starts 2 s after the first machine joined', async () => {
-    const d = fleet.deploy('a', ['--wait', '2']);
+    const d = fleet.deploy('a', ['--any', '--wait', '2']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
     expect(Date.parse(s.startedAt) - Date.parse(s.firstJoinAt)).toBeGreaterThanOrEqual(2000);
@@ -98,18 +98,18 @@ describe('deploy to 4 agents in the namespace lab', () => {
 
   itNeeds(['netns', 'curl', 'loop'], 'start rule "--at": starts at the given time', async () => {
     const at = new Date(Date.now() + 3000).toISOString();
-    const d = fleet.deploy('b', ['--at', at]);
+    const d = fleet.deploy('b', ['--any', '--at', at]);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
     expect(Date.parse(s.startedAt)).toBeGreaterThanOrEqual(Date.parse(at));
     expectDisks('b', [0, 1, 2, 3]);
   }, LONG);
 
-  itNeeds(['netns', 'curl', 'loop'], 'start rule "now" (no rule given): starts at once; "--after reboot" is only said without --allow-power', async () => {
-    const d = fleet.deploy('a', ['--after', 'reboot']);
+  itNeeds(['netns', 'curl', 'loop'], 'start rule "--now": starts at once; "--after reboot" is only said without --allow-power', async () => {
+    const d = fleet.deploy('a', ['--any', '--now', '--after', 'reboot']);
     expect(await d.exited, d.out).toBe(0);
     const s = await latestSession();
-    expect(s.rule).toEqual({ now: true });
+    expect(s.rule).toMatchObject({ now: true });
     expect(Date.parse(s.startedAt) - Date.parse(s.createdAt)).toBeLessThan(1000);
     expectDisks('a', [0, 1, 2, 3]);
     await until(() => fleet.agents.every((a) => /the session asks for reboot; not doing it without --allow-power/.test(a!.out)), 5000, 'every agent to say it would reboot');
@@ -117,7 +117,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'a session started by hand ("clonecast sessions start") before its rule is met', async () => {
-    const d = fleet.deploy('b', ['--clients', '10']);
+    const d = fleet.deploy('b', ['--any', '--clients', '10']);
     await until(async () => Object.values((await latestSession())?.machines ?? {}).filter((m: any) => m.state === 'waiting').length === N, 20_000, '4 machines waiting');
     const s = await latestSession();
     expect(s.state).toBe('waiting');
@@ -131,7 +131,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     fleet.agents[3]!.child.kill('SIGTERM');
     await fleet.agents[3]!.exited;
     await until(async () => (await fleet.online()) === N - 1, 10_000, 'agent 3 offline');
-    const d = fleet.deploy('a', ['--clients', '3', '--rate', '30']);
+    const d = fleet.deploy('a', ['--any', '--clients', '3', '--rate', '30']);
     await until(async () => (await latestSession())?.state === 'running', 20_000, 'the session to run');
     fleet.startAgent(3);
     expect(await d.exited, d.out).toBe(0);
@@ -166,7 +166,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
     fleet.disk(3, 8 * MiB);
     fleet.startAgent(3);
     await until(async () => (await fleet.online()) === N, 20_000, 'agent 3 back with a small disk');
-    const d = fleet.deploy('a', ['--clients', '4']);
+    const d = fleet.deploy('a', ['--any', '--clients', '4']);
     expect(await d.exited, d.out).toBe(1);
     const s = await latestSession();
     const small = s.machines[fleet.mac(3)];
@@ -200,7 +200,7 @@ describe('deploy to 4 agents in the namespace lab', () => {
   }, LONG);
 
   itNeeds(['netns', 'curl', 'loop'], 'the server is killed mid-session and restarted: every agent resumes and finishes', async () => {
-    const d = fleet.deploy('b', ['--clients', '4', '--rate', '20']);
+    const d = fleet.deploy('b', ['--any', '--clients', '4', '--rate', '20']);
     await until(
       async () => {
         const s = await latestSession();

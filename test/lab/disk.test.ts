@@ -289,3 +289,33 @@ describe('loop devices', () => {
     expect(readFileSync(dstFile).subarray(0, raw.length).equals(raw)).toBe(true);
   });
 });
+
+describe('image export onto a disk that holds a partition table', () => {
+  const dir = tempDir('export-refuse');
+  itNeeds(['loop'], 'is refused (exit 6, the disk unchanged) unless --force, through the CLI', async () => {
+    const { cli } = await import('../helpers.js');
+    const data = join(dir, 'data');
+    const src = join(dir, 'src.img');
+    writeFileSync(src, seeded(2 << 20, 41));
+    expect((await cli(['image', 'import', src, 'img', '--data', data])).code).toBe(0);
+    for (const kind of ['MBR', 'GPT'] as const) {
+      const file = join(dir, `${kind}.img`);
+      const old = seeded(4 << 20, 42);
+      if (kind === 'MBR') old.set([0x55, 0xaa], 510);
+      else old.write('EFI PART', 512, 'latin1');
+      writeFileSync(file, old);
+      const dev = loopAttach(file);
+      const r = await cli(['image', 'export', 'img', dev, '--data', data]);
+      expect(r.code, r.stderr).toBe(6);
+      expect(r.stderr).toMatch(new RegExp(`refusing to overwrite ${dev}: it holds an? ${kind} partition table .*add --force`));
+      expect(readFileSync(file).equals(old)).toBe(true);
+      const forced = await cli(['image', 'export', 'img', dev, '--force', '--data', data]);
+      expect(forced.code, forced.stderr).toBe(0);
+      expect(readFileSync(file).subarray(0, 2 << 20).equals(readFileSync(src))).toBe(true);
+    }
+    // A blank disk needs no --force.
+    const blank = join(dir, 'blank.img');
+    writeFileSync(blank, Buffer.alloc(4 << 20));
+    expect((await cli(['image', 'export', 'img', loopAttach(blank), '--data', data])).code).toBe(0);
+  });
+});

@@ -53,7 +53,7 @@ describe('end to end: bare VMs PXE-boot into the agent and get imaged by multica
     lab.execIn(school.ns, 'ip', ['addr', 'add', '10.77.0.2/24', 'dev', 'eth0']);
     lab.spawnIn(school.ns, 'dnsmasq', ['--no-daemon', '--port=0', '--interface=eth0', '--bind-interfaces', '--dhcp-range=10.77.0.150,10.77.0.199,255.255.255.0,1h', `--dhcp-leasefile=${join(dir, 'dnsmasq.leases')}`, `--pid-file=${join(dir, 'dnsmasq.pid')}`]);
 
-    const deploy = fleet.deploy('classroom', ['--clients', '2', '--after', 'poweroff']);
+    const deploy = fleet.deploy('classroom', ['--any', '--clients', '2', '--after', 'poweroff']);
     const vms = (['bios', 'uefi'] as const).map((firmware, i) => {
       const disk = join(dir, `${firmware}.img`);
       // The same size as the image: on a larger disk the GPT's backup header would stay where the

@@ -93,7 +93,7 @@ describe('the classroom in the namespace lab: 8 agents, 2% loss, one killed and 
     await fleet.startServer();
     for (let k = 0; k < 8; k++) fleet.startAgent(k);
     await until(async () => (await fleet!.online()) === 8, 30_000, '8 agents online');
-    const d = fleet.deploy('class', ['--clients', '8', '--rate', '40']);
+    const d = fleet.deploy('class', ['--any', '--clients', '8', '--rate', '40']);
     const victim = fleet.mac(5);
     await until(async () => ((await fleet!.api('GET', '/api/sessions'))[0]?.machines?.[victim]?.chunksDone ?? 0) >= 3, 60_000, 'machine 5 to write 3 chunks');
     fleet.agents[5]!.child.kill('SIGKILL');

@@ -52,7 +52,7 @@ describe('differential restore', () => {
     const rate = 40; // Mbit/s: the transfer, not the CPU, sets the time
 
     // Version 1 on empty disks: the registry knows nothing of them, so a full restore.
-    const first = await deploy(['--clients', '2', '--rate', String(rate)]);
+    const first = await deploy(['--any', '--clients', '2', '--rate', String(rate)]);
     expect(first.version).toBe(2); // NAME alone is the latest version
     const back = await deploy([], { image: 'os@1', rule: { any: true, clients: 2 }, rateMbit: rate });
     // ...and os@1 over os@2 is differential on its own (same image): only the 2 chunks differ.
@@ -103,7 +103,7 @@ describe('unicast for a machine the multicast group does not reach', () => {
     fleet.startAgent(0, ['--write-limit', '2000000']);
     fleet.startAgent(1);
     await until(async () => (await fleet!.online()) === 2, 20_000, '2 agents online');
-    const d = fleet.deploy('remote', ['--clients', '2', '--rate', '100']);
+    const d = fleet.deploy('remote', ['--any', '--clients', '2', '--rate', '100']);
     expect(await d.exited, d.out).toBe(0);
     expect(d.out).toMatch(/2 of 2 machine\(s\) done and verified/);
     expect(fleet.agents[1]!.out).toMatch(/no multicast data for \d+\.\d s while the sender sent \d+ packets; asking for unicast/);

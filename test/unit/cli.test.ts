@@ -14,7 +14,8 @@ describe('clonecast CLI', () => {
     expect((await cli([])).code).toBe(2);
     const help = await cli(['--help']);
     expect(help.code).toBe(0);
-    expect(help.stdout).toMatch(/clonecast image import SRC NAME/);
+    expect(help.stdout).toMatch(/\n  image import SRC NAME\n +Store a raw image/);
+    expect(help.stdout).toMatch(/clonecast COMMAND --help/);
     const bad = await cli(['image', 'frobnicate', '--data', data]);
     expect(bad.code).toBe(2);
     expect(bad.stderr).toMatch(/unknown image subcommand "frobnicate"/);
@@ -176,5 +177,226 @@ describe('clonecast serve', () => {
       child.kill('SIGTERM');
     }
     expect(await exited).toBe(0);
+  });
+});
+
+describe('destructive commands: dry runs and refusals', () => {
+  const dir = tempDir('cli-destructive');
+  const data = join(dir, 'data');
+  const src = join(dir, 'disk.img');
+  writeFileSync(src, Buffer.concat([seeded(600_000, 7), Buffer.alloc(1_500_000), texty(900_000, 8)]));
+  const chunkFiles = () => readdirSync(join(data, 'chunks')).flatMap((d) => readdirSync(join(data, 'chunks', d)).map((f) => join(data, 'chunks', d, f)));
+
+  it('image gc --dry-run removed every unused chunk: now it removes nothing and names the count, then gc frees them', async () => {
+    expect((await cli(['image', 'import', src, 'gone', '--data', data, '--chunk-size', '65536'])).code).toBe(0);
+    expect((await cli(['image', 'rm', 'gone', '--data', data])).code).toBe(0);
+    const before = chunkFiles();
+    expect(before.length).toBeGreaterThan(10);
+    const dry = await cli(['image', 'gc', '--dry-run', '--data', data]);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stdout).toMatch(new RegExp(`would remove ${before.length} unused chunks .*nothing was removed`));
+    expect(chunkFiles()).toEqual(before);
+    const dryJson = await cli(['image', 'gc', '--dry-run', '--data', data, '--json']);
+    expect(dryJson.json).toMatchObject({ dryRun: true, removedChunks: before.length });
+    expect(chunkFiles()).toEqual(before);
+    const gc = await cli(['image', 'gc', '--data', data, '--json']);
+    expect(gc.json).toMatchObject({ dryRun: false, removedChunks: before.length });
+    expect(chunkFiles()).toEqual([]);
+  });
+
+  it('image rm NAME --dry-run removed the version: now it keeps it', async () => {
+    expect((await cli(['image', 'import', src, 'small', '--data', data])).code).toBe(0);
+    const dry = await cli(['image', 'rm', 'small', '--dry-run', '--data', data]);
+    expect(dry.code).toBe(0);
+    expect(dry.stdout).toMatch(/would remove small@1; nothing was removed/);
+    expect(existsSync(join(data, 'images', 'small', '1.manifest'))).toBe(true);
+    expect((await cli(['image', 'info', 'small', '--data', data])).code).toBe(0);
+  });
+
+  it('image export onto a non-empty file is refused (exit 6, file unchanged) unless --force', async () => {
+    const out = join(dir, 'taken.img');
+    const old = Buffer.from('precious data that must survive\n');
+    writeFileSync(out, old);
+    const r = await cli(['image', 'export', 'small', out, '--data', data]);
+    expect(r.code).toBe(6);
+    expect(r.stderr).toMatch(/refusing to overwrite .*taken\.img: it is a file of .*add --force/);
+    expect(readFileSync(out).equals(old)).toBe(true);
+    const j = await cli(['image', 'export', 'small', out, '--data', data, '--json']);
+    expect(j.json.error.code).toBe('CLONECAST_ERR_REFUSED');
+    const forced = await cli(['image', 'export', 'small', out, '--force', '--data', data]);
+    expect(forced.code, forced.stderr).toBe(0);
+    expect(readFileSync(out).equals(readFileSync(src))).toBe(true);
+    // An empty file is not data: no --force needed.
+    const empty = join(dir, 'empty.img');
+    writeFileSync(empty, '');
+    expect((await cli(['image', 'export', 'small', empty, '--data', data])).code).toBe(0);
+  });
+
+  it('image export --dry-run wrote the file: now it is refused as unknown and nothing is written', async () => {
+    const out = join(dir, 'never.img');
+    const r = await cli(['image', 'export', 'small', out, '--dry-run', '--data', data]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/unknown option --dry-run for image export/);
+    expect(existsSync(out)).toBe(false);
+  });
+
+  it('knows the partition-table signatures export refuses to overwrite', async () => {
+    const { partitionSignature } = await import('../../server/store/export.js');
+    const head = Buffer.alloc(8192);
+    expect(partitionSignature(head)).toBe(null);
+    head[510] = 0x55;
+    head[511] = 0xaa;
+    expect(partitionSignature(head)).toBe('MBR');
+    head.write('EFI PART', 512, 'latin1');
+    expect(partitionSignature(head)).toBe('GPT');
+    const fourK = Buffer.alloc(8192);
+    fourK.write('EFI PART', 4096, 'latin1');
+    expect(partitionSignature(fourK)).toBe('GPT');
+  });
+});
+
+describe('per-command options and help', () => {
+  it('refuses an option the command does not take, with exit 2 and the closest valid name', async () => {
+    const r = await cli(['deploy', 'x', '--client', '4']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/unknown option --client for deploy; did you mean --clients\?/);
+    expect(r.stderr).toMatch(/Run "clonecast deploy --help"/);
+    const other = await cli(['image', 'gc', '--workers', '3']);
+    expect(other.code).toBe(2);
+    expect(other.stderr).toMatch(/unknown option --workers for image gc.*belongs to image import/);
+  });
+
+  it('says what is wrong with a value or the arguments in one line plus where to look', async () => {
+    const missing = await cli(['image', 'import', 'a', 'b', '--chunk-size']);
+    expect(missing.code).toBe(2);
+    expect(missing.stderr).toMatch(/--chunk-size needs a value \(BYTES\)\nRun "clonecast image import --help"/);
+    const nan = await cli(['image', 'import', 'a', 'b', '--workers', 'many']);
+    expect(nan.code).toBe(2);
+    expect(nan.stderr).toMatch(/--workers takes a positive whole number, got "many"/);
+    const count = await cli(['image', 'export', 'only-one']);
+    expect(count.code).toBe(2);
+    expect(count.stderr).toMatch(/"clonecast image export" takes NAME\[@V\] DEST \(got "only-one"\)/);
+    const typo = await cli(['imgae', 'list']);
+    expect(typo.code).toBe(2);
+    expect(typo.stderr).toMatch(/unknown command "imgae"; did you mean "image"\?/);
+  });
+
+  it('clonecast image export --help prints export\'s own options and not deploy\'s', async () => {
+    const r = await cli(['image', 'export', '--help']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^usage: clonecast image export NAME\[@V\] DEST/);
+    expect(r.stdout).toMatch(/--force +Overwrite what DEST holds/);
+    expect(r.stdout).toMatch(/--workers N +Worker threads .*\(default: cores \+ 1\)/);
+    expect(r.stdout).toMatch(/Ctrl-C: DEST is incomplete: run the export again/);
+    expect(r.stdout).not.toMatch(/--machines|--clients|--server|--dry-run/);
+    const d = await cli(['deploy', '--help']);
+    expect(d.stdout).toMatch(/--machines MAC,\.\.\./);
+    expect(d.stdout).toMatch(/CLONECAST_TOKEN\s+or\s+--token-file/);
+  });
+
+  it('deploy without --machines, --group or --any exits 2 before asking any server', async () => {
+    const r = await cli(['deploy', 'img', '--clients', '4', '--server', 'http://127.0.0.1:9/', '--token', 'x']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/say which machines take part: --machines MAC,\.\.\., --group NAME or --any/);
+    expect((await cli(['deploy', 'img', '--any', '--server', 'http://127.0.0.1:9/', '--token', 'x'])).stderr).toMatch(/with --any say when to start/);
+    expect((await cli(['deploy', 'img', '--machines', 'nope', '--server', 'http://127.0.0.1:9/', '--token', 'x'])).stderr).toMatch(/"nope" is not one/);
+    expect((await cli(['machines', 'set', '52:54:00:12:34:56', '--name', 'bad name', '--token', 'x'])).code).toBe(2);
+  });
+
+  it('safeText turns control characters and terminal escapes into "?"', async () => {
+    const { safeText } = await import('../../cli/output.js');
+    expect(safeText('pc1\x1b[2J\x1b]0;owned\x07')).toBe('pc1?[2J?]0;owned?');
+    expect(safeText('a\u009b31mb\u202ec\r\n')).toBe('a?31mb?c??');
+    expect(safeText('café-02')).toBe('café-02');
+    expect(safeText(undefined)).toBe('');
+  });
+});
+
+describe('the server-side commands against a stand-in API', () => {
+  /** A minimal server answering the admin routes; records every request. */
+  async function fakeApi(): Promise<{ url: string; requests: { method: string; path: string; body: any }[]; close: () => void }> {
+    const { createServer } = await import('node:http');
+    const requests: { method: string; path: string; body: any }[] = [];
+    const session = { id: 7, image: 'os', version: 3, group: '239.77.1.7', port: 9000, state: 'waiting', reason: '', verify: true, createdAt: '2026-11-30T06:00:00Z', machines: {} };
+    const machine = { id: '52:54:00:12:34:56', hostname: 'pc\x1b[31m1', name: 'desk-1', groups: ['room-a'], address: '10.0.0.5', online: true, state: 'idle', progress: null, lastError: '', lastSeen: '2026-11-30T06:00:00Z', lastImage: null };
+    const srv = createServer((req, res) => {
+      let raw = '';
+      req.on('data', (d) => (raw += d));
+      req.on('end', () => {
+        requests.push({ method: req.method!, path: req.url!, body: raw ? JSON.parse(raw) : undefined });
+        const send = (v: unknown, status = 200) => res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(v));
+        if (req.headers.authorization !== 'Bearer tok') return send({ error: { code: 'CLONECAST_ERR_UNAUTHORIZED', message: 'bad token' } }, 401);
+        if (req.url === '/api/sessions') return send(req.method === 'POST' ? session : [session]);
+        if (req.url === '/api/sessions/7') return send(session);
+        if (req.url === '/api/machines') return send([machine]);
+        if (req.url === '/api/machines/52:54:00:12:34:56' && req.method === 'PATCH') return send({ ...machine, ...JSON.parse(raw) });
+        if (req.url === '/api/captures') return send([{ id: 2, machine: machine.id, image: 'master', device: '/dev/sda', state: 'failed', error: 'disk\x1b]0;x gone', progress: { chunksDone: 5, chunksTotal: 10, bytesRead: 0, reused: 0, bytesSent: 0 }, received: { chunks: 0, bytes: 0, newBytes: 0 }, result: null }]);
+        if (req.url === '/api/captures/2/fail') return send({ id: 2, state: 'failed', error: JSON.parse(raw).reason });
+        send({ error: { code: 'CLONECAST_ERR_NOT_FOUND', message: 'no such route' } }, 404);
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    return { url: `http://127.0.0.1:${(srv.address() as { port: number }).port}/`, requests, close: () => srv.close() };
+  }
+
+  it('deploy sends the machine selection, and Ctrl-C names the session that keeps running', async () => {
+    const api = await fakeApi();
+    try {
+      const child = spawn(process.execPath, [CLI, 'deploy', 'os', '--any', '--clients', '2', '--wait', '30', '--server', api.url], { env: { ...process.env, CLONECAST_TOKEN: 'tok' } });
+      let err = '';
+      child.stderr.on('data', (d) => (err += d));
+      const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+      for (let i = 0; i < 100 && !/session 7 waiting/.test(err); i++) await new Promise((r) => setTimeout(r, 100));
+      expect(err).toMatch(/pc\?\[31m1|desk-1|no machine has joined/);
+      child.kill('SIGINT');
+      expect(await exited).toBe(130);
+      expect(err).toMatch(/interrupted: session 7 keeps running on the server; .*"clonecast sessions cancel 7"/);
+      expect(api.requests[0]).toMatchObject({ method: 'POST', path: '/api/sessions', body: { image: 'os', rule: { any: true, clients: 2, waitS: 30 }, after: 'wait', verify: true } });
+    } finally {
+      api.close();
+    }
+  });
+
+  it('machines shows names and groups with agent strings made safe; machines set and captures use their routes', async () => {
+    const api = await fakeApi();
+    try {
+      const env = { CLONECAST_TOKEN: 'tok' };
+      const ms = await cli(['machines', '--server', api.url], env);
+      expect(ms.code, ms.stderr).toBe(0);
+      expect(ms.stdout).toMatch(/NAME +HOSTNAME +GROUPS/);
+      expect(ms.stdout).toMatch(/52:54:00:12:34:56 +desk-1 +pc\?\[31m1 +room-a/);
+      expect(ms.stdout).not.toContain('\x1b');
+      const set = await cli(['machines', 'set', '52-54-00-12-34-56', '--name', 'desk-2', '--groups', 'room-a,lab', '--server', api.url], env);
+      expect(set.code, set.stderr).toBe(0);
+      expect(api.requests.at(-1)).toMatchObject({ method: 'PATCH', path: '/api/machines/52:54:00:12:34:56', body: { name: 'desk-2', groups: ['room-a', 'lab'] } });
+      const cs = await cli(['captures', '--server', api.url], env);
+      expect(cs.stdout).toMatch(/2 +52:54:00:12:34:56 +master +failed +50% +disk\?\]0;x gone/);
+      const fail = await cli(['captures', 'fail', '2', '--reason', 'wrong machine', '--server', api.url], env);
+      expect(fail.code, fail.stderr).toBe(0);
+      expect(api.requests.at(-1)).toMatchObject({ method: 'POST', path: '/api/captures/2/fail', body: { reason: 'wrong machine' } });
+      const tokenFile = join(tempDir('cli-token'), 'token');
+      writeFileSync(tokenFile, 'tok\n');
+      expect((await cli(['sessions', '--server', api.url, '--token-file', tokenFile], { CLONECAST_TOKEN: '' })).code).toBe(0);
+    } finally {
+      api.close();
+    }
+  });
+});
+
+describe('the command table', () => {
+  it('gives every command a summary, a Ctrl-C text and one sentence per option, and common options only where they apply', async () => {
+    const { COMMANDS } = await import('../../cli/commands/index.js');
+    const names = COMMANDS.map((c) => c.name);
+    expect(new Set(names).size).toBe(names.length);
+    for (const c of COMMANDS) {
+      expect(c.summary, c.name).toMatch(/^[A-Z].*\.$/);
+      expect(c.interrupted, c.name).toBeTruthy();
+      for (const [o, spec] of Object.entries(c.options)) expect(spec.help, `${c.name} --${o}`).toMatch(/^[A-Z].*[.)]$/);
+      expect(Object.keys(c.options), c.name).toEqual(expect.arrayContaining(['data', 'json']));
+    }
+    const having = (o: string) => COMMANDS.filter((c) => o in c.options).map((c) => c.name).sort();
+    expect(having('workers')).toEqual(['image export', 'image import', 'image verify']);
+    expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines set', 'sessions', 'sessions cancel', 'sessions start']);
+    expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm']);
   });
 });

@@ -86,7 +86,8 @@ describe('image store', () => {
     const info = describeImage(await store.readManifest('lab', 2));
     expect(info.meta.newBytes).toBe(s.newBytes);
     for (const [ref, want] of [['lab@1', original], ['lab@2', changed], ['lab', changed]] as const) {
-      const out = join(dir, 'v.img');
+      // A new file each time: export refuses to replace one that holds data.
+      const out = join(dir, `v-${ref.replace('@', '-')}.img`);
       await exportImage(store, parseRef(ref), out);
       expect(readFileSync(out).equals(want), ref).toBe(true);
     }

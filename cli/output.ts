@@ -1,12 +1,30 @@
 /**
  * Human-readable output of the image commands (--json prints the same
- * objects as JSON instead).
+ * objects as JSON instead), the JSON writer, and safeText() for strings
+ * that came from elsewhere.
  */
-import { typeName } from '../../protocol/partitions.js';
-import type { ExportSummary } from '../store/export.js';
-import type { ImportSummary } from '../store/import.js';
-import type { GcReport, ImageInfo, ListEntry, VerifyReport } from '../store/maintenance.js';
-import { formatBytes, formatDuration } from '../progress.js';
+import { typeName } from '../protocol/partitions.js';
+import type { ExportSummary } from '../server/store/export.js';
+import type { ImportSummary } from '../server/store/import.js';
+import type { GcReport, HistoryEntry, ImageInfo, ListEntry, VerifyReport } from '../server/store/maintenance.js';
+import { formatBytes, formatDuration } from '../server/progress.js';
+
+/** Writes a JSON document on stdout; bigints become decimal strings. */
+export function emitJson(value: unknown): void {
+  process.stdout.write(JSON.stringify(value, (_, v) => (typeof v === 'bigint' ? v.toString() : v), 2) + '\n');
+}
+
+/**
+ * A string someone else supplied (an agent's host name, an error it sent, a
+ * name typed on another console), safe to print on a terminal: control
+ * characters (C0, DEL, C1, which start escape sequences) and the Unicode
+ * line/paragraph separators and bidirectional overrides become "?".
+ */
+export function safeText(s: string | null | undefined): string {
+  if (s === null || s === undefined) return '';
+  // eslint-disable-next-line no-control-regex
+  return String(s).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '?');
+}
 
 const log = (s = '') => process.stdout.write(s + '\n');
 const ratio = (r: number) => `${r.toFixed(2)}x`;
@@ -74,7 +92,19 @@ export function printVerify(r: VerifyReport): void {
   else log(`damaged versions: ${r.damagedVersions.join(', ')}. Re-import them, or remove them with "clonecast image rm NAME@V"`);
 }
 
-/** Prints what gc did. */
+/** Prints what gc did, or with a dry run what it would do. */
 export function printGc(r: GcReport): void {
+  if (r.dryRun) {
+    log(`gc --dry-run: ${r.referencedChunks} chunks in use; would remove ${r.removedChunks} unused chunks (${formatBytes(r.removedBytes)}) and ${r.removedTempFiles} temporary files; nothing was removed`);
+    return;
+  }
   log(`gc: ${r.referencedChunks} chunks in use; removed ${r.removedChunks} unused chunks (${formatBytes(r.removedBytes)}) and ${r.removedTempFiles} temporary files`);
+}
+
+/** Prints an image's versions, oldest first. */
+export function printHistory(history: HistoryEntry[]): void {
+  log(`VERSION  CREATED                   SIZE        NEW STORED  BAD  SOURCE`);
+  for (const h of history) {
+    log(`${`@${h.version}`.padEnd(8)} ${h.createdAt.padEnd(25)} ${formatBytes(h.diskSize).padStart(10)} ${formatBytes(h.newBytes).padStart(11)} ${String(h.badRanges).padStart(4)}  ${h.source}`);
+  }
 }

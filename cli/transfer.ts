@@ -3,14 +3,14 @@
  * command line, for the lab and for trying the engine by hand. (The server's
  * deploy command and the agent replace them in daily use.)
  */
-import { ClonecastError, ERR } from '../../protocol/errors.js';
-import { ReceiverState } from '../../protocol/mcast.js';
-import { Receiver } from '../../agent/receiver.js';
-import { fetchSession } from '../../agent/session-client.js';
-import { interfaceAddress, startSession } from '../mcast/session.js';
-import type { ReceiverStats } from '../mcast/sender.js';
-import { formatBytes, formatDuration, Progress } from '../progress.js';
-import { parseRef, type Store } from '../store/store.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { ReceiverState } from '../protocol/mcast.js';
+import { Receiver } from '../agent/receiver.js';
+import { fetchSession } from '../agent/session-client.js';
+import { interfaceAddress, startSession } from '../server/mcast/session.js';
+import type { ReceiverStats } from '../server/mcast/sender.js';
+import { formatBytes, formatDuration, Progress } from '../server/progress.js';
+import { parseRef, type Store } from '../server/store/store.js';
 
 const STATE_NAMES = ['joining', 'receiving', 'verifying', 'done', 'failed', 'dropped'];
 

@@ -1,69 +1,20 @@
 /**
- * Commands that talk to a running server's admin API: deploy (create a
- * session and follow it live), machines, sessions (list, start, cancel).
+ * Following the server's work live and printing its tables: deploy (create a
+ * session and follow it), capture (start one and follow it), and the
+ * machines, sessions and captures lists. Every string a machine supplied
+ * goes through safeText() before it reaches the terminal.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { ClonecastError, ERR } from '../../protocol/errors.js';
-import { formatBytes, formatDuration } from '../progress.js';
-import type { MachineRecord } from '../registry.js';
-import type { SessionMachine, SessionRecord, SessionRequest } from '../sessions.js';
-import { TOKEN_FILE } from '../token.js';
-
-/** Where the server is and how to prove we may talk to it. */
-export interface Client {
-  server: string;
-  token: string;
-}
-
-/** The token from --token, CLONECAST_TOKEN, or the local data directory's token file. */
-export function clientToken(flag: string | undefined, dataRoot: string): string {
-  const t = flag ?? process.env.CLONECAST_TOKEN;
-  if (t !== undefined && t !== '') return t;
-  const file = join(dataRoot, TOKEN_FILE);
-  if (existsSync(file)) {
-    try {
-      return readFileSync(file, 'utf8').trim();
-    } catch {
-      // not readable by this user: fall through to the message
-    }
-  }
-  throw new ClonecastError(ERR.UNAUTHORIZED, 'no token: pass --token T or set CLONECAST_TOKEN (the server prints it at start; "clonecast token" on the server prints it too)');
-}
-
-/** Calls the admin API; errors become ClonecastErrors with the server's message. */
-export async function api<T>(c: Client, method: string, path: string, body?: unknown): Promise<T> {
-  const url = new URL(path, c.server);
-  let res: Response;
-  try {
-    res = await fetch(url, {
-      method,
-      headers: { authorization: `Bearer ${c.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
-      body: body !== undefined ? JSON.stringify(body) : undefined,
-    });
-  } catch (err) {
-    throw new ClonecastError(ERR.UNREACHABLE, `cannot reach the server at ${c.server} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "clonecast serve" running there?`);
-  }
-  const text = await res.text();
-  let parsed: unknown;
-  try {
-    parsed = JSON.parse(text);
-  } catch {
-    parsed = undefined;
-  }
-  if (!res.ok) {
-    const e = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
-    throw new ClonecastError(e?.code ?? ERR.UNREACHABLE, e?.message ?? `the server answered ${res.status}`);
-  }
-  return parsed as T;
-}
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { formatBytes, formatDuration } from '../server/progress.js';
+import { api, type CaptureRequest, type CaptureView, type Client, type DeployRequest, type MachineView, type SessionMachineView, type SessionView } from './api.js';
+import { safeText } from './output.js';
 
 function pad(s: string, n: number): string {
   return s.length >= n ? s.slice(0, n) : s + ' '.repeat(n - s.length);
 }
 
 /** One line per machine of a session: state, %, rate, ETA, loss. */
-export function sessionTable(s: SessionRecord, machines: Map<string, MachineRecord>): string[] {
+export function sessionTable(s: SessionView, machines: Map<string, MachineView>): string[] {
   const lines = [`${pad('MACHINE', 18)} ${pad('NAME', 12)} ${pad('STATE', 10)} ${pad('DONE', 6)} ${pad('RATE', 11)} ${pad('ETA', 7)} ${pad('LOSS', 6)} NOTE`];
   for (const [id, m] of Object.entries(s.machines)) {
     const pct = m.chunksTotal > 0 ? `${Math.floor((100 * m.chunksDone) / m.chunksTotal)}%` : m.state === 'done' ? '100%' : '-';
@@ -72,8 +23,8 @@ export function sessionTable(s: SessionRecord, machines: Map<string, MachineReco
     const etaSeconds = m.state === 'receiving' ? machines.get(id)?.progress?.etaSeconds : null;
     const eta = etaSeconds !== null && etaSeconds !== undefined ? formatDuration(etaSeconds) : '-';
     const already = m.skipped > 0 ? `${m.skipped} chunks already on the disk` : '';
-    const note = m.error || (m.state === 'done' ? `verified in ${m.seconds.toFixed(1)} s${already ? `; ${already}` : ''}` : already);
-    lines.push(`${pad(id, 18)} ${pad(machines.get(id)?.hostname ?? '', 12)} ${pad(m.state, 10)} ${pad(pct, 6)} ${pad(rate, 11)} ${pad(eta, 7)} ${pad(`${(m.loss * 100).toFixed(1)}%`, 6)} ${note}`);
+    const note = safeText(m.error) || (m.state === 'done' ? `verified in ${m.seconds.toFixed(1)} s${already ? `; ${already}` : ''}` : already);
+    lines.push(`${pad(safeText(id), 18)} ${pad(machineName(machines.get(id)), 12)} ${pad(m.state, 10)} ${pad(pct, 6)} ${pad(rate, 11)} ${pad(eta, 7)} ${pad(`${(m.loss * 100).toFixed(1)}%`, 6)} ${note}`);
   }
   if (Object.keys(s.machines).length === 0) lines.push('(no machine has joined yet: start agents with "clonecast agent --server URL")');
   return lines;
@@ -87,12 +38,13 @@ export interface DeploySummary {
   image: string;
   state: string;
   reason: string;
-  machines: Record<string, SessionMachine>;
+  machines: Record<string, SessionMachineView>;
 }
 
 /** Creates a session and follows it to the end; true if every machine finished and verified. */
-export async function deploy(c: Client, req: SessionRequest, o: { json: boolean; stream: NodeJS.WriteStream }): Promise<{ ok: boolean; summary: DeploySummary }> {
-  const created = await api<SessionRecord>(c, 'POST', '/api/sessions', req);
+export async function deploy(c: Client, req: DeployRequest, o: { json: boolean; stream: NodeJS.WriteStream; started?: (s: SessionView) => void }): Promise<{ ok: boolean; summary: DeploySummary }> {
+  const created = await api<SessionView>(c, 'POST', '/api/sessions', req);
+  o.started?.(created);
   const out = o.json ? null : o.stream;
   out?.write(`session ${created.id}: ${created.image}@${created.version} to ${created.group}:${created.port}; waiting for machines (Ctrl-C leaves it running)\n`);
   const tty = out?.isTTY === true;
@@ -103,11 +55,11 @@ export async function deploy(c: Client, req: SessionRequest, o: { json: boolean;
   let s = created;
   for (;;) {
     await new Promise((r) => setTimeout(r, tty ? 500 : 1000));
-    let machines = new Map<string, MachineRecord>();
+    let machines = new Map<string, MachineView>();
     try {
       [s] = await Promise.all([
-        api<SessionRecord>(c, 'GET', `/api/sessions/${created.id}`),
-        api<MachineRecord[]>(c, 'GET', '/api/machines').then((ms) => (machines = new Map(ms.map((m) => [m.id, m])))),
+        api<SessionView>(c, 'GET', `/api/sessions/${created.id}`),
+        api<MachineView[]>(c, 'GET', '/api/machines').then((ms) => (machines = new Map(ms.map((m) => [m.id, m])))),
       ]);
       if (unreachable) out?.write('server is back\n');
       unreachable = false;
@@ -117,7 +69,7 @@ export async function deploy(c: Client, req: SessionRequest, o: { json: boolean;
       unreachable = true;
       continue;
     }
-    const lines = [`session ${s.id} ${s.state}${s.reason ? `: ${s.reason}` : ''}`, ...sessionTable(s, machines)];
+    const lines = [`session ${s.id} ${s.state}${s.reason ? `: ${safeText(s.reason)}` : ''}`, ...sessionTable(s, machines)];
     const text = lines.join('\n');
     if (tty) {
       out!.write(`${drawn > 0 ? `\x1b[${drawn}F\x1b[J` : ''}${text}\n`);
@@ -132,16 +84,17 @@ export async function deploy(c: Client, req: SessionRequest, o: { json: boolean;
   const machines = Object.values(s.machines);
   const done = machines.filter((m) => m.state === 'done').length;
   out?.write(`\n${done} of ${machines.length} machine(s) done${s.verify ? ' and verified' : ' (not verified: --no-verify)'}; session ${s.state}\n`);
-  for (const [id, m] of Object.entries(s.machines)) if (m.state !== 'done') out?.write(`  ${id}: ${m.state}: ${m.error || 'no reason given'}\n`);
+  for (const [id, m] of Object.entries(s.machines)) if (m.state !== 'done') out?.write(`  ${safeText(id)}: ${m.state}: ${safeText(m.error) || 'no reason given'}\n`);
   return { ok: s.state === 'done', summary: { session: s.id, image: `${s.image}@${s.version}`, state: s.state, reason: s.reason, machines: s.machines } };
 }
 
 /** Starts a capture and follows it; resolves with its final record. */
-export async function capture(c: Client, req: import('../captures.js').CaptureRequest, o: { json: boolean; stream: NodeJS.WriteStream }): Promise<import('../captures.js').CaptureRecord> {
-  type Rec = import('../captures.js').CaptureRecord;
+export async function capture(c: Client, req: CaptureRequest, o: { json: boolean; stream: NodeJS.WriteStream; started?: (r: CaptureView) => void }): Promise<CaptureView> {
+  type Rec = CaptureView;
   let r = await api<Rec>(c, 'POST', '/api/captures', req);
+  o.started?.(r);
   const out = o.json ? null : o.stream;
-  out?.write(`capture ${r.id}: ${r.machine} ${r.device} into image ${r.image}\n`);
+  out?.write(`capture ${r.id}: ${safeText(r.machine)} ${safeText(r.device)} into image ${r.image}\n`);
   let last = 0;
   while (r.state === 'running') {
     await new Promise((res) => setTimeout(res, 500));
@@ -162,27 +115,47 @@ export async function capture(c: Client, req: import('../captures.js').CaptureRe
     out?.write(
       `captured ${r.image}@${x.version} from ${r.machine}: ${formatBytes(x.diskSize)} disk, read ${formatBytes(r.progress.bytesRead)}, sent ${formatBytes(r.received.bytes)} (${r.progress.reused} chunks the store already had), ${formatBytes(x.newBytes)} new in the store${r.received.bytes > 0 ? `; read/sent ${x.dedupeRatio.toFixed(1)}x` : ''}${x.badRanges.length ? `; ${x.badRanges.length} unreadable range(s) stored as zeros` : ''}\n`,
     );
-  } else out?.write(`capture ${r.id} failed: ${r.error}\n`);
+  } else out?.write(`capture ${r.id} failed: ${safeText(r.error)}\n`);
   return r;
 }
 
+/** The name to show for a machine: the operator's name, else its host name (safe to print). */
+function machineName(m: MachineView | undefined): string {
+  return safeText(m?.name || m?.hostname || '');
+}
+
 /** Prints `clonecast machines`. */
-export function printMachines(ms: MachineRecord[]): void {
-  console.log(`${pad('MACHINE', 18)} ${pad('NAME', 12)} ${pad('ADDRESS', 15)} ${pad('STATE', 10)} ${pad('LAST IMAGE', 20)} LAST SEEN`);
+export function printMachines(ms: MachineView[]): void {
+  console.log(`${pad('MACHINE', 18)} ${pad('NAME', 16)} ${pad('HOSTNAME', 16)} ${pad('GROUPS', 16)} ${pad('ADDRESS', 15)} ${pad('STATE', 10)} ${pad('LAST IMAGE', 20)} LAST SEEN`);
   for (const m of ms) {
-    const last = m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : '-';
-    console.log(`${pad(m.id, 18)} ${pad(m.hostname, 12)} ${pad(m.address, 15)} ${pad(m.online ? m.state : 'offline', 10)} ${pad(last, 20)} ${m.lastSeen}${m.lastError ? `  (${m.lastError})` : ''}`);
+    const last = m.lastImage ? `${safeText(m.lastImage.name)}@${m.lastImage.version}` : '-';
+    const groups = m.groups !== undefined && m.groups.length > 0 ? m.groups.map(safeText).join(',') : '-';
+    console.log(
+      `${pad(safeText(m.id), 18)} ${pad(safeText(m.name || '-'), 16)} ${pad(safeText(m.hostname || '-'), 16)} ${pad(groups, 16)} ${pad(safeText(m.address), 15)} ${pad(m.online ? safeText(m.state) : 'offline', 10)} ${pad(last, 20)} ${safeText(m.lastSeen)}${m.lastError ? `  (${safeText(m.lastError)})` : ''}`,
+    );
   }
   if (ms.length === 0) console.log('(no machine has connected yet)');
 }
 
 /** Prints `clonecast sessions`. */
-export function printSessions(ss: (SessionRecord & { ruleText?: string })[]): void {
+export function printSessions(ss: SessionView[]): void {
   console.log(`${pad('ID', 4)} ${pad('IMAGE', 20)} ${pad('STATE', 10)} ${pad('MACHINES', 9)} ${pad('CREATED', 24)} DETAIL`);
   for (const s of ss) {
     const ms = Object.values(s.machines);
     const done = ms.filter((m) => m.state === 'done').length;
-    console.log(`${pad(String(s.id), 4)} ${pad(`${s.image}@${s.version}`, 20)} ${pad(s.state, 10)} ${pad(`${done}/${ms.length}`, 9)} ${pad(s.createdAt, 24)} ${s.reason}`);
+    console.log(`${pad(String(s.id), 4)} ${pad(`${s.image}@${s.version}`, 20)} ${pad(s.state, 10)} ${pad(`${done}/${ms.length}`, 9)} ${pad(s.createdAt, 24)} ${safeText(s.reason)}`);
   }
   if (ss.length === 0) console.log('(no sessions yet: clonecast deploy NAME)');
+}
+
+/** Prints `clonecast captures`. */
+export function printCaptures(cs: CaptureView[]): void {
+  console.log(`${pad('ID', 4)} ${pad('MACHINE', 18)} ${pad('IMAGE', 20)} ${pad('STATE', 8)} ${pad('DONE', 6)} ERROR`);
+  for (const c of cs) {
+    const p = c.progress;
+    const pct = c.state === 'done' ? '100%' : p.chunksTotal > 0 ? `${Math.floor((100 * p.chunksDone) / p.chunksTotal)}%` : '-';
+    const image = c.result !== null ? `${c.image}@${c.result.version}` : c.image;
+    console.log(`${pad(String(c.id), 4)} ${pad(safeText(c.machine), 18)} ${pad(safeText(image), 20)} ${pad(safeText(c.state), 8)} ${pad(pct, 6)} ${safeText(c.error) || '-'}`);
+  }
+  if (cs.length === 0) console.log('(no captures yet: clonecast capture MACHINE NAME)');
 }

@@ -1,0 +1,31 @@
+/** `clonecast image import SRC NAME`: a disk or disk file becomes a new image version. */
+import { COMMON, WORKERS, type Command } from '../command.js';
+import { printImport } from '../output.js';
+
+/** clonecast image import */
+export const imageImport: Command = {
+  name: 'image import',
+  summary: 'Store a raw image, a block device or a qcow2/vmdk/vhdx/vdi file as a new version of image NAME.',
+  usage: 'SRC NAME',
+  positionals: [{ name: 'SRC' }, { name: 'NAME' }],
+  options: {
+    'ignore-read-errors': { kind: 'flag', help: 'Store unreadable ranges as zeros and list them in the version, instead of failing.' },
+    'chunk-size': { kind: 'positive', value: 'BYTES', help: 'Chunk size: a power of two from 65536 (64 KiB) to 16777216 (16 MiB).', default: '1048576 (1 MiB)' },
+    ...WORKERS,
+    ...COMMON,
+  },
+  details: ['Only what the filesystems use is read; chunks the store already holds are not stored twice.'],
+  interrupted: 'nothing half-made was published; chunks already stored are reused by the next import (or dropped by "clonecast image gc")',
+  async run(ctx) {
+    const [src, name] = ctx.positionals;
+    const { importImage } = await import('../../server/store/import.js');
+    const summary = await importImage(ctx.store(), src, name, {
+      ignoreReadErrors: ctx.flag('ignore-read-errors'),
+      chunkSize: ctx.num('chunk-size'),
+      workers: ctx.num('workers'),
+      progress: ctx.progress,
+    });
+    ctx.out(() => printImport(summary), summary);
+    return 0;
+  },
+};

@@ -1,0 +1,58 @@
+/** Every command, in the order "clonecast --help" lists them. */
+import type { Command } from '../command.js';
+import { agent } from './agent.js';
+import { bootenvBuild } from './bootenv.js';
+import { capture } from './capture.js';
+import { captures, capturesFail } from './captures.js';
+import { deploy } from './deploy.js';
+import { imageExport } from './image-export.js';
+import { imageGc } from './image-gc.js';
+import { imageHistory } from './image-history.js';
+import { imageImport } from './image-import.js';
+import { imageInfo } from './image-info.js';
+import { imageList } from './image-list.js';
+import { imagePrune } from './image-prune.js';
+import { imageRm } from './image-rm.js';
+import { imageVerify } from './image-verify.js';
+import { labDemo, labDown, labForward, labStatus, labUp } from './lab.js';
+import { machines, machinesSet } from './machines.js';
+import { receive } from './receive.js';
+import { send } from './send.js';
+import { serve } from './serve.js';
+import { sessions, sessionsCancel, sessionsStart } from './sessions.js';
+import { token } from './token.js';
+import { versionCommand } from './version.js';
+
+/** All commands. */
+export const COMMANDS: readonly Command[] = [
+  imageImport,
+  imageList,
+  imageInfo,
+  imageVerify,
+  imageExport,
+  imageHistory,
+  imagePrune,
+  imageRm,
+  imageGc,
+  serve,
+  token,
+  bootenvBuild,
+  deploy,
+  machines,
+  machinesSet,
+  sessions,
+  sessionsStart,
+  sessionsCancel,
+  capture,
+  captures,
+  capturesFail,
+  agent,
+  send,
+  receive,
+  labUp,
+  labStatus,
+  labDown,
+  labDemo,
+  labForward,
+  versionCommand,
+];

@@ -1,0 +1,102 @@
+/** `clonecast serve`: the server (store, API, dashboard, PXE, multicast). */
+import { DEFAULT_LISTEN } from '../../server/defaults.js';
+import { list } from '../args.js';
+import { COMMON, logLine, version, type Command, type Context } from '../command.js';
+import { emitJson } from '../output.js';
+
+/** --static-lease MAC=IP,MAC=IP */
+function parseStatics(ctx: Context): Map<string, string> | undefined {
+  const items = list(ctx.str('static-lease'));
+  if (items === undefined) return undefined;
+  const out = new Map<string, string>();
+  for (const item of items) {
+    const m = /^([0-9a-fA-F]{2}(?:[:-][0-9a-fA-F]{2}){5})=(\d+\.\d+\.\d+\.\d+)$/.exec(item);
+    if (m === null) throw ctx.usage(`--static-lease takes MAC=IP[,MAC=IP...], e.g. 52:54:00:12:34:56=10.77.0.50; got "${item}"`);
+    out.set(m[1].toLowerCase().replace(/-/g, ':'), m[2]);
+  }
+  return out;
+}
+
+function oneOf<T extends string>(ctx: Context, name: string, allowed: readonly T[], fallback: T | undefined, what: string): T | undefined {
+  const v = ctx.str(name) ?? fallback;
+  if (v !== undefined && !allowed.includes(v as T)) throw ctx.usage(`--${name} takes ${what}; got "${v}"`);
+  return v as T | undefined;
+}
+
+/** clonecast serve */
+export const serve: Command = {
+  name: 'serve',
+  summary: 'Run the server: image store, admin API and dashboard, the agents\' control channel, multicast, and optionally PXE.',
+  usage: '',
+  positionals: [],
+  options: {
+    listen: { kind: 'string', value: 'HOST:PORT', help: 'Where the API, the dashboard and the agents\' channel listen.', default: DEFAULT_LISTEN },
+    interface: { kind: 'string', value: 'IF', help: 'The network the machines are on: multicast goes out there, and PXE answers only there.' },
+    'max-message': { kind: 'positive', value: 'BYTES', help: 'The largest control message an agent may send.' },
+    pxe: { kind: 'string', value: 'proxy|full', help: 'Boot machines from this server: proxy beside the lab\'s own DHCP server, full to hand out addresses too (needs --interface).' },
+    pool: { kind: 'string', value: 'START-END', help: 'With --pxe full: the addresses to hand out.' },
+    router: { kind: 'string', value: 'IP', help: 'With --pxe full: the router to tell machines.' },
+    dns: { kind: 'string', value: 'IP,...', help: 'With --pxe full: the DNS servers to tell machines.' },
+    'lease-time': { kind: 'positive', value: 'S', help: 'With --pxe full: the lease time in seconds.' },
+    'static-lease': { kind: 'string', value: 'MAC=IP,...', help: 'With --pxe full: fixed addresses for these machines.' },
+    'boot-dir': { kind: 'string', value: 'DIR', help: 'The boot environment to serve ("clonecast bootenv build").', default: 'DATA/pxe/boot' },
+    'pxe-idle': { kind: 'string', value: 'local|agent|menu', help: 'What a machine with no work boots: its own disk, the agent, or a menu.', default: 'local' },
+    'pxe-unknown': { kind: 'string', value: 'boot|ignore', help: 'Whether machines the server has never seen are booted or ignored.', default: 'boot' },
+    efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
+    ...COMMON,
+  },
+  interrupted: 'the server stops; sessions are saved and resume at the next start, and agents reconnect when it is back',
+  async run(ctx) {
+    const pxeMode = oneOf(ctx, 'pxe', ['proxy', 'full'] as const, undefined, "proxy (beside the lab's own DHCP server) or full (this server hands out addresses)");
+    const idle = oneOf(ctx, 'pxe-idle', ['local', 'agent', 'menu'] as const, 'local', 'local, agent or menu')!;
+    const unknown = oneOf(ctx, 'pxe-unknown', ['boot', 'ignore'] as const, 'boot', 'boot or ignore')!;
+    const efi = oneOf(ctx, 'efi', ['ipxe.efi', 'snponly.efi'] as const, 'ipxe.efi', 'ipxe.efi or snponly.efi')!;
+    const statics = parseStatics(ctx);
+    const store = ctx.store();
+    const { startServer } = await import('../../server/app.js');
+    const srv = await startServer({
+      store,
+      listen: ctx.str('listen') ?? DEFAULT_LISTEN,
+      interface: ctx.str('interface'),
+      pxe:
+        pxeMode === undefined
+          ? undefined
+          : {
+              mode: pxeMode,
+              pool: ctx.str('pool'),
+              router: ctx.str('router'),
+              dns: list(ctx.str('dns')),
+              leaseSeconds: ctx.num('lease-time'),
+              statics,
+              bootDir: ctx.str('boot-dir'),
+              idle,
+              unknown,
+              efiBinary: efi,
+            },
+      maxMessage: ctx.num('max-message'),
+      version: version(),
+      log: logLine,
+    });
+    const dashboard = `${srv.url}#token=${srv.token}`;
+    if (ctx.json) emitJson({ url: srv.url, dashboard, token: srv.token, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
+    else {
+      console.log(`clonecast server ${version()}
+  dashboard:   ${dashboard}
+  token:       ${srv.token}${srv.tokenCreated ? '  (new; kept in ' + srv.tokenPath + ', mode 0600)' : ''}
+               agents and admin commands need it: CLONECAST_TOKEN=T or --token-file ${srv.tokenPath}
+  agents:      clonecast agent --server ${srv.url} --token-file FILE
+  deploy:      clonecast deploy NAME --server ${srv.url} --any --clients N
+  multicast:   ${srv.senderAddress !== undefined ? `from ${srv.senderAddress}` : 'off: restart with --interface IF (the network the machines are on) to deploy'}
+  network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? "proxyDHCP (the lab's DHCP server hands out addresses)" : 'DHCP'} + TFTP on ${ctx.str('interface')}, iPXE scripts at ${srv.url}boot/ipxe` : 'off (--pxe proxy|full to boot machines from this server)'}
+  image store: ${store.root}
+  stop with Ctrl-C`);
+    }
+    await new Promise<void>((resolve) => {
+      ctx.onInterrupt(resolve);
+      process.once('SIGTERM', resolve);
+    });
+    logLine('info', 'stopping: sessions are saved and resume at the next start');
+    await srv.close();
+    return 0;
+  },
+};
