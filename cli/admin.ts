@@ -4,6 +4,7 @@
  * machines, sessions and captures lists. Every string a machine supplied
  * goes through safeText() before it reaches the terminal.
  */
+import { FINAL_SESSION_STATES } from '../protocol/states.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { formatBytes, formatDuration } from '../server/progress.js';
 import { api, type CaptureRequest, type CaptureView, type Client, type DeployRequest, type MachineView, type SessionMachineView, type SessionView } from './api.js';
@@ -30,7 +31,7 @@ export function sessionTable(s: SessionView, machines: Map<string, MachineView>)
   return lines;
 }
 
-const ENDED = new Set(['done', 'failed', 'cancelled']);
+const ENDED = FINAL_SESSION_STATES;
 
 /** What `deploy` prints at the end and returns with --json. */
 export interface DeploySummary {

@@ -91,10 +91,16 @@ export const serve: Command = {
   image store: ${store.root}
   stop with Ctrl-C`);
     }
-    await new Promise<void>((resolve) => {
-      ctx.onInterrupt(resolve);
-      process.once('SIGTERM', resolve);
+    // Stopped by the operator, or by a fault that already closed every listener (srv.ended).
+    const fault = await new Promise<Error | undefined>((resolve) => {
+      ctx.onInterrupt(() => resolve(undefined));
+      process.once('SIGTERM', () => resolve(undefined));
+      void srv.ended.then(resolve);
     });
+    if (fault !== undefined) {
+      logLine('warn', `the server stopped: ${fault.message}; sessions are saved and resume at the next start`);
+      return 1;
+    }
     logLine('info', 'stopping: sessions are saved and resume at the next start');
     await srv.close();
     return 0;
