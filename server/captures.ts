@@ -9,7 +9,7 @@
  * upload resumes after a server restart.
  */
 import { EventEmitter } from 'node:events';
-import { loadJsonList } from './jsonfile.js';
+import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
 import { CHUNK, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -59,7 +59,8 @@ interface Pending {
 export class CaptureManager extends EventEmitter {
   private readonly captures = new Map<number, CaptureRecord>();
   private readonly pending = new Map<number, Pending>();
-  private readonly path: string;
+  /** captures.json; its health() says whether it is saved. */
+  readonly file: StateFile<CaptureRecord[]>;
 
   constructor(
     private readonly store: Store,
@@ -68,8 +69,8 @@ export class CaptureManager extends EventEmitter {
     private readonly log?: (level: 'info' | 'warn', message: string) => void,
   ) {
     super();
-    this.path = join(store.root, 'captures.json');
-    const { list, setAside } = loadJsonList<CaptureRecord>(this.path);
+    this.file = listFile<CaptureRecord>(join(store.root, 'captures.json'));
+    const { value: list, setAside } = this.file;
     if (setAside !== undefined) this.log?.('warn', `captures.json could not be read; kept as ${setAside}, starting with no captures`);
     for (const c of list) this.captures.set(c.id, c);
   }
@@ -237,6 +238,16 @@ export class CaptureManager extends EventEmitter {
   }
 
   private save(): void {
-    this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list().slice(0, 200), null, 1)));
+    this.file.set(this.list().slice(0, 200));
+  }
+
+  /** Resolves once every change so far is in captures.json. */
+  commit(): Promise<void> {
+    return this.file.commit();
+  }
+
+  /** Writes pending changes (bounded wait). */
+  close(): Promise<void> {
+    return this.file.close();
   }
 }

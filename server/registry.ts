@@ -1,11 +1,11 @@
 /**
  * The machine registry: every machine ever seen, its last state, the image
  * it last received and its session history. Persisted in the data directory
- * as machines.json, written atomically (temp file, fsync, rename) at most
- * every SAVE_MS and on close.
+ * as machines.json (state/state-file.ts: written off the event loop, temp
+ * file, fsync, rename) at most every SAVE_MS and on close.
  */
 import { EventEmitter } from 'node:events';
-import { loadJsonList } from './jsonfile.js';
+import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
 import type { DiskInfo } from '../protocol/control.js';
 import type { Store } from './store/store.js';
@@ -74,16 +74,17 @@ export class Registry extends EventEmitter {
   private readonly machines = new Map<string, MachineRecord>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
-  private readonly path: string;
+  /** machines.json; its health() says whether it is saved. */
+  readonly file: StateFile<MachineRecord[]>;
   /** Set when the file could not be read (it was kept aside under this name). */
   readonly setAside: string | undefined;
 
-  constructor(private readonly store: Store) {
+  constructor(store: Store) {
     super();
-    this.path = join(store.root, 'machines.json');
-    const { list, setAside } = loadJsonList<MachineRecord>(this.path);
-    this.setAside = setAside;
-    for (const m of list) this.machines.set(m.id, { ...m, online: false, state: m.state === 'done' || m.state === 'failed' ? m.state : 'offline' });
+    // The registry debounces its own changes (SAVE_MS): the file writes at once when handed them.
+    this.file = listFile<MachineRecord>(join(store.root, 'machines.json'), { debounceMs: 0 });
+    this.setAside = this.file.setAside;
+    for (const m of this.file.value) this.machines.set(m.id, { ...m, online: false, state: m.state === 'done' || m.state === 'failed' ? m.state : 'offline' });
   }
 
   /** All machines, most recently seen first. */
@@ -126,17 +127,24 @@ export class Registry extends EventEmitter {
     this.changed();
   }
 
-  /** Writes the file now. */
+  /** Hands the file the current list; it is written in the background (commit() waits for it). */
   save(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list(), null, 1)));
+    this.file.set(this.list());
   }
 
-  /** Writes pending changes; later changes stay in memory only. */
-  close(): void {
+  /** Resolves once every change so far is on disk. */
+  commit(): Promise<void> {
+    if (this.timer !== undefined) this.save();
+    return this.file.commit();
+  }
+
+  /** Writes pending changes (bounded wait); later changes stay in memory only. */
+  async close(): Promise<void> {
     if (this.timer !== undefined) this.save();
     this.closed = true;
+    await this.file.close();
   }
 
   private changed(): void {

@@ -71,6 +71,14 @@ export interface StateHealth {
   failures: number;
 }
 
+/** What watchers of a state file (health checks, metrics) need of it, whatever its value type. */
+export interface StateStatus {
+  readonly path: string;
+  readonly dirty: boolean;
+  health(): StateHealth;
+  on(event: 'health', listener: (h: StateHealth) => void): unknown;
+}
+
 /** A JSON list file (the server's registries): [] if absent; not a list is unreadable. */
 export function listFile<T>(path: string, o: Omit<StateFileOptions<T[]>, 'path' | 'initial' | 'validate'> = {}): StateFile<T[]> {
   return new StateFile<T[]>({
