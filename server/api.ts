@@ -86,7 +86,7 @@ function publicError(e: string | null): string | null {
 export function serverHealth(c: ApiContext): ServerHealth {
   const files = (c.stateFiles?.() ?? []).map(({ file, state }) => ({ file, ...state.health(), error: publicError(state.health().error), dirty: state.dirty }));
   const p = c.pxe?.();
-  const pxe = p === undefined ? null : { ok: p.error === undefined, error: publicError(p.error === undefined ? null : `${(p.error as NodeJS.ErrnoException).code ?? 'error'}: ${p.error.message}`) };
+  const pxe = p === undefined ? null : { ok: p.error === undefined, error: publicError(p.error?.message ?? null) };
   return { ok: files.every((f) => f.ok) && (pxe?.ok ?? true), files, pxe };
 }
 

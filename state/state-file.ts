@@ -238,7 +238,8 @@ export class StateFile<T> extends EventEmitter {
 
   private failed(err: Error, generation: number): void {
     const wasOk = this.health_.ok;
-    const error = `${(err as NodeJS.ErrnoException).code ?? 'error'}: ${err.message}`;
+    const code = (err as NodeJS.ErrnoException).code;
+    const error = code === undefined || err.message.startsWith(code) ? err.message : `${code}: ${err.message}`;
     this.health_ = { ...this.health_, ok: false, error, since: this.health_.since ?? this.now(), failures: this.health_.failures + 1 };
     const retryMs = this.o.retryMs ?? STATE_DEFAULTS.retryMs;
     this.retryWait = this.retryWait === 0 ? retryMs : Math.min(this.retryWait * 2, this.o.retryMaxMs ?? STATE_DEFAULTS.retryMaxMs);
