@@ -9,6 +9,8 @@
 // and Debian's ipxe package (serve --pxe copies its binaries).
 // Usage: npm run build && node test/bench/dhcp.mjs [--rate 2000] [--clients 200] [--seconds 10]
 //        [--baseline DIR]   also run the clonecast built in DIR (e.g. an older commit), labelled "before"
+//        [--runs N]         repeat the whole comparison N times (the servers interleaved), print every run
+//        [--cpu-prof DIR]   write a V8 CPU profile of this tree's server to DIR (node --cpu-prof)
 import { spawn, spawnSync, execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -21,6 +23,8 @@ const RATE = Number(arg('--rate', 2000));
 const CLIENTS = Number(arg('--clients', 200));
 const SECONDS = Number(arg('--seconds', 10));
 const BASELINE = arg('--baseline', undefined);
+const RUNS = Number(arg('--runs', 1));
+const CPU_PROF = arg('--cpu-prof', undefined);
 const root = new URL('../..', import.meta.url).pathname;
 const dir = `/tmp/cc-dhcp-bench-${process.pid}`;
 const ns = { server: `ccdb${process.pid}s`, client: `ccdb${process.pid}c` };
@@ -45,6 +49,8 @@ process.on('exit', cleanup);
 process.on('SIGINT', () => process.exit(130));
 
 mkdirSync(dir, { recursive: true });
+// Other work on the machine skews every figure here: say how busy it was.
+const LOAD = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
 for (const n of Object.values(ns)) {
   execFileSync('ip', ['netns', 'add', n]);
   execFileSync('ip', ['-n', n, 'link', 'set', 'lo', 'up']);
@@ -105,7 +111,9 @@ function procKb(pid, field) {
 
 async function clonecast(label, tree) {
   const data = join(dir, `data-${label}`);
+  const prof = CPU_PROF !== undefined && tree === root ? ['--cpu-prof', `--cpu-prof-dir=${CPU_PROF}`] : [];
   const c = start(ns.server, process.execPath, [
+    ...prof,
     join(tree, 'bin', 'clonecast'), 'serve', '--data', data, '--listen', `${SERVER_IP}:0`, '--interface', IF.server, '--pxe', 'full', '--pool', POOL.join('-'),
   ]);
   for (let i = 0; i < 150 && !c.out.includes('stop with Ctrl-C') && c.exitCode === null; i++) await sleep(100);
@@ -130,7 +138,7 @@ async function clonecast(label, tree) {
 async function dnsmasq() {
   const c = start(ns.server, 'dnsmasq', [
     '--no-daemon', '--conf-file=/dev/null', '--port=0', '--no-ping', `--interface=${IF.server}`, '--bind-interfaces',
-    `--dhcp-range=${POOL[0]},${POOL[1]},1h`, `--dhcp-leasefile=${join(dir, 'dnsmasq.leases')}`, `--pid-file=${join(dir, 'dnsmasq.pid')}`, '--log-facility=-',
+    `--dhcp-range=${POOL[0]},${POOL[1]},1h`, `--dhcp-leasefile=${join(dir, 'dnsmasq.leases')}`, `--pid-file=${join(dir, 'dnsmasq.pid')}`, '--log-facility=-', '--quiet-dhcp',
   ]);
   await sleep(1000);
   const result = await perfdhcp();
@@ -139,15 +147,19 @@ async function dnsmasq() {
 }
 
 const rows = [];
-if (BASELINE !== undefined) rows.push(['clonecast (before)', await clonecast('before', BASELINE)]);
-rows.push(['clonecast', await clonecast('now', root)]);
-rows.push(['dnsmasq --no-ping', await dnsmasq()]);
+for (let run = 1; run <= RUNS; run++) {
+  const tag = RUNS > 1 ? ` #${run}` : '';
+  if (BASELINE !== undefined) rows.push([`clonecast (before)${tag}`, await clonecast(`before${run}`, BASELINE)]);
+  rows.push([`clonecast${tag}`, await clonecast(`now${run}`, root)]);
+  rows.push([`dnsmasq --no-ping${tag}`, await dnsmasq()]);
+}
 
 console.log(`perfdhcp -4 -r ${RATE} -R ${CLIENTS} -p ${SECONDS}, pool of ${1 + Number(POOL[1].split('.')[3]) - Number(POOL[0].split('.')[3])} addresses`);
-console.log('server               DISCOVER   OFFER  REQUEST     ACK  completed  peak RSS  max loop delay');
+console.log(`load average before the run: ${LOAD}`);
+console.log('server                  DISCOVER   OFFER  REQUEST     ACK  completed  peak RSS  max loop delay');
 for (const [name, r] of rows) {
   console.log(
-    `${name.padEnd(20)} ${String(r.discover).padStart(8)} ${String(r.offer).padStart(7)} ${String(r.request).padStart(8)} ${String(r.ack).padStart(7)} ${`${r.completed.toFixed(1)}%`.padStart(10)}` +
+    `${name.padEnd(23)} ${String(r.discover).padStart(8)} ${String(r.offer).padStart(7)} ${String(r.request).padStart(8)} ${String(r.ack).padStart(7)} ${`${r.completed.toFixed(1)}%`.padStart(10)}` +
       ` ${r.rssMb === null ? '       -' : `${r.rssMb.toFixed(0)} MB`.padStart(8)}  ${r.loopMax === null ? '-' : `${(r.loopMax * 1000).toFixed(1)} ms`}`,
   );
 }
