@@ -111,6 +111,8 @@ export class StateFile<T> extends EventEmitter {
   private retryWait = 0;
   private closed = false;
   private seq = 0;
+  /** The folder exists (made or seen by the last successful write): no mkdir per write. */
+  private folderReady = false;
 
   constructor(o: StateFileOptions<T>) {
     super();
@@ -260,7 +262,7 @@ export class StateFile<T> extends EventEmitter {
   /** Temp file, fsync, rename, fsync of the folder; the temp file is removed if any step fails. */
   private async writeFile(data: Buffer): Promise<void> {
     const folder = dirname(this.o.path);
-    await this.fs.mkdir(folder, { recursive: true });
+    if (!this.folderReady) await this.fs.mkdir(folder, { recursive: true });
     const tmp = join(folder, `.${basename(this.o.path)}.tmp.${process.pid}.${++this.seq}`);
     let renamed = false;
     try {
@@ -273,12 +275,16 @@ export class StateFile<T> extends EventEmitter {
       }
       await this.fs.rename(tmp, this.o.path);
       renamed = true;
+      this.folderReady = true;
       const dir = await this.fs.open(folder, 'r');
       try {
         await dir.sync();
       } finally {
         await dir.close();
       }
+    } catch (err) {
+      this.folderReady = false; // the folder may be gone: make it again next time
+      throw err;
     } finally {
       if (!renamed) await this.fs.unlink(tmp).catch(() => undefined);
     }
