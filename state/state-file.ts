@@ -113,6 +113,8 @@ export class StateFile<T> extends EventEmitter {
   private seq = 0;
   /** The folder exists (made or seen by the last successful write): no mkdir per write. */
   private folderReady = false;
+  /** When the last write started (ms since epoch). */
+  private lastAttemptAt = 0;
 
   constructor(o: StateFileOptions<T>) {
     super();
@@ -156,10 +158,22 @@ export class StateFile<T> extends EventEmitter {
   /**
    * Resolves once the value as of this call is on disk; concurrent commits
    * share one write. Rejects if that write fails (the value stays dirty and
-   * is retried in the background); never rejects for a later change.
+   * is retried in the background). While writes fail, a commit tries at
+   * once at most every retryMs and otherwise rejects at once: a flood of
+   * commits (DHCP REQUESTs on a full disk) costs no write each, and the
+   * first commit after the disk recovers still writes without waiting for
+   * the back-off.
    */
   commit(): Promise<void> {
+    return this.request(false);
+  }
+
+  private request(force: boolean): Promise<void> {
     if (!this.dirty) return Promise.resolve();
+    const retryMs = this.o.retryMs ?? STATE_DEFAULTS.retryMs;
+    if (!force && !this.health_.ok && this.writing === undefined && this.now() - this.lastAttemptAt < retryMs) {
+      return Promise.reject(new Error(`${basename(this.o.path)} could not be saved: ${this.health_.error}`));
+    }
     const generation = this.generation;
     const p = new Promise<void>((resolve, reject) => this.waiters.push({ generation, resolve, reject }));
     this.kick();
@@ -177,7 +191,7 @@ export class StateFile<T> extends EventEmitter {
     clearTimeout(this.timer);
     this.timer = undefined;
     const deadline = new Promise<void>((r) => setTimeout(r, this.o.closeMs ?? STATE_DEFAULTS.closeMs).unref());
-    const last = this.dirty ? this.commit().catch(() => undefined) : (this.writing ?? Promise.resolve());
+    const last = this.dirty ? this.request(true).catch(() => undefined) : (this.writing ?? Promise.resolve());
     await Promise.race([last, deadline]);
     this.closed = true;
     clearTimeout(this.timer);
@@ -209,11 +223,13 @@ export class StateFile<T> extends EventEmitter {
     try {
       while (this.dirty && !this.closed) {
         const generation = this.generation;
-        const text = (this.o.serialize ?? ((v: T) => JSON.stringify(v, null, 1)))(this.current);
+        this.lastAttemptAt = this.now();
         try {
+          // Serialising is inside: a value that cannot be turned into JSON is a failed write, not an exception.
+          const text = (this.o.serialize ?? ((v: T) => JSON.stringify(v, null, 1)))(this.current);
           await this.writeFile(Buffer.from(text));
         } catch (err) {
-          this.failed(err as Error, generation);
+          this.failed(err as Error);
           return;
         }
         this.saved(generation);
@@ -238,15 +254,15 @@ export class StateFile<T> extends EventEmitter {
     if (!wasOk) this.emit('health', this.health());
   }
 
-  private failed(err: Error, generation: number): void {
+  private failed(err: Error): void {
     const wasOk = this.health_.ok;
     const code = (err as NodeJS.ErrnoException).code;
     const error = code === undefined || err.message.startsWith(code) ? err.message : `${code}: ${err.message}`;
     this.health_ = { ...this.health_, ok: false, error, since: this.health_.since ?? this.now(), failures: this.health_.failures + 1 };
     const retryMs = this.o.retryMs ?? STATE_DEFAULTS.retryMs;
     this.retryWait = this.retryWait === 0 ? retryMs : Math.min(this.retryWait * 2, this.o.retryMaxMs ?? STATE_DEFAULTS.retryMaxMs);
-    const failed = this.waiters.filter((w) => w.generation <= generation);
-    this.waiters = this.waiters.filter((w) => w.generation > generation);
+    // Every waiter fails with this write, also those that came during it: commits fail fast while the disk fails.
+    const failed = this.waiters.splice(0);
     const reason = new Error(`${basename(this.o.path)} could not be saved: ${error}`, { cause: err });
     for (const w of failed) w.reject(reason);
     if (wasOk || this.health_.error !== error) this.emit('health', this.health());

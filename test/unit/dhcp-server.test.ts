@@ -98,6 +98,7 @@ describe('DHCP server, full mode', () => {
     expect(server.counters).toMatchObject({ acks: 0, unsaved: 1 });
     expect(server.leases!.health()).toMatchObject({ ok: false });
     rmSync(join(dir, 'pxe'));
+    await new Promise((r) => setTimeout(r, 600)); // a failing file is tried again at most every 0.5 s
     const [ack] = await send(request);
     expect(messageType(ack)).toBe(MessageType.ACK);
     expect(JSON.parse(readFileSync(path, 'utf8'))).toEqual([expect.objectContaining({ ip: '127.0.0.100' })]);

@@ -123,6 +123,34 @@ describe('StateFile', () => {
     await f.close();
   });
 
+  it('while writes fail, a flood of commits costs at most one write per retry interval, and none throws', async () => {
+    const dir = tempDir();
+    const { fs, calls, state } = countingFs();
+    const f = listFile<number>(join(dir, 'leases.json'), { fs, debounceMs: 5, retryMs: 200, retryMaxMs: 200 });
+    state.full = true;
+    f.set([1]);
+    await expect(f.commit()).rejects.toThrow(/ENOSPC/);
+    const opensAfterFirst = calls.open;
+    const results = await Promise.allSettled(Array.from({ length: 100 }, (_, i) => (f.set([i]), f.commit())));
+    expect(results.every((r) => r.status === 'rejected')).toBe(true);
+    expect(calls.open).toBe(opensAfterFirst); // failed fast, no write each
+    state.full = false;
+    await sleep(250);
+    f.set([42]);
+    await f.commit(); // the first commit after the interval writes at once
+    expect(JSON.parse(readFileSync(join(dir, 'leases.json'), 'utf8'))).toEqual([42]);
+    await f.close();
+  });
+
+  it('a value that cannot be serialised is a failed write, not an exception', async () => {
+    const dir = tempDir();
+    const f = new StateFile<{ n: bigint }>({ path: join(dir, 'b.json'), initial: () => ({ n: 1n }), retryMs: 10_000 });
+    f.set({ n: 2n });
+    await expect(f.commit()).rejects.toThrow(/could not be saved/);
+    expect(f.health()).toMatchObject({ ok: false });
+    await f.close();
+  });
+
   it('a real write error (the folder is a file) is reported, not thrown', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'notadir'), 'x');
