@@ -65,8 +65,8 @@ export class Leases {
           return new Map((v as Lease[]).map((l) => [l.mac, l]));
         },
         serialize: (m) => JSON.stringify([...m.values()], null, 1),
-        // A lease is committed before its ACK; other changes (RELEASE, DECLINE) may wait a little.
-        debounceMs: 200,
+        // A lease is committed before its ACK; a RELEASE or DECLINE (rare, no reply) is written at once too.
+        debounceMs: 0,
       });
       this.byMac = this.file.value;
     }
