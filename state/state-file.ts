@@ -13,7 +13,7 @@
  * renamed aside and the state starts from the default.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, renameSync, rmSync } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
@@ -307,8 +307,14 @@ export class StateFile<T> extends EventEmitter {
   }
 }
 
-/** Reads the file once, at start (before any service runs, so sync is fine). */
+/** Reads the file once, at start (before any service runs, so sync is fine); removes temp files a crash left. */
 function load<T>(o: StateFileOptions<T>): { value: T; setAside: string | undefined } {
+  const prefix = `.${basename(o.path)}.tmp.`;
+  try {
+    for (const n of readdirSync(dirname(o.path))) if (n.startsWith(prefix)) rmSync(join(dirname(o.path), n), { force: true });
+  } catch {
+    // no folder yet
+  }
   if (!existsSync(o.path)) return { value: o.initial(), setAside: undefined };
   try {
     const raw = JSON.parse(readFileSync(o.path, 'utf8')) as unknown;

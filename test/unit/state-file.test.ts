@@ -175,13 +175,16 @@ describe('StateFile', () => {
     await f.close();
   });
 
-  it('a readable file is loaded', async () => {
+  it('a readable file is loaded, and temp files a crash left beside it are removed', async () => {
     const dir = tempDir();
     writeFileSync(join(dir, 'l.json'), '[{"id":1}]');
+    writeFileSync(join(dir, '.l.json.tmp.123.4'), '[{"id"');
+    writeFileSync(join(dir, 'other.json'), '[]');
     const f = listFile<{ id: number }>(join(dir, 'l.json'));
     expect(f.value).toEqual([{ id: 1 }]);
     expect(f.setAside).toBeUndefined();
     expect(f.dirty).toBe(false);
+    expect(readdirSync(dir).sort()).toEqual(['l.json', 'other.json']);
     await f.commit(); // nothing to write
     await f.close();
   });
