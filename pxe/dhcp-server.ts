@@ -92,17 +92,25 @@ export interface DhcpCounters {
   poolFull: number;
   declines: number;
   releases: number;
+  /** ACKs not sent because the lease could not be saved (the client asks again). */
+  unsaved: number;
+  /** Replies the kernel refused to send (e.g. no route to a relay). */
+  sendErrors: number;
 }
 
 const OFFER_HOLD_MS = 60_000;
 const DECLINE_HOLD_MS = 10 * 60_000;
 
-/** A DHCP or proxyDHCP server. Emits 'lease' and 'boot' events. */
+/**
+ * A DHCP or proxyDHCP server. Emits 'lease' and 'boot' events, and 'closed'
+ * once (with the error, if a socket failure ended it).
+ */
 export class DhcpServer extends EventEmitter {
-  readonly counters: DhcpCounters = { received: 0, malformed: 0, ignored: 0, offers: 0, acks: 0, naks: 0, proxyOffers: 0, bootAcks: 0, poolFull: 0, declines: 0, releases: 0 };
+  readonly counters: DhcpCounters = { received: 0, malformed: 0, ignored: 0, offers: 0, acks: 0, naks: 0, proxyOffers: 0, bootAcks: 0, poolFull: 0, declines: 0, releases: 0, unsaved: 0, sendErrors: 0 };
   readonly leases: Leases | undefined;
   private main: Socket | undefined;
   private pxe: Socket | undefined;
+  private closed = false;
 
   constructor(private readonly o: DhcpServerOptions) {
     super();
@@ -122,9 +130,23 @@ export class DhcpServer extends EventEmitter {
     }
   }
 
-  close(): void {
-    this.main?.close();
-    this.pxe?.close();
+  /**
+   * The one way the service ends: closes both sockets, writes pending
+   * leases (bounded), and emits 'closed' once with the error that ended it.
+   */
+  async close(err?: Error): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    for (const s of [this.main, this.pxe]) {
+      try {
+        s?.close();
+      } catch {
+        // already closed
+      }
+    }
+    if (err !== undefined) this.o.log?.('warn', `dhcp: stopped: ${err.message}`);
+    await this.leases?.close();
+    this.emit('closed', err);
   }
 
   /** The ports bound (port 0 in options picks free ones). */
@@ -135,7 +157,8 @@ export class DhcpServer extends EventEmitter {
   private async bind(port: number): Promise<Socket> {
     // 0.0.0.0 to receive broadcasts; the device binding keeps other interfaces out.
     const s = await bindUdp({ device: this.o.device, address: this.o.device !== undefined ? '0.0.0.0' : this.o.bindAddress, port });
-    s.on('error', (err: Error) => this.o.log?.('warn', `dhcp: ${err.message}`));
+    // A socket error ends the service (there is no serving without the socket).
+    s.on('error', (err: Error) => void this.close(err).catch(() => undefined));
     s.setBroadcast(true);
     return s;
   }
@@ -143,6 +166,7 @@ export class DhcpServer extends EventEmitter {
   // ---- receive, decode, validate, decide ----
 
   private onMessage(msg: Buffer, rinfo: { address: string; port: number }, bootService: boolean): void {
+    if (this.closed) return;
     this.counters.received++;
     let p: DhcpPacket;
     try {
@@ -198,7 +222,7 @@ export class DhcpServer extends EventEmitter {
     this.counters.bootAcks++;
     this.o.log?.('info', `boot service: ${mac} boots ${boot.file}`);
     this.emit('boot', { mac, file: boot.file, mode: 'boot-service' });
-    this.pxe!.send(encodeDhcp(reply), rinfo.port, rinfo.address);
+    this.pxe!.send(encodeDhcp(reply), rinfo.port, rinfo.address, this.sent);
   }
 
   /** Full mode: RFC 2131 section 4.3. */
@@ -242,11 +266,26 @@ export class DhcpServer extends EventEmitter {
           this.o.log?.('info', `dhcp: NAK ${mac} asking for ${want}`);
           return this.send(this.nak(p), p);
         }
+        const renewal = lease?.ip === want;
         leases.bind(mac, want, seconds, hostname);
-        this.counters.acks++;
-        this.emit('lease', { mac, ip: want, hostname });
-        this.o.log?.('info', `dhcp: ${mac}${hostname ? ` (${hostname})` : ''} has ${want} for ${seconds} s`);
-        return this.send(this.reply(p, MessageType.ACK, want, this.bootFor(p, mac), this.config(seconds)), p);
+        const ack = this.reply(p, MessageType.ACK, want, this.bootFor(p, mac), this.config(seconds));
+        // The lease is on disk before the client hears of it; the ACKs of one burst share one fsync.
+        leases.commit().then(
+          () => {
+            if (this.closed) return;
+            this.counters.acks++;
+            this.emit('lease', { mac, ip: want, hostname });
+            // A renewal is routine: logged at debug, so a busy network does not flood the log.
+            this.o.log?.(renewal ? 'debug' : 'info', `dhcp: ${mac}${hostname ? ` (${hostname})` : ''} has ${want} for ${seconds} s`);
+            this.send(ack, p);
+          },
+          (err: Error) => {
+            // Not ACKed: the client asks again, and the lease is retried in the background.
+            this.counters.unsaved++;
+            this.o.log?.('debug', `dhcp: no ACK for ${mac}: ${err.message}`);
+          },
+        ).catch((err: Error) => this.o.log?.('warn', `dhcp: ${mac}: ${err.message}`));
+        return;
       }
       case MessageType.DECLINE:
         if (ours !== this.o.serverAddress || requested === null) return void this.counters.ignored++;
@@ -330,11 +369,19 @@ export class DhcpServer extends EventEmitter {
 
   /** RFC 2131 section 4.1: to the relay, to the client's address, or broadcast. */
   private send(reply: DhcpPacket, req: DhcpPacket): void {
+    if (this.closed) return;
     const buf = encodeDhcp(reply);
     const clientPort = this.o.clientPort ?? DHCP.CLIENT_PORT;
-    if (req.giaddr !== '0.0.0.0') return void this.main!.send(buf, this.o.relayPort ?? DHCP.SERVER_PORT, req.giaddr);
+    if (req.giaddr !== '0.0.0.0') return void this.main!.send(buf, this.o.relayPort ?? DHCP.SERVER_PORT, req.giaddr, this.sent);
     const type = reply.options.get(OPT.MESSAGE_TYPE)![0];
-    if (req.ciaddr !== '0.0.0.0' && type !== MessageType.NAK) return void this.main!.send(buf, clientPort, req.ciaddr);
-    this.main!.send(buf, clientPort, this.o.broadcast ?? '255.255.255.255');
+    if (req.ciaddr !== '0.0.0.0' && type !== MessageType.NAK) return void this.main!.send(buf, clientPort, req.ciaddr, this.sent);
+    this.main!.send(buf, clientPort, this.o.broadcast ?? '255.255.255.255', this.sent);
   }
+
+  /** A reply that could not be sent concerns one client: counted, never the socket's 'error' (which ends the service). */
+  private readonly sent = (err: Error | null): void => {
+    if (err === null) return;
+    this.counters.sendErrors++;
+    this.o.log?.('debug', `dhcp: send: ${err.message}`);
+  };
 }

@@ -1,10 +1,12 @@
 /**
- * The address pool and leases of the DHCP server in full mode, saved in
- * DATA/pxe/leases.json (temp file, fsync, rename) on every change, so that
- * a restarted server hands every machine the address it had.
+ * The address pool and leases of the DHCP server in full mode, kept in
+ * DATA/pxe/leases.json (state/state-file.ts: written off the event loop,
+ * temp file, fsync, rename), so that a restarted server hands every
+ * machine the address it had. The DHCP server awaits commit() before it
+ * sends an ACK: an ACKed lease is on disk, and the ACKs of one burst share
+ * one fsync (group commit).
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { StateFile, type StateHealth } from '../state/state-file.js';
 
 /** A lease: an address bound to a MAC until expires (ms since epoch). */
 export interface Lease {
@@ -22,22 +24,57 @@ export function intToIp(n: number): string {
   return [n >>> 24, (n >>> 16) & 255, (n >>> 8) & 255, n & 255].join('.');
 }
 
-/** The pool, the leases and the addresses offered but not yet requested. */
+/**
+ * The pool, the leases and the addresses offered but not yet requested.
+ * Every lookup by address is a map lookup (the pool scan of a DISCOVER is
+ * one pass over the pool, not one pass over every lease per address).
+ */
 export class Leases {
-  private readonly byMac = new Map<string, Lease>();
+  private readonly byMac: Map<string, Lease>;
+  /** Address (as a number) to the MAC of its lease, active or expired. */
+  private readonly leaseByIp = new Map<number, string>();
   private readonly offers = new Map<string, { ip: string; until: number }>();
+  private readonly offerByIp = new Map<number, string>();
+  private readonly staticByIp = new Map<number, string>();
   private readonly declined = new Map<string, number>();
+  private readonly reservedN: Set<number>;
+  private readonly start: number;
+  private readonly end: number;
+  /** leases.json, when the leases are kept on disk. */
+  readonly file: StateFile<Map<string, Lease>> | undefined;
 
   constructor(
-    private readonly path: string | undefined,
-    private readonly pool: { start: string; end: string },
+    path: string | undefined,
+    pool: { start: string; end: string },
     /** Fixed addresses by MAC; never given to anyone else. */
     private readonly statics: Map<string, string> = new Map(),
     /** Addresses never handed out (the server's own, the router). */
-    private readonly reserved: Set<string> = new Set(),
+    reserved: Set<string> = new Set(),
   ) {
-    if (path !== undefined && existsSync(path)) {
-      for (const l of JSON.parse(readFileSync(path, 'utf8')) as Lease[]) this.byMac.set(l.mac, l);
+    this.start = ipToInt(pool.start);
+    this.end = ipToInt(pool.end);
+    this.reservedN = new Set([...reserved].map(ipToInt));
+    for (const [mac, ip] of statics) this.staticByIp.set(ipToInt(ip), mac);
+    if (path === undefined) this.byMac = new Map();
+    else {
+      this.file = new StateFile<Map<string, Lease>>({
+        path,
+        initial: () => new Map(),
+        validate: (v) => {
+          if (!Array.isArray(v)) throw new Error('not a list');
+          return new Map((v as Lease[]).map((l) => [l.mac, l]));
+        },
+        serialize: (m) => JSON.stringify([...m.values()], null, 1),
+        // A lease is committed before its ACK; a RELEASE or DECLINE (rare, no reply) is written at once too.
+        debounceMs: 0,
+      });
+      this.byMac = this.file.value;
+    }
+    for (const l of this.byMac.values()) {
+      // A file may hold an expired lease of an address another MAC holds now: the later one counts.
+      const n = ipToInt(l.ip);
+      const other = this.byMac.get(this.leaseByIp.get(n) ?? '');
+      if (other === undefined || other.expires < l.expires) this.leaseByIp.set(n, l.mac);
     }
   }
 
@@ -52,24 +89,38 @@ export class Leases {
     return [...this.byMac.values()];
   }
 
-  /** Who holds ip now (lease or pending offer), if anyone. */
-  private holder(ip: string, now: number): string | undefined {
-    for (const [mac, ipS] of this.statics) if (ipS === ip) return mac;
-    for (const l of this.byMac.values()) if (l.ip === ip && l.expires > now) return l.mac;
-    for (const [mac, o] of this.offers) if (o.ip === ip && o.until > now) return mac;
+  /** Who holds address n now (static, lease or pending offer), if anyone. */
+  private holder(n: number, now: number): string | undefined {
+    const s = this.staticByIp.get(n);
+    if (s !== undefined) return s;
+    const leased = this.leaseByIp.get(n);
+    if (leased !== undefined) {
+      const l = this.byMac.get(leased);
+      if (l !== undefined && l.expires > now && ipToInt(l.ip) === n) return leased;
+    }
+    const offered = this.offerByIp.get(n);
+    if (offered !== undefined) {
+      const o = this.offers.get(offered);
+      if (o !== undefined && o.until > now && ipToInt(o.ip) === n) return offered;
+    }
     return undefined;
   }
 
   /** True if ip is in the pool or a static address. */
   inRange(ip: string): boolean {
     const n = ipToInt(ip);
-    return (n >= ipToInt(this.pool.start) && n <= ipToInt(this.pool.end)) || [...this.statics.values()].includes(ip);
+    return (n >= this.start && n <= this.end) || this.staticByIp.has(n);
   }
 
   /** True if mac may use ip (free, or already its own). */
   available(mac: string, ip: string, now = Date.now()): boolean {
-    if (!this.inRange(ip) || this.reserved.has(ip) || (this.declined.get(ip) ?? 0) > now) return false;
-    const h = this.holder(ip, now);
+    return this.availableN(mac, ipToInt(ip), ip, now);
+  }
+
+  private availableN(mac: string, n: number, ip: string | undefined, now: number): boolean {
+    if (!((n >= this.start && n <= this.end) || this.staticByIp.has(n)) || this.reservedN.has(n)) return false;
+    if (this.declined.size > 0 && (this.declined.get(ip ?? intToIp(n)) ?? 0) > now) return false;
+    const h = this.holder(n, now);
     return h === undefined || h === mac;
   }
 
@@ -80,16 +131,17 @@ export class Leases {
     const own = this.byMac.get(mac);
     if (own !== undefined && this.available(mac, own.ip, now)) return own.ip;
     if (requested !== null && this.available(mac, requested, now)) return requested;
-    for (let n = ipToInt(this.pool.start); n <= ipToInt(this.pool.end); n++) {
-      const ip = intToIp(n);
-      if (this.available(mac, ip, now)) return ip;
+    for (let n = this.start; n <= this.end; n++) {
+      if (this.availableN(mac, n, undefined, now)) return intToIp(n);
     }
     return null;
   }
 
   /** Holds ip for mac while the client decides (RFC 2131 section 4.3.1). */
   offer(mac: string, ip: string, holdMs: number, now = Date.now()): void {
+    this.withdraw(mac);
     this.offers.set(mac, { ip, until: now + holdMs });
+    this.offerByIp.set(ipToInt(ip), mac);
   }
 
   /** The address offered to mac, if still held. */
@@ -100,15 +152,21 @@ export class Leases {
 
   /** Forgets an offer (the client chose another server). */
   withdraw(mac: string): void {
+    const o = this.offers.get(mac);
+    if (o === undefined) return;
     this.offers.delete(mac);
+    const n = ipToInt(o.ip);
+    if (this.offerByIp.get(n) === mac) this.offerByIp.delete(n);
   }
 
-  /** Binds ip to mac for seconds. */
+  /** Binds ip to mac for seconds; commit() makes it durable. */
   bind(mac: string, ip: string, seconds: number, hostname: string, now = Date.now()): Lease {
-    this.offers.delete(mac);
+    this.withdraw(mac);
+    this.forget(mac);
     const lease = { mac, ip, expires: now + seconds * 1000, hostname };
     this.byMac.set(mac, lease);
-    this.save();
+    this.leaseByIp.set(ipToInt(ip), mac);
+    this.file?.touch();
     return lease;
   }
 
@@ -116,8 +174,8 @@ export class Leases {
   release(mac: string, ip: string): boolean {
     const l = this.byMac.get(mac);
     if (l === undefined || l.ip !== ip) return false;
-    this.byMac.delete(mac);
-    this.save();
+    this.forget(mac);
+    this.file?.touch();
     return true;
   }
 
@@ -125,22 +183,31 @@ export class Leases {
   decline(mac: string, ip: string, forMs: number, now = Date.now()): void {
     this.declined.set(ip, now + forMs);
     const l = this.byMac.get(mac);
-    if (l?.ip === ip) this.byMac.delete(mac);
-    this.offers.delete(mac);
-    this.save();
+    if (l?.ip === ip) this.forget(mac);
+    this.withdraw(mac);
+    this.file?.touch();
   }
 
-  private save(): void {
-    if (this.path === undefined) return;
-    mkdirSync(dirname(this.path), { recursive: true });
-    const tmp = `${this.path}.tmp.${process.pid}`;
-    const fd = openSync(tmp, 'w', 0o644);
-    try {
-      writeSync(fd, JSON.stringify(this.list(), null, 1));
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
-    }
-    renameSync(tmp, this.path);
+  /** Resolves once every lease bound so far is on disk; rejects if the write failed. */
+  commit(): Promise<void> {
+    return this.file?.commit() ?? Promise.resolve();
+  }
+
+  /** Whether leases.json is saved (always ok when not kept on disk). */
+  health(): StateHealth | undefined {
+    return this.file?.health();
+  }
+
+  /** Writes what is pending (bounded) and stops writing. */
+  close(): Promise<void> {
+    return this.file?.close() ?? Promise.resolve();
+  }
+
+  private forget(mac: string): void {
+    const l = this.byMac.get(mac);
+    if (l === undefined) return;
+    this.byMac.delete(mac);
+    const n = ipToInt(l.ip);
+    if (this.leaseByIp.get(n) === mac) this.leaseByIp.delete(n);
   }
 }

@@ -49,6 +49,8 @@ export interface PxeOptions {
   tftpPort?: number;
   clientPort?: number;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
+  /** Called once when the services end: with the socket error that ended them, or undefined on close(). */
+  onClosed?: (err: Error | undefined) => void;
 }
 
 /** The running PXE services. */
@@ -57,7 +59,10 @@ export interface PxeServices {
   tftp: TftpServer;
   serverAddress: string;
   tftpRoot: string;
-  close(): void;
+  /** The error that ended the services, once one has. */
+  readonly error: Error | undefined;
+  /** Ends both services (every socket and timer) and writes pending leases; the one error path. */
+  close(err?: Error): Promise<void>;
 }
 
 /** The IPv4 address and netmask of an interface; throws with the interfaces there are. */
@@ -167,18 +172,35 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     await dhcp.start();
   } catch (err) {
     tftp.close();
+    await dhcp.close();
     throw explain(err, `DHCP (port ${o.dhcpPort ?? 67}${o.mode === 'proxy' ? ` and ${o.pxePort ?? 4011}` : ''})`, o);
   }
-  return {
+  let ending: Promise<void> | undefined;
+  const services: PxeServices = {
     dhcp,
     tftp,
     serverAddress: address,
     tftpRoot,
-    close() {
-      dhcp.close();
-      tftp.close();
+    error: undefined,
+    close(err?: Error) {
+      ending ??= (async () => {
+        (services as { error: Error | undefined }).error = err;
+        if (err !== undefined) o.log?.('warn', `pxe: network boot stopped: ${err.message}; restart the server to serve it again`);
+        tftp.close();
+        await dhcp.close();
+        try {
+          o.onClosed?.(err);
+        } catch {
+          // a reporting callback never breaks shutdown
+        }
+      })();
+      return ending;
     },
   };
+  // A failure of either service ends both, through the same path.
+  dhcp.once('closed', (err?: Error) => void services.close(err).catch(() => undefined));
+  tftp.once('closed', (err?: Error) => void services.close(err).catch(() => undefined));
+  return services;
 }
 
 /** Per-machine settings in DATA/pxe/machines.json: {"MAC": {"file", "action", "ignore"}}. */

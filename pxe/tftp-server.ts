@@ -59,10 +59,15 @@ export interface TftpCounters {
   bytesSent: number;
 }
 
-/** The TFTP service. Emits 'transfer' ({file, client, bytes, seconds, ok, error, options}). */
+/**
+ * The TFTP service. Emits 'transfer' ({file, client, bytes, seconds, ok,
+ * error, options}), and 'closed' once (with the error, if a failure of the
+ * listening socket ended it).
+ */
 export class TftpServer extends EventEmitter {
   readonly counters: TftpCounters = { requests: 0, probes: 0, completed: 0, failed: 0, refused: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
   private socket: Socket | undefined;
+  private closed = false;
   private readonly transfers = new Set<Transfer>();
   private rootReal: string | undefined;
 
@@ -75,15 +80,26 @@ export class TftpServer extends EventEmitter {
     this.rootReal = await realpath(this.o.root);
     const s = await bindUdp({ device: this.o.device, address: this.o.address, port: this.o.port ?? TFTP.PORT });
     this.socket = s;
-    s.on('message', (msg, rinfo) => void this.onRequest(msg, rinfo));
-    s.on('error', (err) => this.o.log?.('warn', `tftp: ${err.message}`));
+    s.on('message', (msg, rinfo) => {
+      this.onRequest(msg, rinfo).catch((err: Error) => this.o.log?.('warn', `tftp: request from ${rinfo.address}: ${err.message}`));
+    });
+    // The listener failing ends the service (one transfer's socket failing ends only that transfer).
+    s.on('error', (err) => this.close(err));
     return s.address().port;
   }
 
-  /** Stops listening and ends every transfer. */
-  close(): void {
-    this.socket?.close();
+  /** The one way the service ends: stops listening, ends every transfer, emits 'closed' once. */
+  close(err?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      this.socket?.close();
+    } catch {
+      // already closed
+    }
     for (const t of this.transfers) t.end(false, 'server stopped');
+    if (err !== undefined) this.o.log?.('warn', `tftp: stopped: ${err.message}`);
+    this.emit('closed', err);
   }
 
   /** Transfers running now. */
@@ -106,7 +122,10 @@ export class TftpServer extends EventEmitter {
       this.o.log?.('debug', `tftp: from ${rinfo.address}:${rinfo.port}: ${(err as Error).message}`);
       return;
     }
-    const reply = (code: TftpError, message: string) => this.socket?.send(encodeTftp({ op: Opcode.ERROR, code, message }), rinfo.port, rinfo.address);
+    // A send error concerns this client only: counted via the callback, never the listener's 'error'.
+    const reply = (code: TftpError, message: string) => {
+      if (!this.closed) this.socket?.send(encodeTftp({ op: Opcode.ERROR, code, message }), rinfo.port, rinfo.address, () => undefined);
+    };
     if (p.op === Opcode.WRQ) {
       this.counters.refused++;
       reply(TftpError.ACCESS, 'this server is read-only');
@@ -137,13 +156,27 @@ export class TftpServer extends EventEmitter {
       reply(TftpError.NOT_FOUND, `cannot open ${p.filename}: ${(err as NodeJS.ErrnoException).code}`);
       return;
     }
-    const size = (await file.stat()).size;
+    let size: number;
     let socket: Socket;
+    try {
+      size = (await file.stat()).size;
+    } catch (err) {
+      await file.close().catch(() => undefined);
+      this.counters.refused++;
+      reply(TftpError.NOT_FOUND, `cannot read ${p.filename}: ${(err as NodeJS.ErrnoException).code}`);
+      return;
+    }
     try {
       socket = await bindUdp({ device: this.o.device, address: this.o.address, port: 0 });
     } catch (err) {
-      await file.close();
+      await file.close().catch(() => undefined);
       this.o.log?.('warn', `tftp: no socket for a transfer: ${(err as Error).message}`);
+      return;
+    }
+    if (this.closed) {
+      // The service ended while this request was opening its file.
+      socket.close();
+      await file.close().catch(() => undefined);
       return;
     }
     const t = new Transfer(this, socket, file, size, p.filename, rinfo, p.options);
@@ -387,8 +420,12 @@ class Transfer extends EventEmitter {
     this.probe = probe;
     clearTimeout(this.timer);
     if (!ok && error !== 'server stopped') this.server.o.log?.('warn', `tftp: ${this.name} to ${this.peer.address}: ${error}`);
-    this.socket.close();
-    void this.file.close();
+    try {
+      this.socket.close();
+    } catch {
+      // already closed
+    }
+    this.file.close().catch((err: Error) => this.server.o.log?.('warn', `tftp: closing ${this.name}: ${err.message}`));
     this.emit('end', ok, error, (performance.now() - this.started) / 1000);
   }
 }

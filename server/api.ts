@@ -21,6 +21,8 @@ import type { Store } from './store/store.js';
 import type { AgentChannel } from './control.js';
 import type { CaptureManager } from './captures.js';
 import { bootToken, type PxeServices } from '../pxe/service.js';
+import type { IntervalHistogram } from 'node:perf_hooks';
+import type { StateHealth, StateStatus } from '../state/state-file.js';
 
 /** Largest request body accepted, bytes. */
 export const MAX_BODY = 64 * 1024;
@@ -69,11 +71,42 @@ export interface ApiContext {
   /** The PXE services, once started. */
   pxe?: () => PxeServices | undefined;
   captures: CaptureManager;
+  /** The state files, by name relative to the data directory, for /healthz and /metrics. */
+  stateFiles?: () => { file: string; state: StateStatus }[];
+  /** Event-loop delay since the server started (perf_hooks.monitorEventLoopDelay). */
+  loopDelay?: IntervalHistogram;
+}
+
+/** One state file's health, as /healthz, /metrics and the dashboard show it. */
+export interface FileHealth extends StateHealth {
+  file: string;
+  dirty: boolean;
+}
+
+/** Is the server saving its state and serving network boot. */
+export interface ServerHealth {
+  ok: boolean;
+  files: FileHealth[];
+  /** Network boot: null when off; ok false once a socket failure ended it. */
+  pxe: { ok: boolean; error: string | null } | null;
+}
+
+/** An error as the unauthenticated /healthz may show it: code and reason, no paths. */
+function publicError(e: string | null): string | null {
+  return e === null ? null : e.replace(/,? '[^']*'/g, '').replace(/\s\/\S+/g, '').slice(0, 200);
+}
+
+/** The health of every state file and of network boot. */
+export function serverHealth(c: ApiContext): ServerHealth {
+  const files = (c.stateFiles?.() ?? []).map(({ file, state }) => ({ file, ...state.health(), error: publicError(state.health().error), dirty: state.dirty }));
+  const p = c.pxe?.();
+  const pxe = p === undefined ? null : { ok: p.error === undefined, error: publicError(p.error?.message ?? null) };
+  return { ok: files.every((f) => f.ok) && (pxe?.ok ?? true), files, pxe };
 }
 
 /** The dashboard's view of everything, also GET /api/state. */
 export interface Snapshot {
-  server: { version: string; data: string; senderAddress: string | null; agents: number; time: string };
+  server: { version: string; data: string; senderAddress: string | null; agents: number; time: string; health: ServerHealth };
   machines: ReturnType<Registry['list']>;
   sessions: (ReturnType<SessionManager['list']>[number] & { ruleText: string })[];
   images: ListEntry[];
@@ -93,7 +126,7 @@ export class State {
       this.imagesAt = Date.now();
     }
     return {
-      server: { version: this.c.version, data: this.c.store.root, senderAddress: this.c.senderAddress ?? null, agents: this.c.agents.connected, time: new Date().toISOString() },
+      server: { version: this.c.version, data: this.c.store.root, senderAddress: this.c.senderAddress ?? null, agents: this.c.agents.connected, time: new Date().toISOString(), health: serverHealth(this.c) },
       machines: this.c.registry.list(),
       sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...s, ruleText: describeRule(s.rule) })),
       images: this.images,
@@ -140,7 +173,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache', ...PAGE_HEADERS }).end(body);
       return;
     }
-    if (path === '/healthz') return send(res, 200, { ok: true });
+    if (path === '/healthz') return healthz(c, res);
     if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, res);
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
     // A network-booted agent holds only its own boot token (pxe/service.ts): enough for its session's manifest.
@@ -287,6 +320,19 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
   await pipeline(createReadStream(file, { highWaterMark: 1 << 20 }), res);
 }
 
+/**
+ * GET /healthz, without the token (for load balancers and monitors): 200
+ * {ok: true}, or 503 naming the state files that cannot be saved and since
+ * when, and network boot if it stopped. No paths, no secrets.
+ */
+function healthz(c: ApiContext, res: ServerResponse): void {
+  const h = serverHealth(c);
+  if (h.ok) return send(res, 200, { ok: true });
+  const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+  const failing = h.files.filter((f) => !f.ok).map((f) => ({ file: f.file, error: f.error, since: iso(f.since), unsavedSince: iso(f.pendingSince), failures: f.failures }));
+  send(res, 503, { ok: false, failing, ...(h.pxe !== null && !h.pxe.ok ? { pxe: h.pxe } : {}) });
+}
+
 function esc(v: string): string {
   return v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
 }
@@ -317,6 +363,15 @@ export function metrics(c: ApiContext): string {
   gauge('clonecast_machine_loss_ratio', 'Packet loss a receiving machine reports, last interval.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.loss]));
   gauge('clonecast_machine_bytes_written', 'Bytes a machine has written in its session.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.bytesWritten]));
   gauge('clonecast_control_rejected_total', 'Agent connections closed for bad frames or credentials.', 'counter', Object.entries(c.agents.rejected).map(([reason, n]) => [{ reason }, n]));
+  const files = serverHealth(c).files;
+  gauge('clonecast_state_write_failures_total', 'Failed writes of a state file (retried with back-off).', 'counter', files.map((f) => [{ file: f.file }, f.failures]));
+  gauge('clonecast_state_dirty', 'A state file has changes not yet on disk (1) or not (0).', 'gauge', files.map((f) => [{ file: f.file }, f.dirty ? 1 : 0]));
+  gauge('clonecast_state_ok', 'The last write of a state file succeeded (1) or failed (0).', 'gauge', files.map((f) => [{ file: f.file }, f.ok ? 1 : 0]));
+  if (c.loopDelay !== undefined) {
+    // The histogram reports nanoseconds; its max is since the server started.
+    gauge('clonecast_event_loop_delay_max_seconds', 'Longest event-loop delay since the server started.', 'gauge', [[{}, c.loopDelay.max / 1e9]]);
+    gauge('clonecast_event_loop_delay_p99_seconds', '99th percentile of the event-loop delay since the server started.', 'gauge', [[{}, c.loopDelay.percentile(99) / 1e9]]);
+  }
   const pxe = c.pxe?.();
   if (pxe !== undefined) {
     gauge('clonecast_dhcp_packets_total', 'DHCP packets by what became of them.', 'counter', Object.entries(pxe.dhcp.counters).map(([result, n]) => [{ result }, n]));

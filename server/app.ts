@@ -17,6 +17,8 @@ import { CaptureManager } from './captures.js';
 import { loadOrCreateToken, tokenMatches } from './token.js';
 import type { Store } from './store/store.js';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { StateHealth, StateStatus } from '../state/state-file.js';
 import { bootToken, ipxeScript, machineOverride, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
 
 export { DEFAULT_LISTEN };
@@ -93,7 +95,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   await sessions.restore();
   // Machines held by a session or capture that ended while the server was down are free again.
   registry.reconcile((a) => (a.kind === 'session' ? sessions.isActive(a.id) : a.kind === 'capture' ? captures.isActive(a.id) : true));
-  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures };
+  const stateFiles = (): { file: string; state: StateStatus }[] => [
+    { file: 'machines.json', state: registry.file },
+    { file: 'sessions.json', state: sessions.file },
+    { file: 'captures.json', state: captures.file },
+    ...(pxe?.dhcp.leases?.file !== undefined ? [{ file: 'pxe/leases.json', state: pxe.dhcp.leases.file }] : []),
+  ];
+  // The pacing tick and the DHCP server share this loop: its delay is the first thing to look at when they lag.
+  const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+  loopDelay.enable();
+  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures, stateFiles, loopDelay };
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
 
@@ -145,6 +156,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     ws.on('error', () => watchers.delete(ws));
   };
   const changed = () => (dirty = true);
+  // A state file that cannot be saved is said once when it starts failing and once when it recovers.
+  const watchHealth = (file: string, state: StateStatus) =>
+    state.on('health', (h: StateHealth) => {
+      o.log?.(h.ok ? 'info' : 'warn', h.ok ? `${file} saved again` : `${file} cannot be saved (${h.error}); the server keeps running and retries; changes since ${new Date(h.pendingSince ?? Date.now()).toISOString()} are in memory only`);
+      changed();
+    });
+  for (const { file, state } of stateFiles()) watchHealth(file, state);
   registry.on('changed', changed);
   sessions.on('changed', changed);
   captures.on('changed', () => {
@@ -178,19 +196,22 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const base = `http://${senderAddress}:${actual}/`;
     if (!reachable) {
       server.close();
-      sessions.close();
-      captures.close();
+      loopDelay.disable();
+      void sessions.close();
+      void captures.close();
       throw new ClonecastError(ERR.USAGE, `--pxe: booting machines reach this server on ${senderAddress}, but it listens on ${host}; use --listen ${senderAddress}:${actual} or 0.0.0.0:${actual}`);
     }
     const cfg = o.pxe;
     try {
-      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined });
+      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, onClosed: changed });
     } catch (err) {
       server.close();
-      sessions.close();
-      captures.close();
+      loopDelay.disable();
+      void sessions.close();
+      void captures.close();
       throw err;
     }
+    if (pxe.dhcp.leases?.file !== undefined) watchHealth('pxe/leases.json', pxe.dhcp.leases.file);
     ctx.boot = {
       dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
       script: (mac) => {
@@ -209,11 +230,9 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     (closing ??= (async () => {
       if (err !== undefined) o.log?.('warn', `the server is stopping: ${err.message}`);
       clearInterval(pusher);
-      pxe?.close();
+      loopDelay.disable();
       agents.closeAll();
-      sessions.close();
-      captures.close();
-      registry.close();
+      await Promise.all([pxe?.close(), sessions.close(), registry.close(), captures.close()]);
       for (const ws of watchers) ws.terminate();
       await new Promise<void>((r) => server.close(() => r()));
       endedBy?.(err);

@@ -16,7 +16,7 @@ import { createWriteStream } from 'node:fs';
 import { readFile, rm } from 'node:fs/promises';
 import { pipeline } from 'node:stream/promises';
 import { Transform } from 'node:stream';
-import { loadJsonList } from './jsonfile.js';
+import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
 import { CHUNK, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -85,7 +85,8 @@ interface Pending {
 export class CaptureManager extends EventEmitter {
   private readonly captures = new Map<number, CaptureRecord>();
   private readonly pending = new Map<number, Pending>();
-  private readonly path: string;
+  /** captures.json; its health() says whether it is saved. */
+  readonly file: StateFile<CaptureRecord[]>;
   /** When each running capture's machine was first seen disconnected (ms since epoch). */
   private readonly lostSince = new Map<number, number>();
   private readonly timer: NodeJS.Timeout;
@@ -103,8 +104,8 @@ export class CaptureManager extends EventEmitter {
     this.lostAfterMs = (options.lostAfterS ?? CAPTURE_DEFAULTS.lostAfterS) * 1000;
     this.timer = setInterval(() => this.tick(), Math.min(1000, this.lostAfterMs / 4));
     this.timer.unref();
-    this.path = join(store.root, 'captures.json');
-    const { list, setAside } = loadJsonList<CaptureRecord>(this.path);
+    this.file = listFile<CaptureRecord>(join(store.root, 'captures.json'));
+    const { value: list, setAside } = this.file;
     if (setAside !== undefined) this.log?.('warn', `captures.json could not be read; kept as ${setAside}, starting with no captures`);
     for (const c of list) this.captures.set(c.id, c);
   }
@@ -112,11 +113,6 @@ export class CaptureManager extends EventEmitter {
   /** True if capture `id` is running (it holds its machine). */
   isActive(id: number): boolean {
     return this.captures.get(id)?.state === 'running';
-  }
-
-  /** Stops the timer. */
-  close(): void {
-    clearInterval(this.timer);
   }
 
   list(): CaptureRecord[] {
@@ -353,7 +349,18 @@ export class CaptureManager extends EventEmitter {
   }
 
   private save(): void {
-    this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list().slice(0, 200), null, 1)));
+    this.file.set(this.list().slice(0, 200));
+  }
+
+  /** Resolves once every change so far is in captures.json. */
+  commit(): Promise<void> {
+    return this.file.commit();
+  }
+
+  /** Stops the timer and writes pending changes (bounded wait). */
+  close(): Promise<void> {
+    clearInterval(this.timer);
+    return this.file.close();
   }
 }
 

@@ -6,11 +6,12 @@
  * deploy can never take a machine that is being captured, nor a capture one
  * that is being written. Also kept: names and groups given by the
  * administrator, the image each machine last received, its session history.
- * Persisted in the data directory as machines.json, written atomically
- * (temp file, fsync, rename) at most every SAVE_MS and on close.
+ * Persisted in the data directory as machines.json (state/state-file.ts:
+ * written off the event loop, temp file, fsync, rename) at most every
+ * SAVE_MS and on close.
  */
 import { EventEmitter } from 'node:events';
-import { loadJsonList } from './jsonfile.js';
+import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
 import type { DiskInfo } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -100,16 +101,17 @@ export class Registry extends EventEmitter {
   private readonly machines = new Map<string, MachineRecord>();
   private timer: NodeJS.Timeout | undefined;
   private closed = false;
-  private readonly path: string;
+  /** machines.json; its health() says whether it is saved. */
+  readonly file: StateFile<MachineRecord[]>;
   /** Set when the file could not be read (it was kept aside under this name). */
   readonly setAside: string | undefined;
 
-  constructor(private readonly store: Store) {
+  constructor(store: Store) {
     super();
-    this.path = join(store.root, 'machines.json');
-    const { list, setAside } = loadJsonList<MachineRecord>(this.path);
-    this.setAside = setAside;
-    for (const m of list) {
+    // The registry debounces its own changes (SAVE_MS): the file writes at once when handed them.
+    this.file = listFile<MachineRecord>(join(store.root, 'machines.json'), { debounceMs: 0 });
+    this.setAside = this.file.setAside;
+    for (const m of this.file.value) {
       // Files from before activities: nothing held them.
       const old = m as Partial<MachineRecord> & MachineRecord;
       this.machines.set(m.id, { ...m, name: old.name ?? '', groups: old.groups ?? [], activity: old.activity ?? IDLE, online: false, state: 'offline', progress: null });
@@ -228,17 +230,24 @@ export class Registry extends EventEmitter {
     if (entry.outcome === 'done') m.lastImage = { name: entry.image, version: entry.version, at: entry.endedAt, verified: entry.verified };
   }
 
-  /** Writes the file now. */
+  /** Hands the file the current list; it is written in the background (commit() waits for it). */
   save(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    this.store.writeAtomic(this.path, Buffer.from(JSON.stringify(this.list(), null, 1)));
+    this.file.set(this.list());
   }
 
-  /** Writes pending changes; later changes stay in memory only. */
-  close(): void {
+  /** Resolves once every change so far is on disk. */
+  commit(): Promise<void> {
+    if (this.timer !== undefined) this.save();
+    return this.file.commit();
+  }
+
+  /** Writes pending changes (bounded wait); later changes stay in memory only. */
+  async close(): Promise<void> {
     if (this.timer !== undefined) this.save();
     this.closed = true;
+    await this.file.close();
   }
 
   private changed(): void {

@@ -10,7 +10,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { loadJsonList } from './jsonfile.js';
+import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
 import { After, isFinalState, MachineState, stateName, type Assign, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -126,7 +126,8 @@ interface Live {
 export class SessionManager extends EventEmitter {
   private readonly sessions = new Map<number, SessionRecord>();
   private readonly live = new Map<number, Live>();
-  private readonly path: string;
+  /** sessions.json; its health() says whether it is saved. */
+  readonly file: StateFile<SessionRecord[]>;
   /** Ids and group slots taken by sessions being created (chosen before any await, so two creations never share one). */
   private readonly reserved = { ids: new Set<number>(), slots: new Set<number>() };
   private timer: NodeJS.Timeout | undefined;
@@ -135,7 +136,7 @@ export class SessionManager extends EventEmitter {
 
   constructor(private readonly o: SessionManagerOptions) {
     super();
-    this.path = join(o.store.root, 'sessions.json');
+    this.file = listFile<SessionRecord>(join(o.store.root, 'sessions.json'));
     // A machine another session or a capture let go of may be one a waiting session names.
     o.registry.on('released', (id: string) => {
       const m = o.registry.get(id);
@@ -145,7 +146,7 @@ export class SessionManager extends EventEmitter {
 
   /** Loads saved sessions and restarts the senders of active ones. */
   async restore(): Promise<void> {
-    const { list, setAside } = loadJsonList<SessionRecord>(this.path);
+    const { value: list, setAside } = this.file;
     if (setAside !== undefined) this.o.log?.('warn', `sessions.json could not be read; kept as ${setAside}, starting with no sessions`);
     for (const s of list) this.sessions.set(s.id, s);
     for (const s of this.sessions.values()) {
@@ -376,12 +377,18 @@ export class SessionManager extends EventEmitter {
     this.checkEnd(s);
   }
 
-  /** Stops every sender and saves. */
-  close(): void {
+  /** Stops every sender and saves (bounded wait). */
+  close(): Promise<void> {
     clearInterval(this.timer);
     for (const l of this.live.values()) l.sender.stop();
     this.live.clear();
     this.save();
+    return this.file.close();
+  }
+
+  /** Resolves once every change so far is in sessions.json; rejects if it could not be written. */
+  commit(): Promise<void> {
+    return this.file.commit();
   }
 
   // ---- internals ----
@@ -583,12 +590,13 @@ export class SessionManager extends EventEmitter {
   /** Saves now and resolves once the sessions are on disk (rejects if they could not be written). */
   private async persist(): Promise<void> {
     this.save();
+    await this.file.commit();
   }
 
   private save(): void {
     const all = this.list();
     const kept = all.filter((s, i) => ACTIVE.has(s.state) || i < SESSION_DEFAULTS.keep);
-    this.o.store.writeAtomic(this.path, Buffer.from(JSON.stringify(kept.reverse(), null, 1)));
+    this.file.set(kept.reverse());
   }
 }
 

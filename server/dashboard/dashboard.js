@@ -53,7 +53,20 @@ function rows(id, list) {
 const td = (v, cls) => h('td', { class: cls }, v);
 const stateCell = (state) => h('td', { class: `state-${state}` }, state);
 
+// A red banner while the server cannot save its state or network boot has stopped (text only, never HTML).
+function renderHealth(h) {
+  const box = $('#health');
+  const problems = [];
+  for (const f of (h && h.files) || []) {
+    if (!f.ok) problems.push(`${f.file} cannot be saved since ${time(new Date(f.since).toISOString())} (${f.error}); changes are kept in memory and retried`);
+  }
+  if (h && h.pxe && !h.pxe.ok) problems.push(`network boot stopped: ${h.pxe.error}; restart the server`);
+  box.hidden = problems.length === 0;
+  box.textContent = problems.length ? `Server problem: ${problems.join(' · ')}` : '';
+}
+
 function render(s) {
+  renderHealth(s.server.health);
   $('#server').textContent = `v${s.server.version} · ${s.server.agents} agent(s) connected · multicast ${s.server.senderAddress || 'off (serve --interface IF)'}`;
   const byAddress = [...s.machines].sort((a, b) => String(a.address).localeCompare(String(b.address), undefined, { numeric: true }) || a.id.localeCompare(b.id));
   rows('machines', byAddress.map((m) => {

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSocket, type Socket } from 'node:dgram';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { clientArch, decodeDhcp, encodeDhcp, ipBytes, MessageType, messageType, OPT, optionIp, type DhcpPacket } from '../../protocol/dhcp.js';
 import { DhcpServer, type DhcpServerOptions } from '../../pxe/dhcp-server.js';
@@ -84,6 +84,26 @@ describe('DHCP server, full mode', () => {
     expect(pxe.file).toBe('http://127.0.0.1:8080/boot/ipxe');
     expect(pxe.options.get(OPT.VENDOR_CLASS)?.toString()).toBe('PXEClient');
     expect(server.counters).toMatchObject({ offers: 2, acks: 1 });
+  });
+
+  it('an ACK is sent only once its lease is on disk: a lease that cannot be saved gets no ACK, and the retry does', async () => {
+    const dir = tempDir('dhcp');
+    const path = join(dir, 'pxe', 'leases.json');
+    // The disk "fails": a file stands where the leases' folder should be.
+    writeFileSync(join(dir, 'pxe'), 'x');
+    const { send, server } = await setup({ leasesPath: path });
+    await send(fixture('udhcpc-discover'));
+    const request = withOptions(fixture('udhcpc-request'), [[OPT.REQUESTED_IP, ipBytes('127.0.0.100')], [OPT.SERVER_ID, ipBytes('127.0.0.1')]]);
+    expect(await send(request)).toEqual([]);
+    expect(server.counters).toMatchObject({ acks: 0, unsaved: 1 });
+    expect(server.leases!.health()).toMatchObject({ ok: false });
+    rmSync(join(dir, 'pxe'));
+    await new Promise((r) => setTimeout(r, 600)); // a failing file is tried again at most every 0.5 s
+    const [ack] = await send(request);
+    expect(messageType(ack)).toBe(MessageType.ACK);
+    expect(JSON.parse(readFileSync(path, 'utf8'))).toEqual([expect.objectContaining({ ip: '127.0.0.100' })]);
+    expect(server.counters).toMatchObject({ acks: 1, unsaved: 1 });
+    expect(server.leases!.health()).toMatchObject({ ok: true });
   });
 
   it('NAKs a request for an address it cannot give, and stays silent when another server was chosen', async () => {

@@ -66,3 +66,45 @@ describe('network boot wiring', () => {
     expect(b.stderr).toMatch(/--pxe takes proxy .* or full/);
   });
 });
+
+describe('one error path per boot service', () => {
+  it('a failure of the DHCP socket ends the service once: every socket closed, the error reported once, nothing thrown', async () => {
+    const { DhcpServer } = await import('../../pxe/dhcp-server.js');
+    const server = new DhcpServer({ mode: 'proxy', serverAddress: '127.0.0.1', netmask: '255.0.0.0', boot: () => null, port: 0, pxePort: 0, bindAddress: '127.0.0.1' });
+    await server.start();
+    const closed: (Error | undefined)[] = [];
+    server.on('closed', (err?: Error) => closed.push(err));
+    const sockets = server as unknown as { main: import('node:dgram').Socket; pxe: import('node:dgram').Socket };
+    sockets.main.emit('error', new Error('EIO on the socket'));
+    sockets.pxe.emit('error', new Error('a second failure'));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(closed.map((e) => e?.message)).toEqual(['EIO on the socket']);
+    expect(() => sockets.main.address()).toThrow(); // closed
+    expect(() => sockets.pxe.address()).toThrow();
+    await server.close(); // again: nothing happens
+    expect(closed).toHaveLength(1);
+  });
+
+  it('a failure of the TFTP listener ends the service once and every transfer with it', async () => {
+    const { TftpServer } = await import('../../pxe/tftp-server.js');
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const root = mkdtempSync(join(tmpdir(), 'cc-tftp-'));
+    try {
+      const server = new TftpServer({ root, address: '127.0.0.1', port: 0 });
+      await server.start();
+      const closed: (Error | undefined)[] = [];
+      server.on('closed', (err?: Error) => closed.push(err));
+      const listener = (server as unknown as { socket: import('node:dgram').Socket }).socket;
+      listener.emit('error', new Error('ENETDOWN'));
+      listener.emit('error', new Error('again'));
+      expect(closed.map((e) => e?.message)).toEqual(['ENETDOWN']);
+      expect(() => listener.address()).toThrow();
+      server.close();
+      expect(closed).toHaveLength(1);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
