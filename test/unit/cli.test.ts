@@ -107,17 +107,20 @@ describe('kill -9 during an import', () => {
 
   it('leaves the store consistent at every kill and a restart reuses stored chunks', async () => {
     let midway = 0;
-    for (const delay of [250, 350, 450, 600, 800]) {
+    const chunks = join(data, 'chunks');
+    const stored = () => (existsSync(chunks) ? readdirSync(chunks).reduce((n, d) => n + readdirSync(join(chunks, d)).length, 0) : 0);
+    // Each run is killed once it has stored a few new chunks (not after a fixed time: a busy or an
+    // idle machine would move the kill before the store exists or after the import finished).
+    for (let run = 0; run < 5; run++) {
+      const before = stored();
       const child = spawn(process.execPath, [CLI, 'image', 'import', src, 'big', '--data', data, '--workers', '1', '--json'], { stdio: 'ignore' });
-      const closed = new Promise((r) => child.on('close', r));
-      await new Promise((r) => setTimeout(r, delay));
+      let exited = false;
+      const closed = new Promise((r) => child.on('close', () => r((exited = true))));
+      while (!exited && stored() - before < 4) await new Promise((r) => setTimeout(r, 2));
       child.kill('SIGKILL');
       await closed;
       const versions = existsSync(join(data, 'images', 'big')) ? readdirSync(join(data, 'images', 'big')).filter((f) => f.endsWith('.manifest')) : [];
-      // Under load a kill can land before the process has even made the store.
-      const chunks = join(data, 'chunks');
-      const stored = existsSync(chunks) ? readdirSync(chunks).reduce((n, d) => n + readdirSync(join(chunks, d)).length, 0) : 0;
-      if (versions.length === 0 && stored > 0) midway++;
+      if (versions.length === 0 && stored() > 0) midway++;
       // Whatever was published is whole, and nothing half-made is visible.
       const v = await cli(['image', 'verify', '--data', data, '--json']);
       expect(v.code, v.stdout).toBe(0);
