@@ -106,6 +106,15 @@ describe('state files on a full disk', () => {
     expect(await metrics()).toMatch(/clonecast_state_dirty\{file="machines.json"\} 1/);
 
     // Still serving: the process lives, the API answers, the agent is known in memory.
+    // A session that cannot be saved is not created: no phantom session with a live sender.
+    const api = (path: string, body?: unknown) =>
+      fetch(`${url}${path}`, { method: body === undefined ? 'GET' : 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const refused = await api('api/sessions', { image: 'tiny', rule: { machines: [MACHINE] } });
+    expect(refused.status).toBe(503);
+    expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(/could not be saved, so it was not created/);
+    expect(await (await api('api/sessions')).json()).toEqual([]);
+    expect(await metrics()).not.toMatch(/clonecast_sessions\{state="waiting"\} [1-9]/);
+
     await sleep(1500); // a retry or two more
     expect(server!.child.exitCode).toBeNull();
     const machines = (await (await fetch(`${url}api/machines`, { headers: { authorization: `Bearer ${token}` } })).json()) as { id: string }[];
@@ -122,6 +131,9 @@ describe('state files on a full disk', () => {
     expect(saved.map((m) => m.id)).toContain(MACHINE);
     expect(await metrics()).toMatch(/clonecast_state_dirty\{file="machines.json"\} 0/);
     expect(server!.out).toMatch(/machines\.json saved again/);
+    // With space back, the same session is created and takes the machine.
+    const made = await api('api/sessions', { image: 'tiny', rule: { machines: [MACHINE] } });
+    expect(made.status).toBe(201);
     expect(server!.child.exitCode).toBeNull();
   }, 120_000);
 });
