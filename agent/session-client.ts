@@ -4,7 +4,7 @@
  */
 import { decodeManifest, type Manifest } from '../protocol/manifest.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import type { SessionInfo } from './receiver.js';
+import type { SessionInfo } from '../transfer/session.js';
 
 /** What a receiver fetches before it joins. */
 export interface JoinInfo {

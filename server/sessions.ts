@@ -14,22 +14,18 @@ import { join } from 'node:path';
 import { After, isFinalState, MachineState, stateName, type Assign, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
-import { Sender } from './mcast/sender.js';
+import { Sender, type DropEvent } from '../transfer/sender.js';
+import { dropReasonText, liveness, startRuleMet, type StartRule as EngineStartRule } from '../transfer/policy.js';
+import { TRANSFER_DEFAULTS } from '../transfer/session.js';
+import { ReceiverState } from '../protocol/mcast.js';
 import type { MachineRecord, Registry, TransferCounts } from './registry.js';
 import { parseRef, type ImageRef, type Store } from './store/store.js';
 import { chooseDisk } from './targets.js';
 
-/** When a session starts; any rule met starts it. No rule at all means now. */
-export interface StartRule {
-  /** As soon as this many machines joined. */
-  clients?: number;
+/** When a session starts; any rule met starts it. No rule at all means now. The engine's rule (clients, waitS, at, now) plus the server's own: */
+export interface StartRule extends EngineStartRule {
   /** As soon as every one of these machines (MACs) joined; only they may join. */
   machines?: string[];
-  /** This many seconds after the first machine joined. */
-  waitS?: number;
-  /** At this time (ISO 8601). */
-  at?: string;
-  now?: boolean;
 }
 
 /** What `deploy` asks for. */
@@ -69,6 +65,8 @@ export interface SessionMachine extends TransferCounts {
   endedAt: string | null;
   /** ms since epoch when it went offline; 0 while connected. */
   offlineSince: number;
+  /** The id its receiver uses on the wire (the Assign's receiver_id): chosen once, kept across reassignments. */
+  receiverId: number;
 }
 
 export type SessionState = 'waiting' | 'running' | 'done' | 'failed' | 'cancelled';
@@ -117,7 +115,7 @@ export interface SessionManagerOptions {
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: 60, fragmentSize: 1440, port: 9000, keep: 200 });
+export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: TRANSFER_DEFAULTS.dropAfterMs / 1000, fragmentSize: TRANSFER_DEFAULTS.fragmentSize, port: TRANSFER_DEFAULTS.port, keep: 200 });
 
 const ACTIVE: ReadonlySet<SessionState> = new Set(['waiting', 'running']);
 const FINAL_MACHINE = new Set(['done', 'failed', 'dropped', 'cancelled']);
@@ -374,9 +372,9 @@ export class SessionManager extends EventEmitter {
       hold: true,
       rateMbit: s.rateMbit ?? undefined,
       fragmentSize: s.fragmentSize,
-      dropAfterMs: s.dropAfterS * 1000,
     });
     sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
+    sender.on('drop', (d: DropEvent) => this.dropped(s, d));
     const senderPort = await sender.start();
     this.live.set(s.id, { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort });
   }
@@ -398,7 +396,7 @@ export class SessionManager extends EventEmitter {
     s.firstJoinAt ??= now;
     s.machines[machine.id] = {
       state: 'assigned', mac: s.rule.machines?.find((mac) => mac === machine.id || machine.macs.includes(mac)) ?? '', device: '', error: '', chunksDone: 0, chunksTotal: 0, bytesWritten: 0, rateBps: 0, loss: 0, nacks: 0, skipped: 0,
-      verified: false, digestOk: null, chunksVerified: 0, chunksBad: 0, seconds: 0, joinedAt: now, endedAt: null, offlineSince: 0,
+      verified: false, digestOk: null, chunksVerified: 0, chunksBad: 0, seconds: 0, joinedAt: now, endedAt: null, offlineSince: 0, receiverId: newReceiverId(s),
     };
     this.o.log?.('info', `session ${s.id}: ${machine.id} (${machine.hostname}) joined${s.state === 'running' ? ' the running session' : ''}`);
     this.assign(s, machine, false);
@@ -421,6 +419,7 @@ export class SessionManager extends EventEmitter {
     const differential = s.differential ?? (last !== null && last.name === s.image);
     if (differential && !resume) this.o.log?.('info', `session ${s.id}: ${machine.id} restores differentially (its disk ${last ? `last received ${last.name}@${last.version}` : 'is checked first'})`);
     m.device = choice.device;
+    m.receiverId ||= newReceiverId(s); // a session saved before receivers were named
     if (m.state === 'offline') m.state = 'assigned';
     m.offlineSince = 0;
     this.o.registry.update(machine.id, { state: m.state, session: s.id, image: `${s.image}@${s.version}`, lastError: '' });
@@ -438,6 +437,7 @@ export class SessionManager extends EventEmitter {
         senderPort: live.senderPort,
         sessionKey: s.key,
         fragmentSize: s.fragmentSize,
+        receiverId: m.receiverId,
         after: AFTER[s.after],
         manifestPath: `/api/sessions/${s.id}/manifest`,
         manifestSha256: live.manifestSha,
@@ -512,14 +512,33 @@ export class SessionManager extends EventEmitter {
         const c = live.sender.counters;
         s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
       }
-      for (const [id, m] of Object.entries(s.machines)) {
-        if (m.state === 'offline' && now - m.offlineSince > s.dropAfterS * 1000) {
-          this.finishMachine(s, id, { state: 'dropped', error: `no contact for ${s.dropAfterS} s; it may have lost power or its network` });
+      const dropAfterMs = s.dropAfterS * 1000;
+      // The receivers' liveness, as the sender sees them: a drop comes back through the 'drop' event (dropped()).
+      if (live !== undefined) {
+        const mine = new Set(Object.values(s.machines).filter((m) => !FINAL_MACHINE.has(m.state)).map((m) => m.receiverId));
+        const at = performance.now();
+        for (const r of live.sender.receivers()) {
+          const reason = mine.has(r.receiverId) ? liveness(r, at, dropAfterMs) : null;
+          if (reason !== null) live.sender.drop(r.receiverId, reason);
         }
+      }
+      // A machine whose control connection is gone, by the same rule: nothing heard since it went offline.
+      for (const [id, m] of Object.entries(s.machines)) {
+        if (m.state !== 'offline') continue;
+        const reason = liveness({ state: ReceiverState.RECEIVING, lastHeardAt: m.offlineSince, lastProgressAt: m.offlineSince }, now, dropAfterMs);
+        if (reason !== null) this.finishMachine(s, id, { state: 'dropped', error: `no contact with its agent: ${dropReasonText(reason, dropAfterMs)}` });
       }
       this.evaluate(s);
       this.checkEnd(s);
     }
+  }
+
+  /** The sender gave a receiver up: its machine ends as dropped, with the reason in words. */
+  private dropped(s: SessionRecord, d: DropEvent): void {
+    const entry = Object.entries(s.machines).find(([, m]) => m.receiverId === d.receiverId);
+    if (entry === undefined || FINAL_MACHINE.has(entry[1].state) || !ACTIVE.has(s.state)) return;
+    this.finishMachine(s, entry[0], { state: 'dropped', error: `the session dropped it: ${dropReasonText(d.reason, s.dropAfterS * 1000)}` });
+    this.checkEnd(s);
   }
 
   private save(): void {
@@ -575,16 +594,29 @@ export function describeRule(r: StartRule): string {
   return parts.join(' or ');
 }
 
-/** Why the rule is met, or null. A machine counts as joined once it waits on the group or has ended. */
+/**
+ * Why the rule is met, or null: the engine's rule (transfer/policy.ts) for clients, wait, at and
+ * now, and the server's own for a list of machines. A machine counts as joined once it waits on
+ * the group or has ended.
+ */
 function ruleMet(s: SessionRecord, now: number): string | null {
-  const r = s.rule;
+  const { machines, ...rule } = s.rule;
   const joined = Object.entries(s.machines).filter(([, m]) => m.state !== 'assigned' && m.state !== 'offline');
-  if (r.now) return 'its rule is "now"';
-  if (r.clients !== undefined && joined.length >= r.clients) return `${joined.length} machines joined`;
-  if (r.machines !== undefined && r.machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
-  if (r.waitS !== undefined && s.firstJoinAt !== null && joined.length > 0 && now - Date.parse(s.firstJoinAt) >= r.waitS * 1000) return `${r.waitS} s since the first machine joined`;
-  if (r.at !== undefined && now >= Date.parse(r.at)) return `it is ${r.at}`;
-  return null;
+  if (machines !== undefined && machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
+  // A machines-only rule is not "no rule": it waits for them.
+  if (machines !== undefined && rule.clients === undefined && rule.waitS === undefined && rule.at === undefined && rule.now !== true) return null;
+  const firstJoinAt = s.firstJoinAt !== null ? Date.parse(s.firstJoinAt) : null;
+  const why = startRuleMet(rule, { count: joined.length, firstJoinAt }, now);
+  return why === null ? null : why.replace(/ joined$/, ' machines joined');
+}
+
+/** A random non-zero receiver id that no other machine of the session has. */
+function newReceiverId(s: SessionRecord): number {
+  const used = new Set(Object.values(s.machines).map((m) => m.receiverId));
+  for (;;) {
+    const id = randomBytes(4).readUInt32BE(0);
+    if (id !== 0 && !used.has(id)) return id;
+  }
 }
 
 /** Seconds left at the current rate, counting a full chunk for each one missing. */

@@ -1,30 +1,33 @@
 /**
- * The multicast receiver (docs/protocol.md). Receive loop: decode,
- * validate (sender, session, chunk, sizes), reassemble, check xxh64 against
- * the manifest, hand the chunk to the writer through a bounded queue. A full
- * queue never blocks reception: the chunk stays needed and comes again.
- * Every report interval it tells the sender what it still needs.
+ * The multicast receiver (docs/protocol.md). Receive loop: decode, validate
+ * (sender, session), reassemble (reassembly.ts: sizes against the
+ * manifest), check xxh64 against the manifest, hand the chunk to the writer
+ * (writer.ts) through a bounded queue that never blocks reception. Every
+ * report interval it tells the sender what it still needs. At the end it
+ * reads the disk back (verifier.ts).
+ *
+ * One way out: run() settles exactly once, and after stop() nothing of the
+ * run (timers, a verify in progress, a last report) touches the socket or
+ * the disk again.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
-import { CHUNK, chunkLength, decodeChunk, isZero } from '../protocol/chunk.js';
+import { chunkAt, ChunkKind, type Manifest } from '../protocol/manifest.js';
+import { chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { initHashes, sha256, xxh64 } from '../protocol/hash.js';
-import { decode, DropReason, encodeStatus, fragmentCount, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Nack, type Range } from '../protocol/mcast.js';
+import { initHashes } from '../protocol/hash.js';
+import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
 import type { CreateSocket, RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
-import { createUdpSocket, growBuffers } from '../server/mcast/udp.js';
+import { ChunkState, Reassembly } from './reassembly.js';
+import type { SessionInfo } from './session.js';
+import { createUdpSocket, growBuffers } from './udp.js';
+import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
+import { Writer } from './writer.js';
 
-/** What a receiver needs to know about a session (the sender publishes it). */
-export interface SessionInfo {
-  session: number;
-  group: string;
-  port: number;
-  sender: { address: string; port: number };
-  fragmentSize: number;
-}
+export type { SessionInfo } from './session.js';
+export type { Verification } from './verifier.js';
 
 /** Defaults of ReceiverOptions. */
 export const RECEIVER_DEFAULTS = Object.freeze({
@@ -49,6 +52,7 @@ export interface ReceiverOptions {
   force?: boolean;
   /** Local IPv4 address of the interface to join the group on. */
   interfaceAddress?: string;
+  /** The id the server gave this receiver (the Assign's receiver_id); without one, a hash of host, interface and target. */
   receiverId?: number;
   /** Check which chunks the target already holds and skip them. */
   resume?: boolean;
@@ -95,41 +99,9 @@ export interface ReceiverResult {
   counters: ReceiverCounters;
 }
 
-/** What reading a disk back found. */
-export interface Verification {
-  chunksVerified: number;
-  /** Chunks that did not read back as written (the first MAX_BAD_LISTED). */
-  bad: number[];
-  chunksBad: number;
-  /** diskDigest() of what was read back: comparable with the manifest's. */
-  digest: Buffer;
-}
-
-const MAX_BAD_LISTED = 32;
 /** The unicast fallback: no data for this long while the sender sent this many packets. */
 const UNICAST_AFTER_MS = 3000;
 const UNICAST_AFTER_PACKETS = 64;
-
-const NEEDED = 0;
-const PARTIAL = 1;
-const QUEUED = 2;
-const DONE = 3;
-const NOT_SENT = 4; // zero or absent: never on the wire
-
-interface Partial {
-  buf: Buffer;
-  got: Uint8Array;
-  count: number;
-  fragments: number;
-  lastAt: number;
-  nackedAt: number;
-}
-
-interface Pending {
-  chunk: number;
-  buf: Buffer;
-  length: number;
-}
 
 /** A receiver for one session. */
 export class Receiver extends EventEmitter {
@@ -147,63 +119,44 @@ export class Receiver extends EventEmitter {
     rejected: { malformed: 0, foreign: 0, otherSession: 0, badChunk: 0 },
   };
   state: ReceiverState = ReceiverState.JOINING;
-  private readonly n: number;
-  private readonly status: Uint8Array;
-  private readonly stored: Uint32Array; // stored-form length of each data chunk
-  private readonly hashes: BigUint64Array;
-  private readonly partials = new Map<number, Partial>();
-  private readonly queue: Pending[] = [];
-  private readonly spare: Buffer[] = [];
-  private readonly partialPool: Buffer[] = [];
-  private wanted = 0;
+  private readonly chunks: Reassembly;
+  private readonly queueChunks: number;
   private done = 0;
   private skipped = 0;
   private socket: UdpSocket | undefined;
   private disk: Disk | undefined;
+  private writer: Writer | undefined;
   private seq = 0;
   private readonly incarnation = randomBytes(4).readUInt32BE(0);
   private firstSeq = -1;
   private maxSeq = -1;
   private srtt = 0;
   private sentAt = new Map<number, number>();
-  private cursor = 0;
   private lastHeard = performance.now();
-  private writing = false;
   private timer: NodeJS.Timeout | undefined;
   private finished: ((r: ReceiverResult) => void) | undefined;
   private failed: ((e: unknown) => void) | undefined;
   private acked = false;
   private started = 0;
   private stopError: unknown;
+  /** The end-of-run task (flush, verify, final reports); run() waits for it before closing the disk. */
+  private completing: Promise<void> | undefined;
   /** Send my data by unicast: asked for, or multicast never arrives while the sender sends. */
   unicast = false;
   private lastDataAt = 0;
   /** The sender's packet sequence in its latest ACK, and what it was when data last arrived. */
   private ackSeq = 0;
   private ackSeqAtData = 0;
-  /** Failed or stopped: the writer leaves what is queued. */
+  /** Failed or stopped: nothing more is written, read, or sent. */
   private halted = false;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
-    // Stable across restarts of the same machine and disk, so that the
-    // sender sees a restarted receiver as the one it already knows.
+    // Without an id from the server: stable across restarts of the same
+    // machine and disk, so that the sender sees a restarted receiver as the one it already knows.
     this.id = options.receiverId ?? createHash('sha256').update(`${hostname()}|${options.interfaceAddress ?? ''}|${options.target}`).digest().readUInt32BE(0);
-    const { table } = options.manifest;
-    this.n = tableLength(table);
-    this.status = new Uint8Array(this.n);
-    this.stored = new Uint32Array(this.n);
-    this.hashes = new BigUint64Array(this.n);
-    for (let i = 0; i < this.n; i++) {
-      const r = chunkAt(table, i);
-      if (r.kind === ChunkKind.DATA) {
-        this.stored[i] = CHUNK.HEADER_SIZE + r.storedLength;
-        this.hashes[i] = r.xxh64;
-        this.wanted++;
-      } else {
-        this.status[i] = NOT_SENT;
-      }
-    }
+    this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials);
+    this.queueChunks = options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
   }
 
   /** Joins the session and writes the image; resolves when the disk is complete and verified. */
@@ -213,37 +166,45 @@ export class Receiver extends EventEmitter {
     const { meta } = this.options.manifest;
     const disk = Disk.open(this.options.target, { write: true, force: this.options.force, createSize: meta.diskSize });
     this.disk = disk;
+    this.writer = new Writer(disk, meta.chunkSize, this.queueChunks, {
+      written: (chunk, length) => this.written(chunk, length),
+      failed: (err) => this.fail(new ClonecastError(ERR.WRITE_ERROR, `writing ${this.options.target} failed: ${(err as Error).message}`, {}, { cause: err })),
+      drained: () => this.maybeComplete(),
+    }, this.options.writeLimit);
     try {
       if (disk.size < meta.diskSize) {
         throw new ClonecastError(ERR.TARGET_TOO_SMALL, `${this.options.target} holds ${disk.size} bytes but the image needs ${meta.diskSize}; use a larger disk`);
       }
       this.markKnown();
-      if (this.options.resume) await this.scanExisting();
+      if (this.options.resume) await this.scan();
       await this.zeroChunks();
       if (this.stopError !== undefined) throw this.stopError;
       return await this.receive();
     } finally {
+      this.halted = true;
+      this.writer.halt();
       clearInterval(this.timer);
       this.socket?.close();
-      // A write may still be in flight after a failure or stop(): the fd must outlive it.
-      while (this.writing) await new Promise((r) => setTimeout(r, 5));
+      // A write or a read-back may still be in flight after a failure or stop(): the fd must outlive it.
+      await this.writer.idle();
+      await this.completing;
       disk.close();
     }
   }
 
   /** Chunks done so far (one byte per chunk, 1: written), to hand to a later run on the same disk. */
   doneMap(): Uint8Array {
-    const map = new Uint8Array(this.n);
-    for (let i = 0; i < this.n; i++) map[i] = this.status[i] === DONE ? 1 : 0;
+    const map = new Uint8Array(this.chunks.chunks);
+    for (let i = 0; i < map.length; i++) map[i] = this.chunks.status[i] === ChunkState.DONE ? 1 : 0;
     return map;
   }
 
   /** Progress so far. */
   progress(): { state: ReceiverState; done: number; wanted: number; skipped: number } {
-    return { state: this.state, done: this.done, wanted: this.wanted, skipped: this.skipped };
+    return { state: this.state, done: this.done, wanted: this.chunks.wanted, skipped: this.skipped };
   }
 
-  /** Leaves the session: run() rejects with err once no write is in flight. */
+  /** Leaves the session: run() rejects with err once no write or read is in flight. Safe at any time, also while verifying. */
   stop(err: unknown): void {
     this.stopError ??= err;
     this.fail(err);
@@ -252,31 +213,20 @@ export class Receiver extends EventEmitter {
   private markKnown(): void {
     const known = this.options.known;
     if (known === undefined) return;
-    if (known.length !== this.n) throw new RangeError(`known map has ${known.length} entries, the image ${this.n} chunks`);
-    for (let i = 0; i < this.n; i++) {
-      if (known[i] !== 0 && this.status[i] === NEEDED) {
-        this.status[i] = DONE;
-        this.done++;
-        this.skipped++;
-      }
-    }
+    if (known.length !== this.chunks.chunks) throw new RangeError(`known map has ${known.length} entries, the image ${this.chunks.chunks} chunks`);
+    for (let i = 0; i < known.length; i++) if (known[i] !== 0 && this.chunks.status[i] === ChunkState.NEEDED) this.skip(i);
   }
 
-  private async scanExisting(): Promise<void> {
-    const disk = this.disk!;
-    const { meta } = this.options.manifest;
-    const buf = disk.allocate(meta.chunkSize);
-    for (let i = 0; i < this.n && this.stopError === undefined; i++) {
-      if (this.status[i] !== NEEDED) continue;
-      const len = chunkLength(i, meta.diskSize, meta.chunkSize);
-      const got = await disk.read(buf, i * meta.chunkSize, len);
-      if (got === len && xxh64(buf.subarray(0, len)) === this.hashes[i]) {
-        this.status[i] = DONE;
-        this.done++;
-        this.skipped++;
-      }
-    }
-    this.emit('resume', { skipped: this.skipped, wanted: this.wanted });
+  private skip(i: number): void {
+    this.chunks.status[i] = ChunkState.DONE;
+    this.done++;
+    this.skipped++;
+  }
+
+  private async scan(): Promise<void> {
+    const status = this.chunks.status;
+    await scanExisting(this.disk!, this.options.manifest, this.chunks.hashes, (i) => status[i] === ChunkState.NEEDED, (i) => this.skip(i), () => this.stopError !== undefined);
+    this.emit('resume', { skipped: this.skipped, wanted: this.chunks.wanted });
   }
 
   private async zeroChunks(): Promise<void> {
@@ -287,7 +237,7 @@ export class Receiver extends EventEmitter {
       if (start >= 0) await this.disk!.zeroRange(start, end - start);
       start = -1;
     };
-    for (let i = 0; i < this.n; i++) {
+    for (let i = 0; i < this.chunks.chunks; i++) {
       if (chunkAt(table, i).kind !== ChunkKind.ZERO) continue;
       const s = i * meta.chunkSize;
       const e = s + chunkLength(i, meta.diskSize, meta.chunkSize);
@@ -306,24 +256,28 @@ export class Receiver extends EventEmitter {
     const socket = (this.options.createSocket ?? createUdpSocket)();
     this.socket = socket;
     socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    // A socket error after setup ends the run through the one error path, never as an uncaught 'error'.
+    socket.on('error', (err) => this.fail(err));
     await new Promise<void>((resolve) => socket.bind(session.port, undefined, resolve));
     socket.addMembership(session.group, interfaceAddress);
     growBuffers(socket);
-    this.state = this.done === this.wanted ? ReceiverState.VERIFYING : ReceiverState.RECEIVING;
+    this.state = this.done === this.chunks.wanted ? ReceiverState.VERIFYING : ReceiverState.RECEIVING;
     const result = new Promise<ReceiverResult>((resolve, reject) => {
       this.finished = resolve;
       this.failed = reject;
     });
+    if (this.halted) this.fail(this.stopError); // stopped while the socket was being set up
     this.lastHeard = performance.now(); // scanning and zeroing the disk took time, not the sender
     this.timer = setInterval(() => this.report(), RECEIVER_DEFAULTS.reportMs);
     this.report();
-    if (this.done === this.wanted) void this.complete();
+    if (this.done === this.chunks.wanted) this.startCompletion();
     return result;
   }
 
   // ---- receive loop ----
 
   private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    if (this.halted) return;
     const p = decode(msg);
     if (p === null) {
       this.counters.rejected.malformed++;
@@ -343,8 +297,7 @@ export class Receiver extends EventEmitter {
     else if (p.type === PacketType.ACK && p.receiver === this.id) {
       this.ackSeq = p.seq;
       this.onAck(p.echo, p.state, p.reason);
-    }
-    else this.counters.rejected.malformed++;
+    } else this.counters.rejected.malformed++;
   }
 
   private onData(p: DataPacket): void {
@@ -354,42 +307,11 @@ export class Receiver extends EventEmitter {
     // Once it has everything, the sender may unicast the rest to the last
     // receiver: sequence gaps then are not this receiver's loss.
     if (this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING) this.trackLoss(p.seq);
-    const c = p.chunk;
-    const expected = c < this.n ? this.stored[c] : 0;
-    const fragmentSize = this.options.session.fragmentSize;
-    // Sizes must agree with the manifest: anything else is not ours.
-    if (expected === 0 || p.storedLength !== expected || p.fragments !== fragmentCount(expected, fragmentSize)) {
-      this.counters.rejected.badChunk++;
-      return;
-    }
-    const offset = p.fragment * fragmentSize;
-    if (p.payload.length !== Math.min(fragmentSize, expected - offset)) {
-      this.counters.rejected.badChunk++;
-      return;
-    }
-    const st = this.status[c];
-    if (st === DONE || st === QUEUED) {
-      this.counters.duplicates++;
-      return;
-    }
-    let part = this.partials.get(c);
-    if (part === undefined) {
-      if (this.partials.size >= (this.options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials)) this.evictPartial();
-      const buf = this.partialPool.pop() ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + this.options.manifest.meta.chunkSize);
-      part = { buf, got: new Uint8Array(Math.ceil(p.fragments / 8)), count: 0, fragments: p.fragments, lastAt: 0, nackedAt: 0 };
-      this.partials.set(c, part);
-      this.status[c] = PARTIAL;
-    }
-    const bit = 1 << (p.fragment & 7);
-    if (part.got[p.fragment >> 3] & bit) {
-      this.counters.duplicates++;
-      return;
-    }
-    part.got[p.fragment >> 3] |= bit;
-    part.count++;
-    part.lastAt = performance.now();
-    p.payload.copy(part.buf, offset);
-    if (part.count === part.fragments) this.assembled(c, part);
+    const got = this.chunks.accept(p, this.lastHeard);
+    if (got.kind === 'bad') this.counters.rejected.badChunk++;
+    else if (got.kind === 'duplicate') this.counters.duplicates++;
+    else if (got.kind === 'assembled') this.assembled(got.chunk, got.stored, got.buf);
+    this.counters.evictions = this.chunks.evictions;
   }
 
   private trackLoss(seq: number): void {
@@ -403,93 +325,64 @@ export class Receiver extends EventEmitter {
     this.counters.lost = Math.max(0, span - this.counters.packets);
   }
 
-  private evictPartial(): void {
-    let victim = -1;
-    let fewest = Infinity;
-    for (const [c, part] of this.partials) {
-      if (part.count < fewest) {
-        fewest = part.count;
-        victim = c;
-      }
-    }
-    if (victim >= 0) {
-      this.partialPool.push(this.partials.get(victim)!.buf);
-      this.partials.delete(victim);
-      this.status[victim] = NEEDED;
-      this.counters.evictions++;
-    }
-  }
-
-  private assembled(c: number, part: Partial): void {
-    this.partials.delete(c);
-    const limit = this.options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
-    if (this.queue.length >= limit) {
+  private assembled(c: number, stored: Buffer, buf: Buffer): void {
+    const writer = this.writer!;
+    const status = this.chunks.status;
+    if (writer.full) {
       // The disk is behind: drop it; it is still needed and comes again.
-      this.partialPool.push(part.buf);
-      this.status[c] = NEEDED;
+      this.chunks.recycle(buf);
+      status[c] = ChunkState.NEEDED;
       this.counters.queueFullDrops++;
       return;
     }
     const { meta } = this.options.manifest;
     const length = chunkLength(c, meta.diskSize, meta.chunkSize);
-    const out = this.spare.pop() ?? this.disk!.allocate(meta.chunkSize);
+    const out = writer.buffer();
     try {
-      const { header } = decodeChunk(part.buf.subarray(0, this.stored[c]), `chunk ${c}`, out);
+      const { header } = decodeChunk(stored, `chunk ${c}`, out);
       // The manifest's hash, not the packet's, decides: a stray chunk never reaches the disk.
-      if (header.xxh64 !== this.hashes[c] || header.rawLength !== length) throw new Error('does not match the manifest');
+      if (header.xxh64 !== this.chunks.hashes[c] || header.rawLength !== length) throw new Error('does not match the manifest');
     } catch {
       this.counters.rejected.badChunk++;
-      this.status[c] = NEEDED;
-      this.spare.push(out);
+      status[c] = ChunkState.NEEDED;
+      writer.giveBack(out);
       return;
     } finally {
-      this.partialPool.push(part.buf);
+      this.chunks.recycle(buf);
     }
-    this.status[c] = QUEUED;
-    this.queue.push({ chunk: c, buf: out, length });
-    void this.drain();
+    status[c] = ChunkState.QUEUED;
+    writer.push({ chunk: c, buf: out, length });
   }
 
-  // ---- writer ----
+  private written(chunk: number, length: number): void {
+    this.chunks.status[chunk] = ChunkState.DONE;
+    this.done++;
+    this.counters.chunksWritten++;
+    this.counters.bytesWritten += length;
+    this.emit('progress', { done: this.done, wanted: this.chunks.wanted, bytesWritten: this.counters.bytesWritten });
+  }
 
-  private async drain(): Promise<void> {
-    if (this.writing) return;
-    this.writing = true;
-    const { meta } = this.options.manifest;
-    try {
-      while (this.queue.length > 0 && !this.halted) {
-        const item = this.queue[0];
-        const t0 = performance.now();
-        await this.disk!.write(item.buf, item.chunk * meta.chunkSize, item.length);
-        if (this.options.writeLimit) {
-          const until = t0 + (item.length / this.options.writeLimit) * 1000;
-          while (!this.halted && performance.now() < until) await new Promise((r) => setTimeout(r, Math.min(100, until - performance.now())));
-        }
-        this.queue.shift();
-        this.spare.push(item.buf);
-        this.status[item.chunk] = DONE;
-        this.done++;
-        this.counters.chunksWritten++;
-        this.counters.bytesWritten += item.length;
-        this.emit('progress', { done: this.done, wanted: this.wanted, bytesWritten: this.counters.bytesWritten });
-      }
-    } catch (err) {
-      this.fail(new ClonecastError(ERR.WRITE_ERROR, `writing ${this.options.target} failed: ${(err as Error).message}`, {}, { cause: err }));
-      return;
-    } finally {
-      this.writing = false;
-    }
-    if (this.done === this.wanted && this.state === ReceiverState.RECEIVING) void this.complete();
+  // ---- the end: flush, read back, tell the sender ----
+
+  private maybeComplete(): void {
+    if (!this.halted && this.done === this.chunks.wanted && this.state === ReceiverState.RECEIVING) this.startCompletion();
+  }
+
+  private startCompletion(): void {
+    if (this.completing !== undefined) return;
+    // Whatever happens in it ends in fail() or finished(), never in an unhandled rejection.
+    this.completing = this.complete().catch((err) => this.fail(err));
   }
 
   private async complete(): Promise<void> {
     this.state = ReceiverState.VERIFYING;
+    this.emit('verifying');
     this.report();
     let verification: Verification | undefined;
     try {
       await this.disk!.flush();
       if (this.options.verify !== false) {
-        verification = await this.verifyDisk();
+        verification = await verifyDisk(this.disk!, this.options.manifest, this.chunks.hashes, () => this.halted);
         if (verification.chunksBad > 0) {
           const first = verification.bad[0];
           throw new ClonecastError(
@@ -500,25 +393,28 @@ export class Receiver extends EventEmitter {
         }
       }
     } catch (err) {
+      if (this.halted || err instanceof ReadBackStopped) return; // stopped: run() has settled already
       this.state = ReceiverState.FAILED;
       this.report();
       this.fail(err);
       return;
     }
+    if (this.halted) return;
     try {
       // Tell the kernel about the new partition table (block devices only).
       await this.disk!.rereadPartitions();
     } catch {
       // A loop device without partition scanning, or a busy disk: the table is written; the kernel learns it at the next open.
     }
+    if (this.halted) return;
     this.state = ReceiverState.DONE;
     this.report();
     // Tell the sender until it acknowledges, for a few report intervals at most.
     const deadline = performance.now() + 20 * RECEIVER_DEFAULTS.reportMs;
-    while (!this.acked && performance.now() < deadline) await new Promise((r) => setTimeout(r, RECEIVER_DEFAULTS.reportMs));
+    while (!this.acked && !this.halted && performance.now() < deadline) await new Promise((r) => setTimeout(r, RECEIVER_DEFAULTS.reportMs));
     this.finished?.({
       receiver: this.id,
-      chunks: this.wanted,
+      chunks: this.chunks.wanted,
       skipped: this.skipped,
       bytesWritten: this.counters.bytesWritten,
       seconds: (performance.now() - this.started) / 1000,
@@ -529,33 +425,10 @@ export class Receiver extends EventEmitter {
     });
   }
 
-  /** Reads every chunk back, checks it against the manifest and digests what it read. */
-  private async verifyDisk(): Promise<Verification> {
-    const { meta, table } = this.options.manifest;
-    const disk = this.disk!;
-    const buf = disk.allocate(meta.chunkSize);
-    const digest = createHash('sha256');
-    const result: Verification = { chunksVerified: 0, bad: [], chunksBad: 0, digest: Buffer.alloc(0) };
-    for (let i = 0; i < this.n; i++) {
-      const kind = chunkAt(table, i).kind;
-      if (kind === ChunkKind.ABSENT) continue;
-      const len = chunkLength(i, meta.diskSize, meta.chunkSize);
-      await disk.read(buf, i * meta.chunkSize, len);
-      const data = buf.subarray(0, len);
-      const ok = kind === ChunkKind.ZERO ? isZero(data) : xxh64(data) === this.hashes[i];
-      digest.update(sha256(data));
-      if (ok) result.chunksVerified++;
-      else {
-        result.chunksBad++;
-        if (result.bad.length < MAX_BAD_LISTED) result.bad.push(i);
-      }
-    }
-    result.digest = digest.digest();
-    return result;
-  }
-
   private fail(err: unknown): void {
     this.halted = true;
+    this.writer?.halt();
+    clearInterval(this.timer);
     const f = this.failed;
     this.failed = undefined;
     this.finished = undefined;
@@ -572,8 +445,8 @@ export class Receiver extends EventEmitter {
       this.sentAt.delete(echo);
     }
     if (state === ReceiverState.DROPPED) {
-      const why = reason === DropReason.NO_PROGRESS ? 'it made no progress for too long' : 'the session ended';
-      this.fail(new ClonecastError(ERR.BUSY, `the sender dropped this receiver: ${why}; start it again to resume`, { reason }));
+      const why = reason === DropReason.NO_PROGRESS ? 'it made no progress for too long' : reason === DropReason.SILENT ? 'it was not heard from for too long' : 'the session ended';
+      this.fail(new ClonecastError(ERR.DROPPED, `the sender gave this receiver up: ${why}; start it again to resume`, { dropped: reason }));
     }
     if (state === ReceiverState.DONE && this.state === ReceiverState.DONE) this.acked = true;
   }
@@ -585,7 +458,7 @@ export class Receiver extends EventEmitter {
    */
   private wantsUnicast(now: number): boolean {
     if (this.options.unicast === true) this.unicast = true;
-    if (!this.unicast && this.state === ReceiverState.RECEIVING && this.done < this.wanted) {
+    if (!this.unicast && this.state === ReceiverState.RECEIVING && this.done < this.chunks.wanted) {
       const silentFor = now - Math.max(this.lastDataAt, this.started);
       const sentSince = (this.ackSeq - this.ackSeqAtData) >>> 0;
       if (silentFor > UNICAST_AFTER_MS && sentSince > UNICAST_AFTER_PACKETS && sentSince < 0x80000000) {
@@ -596,20 +469,23 @@ export class Receiver extends EventEmitter {
     return this.unicast;
   }
 
-  /** Sends one STATUS: progress, what is still needed, NACKs for stalled partial chunks. */
+  /** Sends one STATUS: progress, what is still needed, NACKs for stalled partial chunks. Never after the run ended. */
   private report(): void {
+    // A FAILED report still goes out once during the fail path below; after that the socket may be closed.
+    if (this.halted || this.socket === undefined) return;
     const now = performance.now();
     if (now - this.lastHeard > (this.options.timeoutMs ?? RECEIVER_DEFAULTS.timeoutMs)) {
       this.fail(new ClonecastError(ERR.NOT_FOUND, `no word from the sender ${this.options.session.sender.address} for ${Math.round((now - this.lastHeard) / 1000)} s; is it still running?`));
       return;
     }
-    const paused = this.queue.length >= (this.options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks);
-    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.stalledNacks(now) : [];
+    const writer = this.writer!;
+    const paused = writer.full;
+    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledNacks(now, this.srtt, RECEIVER_DEFAULTS.maxNacks) : [];
     const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, nacks)) / 8);
     let windowStart = 0;
-    let windowEnd = this.n;
+    let windowEnd = this.chunks.chunks;
     let ranges: Range[] = [];
-    if (this.state === ReceiverState.RECEIVING && !paused) ({ windowStart, windowEnd, ranges } = this.needRanges(room));
+    if (this.state === ReceiverState.RECEIVING && !paused) ({ windowStart, windowEnd, ranges } = this.chunks.needRanges(room));
     const seq = this.seq++ >>> 0;
     this.sentAt.set(seq, now);
     if (this.sentAt.size > 64) this.sentAt.delete(this.sentAt.keys().next().value!);
@@ -619,9 +495,9 @@ export class Receiver extends EventEmitter {
       receiver: this.id,
       state: this.state,
       unicast: this.wantsUnicast(now),
-      queueFill: Math.min(255, Math.round((255 * this.queue.length) / (this.options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks))),
+      queueFill: writer.fill,
       done: this.done,
-      wanted: this.wanted,
+      wanted: this.chunks.wanted,
       received: this.counters.packets,
       lost: this.counters.lost,
       windowStart,
@@ -633,45 +509,11 @@ export class Receiver extends EventEmitter {
     });
     this.counters.statusSent++;
     this.counters.nacksSent += nacks.length;
-    this.socket?.send(packet, this.options.session.sender.port, this.options.session.sender.address);
-  }
-
-  /** Partial chunks that got nothing for a while: the sender has moved on. */
-  private stalledNacks(now: number): Nack[] {
-    const delay = Math.max(20, 3 * this.srtt);
-    const out: Nack[] = [];
-    for (const [chunk, part] of this.partials) {
-      if (now - part.lastAt < delay || now - part.nackedAt < 2 * delay) continue;
-      const missing = new Uint8Array(part.got.length);
-      for (let b = 0; b < missing.length; b++) missing[b] = ~part.got[b] & 0xff;
-      const extra = part.fragments % 8;
-      if (extra !== 0) missing[missing.length - 1] &= (1 << extra) - 1;
-      part.nackedAt = now;
-      out.push({ chunk, fragments: part.fragments, missing });
-      if (out.length >= RECEIVER_DEFAULTS.maxNacks) break;
+    try {
+      this.socket.send(packet, this.options.session.sender.port, this.options.session.sender.address);
+    } catch (err) {
+      // The socket went away under us (closed): the run ends through fail(), not a throw out of a timer.
+      this.fail(err);
     }
-    return out;
-  }
-
-  /** Needed chunks as ranges, from a rotating cursor, as many as fit. */
-  private needRanges(room: number): { windowStart: number; windowEnd: number; ranges: Range[] } {
-    if (this.cursor >= this.n) this.cursor = 0;
-    const windowStart = this.cursor;
-    const ranges: Range[] = [];
-    let i = windowStart;
-    while (i < this.n) {
-      if (this.status[i] !== NEEDED) {
-        i++;
-        continue;
-      }
-      if (ranges.length >= room) break;
-      let j = i;
-      while (j < this.n && this.status[j] === NEEDED) j++;
-      ranges.push({ first: i, count: j - i });
-      i = j;
-    }
-    const windowEnd = i;
-    this.cursor = windowEnd >= this.n ? 0 : windowEnd;
-    return { windowStart, windowEnd, ranges };
   }
 }
