@@ -20,6 +20,7 @@ import { initHashes } from '../protocol/hash.js';
 import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
 import type { CreateSocket, RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
+import { Link } from './link.js';
 import { ChunkState, Reassembly } from './reassembly.js';
 import type { SessionInfo } from './session.js';
 import { createUdpSocket, growBuffers } from './udp.js';
@@ -99,10 +100,6 @@ export interface ReceiverResult {
   counters: ReceiverCounters;
 }
 
-/** The unicast fallback: no data for this long while the sender sent this many packets. */
-const UNICAST_AFTER_MS = 3000;
-const UNICAST_AFTER_PACKETS = 64;
-
 /** A receiver for one session. */
 export class Receiver extends EventEmitter {
   readonly id: number;
@@ -128,10 +125,7 @@ export class Receiver extends EventEmitter {
   private writer: Writer | undefined;
   private seq = 0;
   private readonly incarnation = randomBytes(4).readUInt32BE(0);
-  private firstSeq = -1;
-  private maxSeq = -1;
-  private srtt = 0;
-  private sentAt = new Map<number, number>();
+  private readonly link: Link;
   private lastHeard = performance.now();
   private timer: NodeJS.Timeout | undefined;
   private finished: ((r: ReceiverResult) => void) | undefined;
@@ -141,12 +135,6 @@ export class Receiver extends EventEmitter {
   private stopError: unknown;
   /** The end-of-run task (flush, verify, final reports); run() waits for it before closing the disk. */
   private completing: Promise<void> | undefined;
-  /** Send my data by unicast: asked for, or multicast never arrives while the sender sends. */
-  unicast = false;
-  private lastDataAt = 0;
-  /** The sender's packet sequence in its latest ACK, and what it was when data last arrived. */
-  private ackSeq = 0;
-  private ackSeqAtData = 0;
   /** Failed or stopped: nothing more is written, read, or sent. */
   private halted = false;
 
@@ -157,6 +145,12 @@ export class Receiver extends EventEmitter {
     this.id = options.receiverId ?? createHash('sha256').update(`${hostname()}|${options.interfaceAddress ?? ''}|${options.target}`).digest().readUInt32BE(0);
     this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials);
     this.queueChunks = options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
+    this.link = new Link(options.unicast === true);
+  }
+
+  /** Data is sent to this receiver by unicast (asked for, or the group does not reach it). */
+  get unicast(): boolean {
+    return this.link.unicast;
   }
 
   /** Joins the session and writes the image; resolves when the disk is complete and verified. */
@@ -295,34 +289,23 @@ export class Receiver extends EventEmitter {
     this.lastHeard = performance.now();
     if (p.type === PacketType.DATA) this.onData(p);
     else if (p.type === PacketType.ACK && p.receiver === this.id) {
-      this.ackSeq = p.seq;
-      this.onAck(p.echo, p.state, p.reason);
+      this.link.ack(p.seq, p.echo, this.lastHeard);
+      this.onAck(p.state, p.reason);
     } else this.counters.rejected.malformed++;
   }
 
   private onData(p: DataPacket): void {
     this.counters.packets++;
-    this.lastDataAt = this.lastHeard; // onMessage just read the clock
-    this.ackSeqAtData = this.ackSeq;
     // Once it has everything, the sender may unicast the rest to the last
     // receiver: sequence gaps then are not this receiver's loss.
-    if (this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING) this.trackLoss(p.seq);
+    const receiving = this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING;
+    this.link.data(p.seq, this.lastHeard, this.counters.packets, receiving); // onMessage just read the clock
+    this.counters.lost = this.link.lost;
     const got = this.chunks.accept(p, this.lastHeard);
     if (got.kind === 'bad') this.counters.rejected.badChunk++;
     else if (got.kind === 'duplicate') this.counters.duplicates++;
     else if (got.kind === 'assembled') this.assembled(got.chunk, got.stored, got.buf);
     this.counters.evictions = this.chunks.evictions;
-  }
-
-  private trackLoss(seq: number): void {
-    if (this.firstSeq < 0) {
-      this.firstSeq = seq;
-      this.maxSeq = seq;
-    } else if (((seq - this.maxSeq) >>> 0) < 0x80000000) {
-      this.maxSeq = seq;
-    }
-    const span = ((this.maxSeq - this.firstSeq) >>> 0) + 1;
-    this.counters.lost = Math.max(0, span - this.counters.packets);
   }
 
   private assembled(c: number, stored: Buffer, buf: Buffer): void {
@@ -420,7 +403,7 @@ export class Receiver extends EventEmitter {
       seconds: (performance.now() - this.started) / 1000,
       verified: this.options.verify !== false,
       verification,
-      rttMs: this.srtt,
+      rttMs: this.link.srtt,
       counters: this.counters,
     });
   }
@@ -437,36 +420,12 @@ export class Receiver extends EventEmitter {
 
   // ---- reports ----
 
-  private onAck(echo: number, state: ReceiverState, reason: DropReason): void {
-    const sent = this.sentAt.get(echo);
-    if (sent !== undefined) {
-      const rtt = performance.now() - sent;
-      this.srtt = this.srtt === 0 ? rtt : 0.875 * this.srtt + 0.125 * rtt;
-      this.sentAt.delete(echo);
-    }
+  private onAck(state: ReceiverState, reason: DropReason): void {
     if (state === ReceiverState.DROPPED) {
       const why = reason === DropReason.NO_PROGRESS ? 'it made no progress for too long' : reason === DropReason.SILENT ? 'it was not heard from for too long' : 'the session ended';
       this.fail(new ClonecastError(ERR.DROPPED, `the sender gave this receiver up: ${why}; start it again to resume`, { dropped: reason }));
     }
     if (state === ReceiverState.DONE && this.state === ReceiverState.DONE) this.acked = true;
-  }
-
-  /**
-   * Unicast fallback: the sender's ACKs show it sending (its packet sequence moved on by
-   * UNICAST_AFTER_PACKETS) while no data packet reached this receiver for UNICAST_AFTER_MS:
-   * the group does not reach it (another subnet, no multicast routing). Sticky once set.
-   */
-  private wantsUnicast(now: number): boolean {
-    if (this.options.unicast === true) this.unicast = true;
-    if (!this.unicast && this.state === ReceiverState.RECEIVING && this.done < this.chunks.wanted) {
-      const silentFor = now - Math.max(this.lastDataAt, this.started);
-      const sentSince = (this.ackSeq - this.ackSeqAtData) >>> 0;
-      if (silentFor > UNICAST_AFTER_MS && sentSince > UNICAST_AFTER_PACKETS && sentSince < 0x80000000) {
-        this.unicast = true;
-        this.emit('unicast', { silentMs: Math.round(silentFor), senderPackets: sentSince });
-      }
-    }
-    return this.unicast;
   }
 
   /** Sends one STATUS: progress, what is still needed, NACKs for stalled partial chunks. Never after the run ended. */
@@ -480,21 +439,22 @@ export class Receiver extends EventEmitter {
     }
     const writer = this.writer!;
     const paused = writer.full;
-    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledNacks(now, this.srtt, RECEIVER_DEFAULTS.maxNacks) : [];
+    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledNacks(now, this.link.srtt, RECEIVER_DEFAULTS.maxNacks) : [];
     const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, nacks)) / 8);
     let windowStart = 0;
     let windowEnd = this.chunks.chunks;
     let ranges: Range[] = [];
     if (this.state === ReceiverState.RECEIVING && !paused) ({ windowStart, windowEnd, ranges } = this.chunks.needRanges(room));
     const seq = this.seq++ >>> 0;
-    this.sentAt.set(seq, now);
-    if (this.sentAt.size > 64) this.sentAt.delete(this.sentAt.keys().next().value!);
+    this.link.sent(seq, now);
+    const fallback = this.link.checkUnicast(now, this.started, this.state === ReceiverState.RECEIVING && this.done < this.chunks.wanted);
+    if (fallback !== undefined) this.emit('unicast', fallback);
     const packet = encodeStatus({
       session: this.options.session.session,
       seq,
       receiver: this.id,
       state: this.state,
-      unicast: this.wantsUnicast(now),
+      unicast: this.link.unicast,
       queueFill: writer.fill,
       done: this.done,
       wanted: this.chunks.wanted,
@@ -502,7 +462,7 @@ export class Receiver extends EventEmitter {
       lost: this.counters.lost,
       windowStart,
       windowEnd,
-      rttMs: this.srtt,
+      rttMs: this.link.srtt,
       incarnation: this.incarnation,
       ranges,
       nacks,
