@@ -185,11 +185,12 @@ export class Sender extends EventEmitter {
     peer.state = ReceiverState.DROPPED;
     peer.reason = reason;
     this.demand.clear(peer);
+    // Tell it now (before the events: a listener may stop the sender); echo the report
+    // already answered, so that it takes no round-trip sample from this.
+    this.reply(peer, peer.lastSeq >>> 0);
     const stats = statsOf(peer);
     this.emit('state', stats);
     this.emit('drop', { receiverId, reason, stats } satisfies DropEvent);
-    // Tell it now; echo the report already answered, so that it takes no round-trip sample from this.
-    this.reply(peer, peer.lastSeq >>> 0);
     return true;
   }
 
@@ -253,7 +254,13 @@ export class Sender extends EventEmitter {
       reason: peer.reason,
       rateKiB: Math.round(this.control.rate / 1024),
     });
-    this.socket?.send(ack, peer.port, peer.address);
+    if (this.stopped || this.socket === undefined) return;
+    try {
+      this.socket.send(ack, peer.port, peer.address);
+    } catch {
+      // The socket went away: counted, never a throw into the serve loop or the caller's timer.
+      this.counters.sendErrors++;
+    }
   }
 
   // ---- send loop ----

@@ -274,6 +274,14 @@ describe('transfer engine over a faulty in-memory network', () => {
       expect(isError(err, ERR.DROPPED)).toBe(true);
       expect((err as ClonecastError).details.dropped).toBe(DropReason.SILENT);
       expect(sender.receivers()[0]).toMatchObject({ receiverId: 52, state: ReceiverState.DROPPED, reason: DropReason.SILENT });
+      // A session that ends because of the drop stops the sender from inside the 'drop' listener.
+      const again = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td2.img'), createSocket: net.factory('10.0.0.53'), receiverId: 53 });
+      const run2 = again.run().catch((e: unknown) => e);
+      await new Promise((r) => sender.once('join', r));
+      sender.once('drop', () => sender.stop());
+      expect(() => sender.drop(53, DropReason.NO_PROGRESS)).not.toThrow();
+      again.stop(new ClonecastError(ERR.CANCELLED, 'cancelled: by the test'));
+      expect(isError(await run2, ERR.CANCELLED) || isError(await run2, ERR.DROPPED)).toBe(true);
     } finally {
       sender.stop();
     }
