@@ -30,6 +30,11 @@ export type Accepted =
   /** Every fragment is in: stored is the chunk's stored form; give buf back with recycle(). */
   | { kind: 'assembled'; chunk: number; stored: Buffer; buf: Buffer };
 
+// The common outcomes, allocated once: accept() runs for every data packet.
+const BAD: Accepted = Object.freeze({ kind: 'bad' });
+const DUPLICATE: Accepted = Object.freeze({ kind: 'duplicate' });
+const PARTIAL: Accepted = Object.freeze({ kind: 'partial' });
+
 /** Chunk states and partial chunks of one image. */
 export class Reassembly {
   readonly chunks: number;
@@ -75,11 +80,11 @@ export class Reassembly {
     const c = p.chunk;
     const expected = c < this.chunks ? this.stored[c] : 0;
     // Sizes must agree with the manifest: anything else is not ours.
-    if (expected === 0 || p.storedLength !== expected || p.fragments !== fragmentCount(expected, this.fragmentSize)) return { kind: 'bad' };
+    if (expected === 0 || p.storedLength !== expected || p.fragments !== fragmentCount(expected, this.fragmentSize)) return BAD;
     const offset = p.fragment * this.fragmentSize;
-    if (p.payload.length !== Math.min(this.fragmentSize, expected - offset)) return { kind: 'bad' };
+    if (p.payload.length !== Math.min(this.fragmentSize, expected - offset)) return BAD;
     const st = this.status[c];
-    if (st === ChunkState.DONE || st === ChunkState.QUEUED) return { kind: 'duplicate' };
+    if (st === ChunkState.DONE || st === ChunkState.QUEUED) return DUPLICATE;
     let part = this.partials.get(c);
     if (part === undefined) {
       if (this.partials.size >= this.maxPartials) this.evict();
@@ -89,12 +94,12 @@ export class Reassembly {
       this.status[c] = ChunkState.PARTIAL;
     }
     const bit = 1 << (p.fragment & 7);
-    if (part.got[p.fragment >> 3] & bit) return { kind: 'duplicate' };
+    if (part.got[p.fragment >> 3] & bit) return DUPLICATE;
     part.got[p.fragment >> 3] |= bit;
     part.count++;
     part.lastAt = now;
     p.payload.copy(part.buf, offset);
-    if (part.count < part.fragments) return { kind: 'partial' };
+    if (part.count < part.fragments) return PARTIAL;
     this.partials.delete(c);
     return { kind: 'assembled', chunk: c, stored: part.buf.subarray(0, expected), buf: part.buf };
   }
