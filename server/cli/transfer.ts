@@ -8,7 +8,7 @@ import { ReceiverState } from '../../protocol/mcast.js';
 import { Receiver } from '../../transfer/receiver.js';
 import type { ReceiverStats } from '../../transfer/sender.js';
 import { dropReasonText } from '../../transfer/policy.js';
-import { fetchSession } from '../../agent/session-client.js';
+import { fetchSession } from '../mcast/session-client.js';
 import { interfaceAddress, startSession } from '../mcast/session.js';
 import { formatBytes, formatDuration, Progress } from '../progress.js';
 import { parseRef, type Store } from '../store/store.js';
