@@ -13,92 +13,23 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import { chunkAt, ChunkKind, type Manifest } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind } from '../protocol/manifest.js';
 import { chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { initHashes } from '../protocol/hash.js';
 import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
-import type { CreateSocket, RemoteInfo, UdpSocket } from '../protocol/transport.js';
+import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
 import { Link } from './link.js';
+import { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
 import { ChunkState, Reassembly } from './reassembly.js';
-import type { SessionInfo } from './session.js';
 import { createUdpSocket, growBuffers } from './udp.js';
 import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
 import { Writer } from './writer.js';
 
 export type { SessionInfo } from './session.js';
 export type { Verification } from './verifier.js';
-
-/** Defaults of ReceiverOptions. */
-export const RECEIVER_DEFAULTS = Object.freeze({
-  /** Decoded chunks waiting for the disk. */
-  queueChunks: 8,
-  /** Chunks being reassembled at once (each holds a chunk-sized buffer from a pool). */
-  maxPartials: 16,
-  /** Report interval floor, ms; it grows to 2 round-trip times on slow links. */
-  reportMs: 100,
-  /** Give up if the sender is silent this long. */
-  timeoutMs: 60_000,
-  /** Most NACKs in one STATUS. */
-  maxNacks: 6,
-});
-
-/** How to run a receiver. */
-export interface ReceiverOptions {
-  session: SessionInfo;
-  manifest: Manifest;
-  /** Disk or file to write. */
-  target: string;
-  force?: boolean;
-  /** Local IPv4 address of the interface to join the group on. */
-  interfaceAddress?: string;
-  /** The id the server gave this receiver (the Assign's receiver_id); without one, a hash of host, interface and target. */
-  receiverId?: number;
-  /** Check which chunks the target already holds and skip them. */
-  resume?: boolean;
-  /** Chunks this process already wrote to the target in an earlier run (one byte per chunk, non-zero: written and checked). */
-  known?: Uint8Array;
-  /** Read the disk back and check every chunk at the end (default true). */
-  verify?: boolean;
-  queueChunks?: number;
-  maxPartials?: number;
-  timeoutMs?: number;
-  /** Ask for data by unicast from the start (a site multicast cannot reach); otherwise automatic. */
-  unicast?: boolean;
-  /** Emulates a slow disk: at most this many bytes per second written (tests and demos). */
-  writeLimit?: number;
-  createSocket?: CreateSocket;
-}
-
-/** Counters for progress and tests. */
-export interface ReceiverCounters {
-  packets: number;
-  lost: number;
-  duplicates: number;
-  chunksWritten: number;
-  bytesWritten: number;
-  queueFullDrops: number;
-  evictions: number;
-  nacksSent: number;
-  statusSent: number;
-  rejected: { malformed: number; foreign: number; otherSession: number; badChunk: number };
-}
-
-/** What a receiver did. */
-export interface ReceiverResult {
-  receiver: number;
-  chunks: number;
-  skipped: number;
-  /** What reading the disk back found (absent with verify: false). */
-  verification?: Verification;
-  bytesWritten: number;
-  seconds: number;
-  verified: boolean;
-  /** Smoothed round-trip time to the sender, ms. */
-  rttMs: number;
-  counters: ReceiverCounters;
-}
+export { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
 
 /** A receiver for one session. */
 export class Receiver extends EventEmitter {
