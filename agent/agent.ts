@@ -16,7 +16,7 @@ import { decodeManifest, tableLength } from '../protocol/manifest.js';
 import { ReceiverState } from '../protocol/mcast.js';
 import { machine } from './inventory.js';
 import { reportFailure, runCapture } from './capture.js';
-import { Receiver, type ReceiverResult, type Verification } from './receiver.js';
+import { Receiver, type ReceiverResult, type Verification } from '../transfer/receiver.js';
 
 /** Defaults of AgentOptions. */
 export const AGENT_DEFAULTS = Object.freeze({
@@ -270,7 +270,7 @@ export class Agent extends EventEmitter {
         manifest,
         target: a.device!,
         interfaceAddress: this.localAddress,
-        receiverId: createHash('sha256').update(`${this.machineId}|${a.device}`).digest().readUInt32BE(0),
+        receiverId: a.receiverId!,
         known: known?.length === tableLength(manifest.table) ? known : undefined,
         resume: known === undefined && a.resume === true,
         verify: this.o.verify === false ? false : a.verify !== false,
@@ -327,7 +327,7 @@ export class Agent extends EventEmitter {
     const v = (r?.verification ?? (err as ClonecastError | undefined)?.details?.verification) as Verification | undefined;
     let state: MachineState = MachineState.STATE_DONE;
     if (err !== undefined) {
-      state = isError(err, ERR.CANCELLED) ? MachineState.STATE_CANCELLED : /dropped this receiver/.test((err as Error).message) ? MachineState.STATE_DROPPED : MachineState.STATE_FAILED;
+      state = isError(err, ERR.CANCELLED) ? MachineState.STATE_CANCELLED : isError(err, ERR.DROPPED) ? MachineState.STATE_DROPPED : MachineState.STATE_FAILED;
     }
     return {
       sessionId: a.sessionId!,

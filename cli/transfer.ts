@@ -5,14 +5,16 @@
  */
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { ReceiverState } from '../protocol/mcast.js';
-import { Receiver } from '../agent/receiver.js';
-import { fetchSession } from '../agent/session-client.js';
+import { RECEIVER_STATE_NAMES } from '../protocol/states.js';
+import { Receiver } from '../transfer/receiver.js';
+import type { ReceiverStats } from '../transfer/sender.js';
+import { dropReasonText } from '../transfer/policy.js';
+import { fetchSession } from '../server/mcast/session-client.js';
 import { interfaceAddress, startSession } from '../server/mcast/session.js';
-import type { ReceiverStats } from '../server/mcast/sender.js';
 import { formatBytes, formatDuration, Progress } from '../server/progress.js';
 import { parseRef, type Store } from '../server/store/store.js';
 
-const STATE_NAMES = ['joining', 'receiving', 'verifying', 'done', 'failed', 'dropped'];
+const STATE_NAMES = RECEIVER_STATE_NAMES;
 
 /** Options of the send command. */
 export interface SendArgs {
@@ -41,7 +43,7 @@ function describeReceiver(r: ReceiverStats, chunkSize: number): string {
   const pct = r.wanted > 0 ? ((100 * r.done) / r.wanted).toFixed(1) : '100.0';
   const rate = formatBytes(r.chunksPerSecond * chunkSize);
   const eta = r.chunksPerSecond > 0 ? formatDuration((r.wanted - r.done) / r.chunksPerSecond) : '--';
-  return `  ${r.id.toString(16).padStart(8, '0')} ${r.address.padEnd(15)} ${STATE_NAMES[r.state].padEnd(9)} ${pct.padStart(5)}% ${rate}/s ETA ${eta} loss ${(100 * r.loss).toFixed(1)}% nacks ${r.nacks}`;
+  return `  ${r.receiverId.toString(16).padStart(8, '0')} ${r.address.padEnd(15)} ${STATE_NAMES[r.state].padEnd(9)} ${pct.padStart(5)}% ${rate}/s ETA ${eta} loss ${(100 * r.loss).toFixed(1)}% nacks ${r.nacks}`;
 }
 
 /** Runs a sender until `clients` receivers have finished (or forever); returns the exit code. */
@@ -56,9 +58,9 @@ export async function send(store: Store, args: SendArgs): Promise<{ code: number
     rateMbit: args.rateMbit,
     fragmentSize: args.fragmentSize,
     dropAfterMs: args.dropAfterSeconds !== undefined ? args.dropAfterSeconds * 1000 : undefined,
-    // The start rule: all expected receivers joined, or --wait seconds after the first.
-    waitFor: args.clients,
-    waitMs: args.waitSeconds !== undefined ? args.waitSeconds * 1000 : undefined,
+    // The start rule: all expected receivers joined (one if not said), or --wait seconds after the first.
+    rule: { clients: args.clients ?? 1, waitS: args.waitSeconds },
+    onError: (err) => process.stderr.write(`clonecast send: ${err.message}\n`),
   });
   const { sender } = session;
   const manifest = await store.readManifest(session.image.name, session.image.version);
@@ -71,7 +73,15 @@ export async function send(store: Store, args: SendArgs): Promise<{ code: number
     if (!args.json) process.stderr.write(`sending to ${receivers} receiver(s); latecomers join as they come\n`);
   });
   sender.on('state', (r: ReceiverStats) => {
-    if (!args.json) process.stderr.write(`receiver ${r.id.toString(16).padStart(8, '0')} (${r.address}) is ${STATE_NAMES[r.state]}${r.state === ReceiverState.DROPPED ? ': no progress for too long' : ''}\n`);
+    if (!args.json) process.stderr.write(`receiver ${r.receiverId.toString(16).padStart(8, '0')} (${r.address}) is ${STATE_NAMES[r.state]}${r.state === ReceiverState.DROPPED ? `: ${dropReasonText(r.reason)}` : ''}\n`);
+  });
+  // Where everyone stood each time a receiver ended: shows whether a slow one held the others back.
+  const ends: { receiverId: number; state: string; seconds: number; progress: Record<number, number> }[] = [];
+  sender.on('state', (r: ReceiverStats) => {
+    if (r.state < ReceiverState.DONE) return;
+    const progress: Record<number, number> = {};
+    for (const o of sender.receivers()) progress[o.receiverId] = o.state === ReceiverState.DONE ? 1 : o.wanted > 0 ? o.done / o.wanted : 0;
+    ends.push({ receiverId: r.receiverId, state: STATE_NAMES[r.state], seconds: (performance.now() - started) / 1000, progress });
   });
   const table = setInterval(() => {
     if (args.json) return;
@@ -94,7 +104,7 @@ export async function send(store: Store, args: SendArgs): Promise<{ code: number
   const receivers = sender.receivers();
   const seconds = (performance.now() - started) / 1000;
   const ok = receivers.every((r) => r.state === ReceiverState.DONE);
-  const summary = { image: session.image, seconds, counters: sender.counters, receivers: receivers.map((r) => ({ ...r, state: STATE_NAMES[r.state] })) };
+  const summary = { image: session.image, seconds, counters: sender.counters, receivers: receivers.map((r) => ({ ...r, state: STATE_NAMES[r.state] })), ends };
   if (!args.json) {
     process.stdout.write(`session ${ok ? 'complete' : 'finished with failures'} in ${formatDuration(seconds)}; sent ${formatBytes(sender.counters.bytesSent)} (${sender.counters.repairPackets} repair packets)\n`);
     for (const r of receivers) process.stdout.write(`${describeReceiver(r, chunkSize)}\n`);

@@ -7,6 +7,7 @@
  */
 import { clonecast as pb } from './generated/control.js';
 import { ClonecastError, ERR } from './errors.js';
+import { MCAST } from './mcast.js';
 
 export const BootMode = pb.BootMode;
 export type BootMode = pb.BootMode;
@@ -263,7 +264,8 @@ function checkResult(r: Result): Result {
 
 function checkAssign(a: Assign): Assign {
   const fragmentSize = num(a.fragmentSize);
-  if (fragmentSize < 256 || fragmentSize > 9000) throw malformed(`fragment size ${fragmentSize}`);
+  if (fragmentSize < MCAST.MIN_FRAGMENT || fragmentSize > MCAST.MAX_FRAGMENT) throw malformed(`fragment size ${fragmentSize}`);
+  if (num(a.receiverId) === 0) throw malformed('receiver id 0 (the server names every receiver)');
   if (num(a.port) < 1 || num(a.port) > 65535 || num(a.senderPort) < 1 || num(a.senderPort) > 65535) throw malformed('port out of range');
   // Decoded messages keep proto3 defaults on the prototype: copy every field by name.
   return {
@@ -283,6 +285,7 @@ function checkAssign(a: Assign): Assign {
     manifestSha256: a.manifestSha256 ?? new Uint8Array(0),
     verify: a.verify ?? false,
     resume: a.resume ?? false,
+    receiverId: num(a.receiverId),
   };
 }
 

@@ -41,6 +41,8 @@ export const ERR = Object.freeze({
   REFUSED: 'CLONECAST_ERR_REFUSED',
   UNREACHABLE: 'CLONECAST_ERR_UNREACHABLE',
   CANCELLED: 'CLONECAST_ERR_CANCELLED',
+  /** The sender gave this receiver up; details.dropped holds the DropReason (protocol/mcast.ts). */
+  DROPPED: 'CLONECAST_ERR_DROPPED',
   PACKET_MALFORMED: 'CLONECAST_ERR_PACKET_MALFORMED',
 });
 

@@ -63,8 +63,10 @@ export const MCAST = Object.freeze({
   MAX_UDP_PAYLOAD: 1472,
   /** Default fragment payload: 1472 - 32. */
   DEFAULT_FRAGMENT: 1440,
-  /** Jumbo frames: 9000 - 28 - 32. */
+  /** Jumbo frames: 9000 - 28 - 32. The one upper limit (the sender, the CLI and the control channel's Assign check use it). */
   MAX_FRAGMENT: 8940,
+  /** Smallest fragment payload accepted anywhere (the per-packet header would dominate below it). */
+  MIN_FRAGMENT: 256,
   /** A STATUS never exceeds one unfragmented datagram. */
   MAX_STATUS: 1472,
 });
@@ -77,8 +79,8 @@ export type PacketType = (typeof PacketType)[keyof typeof PacketType];
 export const ReceiverState = Object.freeze({ JOINING: 0, RECEIVING: 1, VERIFYING: 2, DONE: 3, FAILED: 4, DROPPED: 5 } as const);
 export type ReceiverState = (typeof ReceiverState)[keyof typeof ReceiverState];
 
-/** Why the sender dropped a receiver. */
-export const DropReason = Object.freeze({ NONE: 0, NO_PROGRESS: 1, SESSION_ENDED: 2 } as const);
+/** Why the sender dropped a receiver (the session's policy decides; transfer/policy.ts). */
+export const DropReason = Object.freeze({ NONE: 0, NO_PROGRESS: 1, SESSION_ENDED: 2, SILENT: 3 } as const);
 export type DropReason = (typeof DropReason)[keyof typeof DropReason];
 
 /** Data flags. */
@@ -312,7 +314,7 @@ export function decode(buf: Buffer): Packet | null {
     if (headerLength !== MCAST.ACK_SIZE || buf.length !== MCAST.ACK_SIZE) return null;
     const state = buf[24];
     const reason = buf[25];
-    if (state > ReceiverState.DROPPED || reason > DropReason.SESSION_ENDED) return null;
+    if (state > ReceiverState.DROPPED || reason > DropReason.SILENT) return null;
     return {
       type,
       session,

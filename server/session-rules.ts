@@ -8,6 +8,7 @@
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { FINAL_MACHINE_STATES } from '../protocol/states.js';
 import { LABEL, type MachineRecord } from './registry.js';
+import { startRuleMet } from '../transfer/policy.js';
 
 /** When a session starts and whom it takes. Any start rule met starts it; no start rule means now. */
 export interface StartRule {
@@ -104,16 +105,20 @@ export function takes(s: RuleSubject, machine: Pick<MachineRecord, 'id' | 'macs'
   return s.machines[machine.id] === undefined && namedBy(s.rule, machine) !== null && hasRoom(s);
 }
 
-/** Why the start rule is met, or null. A machine counts as joined once it waits on the group or has ended. */
+/**
+ * Why the start rule is met, or null: the engine's one start rule
+ * (transfer/policy.ts) for clients, wait, at and now, and the server's own
+ * for a list of machines. A machine counts as joined once it waits on the
+ * group or has ended.
+ */
 export function ruleMet(s: RuleSubject, now: number): string | null {
-  const r = s.rule;
+  const { machines, clients, waitS, at } = s.rule;
   const joined = Object.entries(s.machines).filter(([, m]) => m.state !== 'assigned' && m.state !== 'offline');
-  if (r.now) return 'its rule is "now"';
-  if (r.clients !== undefined && joined.length >= r.clients) return `${joined.length} machines joined`;
-  if (r.machines !== undefined && r.machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
-  if (r.waitS !== undefined && s.firstJoinAt !== null && joined.length > 0 && now - Date.parse(s.firstJoinAt) >= r.waitS * 1000) return `${r.waitS} s since the first machine joined`;
-  if (r.at !== undefined && now >= Date.parse(r.at)) return `it is ${r.at}`;
-  return null;
+  if (machines !== undefined && machines.every((mac) => joined.some(([id, m]) => id === mac || m.mac === mac))) return 'every listed machine joined';
+  // A list of machines alone waits for them (the engine reads a rule with nothing in it as "now").
+  if (clients === undefined && waitS === undefined && at === undefined && s.rule.now !== true) return null;
+  const firstJoinAt = s.firstJoinAt !== null ? Date.parse(s.firstJoinAt) : null;
+  return startRuleMet({ clients, waitS, at, now: s.rule.now }, { count: joined.length, firstJoinAt }, now);
 }
 
 /** True once every machine of a session has ended. */

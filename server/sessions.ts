@@ -16,7 +16,10 @@ import { After, isFinalState, MachineState, stateName, type Assign, type DiskInf
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { ACTIVE_SESSION_STATES as ACTIVE, FINAL_MACHINE_STATES as FINAL_MACHINE, machineMoveAllowed, sessionMoveAllowed, type Activity, type MachineStateName, type SessionState } from '../protocol/states.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
-import { Sender } from './mcast/sender.js';
+import { Sender, type DropEvent } from '../transfer/sender.js';
+import { dropReasonText, liveness } from '../transfer/policy.js';
+import { TRANSFER_DEFAULTS } from '../transfer/session.js';
+import { ReceiverState } from '../protocol/mcast.js';
 import type { MachineRecord, Registry, TransferCounts } from './registry.js';
 import { parseRef, type ImageRef, type Store } from './store/store.js';
 import { chooseDisk } from './targets.js';
@@ -61,6 +64,8 @@ export interface SessionMachine extends TransferCounts {
   endedAt: string | null;
   /** ms since epoch when it went offline; 0 while connected. */
   offlineSince: number;
+  /** The id its receiver uses on the wire (the Assign's receiver_id): chosen once, kept across reassignments. */
+  receiverId: number;
 }
 
 export type { SessionState };
@@ -109,7 +114,7 @@ export interface SessionManagerOptions {
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: 60, fragmentSize: 1440, port: 9000, keep: 200 });
+export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: TRANSFER_DEFAULTS.dropAfterMs / 1000, fragmentSize: TRANSFER_DEFAULTS.fragmentSize, port: TRANSFER_DEFAULTS.port, keep: 200 });
 
 const AFTER = { wait: After.AFTER_WAIT, reboot: After.AFTER_REBOOT, poweroff: After.AFTER_POWEROFF } as const;
 
@@ -413,9 +418,9 @@ export class SessionManager extends EventEmitter {
       hold: true,
       rateMbit: s.rateMbit ?? undefined,
       fragmentSize: s.fragmentSize,
-      dropAfterMs: s.dropAfterS * 1000,
     });
     sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
+    sender.on('drop', (d: DropEvent) => this.dropped(s, d));
     const senderPort = await sender.start();
     this.live.set(s.id, { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort });
   }
@@ -443,7 +448,7 @@ export class SessionManager extends EventEmitter {
     s.firstJoinAt ??= now;
     s.machines[machine.id] = {
       state: 'assigned', mac: namedBy(s.rule, machine) ?? '', device: '', error: '', chunksDone: 0, chunksTotal: 0, bytesWritten: 0, rateBps: 0, loss: 0, nacks: 0, skipped: 0,
-      verified: false, digestOk: null, chunksVerified: 0, chunksBad: 0, seconds: 0, joinedAt: now, endedAt: null, offlineSince: 0,
+      verified: false, digestOk: null, chunksVerified: 0, chunksBad: 0, seconds: 0, joinedAt: now, endedAt: null, offlineSince: 0, receiverId: newReceiverId(s),
     };
     this.o.log?.('info', `session ${s.id}: ${machine.id} (${machine.hostname}) joined${s.state === 'running' ? ' the running session' : ''}`);
     this.assign(s, machine, false);
@@ -466,6 +471,7 @@ export class SessionManager extends EventEmitter {
     const differential = s.differential ?? (last !== null && last.name === s.image);
     if (differential && !resume) this.o.log?.('info', `session ${s.id}: ${machine.id} restores differentially (its disk ${last ? `last received ${last.name}@${last.version}` : 'is checked first'})`);
     m.device = choice.device;
+    m.receiverId ||= newReceiverId(s); // a session saved before receivers were named
     if (m.state === 'offline') this.move(s, machine.id, 'assigned');
     m.offlineSince = 0;
     this.o.registry.apply(machine.id, { type: 'report', by: holder(s), state: m.state as MachineStateName, error: '' });
@@ -483,6 +489,7 @@ export class SessionManager extends EventEmitter {
         senderPort: live.senderPort,
         sessionKey: s.key,
         fragmentSize: s.fragmentSize,
+        receiverId: m.receiverId,
         after: AFTER[s.after],
         manifestPath: `/api/sessions/${s.id}/manifest`,
         manifestSha256: live.manifestSha,
@@ -577,10 +584,21 @@ export class SessionManager extends EventEmitter {
         const c = live.sender.counters;
         s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
       }
-      for (const [id, m] of Object.entries(s.machines)) {
-        if (m.state === 'offline' && now - m.offlineSince > s.dropAfterS * 1000) {
-          this.finishMachine(s, id, { state: 'dropped', error: `no contact for ${s.dropAfterS} s; it may have lost power or its network` });
+      const dropAfterMs = s.dropAfterS * 1000;
+      // The receivers' liveness, as the sender sees them: a drop comes back through the 'drop' event (dropped()).
+      if (live !== undefined) {
+        const mine = new Set(Object.values(s.machines).filter((m) => !FINAL_MACHINE.has(m.state)).map((m) => m.receiverId));
+        const at = performance.now();
+        for (const r of live.sender.receivers()) {
+          const reason = mine.has(r.receiverId) ? liveness(r, at, dropAfterMs) : null;
+          if (reason !== null) live.sender.drop(r.receiverId, reason);
         }
+      }
+      // A machine whose control connection is gone, by the same rule: nothing heard since it went offline.
+      for (const [id, m] of Object.entries(s.machines)) {
+        if (m.state !== 'offline') continue;
+        const reason = liveness({ state: ReceiverState.RECEIVING, lastHeardAt: m.offlineSince, lastProgressAt: m.offlineSince }, now, dropAfterMs);
+        if (reason !== null) this.finishMachine(s, id, { state: 'dropped', error: `no contact with its agent: ${dropReasonText(reason, dropAfterMs)}` });
       }
       this.evaluate(s);
       this.checkEnd(s);
@@ -591,6 +609,14 @@ export class SessionManager extends EventEmitter {
   private async persist(): Promise<void> {
     this.save();
     await this.file.commit();
+  }
+
+  /** The sender gave a receiver up: its machine ends as dropped, with the reason in words. */
+  private dropped(s: SessionRecord, d: DropEvent): void {
+    const entry = Object.entries(s.machines).find(([, m]) => m.receiverId === d.receiverId);
+    if (entry === undefined || FINAL_MACHINE.has(entry[1].state) || !ACTIVE.has(s.state)) return;
+    this.finishMachine(s, entry[0], { state: 'dropped', error: `the session dropped it: ${dropReasonText(d.reason, s.dropAfterS * 1000)}` });
+    this.checkEnd(s);
   }
 
   private save(): void {
@@ -614,6 +640,15 @@ function groupFor(n: number): string {
 function parseImage(image: unknown): ImageRef {
   if (typeof image !== 'string' || image.length === 0) throw new ClonecastError(ERR.USAGE, 'a session needs an image, NAME or NAME@VERSION');
   return parseRef(image);
+}
+
+/** A random non-zero receiver id that no other machine of the session has. */
+function newReceiverId(s: SessionRecord): number {
+  const used = new Set(Object.values(s.machines).map((m) => m.receiverId));
+  for (;;) {
+    const id = randomBytes(4).readUInt32BE(0);
+    if (id !== 0 && !used.has(id)) return id;
+  }
 }
 
 /** Seconds left at the current rate, counting a full chunk for each one missing. */

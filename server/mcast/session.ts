@@ -1,21 +1,21 @@
 /**
  * A multicast session as the CLI runs it: a Sender for one image version,
- * and a small HTTP endpoint on the sender's address from which receivers
- * fetch the session description (GET /session) and the manifest
- * (GET /manifest). The control channel (WebSocket) later replaces the HTTP
- * part; the engine stays the same.
+ * a small HTTP endpoint on the sender's address from which receivers fetch
+ * the session description (GET /session) and the manifest (GET /manifest),
+ * and a policy timer that applies the start rule and the liveness rule of
+ * transfer/policy.ts (the server's sessions apply the same functions).
  */
 import { createServer, type Server } from 'node:http';
 import { networkInterfaces } from 'node:os';
 import { encodeManifest, chunkAt } from '../../protocol/manifest.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
-import type { SessionInfo } from '../../agent/receiver.js';
-import { Sender, type SenderOptions } from './sender.js';
+import { liveness, startRuleMet, type StartRule } from '../../transfer/policy.js';
+import { Sender, type SenderOptions } from '../../transfer/sender.js';
+import { TRANSFER_DEFAULTS, type SessionInfo } from '../../transfer/session.js';
 import type { ImageRef, Store } from '../store/store.js';
 
-/** Default multicast group and port (inside the lab's 239.77.0.0/16). */
-export const DEFAULT_GROUP = '239.77.0.1';
-export const DEFAULT_PORT = 9000;
+/** How often the policy timer looks at the receivers, ms. */
+const POLICY_MS = 250;
 
 /** The IPv4 address of a named interface; throws with the interfaces there are. */
 export function interfaceAddress(name: string): string {
@@ -28,11 +28,17 @@ export function interfaceAddress(name: string): string {
 }
 
 /** Options of startSession(). */
-export interface SessionOptions extends Omit<SenderOptions, 'manifest' | 'loadChunk' | 'group' | 'port'> {
+export interface SessionOptions extends Omit<SenderOptions, 'manifest' | 'loadChunk' | 'group' | 'port' | 'hold'> {
   group?: string;
   port?: number;
   /** HTTP port for the session description (0: any free one). */
   httpPort?: number;
+  /** When to start sending (default: as soon as one receiver joined). */
+  rule?: StartRule;
+  /** A receiver without progress or word this long is dropped (default TRANSFER_DEFAULTS.dropAfterMs). */
+  dropAfterMs?: number;
+  /** Sender errors (a chunk that cannot be read, a socket error). */
+  onError?: (err: Error) => void;
 }
 
 /** A running session. */
@@ -49,22 +55,26 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
   const { name, version } = store.resolve(ref);
   const manifest = await store.readManifest(name, version);
   const encoded = encodeManifest(manifest);
-  const group = options.group ?? DEFAULT_GROUP;
-  const port = options.port ?? DEFAULT_PORT;
+  const group = options.group ?? TRANSFER_DEFAULTS.group;
+  const port = options.port ?? TRANSFER_DEFAULTS.port;
+  const { rule = { clients: 1 }, dropAfterMs = TRANSFER_DEFAULTS.dropAfterMs, onError, httpPort: _h, ...senderOptions } = options;
   const sender = new Sender({
-    ...options,
+    ...senderOptions,
     manifest,
     group,
     port,
+    hold: true,
     loadChunk: (i) => store.readChunk(chunkAt(manifest.table, i).sha256),
   });
+  sender.on('error', (err: Error) => onError?.(err));
   const senderPort = await sender.start();
+  const policy = applyPolicy(sender, rule, dropAfterMs);
   const info: SessionInfo = {
     session: sender.session,
     group,
     port,
     sender: { address: options.address, port: senderPort },
-    fragmentSize: options.fragmentSize ?? 1440,
+    fragmentSize: options.fragmentSize ?? TRANSFER_DEFAULTS.fragmentSize,
   };
   const body = JSON.stringify({ ...info, image: { name, version } });
   const http: Server = createServer((req, res) => {
@@ -84,8 +94,34 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
     url: `http://${options.address}:${httpPort}/`,
     image: { name, version },
     close() {
+      clearInterval(policy);
       sender.stop();
       http.close();
     },
   };
+}
+
+/** The standalone session's policy: release the sender once the rule is met; drop receivers liveness gives up. */
+function applyPolicy(sender: Sender, rule: StartRule, dropAfterMs: number): NodeJS.Timeout {
+  let firstJoinAt: number | null = null;
+  let started = false;
+  const start = () => {
+    if (!started && startRuleMet(rule, { count: sender.receivers().length, firstJoinAt }, Date.now()) !== null) {
+      started = true;
+      sender.release();
+    }
+  };
+  // A join may meet the rule: start at once, not at the next look.
+  sender.on('join', () => {
+    firstJoinAt ??= Date.now();
+    start();
+  });
+  return setInterval(() => {
+    start();
+    const now = performance.now();
+    for (const r of sender.receivers()) {
+      const reason = liveness(r, now, dropAfterMs);
+      if (reason !== null) sender.drop(r.receiverId, reason);
+    }
+  }, POLICY_MS);
 }

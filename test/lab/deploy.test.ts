@@ -191,8 +191,8 @@ describe('deploy to 4 agents in the namespace lab', () => {
     expect(await d.exited, d.out).toBe(1);
     const m = (await latestSession()).machines[fleet.mac(0)];
     expect(m.state).toBe('dropped');
-    expect(m.error).toMatch(/dropped this receiver: it made no progress for too long/);
-    expect(d.out).toMatch(/dropped: the sender dropped this receiver/);
+    expect(m.error).toMatch(/the session dropped it: it made no progress for 3 s/);
+    expect(d.out).toMatch(/dropped: the session dropped it: it made no progress/);
     fleet.agents[0]!.child.kill('SIGTERM');
     await fleet.agents[0]!.exited;
     fleet.startAgent(0);

@@ -115,34 +115,36 @@ describe('multicast sessions in the network-namespace lab', () => {
     l.down();
   }, 120_000);
 
-  itNeeds(['netns', 'loop', 'blkio'], 'a receiver with a throttled disk does not delay the other seven by more than 10%', async () => {
-    const run = async (throttle: boolean) => {
-      const l = lab(8);
-      const plans = l.clients.map((_, k) => ({ k, disk: join(dir, `slow-${throttle}-${k}.img`), shellPrefix: undefined as string | undefined }));
-      let cgroup: string | undefined;
-      if (throttle) {
-        // Receiver 7 writes to a loop device limited to 1 MiB/s by the blkio controller.
-        const file = plans[7].disk;
-        execFileSync('truncate', ['-s', `${16 * MiB}`, file]);
-        const dev = loopAttach(file);
-        const rdev = execFileSync('stat', ['-c', '%t:%T', dev], { encoding: 'utf8' }).trim().split(':').map((h) => parseInt(h, 16)).join(':');
-        cgroup = `/sys/fs/cgroup/blkio/clonecast-${l.tag}`;
-        mkdirSync(cgroup);
-        writeFileSync(join(cgroup, 'blkio.throttle.write_bps_device'), `${rdev} ${MiB}`);
-        plans[7] = { k: 7, disk: dev, shellPrefix: `echo $$ > ${cgroup}/cgroup.procs` };
-      }
-      const t = await runSession(l, data, 'lab', plans, ['--rate', '40']);
-      l.down();
-      if (cgroup) rmdirSync(cgroup);
-      expect(t.sender.code, t.sender.stderr).toBe(0);
-      t.receivers.forEach((r, k) => expectReceived(r, k === 7 && throttle ? join(dir, `slow-true-7.img`) : plans[k].disk, image, `receiver ${k}`));
-      return { fast: Math.max(...t.receivers.slice(0, 7).map((r) => r.endedAt)), slow: t.receivers[7].endedAt };
-    };
-    const base = await run(false);
-    const withSlow = await run(true);
-    console.log(`throttled-disk test: the 7 finish in ${base.fast.toFixed(0)} ms alone, ${withSlow.fast.toFixed(0)} ms beside a receiver at 1 MiB/s (which took ${withSlow.slow.toFixed(0)} ms)`);
-    expect(withSlow.slow).toBeGreaterThan(withSlow.fast * 1.5); // it really was slow
-    expect(withSlow.fast).toBeLessThan(base.fast * 1.1);
+  // Structural, not timed (timings belong in the benchmarks): the seven others finish while the
+  // throttled one is still far from done, so the sender never waited for it.
+  itNeeds(['netns', 'loop', 'blkio'], 'a receiver with a throttled disk does not hold back the other seven', async () => {
+    const l = lab(8);
+    const plans = l.clients.map((_, k) => ({ k, disk: join(dir, `slow-${k}.img`), shellPrefix: undefined as string | undefined }));
+    // Receiver 7 writes to a loop device limited to 1 MiB/s by the blkio controller.
+    const file = plans[7].disk;
+    execFileSync('truncate', ['-s', `${16 * MiB}`, file]);
+    const dev = loopAttach(file);
+    const rdev = execFileSync('stat', ['-c', '%t:%T', dev], { encoding: 'utf8' }).trim().split(':').map((h) => parseInt(h, 16)).join(':');
+    const cgroup = `/sys/fs/cgroup/blkio/clonecast-${l.tag}`;
+    mkdirSync(cgroup);
+    writeFileSync(join(cgroup, 'blkio.throttle.write_bps_device'), `${rdev} ${MiB}`);
+    plans[7] = { k: 7, disk: dev, shellPrefix: `echo $$ > ${cgroup}/cgroup.procs` };
+    const t = await runSession(l, data, 'lab', plans, ['--rate', '40']);
+    l.down();
+    rmdirSync(cgroup);
+    expect(t.sender.code, t.sender.stderr).toBe(0);
+    t.receivers.forEach((r, k) => expectReceived(r, k === 7 ? file : plans[k].disk, image, `receiver ${k}`));
+    const slowId: number = t.receivers[7].json.receiver;
+    const ends: { receiverId: number; state: string; seconds: number; progress: Record<string, number> }[] = t.sender.json.ends;
+    const fastEnds = ends.filter((e) => e.receiverId !== slowId);
+    expect(fastEnds.map((e) => e.state)).toEqual(Array(7).fill('done'));
+    // Where the slow one stood when the last of the seven finished.
+    const lastFast = fastEnds[fastEnds.length - 1];
+    const slowThen = lastFast.progress[slowId];
+    const fast = Math.max(...t.receivers.slice(0, 7).map((r) => r.endedAt));
+    console.log(`throttled-disk test: the 7 finished in ${fast.toFixed(0)} ms; the receiver at 1 MiB/s was ${(100 * slowThen).toFixed(0)}% done then and took ${t.receivers[7].endedAt.toFixed(0)} ms`);
+    expect(ends[ends.length - 1].receiverId).toBe(slowId); // it finished last
+    expect(slowThen).toBeLessThan(0.75);
   }, 240_000);
 
   itNeeds(['netns'], 'packets injected onto the group from another namespace corrupt nothing', async () => {

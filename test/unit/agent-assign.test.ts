@@ -73,6 +73,7 @@ describe('agent assignments', () => {
       senderPort,
       sessionKey: 1234,
       fragmentSize: 1440,
+      receiverId: 77,
       after: After.AFTER_WAIT,
       manifestPath: '/manifest',
       manifestSha256: createHash('sha256').update(manifest).digest(),

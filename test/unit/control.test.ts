@@ -150,10 +150,18 @@ describe('control messages: refused input', () => {
     refused({ type: 'result', result: { sessionId: 1, state: MachineState.STATE_DONE, diskDigest: Buffer.alloc(16) } }, /digest of 16 bytes/);
   });
 
+  it('an assignment without a receiver id (the server names every receiver)', () => {
+    const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
+    expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, receiverId: 0 } }))).toThrow(/receiver id 0/);
+  });
+
   it('an assignment with an impossible fragment size or port', () => {
     const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
     expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 20 } }))).toThrow(/fragment size 20/);
     expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, port: 0 } }))).toThrow(/port out of range/);
+    // One limit with the engine: MCAST.MAX_FRAGMENT (8940), not 9000.
+    expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 8941 } }))).toThrow(/fragment size 8941/);
+    expect(decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 8940 } }))).toMatchObject({ type: 'assign' });
   });
 
   it('random bytes: 20,000 inputs, only ever decoded or refused as malformed', () => {

@@ -3,10 +3,12 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Store, parseRef } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
-import { Sender } from '../../server/mcast/sender.js';
-import { Receiver, type SessionInfo } from '../../agent/receiver.js';
+import { Sender } from '../../transfer/sender.js';
+import { Receiver, type SessionInfo } from '../../transfer/receiver.js';
 import { chunkAt } from '../../protocol/manifest.js';
-import { decode, encodeStatus, PacketType, ReceiverState, type AckPacket, type StatusPacket } from '../../protocol/mcast.js';
+import { decode, DropReason, encodeStatus, PacketType, ReceiverState, type AckPacket, type StatusPacket } from '../../protocol/mcast.js';
+import { ClonecastError, isError, ERR } from '../../protocol/errors.js';
+import { liveness } from '../../transfer/policy.js';
 import { FakeNetwork } from './fake-network.js';
 import { seeded, tempDir, texty } from '../helpers.js';
 
@@ -125,14 +127,18 @@ describe('transfer engine over a faulty in-memory network', () => {
   it('takes back a dropped receiver that restarts, even though its reports are numbered from scratch', async () => {
     const { store, manifest } = await setup(join(dir, 'restart'));
     const net = new FakeNetwork(4);
-    const sender = makeSender(store, manifest, net, { rateMbit: 1, dropAfterMs: 200 });
+    const sender = makeSender(store, manifest, net, { rateMbit: 1 });
     const port = await sender.start();
     const peer = await rawPeer(net, '10.0.0.60', sender, port);
     const all = [{ first: 0, count: 23 }];
     const lastState = () => peer.acks[peer.acks.length - 1].state;
     try {
-      for (let seq = 0; seq < 40; seq++) await peer.report({ seq, incarnation: 1, ranges: all }); // no progress: dropped after 200 ms
-      expect(lastState()).toBe(ReceiverState.DROPPED);
+      for (let seq = 0; seq < 5; seq++) await peer.report({ seq, incarnation: 1, ranges: all });
+      expect(sender.drop(50, DropReason.NO_PROGRESS)).toBe(true); // the policy gave it up
+      await new Promise((r) => setTimeout(r, 10));
+      expect(lastState()).toBe(ReceiverState.DROPPED); // told at once
+      expect(peer.acks[peer.acks.length - 1].reason).toBe(DropReason.NO_PROGRESS);
+      expect(sender.pendingDemand()).toBe(0);
       await peer.report({ seq: 41, incarnation: 1, ranges: all }); // the same run: still dropped
       expect(lastState()).toBe(ReceiverState.DROPPED);
       await peer.report({ seq: 0, incarnation: 2, ranges: all }); // a restart: sequence 0, new incarnation
@@ -144,25 +150,33 @@ describe('transfer engine over a faulty in-memory network', () => {
     }
   });
 
-  it('drops a receiver that stops making progress and finishes the others', async () => {
+  it('drops, by the liveness rule, a receiver that stops making progress and finishes the others', async () => {
     const { store, manifest, disk } = await setup(join(dir, 'drop'));
     const net = new FakeNetwork(5);
     net.faults.set('10.0.0.21', { loss: 1 }); // hears nothing at all
-    const sender = makeSender(store, manifest, net, { dropAfterMs: 400 });
+    const sender = makeSender(store, manifest, net);
     const port = await sender.start();
     const info = sessionOf(sender, port);
-    const dropped = new Promise<number>((resolve) => sender.on('state', (r) => r.state === ReceiverState.DROPPED && resolve(r.id)));
+    const dropped = new Promise<{ receiverId: number; reason: DropReason }>((resolve) => sender.on('drop', resolve));
+    // The caller's policy: what clonecast send and the server's sessions run.
+    const policy = setInterval(() => {
+      for (const r of sender.receivers()) {
+        const reason = liveness(r, performance.now(), 400);
+        if (reason !== null) sender.drop(r.receiverId, reason);
+      }
+    }, 50);
     try {
       const deaf = new Receiver({ session: info, manifest, target: join(dir, 'deaf.img'), createSocket: net.factory('10.0.0.21'), receiverId: 21, timeoutMs: 2000 });
       const deafRun = deaf.run().catch((e: Error) => e);
       const ok = await new Receiver({ session: info, manifest, target: join(dir, 'ok.img'), createSocket: net.factory('10.0.0.22'), receiverId: 22 }).run();
       expect(ok.verified).toBe(true);
       expect(readFileSync(join(dir, 'ok.img')).equals(disk)).toBe(true);
-      expect(await dropped).toBe(21);
+      expect(await dropped).toMatchObject({ receiverId: 21, reason: DropReason.NO_PROGRESS });
       const err = await deafRun;
-      expect(err).toBeInstanceOf(Error);
-      expect((err as Error).message).toMatch(/no word from the sender|dropped this receiver/);
+      // It hears nothing, the drop included: it gives up on the silent sender.
+      expect(isError(err, ERR.NOT_FOUND) || isError(err, ERR.DROPPED)).toBe(true);
     } finally {
+      clearInterval(policy);
       sender.stop();
     }
   }, 30_000);
@@ -203,6 +217,71 @@ describe('transfer engine over a faulty in-memory network', () => {
       await Promise.all([42, 43].map((h) => new Receiver({ session: info, manifest, target: join(dir, `u${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h }).run()));
       expect(readFileSync(join(dir, 'u42.img')).equals(disk)).toBe(true);
       expect(sender.counters.packetsSent - before).toBeGreaterThan(sender.counters.unicastPackets - before);
+    } finally {
+      sender.stop();
+    }
+  }, 30_000);
+
+  it('cancel during verify leaves the receiver\'s promise settled and nothing unhandled', async () => {
+    const { store, manifest } = await setup(join(dir, 'cancel-verify'));
+    const unhandled: unknown[] = [];
+    const onUnhandled = (reason: unknown) => unhandled.push(reason);
+    const onUncaught = (err: unknown) => unhandled.push(err);
+    process.on('unhandledRejection', onUnhandled);
+    process.on('uncaughtException', onUncaught);
+    try {
+      // Stopped as verifying begins, and from the handler of the last write (the writer then
+      // finds everything written just as the run ends): either way the socket and disk close under it.
+      for (const when of ['verifying', 'last-write'] as const) {
+        const net = new FakeNetwork(13);
+        const sender = makeSender(store, manifest, net, { rateMbit: 50 });
+        const port = await sender.start();
+        try {
+          const receiver = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, `cv-${when}.img`), createSocket: net.factory('10.0.0.51'), receiverId: 51 });
+          const cancel = () => receiver.stop(new ClonecastError(ERR.CANCELLED, 'cancelled: by the test'));
+          if (when === 'verifying') receiver.once('verifying', cancel);
+          else receiver.on('progress', (p: { done: number; wanted: number }) => p.done === p.wanted && cancel());
+          const outcome = await receiver.run().then(
+            () => 'resolved',
+            (err: unknown) => err,
+          );
+          expect(isError(outcome, ERR.CANCELLED), `${when}: ${String(outcome)}`).toBe(true);
+          // Timers, a read-back in progress and the last reports would fire within this.
+          await new Promise((r) => setTimeout(r, 400));
+        } finally {
+          sender.stop();
+        }
+      }
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+      process.off('uncaughtException', onUncaught);
+    }
+  }, 30_000);
+
+  it('a receiver the sender drops rejects with a typed reason, not a message to match', async () => {
+    const { store, manifest } = await setup(join(dir, 'typed-drop'));
+    const net = new FakeNetwork(17);
+    const sender = makeSender(store, manifest, net, { rateMbit: 0.2, hold: true }); // holds: it sends nothing
+    const port = await sender.start();
+    try {
+      const receiver = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td.img'), createSocket: net.factory('10.0.0.52'), receiverId: 52 });
+      const run = receiver.run().catch((e: unknown) => e);
+      const joined = await new Promise<{ receiverId: number }>((r) => sender.once('join', r));
+      expect(joined.receiverId).toBe(52);
+      expect(sender.drop(52, DropReason.SILENT)).toBe(true);
+      const err = await run;
+      expect(isError(err, ERR.DROPPED)).toBe(true);
+      expect((err as ClonecastError).details.dropped).toBe(DropReason.SILENT);
+      expect(sender.receivers()[0]).toMatchObject({ receiverId: 52, state: ReceiverState.DROPPED, reason: DropReason.SILENT });
+      // A session that ends because of the drop stops the sender from inside the 'drop' listener.
+      const again = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td2.img'), createSocket: net.factory('10.0.0.53'), receiverId: 53 });
+      const run2 = again.run().catch((e: unknown) => e);
+      await new Promise((r) => sender.once('join', r));
+      sender.once('drop', () => sender.stop());
+      expect(() => sender.drop(53, DropReason.NO_PROGRESS)).not.toThrow();
+      again.stop(new ClonecastError(ERR.CANCELLED, 'cancelled: by the test'));
+      expect(isError(await run2, ERR.CANCELLED) || isError(await run2, ERR.DROPPED)).toBe(true);
     } finally {
       sender.stop();
     }

@@ -98,7 +98,9 @@ class FakeSocket extends EventEmitter {
   }
 
   send(msg: Buffer, port: number, address: string, cb?: (err: Error | null) => void): void {
-    if (!this.closed) this.net.route(msg, { address: this.host, port: this.port }, port, address);
+    // Like node:dgram: sending on a closed socket throws at once.
+    if (this.closed) throw Object.assign(new Error('Not running'), { code: 'ERR_SOCKET_DGRAM_NOT_RUNNING' });
+    this.net.route(msg, { address: this.host, port: this.port }, port, address);
     if (cb) queueMicrotask(() => cb(null));
   }
 

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { decode, encodeAck, encodeData, encodeStatus, fragmentCount, MCAST, PacketType, statusSize } from '../../protocol/mcast.js';
-import { seqNewer } from '../../server/mcast/sender.js';
+import { seqNewer } from '../../transfer/sender.js';
 
 // Golden packets, field by field (docs/protocol.md).
 const DATA = [

@@ -1,10 +1,10 @@
 /**
  * Fetches a session's description and manifest from the sender's HTTP
- * endpoint (server/mcast/session.ts).
+ * endpoint (session.ts beside it); used by `clonecast receive`.
  */
-import { decodeManifest, type Manifest } from '../protocol/manifest.js';
-import { ClonecastError, ERR } from '../protocol/errors.js';
-import type { SessionInfo } from './receiver.js';
+import { decodeManifest, type Manifest } from '../../protocol/manifest.js';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import type { SessionInfo } from '../../transfer/session.js';
 
 /** What a receiver fetches before it joins. */
 export interface JoinInfo {

@@ -3,7 +3,7 @@
  * socket buffers the kernel allows (net.core.rmem_max caps them; 4 MiB here).
  */
 import { createSocket as dgramSocket } from 'node:dgram';
-import type { CreateSocket, UdpSocket } from '../../protocol/transport.js';
+import type { CreateSocket, UdpSocket } from '../protocol/transport.js';
 
 /** Socket buffer size asked for; the kernel clamps it to rmem_max/wmem_max. */
 export const SOCKET_BUFFER = 8 << 20;

@@ -1,0 +1,151 @@
+/**
+ * Demand and pick, the sender's scheduler: how many receivers need each
+ * chunk (kept in step with every peer's need bitmap), the repairs asked for
+ * (the union of NACKed fragments, which one parity-free resend serves for
+ * all), and the choice of what goes out next: repairs first, then the chunk
+ * most receivers need, scanning from a moving cursor.
+ */
+import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
+import { CHUNK } from '../protocol/chunk.js';
+import { fragmentCount } from '../protocol/mcast.js';
+import type { Peer } from './peers.js';
+
+/** A chunk just sent is not asked for again for this many round-trip times, whatever stale reports say. */
+const RESEND_GUARD_RTTS = 3;
+const MIN_GUARD_MS = 30;
+/** pick() looks at this many needed chunks from the cursor and takes the most needed. */
+const PICK_WINDOW = 256;
+
+/** What goes out next: a whole chunk, or the fragments of a repair. */
+export interface Pick {
+  chunk: number;
+  /** Fragments to resend (a repair); undefined: the whole chunk. */
+  fragments?: Uint8Array;
+  /** Receivers the group does not reach that wanted it: they get unicast copies. */
+  unicastTo: Peer[];
+}
+
+/** Per-chunk demand over all peers. */
+export class Demand {
+  readonly chunks: number;
+  private readonly kinds: Uint8Array;
+  private readonly count: Uint16Array;
+  /** Sum of count[], so that an idle sender does not scan the table every tick. */
+  private total = 0;
+  private readonly lastSent: Float64Array;
+  private readonly repairs = new Map<number, Uint8Array>();
+  /** Repairs asked for by receivers the group does not reach. */
+  private readonly unicastRepairs = new Map<number, Set<Peer>>();
+  private cursor = 0;
+
+  constructor(
+    private readonly manifest: Manifest,
+    private readonly fragmentSize: number,
+  ) {
+    this.chunks = tableLength(manifest.table);
+    this.kinds = new Uint8Array(this.chunks);
+    for (let i = 0; i < this.chunks; i++) this.kinds[i] = chunkAt(manifest.table, i).kind;
+    this.count = new Uint16Array(this.chunks);
+    this.lastSent = new Float64Array(this.chunks);
+  }
+
+  /** Chunk-needs summed over peers. */
+  get pending(): number {
+    return this.total;
+  }
+
+  /** How many peers need chunk i. */
+  demandOf(i: number): number {
+    return this.count[i];
+  }
+
+  /**
+   * The ranges are all this peer needs inside [start, end): clear the
+   * window, then set the ranges. A chunk sent less than a guard time ago is
+   * not set: the report was probably written before it arrived.
+   */
+  setNeeds(peer: Peer, start: number, end: number, ranges: { first: number; count: number }[], now: number): void {
+    const guard = Math.max(MIN_GUARD_MS, peer.rttMs * RESEND_GUARD_RTTS);
+    // Clearing costs a pass over the window; skip it when nothing is set.
+    if (peer.needCount > 0) for (let i = start; i < end; i++) this.setNeed(peer, i, false);
+    for (const r of ranges) {
+      for (let i = r.first; i < Math.min(r.first + r.count, end); i++) {
+        if (this.kinds[i] === ChunkKind.DATA && now - this.lastSent[i] > guard) this.setNeed(peer, i, true);
+      }
+    }
+  }
+
+  /** Forgets everything peer needs (it ended or was dropped). */
+  clear(peer: Peer): void {
+    this.setNeeds(peer, 0, this.chunks, [], 0);
+  }
+
+  private setNeed(peer: Peer, i: number, on: boolean): void {
+    const bit = 1 << (i & 7);
+    const has = (peer.need[i >> 3] & bit) !== 0;
+    if (has === on) return;
+    if (on) {
+      peer.need[i >> 3] |= bit;
+      this.count[i]++;
+      this.total++;
+      peer.needCount++;
+    } else {
+      peer.need[i >> 3] &= ~bit;
+      this.count[i]--;
+      this.total--;
+      peer.needCount--;
+    }
+  }
+
+  /** Records a NACK: peer misses these fragments of chunk. Malformed ones (wrong chunk, wrong count) are ignored. */
+  addRepair(peer: Peer, chunk: number, fragments: number, missing: Uint8Array): void {
+    if (chunk >= this.chunks || this.kinds[chunk] !== ChunkKind.DATA) return;
+    const expected = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength, this.fragmentSize);
+    if (fragments !== expected) return;
+    peer.nacks++;
+    const bits = this.repairs.get(chunk) ?? new Uint8Array(Math.ceil(fragments / 8));
+    // The union of everyone's missing fragments: one repair serves them all.
+    for (let b = 0; b < bits.length; b++) bits[b] |= missing[b];
+    this.repairs.set(chunk, bits);
+    if (peer.unicast) {
+      const set = this.unicastRepairs.get(chunk) ?? new Set<Peer>();
+      set.add(peer);
+      this.unicastRepairs.set(chunk, set);
+    }
+  }
+
+  /** Repairs first, then the chunk most peers need; the picked chunk is assumed delivered (a peer that loses it asks again). */
+  pick(peers: Iterable<Peer>, now: number): Pick | undefined {
+    for (const [chunk, bits] of this.repairs) {
+      this.repairs.delete(chunk);
+      const unicastTo = [...(this.unicastRepairs.get(chunk) ?? [])];
+      this.unicastRepairs.delete(chunk);
+      return { chunk, fragments: bits, unicastTo };
+    }
+    if (this.total === 0) return undefined;
+    let best = -1;
+    let bestDemand = 0;
+    // Take the most needed chunk among the first ones found, so that work
+    // spreads over the disk in order.
+    let seen = 0;
+    for (let k = 0; k < this.chunks; k++) {
+      const i = (this.cursor + k) % this.chunks;
+      const d = this.count[i];
+      if (d === 0) continue;
+      if (d > bestDemand) {
+        best = i;
+        bestDemand = d;
+      }
+      if (++seen >= PICK_WINDOW) break;
+    }
+    if (best < 0) return undefined;
+    this.cursor = (best + 1) % this.chunks;
+    const unicastTo: Peer[] = [];
+    for (const peer of peers) {
+      if (peer.unicast && (peer.need[best >> 3] & (1 << (best & 7))) !== 0) unicastTo.push(peer);
+      this.setNeed(peer, best, false);
+    }
+    this.lastSent[best] = now;
+    return { chunk: best, unicastTo };
+  }
+}

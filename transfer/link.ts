@@ -1,0 +1,80 @@
+/**
+ * What a receiver knows about its link to the sender: packet loss from the
+ * sender's sequence numbers, the smoothed round-trip time from ACKs echoing
+ * its reports, and whether the group reaches it at all (the unicast fallback).
+ */
+
+/** The unicast fallback: no data for this long while the sender sent this many packets. */
+const UNICAST_AFTER_MS = 3000;
+const UNICAST_AFTER_PACKETS = 64;
+/** Reports remembered for RTT samples. */
+const SENT_KEPT = 64;
+
+/** Loss, RTT and multicast reachability as one receiver sees them. */
+export class Link {
+  /** Smoothed round-trip time, ms (0 until the first sample). */
+  srtt = 0;
+  /** Data packets the sender's sequence says were sent to us but never came. */
+  lost = 0;
+  /** Send my data by unicast: asked for, or multicast never arrives while the sender sends. */
+  unicast: boolean;
+  private firstSeq = -1;
+  private maxSeq = -1;
+  private readonly sentAt = new Map<number, number>();
+  private lastDataAt = 0;
+  /** The sender's packet sequence in its latest ACK, and what it was when data last arrived. */
+  private ackSeq = 0;
+  private ackSeqAtData = 0;
+
+  constructor(unicast: boolean) {
+    this.unicast = unicast;
+  }
+
+  /** A data packet with sequence seq arrived at now; packets is how many have arrived in all. countLoss: gaps are ours to count. */
+  data(seq: number, now: number, packets: number, countLoss: boolean): void {
+    this.lastDataAt = now;
+    this.ackSeqAtData = this.ackSeq;
+    if (!countLoss) return;
+    if (this.firstSeq < 0) {
+      this.firstSeq = seq;
+      this.maxSeq = seq;
+    } else if (((seq - this.maxSeq) >>> 0) < 0x80000000) {
+      this.maxSeq = seq;
+    }
+    const span = ((this.maxSeq - this.firstSeq) >>> 0) + 1;
+    this.lost = Math.max(0, span - packets);
+  }
+
+  /** A STATUS with sequence seq went out at now. */
+  sent(seq: number, now: number): void {
+    this.sentAt.set(seq, now);
+    if (this.sentAt.size > SENT_KEPT) this.sentAt.delete(this.sentAt.keys().next().value!);
+  }
+
+  /** An ACK for us: the sender's packet sequence, and the report it echoes (an RTT sample if we still know it). */
+  ack(senderSeq: number, echo: number, now: number): void {
+    this.ackSeq = senderSeq;
+    const sent = this.sentAt.get(echo);
+    if (sent === undefined) return;
+    const rtt = now - sent;
+    this.srtt = this.srtt === 0 ? rtt : 0.875 * this.srtt + 0.125 * rtt;
+    this.sentAt.delete(echo);
+  }
+
+  /**
+   * Unicast fallback: the sender's ACKs show it sending (its packet sequence moved on by
+   * UNICAST_AFTER_PACKETS) while no data packet reached this receiver for UNICAST_AFTER_MS
+   * since since: the group does not reach it (another subnet, no multicast routing). Sticky;
+   * returns the silence that decided it, once, or undefined.
+   */
+  checkUnicast(now: number, since: number, stillNeeds: boolean): { silentMs: number; senderPackets: number } | undefined {
+    if (this.unicast || !stillNeeds) return undefined;
+    const silentFor = now - Math.max(this.lastDataAt, since);
+    const sentSince = (this.ackSeq - this.ackSeqAtData) >>> 0;
+    if (silentFor > UNICAST_AFTER_MS && sentSince > UNICAST_AFTER_PACKETS && sentSince < 0x80000000) {
+      this.unicast = true;
+      return { silentMs: Math.round(silentFor), senderPackets: sentSince };
+    }
+    return undefined;
+  }
+}

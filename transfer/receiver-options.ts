@@ -1,0 +1,78 @@
+/**
+ * What a receiver is given and what it gives back: its options and their
+ * defaults, its counters, its result. (The Receiver class is in receiver.ts.)
+ */
+import type { CreateSocket } from '../protocol/transport.js';
+import type { Manifest } from '../protocol/manifest.js';
+import type { SessionInfo } from './session.js';
+import type { Verification } from './verifier.js';
+
+/** Defaults of ReceiverOptions. */
+export const RECEIVER_DEFAULTS = Object.freeze({
+  /** Decoded chunks waiting for the disk. */
+  queueChunks: 8,
+  /** Chunks being reassembled at once (each holds a chunk-sized buffer from a pool). */
+  maxPartials: 16,
+  /** Report interval floor, ms; it grows to 2 round-trip times on slow links. */
+  reportMs: 100,
+  /** Give up if the sender is silent this long. */
+  timeoutMs: 60_000,
+  /** Most NACKs in one STATUS. */
+  maxNacks: 6,
+});
+
+/** How to run a receiver. */
+export interface ReceiverOptions {
+  session: SessionInfo;
+  manifest: Manifest;
+  /** Disk or file to write. */
+  target: string;
+  force?: boolean;
+  /** Local IPv4 address of the interface to join the group on. */
+  interfaceAddress?: string;
+  /** The id the server gave this receiver (the Assign's receiver_id); without one, a hash of host, interface and target. */
+  receiverId?: number;
+  /** Check which chunks the target already holds and skip them. */
+  resume?: boolean;
+  /** Chunks this process already wrote to the target in an earlier run (one byte per chunk, non-zero: written and checked). */
+  known?: Uint8Array;
+  /** Read the disk back and check every chunk at the end (default true). */
+  verify?: boolean;
+  queueChunks?: number;
+  maxPartials?: number;
+  timeoutMs?: number;
+  /** Ask for data by unicast from the start (a site multicast cannot reach); otherwise automatic. */
+  unicast?: boolean;
+  /** Emulates a slow disk: at most this many bytes per second written (tests and demos). */
+  writeLimit?: number;
+  createSocket?: CreateSocket;
+}
+
+/** Counters for progress and tests. */
+export interface ReceiverCounters {
+  packets: number;
+  lost: number;
+  duplicates: number;
+  chunksWritten: number;
+  bytesWritten: number;
+  queueFullDrops: number;
+  evictions: number;
+  nacksSent: number;
+  statusSent: number;
+  rejected: { malformed: number; foreign: number; otherSession: number; badChunk: number };
+}
+
+/** What a receiver did. */
+export interface ReceiverResult {
+  receiver: number;
+  chunks: number;
+  skipped: number;
+  /** What reading the disk back found (absent with verify: false). */
+  verification?: Verification;
+  bytesWritten: number;
+  seconds: number;
+  verified: boolean;
+  /** Smoothed round-trip time to the sender, ms. */
+  rttMs: number;
+  counters: ReceiverCounters;
+}

@@ -1,0 +1,410 @@
+/**
+ * The multicast receiver (docs/protocol.md). Receive loop: decode, validate
+ * (sender, session), reassemble (reassembly.ts: sizes against the
+ * manifest), check xxh64 against the manifest, hand the chunk to the writer
+ * (writer.ts) through a bounded queue that never blocks reception. Every
+ * report interval it tells the sender what it still needs. At the end it
+ * reads the disk back (verifier.ts).
+ *
+ * One way out: run() settles exactly once, and after stop() nothing of the
+ * run (timers, a verify in progress, a last report) touches the socket or
+ * the disk again.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import { hostname } from 'node:os';
+import { chunkAt, ChunkKind } from '../protocol/manifest.js';
+import { chunkLength, decodeChunk } from '../protocol/chunk.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import { initHashes } from '../protocol/hash.js';
+import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
+import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
+import { Disk } from '../native/disk.js';
+import { Link } from './link.js';
+import { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
+import { ChunkState, Reassembly } from './reassembly.js';
+import { createUdpSocket, growBuffers } from './udp.js';
+import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
+import { Writer } from './writer.js';
+
+export type { SessionInfo } from './session.js';
+export type { Verification } from './verifier.js';
+export { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
+
+/** A receiver for one session. */
+export class Receiver extends EventEmitter {
+  readonly id: number;
+  readonly counters: ReceiverCounters = {
+    packets: 0,
+    lost: 0,
+    duplicates: 0,
+    chunksWritten: 0,
+    bytesWritten: 0,
+    queueFullDrops: 0,
+    evictions: 0,
+    nacksSent: 0,
+    statusSent: 0,
+    rejected: { malformed: 0, foreign: 0, otherSession: 0, badChunk: 0 },
+  };
+  state: ReceiverState = ReceiverState.JOINING;
+  private readonly chunks: Reassembly;
+  private readonly queueChunks: number;
+  private done = 0;
+  private skipped = 0;
+  private socket: UdpSocket | undefined;
+  private disk: Disk | undefined;
+  private writer: Writer | undefined;
+  private seq = 0;
+  private readonly incarnation = randomBytes(4).readUInt32BE(0);
+  private readonly link: Link;
+  private lastHeard = performance.now();
+  private timer: NodeJS.Timeout | undefined;
+  private finished: ((r: ReceiverResult) => void) | undefined;
+  private failed: ((e: unknown) => void) | undefined;
+  private acked = false;
+  private started = 0;
+  private stopError: unknown;
+  /** The end-of-run task (flush, verify, final reports); run() waits for it before closing the disk. */
+  private completing: Promise<void> | undefined;
+  /** Failed or stopped: nothing more is written, read, or sent. */
+  private halted = false;
+
+  constructor(private readonly options: ReceiverOptions) {
+    super();
+    // Without an id from the server: stable across restarts of the same
+    // machine and disk, so that the sender sees a restarted receiver as the one it already knows.
+    this.id = options.receiverId ?? createHash('sha256').update(`${hostname()}|${options.interfaceAddress ?? ''}|${options.target}`).digest().readUInt32BE(0);
+    this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials);
+    this.queueChunks = options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
+    this.link = new Link(options.unicast === true);
+  }
+
+  /** Data is sent to this receiver by unicast (asked for, or the group does not reach it). */
+  get unicast(): boolean {
+    return this.link.unicast;
+  }
+
+  /** Joins the session and writes the image; resolves when the disk is complete and verified. */
+  async run(): Promise<ReceiverResult> {
+    this.started = performance.now();
+    await initHashes();
+    const { meta } = this.options.manifest;
+    const disk = Disk.open(this.options.target, { write: true, force: this.options.force, createSize: meta.diskSize });
+    this.disk = disk;
+    this.writer = new Writer(disk, meta.chunkSize, this.queueChunks, {
+      written: (chunk, length) => this.written(chunk, length),
+      failed: (err) => this.fail(new ClonecastError(ERR.WRITE_ERROR, `writing ${this.options.target} failed: ${(err as Error).message}`, {}, { cause: err })),
+      drained: () => this.maybeComplete(),
+    }, this.options.writeLimit);
+    try {
+      if (disk.size < meta.diskSize) {
+        throw new ClonecastError(ERR.TARGET_TOO_SMALL, `${this.options.target} holds ${disk.size} bytes but the image needs ${meta.diskSize}; use a larger disk`);
+      }
+      this.markKnown();
+      if (this.options.resume) await this.scan();
+      await this.zeroChunks();
+      if (this.stopError !== undefined) throw this.stopError;
+      return await this.receive();
+    } finally {
+      this.halted = true;
+      this.writer.halt();
+      clearInterval(this.timer);
+      this.socket?.close();
+      // A write or a read-back may still be in flight after a failure or stop(): the fd must outlive it.
+      await this.writer.idle();
+      await this.completing;
+      disk.close();
+    }
+  }
+
+  /** Chunks done so far (one byte per chunk, 1: written), to hand to a later run on the same disk. */
+  doneMap(): Uint8Array {
+    const map = new Uint8Array(this.chunks.chunks);
+    for (let i = 0; i < map.length; i++) map[i] = this.chunks.status[i] === ChunkState.DONE ? 1 : 0;
+    return map;
+  }
+
+  /** Progress so far. */
+  progress(): { state: ReceiverState; done: number; wanted: number; skipped: number } {
+    return { state: this.state, done: this.done, wanted: this.chunks.wanted, skipped: this.skipped };
+  }
+
+  /** Leaves the session: run() rejects with err once no write or read is in flight. Safe at any time, also while verifying. */
+  stop(err: unknown): void {
+    this.stopError ??= err;
+    this.fail(err);
+  }
+
+  private markKnown(): void {
+    const known = this.options.known;
+    if (known === undefined) return;
+    if (known.length !== this.chunks.chunks) throw new RangeError(`known map has ${known.length} entries, the image ${this.chunks.chunks} chunks`);
+    for (let i = 0; i < known.length; i++) if (known[i] !== 0 && this.chunks.status[i] === ChunkState.NEEDED) this.skip(i);
+  }
+
+  private skip(i: number): void {
+    this.chunks.status[i] = ChunkState.DONE;
+    this.done++;
+    this.skipped++;
+  }
+
+  private async scan(): Promise<void> {
+    const status = this.chunks.status;
+    await scanExisting(this.disk!, this.options.manifest, this.chunks.hashes, (i) => status[i] === ChunkState.NEEDED, (i) => this.skip(i), () => this.stopError !== undefined);
+    this.emit('resume', { skipped: this.skipped, wanted: this.chunks.wanted });
+  }
+
+  private async zeroChunks(): Promise<void> {
+    const { meta, table } = this.options.manifest;
+    let start = -1;
+    let end = -1;
+    const flush = async () => {
+      if (start >= 0) await this.disk!.zeroRange(start, end - start);
+      start = -1;
+    };
+    for (let i = 0; i < this.chunks.chunks; i++) {
+      if (chunkAt(table, i).kind !== ChunkKind.ZERO) continue;
+      const s = i * meta.chunkSize;
+      const e = s + chunkLength(i, meta.diskSize, meta.chunkSize);
+      if (start >= 0 && s === end) end = e;
+      else {
+        await flush();
+        start = s;
+        end = e;
+      }
+    }
+    await flush();
+  }
+
+  private async receive(): Promise<ReceiverResult> {
+    const { session, interfaceAddress } = this.options;
+    const socket = (this.options.createSocket ?? createUdpSocket)();
+    this.socket = socket;
+    socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    // A socket error after setup ends the run through the one error path, never as an uncaught 'error'.
+    socket.on('error', (err) => this.fail(err));
+    await new Promise<void>((resolve) => socket.bind(session.port, undefined, resolve));
+    socket.addMembership(session.group, interfaceAddress);
+    growBuffers(socket);
+    this.state = this.done === this.chunks.wanted ? ReceiverState.VERIFYING : ReceiverState.RECEIVING;
+    const result = new Promise<ReceiverResult>((resolve, reject) => {
+      this.finished = resolve;
+      this.failed = reject;
+    });
+    if (this.halted) this.fail(this.stopError); // stopped while the socket was being set up
+    this.lastHeard = performance.now(); // scanning and zeroing the disk took time, not the sender
+    this.timer = setInterval(() => this.report(), RECEIVER_DEFAULTS.reportMs);
+    this.report();
+    if (this.done === this.chunks.wanted) this.startCompletion();
+    return result;
+  }
+
+  // ---- receive loop ----
+
+  private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    if (this.halted) return;
+    const p = decode(msg);
+    if (p === null) {
+      this.counters.rejected.malformed++;
+      return;
+    }
+    const { session } = this.options;
+    if (rinfo.address !== session.sender.address) {
+      this.counters.rejected.foreign++;
+      return;
+    }
+    if (p.session !== session.session) {
+      this.counters.rejected.otherSession++;
+      return;
+    }
+    this.lastHeard = performance.now();
+    if (p.type === PacketType.DATA) this.onData(p);
+    else if (p.type === PacketType.ACK && p.receiver === this.id) {
+      this.link.ack(p.seq, p.echo, this.lastHeard);
+      this.onAck(p.state, p.reason);
+    } else this.counters.rejected.malformed++;
+  }
+
+  private onData(p: DataPacket): void {
+    this.counters.packets++;
+    // Once it has everything, the sender may unicast the rest to the last
+    // receiver: sequence gaps then are not this receiver's loss.
+    const receiving = this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING;
+    this.link.data(p.seq, this.lastHeard, this.counters.packets, receiving); // onMessage just read the clock
+    this.counters.lost = this.link.lost;
+    const got = this.chunks.accept(p, this.lastHeard);
+    if (got.kind === 'bad') this.counters.rejected.badChunk++;
+    else if (got.kind === 'duplicate') this.counters.duplicates++;
+    else if (got.kind === 'assembled') this.assembled(got.chunk, got.stored, got.buf);
+    this.counters.evictions = this.chunks.evictions;
+  }
+
+  private assembled(c: number, stored: Buffer, buf: Buffer): void {
+    const writer = this.writer!;
+    const status = this.chunks.status;
+    if (writer.full) {
+      // The disk is behind: drop it; it is still needed and comes again.
+      this.chunks.recycle(buf);
+      status[c] = ChunkState.NEEDED;
+      this.counters.queueFullDrops++;
+      return;
+    }
+    const { meta } = this.options.manifest;
+    const length = chunkLength(c, meta.diskSize, meta.chunkSize);
+    const out = writer.buffer();
+    try {
+      const { header } = decodeChunk(stored, `chunk ${c}`, out);
+      // The manifest's hash, not the packet's, decides: a stray chunk never reaches the disk.
+      if (header.xxh64 !== this.chunks.hashes[c] || header.rawLength !== length) throw new Error('does not match the manifest');
+    } catch {
+      this.counters.rejected.badChunk++;
+      status[c] = ChunkState.NEEDED;
+      writer.giveBack(out);
+      return;
+    } finally {
+      this.chunks.recycle(buf);
+    }
+    status[c] = ChunkState.QUEUED;
+    writer.push({ chunk: c, buf: out, length });
+  }
+
+  private written(chunk: number, length: number): void {
+    this.chunks.status[chunk] = ChunkState.DONE;
+    this.done++;
+    this.counters.chunksWritten++;
+    this.counters.bytesWritten += length;
+    this.emit('progress', { done: this.done, wanted: this.chunks.wanted, bytesWritten: this.counters.bytesWritten });
+  }
+
+  // ---- the end: flush, read back, tell the sender ----
+
+  private maybeComplete(): void {
+    if (!this.halted && this.done === this.chunks.wanted && this.state === ReceiverState.RECEIVING) this.startCompletion();
+  }
+
+  private startCompletion(): void {
+    if (this.completing !== undefined) return;
+    // Whatever happens in it ends in fail() or finished(), never in an unhandled rejection.
+    this.completing = this.complete().catch((err) => this.fail(err));
+  }
+
+  private async complete(): Promise<void> {
+    this.state = ReceiverState.VERIFYING;
+    this.emit('verifying');
+    this.report();
+    let verification: Verification | undefined;
+    try {
+      await this.disk!.flush();
+      if (this.options.verify !== false) {
+        verification = await verifyDisk(this.disk!, this.options.manifest, this.chunks.hashes, () => this.halted);
+        if (verification.chunksBad > 0) {
+          const first = verification.bad[0];
+          throw new ClonecastError(
+            ERR.DAMAGED,
+            `verification failed: ${verification.chunksBad} chunk(s) of ${this.options.target} do not read back as written, the first at chunk ${first} (offset ${first * this.options.manifest.meta.chunkSize}); the disk may be failing`,
+            { verification },
+          );
+        }
+      }
+    } catch (err) {
+      if (this.halted || err instanceof ReadBackStopped) return; // stopped: run() has settled already
+      this.state = ReceiverState.FAILED;
+      this.report();
+      this.fail(err);
+      return;
+    }
+    if (this.halted) return;
+    try {
+      // Tell the kernel about the new partition table (block devices only).
+      await this.disk!.rereadPartitions();
+    } catch {
+      // A loop device without partition scanning, or a busy disk: the table is written; the kernel learns it at the next open.
+    }
+    if (this.halted) return;
+    this.state = ReceiverState.DONE;
+    this.report();
+    // Tell the sender until it acknowledges, for a few report intervals at most.
+    const deadline = performance.now() + 20 * RECEIVER_DEFAULTS.reportMs;
+    while (!this.acked && !this.halted && performance.now() < deadline) await new Promise((r) => setTimeout(r, RECEIVER_DEFAULTS.reportMs));
+    this.finished?.({
+      receiver: this.id,
+      chunks: this.chunks.wanted,
+      skipped: this.skipped,
+      bytesWritten: this.counters.bytesWritten,
+      seconds: (performance.now() - this.started) / 1000,
+      verified: this.options.verify !== false,
+      verification,
+      rttMs: this.link.srtt,
+      counters: this.counters,
+    });
+  }
+
+  private fail(err: unknown): void {
+    this.halted = true;
+    this.writer?.halt();
+    clearInterval(this.timer);
+    const f = this.failed;
+    this.failed = undefined;
+    this.finished = undefined;
+    f?.(err);
+  }
+
+  // ---- reports ----
+
+  private onAck(state: ReceiverState, reason: DropReason): void {
+    if (state === ReceiverState.DROPPED) {
+      const why = reason === DropReason.NO_PROGRESS ? 'it made no progress for too long' : reason === DropReason.SILENT ? 'it was not heard from for too long' : 'the session ended';
+      this.fail(new ClonecastError(ERR.DROPPED, `the sender gave this receiver up: ${why}; start it again to resume`, { dropped: reason }));
+    }
+    if (state === ReceiverState.DONE && this.state === ReceiverState.DONE) this.acked = true;
+  }
+
+  /** Sends one STATUS: progress, what is still needed, NACKs for stalled partial chunks. Never after the run ended. */
+  private report(): void {
+    // A FAILED report still goes out once during the fail path below; after that the socket may be closed.
+    if (this.halted || this.socket === undefined) return;
+    const now = performance.now();
+    if (now - this.lastHeard > (this.options.timeoutMs ?? RECEIVER_DEFAULTS.timeoutMs)) {
+      this.fail(new ClonecastError(ERR.NOT_FOUND, `no word from the sender ${this.options.session.sender.address} for ${Math.round((now - this.lastHeard) / 1000)} s; is it still running?`));
+      return;
+    }
+    const writer = this.writer!;
+    const paused = writer.full;
+    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledNacks(now, this.link.srtt, RECEIVER_DEFAULTS.maxNacks) : [];
+    const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, nacks)) / 8);
+    let windowStart = 0;
+    let windowEnd = this.chunks.chunks;
+    let ranges: Range[] = [];
+    if (this.state === ReceiverState.RECEIVING && !paused) ({ windowStart, windowEnd, ranges } = this.chunks.needRanges(room));
+    const seq = this.seq++ >>> 0;
+    this.link.sent(seq, now);
+    const fallback = this.link.checkUnicast(now, this.started, this.state === ReceiverState.RECEIVING && this.done < this.chunks.wanted);
+    if (fallback !== undefined) this.emit('unicast', fallback);
+    const packet = encodeStatus({
+      session: this.options.session.session,
+      seq,
+      receiver: this.id,
+      state: this.state,
+      unicast: this.link.unicast,
+      queueFill: writer.fill,
+      done: this.done,
+      wanted: this.chunks.wanted,
+      received: this.counters.packets,
+      lost: this.counters.lost,
+      windowStart,
+      windowEnd,
+      rttMs: this.link.srtt,
+      incarnation: this.incarnation,
+      ranges,
+      nacks,
+    });
+    this.counters.statusSent++;
+    this.counters.nacksSent += nacks.length;
+    try {
+      this.socket.send(packet, this.options.session.sender.port, this.options.session.sender.address);
+    } catch (err) {
+      // The socket went away under us (closed): the run ends through fail(), not a throw out of a timer.
+      this.fail(err);
+    }
+  }
+}

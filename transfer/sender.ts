@@ -1,0 +1,376 @@
+/**
+ * The multicast sender (docs/protocol.md). Serve loop: receive a STATUS,
+ * decode, validate, update what that receiver needs, answer with an ACK.
+ * Send loop: pick the repair or chunk most needed (demand.ts), cut it into
+ * fragments, pace them out at the current rate (pacer.ts).
+ *
+ * Mechanism only: when to start (release()) and whom to give up (drop())
+ * are the caller's policy (policy.ts); receivers() gives it what to decide on.
+ */
+import { EventEmitter } from 'node:events';
+import type { Manifest } from '../protocol/manifest.js';
+import { bitSet, decode, DataFlag, DropReason, encodeAck, encodeData, fragmentCount, MCAST, PacketType, ReceiverState } from '../protocol/mcast.js';
+import type { CreateSocket, RemoteInfo, UdpSocket } from '../protocol/transport.js';
+import { Demand } from './demand.js';
+import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
+import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
+import { TRANSFER_DEFAULTS, validFragmentSize } from './session.js';
+import { createUdpSocket, growBuffers } from './udp.js';
+
+export type { ReceiverStats } from './peers.js';
+
+/** Defaults of SenderOptions. */
+export const SENDER_DEFAULTS = Object.freeze({
+  rateMbit: TRANSFER_DEFAULTS.rateMbit,
+  fragmentSize: TRANSFER_DEFAULTS.fragmentSize,
+  /** Stored chunks kept in memory for repairs and late joiners. */
+  cacheChunks: 48,
+  ttl: 1,
+});
+
+/** How to run a sender. */
+export interface SenderOptions {
+  manifest: Manifest;
+  /** Returns chunk i's stored form (header + payload, no padding). */
+  loadChunk: (index: number) => Promise<Buffer>;
+  group: string;
+  port: number;
+  /** Local IPv4 address to send from (picks the interface). */
+  address: string;
+  session?: number;
+  /** Send nothing until release() (the caller applies a start rule); otherwise send as soon as anyone needs data. */
+  hold?: boolean;
+  rateMbit?: number;
+  fragmentSize?: number;
+  cacheChunks?: number;
+  ttl?: number;
+  /** With one receiver left needing data, send to it by unicast (default true). */
+  unicastSingle?: boolean;
+  createSocket?: CreateSocket;
+}
+
+/** A receiver given up: its id and the typed reason (the 'drop' event). */
+export interface DropEvent {
+  receiverId: number;
+  reason: DropReason;
+  stats: ReceiverStats;
+}
+
+interface Outgoing {
+  chunk: number;
+  data: Buffer;
+  fragments: number;
+  /** Fragment indexes still to send, in order. */
+  queue: number[];
+  repair: boolean;
+  /** Receivers the group does not reach that wanted this chunk: they get unicast copies. */
+  unicastTo: Peer[];
+}
+
+/** Counters for the dashboard and tests. */
+export interface SenderCounters {
+  /** Seconds from the first to the last data packet. */
+  sendingSeconds: number;
+  packetsSent: number;
+  bytesSent: number;
+  chunksSent: number;
+  repairPackets: number;
+  /** Data packets sent by unicast to a sole receiver. */
+  unicastPackets: number;
+  statusReceived: number;
+  dropped: { malformed: number; otherSession: number; unexpected: number };
+  sendErrors: number;
+}
+
+/**
+ * A multicast sender for one image version. Events (each carries receiverId):
+ * 'join' (ReceiverStats), 'state' (ReceiverStats), 'status' (ReceiverStats),
+ * 'unicast' (ReceiverStats), 'drop' (DropEvent); 'start' ({ receivers }) on
+ * release(); 'error' (Error).
+ */
+export class Sender extends EventEmitter {
+  readonly session: number;
+  readonly counters: SenderCounters = {
+    sendingSeconds: 0,
+    packetsSent: 0,
+    bytesSent: 0,
+    chunksSent: 0,
+    repairPackets: 0,
+    unicastPackets: 0,
+    statusReceived: 0,
+    dropped: { malformed: 0, otherSession: 0, unexpected: 0 },
+    sendErrors: 0,
+  };
+  private readonly demand: Demand;
+  private readonly peers: PeerTable;
+  private readonly control: RateControl;
+  private readonly pacer: Pacer;
+  private readonly cache = new Map<number, Buffer>();
+  private readonly fragmentSize: number;
+  private socket: UdpSocket | undefined;
+  private seq = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private rateTimer: NodeJS.Timeout | undefined;
+  private current: Outgoing | undefined;
+  private prefetched: Outgoing | undefined;
+  private next: Promise<Outgoing | undefined> | undefined;
+  private stopped = false;
+  private firstSend = 0;
+  private released: boolean;
+
+  constructor(private readonly options: SenderOptions) {
+    super();
+    this.session = options.session ?? ((Math.random() * 0xffffffff) >>> 0);
+    this.fragmentSize = options.fragmentSize ?? SENDER_DEFAULTS.fragmentSize;
+    if (!validFragmentSize(this.fragmentSize)) throw new RangeError(`fragment size must be ${TRANSFER_DEFAULTS.minFragment} to ${TRANSFER_DEFAULTS.maxFragment}`);
+    this.demand = new Demand(options.manifest, this.fragmentSize);
+    this.peers = new PeerTable(this.demand.chunks);
+    this.control = new RateControl(options.rateMbit ?? SENDER_DEFAULTS.rateMbit);
+    this.pacer = new Pacer(this.control, this.fragmentSize);
+    this.released = options.hold !== true;
+  }
+
+  /** Current pacing rate, bytes per second. */
+  get rate(): number {
+    return this.control.rate;
+  }
+
+  /** Binds the socket and starts the serve and send loops; resolves with the local port. */
+  async start(): Promise<number> {
+    const socket = (this.options.createSocket ?? createUdpSocket)();
+    this.socket = socket;
+    socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
+    socket.on('error', (err) => this.emit('error', err));
+    await new Promise<void>((resolve) => socket.bind(0, this.options.address, resolve));
+    socket.setMulticastInterface(this.options.address);
+    socket.setMulticastTTL(this.options.ttl ?? SENDER_DEFAULTS.ttl);
+    socket.setMulticastLoopback(true);
+    growBuffers(socket);
+    this.pacer.reset(performance.now());
+    this.timer = setInterval(() => this.tick(), PACER_DEFAULTS.tickMs);
+    this.rateTimer = setInterval(() => this.control.adjust(this.peers.closeInterval()), PACER_DEFAULTS.rateIntervalMs);
+    return socket.address().port;
+  }
+
+  /** Starts sending now (with hold: the caller's start rule is met). Progress is counted from here. */
+  release(): void {
+    if (this.released) return;
+    this.released = true;
+    this.peers.resetProgress(performance.now());
+    this.emit('start', { receivers: this.peers.size });
+  }
+
+  /** Stops sending and closes the socket. Receivers still running see no more data. */
+  stop(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearInterval(this.timer);
+    clearInterval(this.rateTimer);
+    this.socket?.close();
+  }
+
+  /** Statistics of every receiver seen (the caller's liveness policy reads lastProgressAt and lastHeardAt). */
+  receivers(): ReceiverStats[] {
+    return this.peers.stats();
+  }
+
+  /**
+   * Gives a receiver up: it is no longer served, and its next reports are
+   * answered with an ACK in state DROPPED carrying reason (sent at once too).
+   * A restarted receiver (new incarnation) is taken back. False if unknown or already ended.
+   */
+  drop(receiverId: number, reason: DropReason): boolean {
+    const peer = this.peers.get(receiverId);
+    if (peer === undefined || peer.state === ReceiverState.DONE || peer.state === ReceiverState.FAILED || peer.state === ReceiverState.DROPPED) return false;
+    peer.state = ReceiverState.DROPPED;
+    peer.reason = reason;
+    this.demand.clear(peer);
+    // Tell it now (before the events: a listener may stop the sender); echo the report
+    // already answered, so that it takes no round-trip sample from this.
+    this.reply(peer, peer.lastSeq >>> 0);
+    const stats = statsOf(peer);
+    this.emit('state', stats);
+    this.emit('drop', { receiverId, reason, stats } satisfies DropEvent);
+    return true;
+  }
+
+  /** Chunks that some active receiver needs, as the sender believes. */
+  pendingDemand(): number {
+    return this.demand.pending;
+  }
+
+  // ---- serve loop: STATUS in, ACK out ----
+
+  private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
+    const p = decode(msg);
+    if (p === null) {
+      this.counters.dropped.malformed++;
+      return;
+    }
+    if (p.session !== this.session) {
+      this.counters.dropped.otherSession++;
+      return;
+    }
+    if (p.type !== PacketType.STATUS) {
+      this.counters.dropped.unexpected++;
+      return;
+    }
+    this.counters.statusReceived++;
+    const now = performance.now();
+    const { peer, joined, rejoined } = this.peers.peerFor(p, rinfo, now);
+    if (joined) this.emit('join', statsOf(peer));
+    if (rejoined) this.emit('state', statsOf(peer));
+    // A report older than one already applied is stale: answer it, change nothing.
+    if (peer.lastSeq < 0 || seqNewer(p.seq, peer.lastSeq)) {
+      peer.lastSeq = p.seq;
+      peer.lastHeardAt = now;
+      if (peer.state !== ReceiverState.DROPPED) this.apply(peer, p, now);
+    }
+    this.reply(peer, p.seq);
+  }
+
+  private apply(peer: Peer, p: Parameters<PeerTable['applyReport']>[1], now: number): void {
+    const changed = this.peers.applyReport(peer, p, now);
+    // Before sending begins, waiting is not a lack of progress.
+    if (!this.released) peer.lastProgressAt = now;
+    if (changed.becameUnicast) this.emit('unicast', statsOf(peer));
+    if (changed.stateChanged) this.emit('state', statsOf(peer));
+    if (peer.state === ReceiverState.DONE || peer.state === ReceiverState.FAILED) {
+      this.demand.clear(peer);
+    } else {
+      this.demand.setNeeds(peer, p.windowStart, Math.min(p.windowEnd, this.demand.chunks), p.ranges, now);
+      for (const k of p.nacks) this.demand.addRepair(peer, k.chunk, k.fragments, k.missing);
+    }
+    this.emit('status', statsOf(peer));
+  }
+
+  private reply(peer: Peer, echo: number): void {
+    const ack = encodeAck({
+      session: this.session,
+      seq: this.seq,
+      receiver: peer.receiverId,
+      echo,
+      state: peer.state,
+      reason: peer.reason,
+      rateKiB: Math.round(this.control.rate / 1024),
+    });
+    if (this.stopped || this.socket === undefined) return;
+    try {
+      this.socket.send(ack, peer.port, peer.address);
+    } catch {
+      // The socket went away: counted, never a throw into the serve loop or the caller's timer.
+      this.counters.sendErrors++;
+    }
+  }
+
+  // ---- send loop ----
+
+  private tick(): void {
+    if (this.stopped) return;
+    const now = performance.now();
+    let budget = this.pacer.refill(now);
+    if (!this.released) return;
+    // One receiver left: unicast, so that switches without IGMP snooping do
+    // not flood the group to every port (a single restore, a remote site).
+    const only = this.options.unicastSingle === false ? undefined : this.peers.soleReceiver();
+    const dest = only !== undefined ? { port: only.port, address: only.address } : { port: this.options.port, address: this.options.group };
+    const sentBefore = this.counters.packetsSent;
+    while (budget >= this.pacer.packetBytes) {
+      if (this.current === undefined || this.current.queue.length === 0) {
+        // The next chunk was read ahead while this one went out.
+        this.current = this.prefetched;
+        this.prefetched = undefined;
+        this.prepareNext();
+        if (this.current === undefined) break; // still loading: send it on a later tick
+      }
+      const out = this.current;
+      const f = out.queue.shift()!;
+      budget -= this.sendFragment(out, f, dest);
+      if (only !== undefined) this.counters.unicastPackets++;
+      else {
+        // Receivers the group does not reach get their own copy of what they need.
+        for (const peer of out.unicastTo) {
+          budget -= this.sendFragment(out, f, { port: peer.port, address: peer.address });
+          this.counters.unicastPackets++;
+        }
+      }
+      if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
+    }
+    this.pacer.settle(budget);
+    if (this.counters.packetsSent > sentBefore) {
+      if (this.firstSend === 0) this.firstSend = now;
+      this.counters.sendingSeconds = (now - this.firstSend) / 1000;
+    }
+  }
+
+  private sendFragment(out: Outgoing, f: number, dest: { port: number; address: string }): number {
+    const start = f * this.fragmentSize;
+    const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
+    const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length);
+    encodeData(packet, {
+      session: this.session,
+      seq: this.seq++ >>> 0,
+      chunk: out.chunk,
+      fragment: f,
+      fragments: out.fragments,
+      storedLength: out.data.length,
+      flags: out.repair ? DataFlag.REPAIR : 0,
+      payload,
+    });
+    this.seq >>>= 0;
+    this.counters.packetsSent++;
+    this.counters.bytesSent += packet.length;
+    if (out.repair) this.counters.repairPackets++;
+    this.socket!.send(packet, dest.port, dest.address, (err) => {
+      if (err) {
+        // ENOBUFS/EAGAIN: the local queue is full; the rate rule handles it once per interval.
+        this.counters.sendErrors++;
+        this.control.congested();
+      }
+    });
+    return packet.length;
+  }
+
+  private prepareNext(): void {
+    if (this.next !== undefined || this.prefetched !== undefined) return;
+    const pick = this.demand.pick(this.peers.values(), performance.now());
+    if (pick === undefined) return;
+    this.next = this.outgoing(pick.chunk, pick.fragments, pick.unicastTo)
+      .catch((err) => {
+        this.emit('error', err);
+        return undefined;
+      })
+      .then((out) => {
+        this.next = undefined;
+        if (out === undefined || this.stopped) return out;
+        if (this.current === undefined || this.current.queue.length === 0) this.current = out;
+        else this.prefetched = out;
+        this.prepareNext(); // read the one after ahead too
+        return out;
+      });
+  }
+
+  private async outgoing(chunk: number, fragments: Uint8Array | undefined, unicastTo: Peer[]): Promise<Outgoing> {
+    let data = this.cache.get(chunk);
+    if (data === undefined) {
+      data = await this.options.loadChunk(chunk);
+      this.cache.set(chunk, data);
+      const limit = this.options.cacheChunks ?? SENDER_DEFAULTS.cacheChunks;
+      // Map iteration order is insertion order: evict the oldest.
+      while (this.cache.size > limit) this.cache.delete(this.cache.keys().next().value!);
+    } else {
+      this.cache.delete(chunk);
+      this.cache.set(chunk, data);
+    }
+    const count = fragmentCount(data.length, this.fragmentSize);
+    const queue: number[] = [];
+    for (let f = 0; f < count; f++) if (fragments === undefined || bitSet(fragments, f)) queue.push(f);
+    return { chunk, data, fragments: count, queue, repair: fragments !== undefined, unicastTo };
+  }
+}
+
+/** True if sequence a is after b, with 32-bit wrap-around (RFC 1982 style). */
+export function seqNewer(a: number, b: number): boolean {
+  const d = (a - b) >>> 0;
+  return d !== 0 && d < 0x80000000;
+}
