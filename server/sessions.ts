@@ -8,124 +8,28 @@
  * dropped for no progress or lost contact, or cancelled. Sessions are saved
  * in DATA/sessions.json so that a restarted server picks them up again.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
-import { After, isFinalState, MachineState, stateName, type Assign, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
+import { isFinalState, MachineState, stateName, type DiskInfo, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { ACTIVE_SESSION_STATES as ACTIVE, FINAL_MACHINE_STATES as FINAL_MACHINE, machineMoveAllowed, sessionMoveAllowed, type Activity, type MachineStateName, type SessionState } from '../protocol/states.js';
-import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
-import { Sender, type DropEvent } from '../transfer/sender.js';
+import { ACTIVE_SESSION_STATES as ACTIVE, FINAL_MACHINE_STATES as FINAL_MACHINE, machineMoveAllowed, sessionMoveAllowed, type MachineStateName, type SessionState } from '../protocol/states.js';
+import type { Manifest } from '../protocol/manifest.js';
+import type { DropEvent, Sender } from '../transfer/sender.js';
 import { dropReasonText, liveness } from '../transfer/policy.js';
-import { TRANSFER_DEFAULTS } from '../transfer/session.js';
 import { ReceiverState } from '../protocol/mcast.js';
-import type { MachineRecord, Registry, TransferCounts } from './registry.js';
-import { parseRef, type ImageRef, type Store } from './store/store.js';
+import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
 import { allEnded, describeRule, namedBy, normaliseRule, ruleMet, takes, type StartRule } from './session-rules.js';
+import { AFTER, assignment, openLive, pollLive, type Live } from './session-live.js';
+import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
+export type { AgentLink, SessionMachine, SessionManagerOptions, SessionRecord, SessionRequest } from './session-types.js';
+export { eta, SESSION_DEFAULTS };
 export { describeRule, type StartRule };
 
-/** What `deploy` asks for. */
-export interface SessionRequest {
-  /** NAME or NAME@VERSION. */
-  image: string;
-  rule?: StartRule;
-  rateMbit?: number;
-  after?: 'wait' | 'reboot' | 'poweroff';
-  /** "auto" (default) or a device path. */
-  target?: string;
-  verify?: boolean;
-  /** A machine without progress or contact this long is dropped. */
-  dropAfterS?: number;
-  fragmentSize?: number;
-  /**
-   * Differential restore: agents check what their disk already holds and receive only the
-   * rest. true forces it, false forbids it; undefined: automatic, for a machine whose disk
-   * the registry says last received a version of the same image.
-   */
-  differential?: boolean;
-}
 
-/** One machine's part of a session. */
-export interface SessionMachine extends TransferCounts {
-  state: string;
-  /** The MAC by which the start rule named it ('' if the rule names none). */
-  mac: string;
-  device: string;
-  error: string;
-  verified: boolean;
-  digestOk: boolean | null;
-  chunksVerified: number;
-  chunksBad: number;
-  seconds: number;
-  joinedAt: string;
-  endedAt: string | null;
-  /** ms since epoch when it went offline; 0 while connected. */
-  offlineSince: number;
-  /** The id its receiver uses on the wire (the Assign's receiver_id): chosen once, kept across reassignments. */
-  receiverId: number;
-}
-
-export type { SessionState };
-
-/** A session as saved and as the API shows it. */
-export interface SessionRecord {
-  id: number;
-  /** The multicast session number on the wire. */
-  key: number;
-  image: string;
-  version: number;
-  imageSize: number;
-  group: string;
-  port: number;
-  rule: StartRule;
-  rateMbit: number | null;
-  after: 'wait' | 'reboot' | 'poweroff';
-  target: string;
-  verify: boolean;
-  dropAfterS: number;
-  fragmentSize: number;
-  differential: boolean | null;
-  state: SessionState;
-  reason: string;
-  createdAt: string;
-  firstJoinAt: string | null;
-  startedAt: string | null;
-  endedAt: string | null;
-  machines: Record<string, SessionMachine>;
-  sent: { bytes: number; packets: number; repairPackets: number };
-}
-
-/** How the session manager reaches agents. */
-export interface AgentLink {
-  /** Sends an assignment or a cancel to a connected machine; false if it is not connected. */
-  send(machineId: string, message: { type: 'assign'; assign: Assign } | { type: 'cancel'; cancel: { sessionId: number; reason: string } }): boolean;
-}
-
-/** Options of SessionManager. */
-export interface SessionManagerOptions {
-  store: Store;
-  registry: Registry;
-  agents: AgentLink;
-  /** Local IPv4 address the senders use (picks the multicast interface); undefined: deploy is refused. */
-  senderAddress: string | undefined;
-  log?: (level: 'info' | 'warn', message: string) => void;
-}
-
-export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: TRANSFER_DEFAULTS.dropAfterMs / 1000, fragmentSize: TRANSFER_DEFAULTS.fragmentSize, port: TRANSFER_DEFAULTS.port, keep: 200 });
-
-const AFTER = { wait: After.AFTER_WAIT, reboot: After.AFTER_REBOOT, poweroff: After.AFTER_POWEROFF } as const;
-
-interface Live {
-  manifest: Manifest;
-  manifestBytes: Buffer;
-  manifestSha: Buffer;
-  digest: Buffer;
-  sender: Sender;
-  senderPort: number;
-}
 
 /** Every session, the senders of the active ones, and the start rules. */
 export class SessionManager extends EventEmitter {
@@ -201,7 +105,7 @@ export class SessionManager extends EventEmitter {
     const { name, version } = this.o.store.resolve(parseImage(req.image));
     const rule = normaliseRule(req.rule);
     const after = req.after ?? 'wait';
-    if (!(after in AFTER)) throw new ClonecastError(ERR.USAGE, 'after must be wait, reboot or poweroff');
+    if (typeof after !== 'string' || !Object.hasOwn(AFTER, after)) throw new ClonecastError(ERR.USAGE, 'after must be wait, reboot or poweroff');
     // Id and group slot are taken now, before any await: concurrent creations get distinct ones.
     const id = Math.max(0, ...this.sessions.keys(), ...this.reserved.ids) + 1;
     const used = new Set([...[...this.sessions.values()].filter((s) => ACTIVE.has(s.state)).map((s) => s.group), ...[...this.reserved.slots].map(groupFor)]);
@@ -220,31 +124,7 @@ export class SessionManager extends EventEmitter {
   private async createReserved(id: number, slot: number, name: string, version: number, rule: StartRule, req: SessionRequest): Promise<SessionRecord> {
     const after = req.after ?? 'wait';
     const manifest = await this.o.store.readManifest(name, version);
-    const record: SessionRecord = {
-      id,
-      key: randomBytes(4).readUInt32BE(0),
-      image: name,
-      version,
-      imageSize: manifest.meta.diskSize,
-      group: groupFor(slot),
-      port: SESSION_DEFAULTS.port + (slot % 1000),
-      rule,
-      rateMbit: req.rateMbit ?? null,
-      after,
-      target: req.target ?? 'auto',
-      verify: req.verify ?? true,
-      dropAfterS: req.dropAfterS ?? SESSION_DEFAULTS.dropAfterS,
-      fragmentSize: req.fragmentSize ?? SESSION_DEFAULTS.fragmentSize,
-      differential: typeof req.differential === 'boolean' ? req.differential : null,
-      state: 'waiting',
-      reason: '',
-      createdAt: new Date().toISOString(),
-      firstJoinAt: null,
-      startedAt: null,
-      endedAt: null,
-      machines: {},
-      sent: { bytes: 0, packets: 0, repairPackets: 0 },
-    };
+    const record = newRecord(id, slot, name, version, manifest.meta.diskSize, rule, after, req);
     await this.open(record, manifest);
     this.sessions.set(id, record);
     // Saved before anything starts: a session that cannot be saved never runs (no phantom session).
@@ -336,15 +216,7 @@ export class SessionManager extends EventEmitter {
     const state = stateName(p.state ?? MachineState.STATE_UNKNOWN) as MachineStateName;
     if (isFinalState(p.state ?? 0)) return; // the Result says how it ended
     if (!machineMoveAllowed(m.state === 'offline' ? 'assigned' : m.state, state)) return; // a stale or impossible report
-    const counts: TransferCounts = {
-      chunksDone: p.chunksDone ?? 0,
-      chunksTotal: p.chunksTotal ?? 0,
-      bytesWritten: p.bytesWritten ?? 0,
-      rateBps: p.rateBps ?? 0,
-      loss: p.loss ?? 0,
-      nacks: p.nacks ?? 0,
-      skipped: p.skipped ?? 0,
-    };
+    const counts = countsOf(p);
     Object.assign(m, counts, { state, offlineSince: 0, error: p.error ?? '' });
     this.o.registry.apply(machineId, { type: 'report', by: holder(s), state, progress: { ...counts, etaSeconds: eta(counts, this.live.get(s.id)?.manifest) } });
     this.evaluate(s);
@@ -356,29 +228,7 @@ export class SessionManager extends EventEmitter {
     const s = this.sessions.get(r.sessionId ?? 0);
     const m = s?.machines[machineId];
     if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state)) return;
-    let state = stateName(r.state ?? MachineState.STATE_FAILED) as MachineStateName;
-    let error = r.error ?? '';
-    let digestOk: boolean | null = null;
-    const live = this.live.get(s.id);
-    if (state === 'done' && s.verify) {
-      digestOk = live !== undefined && r.diskDigest !== undefined && r.diskDigest !== null && Buffer.from(r.diskDigest).equals(live.digest);
-      if (!r.verified || !digestOk) {
-        state = 'failed';
-        error = r.verified ? 'the disk digest the agent read back does not match the image; the disk may be failing' : 'the agent did not verify the disk';
-      }
-    }
-    this.finishMachine(s, machineId, {
-      state,
-      error,
-      digestOk,
-      verified: (r.verified ?? false) && digestOk !== false,
-      chunksVerified: r.chunksVerified ?? 0,
-      chunksBad: r.chunksBad ?? 0,
-      seconds: r.seconds ?? 0,
-      bytesWritten: Math.max(m.bytesWritten, r.bytesWritten ?? 0),
-      skipped: Math.max(m.skipped, r.skipped ?? 0),
-      chunksDone: state === 'done' ? m.chunksTotal : m.chunksDone,
-    });
+    this.finishMachine(s, machineId, judgeResult(s, m, r, this.live.get(s.id)?.digest));
     this.checkEnd(s);
   }
 
@@ -406,23 +256,10 @@ export class SessionManager extends EventEmitter {
   }
 
   private async open(s: SessionRecord, manifest?: Manifest): Promise<void> {
-    const m = manifest ?? (await this.o.store.readManifest(s.image, s.version));
-    const manifestBytes = encodeManifest(m);
-    const sender = new Sender({
-      manifest: m,
-      loadChunk: (i) => this.o.store.readChunk(chunkAt(m.table, i).sha256),
-      group: s.group,
-      port: s.port,
-      address: this.o.senderAddress!,
-      session: s.key,
-      hold: true,
-      rateMbit: s.rateMbit ?? undefined,
-      fragmentSize: s.fragmentSize,
-    });
-    sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
-    sender.on('drop', (d: DropEvent) => this.dropped(s, d));
-    const senderPort = await sender.start();
-    this.live.set(s.id, { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort });
+    const live = await openLive(this.o.store, s, this.o.senderAddress!, manifest);
+    live.sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
+    live.sender.on('drop', (d: DropEvent) => this.dropped(s, d));
+    this.live.set(s.id, live);
   }
 
   private offerIdle(): void {
@@ -475,28 +312,7 @@ export class SessionManager extends EventEmitter {
     if (m.state === 'offline') this.move(s, machine.id, 'assigned');
     m.offlineSince = 0;
     this.o.registry.apply(machine.id, { type: 'report', by: holder(s), state: m.state as MachineStateName, error: '' });
-    this.o.agents.send(machine.id, {
-      type: 'assign',
-      assign: {
-        sessionId: s.id,
-        image: s.image,
-        version: s.version,
-        imageSize: s.imageSize,
-        device: choice.device,
-        group: s.group,
-        port: s.port,
-        senderAddress: this.o.senderAddress!,
-        senderPort: live.senderPort,
-        sessionKey: s.key,
-        fragmentSize: s.fragmentSize,
-        receiverId: m.receiverId,
-        after: AFTER[s.after],
-        manifestPath: `/api/sessions/${s.id}/manifest`,
-        manifestSha256: live.manifestSha,
-        verify: s.verify,
-        resume: resume || differential,
-      },
-    });
+    this.o.agents.send(machine.id, { type: 'assign', assign: assignment(s, m, live, this.o.senderAddress!, resume || differential) });
     this.emit('changed');
   }
 
@@ -580,20 +396,9 @@ export class SessionManager extends EventEmitter {
     for (const s of this.sessions.values()) {
       if (!ACTIVE.has(s.state)) continue;
       const live = this.live.get(s.id);
-      if (live !== undefined) {
-        const c = live.sender.counters;
-        s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
-      }
       const dropAfterMs = s.dropAfterS * 1000;
-      // The receivers' liveness, as the sender sees them: a drop comes back through the 'drop' event (dropped()).
-      if (live !== undefined) {
-        const mine = new Set(Object.values(s.machines).filter((m) => !FINAL_MACHINE.has(m.state)).map((m) => m.receiverId));
-        const at = performance.now();
-        for (const r of live.sender.receivers()) {
-          const reason = mine.has(r.receiverId) ? liveness(r, at, dropAfterMs) : null;
-          if (reason !== null) live.sender.drop(r.receiverId, reason);
-        }
-      }
+      // Counters, and the receivers' liveness as the sender sees them (a drop comes back as a 'drop' event).
+      if (live !== undefined) pollLive(s, live, dropAfterMs);
       // A machine whose control connection is gone, by the same rule: nothing heard since it went offline.
       for (const [id, m] of Object.entries(s.machines)) {
         if (m.state !== 'offline') continue;
@@ -626,33 +431,3 @@ export class SessionManager extends EventEmitter {
   }
 }
 
-/** The activity by which a session holds its machines in the registry. */
-function holder(s: SessionRecord): Activity {
-  return { kind: 'session', id: s.id };
-}
-
-/** Multicast group of session slot n, inside 239.77.0.0/16. */
-function groupFor(n: number): string {
-  const k = (n - 1) % (254 * 254);
-  return `239.77.${1 + Math.floor(k / 254)}.${1 + (k % 254)}`;
-}
-
-function parseImage(image: unknown): ImageRef {
-  if (typeof image !== 'string' || image.length === 0) throw new ClonecastError(ERR.USAGE, 'a session needs an image, NAME or NAME@VERSION');
-  return parseRef(image);
-}
-
-/** A random non-zero receiver id that no other machine of the session has. */
-function newReceiverId(s: SessionRecord): number {
-  const used = new Set(Object.values(s.machines).map((m) => m.receiverId));
-  for (;;) {
-    const id = randomBytes(4).readUInt32BE(0);
-    if (id !== 0 && !used.has(id)) return id;
-  }
-}
-
-/** Seconds left at the current rate, counting a full chunk for each one missing. */
-export function eta(m: Pick<SessionMachine, 'chunksDone' | 'chunksTotal' | 'rateBps'>, manifest: Manifest | undefined): number | null {
-  if (m.rateBps <= 0 || manifest === undefined || m.chunksTotal === 0) return null;
-  return Math.ceil(((m.chunksTotal - m.chunksDone) * manifest.meta.chunkSize) / m.rateBps);
-}

@@ -1,0 +1,84 @@
+/**
+ * A running session's live half: its manifest (as sent to agents, with its
+ * SHA-256 and the disk digest a verified machine must report) and its
+ * multicast sender; and the Assign that tells one machine how to join it.
+ */
+import { createHash } from 'node:crypto';
+import { After, type Assign } from '../protocol/control.js';
+import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
+import { Sender } from '../transfer/sender.js';
+import { liveness } from '../transfer/policy.js';
+import { FINAL_MACHINE_STATES } from '../protocol/states.js';
+import type { SessionMachine, SessionRecord } from './session-types.js';
+import type { Store } from './store/store.js';
+
+/** What `after` means on the wire. */
+export const AFTER = { wait: After.AFTER_WAIT, reboot: After.AFTER_REBOOT, poweroff: After.AFTER_POWEROFF } as const;
+
+/** An active session's manifest and sender. */
+export interface Live {
+  manifest: Manifest;
+  manifestBytes: Buffer;
+  manifestSha: Buffer;
+  digest: Buffer;
+  sender: Sender;
+  senderPort: number;
+}
+
+/** Reads the session's manifest and starts its sender, held until the start rule releases it. */
+export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest?: Manifest): Promise<Live> {
+  const m = manifest ?? (await store.readManifest(s.image, s.version));
+  const manifestBytes = encodeManifest(m);
+  const sender = new Sender({
+    manifest: m,
+    loadChunk: (i) => store.readChunk(chunkAt(m.table, i).sha256),
+    group: s.group,
+    port: s.port,
+    address: senderAddress,
+    session: s.key,
+    hold: true,
+    rateMbit: s.rateMbit ?? undefined,
+    fragmentSize: s.fragmentSize,
+  });
+  const senderPort = await sender.start();
+  return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort };
+}
+
+/** The Assign for one machine of a session. */
+export function assignment(s: SessionRecord, m: SessionMachine, live: Live, senderAddress: string, resume: boolean): Assign {
+  return {
+    sessionId: s.id,
+    image: s.image,
+    version: s.version,
+    imageSize: s.imageSize,
+    device: m.device,
+    group: s.group,
+    port: s.port,
+    senderAddress,
+    senderPort: live.senderPort,
+    sessionKey: s.key,
+    fragmentSize: s.fragmentSize,
+    receiverId: m.receiverId,
+    after: AFTER[s.after],
+    manifestPath: `/api/sessions/${s.id}/manifest`,
+    manifestSha256: live.manifestSha,
+    verify: s.verify,
+    resume,
+  };
+}
+
+/**
+ * Copies the sender's counters into the session and applies the one
+ * liveness rule to its receivers: a receiver of a machine still in the
+ * session that is silent or makes no progress for dropAfterMs is dropped.
+ */
+export function pollLive(s: SessionRecord, live: Live, dropAfterMs: number): void {
+  const c = live.sender.counters;
+  s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
+  const mine = new Set(Object.values(s.machines).filter((m) => !FINAL_MACHINE_STATES.has(m.state)).map((m) => m.receiverId));
+  const at = performance.now();
+  for (const r of live.sender.receivers()) {
+    const reason = mine.has(r.receiverId) ? liveness(r, at, dropAfterMs) : null;
+    if (reason !== null) live.sender.drop(r.receiverId, reason);
+  }
+}

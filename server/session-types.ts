@@ -1,0 +1,216 @@
+/**
+ * What a session is made of (its record as saved and shown, each machine's
+ * part, the request that makes one) and the small pure functions over them:
+ * group slots, receiver ids, ETA, the counters of a progress report and the
+ * judgement of a final result.
+ */
+import { randomBytes } from 'node:crypto';
+import { MachineState, stateName, type Assign, type Progress, type Result } from '../protocol/control.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import type { Manifest } from '../protocol/manifest.js';
+import { MCAST } from '../protocol/mcast.js';
+import type { Activity, MachineStateName, SessionState } from '../protocol/states.js';
+import { TRANSFER_DEFAULTS } from '../transfer/session.js';
+import type { Registry, TransferCounts } from './registry.js';
+import { parseRef, type ImageRef, type Store } from './store/store.js';
+import type { StartRule } from './session-rules.js';
+
+/** What `deploy` asks for. */
+export interface SessionRequest {
+  /** NAME or NAME@VERSION. */
+  image: string;
+  rule?: StartRule;
+  rateMbit?: number;
+  after?: 'wait' | 'reboot' | 'poweroff';
+  /** "auto" (default) or a device path. */
+  target?: string;
+  verify?: boolean;
+  /** A machine without progress or contact this long is dropped. */
+  dropAfterS?: number;
+  fragmentSize?: number;
+  /**
+   * Differential restore: agents check what their disk already holds and receive only the
+   * rest. true forces it, false forbids it; undefined: automatic, for a machine whose disk
+   * the registry says last received a version of the same image.
+   */
+  differential?: boolean;
+}
+
+/** One machine's part of a session. */
+export interface SessionMachine extends TransferCounts {
+  state: string;
+  /** The MAC by which the start rule named it ('' if the rule names none). */
+  mac: string;
+  device: string;
+  error: string;
+  verified: boolean;
+  digestOk: boolean | null;
+  chunksVerified: number;
+  chunksBad: number;
+  seconds: number;
+  joinedAt: string;
+  endedAt: string | null;
+  /** ms since epoch when it went offline; 0 while connected. */
+  offlineSince: number;
+  /** The id its receiver uses on the wire (the Assign's receiver_id): chosen once, kept across reassignments. */
+  receiverId: number;
+}
+
+export type { SessionState };
+
+/** A session as saved and as the API shows it. */
+export interface SessionRecord {
+  id: number;
+  /** The multicast session number on the wire. */
+  key: number;
+  image: string;
+  version: number;
+  imageSize: number;
+  group: string;
+  port: number;
+  rule: StartRule;
+  rateMbit: number | null;
+  after: 'wait' | 'reboot' | 'poweroff';
+  target: string;
+  verify: boolean;
+  dropAfterS: number;
+  fragmentSize: number;
+  differential: boolean | null;
+  state: SessionState;
+  reason: string;
+  createdAt: string;
+  firstJoinAt: string | null;
+  startedAt: string | null;
+  endedAt: string | null;
+  machines: Record<string, SessionMachine>;
+  sent: { bytes: number; packets: number; repairPackets: number };
+}
+
+/** How the session manager reaches agents. */
+export interface AgentLink {
+  /** Sends an assignment or a cancel to a connected machine; false if it is not connected. */
+  send(machineId: string, message: { type: 'assign'; assign: Assign } | { type: 'cancel'; cancel: { sessionId: number; reason: string } }): boolean;
+}
+
+/** Options of SessionManager. */
+export interface SessionManagerOptions {
+  store: Store;
+  registry: Registry;
+  agents: AgentLink;
+  /** Local IPv4 address the senders use (picks the multicast interface); undefined: deploy is refused. */
+  senderAddress: string | undefined;
+  log?: (level: 'info' | 'warn', message: string) => void;
+}
+
+export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: TRANSFER_DEFAULTS.dropAfterMs / 1000, fragmentSize: TRANSFER_DEFAULTS.fragmentSize, port: TRANSFER_DEFAULTS.port, keep: 200 });
+
+/** The activity by which a session holds its machines in the registry. */
+export function holder(s: SessionRecord): Activity {
+  return { kind: 'session', id: s.id };
+}
+
+/** Multicast group of session slot n, inside 239.77.0.0/16. */
+export function groupFor(n: number): string {
+  const k = (n - 1) % (254 * 254);
+  return `239.77.${1 + Math.floor(k / 254)}.${1 + (k % 254)}`;
+}
+
+export function parseImage(image: unknown): ImageRef {
+  if (typeof image !== 'string' || image.length === 0) throw new ClonecastError(ERR.USAGE, 'a session needs an image, NAME or NAME@VERSION');
+  return parseRef(image);
+}
+
+/** A random non-zero receiver id that no other machine of the session has. */
+export function newReceiverId(s: SessionRecord): number {
+  const used = new Set(Object.values(s.machines).map((m) => m.receiverId));
+  for (;;) {
+    const id = randomBytes(4).readUInt32BE(0);
+    if (id !== 0 && !used.has(id)) return id;
+  }
+}
+
+/** Seconds left at the current rate, counting a full chunk for each one missing. */
+export function eta(m: Pick<SessionMachine, 'chunksDone' | 'chunksTotal' | 'rateBps'>, manifest: Manifest | undefined): number | null {
+  if (m.rateBps <= 0 || manifest === undefined || m.chunksTotal === 0) return null;
+  return Math.ceil(((m.chunksTotal - m.chunksDone) * manifest.meta.chunkSize) / m.rateBps);
+}
+
+/** The transfer counters of a Progress message (each already range-checked by protocol/control.ts). */
+export function countsOf(p: Progress): TransferCounts {
+  return {
+    chunksDone: p.chunksDone ?? 0,
+    chunksTotal: p.chunksTotal ?? 0,
+    bytesWritten: p.bytesWritten ?? 0,
+    rateBps: p.rateBps ?? 0,
+    loss: p.loss ?? 0,
+    nacks: p.nacks ?? 0,
+    skipped: p.skipped ?? 0,
+  };
+}
+
+/**
+ * How a machine ended, from its agent's Result: "done" stands only when the
+ * agent verified its disk and the digest it read back is the image's
+ * (`digest`, computed by the server from the manifest).
+ */
+export function judgeResult(s: SessionRecord, m: SessionMachine, r: Result, digest: Buffer | undefined): Partial<SessionMachine> {
+  let state = stateName(r.state ?? MachineState.STATE_FAILED) as MachineStateName;
+  let error = r.error ?? '';
+  let digestOk: boolean | null = null;
+  if (state === 'done' && s.verify) {
+    digestOk = digest !== undefined && r.diskDigest !== undefined && r.diskDigest !== null && Buffer.from(r.diskDigest).equals(digest);
+    if (!r.verified || !digestOk) {
+      state = 'failed';
+      error = r.verified ? 'the disk digest the agent read back does not match the image; the disk may be failing' : 'the agent did not verify the disk';
+    }
+  }
+  return {
+    state,
+    error,
+    digestOk,
+    verified: (r.verified ?? false) && digestOk !== false,
+    chunksVerified: r.chunksVerified ?? 0,
+    chunksBad: r.chunksBad ?? 0,
+    seconds: r.seconds ?? 0,
+    bytesWritten: Math.max(m.bytesWritten, r.bytesWritten ?? 0),
+    skipped: Math.max(m.skipped, r.skipped ?? 0),
+    chunksDone: state === 'done' ? m.chunksTotal : m.chunksDone,
+  };
+}
+
+/** A new session's record; the request's numbers and names are checked here, as they come from the network. */
+export function newRecord(id: number, slot: number, image: string, version: number, imageSize: number, rule: StartRule, after: SessionRecord['after'], req: SessionRequest): SessionRecord {
+  const num = (v: unknown, what: string, min: number, max: number): number | undefined => {
+    if (v === undefined || v === null) return undefined;
+    if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) throw new ClonecastError(ERR.USAGE, `${what} must be a number from ${min} to ${max}`);
+    return v;
+  };
+  const target = req.target ?? 'auto';
+  if (typeof target !== 'string' || (target !== 'auto' && !/^\/[\x21-\x7e]{1,255}$/.test(target))) throw new ClonecastError(ERR.USAGE, 'target must be "auto" or a device path such as /dev/sda');
+  if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
+  return {
+    id,
+    key: randomBytes(4).readUInt32BE(0),
+    image,
+    version,
+    imageSize,
+    group: groupFor(slot),
+    port: SESSION_DEFAULTS.port + (slot % 1000),
+    rule,
+    rateMbit: num(req.rateMbit, 'rateMbit', 1, 100_000) ?? null,
+    after,
+    target,
+    verify: req.verify ?? true,
+    dropAfterS: num(req.dropAfterS, 'dropAfterS', 1, 86_400) ?? SESSION_DEFAULTS.dropAfterS,
+    fragmentSize: Math.round(num(req.fragmentSize, 'fragmentSize', MCAST.MIN_FRAGMENT, MCAST.MAX_FRAGMENT) ?? SESSION_DEFAULTS.fragmentSize),
+    differential: typeof req.differential === 'boolean' ? req.differential : null,
+    state: 'waiting',
+    reason: '',
+    createdAt: new Date().toISOString(),
+    firstJoinAt: null,
+    startedAt: null,
+    endedAt: null,
+    machines: {},
+    sent: { bytes: 0, packets: 0, repairPackets: 0 },
+  };
+}
