@@ -14,10 +14,17 @@ export const ROOT = resolve(import.meta.dirname, '..');
 /** The CLI entry point. */
 export const CLI = join(ROOT, 'bin', 'clonecast');
 
+const made: string[] = [];
+// Registered once per test file, at import: a tempDir() made inside a test is removed too
+// (an afterAll registered from inside a running test is never called).
+afterAll(() => {
+  for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
 /** A temporary folder removed after the file's tests. */
 export function tempDir(tag = 'cc'): string {
   const dir = mkdtempSync(join(process.env.CLONECAST_TEST_TMP ?? tmpdir(), `clonecast-${tag}-`));
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  made.push(dir);
   return dir;
 }
 

@@ -19,7 +19,7 @@ function registry(): Registry {
 }
 
 describe('machine activity', () => {
-  it('a claimed machine refuses a second holder and says who holds it', () => {
+  it('a claimed machine refuses a second holder and says who holds it', async () => {
     const r = registry();
     expect(r.apply(MAC, { type: 'claim', by: { kind: 'session', id: 1 }, state: 'assigned' })).toBeNull();
     expect(r.apply(MAC, { type: 'claim', by: { kind: 'capture', id: 4 }, state: 'capturing' })).toBe(`${MAC} is busy (session 1)`);
@@ -27,7 +27,7 @@ describe('machine activity', () => {
     // The same holder may claim again (a reassignment after a reconnect).
     expect(r.apply(MAC, { type: 'claim', by: { kind: 'session', id: 1 }, state: 'assigned' })).toBeNull();
     expect(r.get(MAC)).toMatchObject({ activity: { kind: 'session', id: 1 }, session: 1, state: 'assigned' });
-    r.close();
+    await r.close();
   });
 
   it('reports and releases count only from the holder', async () => {
@@ -40,28 +40,28 @@ describe('machine activity', () => {
     expect(r.apply(MAC, { type: 'release', by: { kind: 'capture', id: 3 }, state: 'idle' })).toBeNull();
     expect(await released).toBe(MAC);
     expect(r.get(MAC)).toMatchObject({ activity: { kind: 'idle' }, state: 'idle', session: null });
-    r.close();
+    await r.close();
   });
 
-  it('a holder that ended while the server was down no longer holds its machine', () => {
+  it('a holder that ended while the server was down no longer holds its machine', async () => {
     const r = registry();
     r.claim(MAC, { kind: 'session', id: 5 }, 'assigned');
     r.reconcile((a) => a.kind !== 'session' || a.id !== 5);
     expect(r.get(MAC)?.activity).toEqual({ kind: 'idle' });
-    r.close();
+    await r.close();
   });
 
-  it('names and groups are checked labels', () => {
+  it('names and groups are checked labels', async () => {
     const r = registry();
     expect(r.label(MAC, { name: 'pc-12', groups: ['room-b', 'room-b', 'lab'] })).toMatchObject({ name: 'pc-12', groups: ['room-b', 'lab'] });
     expect(r.inGroup('lab').map((m) => m.id)).toEqual([MAC]);
     expect(() => r.label(MAC, { name: '<img src=x>' })).toThrow(/machine name is 1-64/);
     expect(() => r.label(MAC, { groups: 'lab' })).toThrow(/groups are a list/);
     expect(() => r.label('02:00:00:00:99:99', { name: 'x' })).toThrow(/no machine/);
-    r.close();
+    await r.close();
   });
 
-  it('the vocabulary allows only forward moves, and none out of a final state', () => {
+  it('the vocabulary allows only forward moves, and none out of a final state', async () => {
     expect(machineMoveAllowed('receiving', 'verifying')).toBe(true);
     expect(machineMoveAllowed('done', 'receiving')).toBe(false);
     expect(machineMoveAllowed('offline', 'assigned')).toBe(true);
