@@ -9,6 +9,7 @@
  * are named by their hash), so a resumed capture sends only what is missing.
  */
 import { chunkCount, chunkLength, CHUNK, encodeChunk, isZero } from '../protocol/chunk.js';
+import type { CaptureProgress } from '../protocol/api.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../protocol/hash.js';
 import { ChunkKind, newChunkTable, setChunk, type BadRange } from '../protocol/manifest.js';
@@ -28,16 +29,7 @@ const RETRIES = 120;
 /** Retries of a call the server answered with an error. */
 const SERVER_RETRIES = 5;
 
-/** Progress of a capture, as the agent reports it. */
-export interface CaptureProgress {
-  chunksDone: number;
-  chunksTotal: number;
-  bytesRead: number;
-  /** Data chunks the server already had (not sent). */
-  reused: number;
-  /** Compressed bytes uploaded. */
-  bytesSent: number;
-}
+export type { CaptureProgress };
 
 /** How the agent reaches the server. */
 export interface CaptureLink {

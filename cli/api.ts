@@ -7,6 +7,9 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { TOKEN_FILE } from '../server/token.js';
+import type { CaptureRequest, StartRule } from '../protocol/api.js';
+
+export type { CaptureRequest, StartRule };
 
 /** Where the server is and how to prove we may talk to it. */
 export interface Client {
@@ -56,17 +59,6 @@ export interface SessionView {
   machines: Record<string, SessionMachineView>;
 }
 
-/** Which machines take part, and when the session starts (POST /api/sessions rule). */
-export interface StartRule {
-  clients?: number;
-  machines?: string[];
-  group?: string;
-  any?: boolean;
-  waitS?: number;
-  at?: string;
-  now?: boolean;
-}
-
 /** The body of POST /api/sessions. */
 export interface DeployRequest {
   image: string;
@@ -77,16 +69,6 @@ export interface DeployRequest {
   verify?: boolean;
   dropAfterS?: number;
   differential?: boolean;
-}
-
-/** The body of POST /api/captures. */
-export interface CaptureRequest {
-  machine: string;
-  image: string;
-  disk?: string;
-  partitions?: number[];
-  ignoreReadErrors?: boolean;
-  force?: boolean;
 }
 
 /** A capture as /api/captures answers it. */

@@ -10,17 +10,10 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, ChunkKind, tableLength } from '../protocol/manifest.js';
 import { readPartitionTable, type PartitionTable } from '../protocol/partitions.js';
 import type { Store } from './store/store.js';
+import type { CaptureProgress } from '../protocol/api.js';
 
 const bad = (why: string) => new ClonecastError(ERR.USAGE, why);
 
-/** Counters an agent reports while it reads; each a whole number within what the disk allows. */
-export interface CaptureProgress {
-  chunksDone: number;
-  chunksTotal: number;
-  bytesRead: number;
-  reused: number;
-  bytesSent: number;
-}
 
 /** Checks progress numbers: non-negative safe integers, counts bounded by the chunk count. */
 export function checkProgress(p: unknown, maxChunks: number): CaptureProgress {

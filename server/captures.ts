@@ -29,6 +29,7 @@ import type { Registry } from './registry.js';
 import { checkName, type Store } from './store/store.js';
 import { native } from '../native/addon.js';
 import type { Activity } from '../protocol/states.js';
+import type { CaptureRequest } from '../protocol/api.js';
 import { encodeManifest, decodeManifest } from '../protocol/manifest.js';
 import { checkDevice, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
 
@@ -44,15 +45,7 @@ export interface CaptureOptions {
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-/** What an administrator asks for. */
-export interface CaptureRequest {
-  machine: string;
-  image: string;
-  disk?: string;
-  partitions?: number[];
-  ignoreReadErrors?: boolean;
-  force?: boolean;
-}
+export type { CaptureRequest };
 
 /** A capture as saved and shown. */
 export interface CaptureRecord {

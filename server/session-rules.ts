@@ -5,27 +5,13 @@
  * when asked with `any`, any idle machine that comes; `clients` is then both
  * the start threshold and the most machines that may join.
  */
+import type { StartRule } from '../protocol/api.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { FINAL_MACHINE_STATES } from '../protocol/states.js';
 import { LABEL, type MachineRecord } from './registry.js';
 import { startRuleMet } from '../transfer/policy.js';
 
-/** When a session starts and whom it takes. Any start rule met starts it; no start rule means now. */
-export interface StartRule {
-  /** Start as soon as this many machines joined; also the most that may join. */
-  clients?: number;
-  /** Only these machines (MACs) take part; start as soon as every one joined. */
-  machines?: string[];
-  /** Only machines of this registry group take part. */
-  group?: string;
-  /** Any machine that comes may take part (up to `clients`). */
-  any?: boolean;
-  /** Start this many seconds after the first machine joined. */
-  waitS?: number;
-  /** Start at this time (ISO 8601). */
-  at?: string;
-  now?: boolean;
-}
+export type { StartRule };
 
 /** The parts of a session record the rules read. */
 export interface RuleSubject {
