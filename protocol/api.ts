@@ -7,7 +7,7 @@
 
 /** Which machines a session takes and when it starts (POST /api/sessions `rule`). Any start rule met starts it; none means now. */
 export interface StartRule {
-  /** Start as soon as this many machines joined; also the most that may join. */
+  /** Start as soon as this many machines joined; with `any`, also the most that may join. */
   clients?: number;
   /** Only these machines (MACs) take part; start as soon as every one joined. */
   machines?: string[];

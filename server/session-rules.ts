@@ -3,7 +3,8 @@
  * record and a machine, with no timers and no I/O. A session takes only
  * the machines it names (a MAC list or a group of the registry), or, only
  * when asked with `any`, any idle machine that comes; `clients` is then both
- * the start threshold and the most machines that may join.
+ * the start threshold and the most machines that may join (with a list or a
+ * group it is the start threshold only).
  */
 import type { StartRule } from '../protocol/api.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -81,9 +82,13 @@ export function namedBy(rule: StartRule, machine: Pick<MachineRecord, 'id' | 'ma
   return rule.any === true ? '' : null;
 }
 
-/** True if the session has room for one more machine. */
+/**
+ * True if the session has room for one more machine: a session of "any"
+ * machine takes at most `clients`; a list or a group bounds itself (there
+ * `clients` only says when to start, and the rest join the running session).
+ */
 export function hasRoom(s: RuleSubject): boolean {
-  return s.rule.clients === undefined || Object.keys(s.machines).length < s.rule.clients;
+  return s.rule.any !== true || s.rule.clients === undefined || Object.keys(s.machines).length < s.rule.clients;
 }
 
 /** True if this machine may join this session now. */

@@ -51,7 +51,7 @@ export const deploy: Command = {
     machines: { kind: 'string', value: 'MAC,...', help: 'These machines take part (and only they); the session starts when all have joined.' },
     group: { kind: 'string', value: 'NAME', help: 'The machines of this group take part ("clonecast machines set MAC --groups G").' },
     any: { kind: 'flag', help: 'Any machine that comes takes part, up to --clients.' },
-    clients: { kind: 'positive', value: 'N', help: 'Start once N machines have joined, and let no more than N join; with --any, the number of machines.' },
+    clients: { kind: 'positive', value: 'N', help: 'Start once N machines have joined; with --any also the most that may join (with --machines or --group the rest join the running session).' },
     wait: { kind: 'number', value: 'S', help: 'Start S seconds after the first machine joined, with those that have.' },
     at: { kind: 'string', value: 'TIME', help: 'Start at this time (ISO 8601, e.g. 2026-11-22T08:00:00Z).' },
     now: { kind: 'flag', help: 'Start at once with the machines already waiting.' },

@@ -131,7 +131,8 @@ describe('deploy to 4 agents in the namespace lab', () => {
     fleet.agents[3]!.child.kill('SIGTERM');
     await fleet.agents[3]!.exited;
     await until(async () => (await fleet.online()) === N - 1, 10_000, 'agent 3 offline');
-    const d = fleet.deploy('a', ['--any', '--clients', '3', '--rate', '30']);
+    // Four named, started by three: the fourth joins the running session.
+    const d = fleet.deploy('a', ['--machines', [0, 1, 2, 3].map((k) => fleet.mac(k)).join(','), '--clients', '3', '--rate', '30']);
     await until(async () => (await latestSession())?.state === 'running', 20_000, 'the session to run');
     fleet.startAgent(3);
     expect(await d.exited, d.out).toBe(0);
