@@ -259,7 +259,7 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   };
   if (idText === undefined) {
     if (method === 'GET') return send(res, 200, c.captures.list());
-    if (method === 'POST') return send(res, 201, c.captures.create((await json()) as never));
+    if (method === 'POST') return send(res, 201, await c.captures.create((await json()) as never));
   } else if (action === undefined && method === 'GET') {
     return send(res, 200, c.captures.get(id));
   } else if (action === 'have' && method === 'POST') {

@@ -119,7 +119,7 @@ export class CaptureManager extends EventEmitter {
   }
 
   /** Starts a capture on a connected machine. */
-  create(req: CaptureRequest): CaptureRecord {
+  async create(req: CaptureRequest): Promise<CaptureRecord> {
     checkName(req.image);
     const machine = this.registry.get(String(req.machine ?? '').toLowerCase());
     if (machine === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${req.machine}; "clonecast machines" lists them`);
@@ -152,7 +152,17 @@ export class CaptureManager extends EventEmitter {
       result: null,
     };
     this.captures.set(id, record);
+    // On disk before the agent starts reading: a server killed now still knows the capture when the agent resumes.
     this.save();
+    try {
+      await this.file.commit();
+    } catch (err) {
+      this.captures.delete(id);
+      this.registry.apply(machine.id, { type: 'release', by: holder(id), state: 'idle' });
+      this.save();
+      throw new ClonecastError(ERR.WRITE_ERROR, `the capture could not be saved, so it was not started: ${(err as Error).message}; free space in ${this.store.root} and try again`);
+    }
+    if (this.captures.get(id)?.state !== 'running') return record; // failed meanwhile (its machine went away)
     const sent = this.agents.send(machine.id, {
       type: 'capture',
       capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, chunkSize: record.chunkSize },
