@@ -43,6 +43,8 @@ const STATUS_OF: Record<string, number> = {
   [ERR.MANIFEST_VERSION]: 409,
   [ERR.CHUNK_CORRUPT]: 422,
   [ERR.CHUNK_MISSING]: 409,
+  /** The machine is not connected now. */
+  [ERR.UNREACHABLE]: 409,
   /** A state file could not be written (a full or failing data disk): the server is up, the request can be retried. */
   [ERR.WRITE_ERROR]: 503,
 };

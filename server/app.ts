@@ -8,7 +8,7 @@ import { WebSocketServer, type WebSocket } from 'ws';
 import { CONTROL } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { handle, State, type ApiContext } from './api.js';
-import { AgentChannel, type AgentChannelOptions } from './control.js';
+import { AgentChannel, hangUp, type AgentChannelOptions } from './control.js';
 import { DEFAULT_LISTEN } from './defaults.js';
 import { interfaceAddress } from './mcast/session.js';
 import { Registry } from './registry.js';
@@ -79,6 +79,8 @@ export interface RunningServer {
 const PUSH_MS = 300;
 /** Dashboard connections that have not sent the token yet, at most. */
 const MAX_PENDING_WATCHERS = 64;
+/** Dashboards connected with the token, at most. */
+const MAX_WATCHERS = 256;
 
 /** Starts everything; resolves once it listens. */
 export async function startServer(o: ServerOptions): Promise<RunningServer> {
@@ -94,7 +96,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const captures = new CaptureManager(o.store, registry, agents, { log: o.log, lostAfterS: o.captureLostAfterS });
   await sessions.restore();
   // Machines held by a session or capture that ended while the server was down are free again.
-  registry.reconcile((a) => (a.kind === 'session' ? sessions.isActive(a.id) : a.kind === 'capture' ? captures.isActive(a.id) : true));
+  // The sessions and captures are the record: holds they do not know are dropped, and every machine an
+  // active session still lists is held by it again (machines.json may have lagged sessions.json at a crash).
+  registry.reconcile((a, id) => (a.kind === 'session' ? sessions.holds(a.id, id) : a.kind === 'capture' ? captures.holds(a.id, id) : true));
+  sessions.reclaim();
+  captures.reclaim();
   const stateFiles = (): { file: string; state: StateStatus }[] => [
     { file: 'machines.json', state: registry.file },
     { file: 'sessions.json', state: sessions.file },
@@ -144,6 +150,12 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       if (!tokenMatches(typeof presented === 'string' ? presented : undefined, token)) {
         ws.send(JSON.stringify({ error: 'wrong or missing token' }));
         ws.close(4401, 'wrong or missing token');
+        hangUp(ws);
+        return;
+      }
+      if (watchers.size >= MAX_WATCHERS) {
+        ws.close(1013, 'too many dashboards connected');
+        hangUp(ws);
         return;
       }
       watchers.add(ws);

@@ -21,14 +21,14 @@ import { join } from 'node:path';
 import { CHUNK, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { sha256 } from '../protocol/hash.js';
-import { chunkAt, ChunkKind, tableLength, type BadRange, type ManifestMeta } from '../protocol/manifest.js';
+import { tableLength, type BadRange, type ManifestMeta } from '../protocol/manifest.js';
 import type { PartitionTable } from '../protocol/partitions.js';
 import { chunkCount } from '../protocol/chunk.js';
 import type { AgentChannel } from './control.js';
 import type { Registry } from './registry.js';
 import { checkName, type Store } from './store/store.js';
 import { native } from '../native/addon.js';
-import type { Activity } from '../protocol/states.js';
+import type { Activity, CaptureState } from '../protocol/states.js';
 import type { CaptureRequest } from '../protocol/api.js';
 import { encodeManifest, decodeManifest } from '../protocol/manifest.js';
 import { checkDevice, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
@@ -59,7 +59,7 @@ export interface CaptureRecord {
   partitions: number[];
   ignoreReadErrors: boolean;
   force: boolean;
-  state: 'running' | 'done' | 'failed';
+  state: CaptureState;
   error: string;
   createdAt: string;
   endedAt: string | null;
@@ -82,6 +82,10 @@ export class CaptureManager extends EventEmitter {
   readonly file: StateFile<CaptureRecord[]>;
   /** When each running capture's machine was first seen disconnected (ms since epoch). */
   private readonly lostSince = new Map<number, number>();
+  /** When each running capture's agent last called an upload route (ms since epoch). */
+  private readonly heardAt = new Map<number, number>();
+  /** Captures whose finish is under way (one at a time; the timeout waits for it). */
+  private readonly finishing = new Set<number>();
   private readonly timer: NodeJS.Timeout;
   private readonly log: CaptureOptions['log'];
   private readonly lostAfterMs: number;
@@ -103,9 +107,19 @@ export class CaptureManager extends EventEmitter {
     for (const c of list) this.captures.set(c.id, c);
   }
 
-  /** True if capture `id` is running (it holds its machine). */
-  isActive(id: number): boolean {
-    return this.captures.get(id)?.state === 'running';
+  /** After a restart: every running capture holds its machine again (machines.json may have lagged); one that cannot fails. */
+  reclaim(): void {
+    for (const c of this.captures.values()) {
+      if (c.state !== 'running' || this.registry.get(c.machine) === undefined) continue;
+      const refused = this.registry.apply(c.machine, { type: 'claim', by: holder(c.id), state: 'capturing' });
+      if (refused !== null) this.fail(c.id, `after a restart: ${refused}`);
+    }
+  }
+
+  /** True if capture `id` is running on this machine (it holds it). */
+  holds(id: number, machineId: string): boolean {
+    const c = this.captures.get(id);
+    return c?.state === 'running' && c.machine === machineId;
   }
 
   list(): CaptureRecord[] {
@@ -120,7 +134,13 @@ export class CaptureManager extends EventEmitter {
 
   /** Starts a capture on a connected machine. */
   async create(req: CaptureRequest): Promise<CaptureRecord> {
+    if (typeof req !== 'object' || req === null) throw new ClonecastError(ERR.USAGE, 'send {"machine": MAC, "image": NAME, ...}');
     checkName(req.image);
+    if (req.disk !== undefined && (typeof req.disk !== 'string' || req.disk.length > 256)) throw new ClonecastError(ERR.USAGE, 'disk must be a device path');
+    if (req.partitions !== undefined && (!Array.isArray(req.partitions) || req.partitions.length > 128 || req.partitions.some((p) => !Number.isSafeInteger(p) || p < 1 || p > 256))) {
+      throw new ClonecastError(ERR.USAGE, 'partitions must be a list of partition numbers (1-256)');
+    }
+    for (const flag of ['ignoreReadErrors', 'force'] as const) if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw new ClonecastError(ERR.USAGE, `${flag} must be true or false`);
     const machine = this.registry.get(String(req.machine ?? '').toLowerCase());
     if (machine === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${req.machine}; "clonecast machines" lists them`);
     if (!machine.online) throw new ClonecastError(ERR.UNREACHABLE, `${machine.id} is not connected; start its agent first`);
@@ -181,6 +201,7 @@ export class CaptureManager extends EventEmitter {
   private running(id: number): CaptureRecord {
     const c = this.get(id);
     if (c.state !== 'running') throw new ClonecastError(ERR.USAGE, `capture ${id} has ended (${c.state})`);
+    this.heardAt.set(id, Date.now());
     return c;
   }
 
@@ -241,6 +262,7 @@ export class CaptureManager extends EventEmitter {
     try {
       await pipeline(body, cap, createWriteStream(path, { mode: 0o600 }));
       if (size % 48 !== 0) throw new ClonecastError(ERR.USAGE, 'a chunk table is a whole number of 48-byte records');
+      this.running(id); // it may have ended while the table streamed in
     } catch (err) {
       await rm(path, { force: true });
       throw err;
@@ -252,6 +274,18 @@ export class CaptureManager extends EventEmitter {
 
   /** Publishes the version once every chunk is stored. */
   async finish(id: number, m: { diskSize: number; sectorSize: number; chunkSize: number; partitionTable: PartitionTable; badRanges: BadRange[]; device: string; blockDevice: boolean; progress: CaptureRecord['progress'] }): Promise<CaptureRecord> {
+    this.running(id);
+    // One finish at a time: an agent that retries while the first is under way is told so.
+    if (this.finishing.has(id)) throw new ClonecastError(ERR.BUSY, `capture ${id} is already being published`);
+    this.finishing.add(id);
+    try {
+      return await this.publish(id, m);
+    } finally {
+      this.finishing.delete(id);
+    }
+  }
+
+  private async publish(id: number, m: Parameters<CaptureManager['finish']>[1]): Promise<CaptureRecord> {
     const c = this.running(id);
     this.uploadLimits(id);
     if (c.diskSize > 0 && m.diskSize !== c.diskSize) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} differs from the ${c.diskSize} bytes ${c.machine} reported for ${c.device}`);
@@ -276,6 +310,8 @@ export class CaptureManager extends EventEmitter {
     const lock = this.store.lockImage(c.image, `capture ${id} from ${c.machine}`);
     try {
       await this.store.barrier();
+      // Failed by the administrator while the table was checked: nothing is published.
+      if (c.state !== 'running') throw new ClonecastError(ERR.USAGE, `capture ${id} ended while it was being published: ${c.error}`);
       const versions = this.store.versions(c.image);
       const machine = this.registry.get(c.machine);
       const meta: ManifestMeta = {
@@ -320,6 +356,7 @@ export class CaptureManager extends EventEmitter {
     c.endedAt = new Date().toISOString();
     this.dropPending(id);
     this.lostSince.delete(id);
+    this.heardAt.delete(id);
     this.registry.apply(c.machine, { type: 'release', by: holder(id), state: 'failed', error: `capture ${id}: ${c.error}` });
     this.log?.('warn', `capture ${id}: failed: ${c.error}`);
     this.save();
@@ -338,9 +375,13 @@ export class CaptureManager extends EventEmitter {
   private tick(): void {
     const now = Date.now();
     for (const c of this.captures.values()) {
-      if (c.state !== 'running') continue;
+      if (c.state !== 'running' || this.finishing.has(c.id)) continue;
       if (this.registry.get(c.machine)?.online === true) {
         this.lostSince.delete(c.id);
+        // Connected but silent: an agent that restarted has forgotten the capture.
+        const heard = this.heardAt.get(c.id) ?? now;
+        this.heardAt.set(c.id, heard);
+        if (now - heard >= this.lostAfterMs) this.fail(c.id, `no word from the machine's agent about it for ${Math.round((now - heard) / 1000)} s (it may have restarted); start the capture again`);
         continue;
       }
       const since = this.lostSince.get(c.id) ?? now;

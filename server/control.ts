@@ -138,9 +138,11 @@ export class AgentChannel implements AgentLink {
       try {
         if (conn.machine === undefined) {
           clearTimeout(hello);
-          proven();
           if (msg.type !== 'hello') return this.close(conn, CLOSE.PROTOCOL, `${msg.type} before hello`, 'protocol');
-          return this.onHello(conn, msg.hello);
+          this.onHello(conn, msg.hello);
+          // It stops counting as unproven only once its Hello was accepted.
+          if (conn.machine !== undefined) proven();
+          return;
         }
         this.onMessage(conn, conn.machine, msg);
       } catch (err) {
@@ -243,6 +245,7 @@ export class AgentChannel implements AgentLink {
   private refuse(conn: Conn, reason: string, retry: boolean): void {
     conn.ws.send(encodeServerMessage({ type: 'refuse', refuse: { reason, retry } }));
     conn.ws.close(CLOSE.UNAUTHORIZED, reason.slice(0, 120));
+    hangUp(conn.ws);
   }
 
   private close(conn: Conn, code: number, reason: string, counter: keyof AgentChannel['rejected']): void {
@@ -251,6 +254,7 @@ export class AgentChannel implements AgentLink {
     if (conn.ws.readyState === WebSocket.OPEN) conn.ws.send(encodeServerMessage({ type: 'refuse', refuse: { reason, retry: true } }));
     // Reason in a close frame is limited to 123 bytes (RFC 6455 5.5).
     conn.ws.close(code, Buffer.from(reason).subarray(0, 120).toString());
+    hangUp(conn.ws);
   }
 
   private sweep(): void {
@@ -268,4 +272,9 @@ export class AgentChannel implements AgentLink {
 /** Text with control characters (C0, DEL, C1: terminal escapes among them) replaced by '?'. */
 export function printable(text: string): string {
   return text.replace(/[\x00-\x1f\x7f-\x9f]/g, '?');
+}
+
+/** A peer that does not answer our close frame loses its socket after a second (ws would wait 30 s). */
+export function hangUp(ws: WebSocket): void {
+  setTimeout(() => ws.terminate(), 1000).unref();
 }

@@ -96,7 +96,7 @@ export type MachineEvent =
 /** Names and group names: 1-64 letters, digits, '.', '_' or '-'. */
 export const LABEL = /^[A-Za-z0-9._-]{1,64}$/;
 
-/** Every machine, by id; saved to DATA/machines.json. Emits 'changed', and 'released' (id) when a machine becomes idle. */
+/** Every machine, by id; saved to DATA/machines.json. Emits 'changed', and 'released' (id) when a machine becomes idle or is relabelled while idle. */
 export class Registry extends EventEmitter {
   private readonly machines = new Map<string, MachineRecord>();
   private timer: NodeJS.Timeout | undefined;
@@ -119,12 +119,13 @@ export class Registry extends EventEmitter {
   }
 
   /**
-   * After a restart: machines held by a session or capture that is no longer
-   * active are released (their holder ended while the server was down).
+   * After a restart: a machine whose holder no longer holds it (the session
+   * or capture ended, or lists it as finished, while the server was down or
+   * before machines.json caught up) is released.
    */
-  reconcile(active: (a: Activity) => boolean): void {
+  reconcile(holds: (a: Activity, machineId: string) => boolean): void {
     for (const m of this.machines.values()) {
-      if (m.activity.kind !== 'idle' && !active(m.activity)) Object.assign(m, { activity: IDLE, session: null, progress: null });
+      if (m.activity.kind !== 'idle' && !holds(m.activity, m.id)) Object.assign(m, { activity: IDLE, session: null, progress: null });
     }
     this.changed();
   }
@@ -195,6 +196,8 @@ export class Registry extends EventEmitter {
       m.groups = [...new Set(change.groups as string[])];
     }
     this.changed();
+    // A waiting session may name it now (by its new group).
+    if (m.activity.kind === 'idle') setImmediate(() => this.emit('released', m.id));
     return m;
   }
 

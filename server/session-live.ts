@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import { After, type Assign } from '../protocol/control.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
 import { Sender } from '../transfer/sender.js';
 import { liveness } from '../transfer/policy.js';
@@ -26,7 +27,7 @@ export interface Live {
 }
 
 /** Reads the session's manifest and starts its sender, held until the start rule releases it. */
-export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest?: Manifest): Promise<Live> {
+export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest: Manifest | undefined, wire: (sender: Sender) => void): Promise<Live> {
   const m = manifest ?? (await store.readManifest(s.image, s.version));
   const manifestBytes = encodeManifest(m);
   const sender = new Sender({
@@ -40,7 +41,14 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     rateMbit: s.rateMbit ?? undefined,
     fragmentSize: s.fragmentSize,
   });
-  const senderPort = await sender.start();
+  wire(sender);
+  let senderPort: number;
+  try {
+    senderPort = await sender.start();
+  } catch (err) {
+    sender.stop();
+    throw new ClonecastError(ERR.USAGE, `the multicast sender cannot use ${senderAddress}: ${(err as Error).message}; check --interface`);
+  }
   return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort };
 }
 

@@ -88,7 +88,8 @@ export function namedBy(rule: StartRule, machine: Pick<MachineRecord, 'id' | 'ma
  * `clients` only says when to start, and the rest join the running session).
  */
 export function hasRoom(s: RuleSubject): boolean {
-  return s.rule.any !== true || s.rule.clients === undefined || Object.keys(s.machines).length < s.rule.clients;
+  // A machine refused or failed frees its place for another.
+  return s.rule.any !== true || s.rule.clients === undefined || Object.values(s.machines).filter((m) => m.state !== 'failed').length < s.rule.clients;
 }
 
 /** True if this machine may join this session now. */

@@ -188,6 +188,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   const target = req.target ?? 'auto';
   if (typeof target !== 'string' || (target !== 'auto' && !/^\/[\x21-\x7e]{1,255}$/.test(target))) throw new ClonecastError(ERR.USAGE, 'target must be "auto" or a device path such as /dev/sda');
   if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
+  if (req.differential !== undefined && req.differential !== null && typeof req.differential !== 'boolean') throw new ClonecastError(ERR.USAGE, 'differential must be true or false');
   return {
     id,
     key: randomBytes(4).readUInt32BE(0),

@@ -8,7 +8,6 @@
  * dropped for no progress or lost contact, or cancelled. Sessions are saved
  * in DATA/sessions.json so that a restarted server picks them up again.
  */
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
@@ -26,7 +25,6 @@ import { AFTER, assignment, openLive, pollLive, type Live } from './session-live
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
 export type { AgentLink, SessionMachine, SessionManagerOptions, SessionRecord, SessionRequest } from './session-types.js';
-export { eta, SESSION_DEFAULTS };
 export { describeRule, type StartRule };
 
 
@@ -39,6 +37,8 @@ export class SessionManager extends EventEmitter {
   readonly file: StateFile<SessionRecord[]>;
   /** Ids and group slots taken by sessions being created (chosen before any await, so two creations never share one). */
   private readonly reserved = { ids: new Set<number>(), slots: new Set<number>() };
+  /** Sessions made but not yet on disk: they take no machine and do not start. */
+  private readonly creating = new Set<number>();
   private timer: NodeJS.Timeout | undefined;
   /** Totals of senders that have ended, for /metrics. */
   readonly totals = { bytes: 0, packets: 0, repairPackets: 0 };
@@ -73,9 +73,23 @@ export class SessionManager extends EventEmitter {
     this.save();
   }
 
-  /** True if session `id` is waiting or running (it may hold machines). */
-  isActive(id: number): boolean {
-    return ACTIVE.has(this.sessions.get(id)?.state ?? '');
+  /** True if session `id` is active and lists this machine as still taking part. */
+  holds(id: number, machineId: string): boolean {
+    const s = this.sessions.get(id);
+    const m = s?.machines[machineId];
+    return s !== undefined && ACTIVE.has(s.state) && m !== undefined && !FINAL_MACHINE.has(m.state);
+  }
+
+  /** After a restart: every machine an active session lists as taking part is held by it again. */
+  reclaim(): void {
+    for (const s of this.sessions.values()) {
+      if (!ACTIVE.has(s.state)) continue;
+      for (const [id, m] of Object.entries(s.machines)) {
+        if (FINAL_MACHINE.has(m.state) || this.o.registry.get(id) === undefined) continue;
+        const refused = this.o.registry.apply(id, { type: 'claim', by: holder(s), state: 'offline' });
+        if (refused !== null) this.finishMachine(s, id, { state: 'failed', error: `after a restart: ${refused}` });
+      }
+    }
   }
 
   /** Every session, newest first. */
@@ -127,14 +141,19 @@ export class SessionManager extends EventEmitter {
     const record = newRecord(id, slot, name, version, manifest.meta.diskSize, rule, after, req);
     await this.open(record, manifest);
     this.sessions.set(id, record);
-    // Saved before anything starts: a session that cannot be saved never runs (no phantom session).
+    // Saved before anything starts: a session that cannot be saved never runs (no phantom session),
+    // and until it is saved it takes no machine.
+    this.creating.add(id);
     try {
       await this.persist();
     } catch (err) {
       this.live.get(id)?.sender.stop();
       this.live.delete(id);
       this.sessions.delete(id);
+      this.save(); // the file must not keep it either, once it can be written again
       throw new ClonecastError(ERR.WRITE_ERROR, `the session could not be saved, so it was not created: ${(err as Error).message}; free space in ${this.o.store.root} and try again`);
+    } finally {
+      this.creating.delete(id);
     }
     this.o.log?.('info', `session ${id}: ${name}@${version} on ${record.group}:${record.port}, ${describeRule(rule)}`);
     this.evaluate(record);
@@ -185,7 +204,7 @@ export class SessionManager extends EventEmitter {
     const machine = known ?? { id: m, macs: [m], groups: [] };
     if (known !== undefined && known.activity.kind === 'capture') return true;
     for (const s of this.sessions.values()) {
-      if (!ACTIVE.has(s.state)) continue;
+      if (!ACTIVE.has(s.state) || this.creating.has(s.id)) continue;
       const mine = s.machines[m];
       if (mine !== undefined) {
         if (!FINAL_MACHINE.has(mine.state)) return true;
@@ -256,9 +275,11 @@ export class SessionManager extends EventEmitter {
   }
 
   private async open(s: SessionRecord, manifest?: Manifest): Promise<void> {
-    const live = await openLive(this.o.store, s, this.o.senderAddress!, manifest);
-    live.sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
-    live.sender.on('drop', (d: DropEvent) => this.dropped(s, d));
+    const live = await openLive(this.o.store, s, this.o.senderAddress!, manifest, (sender) => {
+      // Listening before the sender starts: a socket error while it binds is logged, never uncaught.
+      sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
+      sender.on('drop', (d: DropEvent) => this.dropped(s, d));
+    });
     this.live.set(s.id, live);
   }
 
@@ -269,7 +290,7 @@ export class SessionManager extends EventEmitter {
   /** Puts an idle machine into the first active session that names it (by MAC, then by group, then "any"). */
   private offer(machine: MachineRecord): void {
     if (!machine.online || machine.activity.kind !== 'idle') return;
-    const open = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && takes(s, machine)).sort((a, b) => a.id - b.id);
+    const open = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && !this.creating.has(s.id) && takes(s, machine)).sort((a, b) => a.id - b.id);
     const rank = (s: SessionRecord) => (s.rule.machines !== undefined ? 0 : s.rule.group !== undefined ? 1 : 2);
     const target = open.sort((a, b) => rank(a) - rank(b))[0];
     if (target !== undefined) this.join(target, machine);
@@ -394,7 +415,7 @@ export class SessionManager extends EventEmitter {
   private tick(): void {
     const now = Date.now();
     for (const s of this.sessions.values()) {
-      if (!ACTIVE.has(s.state)) continue;
+      if (!ACTIVE.has(s.state) || this.creating.has(s.id)) continue;
       const live = this.live.get(s.id);
       const dropAfterMs = s.dropAfterS * 1000;
       // Counters, and the receivers' liveness as the sender sees them (a drop comes back as a 'drop' event).

@@ -140,8 +140,16 @@ export class Sender extends EventEmitter {
     const socket = (this.options.createSocket ?? createUdpSocket)();
     this.socket = socket;
     socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
-    socket.on('error', (err) => this.emit('error', err));
-    await new Promise<void>((resolve) => socket.bind(0, this.options.address, resolve));
+    // A bind that fails (the address is not this host's) rejects start(); later socket errors are events.
+    let binding: ((err: Error) => void) | undefined;
+    socket.on('error', (err) => (binding !== undefined ? binding(err) : this.emit('error', err)));
+    await new Promise<void>((resolve, reject) => {
+      binding = reject;
+      socket.bind(0, this.options.address, () => {
+        binding = undefined;
+        resolve();
+      });
+    });
     socket.setMulticastInterface(this.options.address);
     socket.setMulticastTTL(this.options.ttl ?? SENDER_DEFAULTS.ttl);
     socket.setMulticastLoopback(true);
@@ -166,7 +174,11 @@ export class Sender extends EventEmitter {
     this.stopped = true;
     clearInterval(this.timer);
     clearInterval(this.rateTimer);
-    this.socket?.close();
+    try {
+      this.socket?.close();
+    } catch {
+      // never bound (start() failed), or already closed
+    }
   }
 
   /** Statistics of every receiver seen (the caller's liveness policy reads lastProgressAt and lastHeardAt). */

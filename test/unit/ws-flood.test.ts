@@ -55,4 +55,25 @@ describe('control channel under a WebSocket flood', () => {
     expect(srv.agents.connected).toBe(1);
     agent.close();
   });
+
+  it('a flood of Hellos with a wrong token: every one refused and closed, none registered', async () => {
+    const url = new URL(CONTROL.AGENT_PATH, srv.url.replace('http', 'ws'));
+    const before = srv.agents.rejected.unauthorized;
+    const flood = Array.from({ length: 40 }, (_, i) => {
+      const ws = new WebSocket(url, { localAddress: '127.0.0.3' });
+      const mac = `02:00:00:00:1f:${(i + 16).toString(16)}`;
+      ws.on('open', () => ws.send(encodeAgentMessage({ type: 'hello', hello: { protocol: CONTROL.VERSION, token: 'f'.repeat(48), machineId: mac, macs: [mac], hostname: 'x', agentVersion: 't', disks: [] } })));
+      const opened = new Promise<boolean>((r) => {
+        ws.on('open', () => r(true));
+        ws.on('error', () => r(false));
+      });
+      return { opened, closed: new Promise<void>((r) => ws.on('close', () => r())) };
+    });
+    // Each counts against the 8 unproven connections of its address until it is closed.
+    const opened = (await Promise.all(flood.map((f) => f.opened))).filter(Boolean).length;
+    expect(opened).toBeGreaterThan(0);
+    await Promise.all(flood.map((f) => f.closed));
+    expect(srv.agents.rejected.unauthorized - before).toBe(opened);
+    expect(srv.agents.connected).toBe(0);
+  });
 });
