@@ -193,12 +193,21 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     );
   }, PUSH_MS);
 
+  // A start that fails stops everything started so far (timers, senders, state files) before it throws.
+  const abandon = async (err: unknown): Promise<never> => {
+    clearInterval(pusher);
+    loopDelay.disable();
+    agents.closeAll();
+    server.close();
+    await Promise.all([pxe?.close(), sessions.close(), captures.close(), registry.close()]);
+    throw err;
+  };
   await new Promise<void>((resolve, reject) => {
     server.once('error', (err: NodeJS.ErrnoException) =>
       reject(err.code === 'EADDRINUSE' ? new ClonecastError(ERR.BUSY, `${host}:${port} is already in use; stop what listens there or pass --listen HOST:PORT`) : err),
     );
     server.listen(port, host, () => resolve());
-  });
+  }).catch(abandon);
   const addr = server.address();
   const actual = typeof addr === 'object' && addr !== null ? addr.port : port;
   const url = `http://${host.includes(':') ? `[${host}]` : host}:${actual}/`;
@@ -207,21 +216,13 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const reachable = host === senderAddress || /^(0\.0\.0\.0|::)$/.test(host);
     const base = `http://${senderAddress}:${actual}/`;
     if (!reachable) {
-      server.close();
-      loopDelay.disable();
-      void sessions.close();
-      void captures.close();
-      throw new ClonecastError(ERR.USAGE, `--pxe: booting machines reach this server on ${senderAddress}, but it listens on ${host}; use --listen ${senderAddress}:${actual} or 0.0.0.0:${actual}`);
+      return await abandon(new ClonecastError(ERR.USAGE, `--pxe: booting machines reach this server on ${senderAddress}, but it listens on ${host}; use --listen ${senderAddress}:${actual} or 0.0.0.0:${actual}`));
     }
     const cfg = o.pxe;
     try {
       pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, onClosed: changed });
     } catch (err) {
-      server.close();
-      loopDelay.disable();
-      void sessions.close();
-      void captures.close();
-      throw err;
+      return await abandon(err);
     }
     if (pxe.dhcp.leases?.file !== undefined) watchHealth('pxe/leases.json', pxe.dhcp.leases.file);
     ctx.boot = {
