@@ -40,6 +40,8 @@ export const ERR = Object.freeze({
   UNAUTHORIZED: 'CLONECAST_ERR_UNAUTHORIZED',
   REFUSED: 'CLONECAST_ERR_REFUSED',
   UNREACHABLE: 'CLONECAST_ERR_UNREACHABLE',
+  /** A request body over what its route takes. */
+  TOO_LARGE: 'CLONECAST_ERR_TOO_LARGE',
   CANCELLED: 'CLONECAST_ERR_CANCELLED',
   /** The sender gave this receiver up; details.dropped holds the DropReason (protocol/mcast.ts). */
   DROPPED: 'CLONECAST_ERR_DROPPED',

@@ -45,6 +45,7 @@ const STATUS_OF: Record<string, number> = {
   [ERR.CHUNK_MISSING]: 409,
   /** The machine is not connected now. */
   [ERR.UNREACHABLE]: 409,
+  [ERR.TOO_LARGE]: 413,
   /** A state file could not be written (a full or failing data disk): the server is up, the request can be retried. */
   [ERR.WRITE_ERROR]: 503,
 };
@@ -237,12 +238,19 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
   }
 }
 
+/** Refuses a body its Content-Length says is too big, before any of it is read. */
+function checkLength(req: IncomingMessage, limit: number): void {
+  const n = Number(req.headers['content-length']);
+  if (Number.isFinite(n) && n > limit) throw new ClonecastError(ERR.TOO_LARGE, `a request body of ${n} bytes is over the ${limit} this route takes`);
+}
+
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  checkLength(req, limit);
   const parts: Buffer[] = [];
   let size = 0;
   for await (const part of req) {
     size += (part as Buffer).length;
-    if (size > limit) throw new ClonecastError(ERR.USAGE, `request body over ${limit} bytes`);
+    if (size > limit) throw new ClonecastError(ERR.TOO_LARGE, `request body over ${limit} bytes`);
     parts.push(part as Buffer);
   }
   return Buffer.concat(parts);
@@ -272,7 +280,7 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
     await c.captures.putChunk(id, sha, await readBody(req, chunkBytes));
     return send(res, 200, { ok: true });
   } else if (action === 'table' && method === 'PUT') {
-    c.captures.uploadLimits(id);
+    checkLength(req, c.captures.uploadLimits(id).tableBytes);
     await c.captures.table(id, req);
     return send(res, 200, { ok: true });
   } else if (action === 'progress' && method === 'POST') {

@@ -256,7 +256,7 @@ export class CaptureManager extends EventEmitter {
     const cap = new Transform({
       transform(part: Buffer, _enc, done) {
         size += part.length;
-        done(size > tableBytes ? new ClonecastError(ERR.USAGE, `a chunk table over ${tableBytes} bytes (the disk has ${tableBytes / 48} chunks)`) : null, part);
+        done(size > tableBytes ? new ClonecastError(ERR.TOO_LARGE, `a chunk table over ${tableBytes} bytes (the disk has ${tableBytes / 48} chunks)`) : null, part);
       },
     });
     try {

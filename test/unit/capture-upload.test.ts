@@ -91,8 +91,11 @@ describe('capture uploads are checked', () => {
   it('refuses a table bigger than the disk needs, script in a progress field, and uploads into an ended capture', async () => {
     const id = await capture('poison3');
     const big = await call('PUT', `/api/captures/${id}/table`, Buffer.alloc(48 * 5));
-    expect(big.status).toBe(400);
-    expect(big.body.error.message).toMatch(/chunk table over 192 bytes/);
+    expect(big.status).toBe(413);
+    expect(big.body.error.message).toMatch(/240 bytes is over the 192/);
+    // A multi-MiB chunk is refused by its length before a byte of it is read, and the client gets the answer.
+    const huge = await call('PUT', `/api/captures/${id}/chunks/${'a'.repeat(64)}`, Buffer.alloc(8 << 20));
+    expect(huge.status).toBe(413);
     const xss = await call('POST', `/api/captures/${id}/progress`, JSON.stringify({ chunksDone: 1, chunksTotal: 4, reused: '<img src=x onerror=alert(1)>' }));
     expect(xss.status).toBe(400);
     expect(srv.captures.get(id).progress.reused).toBe(0);
