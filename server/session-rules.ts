@@ -118,3 +118,22 @@ export function allEnded(s: RuleSubject): boolean {
   const ms = Object.values(s.machines);
   return ms.length > 0 && ms.every((m) => FINAL_MACHINE_STATES.has(m.state));
 }
+
+/**
+ * True if one of these active sessions holds the machine or would take it,
+ * or a capture holds it: it should boot the agent. `known` is its registry
+ * record, if it has one.
+ */
+export function wanted(sessions: RuleSubject[], mac: string, known: Pick<MachineRecord, 'id' | 'macs' | 'groups' | 'activity'> | undefined): boolean {
+  if (known?.activity.kind === 'capture') return true;
+  const machine = known ?? { id: mac, macs: [mac], groups: [] };
+  for (const s of sessions) {
+    const mine = s.machines[mac];
+    if (mine !== undefined) {
+      if (!FINAL_MACHINE_STATES.has(mine.state)) return true;
+      continue;
+    }
+    if ((known === undefined || known.activity.kind === 'idle') && takes(s, machine)) return true;
+  }
+  return false;
+}

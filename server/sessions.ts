@@ -20,7 +20,7 @@ import { dropReasonText, liveness } from '../transfer/policy.js';
 import { ReceiverState } from '../protocol/mcast.js';
 import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
-import { allEnded, describeRule, namedBy, normaliseRule, ruleMet, takes, type StartRule } from './session-rules.js';
+import { allEnded, describeRule, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
 import { AFTER, assignment, openLive, pollLive, type Live } from './session-live.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
@@ -199,20 +199,8 @@ export class SessionManager extends EventEmitter {
 
   /** True if an active session holds this machine or would take it (so it should boot the agent). */
   wants(mac: string): boolean {
-    const m = mac.toLowerCase();
-    const known = this.o.registry.get(m);
-    const machine = known ?? { id: m, macs: [m], groups: [] };
-    if (known !== undefined && known.activity.kind === 'capture') return true;
-    for (const s of this.sessions.values()) {
-      if (!ACTIVE.has(s.state) || this.creating.has(s.id)) continue;
-      const mine = s.machines[m];
-      if (mine !== undefined) {
-        if (!FINAL_MACHINE.has(mine.state)) return true;
-        continue;
-      }
-      if ((known === undefined || known.activity.kind === 'idle') && takes(s, machine)) return true;
-    }
-    return false;
+    const sessions = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && !this.creating.has(s.id));
+    return wanted(sessions, mac.toLowerCase(), this.o.registry.get(mac.toLowerCase()));
   }
 
   /** A machine's connection closed. */

@@ -190,7 +190,8 @@ describe('network boot services with real clients', () => {
       q.stdout!.on('data', (d) => (serial += d));
       q.stderr!.on('data', (d) => (serial += d));
       try {
-        await until(() => serial.includes(MARKER), 150_000, `the VM to print ${MARKER}`);
+        // The whole marker line: the VM is killed once it is there, and the token is at its end.
+        await until(() => new RegExp(`${MARKER}[^\n]*\n`).test(serial), 150_000, `the VM to print ${MARKER}`);
       } finally {
         q.kill('SIGKILL');
       }
