@@ -93,9 +93,15 @@ describe('the classroom in the namespace lab: 8 agents, 2% loss, one killed and 
     await fleet.startServer();
     for (let k = 0; k < 8; k++) fleet.startAgent(k);
     await until(async () => (await fleet!.online()) === 8, 30_000, '8 agents online');
-    const d = fleet.deploy('class', ['--any', '--clients', '8', '--rate', '40']);
+    // Slow enough (about 10 s) that machine 5 is caught mid-way however late a poll comes on a busy machine.
+    const d = fleet.deploy('class', ['--any', '--clients', '8', '--rate', '20']);
     const victim = fleet.mac(5);
-    await until(async () => ((await fleet!.api('GET', '/api/sessions'))[0]?.machines?.[victim]?.chunksDone ?? 0) >= 3, 60_000, 'machine 5 to write 3 chunks');
+    let midway = { chunksDone: 0, chunksTotal: 0 };
+    await until(async () => {
+      midway = (await fleet!.api('GET', '/api/sessions'))[0]?.machines?.[victim] ?? midway;
+      return midway.chunksDone >= 3;
+    }, 60_000, 'machine 5 to write 3 chunks');
+    expect(midway.chunksDone, 'machine 5 must be killed mid-way for this test to mean anything').toBeLessThan(midway.chunksTotal);
     fleet.agents[5]!.child.kill('SIGKILL');
     await fleet.agents[5]!.exited;
     fleet.startAgent(5);
