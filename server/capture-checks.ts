@@ -110,12 +110,16 @@ export function checkPartitionTable(t: unknown, diskSize: number, sectorSize: nu
 export async function tableFromChunks(store: Store, table: Buffer, diskSize: number, chunkSize: number, sectorSize: number): Promise<PartitionTable | null> {
   const first = chunkAt(table, 0);
   if (first.kind !== ChunkKind.DATA) return null;
+  // The table reader asks sector by sector (a GPT's entries are 32 sectors): each chunk is read and decoded once.
+  const decoded = new Map<number, Buffer | null>();
   const raw = async (i: number): Promise<Buffer | null> => {
     if (i < 0 || i >= tableLength(table)) return null;
+    if (decoded.has(i)) return decoded.get(i)!;
     const r = chunkAt(table, i);
-    if (r.kind === ChunkKind.ZERO) return Buffer.alloc(chunkLength(i, diskSize, chunkSize));
-    if (r.kind !== ChunkKind.DATA) return null;
-    return decodeChunk(await store.readChunk(r.sha256), `chunk ${i}`).raw;
+    const data =
+      r.kind === ChunkKind.ZERO ? Buffer.alloc(chunkLength(i, diskSize, chunkSize)) : r.kind === ChunkKind.DATA ? decodeChunk(await store.readChunk(r.sha256), `chunk ${i}`).raw : null;
+    decoded.set(i, data);
+    return data;
   };
   const head = (await raw(0))!;
   return readPartitionTable(head.subarray(0, Math.min(head.length, 1 << 20)), sectorSize, async (lba) => {
