@@ -88,6 +88,20 @@ describe('capture uploads are checked', () => {
     await call('POST', `/api/captures/${id}/fail`, JSON.stringify({ reason: 'done testing' }));
   });
 
+  it('refuses capture requests with hostile fields before claiming the machine', async () => {
+    for (const [fields, message] of [
+      [{ partitions: 'abc' }, /partitions must be a list/],
+      [{ disk: 7 }, /disk must be a device path/],
+      [{ force: 'yes' }, /force must be true or false/],
+      [{ disk: '/dev/sdz' }, /is not one of/],
+    ] as [Record<string, unknown>, RegExp][]) {
+      const r = await call('POST', '/api/captures', JSON.stringify({ machine: MAC, image: 'hostile', ...fields }));
+      expect(r.status, JSON.stringify(fields)).toBe(400);
+      expect(r.body.error.message).toMatch(message);
+    }
+    expect(srv.registry.get(MAC)?.activity).toEqual({ kind: 'idle' });
+  });
+
   it('refuses a table bigger than the disk needs, script in a progress field, and uploads into an ended capture', async () => {
     const id = await capture('poison3');
     const big = await call('PUT', `/api/captures/${id}/table`, Buffer.alloc(48 * 5));

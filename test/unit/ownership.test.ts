@@ -80,6 +80,20 @@ describe('one owner per machine', () => {
     const r = await api('/api/sessions', { image: 'img', rule: { clients: 2 } });
     expect(r.status).toBe(400);
     expect(r.body.error.message).toMatch(/say which machines take part/);
+    // Hostile field values are named and refused before anything is made.
+    const bad: [Record<string, unknown>, RegExp][] = [
+      [{ after: 'constructor' }, /after must be wait, reboot or poweroff/],
+      [{ rateMbit: '100; rm -rf' }, /rateMbit must be a number/],
+      [{ target: '../../etc/passwd' }, /target must be "auto" or a device path/],
+      [{ differential: 'yes' }, /differential must be true or false/],
+      [{ rule: { any: true, clients: 1e9 } }, /clients must be a whole number/],
+    ];
+    for (const [fields, message] of bad) {
+      const refused = await api('/api/sessions', { image: 'img', rule: { any: true }, ...fields });
+      expect(refused.status, JSON.stringify(fields)).toBe(400);
+      expect(refused.body.error.message).toMatch(message);
+    }
+    expect(srv.sessions.list().filter((x) => x.state === 'waiting' || x.state === 'running')).toEqual([]);
   });
 
   it('a deploy cannot take a machine under capture, and a capture cannot start on a machine in a session', async () => {
