@@ -200,7 +200,10 @@ export class Store {
     const versions = this.versions(name);
     const version = (versions[versions.length - 1] ?? 0) + 1;
     manifest.meta.version = version;
-    this.writeAtomic(this.manifestPath(name, version), encodeManifest(manifest));
+    const data = encodeManifest(manifest);
+    // Only what the normal decoder reads back is published: an unknown record kind would stop every later gc.
+    decodeManifest(data, `${name}@${version} as it was about to be published`);
+    this.writeAtomic(this.manifestPath(name, version), data);
     return version;
   }
 
