@@ -123,7 +123,7 @@ export async function checkTable(store: Store, table: Buffer, diskSize: number, 
     const at = `chunk table record ${i}`;
     if (table.readUInt16BE(i * MANIFEST.RECORD_SIZE + 2) !== 0) throw bad(`${at}: reserved bytes are not zero`);
     if (r.kind === ChunkKind.ZERO || r.kind === ChunkKind.ABSENT) {
-      if (r.storedLength !== 0 || r.xxh64 !== 0n || r.compression !== 0 || r.sha256.some((b) => b !== 0)) throw bad(`${at}: a ${r.kind === ChunkKind.ZERO ? 'zero' : 'absent'} chunk carries no hash, codec or length`);
+      if (r.storedLength !== 0 || r.xxh64 !== 0n || r.compression !== 0 || r.sha256.some((b) => b !== 0)) throw bad(`${at}: ${r.kind === ChunkKind.ZERO ? 'a zero' : 'an absent'} chunk carries no hash, codec or length`);
       continue;
     }
     if (r.kind !== ChunkKind.DATA) throw bad(`${at}: unknown kind ${r.kind}`);

@@ -202,7 +202,12 @@ export class Store {
     manifest.meta.version = version;
     const data = encodeManifest(manifest);
     // Only what the normal decoder reads back is published: an unknown record kind would stop every later gc.
-    decodeManifest(data, `${name}@${version} as it was about to be published`);
+    try {
+      decodeManifest(data, `the new manifest of ${name}@${version}`);
+    } catch (err) {
+      const why = (err as Error).message.replace(/; remove that version.*$/, '');
+      throw new ClonecastError(ERR.MANIFEST_CORRUPT, `refusing to publish ${name}@${version}, nothing was written: ${why}`);
+    }
     this.writeAtomic(this.manifestPath(name, version), data);
     return version;
   }
