@@ -26,9 +26,8 @@ import { tempDir } from '../helpers.js';
 
 const MiB = 1 << 20;
 const TiB = 1024 * 1024 * MiB;
-const VICTIM = '02:00:00:00:0f:01';
-const BIG1 = '02:00:00:00:0f:02';
-const BIG2 = '02:00:00:00:0f:03';
+const BIG1 = '02:00:00:00:0f:e1';
+const BIG2 = '02:00:00:00:0f:e2';
 
 interface Answer {
   status: number;
@@ -81,7 +80,13 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
     ws.send(encodeAgentMessage({ type: 'hello', hello: { protocol: CONTROL.VERSION, token: srv.token, machineId: mac, macs: [mac], hostname: 'pc', agentVersion: 't', disks: [{ device: '/dev/vda', size, logicalSector: 512, physicalSector: 512 }] } }));
     await until(() => srv.registry.get(mac)?.online === true);
   };
-  const capture = async (image: string, machine = VICTIM) => {
+  let machines = 0;
+  /** A capture on a machine of its own (a failed test leaves no other test's machine busy). */
+  const capture = async (image: string, machine?: string) => {
+    if (machine === undefined) {
+      machine = `02:00:00:00:0f:${(++machines).toString(16).padStart(2, '0')}`;
+      await hello(machine, 4 * MiB);
+    }
     const r = await call('POST', '/api/captures', JSON.stringify({ machine, image }));
     expect(r.status, JSON.stringify(r.body)).toBe(201);
     return r.body.id as number;
@@ -101,7 +106,6 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
   beforeAll(async () => {
     store = Store.open(join(dir, 'data'));
     srv = await startServer({ store, listen: '127.0.0.1:0', version: 'test', heartbeatMs: 60_000 });
-    await hello(VICTIM, 4 * MiB);
   });
   afterAll(async () => {
     for (const ws of sockets) ws.close();
