@@ -156,6 +156,7 @@ export function checkPartitionTable(t: unknown, diskSize: number, sectorSize: nu
   if (o.sectorSize !== sectorSize) throw bad('partition table sector size differs from the disk\'s');
   if (!Array.isArray(o.partitions) || o.partitions.length > 256) throw bad('partition table partitions must be a list of at most 256');
   if (!Array.isArray(o.warnings) || o.warnings.length > 32) throw bad('partition table warnings must be a list of at most 32');
+  const seen = new Set<number>();
   const partitions = o.partitions.map((p: unknown, k: number) => {
     if (typeof p !== 'object' || p === null) throw bad(`partition ${k} must be an object`);
     const q = p as Record<string, unknown>;
@@ -167,8 +168,11 @@ export function checkPartitionTable(t: unknown, diskSize: number, sectorSize: nu
     const size = int(q.size, 'size');
     if (start + size > diskSize) throw bad(`partition ${k} ends beyond the disk`);
     if (q.bootable !== undefined && typeof q.bootable !== 'boolean') throw bad(`partition ${k} bootable must be true or false`);
+    const number = int(q.number, 'number');
+    if (number < 1 || number > 256 || seen.has(number)) throw bad(`partition ${k} number must be 1-256 and not repeated`);
+    seen.add(number);
     return {
-      number: int(q.number, 'number'),
+      number,
       start,
       size,
       type: text(q.type, 'type', 64) ?? '',

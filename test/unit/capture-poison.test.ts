@@ -38,7 +38,7 @@ interface Answer {
 function streamPut(url: URL, token: string, parts: number, part: Buffer): Promise<Answer & { sent: number }> {
   return new Promise((resolve, reject) => {
     let sent = 0;
-    const req = request(url, { method: 'PUT', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
+    const req = request(url, { method: 'PUT', agent: false, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
       const bufs: Buffer[] = [];
       res.on('data', (b: Buffer) => bufs.push(b));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(bufs).toString('utf8') || '{}'), sent }));
@@ -166,6 +166,8 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
       [{ badRanges: [{ offset: 4 * MiB - 512, length: 1024 }] }, /bad range 0 must be/],
       [{ blockDevice: 'yes' }, /blockDevice must be true or false/],
       [{ partitionTable: { scheme: 'mbr', sectorSize: 512, partitions: [{ number: 1, start: 0, size: 8 * MiB, type: '83' }], warnings: [] } }, /partition 0 ends beyond the disk/],
+      [{ partitionTable: { scheme: 'mbr', sectorSize: 512, partitions: [{ number: 1, start: 512, size: 512, type: '83' }, { number: 1, start: 1024, size: 512, type: '83' }], warnings: [] } }, /partition 1 number must be 1-256 and not repeated/],
+      [{ partitionTable: { scheme: 'mbr', sectorSize: 512, partitions: [], warnings: ['\u001b]0;owned\u0007'] } }, /warning must be printable text/],
     ] as [Record<string, unknown>, RegExp][]) {
       const r = await finish(id, extra);
       expect(r.status, JSON.stringify(extra)).toBe(400);
