@@ -12,6 +12,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync } from 'node:fs';
 import { request } from 'node:http';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { CHUNK, encodeChunk } from '../../protocol/chunk.js';
@@ -34,8 +35,12 @@ interface Answer {
   body: Record<string, any>;
 }
 
-/** Sends a body in parts with chunked transfer encoding (no Content-Length); an error before the answer (a reset) fails the test. */
-function streamPut(url: URL, token: string, parts: number, part: Buffer): Promise<Answer & { sent: number }> {
+/**
+ * Sends a body in parts with chunked transfer encoding (no Content-Length);
+ * an error before the answer (a reset) fails the test. `closed` resolves
+ * with the parts sent when the connection ends.
+ */
+function streamPut(url: URL, token: string, parts: number, part: Buffer, closed?: (sent: number) => void): Promise<Answer & { sent: number }> {
   return new Promise((resolve, reject) => {
     let sent = 0;
     const req = request(url, { method: 'PUT', agent: false, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
@@ -44,14 +49,40 @@ function streamPut(url: URL, token: string, parts: number, part: Buffer): Promis
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(bufs).toString('utf8') || '{}'), sent }));
     });
     req.on('error', reject);
+    req.on('close', () => closed?.(sent));
     const write = () => {
-      while (sent < parts) {
+      while (sent < parts && !req.destroyed) {
         sent++;
         if (!req.write(part)) return void req.once('drain', write);
       }
       req.end();
     };
     write();
+  });
+}
+
+/** Sends a chunked body over a raw socket until the server closes it (or `max` bytes); the client never closes first. */
+function endlessPut(url: URL, token: string, max: number): Promise<{ answer: string; sent: number }> {
+  return new Promise((resolve) => {
+    const socket = connect(Number(url.port), url.hostname);
+    const part = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(65536, 3), Buffer.from('\r\n')]);
+    let sent = 0;
+    let answer = '';
+    const done = () => resolve({ answer, sent });
+    socket.on('data', (b: Buffer) => (answer += b.toString('latin1')));
+    socket.on('error', () => {});
+    socket.on('close', done);
+    const write = () => {
+      while (sent < max && !socket.destroyed) {
+        sent += 65536;
+        if (!socket.write(part)) return void socket.once('drain', write);
+      }
+      if (sent >= max) socket.destroy();
+    };
+    socket.on('connect', () => {
+      socket.write(`PUT ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n`);
+      write();
+    });
   });
 }
 
@@ -278,6 +309,11 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
     const t = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), srv.token, 8, Buffer.alloc(48));
     expect(t.status).toBe(413);
     expect(mine()).toEqual([]);
+    // A client that keeps sending after the answer is read from only so far (64 MiB), then cut off by the server.
+    const endless = await endlessPut(new URL(`/api/captures/${id}/chunks/${'c'.repeat(64)}`, srv.url), srv.token, 256 * MiB);
+    console.log(`an endless chunk body: answered ${endless.answer.split('\r\n')[0]}; the server closed the connection after ${(endless.sent / MiB).toFixed(0)} MiB sent`);
+    expect(endless.answer).toMatch(/^HTTP\/1\.1 413 /);
+    expect(endless.sent).toBeLessThan(256 * MiB);
     expect(srv.captures.get(id).received.chunks).toBe(0);
     // The server still answers, and the capture is untouched.
     expect((await call('GET', `/api/captures/${id}`)).body.state).toBe('running');
