@@ -10,7 +10,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readdirSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect } from 'node:net';
 import { join } from 'node:path';
@@ -166,6 +166,19 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
       expect(r.body.error.message, what).toMatch(message);
       expect(published('golden'), what).toEqual([]);
     }
+    // A stored chunk file cut short (a damaged store) is named, not published.
+    const short = await upload(id, randomBytes(MiB));
+    const path = store.chunkPath(short.sha256);
+    const whole = readFileSync(path);
+    writeFileSync(path, whole.subarray(0, CHUNK.HEADER_SIZE + 10));
+    const cut = newChunkTable(4);
+    setChunk(cut, 0, good);
+    setChunk(cut, 3, short);
+    expect((await table(id, cut)).status).toBe(200);
+    const damaged = await finish(id);
+    expect(damaged.body.error.message).toMatch(/record 3: the stored chunk [0-9a-f]{64} is shorter than its header says/);
+    writeFileSync(path, whole);
+    expect(published('golden')).toEqual([]);
     // The same capture with an honest table still publishes.
     const honest = newChunkTable(4);
     setChunk(honest, 0, good);
