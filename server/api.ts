@@ -40,6 +40,7 @@ const STATUS_OF: Record<string, number> = {
   [ERR.UNAUTHORIZED]: 401,
   [ERR.NOT_FOUND]: 404,
   [ERR.BUSY]: 409,
+  [ERR.ENDED]: 409,
   [ERR.MANIFEST_VERSION]: 409,
   [ERR.CHUNK_CORRUPT]: 422,
   [ERR.CHUNK_MISSING]: 409,
@@ -235,7 +236,26 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     const known = err instanceof ClonecastError;
     const code = known ? err.code : 'CLONECAST_ERR_INTERNAL';
     if (!res.headersSent) send(res, known ? (STATUS_OF[code] ?? 422) : 500, { error: { code, message: (err as Error).message } });
+    // A body refused before its end (too large, an ended capture): read and dropped, bounded, so the client sees the answer.
+    if (!req.complete) drainRefused(req);
   }
+}
+
+/**
+ * Bytes of a refused body read and dropped after the answer: a client that
+ * is still sending (a body without Content-Length) reads the answer instead
+ * of a reset; one that sends more than this loses its connection.
+ */
+const DRAIN_MAX = 64 << 20;
+
+function drainRefused(req: IncomingMessage): void {
+  let left = DRAIN_MAX;
+  req.on('error', () => {});
+  req.on('data', (part: Buffer) => {
+    left -= part.length;
+    if (left < 0) req.destroy();
+  });
+  req.resume();
 }
 
 /** Refuses a body its Content-Length says is too big, before any of it is read. */
@@ -248,7 +268,8 @@ async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
   checkLength(req, limit);
   const parts: Buffer[] = [];
   let size = 0;
-  for await (const part of req) {
+  // Not destroyed when the loop stops at the limit: the 413 must still reach the client.
+  for await (const part of req.iterator({ destroyOnReturn: false })) {
     size += (part as Buffer).length;
     if (size > limit) throw new ClonecastError(ERR.TOO_LARGE, `request body over ${limit} bytes`);
     parts.push(part as Buffer);
@@ -281,7 +302,7 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
     return send(res, 200, { ok: true });
   } else if (action === 'table' && method === 'PUT') {
     checkLength(req, c.captures.uploadLimits(id).tableBytes);
-    await c.captures.table(id, req);
+    await c.captures.table(id, req.iterator({ destroyOnReturn: false }));
     return send(res, 200, { ok: true });
   } else if (action === 'progress' && method === 'POST') {
     c.captures.uploadLimits(id);

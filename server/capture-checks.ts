@@ -5,32 +5,97 @@
  * progress numbers and the device name. A capture publishes only what
  * passes; anything else is refused with the record or field named.
  */
-import { CHUNK, chunkLength, decodeChunk, decodeChunkHeader } from '../protocol/chunk.js';
+import { CHUNK, chunkCount, chunkLength, decodeChunk, decodeChunkHeader } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { chunkAt, ChunkKind, tableLength } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind, MANIFEST, tableLength, type BadRange } from '../protocol/manifest.js';
 import { readPartitionTable, type PartitionTable } from '../protocol/partitions.js';
 import type { Store } from './store/store.js';
 import type { CaptureProgress } from '../protocol/api.js';
 
 const bad = (why: string) => new ClonecastError(ERR.USAGE, why);
 
-
-/** Checks progress numbers: non-negative safe integers, counts bounded by the chunk count. */
-export function checkProgress(p: unknown, maxChunks: number): CaptureProgress {
-  if (typeof p !== 'object' || p === null) throw bad('progress must be an object');
+/**
+ * Checks progress numbers against the capture's disk: whole numbers, chunk
+ * counts up to the disk's chunk count, bytes read up to its size, bytes
+ * sent up to every chunk stored raw with its header. Other fields are dropped.
+ */
+export function checkProgress(p: unknown, diskSize: number, chunkSize: number): CaptureProgress {
+  if (typeof p !== 'object' || p === null || Array.isArray(p)) throw bad('progress must be an object');
   const o = p as Record<string, unknown>;
+  const maxChunks = chunkCount(diskSize, chunkSize);
   const num = (k: keyof CaptureProgress, max: number) => {
     const v = o[k] ?? 0;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > max) throw bad(`progress ${k} must be a whole number from 0 to ${max}`);
     return v;
   };
-  return {
+  const out = {
     chunksDone: num('chunksDone', maxChunks),
     chunksTotal: num('chunksTotal', maxChunks),
-    bytesRead: num('bytesRead', Number.MAX_SAFE_INTEGER),
+    bytesRead: num('bytesRead', diskSize),
     reused: num('reused', maxChunks),
-    bytesSent: num('bytesSent', Number.MAX_SAFE_INTEGER),
+    bytesSent: num('bytesSent', maxChunks * maxChunkUpload(chunkSize)),
   };
+  if (out.chunksTotal > 0 && out.chunksDone > out.chunksTotal) throw bad(`progress chunksDone ${out.chunksDone} is over chunksTotal ${out.chunksTotal}`);
+  return out;
+}
+
+/** A finish body, checked: what shapes the manifest. */
+export interface FinishBody {
+  diskSize: number;
+  sectorSize: number;
+  chunkSize: number;
+  /** Checked by checkPartitionTable() where the uploaded bytes do not hold the table. */
+  partitionTable: unknown;
+  badRanges: BadRange[];
+  device: string;
+  blockDevice: boolean;
+  progress: unknown;
+}
+
+/** What the server knows of a capture's disk, to hold a finish body against. */
+export interface KnownDisk {
+  /** The disk's size as its machine reported it (0: not known). */
+  diskSize: number;
+  chunkSize: number;
+  /** The device the capture named. */
+  device: string;
+  /** The disks the machine reported in its Hello. */
+  disks: readonly { device?: string | null; logicalSector?: number | null }[];
+}
+
+/**
+ * Checks what an agent says in its finish against what the server knows:
+ * the disk's size and chunk size are the capture's, the sector size is the
+ * disk's, the device is the one the capture named or one the machine
+ * reported, and bad ranges lie inside the disk in order.
+ */
+export function checkFinish(body: unknown, known: KnownDisk): FinishBody {
+  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw bad('finish needs a JSON object');
+  const m = body as Record<string, unknown>;
+  const pow2 = (n: unknown): n is number => Number.isSafeInteger(n) && Number.isInteger(Math.log2(n as number));
+  const { diskSize, chunkSize, sectorSize } = m;
+  if (typeof diskSize !== 'number' || !Number.isSafeInteger(diskSize) || diskSize <= 0) throw bad(`disk size ${String(diskSize).slice(0, 32)} is not a byte count`);
+  if (known.diskSize > 0 && diskSize !== known.diskSize) throw bad(`disk size ${diskSize} differs from the ${known.diskSize} bytes the machine reported for ${known.device}`);
+  if (!pow2(chunkSize) || chunkSize < CHUNK.MIN_SIZE || chunkSize > CHUNK.MAX_SIZE) throw bad(`chunk size ${String(chunkSize).slice(0, 32)} is not a power of two from ${CHUNK.MIN_SIZE} to ${CHUNK.MAX_SIZE}`);
+  if (chunkSize !== known.chunkSize) throw bad(`chunk size ${chunkSize} is not the capture's ${known.chunkSize}`);
+  if (!pow2(sectorSize) || sectorSize < 512 || sectorSize > 65536) throw bad(`sector size ${String(sectorSize).slice(0, 32)} is not a power of two from 512 to 65536`);
+  const device = checkDevice(m.device);
+  const disk = known.disks.find((d) => d.device === device);
+  if (device !== known.device && disk === undefined) throw bad(`device ${device} is neither the capture's ${known.device} nor a disk the machine reported`);
+  if (typeof disk?.logicalSector === 'number' && disk.logicalSector > 0 && disk.logicalSector !== sectorSize) throw bad(`sector size ${sectorSize} differs from the ${disk.logicalSector} the machine reported for ${device}`);
+  if (m.blockDevice !== undefined && typeof m.blockDevice !== 'boolean') throw bad('blockDevice must be true or false');
+  const ranges = m.badRanges ?? [];
+  if (!Array.isArray(ranges) || ranges.length > chunkCount(diskSize, chunkSize)) throw bad('bad ranges must be a list of at most one range per chunk');
+  let end = 0;
+  const badRanges = ranges.map((r: unknown, k: number) => {
+    const { offset, length } = (typeof r === 'object' && r !== null ? r : {}) as Record<string, unknown>;
+    if (typeof offset !== 'number' || typeof length !== 'number' || !Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < end || length <= 0 || offset + length > diskSize) {
+      throw bad(`bad range ${k} must be {offset, length} inside the disk, after the range before it`);
+    }
+    end = offset + length;
+    return { offset, length };
+  });
+  return { diskSize, sectorSize, chunkSize, partitionTable: m.partitionTable, badRanges, device, blockDevice: m.blockDevice === true, progress: m.progress };
 }
 
 /** A device path as an agent names it: printable, short. */
@@ -40,24 +105,38 @@ export function checkDevice(device: unknown): string {
 }
 
 /**
- * Checks every record of a chunk table: a known kind; zero and absent
- * records carry nothing; a data record names a stored chunk whose header
- * agrees with it (length of that chunk of the disk, codec, stored length,
- * xxh64). Throws at the first record that does not hold.
+ * Checks every record of a chunk table: one per chunk of the disk; a known
+ * kind, reserved bytes zero; zero and absent records carry nothing; a data
+ * record names (by its SHA-256, the stored chunk's identity, checked when it
+ * was stored) a stored chunk whose header agrees with it: the length of that
+ * chunk of the disk, codec, stored length, xxh64, and a file that holds
+ * them. Throws at the first record that does not hold, naming it.
  */
-export function checkTable(store: Store, table: Buffer, diskSize: number, chunkSize: number): void {
+export async function checkTable(store: Store, table: Buffer, diskSize: number, chunkSize: number): Promise<void> {
   const n = tableLength(table);
+  if (!Number.isInteger(n) || n !== chunkCount(diskSize, chunkSize)) throw bad(`the chunk table has ${n} records where a disk of ${diskSize} bytes has ${chunkCount(diskSize, chunkSize)} chunks of ${chunkSize}`);
+  const heads = new Map<string, ReturnType<typeof decodeChunkHeader> & { size: number }>();
   for (let i = 0; i < n; i++) {
+    // A big table is many header reads: the event loop (pacing, DHCP) gets its turn.
+    if (i % 4096 === 4095) await new Promise((r) => setImmediate(r));
     const r = chunkAt(table, i);
     const at = `chunk table record ${i}`;
+    if (table.readUInt16BE(i * MANIFEST.RECORD_SIZE + 2) !== 0) throw bad(`${at}: reserved bytes are not zero`);
     if (r.kind === ChunkKind.ZERO || r.kind === ChunkKind.ABSENT) {
-      if (r.storedLength !== 0 || r.xxh64 !== 0n || r.compression !== 0 || r.sha256.some((b) => b !== 0)) throw bad(`${at}: a ${r.kind === ChunkKind.ZERO ? 'zero' : 'absent'} chunk carries no hash, codec or length`);
+      if (r.storedLength !== 0 || r.xxh64 !== 0n || r.compression !== 0 || r.sha256.some((b) => b !== 0)) throw bad(`${at}: ${r.kind === ChunkKind.ZERO ? 'a zero' : 'an absent'} chunk carries no hash, codec or length`);
       continue;
     }
     if (r.kind !== ChunkKind.DATA) throw bad(`${at}: unknown kind ${r.kind}`);
-    const stored = store.chunkHead(r.sha256);
-    if (stored === null) throw new ClonecastError(ERR.CHUNK_MISSING, `${at}: chunk ${r.sha256.toString('hex')} was never uploaded`);
-    const h = decodeChunkHeader(stored.head, `stored chunk ${r.sha256.toString('hex')}`);
+    const sha = r.sha256.toString('hex');
+    let h = heads.get(sha);
+    if (h === undefined) {
+      const stored = store.chunkHead(r.sha256);
+      if (stored === null) throw new ClonecastError(ERR.CHUNK_MISSING, `${at}: chunk ${sha} was never uploaded`);
+      h = { ...decodeChunkHeader(stored.head, `stored chunk ${sha}`), size: stored.size };
+      // Stored files may be padded (O_DIRECT), never short.
+      if (h.size < CHUNK.HEADER_SIZE + h.payloadLength) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${at}: the stored chunk ${sha} is shorter than its header says; run "clonecast image verify"`);
+      heads.set(sha, h);
+    }
     const want = chunkLength(i, diskSize, chunkSize);
     if (h.rawLength !== want) throw bad(`${at}: names a chunk of ${h.rawLength} bytes where the disk has ${want}`);
     if (h.compression !== r.compression || h.payloadLength !== r.storedLength || h.xxh64 !== r.xxh64) throw bad(`${at}: its codec, stored length or xxh64 differ from the stored chunk it names`);
@@ -77,6 +156,7 @@ export function checkPartitionTable(t: unknown, diskSize: number, sectorSize: nu
   if (o.sectorSize !== sectorSize) throw bad('partition table sector size differs from the disk\'s');
   if (!Array.isArray(o.partitions) || o.partitions.length > 256) throw bad('partition table partitions must be a list of at most 256');
   if (!Array.isArray(o.warnings) || o.warnings.length > 32) throw bad('partition table warnings must be a list of at most 32');
+  const seen = new Set<number>();
   const partitions = o.partitions.map((p: unknown, k: number) => {
     if (typeof p !== 'object' || p === null) throw bad(`partition ${k} must be an object`);
     const q = p as Record<string, unknown>;
@@ -88,8 +168,11 @@ export function checkPartitionTable(t: unknown, diskSize: number, sectorSize: nu
     const size = int(q.size, 'size');
     if (start + size > diskSize) throw bad(`partition ${k} ends beyond the disk`);
     if (q.bootable !== undefined && typeof q.bootable !== 'boolean') throw bad(`partition ${k} bootable must be true or false`);
+    const number = int(q.number, 'number');
+    if (number < 1 || number > 256 || seen.has(number)) throw bad(`partition ${k} number must be 1-256 and not repeated`);
+    seen.add(number);
     return {
-      number: int(q.number, 'number'),
+      number,
       start,
       size,
       type: text(q.type, 'type', 64) ?? '',

@@ -12,17 +12,13 @@
  * saved in DATA/captures.json, so an upload resumes after a server restart.
  */
 import { EventEmitter } from 'node:events';
-import { createWriteStream } from 'node:fs';
-import { readFile, rm } from 'node:fs/promises';
-import { pipeline } from 'node:stream/promises';
-import { Transform } from 'node:stream';
+import { open, readFile, rm } from 'node:fs/promises';
 import { listFile, type StateFile } from '../state/state-file.js';
 import { join } from 'node:path';
 import { CHUNK, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { sha256 } from '../protocol/hash.js';
-import { tableLength, type BadRange, type ManifestMeta } from '../protocol/manifest.js';
-import type { PartitionTable } from '../protocol/partitions.js';
+import type { BadRange, ManifestMeta } from '../protocol/manifest.js';
 import { chunkCount } from '../protocol/chunk.js';
 import type { AgentChannel } from './control.js';
 import type { Registry } from './registry.js';
@@ -30,8 +26,7 @@ import { checkName, type Store } from './store/store.js';
 import { native } from '../native/addon.js';
 import type { Activity, CaptureState } from '../protocol/states.js';
 import type { CaptureRequest } from '../protocol/api.js';
-import { encodeManifest, decodeManifest } from '../protocol/manifest.js';
-import { checkDevice, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
+import { checkFinish, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
 
 /** Defaults of CaptureManager. */
 export const CAPTURE_DEFAULTS = Object.freeze({
@@ -200,34 +195,46 @@ export class CaptureManager extends EventEmitter {
 
   private running(id: number): CaptureRecord {
     const c = this.get(id);
-    if (c.state !== 'running') throw new ClonecastError(ERR.USAGE, `capture ${id} has ended (${c.state})`);
+    if (c.state !== 'running') throw new ClonecastError(ERR.ENDED, `capture ${id} has ended (${c.state}${c.error ? `: ${c.error}` : ''}); it takes no more uploads, start a new capture`);
     this.heardAt.set(id, Date.now());
     return c;
   }
 
+  /** A running capture that takes uploads now: not ended, and not being published (its table and chunks are being checked). */
+  private accepting(id: number): CaptureRecord {
+    const c = this.running(id);
+    if (this.finishing.has(id)) throw new ClonecastError(ERR.BUSY, `capture ${id} is being published and takes no more uploads; wait for the answer to its finish`);
+    return c;
+  }
+
+  /** The disk's size as its agent last reported it (a reconnecting agent reports its disks again). */
+  private refreshDiskSize(c: CaptureRecord): void {
+    const now = this.registry.get(c.machine)?.disks.find((d) => d.device === c.device)?.size;
+    if (now !== undefined && Number.isSafeInteger(Number(now)) && Number(now) > 0) c.diskSize = Number(now);
+  }
+
   /**
    * Limits for uploads into a running capture, asked before any body is
-   * read: an ended capture takes nothing, and bodies are capped by what its
-   * disk can need (one chunk; one table record per chunk of the disk).
+   * read: an ended capture or one being published takes nothing (409), and
+   * bodies are capped by what its disk can need (one chunk and its header;
+   * one table record per chunk of the disk).
    */
   uploadLimits(id: number): { chunkBytes: number; tableBytes: number } {
-    const c = this.running(id);
-    // The disk's size as its agent last reported it (a reconnecting agent reports its disks again).
-    const now = this.registry.get(c.machine)?.disks.find((d) => d.device === c.device)?.size;
-    if (now !== undefined && Number(now) > 0) c.diskSize = Number(now);
+    const c = this.accepting(id);
+    this.refreshDiskSize(c);
     return { chunkBytes: maxChunkUpload(c.chunkSize), tableBytes: chunkCount(Math.max(1, c.diskSize), c.chunkSize) * 48 };
   }
 
   /** Which of these chunk names the store lacks. */
   have(id: number, chunks: unknown): { missing: string[] } {
-    this.running(id);
+    this.accepting(id);
     if (!Array.isArray(chunks) || chunks.some((c) => typeof c !== 'string' || !/^[0-9a-f]{64}$/.test(c))) throw new ClonecastError(ERR.USAGE, 'chunks must be a list of SHA-256 hex names');
     return { missing: (chunks as string[]).filter((sha) => this.store.chunkHead(Buffer.from(sha, 'hex')) === null) };
   }
 
   /** Stores one uploaded chunk after checking it. */
   async putChunk(id: number, sha: string, body: Buffer): Promise<void> {
-    const c = this.running(id);
+    const c = this.accepting(id); // again: it may have ended while the body came in
     if (!/^[0-9a-f]{64}$/.test(sha)) throw new ClonecastError(ERR.USAGE, 'a chunk is named by its SHA-256 (64 hex digits)');
     if (body.length < CHUNK.HEADER_SIZE || body.length > maxChunkUpload(c.chunkSize)) throw new ClonecastError(ERR.USAGE, `a chunk of ${body.length} bytes`);
     const { raw } = decodeChunk(body, `uploaded chunk ${sha}`);
@@ -243,8 +250,8 @@ export class CaptureManager extends EventEmitter {
   }
 
   progress(id: number, p: unknown): void {
-    const c = this.running(id);
-    c.progress = checkProgress(p, chunkCount(Math.max(1, c.diskSize), c.chunkSize));
+    const c = this.accepting(id);
+    c.progress = checkProgress(p, Math.max(1, c.diskSize), c.chunkSize);
     this.emit('changed');
   }
 
@@ -253,16 +260,20 @@ export class CaptureManager extends EventEmitter {
     const { tableBytes } = this.uploadLimits(id);
     const path = this.store.tmpPath(`capture-${id}-table`);
     let size = 0;
-    const cap = new Transform({
-      transform(part: Buffer, _enc, done) {
-        size += part.length;
-        done(size > tableBytes ? new ClonecastError(ERR.TOO_LARGE, `a chunk table over ${tableBytes} bytes (the disk has ${tableBytes / 48} chunks)`) : null, part);
-      },
-    });
     try {
-      await pipeline(body, cap, createWriteStream(path, { mode: 0o600 }));
+      // Part by part to the file, awaiting each write: memory holds one part, whatever the table's size.
+      const file = await open(path, 'wx', 0o600);
+      try {
+        for await (const part of body) {
+          size += part.length;
+          if (size > tableBytes) throw new ClonecastError(ERR.TOO_LARGE, `a chunk table over ${tableBytes} bytes (the disk has ${tableBytes / 48} chunks)`);
+          await file.write(part);
+        }
+      } finally {
+        await file.close();
+      }
       if (size % 48 !== 0) throw new ClonecastError(ERR.USAGE, 'a chunk table is a whole number of 48-byte records');
-      this.running(id); // it may have ended while the table streamed in
+      this.accepting(id); // it may have ended, or its finish begun, while the table streamed in
     } catch (err) {
       await rm(path, { force: true });
       throw err;
@@ -273,7 +284,7 @@ export class CaptureManager extends EventEmitter {
   }
 
   /** Publishes the version once every chunk is stored. */
-  async finish(id: number, m: { diskSize: number; sectorSize: number; chunkSize: number; partitionTable: PartitionTable; badRanges: BadRange[]; device: string; blockDevice: boolean; progress: CaptureRecord['progress'] }): Promise<CaptureRecord> {
+  async finish(id: number, m: unknown): Promise<CaptureRecord> {
     this.running(id);
     // One finish at a time: an agent that retries while the first is under way is told so.
     if (this.finishing.has(id)) throw new ClonecastError(ERR.BUSY, `capture ${id} is already being published`);
@@ -285,33 +296,24 @@ export class CaptureManager extends EventEmitter {
     }
   }
 
-  private async publish(id: number, m: Parameters<CaptureManager['finish']>[1]): Promise<CaptureRecord> {
+  private async publish(id: number, body: unknown): Promise<CaptureRecord> {
     const c = this.running(id);
-    this.uploadLimits(id);
-    if (c.diskSize > 0 && m.diskSize !== c.diskSize) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} differs from the ${c.diskSize} bytes ${c.machine} reported for ${c.device}`);
-    if (m.chunkSize !== c.chunkSize) throw new ClonecastError(ERR.USAGE, `chunk size ${m.chunkSize} is not the capture's ${c.chunkSize}`);
-    // What the agent says is checked before it shapes a manifest.
-    const pow2 = (n: unknown) => Number.isInteger(n) && Number.isInteger(Math.log2(n as number));
-    if (!Number.isSafeInteger(m.diskSize) || m.diskSize <= 0) throw new ClonecastError(ERR.USAGE, `disk size ${m.diskSize} is not a byte count`);
-    if (!pow2(m.chunkSize) || m.chunkSize < CHUNK.MIN_SIZE || m.chunkSize > CHUNK.MAX_SIZE) throw new ClonecastError(ERR.USAGE, `chunk size ${m.chunkSize} is not a power of two from ${CHUNK.MIN_SIZE} to ${CHUNK.MAX_SIZE}`);
-    if (!pow2(m.sectorSize) || m.sectorSize < 512 || m.sectorSize > 65536) throw new ClonecastError(ERR.USAGE, `sector size ${m.sectorSize}`);
-    if (!Array.isArray(m.badRanges) || m.badRanges.some((r) => !Number.isSafeInteger(r?.offset) || !Number.isSafeInteger(r?.length) || r.offset < 0 || r.length <= 0 || r.offset + r.length > m.diskSize)) {
-      throw new ClonecastError(ERR.USAGE, 'bad ranges must be {offset, length} inside the disk');
-    }
+    this.refreshDiskSize(c);
+    // What the agent says is checked against what the server knows before it shapes a manifest.
+    const m = checkFinish(body, { diskSize: c.diskSize, chunkSize: c.chunkSize, device: c.device, disks: this.registry.get(c.machine)?.disks ?? [] });
     const tablePath = this.pending.get(id)?.tablePath;
     if (tablePath === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'no chunk table uploaded for this capture (PUT .../table first)');
     const table = await readFile(tablePath);
-    if (tableLength(table) !== chunkCount(m.diskSize, m.chunkSize)) throw new ClonecastError(ERR.USAGE, 'the chunk table does not match the disk size');
-    checkTable(this.store, table, m.diskSize, m.chunkSize);
-    const device = checkDevice(m.device);
+    await checkTable(this.store, table, m.diskSize, m.chunkSize);
+    const device = m.device;
     // The table as the stored bytes say, where they hold the start of the disk; else the agent's, checked.
     const partitionTable = (await tableFromChunks(this.store, table, m.diskSize, m.chunkSize, m.sectorSize)) ?? checkPartitionTable(m.partitionTable, m.diskSize, m.sectorSize);
-    const progress = checkProgress(m.progress ?? c.progress, tableLength(table));
+    const progress = checkProgress(m.progress ?? c.progress, m.diskSize, m.chunkSize);
     const lock = this.store.lockImage(c.image, `capture ${id} from ${c.machine}`);
     try {
       await this.store.barrier();
       // Failed by the administrator while the table was checked: nothing is published.
-      if (c.state !== 'running') throw new ClonecastError(ERR.USAGE, `capture ${id} ended while it was being published: ${c.error}`);
+      if (c.state !== 'running') throw new ClonecastError(ERR.ENDED, `capture ${id} ended while it was being published: ${c.error}`);
       const versions = this.store.versions(c.image);
       const machine = this.registry.get(c.machine);
       const meta: ManifestMeta = {
@@ -327,8 +329,7 @@ export class CaptureManager extends EventEmitter {
         badRanges: m.badRanges,
         newBytes: c.received.newBytes,
       };
-      // Published only what the normal decoder reads back.
-      decodeManifest(encodeManifest({ meta, table }), `capture ${id}'s manifest`);
+      // store.publish() writes only what the normal manifest decoder reads back.
       const version = this.store.publish({ meta, table });
       const dataBytes = Math.max(1, progress.bytesRead);
       c.progress = progress;
@@ -352,7 +353,8 @@ export class CaptureManager extends EventEmitter {
     const c = this.get(id);
     if (c.state !== 'running') return c;
     c.state = 'failed';
-    c.error = String(error).slice(0, 1024);
+    // An agent's words, shown in the dashboard and the CLI: bounded, no control characters.
+    c.error = String(error).slice(0, 1024).replace(/[\x00-\x1f\x7f]/g, '?');
     c.endedAt = new Date().toISOString();
     this.dropPending(id);
     this.lostSince.delete(id);

@@ -200,7 +200,15 @@ export class Store {
     const versions = this.versions(name);
     const version = (versions[versions.length - 1] ?? 0) + 1;
     manifest.meta.version = version;
-    this.writeAtomic(this.manifestPath(name, version), encodeManifest(manifest));
+    const data = encodeManifest(manifest);
+    // Only what the normal decoder reads back is published: an unknown record kind would stop every later gc.
+    try {
+      decodeManifest(data, `the new manifest of ${name}@${version}`);
+    } catch (err) {
+      const why = (err as Error).message.replace(/; remove that version.*$/, '');
+      throw new ClonecastError(ERR.MANIFEST_CORRUPT, `refusing to publish ${name}@${version}, nothing was written: ${why}`);
+    }
+    this.writeAtomic(this.manifestPath(name, version), data);
     return version;
   }
 

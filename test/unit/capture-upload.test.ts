@@ -115,7 +115,7 @@ describe('capture uploads are checked', () => {
     expect(srv.captures.get(id).progress.reused).toBe(0);
     await call('POST', `/api/captures/${id}/fail`, JSON.stringify({ reason: 'ended' }));
     const late = await call('PUT', `/api/captures/${id}/chunks/${'0'.repeat(64)}`, Buffer.alloc(64));
-    expect(late.status).toBe(400);
+    expect(late.status).toBe(409);
     expect(late.body.error.message).toMatch(/has ended/);
   });
 
