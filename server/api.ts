@@ -14,6 +14,7 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { MACHINE_STATES, SESSION_STATES } from '../protocol/states.js';
 import { projectRoot } from '../native/addon.js';
 import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
+import { shown } from './session-types.js';
 import { listImages, type ListEntry } from './store/maintenance.js';
 import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
@@ -113,7 +114,7 @@ export function serverHealth(c: ApiContext): ServerHealth {
 export interface Snapshot {
   server: { version: string; data: string; senderAddress: string | null; agents: number; time: string; health: ServerHealth };
   machines: ReturnType<Registry['list']>;
-  sessions: (ReturnType<SessionManager['list']>[number] & { ruleText: string })[];
+  sessions: (Omit<ReturnType<SessionManager['list']>[number], 'secret'> & { ruleText: string })[];
   images: ListEntry[];
   captures: ReturnType<CaptureManager['list']>;
 }
@@ -133,7 +134,7 @@ export class State {
     return {
       server: { version: this.c.version, data: this.c.store.root, senderAddress: this.c.senderAddress ?? null, agents: this.c.agents.connected, time: new Date().toISOString(), health: serverHealth(this.c) },
       machines: this.c.registry.list(),
-      sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...s, ruleText: describeRule(s.rule) })),
+      sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...shown(s), ruleText: describeRule(s.rule) })),
       images: this.images,
       captures: this.c.captures.list().slice(0, 20),
     };
@@ -208,20 +209,20 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       case 'GET /api/images':
         return send(res, 200, await listImages(c.store));
       case 'GET /api/sessions':
-        return send(res, 200, c.sessions.list());
+        return send(res, 200, c.sessions.list().map(shown));
       case 'POST /api/sessions': {
         const session = await c.sessions.create((await readJson(req)) as SessionRequest);
-        return send(res, 201, session);
+        return send(res, 201, shown(session));
       }
       case 'GET /api/sessions/:id': {
         const s = c.sessions.get(id);
         if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${id}`);
-        return send(res, 200, s);
+        return send(res, 200, shown(s));
       }
       case 'POST /api/sessions/:id/start':
-        return send(res, 200, c.sessions.start(id));
+        return send(res, 200, shown(c.sessions.start(id)));
       case 'POST /api/sessions/:id/cancel':
-        return send(res, 200, c.sessions.cancel(id));
+        return send(res, 200, shown(c.sessions.cancel(id)));
       case 'GET /api/sessions/:id/manifest': {
         const m = c.sessions.manifest(id);
         if (m === undefined) throw new ClonecastError(ERR.NOT_FOUND, `session ${id} is not active`);

@@ -63,6 +63,11 @@ export interface SessionRecord {
   id: number;
   /** The multicast session number on the wire. */
   key: number;
+  /**
+   * The session secret, hex (32 bytes): the data key and every receiver's key derive from it
+   * (protocol/mac.ts), so a restarted server keeps them. Never shown: the API leaves it out (shown()).
+   */
+  secret: string;
   image: string;
   version: number;
   imageSize: number;
@@ -192,6 +197,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   return {
     id,
     key: randomBytes(4).readUInt32BE(0),
+    secret: randomBytes(32).toString('hex'),
     image,
     version,
     imageSize,
@@ -214,4 +220,10 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     machines: {},
     sent: { bytes: 0, packets: 0, repairPackets: 0 },
   };
+}
+
+/** A session as the API and the dashboard show it: without its secret. */
+export function shown<T extends Partial<Pick<SessionRecord, 'secret'>>>(s: T): Omit<T, 'secret'> {
+  const { secret: _secret, ...rest } = s;
+  return rest;
 }
