@@ -41,6 +41,8 @@ export interface SendArgs {
   dropAfterSeconds?: number;
   /** With clients: start after this many seconds even if fewer have joined. */
   waitSeconds?: number;
+  /** Seal every chunk with AES-256-GCM. */
+  encrypt?: boolean;
   /** Where to write the session secret (default: send-SESSION.key in the data folder, removed at the end). */
   keyFile?: string;
   json: boolean;
@@ -83,6 +85,7 @@ async function sendWith(store: Store, args: SendArgs, address: string, secret: B
     address,
     secret,
     unauthenticated: UNAUTHENTICATED,
+    encrypt: args.encrypt === true,
     group: args.group,
     port: args.port,
     httpPort: args.httpPort,
@@ -178,7 +181,7 @@ export async function receive(args: ReceiveArgs): Promise<unknown> {
   const receiverId = defaultReceiverId(localAddress(args), args.disk);
   const receiver = new Receiver({
     receiverId,
-    keys: { data: deriveKey(secret, 'data'), receiver: deriveKey(secret, receiverLabel(receiverId)) },
+    keys: { data: deriveKey(secret, 'data'), receiver: deriveKey(secret, receiverLabel(receiverId)), encrypt: join.info.encrypted === true ? deriveKey(secret, 'encrypt') : undefined },
     unauthenticated: UNAUTHENTICATED,
     session: join.info,
     manifest: join.manifest,

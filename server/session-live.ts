@@ -42,6 +42,7 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     rateMbit: s.rateMbit ?? undefined,
     fragmentSize: s.fragmentSize,
     secret: Buffer.from(s.secret, 'hex'),
+    encrypt: s.encrypt === true,
   });
   wire(sender);
   let senderPort: number;
@@ -71,6 +72,7 @@ export function assignment(s: SessionRecord, m: SessionMachine, live: Live, send
     receiverId: m.receiverId,
     dataKey: live.sender.dataKey,
     receiverKey: live.sender.receiverKeyFor(m.receiverId),
+    encryptKey: s.encrypt === true ? live.sender.encryptKey : new Uint8Array(0),
     after: AFTER[s.after],
     manifestPath: `/api/sessions/${s.id}/manifest`,
     manifestSha256: live.manifestSha,

@@ -34,6 +34,8 @@ export interface SessionRequest {
    * the registry says last received a version of the same image.
    */
   differential?: boolean;
+  /** Seal every chunk with AES-256-GCM on the wire (images that hold secrets). */
+  encrypt?: boolean;
 }
 
 /** One machine's part of a session. */
@@ -81,6 +83,8 @@ export interface SessionRecord {
   dropAfterS: number;
   fragmentSize: number;
   differential: boolean | null;
+  /** Chunks are sealed with AES-256-GCM on the wire (absent in sessions saved before it existed: false). */
+  encrypt?: boolean;
   state: SessionState;
   reason: string;
   createdAt: string;
@@ -194,6 +198,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   if (typeof target !== 'string' || (target !== 'auto' && !/^\/[\x21-\x7e]{1,255}$/.test(target))) throw new ClonecastError(ERR.USAGE, 'target must be "auto" or a device path such as /dev/sda');
   if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
   if (req.differential !== undefined && req.differential !== null && typeof req.differential !== 'boolean') throw new ClonecastError(ERR.USAGE, 'differential must be true or false');
+  if (req.encrypt !== undefined && typeof req.encrypt !== 'boolean') throw new ClonecastError(ERR.USAGE, 'encrypt must be true or false');
   return {
     id,
     key: randomBytes(4).readUInt32BE(0),
@@ -211,6 +216,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     dropAfterS: num(req.dropAfterS, 'dropAfterS', 1, 86_400) ?? SESSION_DEFAULTS.dropAfterS,
     fragmentSize: Math.round(num(req.fragmentSize, 'fragmentSize', MCAST.MIN_FRAGMENT, MCAST.MAX_FRAGMENT) ?? SESSION_DEFAULTS.fragmentSize),
     differential: typeof req.differential === 'boolean' ? req.differential : null,
+    encrypt: req.encrypt === true,
     state: 'waiting',
     reason: '',
     createdAt: new Date().toISOString(),

@@ -36,7 +36,7 @@ export interface ReceiverOptions {
    * The packet keys (32 bytes each): data, the session's (every DATA packet's MAC); receiver,
    * this receiver's own (its STATUS and the ACKs to it). The Assign's data_key and receiver_key.
    */
-  keys: { data: Uint8Array; receiver: Uint8Array };
+  keys: { data: Uint8Array; receiver: Uint8Array; encrypt?: Uint8Array };
   /** Benchmarks only: check no MACs and send none (measures what authentication costs). */
   unauthenticated?: boolean;
   /** Check which chunks the target already holds and skip them. */

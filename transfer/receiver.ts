@@ -14,7 +14,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { chunkAt, ChunkKind } from '../protocol/manifest.js';
-import { chunkLength, decodeChunk } from '../protocol/chunk.js';
+import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { initHashes, sha256 } from '../protocol/hash.js';
 import { MacKey } from '../protocol/mac.js';
@@ -24,6 +24,7 @@ import { Disk } from '../native/disk.js';
 import { Link } from './link.js';
 import { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
 import { ChunkState, Reassembly } from './reassembly.js';
+import { open, SEAL_OVERHEAD } from './seal.js';
 import { createUdpSocket, growBuffers } from './udp.js';
 import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
 import { Writer } from './writer.js';
@@ -75,6 +76,8 @@ export class Receiver extends EventEmitter {
   /** Failed or stopped: nothing more is written, read, or sent. */
   private halted = false;
   private readonly dataMac: MacKey | null;
+  /** Where an encrypted chunk's stored form is opened into (one chunk at a time). */
+  private plain: Buffer | undefined;
   private readonly ownMac: MacKey | null;
 
   constructor(private readonly options: ReceiverOptions) {
@@ -84,7 +87,7 @@ export class Receiver extends EventEmitter {
     // Without an id from the server: stable across restarts of the same
     // machine and disk, so that the sender sees a restarted receiver as the one it already knows.
     this.id = options.receiverId ?? defaultReceiverId(options.interfaceAddress, options.target);
-    this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials);
+    this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials, options.keys.encrypt !== undefined ? SEAL_OVERHEAD : 0);
     this.queueChunks = options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
     this.link = new Link(options.unicast === true);
   }
@@ -273,6 +276,12 @@ export class Receiver extends EventEmitter {
     const length = chunkLength(c, meta.diskSize, meta.chunkSize);
     const out = writer.buffer();
     try {
+      // Encrypted: the GCM tag first, nothing is decompressed before it verifies.
+      if (this.options.keys.encrypt !== undefined) {
+        const opened = open(this.options.keys.encrypt, c, stored, this.plain ??= Buffer.allocUnsafe(CHUNK.HEADER_SIZE + meta.chunkSize));
+        if (opened === null) throw new Error('the encryption tag does not verify');
+        stored = opened;
+      }
       const { header, raw } = decodeChunk(stored, `chunk ${c}`, out);
       // The manifest's hashes, not the packet's, decide: xxh64 is a quick first look (it can be
       // forged: docs/security.md), SHA-256 the check; a chunk failing either never reaches the disk.

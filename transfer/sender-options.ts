@@ -50,6 +50,8 @@ export interface SenderOptions {
    */
   openAdmission?: boolean;
   maxPeers?: number;
+  /** Seal every chunk with AES-256-GCM under the key derived from the secret (transfer/seal.ts; encryptKey). */
+  encrypt?: boolean;
   /** Benchmarks only: send no MACs and check none (measures what authentication costs). */
   unauthenticated?: boolean;
   createSocket?: CreateSocket;

@@ -13,6 +13,7 @@ import { deriveKey, KEY_SIZE, MacKey } from '../protocol/mac.js';
 import { bitSet, decode, DataFlag, DropReason, encodeAck, encodeData, fragmentCount, MCAST, PacketType, ReceiverState } from '../protocol/mcast.js';
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Admission } from './admission.js';
+import { seal, SEAL_OVERHEAD } from './seal.js';
 import { Demand } from './demand.js';
 import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
 import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
@@ -79,7 +80,7 @@ export class Sender extends EventEmitter {
     this.session = options.session ?? ((Math.random() * 0xffffffff) >>> 0);
     this.fragmentSize = options.fragmentSize ?? SENDER_DEFAULTS.fragmentSize;
     if (!validFragmentSize(this.fragmentSize)) throw new RangeError(`fragment size must be ${TRANSFER_DEFAULTS.minFragment} to ${TRANSFER_DEFAULTS.maxFragment}`);
-    this.demand = new Demand(options.manifest, this.fragmentSize);
+    this.demand = new Demand(options.manifest, this.fragmentSize, options.encrypt === true ? SEAL_OVERHEAD : 0);
     this.peers = new PeerTable(this.demand.chunks);
     this.control = new RateControl(options.rateMbit ?? SENDER_DEFAULTS.rateMbit);
     this.pacer = new Pacer(this.control, this.fragmentSize);
@@ -93,6 +94,11 @@ export class Sender extends EventEmitter {
   /** The session's data key: every DATA packet carries a MAC under it (the Assign's data_key). */
   get dataKey(): Buffer {
     return deriveKey(this.secret, 'data');
+  }
+
+  /** The session's encryption key (the Assign's encrypt_key when the session is encrypted). */
+  get encryptKey(): Buffer {
+    return deriveKey(this.secret, 'encrypt');
   }
 
   /** The key of receiver id as derived from the session secret (the server's receiver_key; with openAdmission, what receivers derive). */
@@ -386,6 +392,7 @@ export class Sender extends EventEmitter {
     let data = this.cache.get(chunk);
     if (data === undefined) {
       data = await this.options.loadChunk(chunk);
+      if (this.options.encrypt === true) data = seal(this.encryptKey, chunk, data);
       this.cache.set(chunk, data);
       const limit = this.options.cacheChunks ?? SENDER_DEFAULTS.cacheChunks;
       // Map iteration order is insertion order: evict the oldest.

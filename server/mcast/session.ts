@@ -77,6 +77,7 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
     port,
     sender: { address: options.address, port: senderPort },
     fragmentSize: options.fragmentSize ?? TRANSFER_DEFAULTS.fragmentSize,
+    encrypted: options.encrypt === true,
   };
   const body = JSON.stringify({ ...info, image: { name, version } });
   const http: Server = createServer((req, res) => {
