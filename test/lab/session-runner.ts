@@ -59,6 +59,11 @@ export interface StartedSender {
 /** The key file each sender printed, by session URL (receivers need it: --key-file). */
 const keyFiles = new Map<string, string>();
 
+/** The key file the sender of session url wrote (receivers, and a test playing a session member, read it). */
+export function keyFileOf(url: string): string | undefined {
+  return keyFiles.get(url);
+}
+
 /** Starts the sender in the server namespace; resolves once it printed its session URL and key file. */
 export async function startSender(lab: Lab, data: string, ref: string, clients: number, extra: string[] = []): Promise<StartedSender> {
   const t0 = performance.now();
