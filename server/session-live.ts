@@ -4,6 +4,7 @@
  * multicast sender; and the Assign that tells one machine how to join it.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { isIPv4 } from 'node:net';
 import { After, type Assign } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
@@ -87,7 +88,8 @@ export function assignment(s: SessionRecord, m: SessionMachine, live: Live, send
  * address (where its control connection comes from) and nowhere else.
  */
 export function admit(live: Live, m: SessionMachine, address: string): void {
-  live.sender.admit(m.receiverId, live.sender.receiverKeyFor(m.receiverId), address === '' ? undefined : address);
+  // An agent reached over IPv6 has no IPv4 address here: its answers then go where its authenticated reports come from.
+  live.sender.admit(m.receiverId, live.sender.receiverKeyFor(m.receiverId), isIPv4(address) ? address : undefined);
 }
 
 /**
