@@ -49,11 +49,11 @@ function timedIn(lab, ns, argv, t0, env = process.env) {
   });
 }
 
-async function clonecast(lab, data, n, { rate, slow, imageBytes, unauthenticated = false }) {
+async function clonecast(lab, data, n, { rate, slow, imageBytes, unauthenticated = false, encrypt = false }) {
   const t0 = performance.now();
   // The benchmark-only switch (cli/transfer.ts): no MACs sent or checked, in sender and receivers alike.
   const env = { ...process.env, CLONECAST_BENCH_UNAUTHENTICATED: unauthenticated ? '1' : '0' };
-  const senderArgs = [process.execPath, CLI, 'send', 'bench', '--data', data, '--address', lab.server.address, '--clients', String(n), '--rate', String(rate), '--json'];
+  const senderArgs = [process.execPath, CLI, 'send', 'bench', '--data', data, '--address', lab.server.address, '--clients', String(n), '--rate', String(rate), '--json', ...(encrypt ? ['--encrypt'] : [])];
   const child = lab.spawnIn(lab.server.ns, '/usr/bin/time', ['-f', 'TIME %e %U %S %M', ...senderArgs], { env });
   let err = '';
   const [url, keyFile] = await new Promise((res) => child.stderr.on('data', (d) => {
@@ -162,13 +162,14 @@ function print(row) {
  */
 async function authCell(name, { n, rateLimit, sendRate, raw, data, runs }) {
   const size = statSync(raw).size;
-  const modes = [['auth on', false], ['auth off', true]];
+  // [name, MACs off, --encrypt]
+  const modes = [['auth on', false, false], ['auth off', true, false], ['encrypt', false, true]];
   const got = Object.fromEntries(modes.map(([m]) => [m, []]));
   for (let i = 0; i < runs; i++) {
-    for (const [mode, unauthenticated] of i % 2 === 0 ? modes : [...modes].reverse()) {
+    for (const [mode, unauthenticated, encrypt] of i % 2 === 0 ? modes : [...modes].reverse()) {
       const lab = Lab.up({ clients: n, rateMbit: rateLimit });
       try {
-        const r = await clonecast(lab, data, n, { rate: sendRate ?? 4000, unauthenticated });
+        const r = await clonecast(lab, data, n, { rate: sendRate ?? 4000, unauthenticated, encrypt });
         const seconds = Math.max(...r.receivers.map((x) => x.ended)) / 1000;
         const ok = same(r.outs, raw) && r.receivers.every((x) => x.code === 0);
         got[mode].push({ seconds, sender: r.sender.cpu / ((size * n) / 2 ** 30), receivers: r.receivers.reduce((a, x) => a + x.cpu, 0) / ((size * n) / 2 ** 30), ok });
@@ -190,6 +191,8 @@ async function authCell(name, { n, rateLimit, sendRate, raw, data, runs }) {
   const ratio = row['auth on'].goodputMiBs / row['auth off'].goodputMiBs;
   row.throughputRatio = ratio;
   console.log(`  throughput auth on / off: ${ratio.toFixed(3)} (${((1 - ratio) * 100).toFixed(1)}% lost; target at most 5%)`);
+  row.encryptRatio = row.encrypt.goodputMiBs / row['auth on'].goodputMiBs;
+  console.log(`  throughput --encrypt / auth on: ${row.encryptRatio.toFixed(3)}; CPU s/GiB with --encrypt: sender +${(row.encrypt.senderCpuPerGiB - row['auth on'].senderCpuPerGiB).toFixed(2)}, receivers +${(row.encrypt.receiverCpuPerGiB - row['auth on'].receiverCpuPerGiB).toFixed(2)}`);
   results.push(row);
 }
 
