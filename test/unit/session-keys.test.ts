@@ -62,7 +62,7 @@ describe('session keys', () => {
     return { status: res.status, text: await res.text() };
   };
 
-  it('each Assign carries the data key and that machine\'s own key; the secret is saved and never shown', async () => {
+  it('each Assign carries the data key and that machine\'s own key; the secret is saved, kept across a restart and never shown', async () => {
     const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:01');
     const b = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:02');
     const made = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0b:01', '02:00:00:00:0b:02'] } });
@@ -106,5 +106,12 @@ describe('session keys', () => {
     sock.close();
     a.ws.close();
     b.ws.close();
+    // A restarted server restores the session with the same secret: the keys the agents hold still work.
+    await srv.close();
+    srv = await startServer({ store: Store.open(data), listen: '127.0.0.1:0', version: 'test', heartbeatMs: 60_000 });
+    await until(() => srv.sessions.senders().some((s) => s.id === id), 10_000, 'the session to be restored');
+    const again = srv.sessions.senders().find((s) => s.id === id)!.sender;
+    expect(again.dataKey.equals(Buffer.from(aa.dataKey!))).toBe(true);
+    expect(again.receiverKeyFor(aa.receiverId!).equals(Buffer.from(aa.receiverKey!))).toBe(true);
   }, 60_000);
 });
