@@ -5,7 +5,8 @@
 //   node test/bench/mcast.mjs --quick    (64 MiB images, fewer cells)
 //   node test/bench/mcast.mjs --auth     (only the authentication cells: clonecast with
 //                                         packet MACs on, the default, against the same build
-//                                         with them off; --quick for smaller images)
+//                                         with them off, and with --encrypt; --quick for smaller
+//                                         images, --cells wire,cpu1,cpu4 and --runs N to choose)
 //
 // udpcast runs two ways: the raw image, and the image compressed with zstd
 // ahead of time and decompressed by each receiver through --pipe (as
@@ -197,11 +198,18 @@ async function authCell(name, { n, rateLimit, sendRate, raw, data, runs }) {
 }
 
 async function authCells(prep) {
-  const runs = quick ? 3 : 5;
-  const wire = prep(quick ? 64 : 256, 'auth-wire');
-  await authCell('auth, wire-bound, 100 mbit', { n: 4, rateLimit: 100, sendRate: 95, runs, ...wire });
+  // --cells wire,cpu1,cpu4 picks some; --runs N sets the runs per mode.
+  const at = process.argv.indexOf('--cells');
+  const cells = at > 0 ? process.argv[at + 1].split(',') : ['wire', 'cpu1', 'cpu4'];
+  const r = process.argv.indexOf('--runs');
+  const runs = r > 0 ? Number(process.argv[r + 1]) : quick ? 3 : 5;
+  if (cells.includes('wire')) {
+    const wire = prep(quick ? 64 : 256, 'auth-wire');
+    await authCell('auth, wire-bound, 100 mbit', { n: 4, rateLimit: 100, sendRate: 95, runs, ...wire });
+  }
+  if (!cells.includes('cpu1') && !cells.includes('cpu4')) return;
   const cpu = prep(quick ? 128 : 512, 'auth-cpu');
-  for (const n of [1, 4]) await authCell('auth, CPU-bound, no link limit', { n, runs, ...cpu });
+  for (const n of [1, 4]) if (cells.includes(`cpu${n}`)) await authCell('auth, CPU-bound, no link limit', { n, runs, ...cpu });
 }
 
 async function main() {
