@@ -114,4 +114,19 @@ describe('session keys', () => {
     expect(again.dataKey.equals(Buffer.from(aa.dataKey!))).toBe(true);
     expect(again.receiverKeyFor(aa.receiverId!).equals(Buffer.from(aa.receiverKey!))).toBe(true);
   }, 60_000);
+
+  it('an encrypted session gives its machines the encryption key, and only through the Assign', async () => {
+    const c = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:03');
+    const made = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0b:03'] }, encrypt: true });
+    expect(made.status).toBe(201);
+    const id = JSON.parse(made.text).id as number;
+    const ac = await c.assign();
+    const sender = srv.sessions.senders().find((s) => s.id === id)!.sender;
+    expect(ac.encryptKey?.length).toBe(32);
+    expect(Buffer.from(ac.encryptKey!).equals(sender.encryptKey)).toBe(true);
+    expect(Buffer.from(ac.encryptKey!).equals(Buffer.from(ac.dataKey!))).toBe(false);
+    expect((await api(`/api/sessions/${id}`)).text).not.toContain(Buffer.from(ac.encryptKey!).toString('hex'));
+    expect((await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0b:04'] }, encrypt: 'yes' })).status).toBe(400);
+    c.ws.close();
+  }, 60_000);
 });
