@@ -271,6 +271,7 @@ export class Agent extends EventEmitter {
         target: a.device!,
         interfaceAddress: this.localAddress,
         receiverId: a.receiverId!,
+        keys: { data: a.dataKey!, receiver: a.receiverKey!, encrypt: a.encryptKey?.length === 32 ? a.encryptKey : undefined },
         known: known?.length === tableLength(manifest.table) ? known : undefined,
         resume: known === undefined && a.resume === true,
         verify: this.o.verify === false ? false : a.verify !== false,

@@ -69,6 +69,8 @@ export interface DeployRequest {
   verify?: boolean;
   dropAfterS?: number;
   differential?: boolean;
+  /** Seal every chunk with AES-256-GCM on the wire. */
+  encrypt?: boolean;
 }
 
 /** A capture as /api/captures answers it. */

@@ -3,10 +3,14 @@
  * command line, for the lab and for trying the engine by hand. (The server's
  * deploy command and the agent replace them in daily use.)
  */
+import { randomBytes } from 'node:crypto';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
+import { deriveKey, KEY_SIZE, receiverLabel } from '../protocol/mac.js';
 import { ReceiverState } from '../protocol/mcast.js';
 import { RECEIVER_STATE_NAMES } from '../protocol/states.js';
-import { Receiver } from '../transfer/receiver.js';
+import { defaultReceiverId, Receiver } from '../transfer/receiver.js';
 import type { ReceiverStats } from '../transfer/sender.js';
 import { dropReasonText } from '../transfer/policy.js';
 import { fetchSession } from '../server/mcast/session-client.js';
@@ -15,6 +19,13 @@ import { formatBytes, formatDuration, Progress } from '../server/progress.js';
 import { parseRef, type Store } from '../server/store/store.js';
 
 const STATE_NAMES = RECEIVER_STATE_NAMES;
+
+/**
+ * Benchmarks only (test/bench/mcast.mjs, docs/performance.md): with this set to 1 in the
+ * environment of both send and receive, no packet carries or is checked for a MAC, to
+ * measure what authentication costs. Never a setting for real use: anyone on the LAN can then inject.
+ */
+const UNAUTHENTICATED = process.env.CLONECAST_BENCH_UNAUTHENTICATED === '1';
 
 /** Options of the send command. */
 export interface SendArgs {
@@ -30,6 +41,10 @@ export interface SendArgs {
   dropAfterSeconds?: number;
   /** With clients: start after this many seconds even if fewer have joined. */
   waitSeconds?: number;
+  /** Seal every chunk with AES-256-GCM. */
+  encrypt?: boolean;
+  /** Where to write the session secret (default: send-SESSION.key in the data folder, removed at the end). */
+  keyFile?: string;
   json: boolean;
 }
 
@@ -50,8 +65,27 @@ function describeReceiver(r: ReceiverStats, chunkSize: number): string {
 export async function send(store: Store, args: SendArgs): Promise<{ code: number; summary: unknown }> {
   const address = localAddress(args);
   if (address === undefined) throw new ClonecastError(ERR.USAGE, 'send needs --interface IF or --address IP: the interface to multicast on');
+  // The session secret: receivers need it (--key-file) to check the data and to be heard.
+  const secret = randomBytes(KEY_SIZE);
+  const keyFile = args.keyFile ?? join(store.root, `send-${secret.readUInt32BE(0).toString(16).padStart(8, '0')}.key`);
+  try {
+    writeFileSync(keyFile, `${secret.toString('hex')}\n`, { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    throw new ClonecastError(ERR.WRITE_ERROR, `cannot write the session key to ${keyFile}: ${(err as Error).message}; choose another --key-file`);
+  }
+  try {
+    return await sendWith(store, args, address, secret, keyFile);
+  } finally {
+    if (args.keyFile === undefined) rmSync(keyFile, { force: true });
+  }
+}
+
+async function sendWith(store: Store, args: SendArgs, address: string, secret: Buffer, keyFile: string): Promise<{ code: number; summary: unknown }> {
   const session = await startSession(store, parseRef(args.ref), {
     address,
+    secret,
+    unauthenticated: UNAUTHENTICATED,
+    encrypt: args.encrypt === true,
     group: args.group,
     port: args.port,
     httpPort: args.httpPort,
@@ -67,7 +101,8 @@ export async function send(store: Store, args: SendArgs): Promise<{ code: number
   const chunkSize = manifest.meta.chunkSize;
   process.stderr.write(`clonecast send: ${session.image.name}@${session.image.version} on ${session.info.group}:${session.info.port} from ${address}\n`);
   process.stderr.write(`session: ${session.url}\n`);
-  process.stderr.write(`receivers run: clonecast receive --from ${session.url} --disk DISK\n`);
+  process.stderr.write(`key file: ${keyFile}\n`);
+  process.stderr.write(`receivers run: clonecast receive --from ${session.url} --key-file ${keyFile} --disk DISK (copy the key file to them over a trusted channel)\n`);
   const started = performance.now();
   sender.on('start', ({ receivers }: { receivers: number }) => {
     if (!args.json) process.stderr.write(`sending to ${receivers} receiver(s); latecomers join as they come\n`);
@@ -122,13 +157,32 @@ export interface ReceiveArgs {
   force: boolean;
   verify: boolean;
   writeLimit?: number;
+  /** The session secret "clonecast send" wrote. */
+  keyFile: string;
   json: boolean;
+}
+
+/** Reads a session secret (64 hex digits) from a key file. */
+function readSecret(file: string): Buffer {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8').trim();
+  } catch (err) {
+    throw new ClonecastError(ERR.NOT_FOUND, `cannot read the key file ${file}: ${(err as Error).message}; copy the file "clonecast send" printed`);
+  }
+  if (!/^[0-9a-fA-F]{64}$/.test(text)) throw new ClonecastError(ERR.USAGE, `${file} is not a clonecast session key (64 hex digits); copy the file "clonecast send" printed`);
+  return Buffer.from(text, 'hex');
 }
 
 /** Joins a session and writes the disk; returns the summary. */
 export async function receive(args: ReceiveArgs): Promise<unknown> {
+  const secret = readSecret(args.keyFile);
   const join = await fetchSession(args.from);
+  const receiverId = defaultReceiverId(localAddress(args), args.disk);
   const receiver = new Receiver({
+    receiverId,
+    keys: { data: deriveKey(secret, 'data'), receiver: deriveKey(secret, receiverLabel(receiverId)), encrypt: join.info.encrypted === true ? deriveKey(secret, 'encrypt') : undefined },
+    unauthenticated: UNAUTHENTICATED,
     session: join.info,
     manifest: join.manifest,
     target: args.disk,

@@ -10,6 +10,7 @@ import { fileURLToPath } from 'node:url';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { useNativeXxh64 } from '../protocol/hash.js';
 import { useNativeLz4 } from '../protocol/lz4.js';
+import { useNativeMac } from '../protocol/mac.js';
 
 /** What deviceInfo() reports about an open file or block device. */
 export interface DeviceInfo {
@@ -42,6 +43,9 @@ export interface NativeAddon {
   lz4Compress(src: Buffer, dst: Buffer): number;
   lz4Decompress(src: Buffer, dst: Buffer): number;
   udpSocket(device: string, address: string, port: number): number;
+  macKey(key: Buffer): Buffer;
+  macSign(state: Buffer, packet: Buffer, length: number): void;
+  macVerify(state: Buffer, packet: Buffer, length: number): boolean;
 }
 
 /** The repository root: the nearest folder above this file that holds native/binding.gyp. */
@@ -83,6 +87,7 @@ export function native(): NativeAddon {
   const built = nativeIfBuilt();
   if (built !== null) {
     useNativeXxh64(built);
+    useNativeMac(built);
     if (built.lz4Available()) useNativeLz4(built);
   }
 }

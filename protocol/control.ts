@@ -267,6 +267,13 @@ function checkAssign(a: Assign): Assign {
   if (fragmentSize < MCAST.MIN_FRAGMENT || fragmentSize > MCAST.MAX_FRAGMENT) throw malformed(`fragment size ${fragmentSize}`);
   if (num(a.receiverId) === 0) throw malformed('receiver id 0 (the server names every receiver)');
   if (num(a.port) < 1 || num(a.port) > 65535 || num(a.senderPort) < 1 || num(a.senderPort) > 65535) throw malformed('port out of range');
+  // Without both packet keys a receiver can neither check the data nor be heard (protocol/mac.ts).
+  const dataKey = a.dataKey ?? new Uint8Array(0);
+  const receiverKey = a.receiverKey ?? new Uint8Array(0);
+  const encryptKey = a.encryptKey ?? new Uint8Array(0);
+  if (dataKey.length !== 32) throw malformed(`data key of ${dataKey.length} bytes (32 needed)`);
+  if (receiverKey.length !== 32) throw malformed(`receiver key of ${receiverKey.length} bytes (32 needed)`);
+  if (encryptKey.length !== 0 && encryptKey.length !== 32) throw malformed(`encryption key of ${encryptKey.length} bytes (32 or none)`);
   // Decoded messages keep proto3 defaults on the prototype: copy every field by name.
   return {
     sessionId: num(a.sessionId),
@@ -286,6 +293,9 @@ function checkAssign(a: Assign): Assign {
     verify: a.verify ?? false,
     resume: a.resume ?? false,
     receiverId: num(a.receiverId),
+    dataKey,
+    receiverKey,
+    encryptKey,
   };
 }
 

@@ -13,6 +13,11 @@
  *       12    4 sequence number (per sender or per receiver, wraps)
  *   // sizeof = 16
  *
+ * Every packet ends with a 16-byte MAC (protocol/mac.ts: HMAC-SHA256 truncated)
+ * over all the bytes before it: DATA under the session's data key, STATUS and
+ * ACK under the receiver's own key. A packet is authenticated before anything
+ * in it is used; the lengths below do not count the MAC.
+ *
  * DATA (sender -> group): one fragment of a chunk's stored form.
  *       16    4 chunk index
  *       20    2 fragment index
@@ -20,7 +25,7 @@
  *       24    4 stored length (bytes of the chunk's stored form)
  *       28    2 payload length
  *       30    2 flags (bit 0: repair)
- *   // sizeof = 32, then the payload: bytes [index*fragmentSize, ...) of the stored form
+ *   // sizeof = 32, then the payload: bytes [index*fragmentSize, ...) of the stored form, then the MAC
  *
  * STATUS (receiver -> sender, unicast): progress, what it still needs, NACKs.
  *       16    4 receiver id
@@ -39,7 +44,7 @@
  *       52    4 incarnation: random per start of the receiver, so that the sender
  *                knows a restart (its sequence numbers start again) from a stale report
  *   // sizeof = 56, then R x (u32 first chunk, u32 count), then K x NACK:
- *   //   u32 chunk, u16 fragment count F, ceil(F/8) bytes bitmap (bit set = missing, LSB first)
+ *   //   u32 chunk, u16 fragment count F, ceil(F/8) bytes bitmap (bit set = missing, LSB first), then the MAC
  *
  * ACK (sender -> receiver, unicast): answers each STATUS.
  *       16    4 receiver id
@@ -48,23 +53,28 @@
  *       25    1 reason code when dropped (DropReason)
  *       26    2 reserved
  *       28    4 sender rate in KiB/s
- *   // sizeof = 32
+ *   // sizeof = 32, then the MAC
  */
+import { MAC_SIZE, type MacKey } from './mac.js';
 
 /** Constants of the multicast protocol. */
 export const MCAST = Object.freeze({
   MAGIC: 0x43434d43, // "CCMC"
-  VERSION: 1,
+  /** 2: every packet carries a MAC (1 had none). */
+  VERSION: 2,
   COMMON_SIZE: 16,
   DATA_HEADER: 32,
   STATUS_HEADER: 56,
+  /** ACK header; the datagram is ACK_SIZE + MAC_SIZE bytes. */
   ACK_SIZE: 32,
+  /** The MAC at the end of every packet. */
+  MAC_SIZE,
   /** 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP): the largest datagram not fragmented. */
   MAX_UDP_PAYLOAD: 1472,
-  /** Default fragment payload: 1472 - 32. */
-  DEFAULT_FRAGMENT: 1440,
-  /** Jumbo frames: 9000 - 28 - 32. The one upper limit (the sender, the CLI and the control channel's Assign check use it). */
-  MAX_FRAGMENT: 8940,
+  /** Default fragment payload: 1472 - 32 (header) - 16 (MAC). */
+  DEFAULT_FRAGMENT: 1424,
+  /** Jumbo frames: 9000 - 28 - 32 - 16. The one upper limit (the sender, the CLI and the control channel's Assign check use it). */
+  MAX_FRAGMENT: 8924,
   /** Smallest fragment payload accepted anywhere (the per-packet header would dominate below it). */
   MIN_FRAGMENT: 256,
   /** A STATUS never exceeds one unfragmented datagram. */
@@ -165,10 +175,11 @@ export function fragmentCount(length: number, fragmentSize: number): number {
 }
 
 /**
- * Encodes a DATA packet into out (at least DATA_HEADER + payload bytes);
- * returns the datagram length.
+ * Encodes a DATA packet into out (at least DATA_HEADER + payload + MAC_SIZE
+ * bytes) and signs it with key (null: the MAC is left as it is, for
+ * benchmarks of the protocol without authentication); returns the datagram length.
  */
-export function encodeData(out: Buffer, p: Omit<DataPacket, 'type'>): number {
+export function encodeData(out: Buffer, p: Omit<DataPacket, 'type'>, key: MacKey | null): number {
   writeCommon(out, PacketType.DATA, MCAST.DATA_HEADER, p.session, p.seq);
   out.writeUInt32BE(p.chunk, 16);
   out.writeUInt16BE(p.fragment, 20);
@@ -177,19 +188,21 @@ export function encodeData(out: Buffer, p: Omit<DataPacket, 'type'>): number {
   out.writeUInt16BE(p.payload.length, 28);
   out.writeUInt16BE(p.flags, 30);
   p.payload.copy(out, MCAST.DATA_HEADER);
-  return MCAST.DATA_HEADER + p.payload.length;
+  const length = MCAST.DATA_HEADER + p.payload.length + MAC_SIZE;
+  key?.sign(out, length);
+  return length;
 }
 
 /** Bytes a STATUS needs for these ranges and NACKs. */
 export function statusSize(ranges: number, nacks: Nack[]): number {
-  return MCAST.STATUS_HEADER + ranges * 8 + nacks.reduce((n, k) => n + 6 + Math.ceil(k.fragments / 8), 0);
+  return MCAST.STATUS_HEADER + ranges * 8 + nacks.reduce((n, k) => n + 6 + Math.ceil(k.fragments / 8), 0) + MAC_SIZE;
 }
 
 /** STATUS state byte, bit 7: "multicast does not reach me, unicast my data". */
 export const UNICAST_FLAG = 0x80;
 
-/** Encodes a STATUS packet. */
-export function encodeStatus(p: Omit<StatusPacket, 'type'>): Buffer {
+/** Encodes a STATUS packet signed with the receiver's key (null: unsigned). */
+export function encodeStatus(p: Omit<StatusPacket, 'type'>, key: MacKey | null): Buffer {
   const out = Buffer.alloc(statusSize(p.ranges.length, p.nacks));
   writeCommon(out, PacketType.STATUS, MCAST.STATUS_HEADER, p.session, p.seq);
   out.writeUInt32BE(p.receiver >>> 0, 16);
@@ -218,27 +231,33 @@ export function encodeStatus(p: Omit<StatusPacket, 'type'>): Buffer {
     Buffer.from(k.missing.buffer, k.missing.byteOffset, bytes).copy(out, o + 6);
     o += 6 + bytes;
   }
+  key?.sign(out);
   return out;
 }
 
-/** Encodes an ACK packet. */
-export function encodeAck(p: Omit<AckPacket, 'type'>): Buffer {
-  const out = Buffer.alloc(MCAST.ACK_SIZE);
+/** Encodes an ACK packet signed with the receiver's key (null: unsigned). */
+export function encodeAck(p: Omit<AckPacket, 'type'>, key: MacKey | null): Buffer {
+  const out = Buffer.alloc(MCAST.ACK_SIZE + MAC_SIZE);
   writeCommon(out, PacketType.ACK, MCAST.ACK_SIZE, p.session, p.seq);
   out.writeUInt32BE(p.receiver >>> 0, 16);
   out.writeUInt32BE(p.echo >>> 0, 20);
   out.writeUInt8(p.state, 24);
   out.writeUInt8(p.reason, 25);
   out.writeUInt32BE(Math.min(p.rateKiB, 0xffffffff) >>> 0, 28);
+  key?.sign(out);
   return out;
 }
 
 /**
  * Decodes a datagram. Returns null if it is not a well-formed packet of
- * this protocol version; never throws.
+ * this protocol version; never throws. It does not check the MAC: the
+ * caller picks the key by the packet's type and receiver and calls
+ * MacKey.verify(datagram) before using anything decoded.
  */
-export function decode(buf: Buffer): Packet | null {
-  if (buf.length < MCAST.COMMON_SIZE || buf.readUInt32BE(0) !== MCAST.MAGIC || buf[4] !== MCAST.VERSION) return null;
+export function decode(datagram: Buffer): Packet | null {
+  if (datagram.length < MCAST.COMMON_SIZE + MAC_SIZE) return null;
+  const buf = datagram.subarray(0, datagram.length - MAC_SIZE);
+  if (buf.readUInt32BE(0) !== MCAST.MAGIC || buf[4] !== MCAST.VERSION) return null;
   const type = buf[5];
   const headerLength = buf.readUInt16BE(6);
   const session = buf.readUInt32BE(8);
@@ -262,7 +281,7 @@ export function decode(buf: Buffer): Packet | null {
     };
   }
   if (type === PacketType.STATUS) {
-    if (headerLength !== MCAST.STATUS_HEADER || buf.length < MCAST.STATUS_HEADER || buf.length > MCAST.MAX_STATUS) return null;
+    if (headerLength !== MCAST.STATUS_HEADER || buf.length < MCAST.STATUS_HEADER || datagram.length > MCAST.MAX_STATUS) return null;
     const state = buf[20] & ~UNICAST_FLAG;
     if (state > ReceiverState.DROPPED) return null;
     const rangeCount = buf.readUInt16BE(22);

@@ -14,6 +14,7 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { MACHINE_STATES, SESSION_STATES } from '../protocol/states.js';
 import { projectRoot } from '../native/addon.js';
 import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
+import { shown } from './session-types.js';
 import { listImages, type ListEntry } from './store/maintenance.js';
 import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
@@ -114,7 +115,7 @@ export function serverHealth(c: ApiContext): ServerHealth {
 export interface Snapshot {
   server: { version: string; data: string; senderAddress: string | null; agents: number; time: string; health: ServerHealth };
   machines: ReturnType<Registry['list']>;
-  sessions: (ReturnType<SessionManager['list']>[number] & { ruleText: string })[];
+  sessions: (Omit<ReturnType<SessionManager['list']>[number], 'secret'> & { ruleText: string })[];
   images: ListEntry[];
   captures: ReturnType<CaptureManager['list']>;
 }
@@ -134,7 +135,7 @@ export class State {
     return {
       server: { version: this.c.version, data: this.c.store.root, senderAddress: this.c.senderAddress ?? null, agents: this.c.agents.connected, time: new Date().toISOString(), health: serverHealth(this.c) },
       machines: this.c.registry.list(),
-      sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...s, ruleText: describeRule(s.rule) })),
+      sessions: this.c.sessions.list().slice(0, 50).map((s) => ({ ...shown(s), ruleText: describeRule(s.rule) })),
       images: this.images,
       captures: this.c.captures.list().slice(0, 20),
     };
@@ -209,20 +210,20 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       case 'GET /api/images':
         return send(res, 200, await listImages(c.store));
       case 'GET /api/sessions':
-        return send(res, 200, c.sessions.list());
+        return send(res, 200, c.sessions.list().map(shown));
       case 'POST /api/sessions': {
         const session = await c.sessions.create((await readJson(req)) as SessionRequest);
-        return send(res, 201, session);
+        return send(res, 201, shown(session));
       }
       case 'GET /api/sessions/:id': {
         const s = c.sessions.get(id);
         if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${id}`);
-        return send(res, 200, s);
+        return send(res, 200, shown(s));
       }
       case 'POST /api/sessions/:id/start':
-        return send(res, 200, c.sessions.start(id));
+        return send(res, 200, shown(c.sessions.start(id)));
       case 'POST /api/sessions/:id/cancel':
-        return send(res, 200, c.sessions.cancel(id));
+        return send(res, 200, shown(c.sessions.cancel(id)));
       case 'GET /api/sessions/:id/manifest': {
         const m = c.sessions.manifest(id);
         if (m === undefined) throw new ClonecastError(ERR.NOT_FOUND, `session ${id} is not active`);
@@ -392,6 +393,8 @@ export function metrics(c: ApiContext): string {
   gauge('clonecast_bytes_sent_total', 'Multicast data bytes sent.', 'counter', [[{}, c.sessions.totals.bytes + sum((x) => x.bytesSent)]]);
   gauge('clonecast_packets_sent_total', 'Multicast data packets sent.', 'counter', [[{}, c.sessions.totals.packets + sum((x) => x.packetsSent)]]);
   gauge('clonecast_retransmit_packets_total', 'Data packets sent again as repairs.', 'counter', [[{}, c.sessions.totals.repairPackets + sum((x) => x.repairPackets)]]);
+  // Reports the active senders refused: a MAC that does not verify, or a receiver no session admitted (an attack, or a stale agent).
+  gauge('clonecast_mcast_reports_refused', 'STATUS reports refused by the active senders, by reason.', 'gauge', [[{ reason: 'bad_mac' }, sum((x) => x.dropped.badMac)], [{ reason: 'unknown_receiver' }, sum((x) => x.dropped.unknownReceiver)]]);
   const active = machines.filter((m) => m.progress !== null);
   gauge('clonecast_machine_loss_ratio', 'Packet loss a receiving machine reports, last interval.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.loss]));
   gauge('clonecast_machine_bytes_written', 'Bytes a machine has written in its session.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.bytesWritten]));

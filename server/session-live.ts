@@ -3,7 +3,8 @@
  * SHA-256 and the disk digest a verified machine must report) and its
  * multicast sender; and the Assign that tells one machine how to join it.
  */
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
+import { isIPv4 } from 'node:net';
 import { After, type Assign } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
@@ -30,6 +31,7 @@ export interface Live {
 export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest: Manifest | undefined, wire: (sender: Sender) => void): Promise<Live> {
   const m = manifest ?? (await store.readManifest(s.image, s.version));
   const manifestBytes = encodeManifest(m);
+  if (!/^[0-9a-f]{64}$/.test(s.secret ?? '')) s.secret = randomBytes(32).toString('hex'); // saved before secrets existed
   const sender = new Sender({
     manifest: m,
     loadChunk: (i) => store.readChunk(chunkAt(m.table, i).sha256),
@@ -40,6 +42,8 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     hold: true,
     rateMbit: s.rateMbit ?? undefined,
     fragmentSize: s.fragmentSize,
+    secret: Buffer.from(s.secret, 'hex'),
+    encrypt: s.encrypt === true,
   });
   wire(sender);
   let senderPort: number;
@@ -67,12 +71,25 @@ export function assignment(s: SessionRecord, m: SessionMachine, live: Live, send
     sessionKey: s.key,
     fragmentSize: s.fragmentSize,
     receiverId: m.receiverId,
+    dataKey: live.sender.dataKey,
+    receiverKey: live.sender.receiverKeyFor(m.receiverId),
+    encryptKey: s.encrypt === true ? live.sender.encryptKey : new Uint8Array(0),
     after: AFTER[s.after],
     manifestPath: `/api/sessions/${s.id}/manifest`,
     manifestSha256: live.manifestSha,
     verify: s.verify,
     resume,
   };
+}
+
+/**
+ * Lets machine m's receiver into the session's sender: its reports must carry a
+ * MAC under its own key, and the sender's ACKs and any unicast data go to
+ * address (where its control connection comes from) and nowhere else.
+ */
+export function admit(live: Live, m: SessionMachine, address: string): void {
+  // An agent reached over IPv6 has no IPv4 address here: its answers then go where its authenticated reports come from.
+  live.sender.admit(m.receiverId, live.sender.receiverKeyFor(m.receiverId), isIPv4(address) ? address : undefined);
 }
 
 /**

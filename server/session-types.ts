@@ -34,6 +34,8 @@ export interface SessionRequest {
    * the registry says last received a version of the same image.
    */
   differential?: boolean;
+  /** Seal every chunk with AES-256-GCM on the wire (images that hold secrets). */
+  encrypt?: boolean;
 }
 
 /** One machine's part of a session. */
@@ -63,6 +65,11 @@ export interface SessionRecord {
   id: number;
   /** The multicast session number on the wire. */
   key: number;
+  /**
+   * The session secret, hex (32 bytes): the data key and every receiver's key derive from it
+   * (protocol/mac.ts), so a restarted server keeps them. Never shown: the API leaves it out (shown()).
+   */
+  secret: string;
   image: string;
   version: number;
   imageSize: number;
@@ -76,6 +83,8 @@ export interface SessionRecord {
   dropAfterS: number;
   fragmentSize: number;
   differential: boolean | null;
+  /** Chunks are sealed with AES-256-GCM on the wire (absent in sessions saved before it existed: false). */
+  encrypt?: boolean;
   state: SessionState;
   reason: string;
   createdAt: string;
@@ -189,9 +198,11 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   if (typeof target !== 'string' || (target !== 'auto' && !/^\/[\x21-\x7e]{1,255}$/.test(target))) throw new ClonecastError(ERR.USAGE, 'target must be "auto" or a device path such as /dev/sda');
   if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
   if (req.differential !== undefined && req.differential !== null && typeof req.differential !== 'boolean') throw new ClonecastError(ERR.USAGE, 'differential must be true or false');
+  if (req.encrypt !== undefined && typeof req.encrypt !== 'boolean') throw new ClonecastError(ERR.USAGE, 'encrypt must be true or false');
   return {
     id,
     key: randomBytes(4).readUInt32BE(0),
+    secret: randomBytes(32).toString('hex'),
     image,
     version,
     imageSize,
@@ -205,6 +216,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     dropAfterS: num(req.dropAfterS, 'dropAfterS', 1, 86_400) ?? SESSION_DEFAULTS.dropAfterS,
     fragmentSize: Math.round(num(req.fragmentSize, 'fragmentSize', MCAST.MIN_FRAGMENT, MCAST.MAX_FRAGMENT) ?? SESSION_DEFAULTS.fragmentSize),
     differential: typeof req.differential === 'boolean' ? req.differential : null,
+    encrypt: req.encrypt === true,
     state: 'waiting',
     reason: '',
     createdAt: new Date().toISOString(),
@@ -214,4 +226,10 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     machines: {},
     sent: { bytes: 0, packets: 0, repairPackets: 0 },
   };
+}
+
+/** A session as the API and the dashboard show it: without its secret. */
+export function shown<T extends Partial<Pick<SessionRecord, 'secret'>>>(s: T): Omit<T, 'secret'> {
+  const { secret: _secret, ...rest } = s;
+  return rest;
 }

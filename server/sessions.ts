@@ -21,7 +21,7 @@ import { ReceiverState } from '../protocol/mcast.js';
 import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
 import { allEnded, describeRule, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
-import { AFTER, assignment, openLive, pollLive, type Live } from './session-live.js';
+import { admit, AFTER, assignment, openLive, pollLive, type Live } from './session-live.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
 export type { AgentLink, SessionMachine, SessionManagerOptions, SessionRecord, SessionRequest } from './session-types.js';
@@ -321,6 +321,7 @@ export class SessionManager extends EventEmitter {
     if (m.state === 'offline') this.move(s, machine.id, 'assigned');
     m.offlineSince = 0;
     this.o.registry.apply(machine.id, { type: 'report', by: holder(s), state: m.state as MachineStateName, error: '' });
+    admit(live, m, machine.address);
     this.o.agents.send(machine.id, { type: 'assign', assign: assignment(s, m, live, this.o.senderAddress!, resume || differential) });
     this.emit('changed');
   }

@@ -41,6 +41,8 @@ export class Demand {
   constructor(
     private readonly manifest: Manifest,
     private readonly fragmentSize: number,
+    /** Bytes each chunk carries beyond its stored form (the encryption tag, or 0). */
+    private readonly overhead = 0,
   ) {
     this.chunks = tableLength(manifest.table);
     this.kinds = new Uint8Array(this.chunks);
@@ -100,7 +102,7 @@ export class Demand {
   /** Records a NACK: peer misses these fragments of chunk. Malformed ones (wrong chunk, wrong count) are ignored. */
   addRepair(peer: Peer, chunk: number, fragments: number, missing: Uint8Array): void {
     if (chunk >= this.chunks || this.kinds[chunk] !== ChunkKind.DATA) return;
-    const expected = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength, this.fragmentSize);
+    const expected = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength + this.overhead, this.fragmentSize);
     if (fragments !== expected) return;
     peer.nacks++;
     const bits = this.repairs.get(chunk) ?? new Uint8Array(Math.ceil(fragments / 8));

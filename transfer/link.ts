@@ -7,6 +7,12 @@
 /** The unicast fallback: no data for this long while the sender sent this many packets. */
 const UNICAST_AFTER_MS = 3000;
 const UNICAST_AFTER_PACKETS = 64;
+/**
+ * A forward jump of the sender's sequence counts as loss up to MAX_GAP packets
+ * (a second at 1 Gbit/s is ~85,000); a larger jump, forward or back, is a new
+ * start (a restarted sender, or a forged sequence number) and counts nothing.
+ */
+const MAX_GAP = 1 << 16;
 /** Reports remembered for RTT samples. */
 const SENT_KEPT = 64;
 
@@ -18,7 +24,6 @@ export class Link {
   lost = 0;
   /** Send my data by unicast: asked for, or multicast never arrives while the sender sends. */
   unicast: boolean;
-  private firstSeq = -1;
   private maxSeq = -1;
   private readonly sentAt = new Map<number, number>();
   private lastDataAt = 0;
@@ -35,14 +40,21 @@ export class Link {
     this.lastDataAt = now;
     this.ackSeqAtData = this.ackSeq;
     if (!countLoss) return;
-    if (this.firstSeq < 0) {
-      this.firstSeq = seq;
+    if (this.maxSeq < 0) {
       this.maxSeq = seq;
-    } else if (((seq - this.maxSeq) >>> 0) < 0x80000000) {
-      this.maxSeq = seq;
+      return;
     }
-    const span = ((this.maxSeq - this.firstSeq) >>> 0) + 1;
-    this.lost = Math.max(0, span - packets);
+    const ahead = (seq - this.maxSeq) >>> 0;
+    const behind = (this.maxSeq - seq) >>> 0;
+    if (ahead !== 0 && ahead <= MAX_GAP) {
+      this.lost += ahead - 1;
+      this.maxSeq = seq;
+    } else if (behind !== 0 && behind <= MAX_GAP) {
+      // Late (reordered): counted lost when the gap was seen, it was not.
+      if (this.lost > 0) this.lost--;
+    } else if (ahead !== 0) {
+      this.maxSeq = seq; // a new start: count from here
+    }
   }
 
   /** A STATUS with sequence seq went out at now. */

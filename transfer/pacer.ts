@@ -79,7 +79,7 @@ export class Pacer {
 
   /** Bytes of one full data packet. */
   get packetBytes(): number {
-    return MCAST.DATA_HEADER + this.fragmentSize;
+    return MCAST.DATA_HEADER + this.fragmentSize + MCAST.MAC_SIZE;
   }
 
   private burstBytes(): number {

@@ -55,6 +55,8 @@ export interface Applied {
 /** Receivers by id. */
 export class PeerTable {
   private readonly peers = new Map<number, Peer>();
+  /** Statistics of receivers forgotten from the table, as they were last (receivers() still lists them). */
+  private readonly ended = new Map<number, ReceiverStats>();
 
   constructor(private readonly chunks: number) {}
 
@@ -71,11 +73,33 @@ export class PeerTable {
   }
 
   /**
-   * The peer a STATUS comes from, created on first sight. A receiver that
-   * restarted keeps its id but may come from a new port, numbers its reports
-   * from scratch (a new incarnation), and is welcome back even if dropped.
+   * Removes receivers that ended and were silent for endedMs, and any silent
+   * for silentMs; returns them (the caller clears their demand). Their last
+   * statistics are kept, at most max.
    */
-  peerFor(p: StatusPacket, rinfo: RemoteInfo, now: number): { peer: Peer; joined: boolean; rejoined: boolean } {
+  forget(now: number, endedMs: number, silentMs: number, max: number): Peer[] {
+    const out: Peer[] = [];
+    for (const peer of this.peers.values()) {
+      const silent = now - peer.lastHeardAt;
+      const over = peer.state === ReceiverState.DONE || peer.state === ReceiverState.FAILED || peer.state === ReceiverState.DROPPED;
+      if ((over && silent > endedMs) || silent > silentMs) out.push(peer);
+    }
+    for (const peer of out) {
+      this.peers.delete(peer.receiverId);
+      this.ended.delete(peer.receiverId);
+      this.ended.set(peer.receiverId, statsOf(peer));
+      if (this.ended.size > max) this.ended.delete(this.ended.keys().next().value!);
+    }
+    return out;
+  }
+
+  /**
+   * The peer an authenticated STATUS comes from, created on first sight with
+   * the address given (the caller's admitted one). A receiver that restarted
+   * keeps its id but may come from a new port, numbers its reports from
+   * scratch (a new incarnation), and is welcome back even if dropped.
+   */
+  peerFor(p: StatusPacket, rinfo: Pick<RemoteInfo, 'address' | 'port'>, now: number): { peer: Peer; joined: boolean; rejoined: boolean } {
     let peer = this.peers.get(p.receiver);
     let joined = false;
     let rejoined = false;
@@ -108,8 +132,6 @@ export class PeerTable {
       this.peers.set(p.receiver, peer);
       joined = true;
     }
-    peer.address = rinfo.address;
-    peer.port = rinfo.port;
     if (peer.incarnation !== p.incarnation) {
       peer.incarnation = p.incarnation;
       peer.lastSeq = -1;
@@ -187,9 +209,10 @@ export class PeerTable {
     return only;
   }
 
-  /** Every receiver's statistics, copied. */
+  /** Every receiver's statistics, copied: those in the table, and those forgotten as they were last. */
   stats(): ReceiverStats[] {
-    return [...this.peers.values()].map(statsOf);
+    const gone = [...this.ended.values()].filter((r) => !this.peers.has(r.receiverId));
+    return [...gone, ...[...this.peers.values()].map(statsOf)];
   }
 }
 

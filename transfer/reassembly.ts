@@ -55,6 +55,8 @@ export class Reassembly {
     private readonly manifest: Manifest,
     private readonly fragmentSize: number,
     private readonly maxPartials: number,
+    /** Bytes each chunk carries beyond its stored form (the encryption tag, or 0). */
+    private readonly overhead = 0,
   ) {
     const { table } = manifest;
     this.chunks = tableLength(table);
@@ -65,7 +67,7 @@ export class Reassembly {
     for (let i = 0; i < this.chunks; i++) {
       const r = chunkAt(table, i);
       if (r.kind === ChunkKind.DATA) {
-        this.stored[i] = CHUNK.HEADER_SIZE + r.storedLength;
+        this.stored[i] = CHUNK.HEADER_SIZE + r.storedLength + overhead;
         this.hashes[i] = r.xxh64;
         wanted++;
       } else {
@@ -88,7 +90,7 @@ export class Reassembly {
     let part = this.partials.get(c);
     if (part === undefined) {
       if (this.partials.size >= this.maxPartials) this.evict();
-      const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + this.manifest.meta.chunkSize);
+      const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + this.manifest.meta.chunkSize + this.overhead);
       part = { buf, got: new Uint8Array(Math.ceil(p.fragments / 8)), count: 0, fragments: p.fragments, lastAt: 0, nackedAt: 0 };
       this.partials.set(c, part);
       this.status[c] = ChunkState.PARTIAL;

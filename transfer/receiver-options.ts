@@ -32,6 +32,13 @@ export interface ReceiverOptions {
   interfaceAddress?: string;
   /** The id the server gave this receiver (the Assign's receiver_id); without one, a hash of host, interface and target. */
   receiverId?: number;
+  /**
+   * The packet keys (32 bytes each): data, the session's (every DATA packet's MAC); receiver,
+   * this receiver's own (its STATUS and the ACKs to it). The Assign's data_key and receiver_key.
+   */
+  keys: { data: Uint8Array; receiver: Uint8Array; encrypt?: Uint8Array };
+  /** Benchmarks only: check no MACs and send none (measures what authentication costs). */
+  unauthenticated?: boolean;
   /** Check which chunks the target already holds and skip them. */
   resume?: boolean;
   /** Chunks this process already wrote to the target in an earlier run (one byte per chunk, non-zero: written and checked). */
@@ -59,7 +66,8 @@ export interface ReceiverCounters {
   evictions: number;
   nacksSent: number;
   statusSent: number;
-  rejected: { malformed: number; foreign: number; otherSession: number; badChunk: number };
+  /** badMac: the packet's MAC did not verify (nothing else of it was looked at); badChunk: a chunk failed the manifest's checks (xxh64, then SHA-256) and was not written. */
+  rejected: { malformed: number; foreign: number; otherSession: number; badMac: number; badChunk: number };
 }
 
 /** What a receiver did. */

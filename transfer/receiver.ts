@@ -14,15 +14,17 @@ import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import { chunkAt, ChunkKind } from '../protocol/manifest.js';
-import { chunkLength, decodeChunk } from '../protocol/chunk.js';
+import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { initHashes } from '../protocol/hash.js';
+import { initHashes, sha256 } from '../protocol/hash.js';
+import { MacKey } from '../protocol/mac.js';
 import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
 import { Link } from './link.js';
 import { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
 import { ChunkState, Reassembly } from './reassembly.js';
+import { open, SEAL_OVERHEAD } from './seal.js';
 import { createUdpSocket, growBuffers } from './udp.js';
 import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
 import { Writer } from './writer.js';
@@ -30,6 +32,11 @@ import { Writer } from './writer.js';
 export type { SessionInfo } from './session.js';
 export type { Verification } from './verifier.js';
 export { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
+
+/** A receiver's id without one from the server: a hash of host, interface and target. */
+export function defaultReceiverId(interfaceAddress: string | undefined, target: string): number {
+  return createHash('sha256').update(`${hostname()}|${interfaceAddress ?? ''}|${target}`).digest().readUInt32BE(0);
+}
 
 /** A receiver for one session. */
 export class Receiver extends EventEmitter {
@@ -44,7 +51,7 @@ export class Receiver extends EventEmitter {
     evictions: 0,
     nacksSent: 0,
     statusSent: 0,
-    rejected: { malformed: 0, foreign: 0, otherSession: 0, badChunk: 0 },
+    rejected: { malformed: 0, foreign: 0, otherSession: 0, badMac: 0, badChunk: 0 },
   };
   state: ReceiverState = ReceiverState.JOINING;
   private readonly chunks: Reassembly;
@@ -68,13 +75,19 @@ export class Receiver extends EventEmitter {
   private completing: Promise<void> | undefined;
   /** Failed or stopped: nothing more is written, read, or sent. */
   private halted = false;
+  private readonly dataMac: MacKey | null;
+  /** Where an encrypted chunk's stored form is opened into (one chunk at a time). */
+  private plain: Buffer | undefined;
+  private readonly ownMac: MacKey | null;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
+    this.dataMac = options.unauthenticated === true ? null : new MacKey(options.keys.data);
+    this.ownMac = options.unauthenticated === true ? null : new MacKey(options.keys.receiver);
     // Without an id from the server: stable across restarts of the same
     // machine and disk, so that the sender sees a restarted receiver as the one it already knows.
-    this.id = options.receiverId ?? createHash('sha256').update(`${hostname()}|${options.interfaceAddress ?? ''}|${options.target}`).digest().readUInt32BE(0);
-    this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials);
+    this.id = options.receiverId ?? defaultReceiverId(options.interfaceAddress, options.target);
+    this.chunks = new Reassembly(options.manifest, options.session.fragmentSize, options.maxPartials ?? RECEIVER_DEFAULTS.maxPartials, options.keys.encrypt !== undefined ? SEAL_OVERHEAD : 0);
     this.queueChunks = options.queueChunks ?? RECEIVER_DEFAULTS.queueChunks;
     this.link = new Link(options.unicast === true);
   }
@@ -217,12 +230,22 @@ export class Receiver extends EventEmitter {
       this.counters.rejected.otherSession++;
       return;
     }
+    // The MAC before anything else: DATA under the session's key, an ACK under this receiver's own.
+    const key = p.type === PacketType.DATA ? this.dataMac : p.type === PacketType.ACK && p.receiver === this.id ? this.ownMac : undefined;
+    if (key === undefined) {
+      this.counters.rejected.malformed++;
+      return;
+    }
+    if (key !== null && !key.verify(msg)) {
+      this.counters.rejected.badMac++;
+      return;
+    }
     this.lastHeard = performance.now();
     if (p.type === PacketType.DATA) this.onData(p);
-    else if (p.type === PacketType.ACK && p.receiver === this.id) {
+    else if (p.type === PacketType.ACK) {
       this.link.ack(p.seq, p.echo, this.lastHeard);
       this.onAck(p.state, p.reason);
-    } else this.counters.rejected.malformed++;
+    }
   }
 
   private onData(p: DataPacket): void {
@@ -253,9 +276,17 @@ export class Receiver extends EventEmitter {
     const length = chunkLength(c, meta.diskSize, meta.chunkSize);
     const out = writer.buffer();
     try {
-      const { header } = decodeChunk(stored, `chunk ${c}`, out);
-      // The manifest's hash, not the packet's, decides: a stray chunk never reaches the disk.
+      // Encrypted: the GCM tag first, nothing is decompressed before it verifies.
+      if (this.options.keys.encrypt !== undefined) {
+        const opened = open(this.options.keys.encrypt, c, stored, this.plain ??= Buffer.allocUnsafe(CHUNK.HEADER_SIZE + meta.chunkSize));
+        if (opened === null) throw new Error('the encryption tag does not verify');
+        stored = opened;
+      }
+      const { header, raw } = decodeChunk(stored, `chunk ${c}`, out);
+      // The manifest's hashes, not the packet's, decide: xxh64 is a quick first look (it can be
+      // forged: docs/security.md), SHA-256 the check; a chunk failing either never reaches the disk.
       if (header.xxh64 !== this.chunks.hashes[c] || header.rawLength !== length) throw new Error('does not match the manifest');
+      if (!sha256(raw).equals(chunkAt(this.options.manifest.table, c).sha256)) throw new Error('SHA-256 differs from the manifest');
     } catch {
       this.counters.rejected.badChunk++;
       status[c] = ChunkState.NEEDED;
@@ -397,7 +428,7 @@ export class Receiver extends EventEmitter {
       incarnation: this.incarnation,
       ranges,
       nacks,
-    });
+    }, this.ownMac);
     this.counters.statusSent++;
     this.counters.nacksSent += nacks.length;
     try {

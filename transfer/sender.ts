@@ -7,54 +7,22 @@
  * Mechanism only: when to start (release()) and whom to give up (drop())
  * are the caller's policy (policy.ts); receivers() gives it what to decide on.
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Manifest } from '../protocol/manifest.js';
+import { deriveKey, KEY_SIZE, MacKey } from '../protocol/mac.js';
 import { bitSet, decode, DataFlag, DropReason, encodeAck, encodeData, fragmentCount, MCAST, PacketType, ReceiverState } from '../protocol/mcast.js';
-import type { CreateSocket, RemoteInfo, UdpSocket } from '../protocol/transport.js';
+import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
+import { Admission } from './admission.js';
+import { seal, SEAL_OVERHEAD } from './seal.js';
 import { Demand } from './demand.js';
 import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
 import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
 import { TRANSFER_DEFAULTS, validFragmentSize } from './session.js';
 import { createUdpSocket, growBuffers } from './udp.js';
+import { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOptions } from './sender-options.js';
 
 export type { ReceiverStats } from './peers.js';
-
-/** Defaults of SenderOptions. */
-export const SENDER_DEFAULTS = Object.freeze({
-  rateMbit: TRANSFER_DEFAULTS.rateMbit,
-  fragmentSize: TRANSFER_DEFAULTS.fragmentSize,
-  /** Stored chunks kept in memory for repairs and late joiners. */
-  cacheChunks: 48,
-  ttl: 1,
-});
-
-/** How to run a sender. */
-export interface SenderOptions {
-  manifest: Manifest;
-  /** Returns chunk i's stored form (header + payload, no padding). */
-  loadChunk: (index: number) => Promise<Buffer>;
-  group: string;
-  port: number;
-  /** Local IPv4 address to send from (picks the interface). */
-  address: string;
-  session?: number;
-  /** Send nothing until release() (the caller applies a start rule); otherwise send as soon as anyone needs data. */
-  hold?: boolean;
-  rateMbit?: number;
-  fragmentSize?: number;
-  cacheChunks?: number;
-  ttl?: number;
-  /** With one receiver left needing data, send to it by unicast (default true). */
-  unicastSingle?: boolean;
-  createSocket?: CreateSocket;
-}
-
-/** A receiver given up: its id and the typed reason (the 'drop' event). */
-export interface DropEvent {
-  receiverId: number;
-  reason: DropReason;
-  stats: ReceiverStats;
-}
+export { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOptions } from './sender-options.js';
 
 interface Outgoing {
   chunk: number;
@@ -65,21 +33,6 @@ interface Outgoing {
   repair: boolean;
   /** Receivers the group does not reach that wanted this chunk: they get unicast copies. */
   unicastTo: Peer[];
-}
-
-/** Counters for the dashboard and tests. */
-export interface SenderCounters {
-  /** Seconds from the first to the last data packet. */
-  sendingSeconds: number;
-  packetsSent: number;
-  bytesSent: number;
-  chunksSent: number;
-  repairPackets: number;
-  /** Data packets sent by unicast to a sole receiver. */
-  unicastPackets: number;
-  statusReceived: number;
-  dropped: { malformed: number; otherSession: number; unexpected: number };
-  sendErrors: number;
 }
 
 /**
@@ -98,7 +51,8 @@ export class Sender extends EventEmitter {
     repairPackets: 0,
     unicastPackets: 0,
     statusReceived: 0,
-    dropped: { malformed: 0, otherSession: 0, unexpected: 0 },
+    dropped: { malformed: 0, otherSession: 0, unexpected: 0, unknownReceiver: 0, badMac: 0 },
+    forgotten: 0,
     sendErrors: 0,
   };
   private readonly demand: Demand;
@@ -117,17 +71,51 @@ export class Sender extends EventEmitter {
   private stopped = false;
   private firstSend = 0;
   private released: boolean;
+  private readonly secret: Buffer;
+  private readonly dataMac: MacKey | null;
+  private readonly admission: Admission;
 
   constructor(private readonly options: SenderOptions) {
     super();
     this.session = options.session ?? ((Math.random() * 0xffffffff) >>> 0);
     this.fragmentSize = options.fragmentSize ?? SENDER_DEFAULTS.fragmentSize;
     if (!validFragmentSize(this.fragmentSize)) throw new RangeError(`fragment size must be ${TRANSFER_DEFAULTS.minFragment} to ${TRANSFER_DEFAULTS.maxFragment}`);
-    this.demand = new Demand(options.manifest, this.fragmentSize);
+    this.demand = new Demand(options.manifest, this.fragmentSize, options.encrypt === true ? SEAL_OVERHEAD : 0);
     this.peers = new PeerTable(this.demand.chunks);
     this.control = new RateControl(options.rateMbit ?? SENDER_DEFAULTS.rateMbit);
     this.pacer = new Pacer(this.control, this.fragmentSize);
     this.released = options.hold !== true;
+    this.secret = Buffer.from(options.secret ?? randomBytes(KEY_SIZE));
+    if (this.secret.length !== KEY_SIZE) throw new RangeError(`the session secret has ${KEY_SIZE} bytes`);
+    this.dataMac = options.unauthenticated === true ? null : new MacKey(this.dataKey);
+    this.admission = new Admission(this.secret, options.openAdmission === true, options.maxPeers ?? SENDER_DEFAULTS.maxPeers);
+  }
+
+  /** The session's data key: every DATA packet carries a MAC under it (the Assign's data_key). */
+  get dataKey(): Buffer {
+    return deriveKey(this.secret, 'data');
+  }
+
+  /** The session's encryption key (the Assign's encrypt_key when the session is encrypted). */
+  get encryptKey(): Buffer {
+    return deriveKey(this.secret, 'encrypt');
+  }
+
+  /** The key of receiver id as derived from the session secret (the server's receiver_key; with openAdmission, what receivers derive). */
+  receiverKeyFor(receiverId: number): Buffer {
+    return this.admission.keyFor(receiverId);
+  }
+
+  /**
+   * Serves receiver id: its STATUS must carry a MAC under key, and the ACKs and any
+   * unicast data for it go to address only (undefined: where its first authenticated STATUS came from).
+   * Called again for the same id, replaces the key and address. False if the table is full.
+   */
+  admit(receiverId: number, key: Uint8Array, address?: string): boolean {
+    if (!this.admission.admit(receiverId, key, address)) return false;
+    const peer = this.peers.get(receiverId);
+    if (peer !== undefined && address !== undefined) peer.address = address;
+    return true;
   }
 
   /** Current pacing rate, bytes per second. */
@@ -156,7 +144,10 @@ export class Sender extends EventEmitter {
     growBuffers(socket);
     this.pacer.reset(performance.now());
     this.timer = setInterval(() => this.tick(), PACER_DEFAULTS.tickMs);
-    this.rateTimer = setInterval(() => this.control.adjust(this.peers.closeInterval()), PACER_DEFAULTS.rateIntervalMs);
+    this.rateTimer = setInterval(() => {
+      this.control.adjust(this.peers.closeInterval());
+      this.forget(performance.now());
+    }, PACER_DEFAULTS.rateIntervalMs);
     return socket.address().port;
   }
 
@@ -184,6 +175,11 @@ export class Sender extends EventEmitter {
   /** Statistics of every receiver seen (the caller's liveness policy reads lastProgressAt and lastHeardAt). */
   receivers(): ReceiverStats[] {
     return this.peers.stats();
+  }
+
+  /** Receivers in the table now (bounded by maxPeers). */
+  get peerCount(): number {
+    return this.peers.size;
   }
 
   /**
@@ -227,15 +223,35 @@ export class Sender extends EventEmitter {
       this.counters.dropped.unexpected++;
       return;
     }
+    // Authenticated before anything else: only a receiver this sender was told about (or,
+    // with openAdmission, one holding the session secret's key for its id) changes anything.
+    const admitted = this.admission.lookup(p.receiver);
+    if (admitted === undefined) {
+      this.counters.dropped.unknownReceiver++;
+      return;
+    }
+    if (this.dataMac !== null && !admitted.key.verify(msg)) {
+      this.counters.dropped.badMac++;
+      return;
+    }
+    if (this.peers.get(p.receiver) === undefined && this.peers.size >= (this.options.maxPeers ?? SENDER_DEFAULTS.maxPeers)) {
+      this.counters.dropped.unknownReceiver++;
+      return;
+    }
+    this.admission.remember(p.receiver, admitted);
     this.counters.statusReceived++;
     const now = performance.now();
-    const { peer, joined, rejoined } = this.peers.peerFor(p, rinfo, now);
+    const address = admitted.address ?? rinfo.address;
+    const { peer, joined, rejoined } = this.peers.peerFor(p, { address, port: rinfo.port }, now);
     if (joined) this.emit('join', statsOf(peer));
     if (rejoined) this.emit('state', statsOf(peer));
-    // A report older than one already applied is stale: answer it, change nothing.
+    // A report older than one already applied is stale (or replayed): answer it, change nothing.
     if (peer.lastSeq < 0 || seqNewer(p.seq, peer.lastSeq)) {
       peer.lastSeq = p.seq;
       peer.lastHeardAt = now;
+      // Answers go to the admitted address only; the port is the receiver's socket's, from its newest report.
+      peer.address = address;
+      peer.port = rinfo.port;
       if (peer.state !== ReceiverState.DROPPED) this.apply(peer, p, now);
     }
     this.reply(peer, p.seq);
@@ -256,7 +272,17 @@ export class Sender extends EventEmitter {
     this.emit('status', statsOf(peer));
   }
 
+  /** Forgets receivers that ended and went quiet, and any silent for very long: the table stays small and the tick cheap. */
+  private forget(now: number): void {
+    for (const peer of this.peers.forget(now, SENDER_DEFAULTS.forgetEndedMs, SENDER_DEFAULTS.forgetSilentMs, this.options.maxPeers ?? SENDER_DEFAULTS.maxPeers)) {
+      this.demand.clear(peer);
+      this.admission.forget(peer.receiverId);
+      this.counters.forgotten++;
+    }
+  }
+
   private reply(peer: Peer, echo: number): void {
+    const key = this.admission.lookup(peer.receiverId)?.key ?? null;
     const ack = encodeAck({
       session: this.session,
       seq: this.seq,
@@ -265,7 +291,7 @@ export class Sender extends EventEmitter {
       state: peer.state,
       reason: peer.reason,
       rateKiB: Math.round(this.control.rate / 1024),
-    });
+    }, this.dataMac === null ? null : key);
     if (this.stopped || this.socket === undefined) return;
     try {
       this.socket.send(ack, peer.port, peer.address);
@@ -318,7 +344,7 @@ export class Sender extends EventEmitter {
   private sendFragment(out: Outgoing, f: number, dest: { port: number; address: string }): number {
     const start = f * this.fragmentSize;
     const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
-    const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length);
+    const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length + MCAST.MAC_SIZE);
     encodeData(packet, {
       session: this.session,
       seq: this.seq++ >>> 0,
@@ -328,7 +354,7 @@ export class Sender extends EventEmitter {
       storedLength: out.data.length,
       flags: out.repair ? DataFlag.REPAIR : 0,
       payload,
-    });
+    }, this.dataMac);
     this.seq >>>= 0;
     this.counters.packetsSent++;
     this.counters.bytesSent += packet.length;
@@ -366,6 +392,7 @@ export class Sender extends EventEmitter {
     let data = this.cache.get(chunk);
     if (data === undefined) {
       data = await this.options.loadChunk(chunk);
+      if (this.options.encrypt === true) data = seal(this.encryptKey, chunk, data);
       this.cache.set(chunk, data);
       const limit = this.options.cacheChunks ?? SENDER_DEFAULTS.cacheChunks;
       // Map iteration order is insertion order: evict the oldest.

@@ -12,6 +12,8 @@ export interface SessionInfo {
   port: number;
   sender: { address: string; port: number };
   fragmentSize: number;
+  /** Chunks are sealed with AES-256-GCM (the key is not here: receivers derive it from the session secret or get it in the Assign). */
+  encrypted?: boolean;
 }
 
 /** Defaults every user of the engine shares (server sessions, `clonecast send`, the sender). */

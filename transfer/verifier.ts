@@ -1,6 +1,6 @@
 /**
  * The verifier: reads a disk back and checks it against the manifest, chunk
- * by chunk (xxh64 for data, all zero for zero chunks), and digests what it
+ * by chunk (SHA-256 for data, all zero for zero chunks), and digests what it
  * read so that the server can compare it with the manifest's diskDigest().
  * The same read-back finds the chunks a disk already holds before a resume.
  */
@@ -46,8 +46,10 @@ export async function verifyDisk(disk: Disk, manifest: Manifest, hashes: BigUint
     const len = chunkLength(i, meta.diskSize, meta.chunkSize);
     await disk.read(buf, i * meta.chunkSize, len);
     const data = buf.subarray(0, len);
-    const ok = kind === ChunkKind.ZERO ? isZero(data) : xxh64(data) === hashes[i];
-    digest.update(sha256(data));
+    // SHA-256, not xxh64 (which can be forged): the digest needs it anyway.
+    const sum = sha256(data);
+    const ok = kind === ChunkKind.ZERO ? isZero(data) : sum.equals(chunkAt(table, i).sha256);
+    digest.update(sum);
     if (ok) result.chunksVerified++;
     else {
       result.chunksBad++;
@@ -67,6 +69,7 @@ export async function scanExisting(disk: Disk, manifest: Manifest, hashes: BigUi
     if (!candidate(i)) continue;
     const len = chunkLength(i, meta.diskSize, meta.chunkSize);
     const got = await disk.read(buf, i * meta.chunkSize, len);
-    if (got === len && xxh64(buf.subarray(0, len)) === hashes[i]) found(i);
+    // xxh64 first (cheap, rules out most), then SHA-256: a forged chunk already on the disk is not kept.
+    if (got === len && xxh64(buf.subarray(0, len)) === hashes[i] && sha256(buf.subarray(0, len)).equals(chunkAt(table, i).sha256)) found(i);
   }
 }

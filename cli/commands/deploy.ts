@@ -60,6 +60,7 @@ export const deploy: Command = {
     target: { kind: 'string', value: 'DEV|auto', help: 'The disk to write on each machine; auto picks the only disk that can be the target.', default: 'auto' },
     'no-verify': { kind: 'flag', help: 'Do not read each disk back at the end.' },
     'drop-after': { kind: 'positive', value: 'S', help: 'Drop a machine that has made no progress for S seconds, so the others go on.' },
+    encrypt: { kind: 'flag', help: 'Encrypt the image on the wire (AES-256-GCM per chunk), for images that hold secrets; costs CPU (docs/performance.md).' },
     differential: { kind: 'flag', help: 'Have every machine check what its disk already holds and receive only the rest (automatic when the registry says the disk has a version of this image).' },
     ...SERVER,
     ...COMMON,
@@ -82,6 +83,7 @@ export const deploy: Command = {
       verify: !ctx.flag('no-verify'),
       dropAfterS: ctx.num('drop-after'),
       differential: ctx.flag('differential') ? true : undefined,
+      encrypt: ctx.flag('encrypt') ? true : undefined,
     };
     const client = ctx.client();
     const { deploy: follow } = await import('../admin.js');

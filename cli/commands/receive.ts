@@ -6,10 +6,11 @@ import { emitJson } from '../output.js';
 export const receive: Command = {
   name: 'receive',
   summary: 'Join a "clonecast send" session and write the image to a disk or file, checking every chunk.',
-  usage: '--from URL --disk PATH',
+  usage: '--from URL --key-file PATH --disk PATH',
   positionals: [],
   options: {
     from: { kind: 'string', value: 'URL', help: 'The session URL "clonecast send" printed (required).' },
+    'key-file': { kind: 'string', value: 'PATH', help: 'The session key file "clonecast send" wrote (required): without it no packet can be checked.' },
     disk: { kind: 'string', value: 'PATH', help: 'The disk or file to write (required).' },
     interface: { kind: 'string', value: 'IF', help: 'Receive on this network interface.' },
     address: { kind: 'string', value: 'IP', help: 'Receive on the interface with this local address.' },
@@ -23,11 +24,13 @@ export const receive: Command = {
   async run(ctx) {
     const from = ctx.str('from');
     const disk = ctx.str('disk');
-    if (from === undefined || disk === undefined) throw ctx.usage('"clonecast receive" needs --from URL and --disk PATH');
+    const keyFile = ctx.str('key-file');
+    if (from === undefined || disk === undefined || keyFile === undefined) throw ctx.usage('"clonecast receive" needs --from URL, --key-file PATH and --disk PATH');
     const { receive: receiveImage } = await import('../transfer.js');
     const summary = await receiveImage({
       from,
       disk,
+      keyFile,
       address: ctx.str('address'),
       interface: ctx.str('interface'),
       resume: ctx.flag('resume'),

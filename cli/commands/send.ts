@@ -19,6 +19,8 @@ export const send: Command = {
     'http-port': { kind: 'port', value: 'P', help: 'The port receivers fetch the session and manifest from (0: any free port).' },
     fragment: { kind: 'positive', value: 'BYTES', help: 'Payload bytes per packet.' },
     'drop-after': { kind: 'positive', value: 'S', help: 'Drop a receiver that has made no progress for S seconds.' },
+    encrypt: { kind: 'flag', help: 'Encrypt the image on the wire (AES-256-GCM per chunk), for images that hold secrets.' },
+    'key-file': { kind: 'string', value: 'PATH', help: 'Write the session key here (default: a file in the data folder, removed at the end); receivers need a copy.' },
     ...COMMON,
   },
   interrupted: 'the session stops; receivers that had not finished keep their partial disks: run "clonecast receive --resume" against a new send',
@@ -36,6 +38,8 @@ export const send: Command = {
       fragmentSize: ctx.num('fragment'),
       dropAfterSeconds: ctx.num('drop-after'),
       waitSeconds: ctx.num('wait'),
+      keyFile: ctx.str('key-file'),
+      encrypt: ctx.flag('encrypt'),
       json: ctx.json,
     });
     if (ctx.json) emitJson(summary);

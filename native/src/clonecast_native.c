@@ -700,7 +700,10 @@ static napi_value js_udp_socket(napi_env env, napi_callback_info info) {
     napi_set_named_property(env, exports, name, f);                   \
   } while (0)
 
+void clonecast_mac_init(napi_env env, napi_value exports);
+
 NAPI_MODULE_INIT() {
+  clonecast_mac_init(env, exports);
   EXPORT("open", js_open);
   EXPORT("close", js_close);
   EXPORT("seekData", js_seek_data);

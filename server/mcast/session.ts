@@ -64,6 +64,8 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
     group,
     port,
     hold: true,
+    // Every receiver of a CLI session holds the session secret (send's key file): admission is by the key derived for its id.
+    openAdmission: true,
     loadChunk: (i) => store.readChunk(chunkAt(manifest.table, i).sha256),
   });
   sender.on('error', (err: Error) => onError?.(err));
@@ -75,6 +77,7 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
     port,
     sender: { address: options.address, port: senderPort },
     fragmentSize: options.fragmentSize ?? TRANSFER_DEFAULTS.fragmentSize,
+    encrypted: options.encrypt === true,
   };
   const body = JSON.stringify({ ...info, image: { name, version } });
   const http: Server = createServer((req, res) => {

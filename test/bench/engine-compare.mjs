@@ -44,11 +44,13 @@ async function session(cli, data, n, rateMbit, sendRate) {
     const t0 = performance.now();
     const sender = lab.spawnIn(lab.server.ns, process.execPath, [cli, 'send', 'bench', '--data', data, '--address', lab.server.address, '--clients', String(n), '--rate', String(sendRate), '--json']);
     let err = '';
-    const url = await new Promise((res, rej) => {
+    // "receivers run:" comes last; a build with authentication prints a key file before it.
+    const [url, keyArgs] = await new Promise((res, rej) => {
       sender.stderr.on('data', (d) => {
         err += d;
         const m = /session: (\S+)/.exec(err);
-        if (m) res(m[1]);
+        const k = /key file: (\S+)/.exec(err);
+        if (m && /receivers run:/.test(err)) res([m[1], k ? ['--key-file', k[1]] : []]);
       });
       sender.on('close', () => rej(new Error(`sender exited: ${err}`)));
     });
@@ -56,7 +58,7 @@ async function session(cli, data, n, rateMbit, sendRate) {
     const ends = await Promise.all(
       lab.clients.slice(0, n).map((c, k) => new Promise((res) => {
         const out = join(work, `r${k}.img`);
-        const child = lab.spawnIn(c.ns, process.execPath, [cli, 'receive', '--from', url, '--disk', out, '--address', c.address, '--json']);
+        const child = lab.spawnIn(c.ns, process.execPath, [cli, 'receive', '--from', url, ...keyArgs, '--disk', out, '--address', c.address, '--json']);
         let e = '';
         child.stderr.on('data', (d) => (e += d));
         child.on('close', (code) => {

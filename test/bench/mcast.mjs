@@ -3,6 +3,10 @@
 //
 //   node test/bench/mcast.mjs            (all cells, ~15 minutes)
 //   node test/bench/mcast.mjs --quick    (64 MiB images, fewer cells)
+//   node test/bench/mcast.mjs --auth     (only the authentication cells: clonecast with
+//                                         packet MACs on, the default, against the same build
+//                                         with them off, and with --encrypt; --quick for smaller
+//                                         images, --cells wire,cpu1,cpu4 and --runs N to choose)
 //
 // udpcast runs two ways: the raw image, and the image compressed with zstd
 // ahead of time and decompressed by each receiver through --pipe (as
@@ -24,16 +28,17 @@ const work = mkdtempSync(join(process.env.CLONECAST_BENCH_TMP ?? tmpdir(), 'clon
 const results = [];
 
 function check() {
-  for (const cmd of ['udp-sender', 'udp-receiver', 'zstd', 'pv']) {
+  const needs = process.argv.includes('--auth') ? ['zstd'] : ['udp-sender', 'udp-receiver', 'zstd', 'pv'];
+  for (const cmd of needs) {
     if (spawnSync('sh', ['-c', `command -v ${cmd}`]).status !== 0) throw new Error(`needs ${cmd}: apt-get install udpcast zstd pv`);
   }
   if (process.getuid() !== 0) throw new Error('needs root (network namespaces)');
 }
 
 /** Runs argv under /usr/bin/time inside namespace ns; resolves with wall, cpu and peak memory. */
-function timedIn(lab, ns, argv, t0) {
+function timedIn(lab, ns, argv, t0, env = process.env) {
   return new Promise((resolvePromise) => {
-    const child = lab.spawnIn(ns, '/usr/bin/time', ['-f', 'TIME %e %U %S %M', ...argv]);
+    const child = lab.spawnIn(ns, '/usr/bin/time', ['-f', 'TIME %e %U %S %M', ...argv], { env });
     let err = '';
     let out = '';
     child.stdout.on('data', (d) => (out += d));
@@ -45,15 +50,18 @@ function timedIn(lab, ns, argv, t0) {
   });
 }
 
-async function clonecast(lab, data, n, { rate, slow, imageBytes }) {
+async function clonecast(lab, data, n, { rate, slow, imageBytes, unauthenticated = false, encrypt = false }) {
   const t0 = performance.now();
-  const senderArgs = [process.execPath, CLI, 'send', 'bench', '--data', data, '--address', lab.server.address, '--clients', String(n), '--rate', String(rate), '--json'];
-  const child = lab.spawnIn(lab.server.ns, '/usr/bin/time', ['-f', 'TIME %e %U %S %M', ...senderArgs]);
+  // The benchmark-only switch (cli/transfer.ts): no MACs sent or checked, in sender and receivers alike.
+  const env = { ...process.env, CLONECAST_BENCH_UNAUTHENTICATED: unauthenticated ? '1' : '0' };
+  const senderArgs = [process.execPath, CLI, 'send', 'bench', '--data', data, '--address', lab.server.address, '--clients', String(n), '--rate', String(rate), '--json', ...(encrypt ? ['--encrypt'] : [])];
+  const child = lab.spawnIn(lab.server.ns, '/usr/bin/time', ['-f', 'TIME %e %U %S %M', ...senderArgs], { env });
   let err = '';
-  const url = await new Promise((res) => child.stderr.on('data', (d) => {
+  const [url, keyFile] = await new Promise((res) => child.stderr.on('data', (d) => {
     err += d;
     const m = /session: (\S+)/.exec(err);
-    if (m) res(m[1]);
+    const k = /key file: (\S+)/.exec(err);
+    if (m && k) res([m[1], k[1]]);
   }));
   const senderDone = new Promise((res) => child.on('close', () => {
     const m = /TIME ([\d.]+) ([\d.]+) ([\d.]+) (\d+)/.exec(err);
@@ -63,7 +71,7 @@ async function clonecast(lab, data, n, { rate, slow, imageBytes }) {
   const receivers = await Promise.all(
     outs.map((out, k) => {
       const extra = slow && k === n - 1 ? ['--write-limit', String(2 * MiB)] : [];
-      return timedIn(lab, lab.clients[k].ns, [process.execPath, CLI, 'receive', '--from', url, '--disk', out, '--address', lab.clients[k].address, '--json', ...extra], t0);
+      return timedIn(lab, lab.clients[k].ns, [process.execPath, CLI, 'receive', '--from', url, '--key-file', keyFile, '--disk', out, '--address', lab.clients[k].address, '--json', ...extra], t0, env);
     }),
   );
   const sender = await senderDone;
@@ -148,6 +156,62 @@ function print(row) {
   console.log(`  ratio vs faster udpcast: ${(best / c.seconds).toFixed(2)}x; vs udpcast raw: ${(raw.seconds / c.seconds).toFixed(2)}x` + (c.othersSeconds !== c.seconds ? `; 7 others vs udpcast session: ${(best / c.othersSeconds).toFixed(2)}x` : ''));
 }
 
+/**
+ * Authentication's cost: the same cell with MACs on (the default) and off, RUNS times
+ * each, interleaved (this machine is shared and noisy); medians of session time and of
+ * CPU seconds per GiB delivered, sender and receivers.
+ */
+async function authCell(name, { n, rateLimit, sendRate, raw, data, runs }) {
+  const size = statSync(raw).size;
+  // [name, MACs off, --encrypt]
+  const modes = [['auth on', false, false], ['auth off', true, false], ['encrypt', false, true]];
+  const got = Object.fromEntries(modes.map(([m]) => [m, []]));
+  for (let i = 0; i < runs; i++) {
+    for (const [mode, unauthenticated, encrypt] of i % 2 === 0 ? modes : [...modes].reverse()) {
+      const lab = Lab.up({ clients: n, rateMbit: rateLimit });
+      try {
+        const r = await clonecast(lab, data, n, { rate: sendRate ?? 4000, unauthenticated, encrypt });
+        const seconds = Math.max(...r.receivers.map((x) => x.ended)) / 1000;
+        const ok = same(r.outs, raw) && r.receivers.every((x) => x.code === 0);
+        got[mode].push({ seconds, sender: r.sender.cpu / ((size * n) / 2 ** 30), receivers: r.receivers.reduce((a, x) => a + x.cpu, 0) / ((size * n) / 2 ** 30), ok });
+        for (const o of r.outs) rmSync(o, { force: true });
+      } finally {
+        lab.down();
+      }
+    }
+  }
+  const med = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const row = { name, n, auth: true };
+  console.log(`\n${name} (N=${n}), median of ${runs}`);
+  for (const [mode] of modes) {
+    const rs = got[mode];
+    row[mode] = { seconds: med(rs.map((r) => r.seconds)), goodputMiBs: size / MiB / med(rs.map((r) => r.seconds)), senderCpuPerGiB: med(rs.map((r) => r.sender)), receiverCpuPerGiB: med(rs.map((r) => r.receivers)), ok: rs.every((r) => r.ok), runs: rs.map((r) => r.seconds) };
+    const x = row[mode];
+    console.log(`  ${mode.padEnd(9)} ${x.seconds.toFixed(2).padStart(6)} s  ${x.goodputMiBs.toFixed(1).padStart(6)} MiB/s per receiver  cpu s/GiB sender ${x.senderCpuPerGiB.toFixed(2)} receivers ${x.receiverCpuPerGiB.toFixed(2)}  runs ${x.runs.map((t) => t.toFixed(2)).join(' ')}  ${x.ok ? 'identical' : 'OUTPUT DIFFERS'}`);
+  }
+  const ratio = row['auth on'].goodputMiBs / row['auth off'].goodputMiBs;
+  row.throughputRatio = ratio;
+  console.log(`  throughput auth on / off: ${ratio.toFixed(3)} (${((1 - ratio) * 100).toFixed(1)}% lost; target at most 5%)`);
+  row.encryptRatio = row.encrypt.goodputMiBs / row['auth on'].goodputMiBs;
+  console.log(`  throughput --encrypt / auth on: ${row.encryptRatio.toFixed(3)}; CPU s/GiB with --encrypt: sender +${(row.encrypt.senderCpuPerGiB - row['auth on'].senderCpuPerGiB).toFixed(2)}, receivers +${(row.encrypt.receiverCpuPerGiB - row['auth on'].receiverCpuPerGiB).toFixed(2)}`);
+  results.push(row);
+}
+
+async function authCells(prep) {
+  // --cells wire,cpu1,cpu4 picks some; --runs N sets the runs per mode.
+  const at = process.argv.indexOf('--cells');
+  const cells = at > 0 ? process.argv[at + 1].split(',') : ['wire', 'cpu1', 'cpu4'];
+  const r = process.argv.indexOf('--runs');
+  const runs = r > 0 ? Number(process.argv[r + 1]) : quick ? 3 : 5;
+  if (cells.includes('wire')) {
+    const wire = prep(quick ? 64 : 256, 'auth-wire');
+    await authCell('auth, wire-bound, 100 mbit', { n: 4, rateLimit: 100, sendRate: 95, runs, ...wire });
+  }
+  if (!cells.includes('cpu1') && !cells.includes('cpu4')) return;
+  const cpu = prep(quick ? 128 : 512, 'auth-cpu');
+  for (const n of [1, 4]) if (cells.includes(`cpu${n}`)) await authCell('auth, CPU-bound, no link limit', { n, runs, ...cpu });
+}
+
 async function main() {
   check();
   const wireMiB = quick ? 64 : 256;
@@ -162,12 +226,18 @@ async function main() {
     console.log(`${tag}: ${mib} MiB raw, ${(statSync(`${raw}.zst`).size / MiB).toFixed(0)} MiB zstd, clonecast stores ${(JSON.parse(execFileSync(process.execPath, [CLI, 'image', 'info', 'bench', '--data', data, '--json'], { encoding: 'utf8' })).storedBytes / MiB).toFixed(0)} MiB`);
     return { raw, zst: `${raw}.zst`, data };
   };
+  if (process.argv.includes('--auth')) {
+    await authCells(prep);
+    console.log(`\nJSON ${JSON.stringify(results)}`);
+    return;
+  }
   const wire = prep(wireMiB, 'wire');
   for (const n of quick ? [1, 8] : [1, 4, 8]) await cell('wire-bound, 100 mbit, no loss', { n, rateLimit: 100, sendRate: 95, ...wire });
   await cell('wire-bound, 100 mbit, 2% loss per receiver', { n: 8, loss: 0.02, rateLimit: 100, sendRate: 95, ...wire });
   await cell('wire-bound, 100 mbit, one receiver writing at 2 MiB/s', { n: 8, rateLimit: 100, sendRate: 95, slow: true, ...wire });
   const cpu = prep(cpuMiB, 'cpu');
   for (const n of quick ? [1] : [1, 4]) await cell('CPU-bound, no link limit', { n, ...cpu });
+  await authCells(prep);
   console.log(`\nJSON ${JSON.stringify(results)}`);
 }
 

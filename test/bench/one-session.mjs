@@ -17,8 +17,8 @@ const s = lab.spawnIn(lab.server.ns, process.execPath, [CLI, 'send', 'b', '--dat
 let err = '', out = '';
 const senderClosed = new Promise((r) => s.on('close', r));
 s.stdout.on('data', (d) => (out += d));
-const url = await new Promise((r) => s.stderr.on('data', (d) => { err += d; const m = /session: (\S+)/.exec(err); if (m) r(m[1]); }));
-const rs = await Promise.all(lab.clients.map((c, k) => new Promise((r) => { const p = lab.spawnIn(c.ns, process.execPath, [CLI, 'receive', '--from', url, '--disk', join(work, `o${k}`), '--address', c.address, '--json']); let o = ''; p.stdout.on('data', (d) => (o += d)); p.on('close', () => r({ t: performance.now() - t0, j: JSON.parse(o) })); })));
+const [url, keyFile] = await new Promise((r) => s.stderr.on('data', (d) => { err += d; const m = /session: (\S+)/.exec(err); const k = /key file: (\S+)/.exec(err); if (m && k) r([m[1], k[1]]); }));
+const rs = await Promise.all(lab.clients.map((c, k) => new Promise((r) => { const p = lab.spawnIn(c.ns, process.execPath, [CLI, 'receive', '--from', url, '--key-file', keyFile, '--disk', join(work, `o${k}`), '--address', c.address, '--json']); let o = ''; p.stdout.on('data', (d) => (o += d)); p.on('close', () => r({ t: performance.now() - t0, j: JSON.parse(o) })); })));
 await senderClosed;
 const j = JSON.parse(out);
 console.log('receivers end (s):', rs.map((r) => (r.t / 1000).toFixed(1)).join(' '));

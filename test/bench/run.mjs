@@ -104,6 +104,8 @@ function exportBench(label, raw, store, loopArgs) {
 }
 
 try {
+  // The multicast data path's per-packet and per-chunk crypto (its cost in sessions: test/bench/mcast.mjs --auth).
+  await (await import('./packet-crypto.mjs')).packetCrypto();
   if (process.getuid() !== 0) console.log('note: not root, so the loop-device export benchmarks are skipped');
   console.log(`clonecast benchmarks: ${SIZE_MIB} MiB images, median of ${RUNS} runs, ${new Date().toISOString()}`);
   const dense = join(work, 'dense.img');

@@ -56,7 +56,15 @@ export interface StartedSender {
   child: ChildProcess;
 }
 
-/** Starts the sender in the server namespace; resolves once it printed its session URL. */
+/** The key file each sender printed, by session URL (receivers need it: --key-file). */
+const keyFiles = new Map<string, string>();
+
+/** The key file the sender of session url wrote (receivers, and a test playing a session member, read it). */
+export function keyFileOf(url: string): string | undefined {
+  return keyFiles.get(url);
+}
+
+/** Starts the sender in the server namespace; resolves once it printed its session URL and key file. */
 export async function startSender(lab: Lab, data: string, ref: string, clients: number, extra: string[] = []): Promise<StartedSender> {
   const t0 = performance.now();
   const child = lab.spawnIn(lab.server.ns, process.execPath, [CLI, 'send', ref, '--data', data, '--address', lab.server.address, '--clients', String(clients), '--json', ...extra]);
@@ -66,7 +74,11 @@ export async function startSender(lab: Lab, data: string, ref: string, clients: 
     child.stderr!.on('data', (d) => {
       err += d;
       const m = /session: (http:\/\/\S+)/.exec(err);
-      if (m) resolve(m[1]);
+      const k = /key file: (\S+)/.exec(err);
+      if (m && k) {
+        keyFiles.set(m[1], k[1]);
+        resolve(m[1]);
+      }
     });
     void done.then((f) => reject(new Error(`sender exited before it was ready: ${f.stderr}`)));
   });
@@ -76,7 +88,7 @@ export async function startSender(lab: Lab, data: string, ref: string, clients: 
 /** Starts one receiver in client namespace plan.k. */
 export function startReceiver(lab: Lab, url: string, plan: ReceiverPlan, t0: number): { child: ChildProcess; done: Promise<Finished> } {
   const host = lab.clients[plan.k];
-  const args = [CLI, 'receive', '--from', url, '--disk', plan.disk, '--address', host.address, '--json', ...(plan.extra ?? [])];
+  const args = [CLI, 'receive', '--from', url, '--key-file', keyFiles.get(url) ?? '', '--disk', plan.disk, '--address', host.address, '--json', ...(plan.extra ?? [])];
   const child =
     plan.shellPrefix === undefined
       ? lab.spawnIn(host.ns, process.execPath, args)

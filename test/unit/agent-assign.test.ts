@@ -74,6 +74,8 @@ describe('agent assignments', () => {
       sessionKey: 1234,
       fragmentSize: 1440,
       receiverId: 77,
+      dataKey: Buffer.alloc(32, 1),
+      receiverKey: Buffer.alloc(32, 2),
       after: After.AFTER_WAIT,
       manifestPath: '/manifest',
       manifestSha256: createHash('sha256').update(manifest).digest(),

@@ -159,9 +159,20 @@ describe('control messages: refused input', () => {
     const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
     expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 20 } }))).toThrow(/fragment size 20/);
     expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, port: 0 } }))).toThrow(/port out of range/);
-    // One limit with the engine: MCAST.MAX_FRAGMENT (8940), not 9000.
-    expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 8941 } }))).toThrow(/fragment size 8941/);
-    expect(decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 8940 } }))).toMatchObject({ type: 'assign' });
+    // One limit with the engine: MCAST.MAX_FRAGMENT (8924: 9000 less IP, UDP, header and MAC), not 9000.
+    expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 8925 } }))).toThrow(/fragment size 8925/);
+    expect(decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 8924 } }))).toMatchObject({ type: 'assign' });
+  });
+
+  it('an assignment without both 32-byte packet keys, or with an encryption key of another size', () => {
+    const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
+    const decoded = (a: object) => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, ...a } }));
+    expect(() => decoded({ dataKey: Buffer.alloc(0) })).toThrow(/data key of 0 bytes/);
+    expect(() => decoded({ dataKey: Buffer.alloc(31) })).toThrow(/data key of 31 bytes/);
+    expect(() => decoded({ receiverKey: Buffer.alloc(0) })).toThrow(/receiver key of 0 bytes/);
+    expect(() => decoded({ receiverKey: Buffer.alloc(33) })).toThrow(/receiver key of 33 bytes/);
+    expect(() => decoded({ encryptKey: Buffer.alloc(16) })).toThrow(/encryption key of 16 bytes/);
+    expect(decoded({ encryptKey: Buffer.alloc(32, 1) })).toMatchObject({ type: 'assign', assign: { encryptKey: Buffer.alloc(32, 1) } });
   });
 
   it('random bytes: 20,000 inputs, only ever decoded or refused as malformed', () => {

@@ -8,11 +8,17 @@ import { Receiver, type SessionInfo } from '../../transfer/receiver.js';
 import { chunkAt } from '../../protocol/manifest.js';
 import { decode, DropReason, encodeStatus, PacketType, ReceiverState, type AckPacket, type StatusPacket } from '../../protocol/mcast.js';
 import { ClonecastError, isError, ERR } from '../../protocol/errors.js';
+import { MacKey } from '../../protocol/mac.js';
 import { liveness } from '../../transfer/policy.js';
 import { FakeNetwork } from './fake-network.js';
 import { seeded, tempDir, texty } from '../helpers.js';
 
 const C = 64 << 10;
+
+/** A receiver's packet keys in a session whose sender admits any holder of its secret. */
+function keysOf(sender: Sender, receiverId: number) {
+  return { data: sender.dataKey, receiver: sender.receiverKeyFor(receiverId) };
+}
 
 /** What receivers need to know about an in-memory session. */
 function sessionOf(sender: Sender, port: number, fragmentSize = 1000): SessionInfo {
@@ -33,7 +39,8 @@ async function rawPeer(net: FakeNetwork, host: string, sender: Sender, port: num
   await new Promise<void>((r) => sock.bind(9000, undefined, r));
   const base = { session: sender.session, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation: 1, ranges: [], nacks: [] };
   const report = async (fields: Partial<Omit<StatusPacket, 'type'>> & { seq: number }) => {
-    sock.send(encodeStatus({ ...base, ...fields }), port, '10.0.0.1');
+    const status = { ...base, ...fields };
+    sock.send(encodeStatus(status, new MacKey(sender.receiverKeyFor(status.receiver))), port, '10.0.0.1');
     await new Promise((r) => setTimeout(r, 10));
   };
   return { acks, report, close: () => sock.close() };
@@ -69,13 +76,14 @@ describe('transfer engine over a faulty in-memory network', () => {
       rateMbit: 200,
       fragmentSize: 1000,
       createSocket: net.factory('10.0.0.1'),
+      openAdmission: true,
     });
     const senderPort = await sender.start();
     const info = sessionOf(sender, senderPort);
     try {
       const results = await Promise.all(
         [11, 12, 13].map((h) =>
-          new Receiver({ session: info, manifest, target: join(dir, `out-${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h }).run(),
+          new Receiver({ session: info, manifest, target: join(dir, `out-${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h, keys: keysOf(sender, h) }).run(),
         ),
       );
       for (const h of [11, 12, 13]) expect(readFileSync(join(dir, `out-${h}.img`)).equals(disk), `receiver ${h}`).toBe(true);
@@ -100,6 +108,7 @@ describe('transfer engine over a faulty in-memory network', () => {
       rateMbit: 100,
       fragmentSize: 1000,
       createSocket: net.factory('10.0.0.1'),
+      openAdmission: true,
       ...extra,
     });
   }
@@ -166,9 +175,9 @@ describe('transfer engine over a faulty in-memory network', () => {
       }
     }, 50);
     try {
-      const deaf = new Receiver({ session: info, manifest, target: join(dir, 'deaf.img'), createSocket: net.factory('10.0.0.21'), receiverId: 21, timeoutMs: 5000 });
+      const deaf = new Receiver({ session: info, manifest, target: join(dir, 'deaf.img'), createSocket: net.factory('10.0.0.21'), receiverId: 21, keys: keysOf(sender, 21), timeoutMs: 5000 });
       const deafRun = deaf.run().catch((e: Error) => e);
-      const ok = await new Receiver({ session: info, manifest, target: join(dir, 'ok.img'), createSocket: net.factory('10.0.0.22'), receiverId: 22 }).run();
+      const ok = await new Receiver({ session: info, manifest, target: join(dir, 'ok.img'), createSocket: net.factory('10.0.0.22'), receiverId: 22, keys: keysOf(sender, 22) }).run();
       expect(ok.verified).toBe(true);
       expect(readFileSync(join(dir, 'ok.img')).equals(disk)).toBe(true);
       expect(await dropped).toMatchObject({ receiverId: 21, reason: DropReason.NO_PROGRESS });
@@ -190,7 +199,7 @@ describe('transfer engine over a faulty in-memory network', () => {
     try {
       // Structural, not timed: when the fast receiver has finished, the slow one is still far from done.
       const make = (h: number, writeLimit?: number) =>
-        new Receiver({ session: info, manifest, target: join(dir, `s${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h, writeLimit, queueChunks: 2 });
+        new Receiver({ session: info, manifest, target: join(dir, `s${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h, keys: keysOf(sender, h), writeLimit, queueChunks: 2 });
       const fast = make(31);
       const slow = make(32, 256 << 10);
       let slowWhenFastEnded = 1;
@@ -217,11 +226,11 @@ describe('transfer engine over a faulty in-memory network', () => {
     const port = await sender.start();
     const info = sessionOf(sender, port);
     try {
-      await new Receiver({ session: info, manifest, target: join(dir, 'u1.img'), createSocket: net.factory('10.0.0.41'), receiverId: 41 }).run();
+      await new Receiver({ session: info, manifest, target: join(dir, 'u1.img'), createSocket: net.factory('10.0.0.41'), receiverId: 41, keys: keysOf(sender, 41) }).run();
       expect(readFileSync(join(dir, 'u1.img')).equals(disk)).toBe(true);
       expect(sender.counters.unicastPackets).toBe(sender.counters.packetsSent);
       const before = sender.counters.packetsSent;
-      await Promise.all([42, 43].map((h) => new Receiver({ session: info, manifest, target: join(dir, `u${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h }).run()));
+      await Promise.all([42, 43].map((h) => new Receiver({ session: info, manifest, target: join(dir, `u${h}.img`), createSocket: net.factory(`10.0.0.${h}`), receiverId: h, keys: keysOf(sender, h) }).run()));
       expect(readFileSync(join(dir, 'u42.img')).equals(disk)).toBe(true);
       expect(sender.counters.packetsSent - before).toBeGreaterThan(sender.counters.unicastPackets - before);
     } finally {
@@ -244,7 +253,7 @@ describe('transfer engine over a faulty in-memory network', () => {
         const sender = makeSender(store, manifest, net, { rateMbit: 50 });
         const port = await sender.start();
         try {
-          const receiver = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, `cv-${when}.img`), createSocket: net.factory('10.0.0.51'), receiverId: 51 });
+          const receiver = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, `cv-${when}.img`), createSocket: net.factory('10.0.0.51'), receiverId: 51, keys: keysOf(sender, 51) });
           const cancel = () => receiver.stop(new ClonecastError(ERR.CANCELLED, 'cancelled: by the test'));
           if (when === 'verifying') receiver.once('verifying', cancel);
           else receiver.on('progress', (p: { done: number; wanted: number }) => p.done === p.wanted && cancel());
@@ -272,7 +281,7 @@ describe('transfer engine over a faulty in-memory network', () => {
     const sender = makeSender(store, manifest, net, { rateMbit: 0.2, hold: true }); // holds: it sends nothing
     const port = await sender.start();
     try {
-      const receiver = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td.img'), createSocket: net.factory('10.0.0.52'), receiverId: 52 });
+      const receiver = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td.img'), createSocket: net.factory('10.0.0.52'), receiverId: 52, keys: keysOf(sender, 52) });
       const run = receiver.run().catch((e: unknown) => e);
       const joined = await new Promise<{ receiverId: number }>((r) => sender.once('join', r));
       expect(joined.receiverId).toBe(52);
@@ -282,7 +291,7 @@ describe('transfer engine over a faulty in-memory network', () => {
       expect((err as ClonecastError).details.dropped).toBe(DropReason.SILENT);
       expect(sender.receivers()[0]).toMatchObject({ receiverId: 52, state: ReceiverState.DROPPED, reason: DropReason.SILENT });
       // A session that ends because of the drop stops the sender from inside the 'drop' listener.
-      const again = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td2.img'), createSocket: net.factory('10.0.0.53'), receiverId: 53 });
+      const again = new Receiver({ session: sessionOf(sender, port), manifest, target: join(dir, 'td2.img'), createSocket: net.factory('10.0.0.53'), receiverId: 53, keys: keysOf(sender, 53) });
       const run2 = again.run().catch((e: unknown) => e);
       await new Promise((r) => sender.once('join', r));
       sender.once('drop', () => sender.stop());

@@ -1,12 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { decode, encodeAck, encodeData, encodeStatus, fragmentCount, MCAST, PacketType, statusSize } from '../../protocol/mcast.js';
+import { deriveKey, MacKey, receiverLabel } from '../../protocol/mac.js';
 import { seqNewer } from '../../transfer/sender.js';
+
+// The key of the golden packets: bytes 1 to 32. Their MACs were computed apart from
+// the code under test, with node:crypto's createHmac('sha256', KEY), first 16 bytes.
+const KEY = new MacKey(Buffer.from(Array.from({ length: 32 }, (_, i) => i + 1)));
 
 // Golden packets, field by field (docs/protocol.md).
 const DATA = [
   '43434d43', // magic "CCMC"
-  '01', //       version 1
+  '02', //       version 2
   '01', //       type DATA
   '0020', //     header length 32
   '11223344', // session
@@ -18,10 +23,11 @@ const DATA = [
   '0005', //     payload length 5
   '0001', //     flags: repair
   '68656c6c6f', // payload "hello"
+  '6bb8510db0cbc6f303f37f608f6e3ed9', // MAC: HMAC-SHA256(KEY, all the above), 16 bytes
 ].join('');
 
 const STATUS = [
-  '43434d43', '01', '02', '0038', '11223344', '00000009', // common: STATUS, header 56, seq 9
+  '43434d43', '02', '02', '0038', '11223344', '00000009', // common: version 2, STATUS, header 56, seq 9
   'aabbccdd', // receiver id
   '01', //       state RECEIVING
   '80', //       write queue half full
@@ -38,16 +44,18 @@ const STATUS = [
   '00000002', '00000003', // needs chunks 2-4
   '00000009', '00000001', // and chunk 9
   '00000006', '000a', '0502', // chunk 6 of 10 fragments misses 0, 2 and 9
+  'fb70f07ccda9bdec484a541dd04f91b0', // MAC
 ].join('');
 
 const ACK = [
-  '43434d43', '01', '03', '0020', '11223344', '00000004', // common: ACK, header 32, seq 4
+  '43434d43', '02', '03', '0020', '11223344', '00000004', // common: version 2, ACK, header 32, seq 4
   'aabbccdd', // receiver id
   '00000009', // echoes STATUS 9
   '03', //       state DONE
   '00', //       no drop reason
   '0000', //     reserved
   '00002faf', // rate 12207 KiB/s
+  'c60ceec484e0cc5931196871ca81caea', // MAC
 ].join('');
 
 describe('multicast packets', () => {
@@ -63,15 +71,15 @@ describe('multicast packets', () => {
   });
 
   it('encode the golden packets byte for byte', () => {
-    const data = Buffer.alloc(37);
-    encodeData(data, { session: 0x11223344, seq: 7, chunk: 3, fragment: 1, fragments: 2, storedLength: 1445, flags: 1, payload: Buffer.from('hello') });
+    const data = Buffer.alloc(53);
+    expect(encodeData(data, { session: 0x11223344, seq: 7, chunk: 3, fragment: 1, fragments: 2, storedLength: 1445, flags: 1, payload: Buffer.from('hello') }, KEY)).toBe(53);
     expect(data.toString('hex')).toBe(DATA);
     const status = encodeStatus({
       session: 0x11223344, seq: 9, receiver: 0xaabbccdd, state: 1, queueFill: 128, done: 5, wanted: 10, received: 1000, lost: 20, windowStart: 2, windowEnd: 12, rttMs: 3, incarnation: 0x0badf00d,
       ranges: [{ first: 2, count: 3 }, { first: 9, count: 1 }], nacks: [{ chunk: 6, fragments: 10, missing: new Uint8Array([0x05, 0x02]) }],
-    });
+    }, KEY);
     expect(status.toString('hex')).toBe(STATUS);
-    expect(encodeAck({ session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 }).toString('hex')).toBe(ACK);
+    expect(encodeAck({ session: 0x11223344, seq: 4, receiver: 0xaabbccdd, echo: 9, state: 3, reason: 0, rateKiB: 12207 }, KEY).toString('hex')).toBe(ACK);
   });
 
   it('carries the unicast request in bit 7 of the STATUS state byte, the state unchanged', () => {
@@ -79,19 +87,22 @@ describe('multicast packets', () => {
     const flagged = Buffer.from(golden);
     flagged[20] |= 0x80;
     expect(decode(flagged)).toMatchObject({ type: PacketType.STATUS, state: 1, unicast: true });
-    const again = encodeStatus({ ...(decode(flagged) as Parameters<typeof encodeStatus>[0]) });
-    expect(again.equals(flagged)).toBe(true);
+    expect(KEY.verify(flagged)).toBe(false); // the flag is under the MAC
+    const again = encodeStatus({ ...(decode(flagged) as Parameters<typeof encodeStatus>[0]) }, KEY);
+    expect(KEY.verify(again)).toBe(true);
+    expect(again.subarray(0, -16).equals(flagged.subarray(0, -16))).toBe(true);
     expect(again[20]).toBe(0x81);
   });
 
   it('round-trips a full-size DATA packet within one 1500-byte frame', () => {
     const payload = randomBytes(MCAST.DEFAULT_FRAGMENT);
-    const out = Buffer.alloc(MCAST.DATA_HEADER + payload.length);
-    const n = encodeData(out, { session: 1, seq: 0xffffffff, chunk: 70000, fragment: 727, fragments: 729, storedLength: 1048600, flags: 0, payload });
+    const out = Buffer.alloc(MCAST.DATA_HEADER + payload.length + MCAST.MAC_SIZE);
+    const n = encodeData(out, { session: 1, seq: 0xffffffff, chunk: 70000, fragment: 727, fragments: 737, storedLength: 1048600, flags: 0, payload }, KEY);
     expect(n).toBe(MCAST.MAX_UDP_PAYLOAD);
     const p = decode(out);
-    expect(p).toMatchObject({ chunk: 70000, fragment: 727, fragments: 729, seq: 0xffffffff });
-    expect(fragmentCount(1048600, MCAST.DEFAULT_FRAGMENT)).toBe(729);
+    expect(p).toMatchObject({ chunk: 70000, fragment: 727, fragments: 737, seq: 0xffffffff });
+    expect(KEY.verify(out)).toBe(true);
+    expect(fragmentCount(1048600, MCAST.DEFAULT_FRAGMENT)).toBe(737);
   });
 
   it('rejects malformed packets: truncation, bad lengths, ranges outside the window', () => {
@@ -105,7 +116,8 @@ describe('multicast packets', () => {
       return decode(b);
     };
     expect(bad(DATA, 0, 0x43434d44, 4)).toBeNull(); // magic
-    expect(bad(DATA, 4, 2, 1)).toBeNull(); // newer version
+    expect(bad(DATA, 4, 1, 1)).toBeNull(); // version 1 (no MAC)
+    expect(bad(DATA, 4, 3, 1)).toBeNull(); // newer version
     expect(bad(DATA, 5, 9, 1)).toBeNull(); // unknown type
     expect(bad(DATA, 20, 2, 2)).toBeNull(); // fragment index = count
     expect(bad(DATA, 22, 0, 2)).toBeNull(); // zero fragments
@@ -124,7 +136,7 @@ describe('multicast packets', () => {
       const b = randomBytes(Math.floor(Math.random() * 120));
       if (i % 2 && b.length >= 16) {
         b.writeUInt32BE(MCAST.MAGIC, 0);
-        b[4] = 1;
+        b[4] = 2;
         b[5] = 1 + (i % 3);
         b.writeUInt16BE([32, 56, 32][i % 3], 6);
       }
@@ -133,10 +145,51 @@ describe('multicast packets', () => {
   });
 
   it('keeps a STATUS within one datagram and orders sequence numbers across wrap-around', () => {
-    expect(statusSize(177, [])).toBeLessThanOrEqual(MCAST.MAX_STATUS);
+    expect(statusSize(175, [])).toBeLessThanOrEqual(MCAST.MAX_STATUS);
     expect(seqNewer(1, 0)).toBe(true);
     expect(seqNewer(0, 0xffffffff)).toBe(true);
     expect(seqNewer(0xffffffff, 0)).toBe(false);
     expect(seqNewer(5, 5)).toBe(false);
+  });
+
+  it('authenticates every byte: a MAC verifies only over the same bytes under the same key', () => {
+    const other = new MacKey(Buffer.alloc(32, 7));
+    for (const hex of [DATA, STATUS, ACK]) {
+      const golden = Buffer.from(hex, 'hex');
+      expect(KEY.verify(golden)).toBe(true);
+      expect(other.verify(golden)).toBe(false);
+      for (let i = 0; i < golden.length; i++) {
+        const flipped = Buffer.from(golden);
+        flipped[i] ^= 0x01;
+        expect(KEY.verify(flipped), `byte ${i} changed`).toBe(false);
+      }
+      for (let n = 0; n < golden.length; n++) expect(KEY.verify(golden.subarray(0, n))).toBe(false);
+    }
+  });
+
+  it('the addon\'s HMAC (precomputed key state) gives the same tags as node:crypto', async () => {
+    const js = new MacKey(Buffer.from(Array.from({ length: 32 }, (_, i) => i + 1)));
+    const packets = [Buffer.from(DATA, 'hex'), Buffer.from(STATUS, 'hex'), ...Array.from({ length: 50 }, (_, i) => randomBytes(16 + i * 37))];
+    const tags = packets.map((p) => {
+      const b = Buffer.from(p);
+      js.sign(b);
+      return b;
+    });
+    await import('../../native/addon.js'); // registers the addon's HMAC when it is built
+    const native = new MacKey(Buffer.from(Array.from({ length: 32 }, (_, i) => i + 1)));
+    for (const t of tags) {
+      expect(native.verify(t)).toBe(true);
+      const b = Buffer.from(t);
+      b.fill(0, b.length - 16);
+      native.sign(b);
+      expect(b.equals(t)).toBe(true);
+    }
+  });
+
+  it('derives distinct keys for the data and for each receiver from one secret', () => {
+    const secret = Buffer.alloc(32, 9);
+    const keys = [deriveKey(secret, 'data'), deriveKey(secret, receiverLabel(1)), deriveKey(secret, receiverLabel(2))].map((k) => k.toString('hex'));
+    expect(new Set(keys).size).toBe(3);
+    expect(keys.every((k) => k.length === 64)).toBe(true);
   });
 });
