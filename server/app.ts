@@ -57,6 +57,8 @@ export interface PxeConfig extends Omit<PxeOptions, 'interface' | 'httpBase' | '
   cmdline?: string;
   /** What a machine with no work boots: its disk (default), the agent, or a menu. */
   idle?: BootAction;
+  /** How long a boot credential stays good for its first Hello, s (default CREDENTIAL_DEFAULTS.ttlMs). */
+  credentialTtlS?: number;
 }
 
 /** A running server. */
@@ -91,7 +93,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const registry = new Registry(o.store);
   if (registry.setAside) o.log?.('warn', `machines.json could not be read; kept as ${registry.setAside}, starting an empty registry`);
   if (o.pxe !== undefined && o.interface === undefined) throw new ClonecastError(ERR.USAGE, '--pxe needs --interface IF: the network the machines boot on');
-  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, bindingValid: (b, mac) => bindingStands(b, mac, bootCtx), registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
+  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, credentialTtlMs: o.pxe?.credentialTtlS !== undefined ? o.pxe.credentialTtlS * 1000 : undefined, bindingValid: (b, mac) => bindingStands(b, mac, bootCtx), registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
   const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
   agents.attach(sessions);
   const captures = new CaptureManager(o.store, registry, agents, { log: o.log, lostAfterS: o.captureLostAfterS });

@@ -61,6 +61,8 @@ export interface AgentChannelOptions {
    * (issued through `credentials`), and agents with no credential at all, as unverified.
    */
   acceptBootTokens?: boolean;
+  /** How long a boot credential stays good, ms (default CREDENTIAL_DEFAULTS.ttlMs). */
+  credentialTtlMs?: number;
   /** Whether what a boot credential was issued for still stands (the session or capture still wants the machine). */
   bindingValid?: (binding: Binding, mac: string) => boolean;
   registry: Registry;
@@ -86,9 +88,10 @@ export class AgentChannel implements AgentLink {
   private readonly timer: NodeJS.Timeout;
   private readonly heartbeatMs: number;
   /** Boot credentials outstanding; the boot scripts issue them. */
-  readonly credentials = new BootCredentials();
+  readonly credentials: BootCredentials;
 
   constructor(private readonly o: AgentChannelOptions) {
+    this.credentials = new BootCredentials({ ttlMs: o.credentialTtlMs });
     this.heartbeatMs = o.heartbeatMs ?? CHANNEL_DEFAULTS.heartbeatMs;
     this.timer = setInterval(() => this.sweep(), Math.min(this.heartbeatMs, 1000));
   }

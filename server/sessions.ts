@@ -196,9 +196,7 @@ export class SessionManager extends EventEmitter {
   }
 
   /** True if an active session holds this machine or would take it (so it should boot the agent). */
-  wants(mac: string): boolean {
-    return wanted(this.openSessions(), mac.toLowerCase(), this.o.registry.get(mac.toLowerCase()));
-  }
+  wants = (mac: string): boolean => wanted(this.openSessions(), mac.toLowerCase(), this.o.registry.get(mac.toLowerCase()));
 
   /** The active sessions, without those being created (not saved yet: they take no machine). */
   openSessions(): SessionRecord[] {
