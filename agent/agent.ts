@@ -238,6 +238,7 @@ export class Agent extends EventEmitter {
     if (result === undefined) return;
     this.pending.delete(id);
     if (accepted) {
+      this.emit('confirmed', result);
       void this.after(result, this.afterOf.get(id) ?? After.AFTER_WAIT);
       return;
     }
@@ -377,7 +378,6 @@ export class Agent extends EventEmitter {
 
   private async after(result: Result, what: After): Promise<void> {
     this.afterAction = what;
-    this.emit('confirmed', result);
     if (result.state === MachineState.STATE_DONE && (what === After.AFTER_REBOOT || what === After.AFTER_POWEROFF) && !this.o.powerExit) {
       const cmd = what === After.AFTER_REBOOT ? 'reboot' : 'poweroff';
       if (this.o.allowPower) {
