@@ -201,7 +201,7 @@ export class AgentChannel implements AgentLink {
    * agent secret, a boot credential issued for this MAC, or, with network
    * boot on, nothing (unverified). A refusal says why.
    */
-  private prove(h: Hello): { trust: AgentTrust; bootCredential: boolean; secretTrust?: AgentTrust } | { refused: string; retry: boolean } {
+  private prove(h: Hello): { trust: AgentTrust; bootCredential: boolean } | { refused: string; retry: boolean } {
     const id = h.machineId!;
     const presented = h.token ?? '';
     if (tokenMatches(presented, this.o.token)) return { trust: 'token', bootCredential: false };
