@@ -401,7 +401,8 @@ export class CaptureManager extends EventEmitter {
   }
 
   private save(): void {
-    this.file.set(this.list().slice(0, 200));
+    // The records themselves (with their secrets' hashes, so that an upload resumes after a restart).
+    this.file.set([...this.captures.values()].sort((a, b) => b.id - a.id).slice(0, 200));
   }
 
   /** Resolves once every change so far is in captures.json. */

@@ -69,6 +69,15 @@ describe('credentials on a shared LAN', () => {
     return { status: r.status, body: JSON.parse(r.text) as Record<string, any> };
   };
   const script = async (mac: string) => (await request(`/boot/ipxe?mac=${mac}`, '')).text;
+  const serverOptions = () => ({
+    store,
+    listen: '127.0.0.1:0',
+    interface: 'lo',
+    version: 'test',
+    heartbeatMs: 60_000,
+    pxe: { mode: 'proxy' as const, dhcpPort: 0, pxePort: 0, tftpPort: 0, idle: 'agent' as const },
+    log: (_level: string, message: string) => logs.push(message),
+  });
   const credentialIn = (text: string) => /clonecast\.token=([0-9a-f]+)/.exec(text)?.[1];
 
   beforeAll(async () => {
@@ -83,15 +92,7 @@ describe('credentials on a shared LAN', () => {
     mkdirSync(join(data, 'pxe'), { recursive: true });
     writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify({ '02:00:00:00:0e:01': { action: 'agent' } }));
     if (process.getuid?.() !== 0) return;
-    srv = await startServer({
-      store,
-      listen: '127.0.0.1:0',
-      interface: 'lo',
-      version: 'test',
-      heartbeatMs: 60_000,
-      pxe: { mode: 'proxy', dhcpPort: 0, pxePort: 0, tftpPort: 0, idle: 'agent' },
-      log: (_level, message) => logs.push(message),
-    });
+    srv = await startServer(serverOptions());
   });
   afterAll(async () => srv?.close());
 
@@ -192,9 +193,16 @@ describe('credentials on a shared LAN', () => {
     }
     expect(srv.captures.get(id).received.chunks).toBe(0);
     expect((await request(`/api/captures/${id}/progress`, captureSecret, { machine: C, body: progress })).status).toBe(200);
+    // Still its credential after a server restart (kept hashed in captures.json), and the machine's secret too.
+    c.ws.close();
+    await srv.close();
+    srv = await startServer(serverOptions());
+    expect((await request(`/api/captures/${id}/progress`, captureSecret, { machine: C, body: progress })).status).toBe(200);
+    const back = await hello(srv.url, secret, C);
+    expect(welcomed(back)).toBeDefined();
     await api(`/api/captures/${id}/fail`, { reason: 'test over' });
     expect((await request(`/api/captures/${id}/progress`, captureSecret, { machine: C, body: progress })).status).toBe(401);
-    c.ws.close();
+    back.ws.close();
   });
 
   itNeeds(['root'], "an impersonating Hello (same MAC, no credential or another one) cannot replace the real agent's connection", async () => {
