@@ -283,7 +283,8 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
     if (method === 'GET') return send(res, 200, c.captures.list());
     if (method === 'POST') return send(res, 201, await c.captures.create((await json()) as never));
   } else if (action === undefined && method === 'GET') {
-    return send(res, 200, c.captures.get(id));
+    const { secretHash: _hidden, ...view } = c.captures.get(id);
+    return send(res, 200, view);
   } else if (action === 'have' && method === 'POST') {
     return send(res, 200, c.captures.have(id, (await json()).chunks));
   } else if (action === 'chunks' && sha !== undefined && method === 'PUT') {
