@@ -232,11 +232,15 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     ctx.boot = {
       dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
       script: (mac) => {
-        const action = sessions.wants(mac) ? 'agent' : (machineOverride(o.store.root, mac)?.action ?? cfg.idle ?? 'local');
+        const wanted = sessions.wants(mac);
+        const override = machineOverride(o.store.root, mac)?.action;
+        const action = wanted ? 'agent' : (override ?? cfg.idle ?? 'local');
         // A credential only for a machine a session or capture names, or the administrator named (never in the log).
         const binding = action === 'local' ? null : bootBinding(mac, bootCtx);
         const credential = binding === null ? undefined : agents.credentials.issue(mac, binding);
-        o.log?.('info', `boot: script for ${mac}: ${action}${action === 'agent' && !sessions.wants(mac) ? ' (--pxe-idle)' : ''}${action !== 'local' ? (binding !== null ? `, with a boot credential for ${binding.kind === 'machine' ? 'this machine' : `${binding.kind} ${binding.id}`}` : ', no credential (unverified)') : ''}`);
+        const why = wanted ? '' : override !== undefined ? ' (machines.json)' : action !== 'local' ? ' (--pxe-idle)' : '';
+        const cred = action === 'local' ? '' : binding !== null ? `, with a boot credential for ${binding.kind === 'machine' ? 'this machine' : `${binding.kind} ${binding.id}`}` : ', no credential (unverified)';
+        o.log?.('info', `boot: script for ${mac}: ${action}${why}${cred}`);
         return ipxeScript(action, { base, mac, token: credential, kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
       },
     };

@@ -212,7 +212,7 @@ describe('network boot services with real clients', () => {
       expect(cmdline, serial.slice(-2000)).not.toBeNull();
       if (named) {
         expect(cmdline![1], 'a named machine gets a credential').toMatch(/^[0-9a-f]{64}$/);
-        expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent, with a boot credential for this machine/);
+        expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent \(machines\.json\), with a boot credential for this machine/);
         expect(log).not.toContain(cmdline![1]);
       } else {
         expect(cmdline![1], 'an unnamed machine gets no credential').toBeUndefined();
