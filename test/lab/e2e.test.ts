@@ -110,7 +110,7 @@ describe('end to end: bare VMs PXE-boot into the agent and get imaged by multica
     expect(machines.map((m: any) => m.lastImage?.verified)).toEqual([true, true]);
     const trust = Object.fromEntries(machines.map((m: any) => [m.id, m.trust]));
     expect(trust).toEqual({ '52:54:00:77:01:01': 'credential', '52:54:00:77:01:02': 'unverified' });
-    expect(fleet.server!.out).toMatch(/boot: script for 52:54:00:77:01:01: agent, with a boot credential for this machine/);
+    expect(fleet.server!.out).toMatch(/boot: script for 52:54:00:77:01:01: agent(?: \(machines\.json\))?, with a boot credential for this machine/);
     expect(fleet.server!.out).toMatch(/boot: script for 52:54:00:77:01:02: agent, no credential \(unverified\)/);
     expect(machines.map((m: any) => m.bootMode).sort()).toEqual(['bios', 'uefi']);
   }, 600_000);
