@@ -9,14 +9,15 @@
 import { createHash } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { spawn } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { WebSocket } from 'ws';
-import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, stateName, type AgentMessage, type Assign, type Capture, type Progress, type Result } from '../protocol/control.js';
+import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, stateName, type AgentMessage, type Assign, type Capture, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR, isError } from '../protocol/errors.js';
 import { decodeManifest, tableLength } from '../protocol/manifest.js';
-import { ReceiverState } from '../protocol/mcast.js';
 import { machine } from './inventory.js';
+import { progressOf, resultOf, type Job } from './report.js';
 import { reportFailure, runCapture } from './capture.js';
-import { Receiver, type ReceiverResult, type Verification } from '../transfer/receiver.js';
+import { Receiver, type ReceiverResult } from '../transfer/receiver.js';
 
 /** Defaults of AgentOptions. */
 export const AGENT_DEFAULTS = Object.freeze({
@@ -31,7 +32,13 @@ export const AGENT_DEFAULTS = Object.freeze({
 export interface AgentOptions {
   /** The server's URL, e.g. http://10.77.0.1:8080/. */
   server: string;
+  /** The server's token, a boot credential, or '' (network-booted with none: the server lists the machine as unverified). */
   token: string;
+  /**
+   * Where this machine's own secret is kept (the boot environment: a file on tmpfs). The server gives
+   * it on the first Hello; the agent uses it instead of `token` from then on, also after a restart.
+   */
+  secretFile?: string;
   /** The one disk this agent may write, or "auto" (every disk; the server chooses by its rule). */
   disk?: string;
   /** Overrides the primary MAC as machine id (several agents on one host in tests). */
@@ -52,26 +59,17 @@ export interface AgentOptions {
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-interface Job {
-  assign: Assign;
-  receiver: Receiver;
-  running: Promise<void>;
-  startedAt: number;
-  lastBytes: number;
-  lastPackets: number;
-  lastLost: number;
-  lastAt: number;
-  state: MachineState;
-}
-
 /** A target-side agent. Emits 'state' (MachineState), 'result' (Result), 'receiver' (a receiver started: {sessionId, sender}), 'connected', 'disconnected'. */
 export class Agent extends EventEmitter {
   private ws: WebSocket | undefined;
   private job: Job | undefined;
   /** Chunks written per session, kept across receiver restarts in this process. */
   private readonly known = new Map<number, Uint8Array>();
-  /** Results not yet delivered, by session. */
+  /** Results the server has not confirmed yet, by session (sent again on every connection), with what to do after. */
   private readonly pending = new Map<number, Result>();
+  private readonly afterOf = new Map<number, After>();
+  /** What this agent presents in its Hello and HTTP requests: its own secret once it has one. */
+  private credential: string;
   private readonly finished = new Set<number>();
   /** Captures started (a repeated command after a reconnect is not run twice). */
   private readonly captures = new Set<number>();
@@ -94,6 +92,14 @@ export class Agent extends EventEmitter {
     const id = o.machineId ?? this.describe.macs[0];
     if (id === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'this machine has no Ethernet interface with a MAC address; pass --machine-id MAC');
     this.machineId = id.toLowerCase();
+    this.credential = o.token;
+    if (o.secretFile !== undefined) {
+      try {
+        this.credential = readFileSync(o.secretFile, 'utf8').trim() || o.token;
+      } catch {
+        // none yet: the first Hello gets one
+      }
+    }
   }
 
   /** Runs until stop(), or after one session with once; resolves with that session's result (undefined if stopped first). */
@@ -139,7 +145,7 @@ export class Agent extends EventEmitter {
           type: 'hello',
           hello: {
             protocol: CONTROL.VERSION,
-            token: this.o.token,
+            token: this.credential,
             machineId: this.machineId,
             macs: this.describe.macs,
             hostname: this.describe.hostname,
@@ -169,6 +175,7 @@ export class Agent extends EventEmitter {
               if (Date.now() - lastHeard > every * 3) ws.terminate();
               else this.sendMsg({ type: 'heartbeat', heartbeat: { sentMs: Date.now(), echoMs: 0 } });
             }, every);
+            if (msg.welcome.agentSecret) this.keepSecret(msg.welcome.agentSecret);
             this.o.log?.('info', `connected to ${this.o.server} as ${this.machineId}`);
             this.emit('connected');
             for (const r of this.pending.values()) this.sendMsg({ type: 'result', result: r });
@@ -199,6 +206,9 @@ export class Agent extends EventEmitter {
           case 'capture':
             void this.onCapture(msg.capture);
             return;
+          case 'confirm':
+            this.onConfirm(msg.confirm.sessionId ?? 0, msg.confirm.accepted ?? false, msg.confirm.reason ?? '');
+            return;
         }
       });
       ws.on('error', (err) => this.o.log?.('warn', `control channel: ${err.message}`));
@@ -209,6 +219,34 @@ export class Agent extends EventEmitter {
         resolve(welcomed);
       });
     });
+  }
+
+  /** The server gave this machine its own secret: it replaces the credential (a boot credential is good for one Hello). */
+  private keepSecret(secret: string): void {
+    this.credential = secret;
+    if (this.o.secretFile === undefined) return;
+    try {
+      writeFileSync(this.o.secretFile, `${secret}\n`, { mode: 0o600 });
+    } catch (err) {
+      this.o.log?.('warn', `cannot keep this machine's secret in ${this.o.secretFile}: ${(err as Error).message}; a restarted agent will need a new boot`);
+    }
+  }
+
+  /** The server's answer to a Result: only an accepted one lets the machine reboot or power off. */
+  private onConfirm(id: number, accepted: boolean, reason: string): void {
+    const result = this.pending.get(id);
+    if (result === undefined) return;
+    this.pending.delete(id);
+    if (accepted) {
+      this.emit('confirmed', result);
+      void this.after(result, this.afterOf.get(id) ?? After.AFTER_WAIT);
+      return;
+    }
+    this.o.log?.('warn', `session ${id}: the server did not accept this machine's result: ${reason}; staying here (no reboot or power-off)`);
+    this.afterAction = After.AFTER_WAIT;
+    this.outcome = { ...result, state: result.state === MachineState.STATE_DONE ? MachineState.STATE_FAILED : result.state, error: reason };
+    this.emit('refused', { sessionId: id, reason });
+    void this.after(this.outcome, After.AFTER_WAIT);
   }
 
   private sendMsg(m: AgentMessage): boolean {
@@ -224,7 +262,8 @@ export class Agent extends EventEmitter {
     if (this.captures.has(id)) return;
     this.captures.add(id);
     const device = c.device || (this.o.disk !== undefined && this.o.disk !== 'auto' ? this.o.disk : '');
-    const link = { server: this.o.server, token: this.o.token, machineId: this.machineId, log: this.o.log };
+    // The capture's own secret is the only credential its upload routes take (besides the server's token).
+    const link = { server: this.o.server, token: c.secret || this.credential, machineId: this.machineId, log: this.o.log };
     this.o.log?.('info', `capture ${id}: reading ${device} into image ${c.image}${c.partitions?.length ? ` (partitions ${c.partitions.join(',')})` : ''}`);
     try {
       if (this.job !== undefined) {
@@ -275,6 +314,7 @@ export class Agent extends EventEmitter {
         known: known?.length === tableLength(manifest.table) ? known : undefined,
         resume: known === undefined && a.resume === true,
         verify: this.o.verify === false ? false : a.verify !== false,
+        nonce: a.nonce !== undefined && a.nonce !== null && a.nonce.length > 0 ? a.nonce : undefined,
         timeoutMs: AGENT_DEFAULTS.receiverTimeoutMs,
         writeLimit: this.o.writeLimit,
         unicast: this.o.unicast,
@@ -294,13 +334,13 @@ export class Agent extends EventEmitter {
       clearInterval(this.progressTimer);
       this.progressTimer = setInterval(() => this.sendProgress(), this.progressMs);
     } catch (err) {
-      this.finish(a, this.resultOf(a, undefined, err, 0));
+      this.finish(a, resultOf(a, undefined, err, 0));
     }
   }
 
   private async fetchManifest(a: Assign) {
     const url = new URL(a.manifestPath!, this.o.server);
-    const res = await fetch(url, { headers: { authorization: `Bearer ${this.o.token}`, 'x-clonecast-machine': this.machineId } }).catch((err: Error) => {
+    const res = await fetch(url, { headers: { authorization: `Bearer ${this.credential}`, 'x-clonecast-machine': this.machineId } }).catch((err: Error) => {
       throw new ClonecastError(ERR.UNREACHABLE, `cannot fetch the manifest from ${url}: ${err.message}`);
     });
     if (!res.ok) throw new ClonecastError(ERR.UNREACHABLE, `the server answered ${res.status} for ${url}`);
@@ -321,29 +361,7 @@ export class Agent extends EventEmitter {
       clearInterval(this.progressTimer);
     }
     if (isError(err, ERR.CANCELLED) && err.message === 'superseded') return; // a new receiver takes over
-    this.finish(job.assign, this.resultOf(job.assign, r, err, (performance.now() - job.startedAt) / 1000));
-  }
-
-  private resultOf(a: Assign, r: ReceiverResult | undefined, err: unknown, seconds: number): Result {
-    const v = (r?.verification ?? (err as ClonecastError | undefined)?.details?.verification) as Verification | undefined;
-    let state: MachineState = MachineState.STATE_DONE;
-    if (err !== undefined) {
-      state = isError(err, ERR.CANCELLED) ? MachineState.STATE_CANCELLED : isError(err, ERR.DROPPED) ? MachineState.STATE_DROPPED : MachineState.STATE_FAILED;
-    }
-    return {
-      sessionId: a.sessionId!,
-      state,
-      verified: err === undefined && r?.verification !== undefined,
-      chunksVerified: v?.chunksVerified ?? 0,
-      chunksBad: v?.chunksBad ?? 0,
-      badChunks: v?.bad ?? [],
-      diskDigest: v?.digest ?? new Uint8Array(0),
-      error: err === undefined ? '' : (err as Error).message,
-      seconds,
-      bytesWritten: r?.bytesWritten ?? 0,
-      device: a.device ?? '',
-      skipped: r?.skipped ?? 0,
-    };
+    this.finish(job.assign, resultOf(job.assign, r, err, (performance.now() - job.startedAt) / 1000));
   }
 
   private finish(a: Assign, result: Result): void {
@@ -353,9 +371,10 @@ export class Agent extends EventEmitter {
     const how = result.state === MachineState.STATE_DONE ? (result.verified ? ' (written and verified)' : ' (written, not verified)') : '';
     this.o.log?.(result.state === MachineState.STATE_DONE ? 'info' : 'warn', `session ${id}: ${stateName(result.state!)}${how} in ${result.seconds!.toFixed(1)} s${result.error ? `: ${result.error}` : ''}`);
     this.outcome = result;
+    this.afterOf.set(id, a.after ?? After.AFTER_WAIT);
     this.emit('result', result);
-    if (this.sendMsg({ type: 'result', result })) this.pending.delete(id);
-    void this.after(result, a.after ?? After.AFTER_WAIT);
+    // Kept until the server confirms it (sent again on every connection); what comes after waits for that.
+    this.sendMsg({ type: 'result', result });
   }
 
   private async after(result: Result, what: After): Promise<void> {
@@ -370,9 +389,7 @@ export class Agent extends EventEmitter {
       }
     }
     if (this.o.once) {
-      // The result goes out on the next connection if this one is down; end only once it has.
-      while (this.pending.has(result.sessionId!) && !this.stopped) await new Promise((r) => setTimeout(r, 200));
-      // Give the result a moment to leave, then end.
+      // Called once the server has answered the result; give a last message a moment to leave, then end.
       await new Promise((r) => setTimeout(r, 200));
       this.stopped = true;
       this.ws?.close();
@@ -382,37 +399,12 @@ export class Agent extends EventEmitter {
   private sendProgress(): void {
     const job = this.job;
     if (job === undefined) return;
-    const p = job.receiver.progress();
-    const c = job.receiver.counters;
-    const now = performance.now();
-    const dt = (now - job.lastAt) / 1000;
-    const packets = c.packets - job.lastPackets;
-    const lost = c.lost - job.lastLost;
-    const rate = dt > 0 ? (c.bytesWritten - job.lastBytes) / dt : 0;
-    Object.assign(job, { lastAt: now, lastBytes: c.bytesWritten, lastPackets: c.packets, lastLost: c.lost });
-    const state =
-      p.state === ReceiverState.VERIFYING || p.state === ReceiverState.DONE
-        ? MachineState.STATE_VERIFYING
-        : p.state === ReceiverState.RECEIVING
-          ? c.packets === 0 && p.done === p.skipped
-            ? MachineState.STATE_WAITING
-            : MachineState.STATE_RECEIVING
-          : MachineState.STATE_ASSIGNED;
+    const { progress, state, sample } = progressOf(job);
+    Object.assign(job, sample);
     if (state !== job.state) {
       job.state = state;
       this.emit('state', state);
     }
-    const progress: Progress = {
-      sessionId: job.assign.sessionId,
-      state,
-      chunksDone: p.done,
-      chunksTotal: p.wanted,
-      bytesWritten: c.bytesWritten,
-      rateBps: Math.max(0, Math.round(rate)),
-      loss: packets + lost > 0 ? Math.min(1, lost / (packets + lost)) : 0,
-      nacks: c.nacksSent,
-      skipped: p.skipped,
-    };
     this.sendMsg({ type: 'progress', progress });
   }
 }

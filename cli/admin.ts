@@ -132,7 +132,7 @@ export function printMachines(ms: MachineView[]): void {
     const last = m.lastImage ? `${safeText(m.lastImage.name)}@${m.lastImage.version}` : '-';
     const groups = m.groups !== undefined && m.groups.length > 0 ? m.groups.map(safeText).join(',') : '-';
     console.log(
-      `${pad(safeText(m.id), 18)} ${pad(safeText(m.name || '-'), 16)} ${pad(safeText(m.hostname || '-'), 16)} ${pad(groups, 16)} ${pad(safeText(m.address), 15)} ${pad(m.online ? safeText(m.state) : 'offline', 10)} ${pad(last, 20)} ${safeText(m.lastSeen)}${m.lastError ? `  (${safeText(m.lastError)})` : ''}`,
+      `${pad(safeText(m.id), 18)} ${pad(safeText(m.name || '-'), 16)} ${pad(safeText(m.hostname || '-'), 16)} ${pad(groups, 16)} ${pad(safeText(m.address), 15)} ${pad(m.online ? safeText(m.state) : 'offline', 10)} ${pad(last, 20)} ${safeText(m.lastSeen)}${m.trust === 'unverified' ? '  [unverified: connected without a credential]' : ''}${m.lastError ? `  (${safeText(m.lastError)})` : ''}`,
     );
   }
   if (ms.length === 0) console.log('(no machine has connected yet)');

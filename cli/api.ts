@@ -31,6 +31,8 @@ export interface MachineView {
   lastError: string;
   lastSeen: string;
   lastImage: { name: string; version: number } | null;
+  /** How its agent proved who it is: token, credential or unverified (absent on older servers). */
+  trust?: string;
 }
 
 /** One machine's part of a session. */

@@ -26,6 +26,7 @@ export type Refuse = pb.Refuse.$Properties;
 export type Assign = pb.Assign.$Properties;
 export type Cancel = pb.Cancel.$Properties;
 export type Capture = pb.Capture.$Properties;
+export type Confirm = pb.Confirm.$Properties;
 
 /** Constants of the control channel. */
 export const CONTROL = Object.freeze({
@@ -58,7 +59,8 @@ export type ServerMessage =
   | { type: 'heartbeat'; heartbeat: Heartbeat }
   | { type: 'assign'; assign: Assign }
   | { type: 'cancel'; cancel: Cancel }
-  | { type: 'capture'; capture: Capture };
+  | { type: 'capture'; capture: Capture }
+  | { type: 'confirm'; confirm: Confirm };
 
 /** Encodes one agent message into a frame. */
 export function encodeAgentMessage(m: AgentMessage): Buffer {
@@ -106,7 +108,9 @@ export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.M
   switch (m.body) {
     case 'welcome': {
       const w = m.welcome!;
-      return { type: 'welcome', welcome: { protocol: num(w.protocol), serverVersion: str(w.serverVersion, 'server version', 64), heartbeatMs: num(w.heartbeatMs), progressMs: num(w.progressMs) } };
+      const agentSecret = str(w.agentSecret, 'agent secret', 128);
+      if (agentSecret !== '' && !SECRET.test(agentSecret)) throw malformed('the agent secret is not 32-128 hex digits');
+      return { type: 'welcome', welcome: { protocol: num(w.protocol), serverVersion: str(w.serverVersion, 'server version', 64), heartbeatMs: num(w.heartbeatMs), progressMs: num(w.progressMs), agentSecret } };
     }
     case 'refuse':
       return { type: 'refuse', refuse: { reason: str(m.refuse!.reason, 'reason', 1024), retry: m.refuse!.retry ?? false } };
@@ -118,6 +122,7 @@ export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.M
       return { type: 'cancel', cancel: { sessionId: num(m.cancel!.sessionId), reason: str(m.cancel!.reason, 'reason', 1024) } };
     case 'capture': {
       const c = m.capture!;
+      if (c.secret && !SECRET.test(c.secret)) throw malformed('the capture secret is not 32-128 hex digits');
       return {
         type: 'capture',
         capture: {
@@ -128,9 +133,12 @@ export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.M
           ignoreReadErrors: c.ignoreReadErrors ?? false,
           force: c.force ?? false,
           chunkSize: num(c.chunkSize),
+          secret: str(c.secret, 'capture secret', 128),
         },
       };
     }
+    case 'confirm':
+      return { type: 'confirm', confirm: { sessionId: num(m.confirm!.sessionId), accepted: m.confirm!.accepted ?? false, reason: str(m.confirm!.reason, 'reason', 1024) } };
     default:
       throw malformed('no known message in the frame (unknown type, or a newer server)');
   }
@@ -139,6 +147,8 @@ export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.M
 // ---- checks: protobuf accepts any value of a field's type; these say which make sense
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
+/** Secrets the server hands out (agent and capture secrets): hex. */
+const SECRET = /^[0-9a-f]{32,128}$/;
 
 /** A decoded 64-bit field is a Long when long.js is installed (it comes with protobufjs); sizes fit in 53 bits. */
 function num(v: number | { toNumber(): number } | null | undefined): number {
@@ -209,6 +219,12 @@ function checkHello(h: Hello): Hello {
 
 function checkHeartbeat(h: Heartbeat): Heartbeat {
   return { sentMs: size(h.sentMs, 'heartbeat time'), echoMs: size(h.echoMs, 'heartbeat echo') };
+}
+
+function bytes(v: Uint8Array | null | undefined, what: string, lengths: number[]): Uint8Array {
+  const b = v ?? new Uint8Array(0);
+  if (!lengths.includes(b.length)) throw malformed(`${what} of ${b.length} bytes (${lengths.join(' or ')} expected)`);
+  return b;
 }
 
 function fraction(v: number | null | undefined, what: string): number {
@@ -296,6 +312,7 @@ function checkAssign(a: Assign): Assign {
     dataKey,
     receiverKey,
     encryptKey,
+    nonce: bytes(a.nonce, 'nonce', [0, 16]),
   };
 }
 

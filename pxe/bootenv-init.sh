@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of clonecast's network-boot environment (pxe/bootenv.ts builds it).
-# Kernel command line: clonecast.server=URL clonecast.token=T clonecast.mac=MAC
-# (the iPXE script of `clonecast serve --pxe` writes them).
+# Kernel command line: clonecast.server=URL [clonecast.token=CREDENTIAL] clonecast.mac=MAC
+# (the iPXE script of `clonecast serve --pxe` writes them; the boot credential only for a
+# machine the server names: without one the agent connects unverified).
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin
 mount -t proc proc /proc
@@ -22,7 +23,13 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 say "$(cat /etc/clonecast-bootenv | tr '\n' ' ')"
-[ -n "$SERVER" ] && [ -n "$TOKEN" ] || { say "no clonecast.server= or clonecast.token= on the kernel command line; boot this through clonecast serve --pxe"; exec sh; }
+[ -n "$SERVER" ] || { say "no clonecast.server= on the kernel command line; boot this through clonecast serve --pxe"; exec sh; }
+# The credential goes to the agent in a file (never on its command line, where ps shows it); the agent
+# keeps the machine's own secret, given on its first Hello, beside it for its later runs.
+umask 077
+CRED=""
+if [ -n "$TOKEN" ]; then printf '%s\n' "$TOKEN" > /run/clonecast-credential; CRED="--token-file /run/clonecast-credential"; fi
+unset TOKEN
 
 for m in $(cat /lib/modules/load-order); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
 
@@ -49,7 +56,7 @@ done
 say "network up on $IFACE: $(cat /run/clonecast-ip) ($MAC); server $SERVER"
 
 while true; do
-  node /opt/clonecast/bin/clonecast agent --server "$SERVER" --token "$TOKEN" --machine-id "$MAC" \
+  node /opt/clonecast/bin/clonecast agent --server "$SERVER" $CRED --secret-file /run/clonecast-secret --machine-id "$MAC" \
     --disk auto --once --power-exit --data /tmp/clonecast
   code=$?
   case $code in

@@ -8,7 +8,6 @@
 import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { join } from 'node:path';
-import { createHmac } from 'node:crypto';
 import { ARCH } from '../protocol/dhcp.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { DhcpServer, type BootRequest } from './dhcp-server.js';
@@ -101,11 +100,6 @@ export function prepareTftpRoot(root: string, ipxeDir = IPXE_DIR): void {
     const to = join(root, f);
     if (!existsSync(to) || statSync(to).size !== statSync(from).size || !readFileSync(to).equals(readFileSync(from))) copyFileSync(from, to);
   }
-}
-
-/** The token a booting machine's agent presents: bound to its MAC, derived from the server's token. */
-export function bootToken(serverToken: string, mac: string): string {
-  return createHmac('sha256', serverToken).update(`boot:${mac.toLowerCase()}`).digest('hex').slice(0, 48);
 }
 
 /** Turns a socket error of the PXE services into what to do about it. */
@@ -244,11 +238,16 @@ export function checkOverrides(dataRoot: string): void {
 /** What a machine's iPXE script does. */
 export type BootAction = 'agent' | 'local' | 'menu';
 
-/** The iPXE script for one machine. */
-export function ipxeScript(action: BootAction, o: { base: string; mac: string; token: string; kernel: string; initrd: string; cmdline?: string }): string {
+/**
+ * The iPXE script for one machine. `token` is its boot credential, only for a
+ * machine the server names (server/boot-credentials.ts); without it the agent
+ * connects unverified. The credential is on the kernel command line only, never in a URL.
+ */
+export function ipxeScript(action: BootAction, o: { base: string; mac: string; token?: string; kernel: string; initrd: string; cmdline?: string }): string {
+  const credential = o.token !== undefined && o.token !== '' ? ` clonecast.token=${o.token}` : '';
   const agent = [
     `echo clonecast: starting the agent for ${o.mac}`,
-    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.base} clonecast.token=${o.token} clonecast.mac=${o.mac} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200 quiet'}`,
+    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.base}${credential} clonecast.mac=${o.mac} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200 quiet'}`,
     `initrd ${o.base}boot/files/${o.initrd}`,
     'boot || goto failed',
   ];

@@ -21,7 +21,8 @@ import type { Registry } from './registry.js';
 import type { Store } from './store/store.js';
 import type { AgentChannel } from './control.js';
 import type { CaptureManager } from './captures.js';
-import { bootToken, type PxeServices } from '../pxe/service.js';
+import type { PxeServices } from '../pxe/service.js';
+import { secretMatches } from './credentials.js';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 
@@ -183,12 +184,10 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     if (path === '/healthz') return healthz(c, res);
     if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, res);
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
-    // A network-booted agent holds only its own boot token (pxe/service.ts): enough for its session's manifest.
-    const machine = String(req.headers['x-clonecast-machine'] ?? '').toLowerCase();
-    const captureId = Number(/^\/api\/captures\/(\d+)\/(have|chunks\/[0-9a-f]{64}|table|progress|finish|fail)$/.exec(path)?.[1]);
-    const agentRoute = /^\/api\/sessions\/\d+\/manifest$/.test(path) || (Number.isInteger(captureId) && c.captures.owns(captureId, machine));
-    const bootAgent = c.boot !== undefined && agentRoute && machine !== '' && tokenMatches(bearer(req), bootToken(c.token, machine));
-    if (!bootAgent && !tokenMatches(bearer(req), c.token)) {
+    // Without the server's token: a machine's own agent secret opens only the manifest of the session that holds
+    // it now, and a capture's own secret opens only that capture's upload routes while it runs (docs/security.md).
+    const admin = tokenMatches(bearer(req), c.token);
+    if (!admin && !agentMay(c, path, method, String(req.headers['x-clonecast-machine'] ?? '').toLowerCase(), bearer(req))) {
       throw new ClonecastError(ERR.UNAUTHORIZED, 'this needs the server\'s token: send "Authorization: Bearer TOKEN" ("clonecast token" prints it)');
     }
     if (path === '/metrics' && method === 'GET') {
@@ -259,6 +258,19 @@ function drainRefused(req: IncomingMessage): void {
   req.resume();
 }
 
+/** The routes an agent reaches with its own secret (not the server's token), and only these. */
+function agentMay(c: ApiContext, path: string, method: string, machine: string, presented: string | undefined): boolean {
+  if (presented === undefined || presented === '') return false;
+  const manifest = /^\/api\/sessions\/(\d+)\/manifest$/.exec(path);
+  if (manifest !== null && method === 'GET') {
+    const known = c.registry.get(machine);
+    return known !== undefined && secretMatches(presented, known.secretHash) && c.sessions.holds(Number(manifest[1]), machine);
+  }
+  const upload = /^\/api\/captures\/(\d+)\/(have|chunks\/[0-9a-f]{64}|table|progress|finish|fail)$/.exec(path);
+  if (upload !== null && method !== 'GET') return c.captures.secretMatches(Number(upload[1]), presented);
+  return false;
+}
+
 /** Refuses a body its Content-Length says is too big, before any of it is read. */
 function checkLength(req: IncomingMessage, limit: number): void {
   const n = Number(req.headers['content-length']);
@@ -293,7 +305,8 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
     if (method === 'GET') return send(res, 200, c.captures.list());
     if (method === 'POST') return send(res, 201, await c.captures.create((await json()) as never));
   } else if (action === undefined && method === 'GET') {
-    return send(res, 200, c.captures.get(id));
+    const { secretHash: _hidden, ...view } = c.captures.get(id);
+    return send(res, 200, view);
   } else if (action === 'have' && method === 'POST') {
     return send(res, 200, c.captures.have(id, (await json()).chunks));
   } else if (action === 'chunks' && sha !== undefined && method === 'PUT') {

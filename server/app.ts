@@ -19,7 +19,8 @@ import type { Store } from './store/store.js';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
-import { bootToken, ipxeScript, machineOverride, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
+import { ipxeScript, machineOverride, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
+import { bootBinding, bindingStands, type BootContext } from './boot-credentials.js';
 
 export { DEFAULT_LISTEN };
 
@@ -56,6 +57,8 @@ export interface PxeConfig extends Omit<PxeOptions, 'interface' | 'httpBase' | '
   cmdline?: string;
   /** What a machine with no work boots: its disk (default), the agent, or a menu. */
   idle?: BootAction;
+  /** How long a boot credential stays good for its first Hello, s (default CREDENTIAL_DEFAULTS.ttlMs). */
+  credentialTtlS?: number;
 }
 
 /** A running server. */
@@ -90,10 +93,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const registry = new Registry(o.store);
   if (registry.setAside) o.log?.('warn', `machines.json could not be read; kept as ${registry.setAside}, starting an empty registry`);
   if (o.pxe !== undefined && o.interface === undefined) throw new ClonecastError(ERR.USAGE, '--pxe needs --interface IF: the network the machines boot on');
-  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
+  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, credentialTtlMs: o.pxe?.credentialTtlS !== undefined ? o.pxe.credentialTtlS * 1000 : undefined, bindingValid: (b, mac) => bindingStands(b, mac, bootCtx), registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
   const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
   agents.attach(sessions);
   const captures = new CaptureManager(o.store, registry, agents, { log: o.log, lostAfterS: o.captureLostAfterS });
+  const bootCtx: BootContext = { sessions, captures, registry, dataRoot: o.store.root };
   await sessions.restore();
   // Machines held by a session or capture that ended while the server was down are free again.
   // The sessions and captures are the record: holds they do not know are dropped, and every machine an
@@ -228,9 +232,16 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     ctx.boot = {
       dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
       script: (mac) => {
-        const action = sessions.wants(mac) ? 'agent' : (machineOverride(o.store.root, mac)?.action ?? cfg.idle ?? 'local');
-        o.log?.('info', `boot: script for ${mac}: ${action}${action === 'agent' && !sessions.wants(mac) ? ' (--pxe-idle)' : ''}`);
-        return ipxeScript(action, { base, mac, token: bootToken(token, mac), kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
+        const wanted = sessions.wants(mac);
+        const override = machineOverride(o.store.root, mac)?.action;
+        const action = wanted ? 'agent' : (override ?? cfg.idle ?? 'local');
+        // A credential only for a machine a session or capture names, or the administrator named (never in the log).
+        const binding = action === 'local' ? null : bootBinding(mac, bootCtx);
+        const credential = binding === null ? undefined : agents.credentials.issue(mac, binding);
+        const why = wanted ? '' : override !== undefined ? ' (machines.json)' : action !== 'local' ? ' (--pxe-idle)' : '';
+        const cred = action === 'local' ? '' : binding !== null ? `, with a boot credential for ${binding.kind === 'machine' ? 'this machine' : `${binding.kind} ${binding.id}`}` : ', no credential (unverified)';
+        o.log?.('info', `boot: script for ${mac}: ${action}${why}${cred}`);
+        return ipxeScript(action, { base, mac, token: credential, kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
       },
     };
     o.log?.('info', `pxe: ${cfg.mode === 'proxy' ? 'proxyDHCP (no addresses handed out)' : 'DHCP'} and TFTP on ${o.interface} (${pxe.serverAddress}); boot scripts at ${base}boot/ipxe`);

@@ -26,6 +26,7 @@ import { checkName, type Store } from './store/store.js';
 import { native } from '../native/addon.js';
 import type { Activity, CaptureState } from '../protocol/states.js';
 import type { CaptureRequest } from '../protocol/api.js';
+import { newSecret, secretHash, secretMatches } from './credentials.js';
 import { checkFinish, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
 
 /** Defaults of CaptureManager. */
@@ -62,6 +63,8 @@ export interface CaptureRecord {
   /** Chunks received and stored new by the server. */
   received: { chunks: number; bytes: number; newBytes: number };
   result: { version: number; newBytes: number; diskSize: number; dedupeRatio: number; badRanges: BadRange[] } | null;
+  /** SHA-256 (hex) of the capture's own secret (sent to its agent in the Capture): what its upload routes take; never shown. */
+  secretHash?: string;
 }
 
 interface Pending {
@@ -118,7 +121,13 @@ export class CaptureManager extends EventEmitter {
   }
 
   list(): CaptureRecord[] {
-    return [...this.captures.values()].sort((a, b) => b.id - a.id);
+    return [...this.captures.values()].sort((a, b) => b.id - a.id).map(({ secretHash: _h, ...c }) => c);
+  }
+
+  /** True if `presented` is capture `id`'s own secret and the capture is still running. */
+  secretMatches(id: number, presented: string | undefined): boolean {
+    const c = this.captures.get(id);
+    return c !== undefined && c.state === 'running' && secretMatches(presented, c.secretHash);
   }
 
   get(id: number): CaptureRecord {
@@ -139,6 +148,8 @@ export class CaptureManager extends EventEmitter {
     const machine = this.registry.get(String(req.machine ?? '').toLowerCase());
     if (machine === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${req.machine}; "clonecast machines" lists them`);
     if (!machine.online) throw new ClonecastError(ERR.UNREACHABLE, `${machine.id} is not connected; start its agent first`);
+    // An agent without a credential may be anyone claiming that MAC: what it uploads would become an image.
+    if (machine.trust === 'unverified') throw new ClonecastError(ERR.REFUSED, `${machine.id} connected without a credential (unverified); capture it after booting it with a credential (pxe/machines.json action agent) or running its agent with the server's token`);
     const busy = this.list().find((c) => c.state === 'running' && c.image === req.image);
     if (busy !== undefined) throw new ClonecastError(ERR.BUSY, `capture ${busy.id} of "${req.image}" (from ${busy.machine}) is still running; captures of one image never run at once`);
     const device = req.disk ?? (machine.disks.length === 1 ? machine.disks[0].device! : '');
@@ -166,6 +177,8 @@ export class CaptureManager extends EventEmitter {
       received: { chunks: 0, bytes: 0, newBytes: 0 },
       result: null,
     };
+    const secret = newSecret();
+    record.secretHash = secretHash(secret);
     this.captures.set(id, record);
     // On disk before the agent starts reading: a server killed now still knows the capture when the agent resumes.
     this.save();
@@ -180,17 +193,12 @@ export class CaptureManager extends EventEmitter {
     if (this.captures.get(id)?.state !== 'running') return record; // failed meanwhile (its machine went away)
     const sent = this.agents.send(machine.id, {
       type: 'capture',
-      capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, chunkSize: record.chunkSize },
+      capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, chunkSize: record.chunkSize, secret },
     });
     if (!sent) this.fail(id, 'the machine disconnected before the capture could start');
     this.log?.('info', `capture ${id}: ${machine.id} ${device} → ${req.image}`);
     this.emit('changed');
     return record;
-  }
-
-  /** Only the machine a capture belongs to may upload into it. */
-  owns(id: number, machine: string): boolean {
-    return this.captures.get(id)?.machine === machine;
   }
 
   private running(id: number): CaptureRecord {
@@ -395,7 +403,8 @@ export class CaptureManager extends EventEmitter {
   }
 
   private save(): void {
-    this.file.set(this.list().slice(0, 200));
+    // The records themselves (with their secrets' hashes, so that an upload resumes after a restart).
+    this.file.set([...this.captures.values()].sort((a, b) => b.id - a.id).slice(0, 200));
   }
 
   /** Resolves once every change so far is in captures.json. */

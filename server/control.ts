@@ -10,8 +10,8 @@ import type { IncomingMessage } from 'node:http';
 import { WebSocket, type RawData } from 'ws';
 import { BootMode, CONTROL, decodeAgentMessage, encodeServerMessage, type AgentMessage, type Hello, type ServerMessage } from '../protocol/control.js';
 import { tokenMatches } from './token.js';
-import { bootToken } from '../pxe/service.js';
-import type { Registry } from './registry.js';
+import { BootCredentials, newSecret, secretHash, secretMatches, type Binding } from './credentials.js';
+import type { AgentTrust, Registry } from './registry.js';
 import type { AgentLink, SessionManager } from './sessions.js';
 
 /** Defaults of the channel. */
@@ -49,13 +49,22 @@ interface Conn {
   address: string;
   machine: string | undefined;
   lastHeard: number;
+  /** How its agent proved who it is (set with machine). */
+  trust: AgentTrust;
 }
 
 /** Options of AgentChannel. */
 export interface AgentChannelOptions {
   token: string;
-  /** Accept the per-MAC boot tokens that network-booted agents carry. */
+  /**
+   * Network boot is on: accept the boot credentials that network-booted agents carry
+   * (issued through `credentials`), and agents with no credential at all, as unverified.
+   */
   acceptBootTokens?: boolean;
+  /** How long a boot credential stays good, ms (default CREDENTIAL_DEFAULTS.ttlMs). */
+  credentialTtlMs?: number;
+  /** Whether what a boot credential was issued for still stands (the session or capture still wants the machine). */
+  bindingValid?: (binding: Binding, mac: string) => boolean;
   registry: Registry;
   version: string;
   maxMessage?: number;
@@ -78,8 +87,11 @@ export class AgentChannel implements AgentLink {
   private sessions: SessionManager | undefined;
   private readonly timer: NodeJS.Timeout;
   private readonly heartbeatMs: number;
+  /** Boot credentials outstanding; the boot scripts issue them. */
+  readonly credentials: BootCredentials;
 
   constructor(private readonly o: AgentChannelOptions) {
+    this.credentials = new BootCredentials({ ttlMs: o.credentialTtlMs });
     this.heartbeatMs = o.heartbeatMs ?? CHANNEL_DEFAULTS.heartbeatMs;
     this.timer = setInterval(() => this.sweep(), Math.min(this.heartbeatMs, 1000));
   }
@@ -107,7 +119,7 @@ export class AgentChannel implements AgentLink {
 
   /** Takes a new WebSocket from the HTTP server's upgrade. */
   accept(ws: WebSocket, req: IncomingMessage): void {
-    const conn: Conn = { ws, address: req.socket.remoteAddress?.replace(/^::ffff:/, '') ?? '', machine: undefined, lastHeard: Date.now() };
+    const conn: Conn = { ws, address: req.socket.remoteAddress?.replace(/^::ffff:/, '') ?? '', machine: undefined, lastHeard: Date.now(), trust: 'unverified' };
     this.all.add(conn);
     let waiting = true;
     this.pending.set(conn.address, (this.pending.get(conn.address) ?? 0) + 1);
@@ -184,13 +196,41 @@ export class AgentChannel implements AgentLink {
     for (const c of this.all) c.ws.terminate();
   }
 
+  /**
+   * Who a Hello proves to be: the server's token (full trust), this machine's
+   * agent secret, a boot credential issued for this MAC, or, with network
+   * boot on, nothing (unverified). A refusal says why.
+   */
+  private prove(h: Hello): { trust: AgentTrust; bootCredential: boolean } | { refused: string; retry: boolean } {
+    const id = h.machineId!;
+    const presented = h.token ?? '';
+    if (tokenMatches(presented, this.o.token)) return { trust: 'token', bootCredential: false };
+    const known = this.o.registry.get(id);
+    if (presented !== '' && known?.secretHash !== undefined && secretMatches(presented, known.secretHash)) {
+      return { trust: known.secretTrust ?? 'unverified', bootCredential: false };
+    }
+    if (this.o.acceptBootTokens !== true) {
+      return { refused: 'wrong or missing token: give the agent the server\'s token (--token-file or CLONECAST_TOKEN; "clonecast token" prints it)', retry: false };
+    }
+    if (presented === '') {
+      // An agent booted with no credential (--pxe-idle, an --any session) may not speak for a machine that proved who it is.
+      if (known?.trusted === true) return { refused: `${id} has proved who it is before; an agent without its credential cannot speak for it (boot it through the server again while a session or capture names it)`, retry: false };
+      return { trust: 'unverified', bootCredential: false };
+    }
+    const c = this.credentials.check(presented, id);
+    if ('refused' in c) return { refused: c.refused, retry: false };
+    if (this.o.bindingValid !== undefined && !this.o.bindingValid(c.binding, id)) {
+      return { refused: `the boot credential was issued for ${c.binding.kind === 'machine' ? 'this machine' : `${c.binding.kind} ${c.binding.id}`}, which no longer wants ${id}: boot it through the server again`, retry: false };
+    }
+    return { trust: 'credential', bootCredential: true };
+  }
+
   private onHello(conn: Conn, h: Hello): void {
-    // A machine booted by our PXE carries a token derived for its own MAC only (pxe/service.ts).
-    const bootOk = this.o.acceptBootTokens === true && tokenMatches(h.token, bootToken(this.o.token, h.machineId ?? ''));
-    if (!tokenMatches(h.token, this.o.token) && !bootOk) {
-      this.refuse(conn, 'wrong or missing token: give the agent the server\'s token (--token or CLONECAST_TOKEN; "clonecast token" prints it)', false);
+    const proof = this.prove(h);
+    if ('refused' in proof) {
+      this.refuse(conn, proof.refused, proof.retry);
       this.rejected.unauthorized++;
-      this.o.log?.('warn', `agent ${h.machineId} from ${conn.address} refused: wrong or missing token`);
+      this.o.log?.('warn', `agent ${h.machineId} from ${conn.address} refused: ${proof.refused}`);
       return;
     }
     if (h.protocol !== CONTROL.VERSION) {
@@ -201,14 +241,29 @@ export class AgentChannel implements AgentLink {
     const id = h.machineId!;
     const old = this.byMachine.get(id);
     if (old !== undefined) {
+      // Only the server's token or this machine's own secret replaces a connection that proved who it is; a fresh
+      // boot credential waits until that connection has gone silent (a machine that rebooted), and nothing without a credential replaces anything.
+      const bySecret = proof.trust !== 'token' && !proof.bootCredential && (h.token ?? '') !== '';
+      const mayReplace = proof.trust === 'token' || bySecret || (proof.bootCredential && old.trust === 'unverified');
+      if (!mayReplace) {
+        const why = `${id} is connected already (${old.address}); this connection does not replace it`;
+        this.refuse(conn, why, proof.trust !== 'unverified');
+        this.rejected.unauthorized++;
+        this.o.log?.('warn', `agent ${id} from ${conn.address} refused: ${why}`);
+        return;
+      }
       old.machine = undefined; // its close must not mark the machine offline
       old.ws.close(CLOSE.REPLACED, 'replaced by a newer connection from the same machine');
     }
+    if (proof.bootCredential) this.credentials.consume(h.token!);
     conn.machine = id;
+    conn.trust = proof.trust;
     this.byMachine.set(id, conn);
     const record = this.o.registry.seen({
       id,
-      macs: h.macs ?? [],
+      // Other MACs are the agent's own word: only an agent with the server's token may list them.
+      macs: proof.trust === 'token' ? (h.macs ?? []) : [id],
+      trust: proof.trust,
       // Shown in terminals and pages: control characters (terminal escapes) never get that far.
       hostname: printable(h.hostname ?? ''),
       bootMode: BootMode[h.bootMode ?? 0].replace('BOOT_', '').toLowerCase(),
@@ -216,11 +271,17 @@ export class AgentChannel implements AgentLink {
       disks: h.disks ?? [],
       address: conn.address,
     });
-    this.o.log?.('info', `agent ${id} (${record.hostname}, ${conn.address}) connected with ${record.disks.length} disk(s)${h.resume ? `, resuming session ${h.resume.sessionId}` : ''}`);
+    // An agent without the server's token gets its own secret on a first Hello (a boot credential is good for one).
+    let agentSecret = '';
+    if (proof.trust !== 'token' && (proof.bootCredential || h.token === '')) {
+      agentSecret = newSecret();
+      this.o.registry.setSecret(id, secretHash(agentSecret), proof.trust);
+    }
+    this.o.log?.('info', `agent ${id} (${record.hostname}, ${conn.address}) connected${proof.trust === 'token' ? '' : proof.trust === 'unverified' ? ' unverified (no credential)' : ' with its credential'} with ${record.disks.length} disk(s)${h.resume ? `, resuming session ${h.resume.sessionId}` : ''}`);
     conn.ws.send(
       encodeServerMessage({
         type: 'welcome',
-        welcome: { protocol: CONTROL.VERSION, serverVersion: this.o.version, heartbeatMs: this.heartbeatMs, progressMs: this.o.progressMs ?? CHANNEL_DEFAULTS.progressMs },
+        welcome: { protocol: CONTROL.VERSION, serverVersion: this.o.version, heartbeatMs: this.heartbeatMs, progressMs: this.o.progressMs ?? CHANNEL_DEFAULTS.progressMs, agentSecret },
       }),
     );
     this.sessions?.connected(record, h.resume?.sessionId ?? null);
@@ -236,9 +297,20 @@ export class AgentChannel implements AgentLink {
       case 'progress':
         this.sessions?.progress(id, msg.progress);
         return;
-      case 'result':
-        this.sessions?.result(id, msg.result);
+      case 'result': {
+        // Every Result is answered: the agent reboots or powers off only after an accepted Confirm.
+        const sessionId = msg.result.sessionId ?? 0;
+        const answer = this.sessions?.result(id, msg.result) ?? Promise.resolve({ accepted: false, reason: 'the server has no sessions' });
+        answer.then(
+          (c) => this.send(id, { type: 'confirm', confirm: { sessionId, accepted: c.accepted, reason: c.reason } }),
+          (err: Error) => {
+            this.faults++;
+            this.o.log?.('warn', `agent ${id}: judging its result failed: ${err.message}`);
+            this.send(id, { type: 'confirm', confirm: { sessionId, accepted: false, reason: `the server could not check the result: ${err.message}` } });
+          },
+        );
         return;
+      }
     }
   }
 

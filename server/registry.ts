@@ -82,7 +82,21 @@ export interface MachineRecord {
   lastSeen: string;
   lastImage: { name: string; version: number; at: string; verified: boolean } | null;
   history: HistoryEntry[];
+  /**
+   * How its current (or last) agent proved who it is: 'token' (the server's
+   * token), 'credential' (a boot credential or its agent secret) or
+   * 'unverified' (no credential: only an --any session takes it).
+   */
+  trust: AgentTrust;
+  /** It has proved who it is at least once: an agent without a credential can no longer speak for it. */
+  trusted: boolean;
+  /** SHA-256 (hex) of its agent secret, and the trust that secret carries; never shown. */
+  secretHash?: string;
+  secretTrust?: AgentTrust;
 }
+
+/** How an agent proved who it is. */
+export type AgentTrust = 'token' | 'credential' | 'unverified';
 
 /** A change to a machine's activity; `by` is the session or capture that asks. */
 export type MachineEvent =
@@ -114,7 +128,7 @@ export class Registry extends EventEmitter {
     for (const m of this.file.value) {
       // Files from before activities: nothing held them.
       const old = m as Partial<MachineRecord> & MachineRecord;
-      this.machines.set(m.id, { ...m, name: old.name ?? '', groups: old.groups ?? [], activity: old.activity ?? IDLE, online: false, state: 'offline', progress: null });
+      this.machines.set(m.id, { ...m, name: old.name ?? '', groups: old.groups ?? [], activity: old.activity ?? IDLE, online: false, state: 'offline', progress: null, trust: old.trust ?? 'token', trusted: old.trusted ?? true });
     }
   }
 
@@ -206,9 +220,21 @@ export class Registry extends EventEmitter {
     return this.list().filter((m) => m.groups.includes(group));
   }
 
-  /** All machines, most recently seen first. */
+  /** All machines, most recently seen first (without their secrets' hashes). */
   list(): MachineRecord[] {
+    return this.records().map(({ secretHash: _h, secretTrust: _t, ...m }) => m);
+  }
+
+  private records(): MachineRecord[] {
     return [...this.machines.values()].sort((a, b) => b.lastSeen.localeCompare(a.lastSeen));
+  }
+
+  /** Keeps the hash of a machine's new agent secret, and the trust it carries. */
+  setSecret(id: string, hash: string, trust: AgentTrust): void {
+    const m = this.machines.get(id);
+    if (m === undefined) return;
+    Object.assign(m, { secretHash: hash, secretTrust: trust });
+    this.changed();
   }
 
   get(id: string): MachineRecord | undefined {
@@ -216,12 +242,14 @@ export class Registry extends EventEmitter {
   }
 
   /** Records a machine that said hello; returns its record. */
-  seen(info: Pick<MachineRecord, 'id' | 'macs' | 'hostname' | 'bootMode' | 'agentVersion' | 'disks' | 'address'>): MachineRecord {
+  seen(given: Pick<MachineRecord, 'id' | 'macs' | 'hostname' | 'bootMode' | 'agentVersion' | 'disks' | 'address'> & { trust?: AgentTrust }): MachineRecord {
+    const info = { ...given, trust: given.trust ?? 'token' };
     const now = new Date().toISOString();
     const known = this.machines.get(info.id);
+    const trusted = (known?.trusted ?? false) || info.trust !== 'unverified';
     const record: MachineRecord = known
-      ? { ...known, ...info, online: true, lastSeen: now, state: known.activity.kind === 'idle' ? 'idle' : known.state }
-      : { ...info, name: '', groups: [], online: true, activity: IDLE, state: 'idle', session: null, image: null, progress: null, lastError: '', firstSeen: now, lastSeen: now, lastImage: null, history: [] };
+      ? { ...known, ...info, trusted, online: true, lastSeen: now, state: known.activity.kind === 'idle' ? 'idle' : known.state }
+      : { ...info, trusted, name: '', groups: [], online: true, activity: IDLE, state: 'idle', session: null, image: null, progress: null, lastError: '', firstSeen: now, lastSeen: now, lastImage: null, history: [] };
     this.machines.set(info.id, record);
     this.changed();
     return record;
@@ -237,7 +265,7 @@ export class Registry extends EventEmitter {
   save(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
-    this.file.set(this.list());
+    this.file.set(this.records());
   }
 
   /** Resolves once every change so far is on disk. */

@@ -9,7 +9,8 @@ import { After, type Assign } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
 import { Sender } from '../transfer/sender.js';
-import { liveness } from '../transfer/policy.js';
+import { dropReasonText, liveness } from '../transfer/policy.js';
+import { ReceiverState } from '../protocol/mcast.js';
 import { FINAL_MACHINE_STATES } from '../protocol/states.js';
 import type { SessionMachine, SessionRecord } from './session-types.js';
 import type { Store } from './store/store.js';
@@ -23,6 +24,8 @@ export interface Live {
   manifestBytes: Buffer;
   manifestSha: Buffer;
   digest: Buffer;
+  /** The keyed digest a verified machine must report (result-digest.ts), being computed from the store; set by the manager. */
+  expected?: Promise<Buffer>;
   sender: Sender;
   senderPort: number;
 }
@@ -79,6 +82,7 @@ export function assignment(s: SessionRecord, m: SessionMachine, live: Live, send
     manifestSha256: live.manifestSha,
     verify: s.verify,
     resume,
+    nonce: Buffer.from(s.nonce, 'hex'),
   };
 }
 
@@ -106,4 +110,15 @@ export function pollLive(s: SessionRecord, live: Live, dropAfterMs: number): voi
     const reason = mine.has(r.receiverId) ? liveness(r, at, dropAfterMs) : null;
     if (reason !== null) live.sender.drop(r.receiverId, reason);
   }
+}
+
+/** Machines of the session whose control connection has been gone for dropAfterMs (the same liveness rule), with why. */
+export function lostMachines(s: SessionRecord, now: number, dropAfterMs: number): [string, string][] {
+  const lost: [string, string][] = [];
+  for (const [id, m] of Object.entries(s.machines)) {
+    if (m.state !== 'offline') continue;
+    const reason = liveness({ state: ReceiverState.RECEIVING, lastHeardAt: m.offlineSince, lastProgressAt: m.offlineSince }, now, dropAfterMs);
+    if (reason !== null) lost.push([id, `no contact with its agent: ${dropReasonText(reason, dropAfterMs)}`]);
+  }
+  return lost;
 }

@@ -137,3 +137,17 @@ export function wanted(sessions: RuleSubject[], mac: string, known: Pick<Machine
   }
   return false;
 }
+
+/**
+ * The session (not an --any one) that holds this machine or would take it by
+ * its MAC or a group, or null: what a boot credential for it is bound to.
+ */
+export function namingSession(sessions: (RuleSubject & { id: number })[], mac: string, known: Pick<MachineRecord, 'id' | 'macs' | 'groups' | 'activity'> | undefined): number | null {
+  const machine = known ?? { id: mac, macs: [mac], groups: [] };
+  for (const s of sessions) {
+    if (s.rule.any === true) continue;
+    const mine = s.machines[mac];
+    if (mine !== undefined ? !FINAL_MACHINE_STATES.has(mine.state) : (known === undefined || known.activity.kind === 'idle') && takes(s, machine)) return s.id;
+  }
+  return null;
+}

@@ -93,6 +93,8 @@ export interface SessionRecord {
   endedAt: string | null;
   machines: Record<string, SessionMachine>;
   sent: { bytes: number; packets: number; repairPackets: number };
+  /** 16 random bytes (hex), in every Assign of the session: the key of the disk digest its machines report. */
+  nonce: string;
 }
 
 /** How the session manager reaches agents. */
@@ -159,8 +161,9 @@ export function countsOf(p: Progress): TransferCounts {
 
 /**
  * How a machine ended, from its agent's Result: "done" stands only when the
- * agent verified its disk and the digest it read back is the image's
- * (`digest`, computed by the server from the manifest).
+ * agent verified its disk and the digest it read back is the image's, keyed
+ * by the session's nonce (`digest`, computed by the server from its store:
+ * server/result-digest.ts; undefined when it could not be).
  */
 export function judgeResult(s: SessionRecord, m: SessionMachine, r: Result, digest: Buffer | undefined): Partial<SessionMachine> {
   let state = stateName(r.state ?? MachineState.STATE_FAILED) as MachineStateName;
@@ -170,7 +173,11 @@ export function judgeResult(s: SessionRecord, m: SessionMachine, r: Result, dige
     digestOk = digest !== undefined && r.diskDigest !== undefined && r.diskDigest !== null && Buffer.from(r.diskDigest).equals(digest);
     if (!r.verified || !digestOk) {
       state = 'failed';
-      error = r.verified ? 'the disk digest the agent read back does not match the image; the disk may be failing' : 'the agent did not verify the disk';
+      error = !r.verified
+        ? 'the agent did not verify the disk'
+        : digest === undefined
+          ? 'the server could not compute the digest to check the result against (see its log)'
+          : "the disk digest the agent read back (keyed by the session's nonce) does not match the image; the disk may be failing, or the agent did not read what it reports";
     }
   }
   return {
@@ -225,6 +232,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     endedAt: null,
     machines: {},
     sent: { bytes: 0, packets: 0, repairPackets: 0 },
+    nonce: randomBytes(16).toString('hex'),
   };
 }
 

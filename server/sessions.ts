@@ -16,18 +16,16 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { ACTIVE_SESSION_STATES as ACTIVE, FINAL_MACHINE_STATES as FINAL_MACHINE, machineMoveAllowed, sessionMoveAllowed, type MachineStateName, type SessionState } from '../protocol/states.js';
 import type { Manifest } from '../protocol/manifest.js';
 import type { DropEvent, Sender } from '../transfer/sender.js';
-import { dropReasonText, liveness } from '../transfer/policy.js';
-import { ReceiverState } from '../protocol/mcast.js';
+import { dropReasonText } from '../transfer/policy.js';
 import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
-import { allEnded, describeRule, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
-import { admit, AFTER, assignment, openLive, pollLive, type Live } from './session-live.js';
+import { allEnded, describeRule, namedBy, namingSession, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
+import { admit, AFTER, assignment, lostMachines, openLive, pollLive, type Live } from './session-live.js';
+import { startExpected } from './result-digest.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
 export type { AgentLink, SessionMachine, SessionManagerOptions, SessionRecord, SessionRequest } from './session-types.js';
 export { describeRule, type StartRule };
-
-
 
 /** Every session, the senders of the active ones, and the start rules. */
 export class SessionManager extends EventEmitter {
@@ -198,9 +196,11 @@ export class SessionManager extends EventEmitter {
   }
 
   /** True if an active session holds this machine or would take it (so it should boot the agent). */
-  wants(mac: string): boolean {
-    const sessions = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && !this.creating.has(s.id));
-    return wanted(sessions, mac.toLowerCase(), this.o.registry.get(mac.toLowerCase()));
+  wants = (mac: string): boolean => wanted(this.openSessions(), mac.toLowerCase(), this.o.registry.get(mac.toLowerCase()));
+
+  /** The active sessions, without those being created (not saved yet: they take no machine). */
+  openSessions(): SessionRecord[] {
+    return [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && !this.creating.has(s.id));
   }
 
   /** A machine's connection closed. */
@@ -230,13 +230,22 @@ export class SessionManager extends EventEmitter {
     this.emit('changed');
   }
 
-  /** The final result from an agent. */
-  result(machineId: string, r: Result): void {
+  /** An agent's final result, and its Confirm: accepted when the server recorded what the agent reports (a "done" checked against the nonce-keyed digest); a result sent again gets the same answer. */
+  async result(machineId: string, r: Result): Promise<{ accepted: boolean; reason: string }> {
     const s = this.sessions.get(r.sessionId ?? 0);
     const m = s?.machines[machineId];
-    if (s === undefined || m === undefined || FINAL_MACHINE.has(m.state)) return;
-    this.finishMachine(s, machineId, judgeResult(s, m, r, this.live.get(s.id)?.digest));
-    this.checkEnd(s);
+    if (s === undefined || m === undefined) return { accepted: false, reason: `session ${r.sessionId} does not list ${machineId}` };
+    const claimed = stateName(r.state ?? MachineState.STATE_FAILED);
+    if (!FINAL_MACHINE.has(m.state)) {
+      let expected: Buffer | undefined;
+      if (claimed === 'done' && s.verify) expected = await this.live.get(s.id)?.expected?.catch(() => undefined);
+      // It may have ended while the digest was computed (dropped, cancelled): that outcome stands.
+      if (!FINAL_MACHINE.has(m.state)) {
+        this.finishMachine(s, machineId, judgeResult(s, m, r, expected));
+        this.checkEnd(s);
+      }
+    }
+    return m.state === claimed ? { accepted: true, reason: '' } : { accepted: false, reason: `the server recorded this machine as ${m.state}${m.error ? `: ${m.error}` : ''}` };
   }
 
   /** Stops every sender and saves (bounded wait). */
@@ -253,8 +262,6 @@ export class SessionManager extends EventEmitter {
     return this.file.commit();
   }
 
-  // ---- internals ----
-
   private active(id: number): SessionRecord {
     const s = this.sessions.get(id);
     if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${id}; "clonecast sessions" lists them`);
@@ -269,6 +276,8 @@ export class SessionManager extends EventEmitter {
       sender.on('drop', (d: DropEvent) => this.dropped(s, d));
     });
     this.live.set(s.id, live);
+    // The digest its verified machines must report, computed once per session in the background.
+    live.expected = startExpected(this.o.store, s, live, () => this.live.get(s.id) !== live, this.o.log);
   }
 
   private offerIdle(): void {
@@ -278,7 +287,8 @@ export class SessionManager extends EventEmitter {
   /** Puts an idle machine into the first active session that names it (by MAC, then by group, then "any"). */
   private offer(machine: MachineRecord): void {
     if (!machine.online || machine.activity.kind !== 'idle') return;
-    const open = [...this.sessions.values()].filter((s) => ACTIVE.has(s.state) && !this.creating.has(s.id) && takes(s, machine)).sort((a, b) => a.id - b.id);
+    // A machine whose agent has no credential is taken only by an --any session.
+    const open = this.openSessions().filter((s) => takes(s, machine) && (machine.trust !== 'unverified' || s.rule.any === true)).sort((a, b) => a.id - b.id);
     const rank = (s: SessionRecord) => (s.rule.machines !== undefined ? 0 : s.rule.group !== undefined ? 1 : 2);
     const target = open.sort((a, b) => rank(a) - rank(b))[0];
     if (target !== undefined) this.join(target, machine);
@@ -410,11 +420,7 @@ export class SessionManager extends EventEmitter {
       // Counters, and the receivers' liveness as the sender sees them (a drop comes back as a 'drop' event).
       if (live !== undefined) pollLive(s, live, dropAfterMs);
       // A machine whose control connection is gone, by the same rule: nothing heard since it went offline.
-      for (const [id, m] of Object.entries(s.machines)) {
-        if (m.state !== 'offline') continue;
-        const reason = liveness({ state: ReceiverState.RECEIVING, lastHeardAt: m.offlineSince, lastProgressAt: m.offlineSince }, now, dropAfterMs);
-        if (reason !== null) this.finishMachine(s, id, { state: 'dropped', error: `no contact with its agent: ${dropReasonText(reason, dropAfterMs)}` });
-      }
+      for (const [id, error] of lostMachines(s, now, dropAfterMs)) this.finishMachine(s, id, { state: 'dropped', error });
       this.evaluate(s);
       this.checkEnd(s);
     }

@@ -47,6 +47,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
     return hasCommand('tc') ? null : 'needs tc (iproute2)';
   },
   chromium: () => (existsSync('/usr/bin/chromium') ? null : 'needs Debian\'s chromium at /usr/bin/chromium (apt-get install chromium)'),
+  root: () => (process.getuid?.() === 0 ? null : 'needs root (network boot binds its DHCP and TFTP sockets to an interface)'),
   curl: () => (hasCommand('curl') ? null : 'needs curl'),
   atftp: () => (hasCommand('atftp') ? null : 'needs the atftp client (apt-get install atftp)'),
   tftp: () => (hasCommand('tftp') ? null : 'needs the tftp-hpa client (apt-get install tftp-hpa)'),

@@ -44,6 +44,8 @@ export interface ReceiverOptions {
   /** Chunks this process already wrote to the target in an earlier run (one byte per chunk, non-zero: written and checked). */
   known?: Uint8Array;
   /** Read the disk back and check every chunk at the end (default true). */
+  /** The Assign's nonce: the read-back also computes the keyed disk digest (verifier.ts KeyedDigest). */
+  nonce?: Uint8Array;
   verify?: boolean;
   queueChunks?: number;
   maxPartials?: number;

@@ -4,7 +4,7 @@
  * read so that the server can compare it with the manifest's diskDigest().
  * The same read-back finds the chunks a disk already holds before a resume.
  */
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
 import { chunkLength, isZero } from '../protocol/chunk.js';
 import { sha256, xxh64 } from '../protocol/hash.js';
@@ -18,6 +18,35 @@ export interface Verification {
   chunksBad: number;
   /** diskDigest() of what was read back: comparable with the manifest's. */
   digest: Buffer;
+  /** With a nonce: the KeyedDigest of what was read back (what the agent reports; see KeyedDigest). */
+  keyed?: Buffer;
+}
+
+/**
+ * The disk digest a verified machine reports under `clonecast serve`:
+ * SHA-256 over HMAC-SHA256(nonce, chunk bytes) of every present chunk in
+ * order (zero chunks included, absent ones left out). The nonce comes in the
+ * Assign, so the value cannot be computed from the manifest: only from the
+ * chunks' bytes. The server computes it from its store.
+ */
+export class KeyedDigest {
+  private readonly all = createHash('sha256');
+
+  constructor(private readonly nonce: Uint8Array) {}
+
+  /** Adds the next present chunk's bytes. */
+  add(data: Uint8Array): void {
+    this.all.update(createHmac('sha256', this.nonce).update(data).digest());
+  }
+
+  /** Adds a chunk by its HMAC, computed already (the same for every zero chunk of one length). */
+  addHmac(hmac: Uint8Array): void {
+    this.all.update(hmac);
+  }
+
+  digest(): Buffer {
+    return this.all.digest();
+  }
 }
 
 const MAX_BAD_LISTED = 32;
@@ -33,11 +62,12 @@ export class ReadBackStopped extends Error {
  * Reads every present chunk back and checks it; stopped() is asked before
  * each read, so that a receiver being torn down never reads a closed disk.
  */
-export async function verifyDisk(disk: Disk, manifest: Manifest, hashes: BigUint64Array, stopped: () => boolean): Promise<Verification> {
+export async function verifyDisk(disk: Disk, manifest: Manifest, hashes: BigUint64Array, stopped: () => boolean, nonce?: Uint8Array): Promise<Verification> {
   const { meta, table } = manifest;
   const n = tableLength(table);
   const buf = disk.allocate(meta.chunkSize);
   const digest = createHash('sha256');
+  const keyed = nonce !== undefined && nonce.length > 0 ? new KeyedDigest(nonce) : undefined;
   const result: Verification = { chunksVerified: 0, bad: [], chunksBad: 0, digest: Buffer.alloc(0) };
   for (let i = 0; i < n; i++) {
     const kind = chunkAt(table, i).kind;
@@ -50,6 +80,7 @@ export async function verifyDisk(disk: Disk, manifest: Manifest, hashes: BigUint
     const sum = sha256(data);
     const ok = kind === ChunkKind.ZERO ? isZero(data) : sum.equals(chunkAt(table, i).sha256);
     digest.update(sum);
+    keyed?.add(data);
     if (ok) result.chunksVerified++;
     else {
       result.chunksBad++;
@@ -57,6 +88,7 @@ export async function verifyDisk(disk: Disk, manifest: Manifest, hashes: BigUint
     }
   }
   result.digest = digest.digest();
+  if (keyed !== undefined) result.keyed = keyed.digest();
   return result;
 }
 

@@ -20,17 +20,28 @@ export const agent: Command = {
     'power-exit': { kind: 'flag', help: 'With --once: leave the reboot or power-off to the caller, exiting 10 (reboot) or 11 (power off).' },
     'machine-id': { kind: 'string', value: 'MAC', help: 'Use this MAC as the machine\'s id instead of its first Ethernet interface\'s.' },
     unicast: { kind: 'flag', help: 'Ask for data by unicast from the start (multicast cannot reach this machine); otherwise automatic.' },
+    'secret-file': { kind: 'string', value: 'PATH', help: 'Keep this machine\'s own secret here (the boot environment); with it the agent may start without a token (the server lists it as unverified) or with a boot credential, and uses the secret once the server has given one.' },
     'write-limit': { kind: 'positive', value: 'BYTES/S', help: 'Emulate a slow disk (tests and demos).' },
     ...SERVER,
     ...COMMON,
   },
   interrupted: 'the agent disconnects and the server shows the machine offline; a disk it was writing is incomplete until the machine is deployed again',
   async run(ctx) {
-    const client = ctx.client();
+    const secretFile = ctx.str('secret-file');
+    let client: { server: string; token: string };
+    try {
+      client = ctx.client();
+    } catch (err) {
+      // A network-booted machine no session names has no credential: it connects unverified, keeping the secret it is given.
+      if (secretFile === undefined) throw err;
+      client = { server: ctx.str('server') ?? process.env.CLONECAST_SERVER ?? '', token: '' };
+      if (client.server === '') throw ctx.usage('--server URL is needed');
+    }
     const { Agent } = await import('../../agent/agent.js');
     const a = new Agent({
       server: client.server,
       token: client.token,
+      secretFile,
       disk: ctx.str('disk'),
       machineId: ctx.str('machine-id'),
       once: ctx.flag('once'),

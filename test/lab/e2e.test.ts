@@ -45,6 +45,10 @@ describe('end to end: bare VMs PXE-boot into the agent and get imaged by multica
 
     fleet = new Fleet(dir, data, 0);
     const lab = fleet.lab;
+    // The BIOS VM is named by the administrator (its script carries a boot credential); the UEFI VM
+    // boots for the --any session with none (its agent connects unverified). Both paths end the same.
+    mkdirSync(join(data, 'pxe'), { recursive: true });
+    writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify({ '52:54:00:77:01:01': { action: 'agent' } }));
     await fleet.startServer(['--pxe', 'proxy', '--boot-dir', bootDir]);
     writeFileSync(join(dir, 'radvd.conf'), 'interface eth0 { AdvSendAdvert on; MinRtrAdvInterval 3; MaxRtrAdvInterval 4; prefix fd77::/64 { AdvOnLink on; AdvAutonomous on; }; };\n');
     lab.execIn(lab.server.ns, 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1']);
@@ -104,6 +108,10 @@ describe('end to end: bare VMs PXE-boot into the agent and get imaged by multica
     }
     const machines = await fleet.api('GET', '/api/machines');
     expect(machines.map((m: any) => m.lastImage?.verified)).toEqual([true, true]);
+    const trust = Object.fromEntries(machines.map((m: any) => [m.id, m.trust]));
+    expect(trust).toEqual({ '52:54:00:77:01:01': 'credential', '52:54:00:77:01:02': 'unverified' });
+    expect(fleet.server!.out).toMatch(/boot: script for 52:54:00:77:01:01: agent(?: \(machines\.json\))?, with a boot credential for this machine/);
+    expect(fleet.server!.out).toMatch(/boot: script for 52:54:00:77:01:02: agent, no credential \(unverified\)/);
     expect(machines.map((m: any) => m.bootMode).sort()).toEqual(['bios', 'uefi']);
   }, 600_000);
 });

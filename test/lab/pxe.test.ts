@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { itNeeds, missing, tempDir } from '../helpers.js';
 import { Fleet, until, type Proc } from './fleet.js';
@@ -166,6 +166,13 @@ describe('network boot services with real clients', () => {
       if (!existsSync(join(bootDir, 'initrd.img'))) makeBootFiles(bootDir);
       const f = await start(c.mode, ['--boot-dir', bootDir, '--pxe-idle', 'agent']);
       const lab = f.lab;
+      // Proxy cases: the administrator names the machine (its script carries a boot credential);
+      // full cases: only --pxe-idle boots it (no credential, its agent would be unverified).
+      const named = c.mode === 'proxy';
+      if (named) {
+        mkdirSync(join(f.data, 'pxe'), { recursive: true });
+        writeFileSync(join(f.data, 'pxe', 'machines.json'), JSON.stringify({ '52:54:00:77:00:01': { action: 'agent' } }));
+      }
       // radvd: without a router advertisement iPXE waits ~13 s for IPv6 each time (LAB-NOTES).
       writeFileSync(join(dir, 'radvd.conf'), 'interface eth0 { AdvSendAdvert on; MinRtrAdvInterval 3; MaxRtrAdvInterval 4; prefix fd77::/64 { AdvOnLink on; AdvAutonomous on; }; };\n');
       lab.execIn(lab.server.ns, 'sysctl', ['-qw', 'net.ipv6.conf.all.forwarding=1']);
@@ -200,9 +207,18 @@ describe('network boot services with real clients', () => {
       const log = f.server!.out;
       expect(log).toMatch(new RegExp(`tftp: sent ${c.binary.replace('.', '\\.')} to 10\\.77\\.0\\.\\d+`));
       expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent/);
-      // The kernel came up with the server's URL and the machine's own boot token.
-      const cmdline = new RegExp(`${MARKER} cmdline: .*clonecast\\.server=http://10\\.77\\.0\\.1:8080/ clonecast\\.token=([0-9a-f]{48})`).exec(serial);
+      // The kernel came up with the server's URL, and a boot credential only when the machine is named.
+      const cmdline = new RegExp(`${MARKER} cmdline: .*clonecast\\.server=http://10\\.77\\.0\\.1:8080/(?: clonecast\\.token=([0-9a-f]{64}))? clonecast\\.mac=52:54:00:77:00:01`).exec(serial);
       expect(cmdline, serial.slice(-2000)).not.toBeNull();
+      if (named) {
+        expect(cmdline![1], 'a named machine gets a credential').toMatch(/^[0-9a-f]{64}$/);
+        expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent \(machines\.json\), with a boot credential for this machine/);
+        expect(log).not.toContain(cmdline![1]);
+      } else {
+        expect(cmdline![1], 'an unnamed machine gets no credential').toBeUndefined();
+        expect(serial).not.toMatch(/clonecast\.token/);
+        expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent \(--pxe-idle\), no credential \(unverified\)/);
+      }
       if (c.mode === 'proxy') {
         expect(log).toMatch(/proxyDHCP: 52:54:00:77:00:01 \(arch \d\) boots/);
         // The address came from dnsmasq, not from us.

@@ -155,6 +155,18 @@ describe('control messages: refused input', () => {
     expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, receiverId: 0 } }))).toThrow(/receiver id 0/);
   });
 
+  it('a result nonce that is not 16 bytes, secrets that are not hex; a Confirm round-trips', () => {
+    const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
+    expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, nonce: Buffer.alloc(8) } }))).toThrow(/nonce of 8 bytes/);
+    expect(decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, nonce: Buffer.alloc(16, 7) } }))).toMatchObject({ assign: { nonce: Buffer.alloc(16, 7) } });
+    const welcome = { protocol: 1, serverVersion: 't', heartbeatMs: 5000, progressMs: 1000 };
+    expect(() => decodeServerMessage(encodeServerMessage({ type: 'welcome', welcome: { ...welcome, agentSecret: 'x\r\nInjected: 1' } }))).toThrow(/agent secret/);
+    expect(decodeServerMessage(encodeServerMessage({ type: 'welcome', welcome: { ...welcome, agentSecret: 'ab'.repeat(32) } }))).toMatchObject({ welcome: { agentSecret: 'ab'.repeat(32) } });
+    expect(() => decodeServerMessage(encodeServerMessage({ type: 'capture', capture: { captureId: 1, image: 'x', secret: 'not hex' } }))).toThrow(/capture secret/);
+    const confirm = { sessionId: 3, accepted: false, reason: 'the disk digest does not match' };
+    expect(decodeServerMessage(encodeServerMessage({ type: 'confirm', confirm }))).toEqual({ type: 'confirm', confirm });
+  });
+
   it('an assignment with an impossible fragment size or port', () => {
     const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
     expect(() => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, fragmentSize: 20 } }))).toThrow(/fragment size 20/);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { bootToken, checkOverrides, defaultPool, ipxeScript, machineOverride, parsePool, prepareTftpRoot } from '../../pxe/service.js';
+import { checkOverrides, defaultPool, ipxeScript, machineOverride, parsePool, prepareTftpRoot } from '../../pxe/service.js';
 import { cli, itNeeds, tempDir } from '../helpers.js';
 
 describe('network boot wiring', () => {
@@ -25,11 +25,10 @@ describe('network boot wiring', () => {
     expect(() => parsePool('10.77.0.60-10.77.0.50')).toThrow(/START-END/);
   });
 
-  it('boot tokens are bound to one MAC and are not the server token', () => {
-    const t = 'ab'.repeat(24);
-    expect(bootToken(t, '52:54:00:00:00:01')).toMatch(/^[0-9a-f]{48}$/);
-    expect(bootToken(t, '52:54:00:00:00:01')).not.toBe(bootToken(t, '52:54:00:00:00:02'));
-    expect(bootToken(t, '52:54:00:00:00:01')).not.toBe(t);
+  it('an iPXE script without a credential carries no clonecast.token at all', () => {
+    const o = { base: 'http://10.77.0.1:8080/', mac: '52:54:00:00:00:01', kernel: 'vmlinuz', initrd: 'initrd.img' };
+    expect(ipxeScript('agent', o)).not.toMatch(/token/);
+    expect(ipxeScript('menu', { ...o, token: '' })).not.toMatch(/token/);
   });
 
   it('writes iPXE scripts with absolute URLs and the initrd name the UEFI kernel needs', () => {
