@@ -21,6 +21,7 @@ import type { Store } from './store/store.js';
 import type { AgentChannel } from './control.js';
 import type { CaptureManager } from './captures.js';
 import { bootToken, type PxeServices } from '../pxe/service.js';
+import { BootScriptLimits } from './boot-limits.js';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 
@@ -179,7 +180,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       return;
     }
     if (path === '/healthz') return healthz(c, res);
-    if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, res);
+    if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, req, res);
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
     // A network-booted agent holds only its own boot token (pxe/service.ts): enough for its session's manifest.
     const machine = String(req.headers['x-clonecast-machine'] ?? '').toLowerCase();
@@ -300,16 +301,30 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
 }
 
+/** Boot-script rate limits by server. */
+const bootLimits = new WeakMap<ApiContext, BootScriptLimits>();
+
 /**
  * Network boot over HTTP, without the token (firmware cannot send one):
  * GET /boot/ipxe?mac=MAC (the machine's iPXE script) and GET /boot/files/NAME
  * (kernel and initramfs from the boot folder, never outside it).
  */
-async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, res: ServerResponse): Promise<void> {
+async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, req: IncomingMessage, res: ServerResponse): Promise<void> {
   if (c.boot === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'network boot is off: start the server with --pxe proxy|full');
   if (path === '/boot/ipxe') {
     const mac = (query.get('mac') ?? '').toLowerCase().replace(/-/g, ':');
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, 'boot/ipxe needs ?mac=aa:bb:cc:dd:ee:ff');
+    // Per address and per MAC (server/boot-limits.ts), before any other work.
+    let limits = bootLimits.get(c);
+    if (limits === undefined) bootLimits.set(c, (limits = new BootScriptLimits()));
+    const wait = limits.wait(req.socket.remoteAddress ?? '', mac);
+    if (wait > 0) {
+      const retry = Math.ceil(wait / 1000);
+      res.writeHead(429, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'retry-after': String(retry) }).end(`too many boot script requests; try again in ${retry} s\n`);
+      return;
+    }
+    const pxe = c.pxe?.();
+    if (pxe?.knownOnly === true && !pxe.knows(mac)) throw new ClonecastError(ERR.NOT_FOUND, `${mac} is not a machine this server knows (--pxe-known-only)`);
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac));
     return;
   }
@@ -317,7 +332,7 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
   try {
     name = decodeURIComponent(path.slice('/boot/files/'.length));
   } catch {
-    throw new ClonecastError(ERR.NOT_FOUND, 'a boot file name must be valid percent-encoded UTF-8');
+    throw new ClonecastError(ERR.USAGE, 'a boot file name must be valid percent-encoded UTF-8');
   }
   if (!path.startsWith('/boot/files/') || name === '' || name.includes('/') || name.startsWith('.')) throw new ClonecastError(ERR.NOT_FOUND, `no ${path} here`);
   const root = await realpath(c.boot.dir).catch(() => {
