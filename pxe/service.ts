@@ -130,6 +130,19 @@ function explain(err: unknown, what: string, o: PxeOptions): unknown {
   return err;
 }
 
+/**
+ * Which machines network boot answers. knows: in the registry, with a
+ * static lease, or in pxe/machines.json. admit: answered at all (in any
+ * mode: DHCP, proxyDHCP, port 4011): not an ignored machine, and known
+ * unless unknown machines are booted.
+ */
+export function admission(o: Pick<PxeOptions, 'dataRoot' | 'isKnown' | 'statics' | 'unknown' | 'knownOnly'>): { knows: (mac: string) => boolean; admit: (mac: string) => boolean } {
+  const knows = (mac: string) => (o.isKnown?.(mac) ?? false) || (o.statics?.has(mac) ?? false) || machineOverride(o.dataRoot, mac) !== undefined;
+  const ignoreUnknown = o.knownOnly === true || (o.unknown ?? 'boot') === 'ignore';
+  const admit = (mac: string) => machineOverride(o.dataRoot, mac)?.ignore !== true && (!ignoreUnknown || knows(mac));
+  return { knows, admit };
+}
+
 /** Starts TFTP and DHCP/proxyDHCP on the interface. */
 export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const { address, netmask } = interfaceV4(o.interface);
@@ -143,10 +156,7 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const efi = o.efiBinary ?? IPXE_FILES.efi;
   // Which DHCP transaction of each MAC was handed our iPXE binary, and when.
   const chained = new Map<string, { xid: number; at: number }>();
-  const knows = (mac: string) => (o.isKnown?.(mac) ?? false) || (o.statics?.has(mac) ?? false) || machineOverride(o.dataRoot, mac) !== undefined;
-  const ignoreUnknown = o.knownOnly === true || (o.unknown ?? 'boot') === 'ignore';
-  // Not answered at all, in any mode: an ignored machine, and an unknown one under --pxe-unknown ignore.
-  const admit = (mac: string) => machineOverride(o.dataRoot, mac)?.ignore !== true && (!ignoreUnknown || knows(mac));
+  const { knows, admit } = admission(o);
   const boot = (r: BootRequest) => {
     const override = machineOverride(o.dataRoot, r.mac);
     if (!admit(r.mac)) return null;
