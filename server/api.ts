@@ -76,6 +76,8 @@ export interface ApiContext {
   boot: { dir: string; script: (mac: string) => string } | undefined;
   /** The PXE services, once started. */
   pxe?: () => PxeServices | undefined;
+  /** Rate limits of the boot-script route (default: BOOT_SCRIPT_LIMITS). */
+  bootLimits?: BootScriptLimits;
   captures: CaptureManager;
   /** The state files, by name relative to the data directory, for /healthz and /metrics. */
   stateFiles?: () => { file: string; state: StateStatus }[];
@@ -301,9 +303,6 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
   throw new ClonecastError(ERR.NOT_FOUND, `no ${method} ${path} in the API`);
 }
 
-/** Boot-script rate limits by server. */
-const bootLimits = new WeakMap<ApiContext, BootScriptLimits>();
-
 /**
  * Network boot over HTTP, without the token (firmware cannot send one):
  * GET /boot/ipxe?mac=MAC (the machine's iPXE script) and GET /boot/files/NAME
@@ -315,9 +314,8 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
     const mac = (query.get('mac') ?? '').toLowerCase().replace(/-/g, ':');
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, 'boot/ipxe needs ?mac=aa:bb:cc:dd:ee:ff');
     // Per address and per MAC (server/boot-limits.ts), before any other work.
-    let limits = bootLimits.get(c);
-    if (limits === undefined) bootLimits.set(c, (limits = new BootScriptLimits()));
-    const wait = limits.wait(req.socket.remoteAddress ?? '', mac);
+    c.bootLimits ??= new BootScriptLimits();
+    const wait = c.bootLimits.wait(req.socket.remoteAddress ?? '', mac);
     if (wait > 0) {
       const retry = Math.ceil(wait / 1000);
       res.writeHead(429, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'retry-after': String(retry) }).end(`too many boot script requests; try again in ${retry} s\n`);
