@@ -225,18 +225,24 @@ export class Transfer extends EventEmitter {
   private async fill(start: number, want: number): Promise<number> {
     const end = Math.min(this.size, start + want);
     if (start >= this.aheadAt && end <= this.aheadAt + this.aheadLen) return end - start;
-    const file = await this.openFile();
-    const size = this.acknowledged ? Math.max(want, READ_AHEAD) : want;
-    if (this.ahead.length < size) this.ahead = Buffer.alloc(size);
-    let got = 0;
-    while (got < size && start + got < this.size) {
-      const { bytesRead } = await file.read(this.ahead, got, Math.min(size - got, this.size - start - got), start + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
+    // Before the client answers, its one block is read and the file closed again: no descriptor is held for it.
+    const keep = this.acknowledged;
+    const file = keep ? await this.openFile() : await open(this.path, 'r');
+    try {
+      const size = keep ? Math.max(want, READ_AHEAD) : want;
+      if (this.ahead.length < size) this.ahead = Buffer.alloc(size);
+      let got = 0;
+      while (got < size && start + got < this.size) {
+        const { bytesRead } = await file.read(this.ahead, got, Math.min(size - got, this.size - start - got), start + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      this.aheadAt = start;
+      this.aheadLen = got;
+      return Math.min(got, end - start);
+    } finally {
+      if (!keep) await file.close().catch(() => undefined);
     }
-    this.aheadAt = start;
-    this.aheadLen = got;
-    return Math.min(got, end - start);
   }
 
   private async openFile(): Promise<FileHandle> {
