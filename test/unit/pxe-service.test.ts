@@ -66,6 +66,9 @@ describe('network boot wiring', () => {
     const b = await cli(['serve', '--data', data, '--listen', '127.0.0.1:0', '--pxe', 'maybe']);
     expect(b.code).toBe(2);
     expect(b.stderr).toMatch(/--pxe takes proxy .* or full/);
+    const c = await cli(['serve', '--data', data, '--listen', '127.0.0.1:0', '--pxe', 'full', '--interface', 'lo', '--pxe-known-only', '--pxe-unknown', 'boot']);
+    expect(c.code).toBe(2);
+    expect(c.stderr).toMatch(/--pxe-known-only ignores unknown machines; it cannot go with --pxe-unknown boot/);
   });
 });
 
