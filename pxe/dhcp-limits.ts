@@ -54,14 +54,15 @@ export class DhcpGuard {
   }
 
   /**
-   * May mac be given an address it holds no claim to? null if so, else why
-   * not. A known machine (registry, static address, an earlier lease)
-   * always; a new one while the new-machine rate allows and more than the
-   * reserved part of the pool is free, so made-up MACs can never take the
-   * addresses known machines need.
+   * May mac be given ip, which it holds no active claim to? null if so,
+   * else why not. A known machine (registry, static address) always, and
+   * any machine its own last address again; otherwise while the
+   * new-machine rate allows and more than the reserved part of the pool is
+   * free, so made-up MACs can never take the addresses known machines need
+   * (not even MACs that got an address once: only their own one again).
    */
-  mayTakeNew(leases: Leases, mac: string, registered: boolean): string | null {
-    if (registered || leases.known(mac) || leases.isStatic(mac)) return null;
+  mayTakeNew(leases: Leases, mac: string, ip: string, registered: boolean): string | null {
+    if (registered || leases.isStatic(mac) || leases.lastIp(mac) === ip) return null;
     // The rate first: it bounds how often the pool is counted, too.
     if (!this.newMachines.take('new')) return 'new machines are over their rate';
     const reserve = Math.floor(leases.poolSize * this.limits.reserveFraction);

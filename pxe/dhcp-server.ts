@@ -269,7 +269,7 @@ export class DhcpServer extends EventEmitter {
           this.o.log?.('warn', `dhcp: no free address for ${mac}: the pool ${this.o.pool!.start}-${this.o.pool!.end} is full`);
           return;
         }
-        if (leases.offered(mac) !== ip && !this.mayTakeNew(mac)) return;
+        if (leases.offered(mac) !== ip && !this.mayTakeNew(mac, ip)) return;
         leases.offer(mac, ip, this.guard.limits.offerHoldMs);
         this.counters.offers++;
         return this.send(this.reply(p, MessageType.OFFER, ip, this.bootFor(p, mac), this.config(seconds)), p);
@@ -292,7 +292,7 @@ export class DhcpServer extends EventEmitter {
         else verdict = lease.ip === want && leases.available(mac, want) ? 'ack' : 'nak';
         if (verdict === 'silent') return void this.counters.ignored++;
         // An address neither offered to nor leased by this client: a new machine, under the same limits as a DISCOVER.
-        if (verdict === 'ack' && leases.offered(mac) !== want && lease?.ip !== want && !this.mayTakeNew(mac)) return;
+        if (verdict === 'ack' && leases.offered(mac) !== want && lease?.ip !== want && !this.mayTakeNew(mac, want)) return;
         if (verdict === 'nak') {
           this.counters.naks++;
           this.o.log?.('info', `dhcp: NAK ${mac} asking for ${want}`);
@@ -349,8 +349,8 @@ export class DhcpServer extends EventEmitter {
   }
 
   /** May mac be given an address it holds no claim to (DhcpGuard.mayTakeNew)? Counted when not. */
-  private mayTakeNew(mac: string): boolean {
-    const why = this.guard.mayTakeNew(this.leases!, mac, this.o.isKnown?.(mac) ?? false);
+  private mayTakeNew(mac: string, ip: string): boolean {
+    const why = this.guard.mayTakeNew(this.leases!, mac, ip, this.o.isKnown?.(mac) ?? false);
     if (why === null) return true;
     this.counters.newLimited++;
     this.o.log?.('debug', `dhcp: ${mac} is new and ${why}; not answered`);

@@ -86,9 +86,9 @@ export class Leases {
     return l !== undefined && l.expires > now ? l : undefined;
   }
 
-  /** True if mac ever had a lease here (active or expired): a machine seen before, not a made-up MAC. */
-  known(mac: string): boolean {
-    return this.byMac.has(mac);
+  /** The address of mac's last lease here, active or expired. */
+  lastIp(mac: string): string | undefined {
+    return this.byMac.get(mac)?.ip;
   }
 
   /** True if mac has a fixed address. */
