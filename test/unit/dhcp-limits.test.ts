@@ -144,6 +144,22 @@ describe('DHCP against a spoofing client on the same LAN', () => {
     expect(server.leases!.get(known)?.ip).toBe(ip);
   });
 
+  it('a made-up MAC that got an address once may have that one again, never a reserved one', async () => {
+    const known = '52:54:00:12:34:56';
+    // Four addresses, one kept for known machines.
+    const { server, send } = await setup({ pool: { start: '127.0.0.100', end: '127.0.0.103' }, isKnown: (mac) => mac === known, limits: { newBurst: 1000 } });
+    // It had 127.0.0.100 once; that lease has lapsed (bound in the past, as leases.json would keep it).
+    const first = '127.0.0.100';
+    server.leases!.bind(macOf(1), first, 1, '', Date.now() - 10_000);
+    expect(server.leases!.get(macOf(1))).toBeUndefined();
+    for (const i of [2, 3, 4]) await lease(send, macOf(i));
+    expect(server.leases!.get(macOf(2))?.ip).toBe(first);
+    // The one machine that had an address before comes back: its own is taken, and only the reserved one is left.
+    expect(await send(packet('discover', macOf(1)))).toEqual([]);
+    expect(await send(packet('request', macOf(1), { ip: '127.0.0.103' }))).toEqual([]);
+    expect(await lease(send, known)).toBe('127.0.0.103');
+  });
+
   it('new machines get addresses at a bounded rate; a machine with a lease already is not limited', async () => {
     const { server, send } = await setup({ limits: { newBurst: 4, newEveryMs: 600_000 } });
     const first = await lease(send, macOf(1000));
