@@ -12,6 +12,7 @@ import { join } from 'node:path';
 import { decodeDhcp, encodeDhcp, ipBytes, MessageType, messageType, OPT, type DhcpPacket } from '../../protocol/dhcp.js';
 import { DhcpServer, type DhcpServerOptions } from '../../pxe/dhcp-server.js';
 import { admission, machineOverride, OVERRIDES_RECHECK_MS } from '../../pxe/service.js';
+import { RateLimit } from '../../pxe/rate-limit.js';
 import { ROOT, tempDir } from '../helpers.js';
 
 function fixture(name: string): DhcpPacket {
@@ -212,5 +213,16 @@ describe('DHCP against a spoofing client on the same LAN', () => {
     expect(machineOverride(data, mac, t + OVERRIDES_RECHECK_MS - 1)).toEqual({ action: 'menu' });
     expect(machineOverride(data, mac, t + OVERRIDES_RECHECK_MS)).toEqual({ action: 'agent', ignore: true });
     expect(machineOverride(data, '__proto__', t + OVERRIDES_RECHECK_MS)).toBeUndefined();
+  });
+
+  it('rate limits: a burst, then one per period; a flood of made-up keys keeps the table bounded', () => {
+    const r = new RateLimit({ burst: 3, everyMs: 1000, maxKeys: 100 });
+    const t = 1_000_000;
+    expect([1, 2, 3, 4].map(() => r.take('a', t))).toEqual([true, true, true, false]);
+    expect(r.waitMs('a', t)).toBe(1000);
+    expect(r.take('a', t + 999)).toBe(false);
+    expect(r.take('a', t + 1999)).toBe(true);
+    for (let i = 0; i < 10_000; i++) r.take(`flood-${i}`, t + 2000);
+    expect(r.size).toBeLessThanOrEqual(100);
   });
 });
