@@ -22,6 +22,8 @@ export const IPXE_FILES = Object.freeze({ bios: 'undionly.kpxe', efi: 'ipxe.efi'
 
 /** How long after handing a client iPXE its next DHCP transaction counts as that iPXE's, ms. */
 const CHAIN_MS = 120_000;
+/** MACs whose chainload is remembered at most. */
+const CHAINED_MAX = 4096;
 
 /** Options of startPxe(). */
 export interface PxeOptions {
@@ -167,7 +169,12 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     const now = Date.now();
     const last = chained.get(r.mac);
     if (r.ipxe && last !== undefined && last.xid !== r.xid && now - last.at < CHAIN_MS) return { file: new URL(`boot/ipxe?mac=${r.mac}`, o.httpBase).toString() };
-    if (last === undefined || last.xid !== r.xid || now - last.at >= CHAIN_MS) chained.set(r.mac, { xid: r.xid, at: now });
+    if (last === undefined || last.xid !== r.xid || now - last.at >= CHAIN_MS) {
+      // Bounded: a flood of made-up MACs leaves at most CHAINED_MAX entries (the oldest go first).
+      chained.delete(r.mac);
+      chained.set(r.mac, { xid: r.xid, at: now });
+      while (chained.size > CHAINED_MAX) chained.delete(chained.keys().next().value!);
+    }
     if (override?.file !== undefined) return { file: override.file };
     if (r.arch === null || r.arch === ARCH.BIOS) return { file: IPXE_FILES.bios };
     if (r.arch === ARCH.EFI_X64 || r.arch === ARCH.EFI_BC) return { file: efi };
