@@ -32,6 +32,7 @@ import {
 } from '../protocol/dhcp.js';
 import { bindUdp } from './socket.js';
 import { Leases } from './leases.js';
+import { DhcpGuard, type DhcpLimits } from './dhcp-limits.js';
 
 /** What the boot policy is asked. */
 export interface BootRequest {
@@ -76,6 +77,12 @@ export interface DhcpServerOptions {
   relayPort?: number;
   /** Address to bind without a device (tests on loopback; default 0.0.0.0). */
   bindAddress?: string;
+  /** Whether to answer this machine at all; false: every packet of it is dropped (no address, no boot). Default: all. */
+  admit?: (mac: string) => boolean;
+  /** Machines the server knows (its registry): exempt from the new-machine limit, and may take the reserved addresses. */
+  isKnown?: (mac: string) => boolean;
+  /** Limits (DHCP_LIMITS when undefined). */
+  limits?: Partial<DhcpLimits>;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
 }
 
@@ -96,24 +103,36 @@ export interface DhcpCounters {
   unsaved: number;
   /** Replies the kernel refused to send (e.g. no route to a relay). */
   sendErrors: number;
+  /** Packets of machines not admitted (--pxe-unknown ignore, --pxe-known-only, an ignored machine). */
+  notAdmitted: number;
+  /** DISCOVERs and REQUESTs over their MAC's rate. */
+  rateLimited: number;
+  /** New machines not given an address: over the new-machine rate, or only reserved addresses left. */
+  newLimited: number;
+  /** DECLINEs and RELEASEs from a client that does not hold the address. */
+  notHolder: number;
 }
 
-const OFFER_HOLD_MS = 60_000;
-const DECLINE_HOLD_MS = 10 * 60_000;
+/** Option 61 as hex, the client's identity besides chaddr. */
+function clientId(p: DhcpPacket): string | undefined {
+  return p.options.get(OPT.CLIENT_ID)?.toString('hex');
+}
 
 /**
  * A DHCP or proxyDHCP server. Emits 'lease' and 'boot' events, and 'closed'
  * once (with the error, if a socket failure ended it).
  */
 export class DhcpServer extends EventEmitter {
-  readonly counters: DhcpCounters = { received: 0, malformed: 0, ignored: 0, offers: 0, acks: 0, naks: 0, proxyOffers: 0, bootAcks: 0, poolFull: 0, declines: 0, releases: 0, unsaved: 0, sendErrors: 0 };
+  readonly counters: DhcpCounters = { received: 0, malformed: 0, ignored: 0, offers: 0, acks: 0, naks: 0, proxyOffers: 0, bootAcks: 0, poolFull: 0, declines: 0, releases: 0, unsaved: 0, sendErrors: 0, notAdmitted: 0, rateLimited: 0, newLimited: 0, notHolder: 0 };
   readonly leases: Leases | undefined;
+  private readonly guard: DhcpGuard;
   private main: Socket | undefined;
   private pxe: Socket | undefined;
   private closed = false;
 
   constructor(private readonly o: DhcpServerOptions) {
     super();
+    this.guard = new DhcpGuard(o.limits);
     if (o.mode === 'full') {
       if (o.pool === undefined) throw new RangeError('full mode needs a pool');
       this.leases = new Leases(o.leasesPath, o.pool, o.statics, new Set([o.serverAddress, ...(o.router ? [o.router] : [])]));
@@ -182,6 +201,16 @@ export class DhcpServer extends EventEmitter {
       this.counters.ignored++;
       return;
     }
+    if (this.o.admit !== undefined && !this.o.admit(mac)) {
+      // Not ours to serve (--pxe-known-only, --pxe-unknown ignore): no address, no boot, no NAK.
+      this.counters.notAdmitted++;
+      return;
+    }
+    if ((type === MessageType.DISCOVER || type === MessageType.REQUEST) && !this.guard.perMac.take(mac)) {
+      this.counters.rateLimited++;
+      this.o.log?.('debug', `dhcp: ${mac} is over its rate; not answered`);
+      return;
+    }
     try {
       if (bootService) this.onBootService(p, mac, type, rinfo);
       else if (this.o.mode === 'proxy') this.onProxy(p, mac, type);
@@ -240,7 +269,8 @@ export class DhcpServer extends EventEmitter {
           this.o.log?.('warn', `dhcp: no free address for ${mac}: the pool ${this.o.pool!.start}-${this.o.pool!.end} is full`);
           return;
         }
-        leases.offer(mac, ip, OFFER_HOLD_MS);
+        if (leases.offered(mac) !== ip && !this.mayTakeNew(mac, ip)) return;
+        leases.offer(mac, ip, this.guard.limits.offerHoldMs);
         this.counters.offers++;
         return this.send(this.reply(p, MessageType.OFFER, ip, this.bootFor(p, mac), this.config(seconds)), p);
       }
@@ -261,13 +291,15 @@ export class DhcpServer extends EventEmitter {
         else if (lease === undefined) verdict = 'silent'; // no record of this client: not ours to answer
         else verdict = lease.ip === want && leases.available(mac, want) ? 'ack' : 'nak';
         if (verdict === 'silent') return void this.counters.ignored++;
+        // An address neither offered to nor leased by this client: a new machine, under the same limits as a DISCOVER.
+        if (verdict === 'ack' && leases.offered(mac) !== want && lease?.ip !== want && !this.mayTakeNew(mac, want)) return;
         if (verdict === 'nak') {
           this.counters.naks++;
           this.o.log?.('info', `dhcp: NAK ${mac} asking for ${want}`);
           return this.send(this.nak(p), p);
         }
         const renewal = lease?.ip === want;
-        leases.bind(mac, want, seconds, hostname);
+        leases.bind(mac, want, seconds, hostname, Date.now(), clientId(p));
         const ack = this.reply(p, MessageType.ACK, want, this.bootFor(p, mac), this.config(seconds));
         // The lease is on disk before the client hears of it; the ACKs of one burst share one fsync.
         leases.commit().then(
@@ -289,13 +321,20 @@ export class DhcpServer extends EventEmitter {
       }
       case MessageType.DECLINE:
         if (ours !== this.o.serverAddress || requested === null) return void this.counters.ignored++;
+        // RFC 2131 4.3.3: the client that was given the address declines it; anyone else's word changes nothing.
+        if (!leases.holds(mac, requested, clientId(p))) {
+          this.counters.notHolder++;
+          this.o.log?.('debug', `dhcp: DECLINE of ${requested} from ${mac}, which does not hold it; ignored`);
+          return;
+        }
         this.counters.declines++;
-        leases.decline(mac, requested, DECLINE_HOLD_MS);
-        this.o.log?.('warn', `dhcp: ${mac} found ${requested} already in use; kept out of the pool for 10 min`);
+        leases.decline(mac, requested, this.guard.limits.declineHoldMs);
+        this.o.log?.('warn', `dhcp: ${mac} found ${requested} already in use; kept out of the pool for ${Math.round(this.guard.limits.declineHoldMs / 60_000)} min`);
         return;
       case MessageType.RELEASE:
         if (ours !== this.o.serverAddress) return void this.counters.ignored++;
-        if (leases.release(mac, p.ciaddr)) this.counters.releases++;
+        if (leases.release(mac, p.ciaddr, clientId(p))) this.counters.releases++;
+        else this.counters.notHolder++;
         return;
       case MessageType.INFORM: {
         // The client has an address already: configuration only, no lease, no yiaddr (4.3.5).
@@ -307,6 +346,15 @@ export class DhcpServer extends EventEmitter {
       default:
         this.counters.ignored++;
     }
+  }
+
+  /** May mac be given an address it holds no claim to (DhcpGuard.mayTakeNew)? Counted when not. */
+  private mayTakeNew(mac: string, ip: string): boolean {
+    const why = this.guard.mayTakeNew(this.leases!, mac, ip, this.o.isKnown?.(mac) ?? false);
+    if (why === null) return true;
+    this.counters.newLimited++;
+    this.o.log?.('debug', `dhcp: ${mac} is new and ${why}; not answered`);
+    return false;
   }
 
   private inSubnet(ip: string): boolean {

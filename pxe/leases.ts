@@ -14,6 +14,8 @@ export interface Lease {
   ip: string;
   expires: number;
   hostname: string;
+  /** The client identifier (option 61, hex) it asked with, if any: a DECLINE or RELEASE must carry the same. */
+  clientId?: string;
 }
 
 export function ipToInt(ip: string): number {
@@ -84,6 +86,28 @@ export class Leases {
     return l !== undefined && l.expires > now ? l : undefined;
   }
 
+  /** The address of mac's last lease here, active or expired. */
+  lastIp(mac: string): string | undefined {
+    return this.byMac.get(mac)?.ip;
+  }
+
+  /** True if mac has a fixed address. */
+  isStatic(mac: string): boolean {
+    return this.statics.has(mac);
+  }
+
+  /** Addresses of the pool nobody holds now (no lease, offer, static or decline on them). */
+  free(now = Date.now()): number {
+    let n = 0;
+    for (let a = this.start; a <= this.end; a++) if (this.availableN('', a, undefined, now)) n++;
+    return n;
+  }
+
+  /** Addresses in the pool. */
+  get poolSize(): number {
+    return this.end - this.start + 1;
+  }
+
   /** Every lease, active or not. */
   list(): Lease[] {
     return [...this.byMac.values()];
@@ -140,6 +164,10 @@ export class Leases {
   /** Holds ip for mac while the client decides (RFC 2131 section 4.3.1). */
   offer(mac: string, ip: string, holdMs: number, now = Date.now()): void {
     this.withdraw(mac);
+    // Offers nobody requested are forgotten once they lapse (a flood of made-up MACs leaves nothing behind).
+    if (this.offers.size > this.poolSize) {
+      for (const [m, o] of this.offers) if (o.until <= now) this.withdraw(m);
+    }
     this.offers.set(mac, { ip, until: now + holdMs });
     this.offerByIp.set(ipToInt(ip), mac);
   }
@@ -160,20 +188,30 @@ export class Leases {
   }
 
   /** Binds ip to mac for seconds; commit() makes it durable. */
-  bind(mac: string, ip: string, seconds: number, hostname: string, now = Date.now()): Lease {
+  bind(mac: string, ip: string, seconds: number, hostname: string, now = Date.now(), clientId?: string): Lease {
     this.withdraw(mac);
     this.forget(mac);
-    const lease = { mac, ip, expires: now + seconds * 1000, hostname };
+    const lease: Lease = { mac, ip, expires: now + seconds * 1000, hostname, ...(clientId !== undefined ? { clientId } : {}) };
     this.byMac.set(mac, lease);
     this.leaseByIp.set(ipToInt(ip), mac);
     this.file?.touch();
     return lease;
   }
 
+  /**
+   * True if mac, asking with clientId, holds ip now (its active lease): the
+   * only client whose DECLINE or RELEASE of ip counts (RFC 2131 4.3.3-4.3.4
+   * names the client by chaddr and client identifier).
+   */
+  holds(mac: string, ip: string, clientId: string | undefined, now = Date.now()): boolean {
+    const l = this.get(mac, now);
+    return l !== undefined && l.ip === ip && (l.clientId ?? '') === (clientId ?? '');
+  }
+
   /** Ends mac's lease (RELEASE). */
-  release(mac: string, ip: string): boolean {
+  release(mac: string, ip: string, clientId?: string): boolean {
     const l = this.byMac.get(mac);
-    if (l === undefined || l.ip !== ip) return false;
+    if (l === undefined || l.ip !== ip || (l.clientId ?? '') !== (clientId ?? '')) return false;
     this.forget(mac);
     this.file?.touch();
     return true;

@@ -21,6 +21,8 @@ export const IPXE_FILES = Object.freeze({ bios: 'undionly.kpxe', efi: 'ipxe.efi'
 
 /** How long after handing a client iPXE its next DHCP transaction counts as that iPXE's, ms. */
 const CHAIN_MS = 120_000;
+/** MACs whose chainload is remembered at most. */
+const CHAINED_MAX = 4096;
 
 /** Options of startPxe(). */
 export interface PxeOptions {
@@ -34,8 +36,14 @@ export interface PxeOptions {
   router?: string;
   dns?: string[];
   leaseSeconds?: number;
-  /** unknown machines (never seen by the server): boot them (default) or ignore them. */
+  /**
+   * Machines the server does not know (not in its registry, no static
+   * lease, no entry in pxe/machines.json): boot them (default), or ignore
+   * them (DHCP and proxyDHCP say nothing to them: no address, no boot file).
+   */
   unknown?: 'boot' | 'ignore';
+  /** Answer only known machines: unknown ones are ignored as above, and their boot script is refused too. */
+  knownOnly?: boolean;
   isKnown?: (mac: string) => boolean;
   /** Full mode: fixed addresses by MAC. */
   statics?: Map<string, string>;
@@ -58,6 +66,10 @@ export interface PxeServices {
   tftp: TftpServer;
   serverAddress: string;
   tftpRoot: string;
+  /** Only known machines are answered (--pxe-known-only): the boot script route refuses others. */
+  knownOnly: boolean;
+  /** Is mac a machine the server knows (registry, static lease, pxe/machines.json)? */
+  knows(mac: string): boolean;
   /** The error that ended the services, once one has. */
   readonly error: Error | undefined;
   /** Ends both services (every socket and timer) and writes pending leases; the one error path. */
@@ -114,6 +126,19 @@ function explain(err: unknown, what: string, o: PxeOptions): unknown {
   return err;
 }
 
+/**
+ * Which machines network boot answers. knows: in the registry, with a
+ * static lease, or in pxe/machines.json. admit: answered at all (in any
+ * mode: DHCP, proxyDHCP, port 4011): not an ignored machine, and known
+ * unless unknown machines are booted.
+ */
+export function admission(o: Pick<PxeOptions, 'dataRoot' | 'isKnown' | 'statics' | 'unknown' | 'knownOnly'>): { knows: (mac: string) => boolean; admit: (mac: string) => boolean } {
+  const knows = (mac: string) => (o.isKnown?.(mac) ?? false) || (o.statics?.has(mac) ?? false) || machineOverride(o.dataRoot, mac) !== undefined;
+  const ignoreUnknown = o.knownOnly === true || (o.unknown ?? 'boot') === 'ignore';
+  const admit = (mac: string) => machineOverride(o.dataRoot, mac)?.ignore !== true && (!ignoreUnknown || knows(mac));
+  return { knows, admit };
+}
+
 /** Starts TFTP and DHCP/proxyDHCP on the interface. */
 export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const { address, netmask } = interfaceV4(o.interface);
@@ -127,10 +152,10 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const efi = o.efiBinary ?? IPXE_FILES.efi;
   // Which DHCP transaction of each MAC was handed our iPXE binary, and when.
   const chained = new Map<string, { xid: number; at: number }>();
+  const { knows, admit } = admission(o);
   const boot = (r: BootRequest) => {
     const override = machineOverride(o.dataRoot, r.mac);
-    if ((o.unknown ?? 'boot') === 'ignore' && !(o.isKnown?.(r.mac) ?? false) && override === undefined) return null;
-    if (override?.ignore === true) return null;
+    if (!admit(r.mac)) return null;
     // Every client first loads our iPXE over TFTP, even an iPXE in a NIC's ROM (whose version and
     // features we do not know). Our iPXE then starts a new DHCP transaction (a new xid): that one
     // gets the boot script's URL, absolute because in proxy mode iPXE's next-server is the router.
@@ -138,7 +163,12 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     const now = Date.now();
     const last = chained.get(r.mac);
     if (r.ipxe && last !== undefined && last.xid !== r.xid && now - last.at < CHAIN_MS) return { file: new URL(`boot/ipxe?mac=${r.mac}`, o.httpBase).toString() };
-    if (last === undefined || last.xid !== r.xid || now - last.at >= CHAIN_MS) chained.set(r.mac, { xid: r.xid, at: now });
+    if (last === undefined || last.xid !== r.xid || now - last.at >= CHAIN_MS) {
+      // Bounded: a flood of made-up MACs leaves at most CHAINED_MAX entries (the oldest go first).
+      chained.delete(r.mac);
+      chained.set(r.mac, { xid: r.xid, at: now });
+      while (chained.size > CHAINED_MAX) chained.delete(chained.keys().next().value!);
+    }
     if (override?.file !== undefined) return { file: override.file };
     if (r.arch === null || r.arch === ARCH.BIOS) return { file: IPXE_FILES.bios };
     if (r.arch === ARCH.EFI_X64 || r.arch === ARCH.EFI_BC) return { file: efi };
@@ -157,6 +187,8 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     leasesPath: join(o.dataRoot, 'pxe', 'leases.json'),
     statics: o.statics,
     boot,
+    admit,
+    isKnown: knows,
     port: o.dhcpPort,
     pxePort: o.pxePort,
     clientPort: o.clientPort,
@@ -175,6 +207,8 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
     tftp,
     serverAddress: address,
     tftpRoot,
+    knownOnly: o.knownOnly === true,
+    knows,
     error: undefined,
     close(err?: Error) {
       ending ??= (async () => {
@@ -207,16 +241,41 @@ export interface MachineOverride {
   ignore?: boolean;
 }
 
-/** The override for mac, read fresh each time (the file is small and edited by hand). */
-export function machineOverride(dataRoot: string, mac: string): MachineOverride | undefined {
+/** pxe/machines.json as last read, by path; looked at again at most every OVERRIDES_RECHECK_MS. */
+const overrides = new Map<string, { checked: number; stamp: string; all: Record<string, MachineOverride> }>();
+/** How often pxe/machines.json is looked at for changes, at most (ms). */
+export const OVERRIDES_RECHECK_MS = 1000;
+
+/**
+ * The override for mac. The file is small and edited by hand, but asked
+ * about on every DHCP packet: it is read again only when its size or time
+ * changed, and looked at (one stat) at most once a second.
+ */
+export function machineOverride(dataRoot: string, mac: string, now = Date.now()): MachineOverride | undefined {
   const path = join(dataRoot, 'pxe', 'machines.json');
-  if (!existsSync(path)) return undefined;
-  try {
-    const all = JSON.parse(readFileSync(path, 'utf8')) as Record<string, MachineOverride>;
-    return all[mac] ?? all[mac.toUpperCase()] ?? all[mac.replace(/:/g, '-')];
-  } catch {
-    return undefined; // a broken file is reported at start (checkOverrides)
+  let entry = overrides.get(path);
+  if (entry === undefined || now - entry.checked >= OVERRIDES_RECHECK_MS) {
+    let stamp = '';
+    try {
+      const st = statSync(path);
+      stamp = `${st.size}:${st.mtimeMs}:${st.ino}`;
+    } catch {
+      // no file: no overrides
+    }
+    if (entry === undefined || entry.stamp !== stamp) {
+      let all: Record<string, MachineOverride> = {};
+      try {
+        if (stamp !== '') all = JSON.parse(readFileSync(path, 'utf8')) as Record<string, MachineOverride>;
+      } catch {
+        all = {}; // a broken file is reported at start (checkOverrides)
+      }
+      entry = { checked: now, stamp, all };
+      overrides.set(path, entry);
+    } else entry.checked = now;
   }
+  const all = entry.all;
+  const hit = Object.hasOwn(all, mac) ? all[mac] : Object.hasOwn(all, mac.toUpperCase()) ? all[mac.toUpperCase()] : Object.hasOwn(all, mac.replace(/:/g, '-')) ? all[mac.replace(/:/g, '-')] : undefined;
+  return hit !== null && typeof hit === 'object' ? hit : undefined;
 }
 
 /** Checks DATA/pxe/machines.json at start; throws with what is wrong. */

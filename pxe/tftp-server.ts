@@ -1,21 +1,27 @@
 /**
  * A read-only TFTP server (RFC 1350, 2347, 2348, 2349, 7440). The listener
  * takes read requests; each transfer gets its own socket (its transfer ID)
- * and streams the file from disk a window at a time: read, send, wait for
- * the ACK, retransmit with back-off. Files are served from one root and
- * never from outside it (realpath, so neither `..` nor a symlink escapes).
- * A bad packet is counted and dropped; a packet from the wrong port is
- * answered with "unknown transfer ID" and otherwise ignored.
+ * and streams the file from disk a window at a time (pxe/tftp-transfer.ts).
+ * Files are served from one root and never from outside it (realpath, so
+ * neither `..` nor a symlink escapes). A bad packet is counted and dropped.
+ *
+ * Read requests are spoofable (UDP, no handshake), so every one is bounded:
+ * at most maxPerClient transfers per client address (more are refused with
+ * an ERROR) and maxTransfers in all. When all are taken, the oldest
+ * transfer whose client never answered is ended to make room (a spoofed
+ * request's "client" never answers; a real one answers within a round trip);
+ * if every transfer is answered, the new request is dropped without a reply
+ * (an ERROR to a spoofed address would only reflect the flood). Client
+ * options are clamped (blksize, windowsize, timeout), a transfer has a total
+ * lifetime, and nothing but the socket is held before the client answers.
  */
 import type { Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
-import { open, realpath, type FileHandle } from 'node:fs/promises';
+import { realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
-import { decodeTftp, dataHeader, encodeTftp, Opcode, TFTP, TftpError, type TftpPacket } from '../protocol/tftp.js';
+import { decodeTftp, encodeTftp, Opcode, TFTP, TftpError, type TftpPacket } from '../protocol/tftp.js';
 import { bindUdp } from './socket.js';
-
-/** Bytes read from the file at a time for one transfer. */
-const READ_AHEAD = 1 << 20;
+import { Transfer, type TransferLimits } from './tftp-transfer.js';
 
 /** Defaults of TftpServerOptions. */
 export const TFTP_DEFAULTS = Object.freeze({
@@ -23,10 +29,20 @@ export const TFTP_DEFAULTS = Object.freeze({
   timeoutMs: 1000,
   /** Retransmissions of one window before the transfer is abandoned. */
   retries: 5,
-  /** Largest window the server agrees to (RFC 7440 allows 65535). */
-  maxWindow: 64,
-  /** Largest block the server agrees to. */
-  maxBlksize: TFTP.MAX_BLKSIZE,
+  /** Retransmissions before the client's first answer (a spoofed request is given up after 1+2+4+8 s). */
+  firstRetries: 3,
+  /** Largest window the server agrees to (RFC 7440 allows 65535; iPXE asks none, atftp 16 here). */
+  maxWindow: 16,
+  /** Largest block the server agrees to: what fits one Ethernet frame (1500 - 20 IP - 8 UDP - 4 TFTP). */
+  maxBlksize: 1468,
+  /** Largest client timeout (RFC 2349 allows 255 s) agreed to; a larger one is left out of the OACK. */
+  maxTimeoutS: 5,
+  /** Transfers at once from one client address. */
+  maxPerClient: 4,
+  /** Transfers at once in all (each holds a socket, and a file once its client answers). */
+  maxTransfers: 64,
+  /** The longest one transfer may run, ms (a 64 MB file at 1468-byte lock-step needs about a minute). */
+  lifetimeMs: 10 * 60_000,
 });
 
 /** How to run the server. */
@@ -41,7 +57,13 @@ export interface TftpServerOptions {
   device?: string;
   timeoutMs?: number;
   retries?: number;
+  firstRetries?: number;
   maxWindow?: number;
+  maxBlksize?: number;
+  maxTimeoutS?: number;
+  maxPerClient?: number;
+  maxTransfers?: number;
+  lifetimeMs?: number;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
 }
 
@@ -53,6 +75,14 @@ export interface TftpCounters {
   completed: number;
   failed: number;
   refused: number;
+  /** Requests refused because their address had maxPerClient transfers already. */
+  busy: number;
+  /** Requests dropped without a reply: maxTransfers reached and every transfer answered. */
+  dropped: number;
+  /** Transfers ended, before their client ever answered, to make room for a new request. */
+  evicted: number;
+  /** Transfers ended for running longer than lifetimeMs. */
+  expired: number;
   malformed: number;
   wrongTid: number;
   retransmits: number;
@@ -65,14 +95,31 @@ export interface TftpCounters {
  * listening socket ended it).
  */
 export class TftpServer extends EventEmitter {
-  readonly counters: TftpCounters = { requests: 0, probes: 0, completed: 0, failed: 0, refused: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
+  readonly counters: TftpCounters = { requests: 0, probes: 0, completed: 0, failed: 0, refused: 0, busy: 0, dropped: 0, evicted: 0, expired: 0, malformed: 0, wrongTid: 0, retransmits: 0, bytesSent: 0 };
   private socket: Socket | undefined;
   private closed = false;
   private readonly transfers = new Set<Transfer>();
+  /** Requests and transfers by client address (a request holds its place while its file is looked up). */
+  private readonly perClient = new Map<string, number>();
+  /** Requests being looked up, not yet transfers. */
+  private pending = 0;
   private rootReal: string | undefined;
+  private readonly limits: TransferLimits;
+  private readonly log: TftpServerOptions['log'];
 
   constructor(readonly o: TftpServerOptions) {
     super();
+    const d = TFTP_DEFAULTS;
+    this.limits = {
+      timeoutMs: o.timeoutMs ?? d.timeoutMs,
+      retries: o.retries ?? d.retries,
+      firstRetries: o.firstRetries ?? d.firstRetries,
+      maxWindow: o.maxWindow ?? d.maxWindow,
+      maxBlksize: o.maxBlksize ?? d.maxBlksize,
+      maxTimeoutS: o.maxTimeoutS ?? d.maxTimeoutS,
+      lifetimeMs: o.lifetimeMs ?? d.lifetimeMs,
+    };
+    this.log = o.log;
   }
 
   /** Binds the listener; resolves with its port. */
@@ -112,6 +159,13 @@ export class TftpServer extends EventEmitter {
     return [...this.transfers].map((t) => t.port);
   }
 
+  /** Bytes of buffers held by transfers whose client has answered, and by those whose client has not. */
+  buffered(): { answered: number; unanswered: number } {
+    const out = { answered: 0, unanswered: 0 };
+    for (const t of this.transfers) out[t.acknowledged ? 'answered' : 'unanswered'] += t.buffered;
+    return out;
+  }
+
   // receive, decode, validate, decide, reply
   private async onRequest(msg: Buffer, rinfo: { address: string; port: number }): Promise<void> {
     let p: TftpPacket;
@@ -141,48 +195,21 @@ export class TftpServer extends EventEmitter {
       reply(TftpError.ILLEGAL, `mode "${p.mode}" is not supported`);
       return;
     }
-    const path = await this.resolve(p.filename);
-    if (typeof path !== 'string') {
-      this.counters.refused++;
-      this.o.log?.('info', `tftp: ${rinfo.address} asked for "${p.filename}": ${path.message}`);
-      reply(path.code, path.message);
-      return;
-    }
-    let file: FileHandle;
+    if (!this.admit(rinfo.address, reply)) return;
+    // The place taken above is the transfer's from here on, or given back.
+    let transfer: Transfer | undefined;
     try {
-      file = await open(path, 'r');
-    } catch (err) {
-      this.counters.refused++;
-      reply(TftpError.NOT_FOUND, `cannot open ${p.filename}: ${(err as NodeJS.ErrnoException).code}`);
-      return;
+      transfer = await this.prepare(p.filename, p.options, rinfo, reply);
+    } finally {
+      this.pending--;
+      if (transfer === undefined) this.leave(rinfo.address);
     }
-    let size: number;
-    let socket: Socket;
-    try {
-      size = (await file.stat()).size;
-    } catch (err) {
-      await file.close().catch(() => undefined);
-      this.counters.refused++;
-      reply(TftpError.NOT_FOUND, `cannot read ${p.filename}: ${(err as NodeJS.ErrnoException).code}`);
-      return;
-    }
-    try {
-      socket = await bindUdp({ device: this.o.device, address: this.o.address, port: 0 });
-    } catch (err) {
-      await file.close().catch(() => undefined);
-      this.o.log?.('warn', `tftp: no socket for a transfer: ${(err as Error).message}`);
-      return;
-    }
-    if (this.closed) {
-      // The service ended while this request was opening its file.
-      socket.close();
-      await file.close().catch(() => undefined);
-      return;
-    }
-    const t = new Transfer(this, socket, file, size, p.filename, rinfo, p.options);
+    if (transfer === undefined) return;
+    const t = transfer;
     this.transfers.add(t);
     t.on('end', (ok: boolean, error: string, seconds: number) => {
       this.transfers.delete(t);
+      this.leave(rinfo.address);
       if (t.probe) this.counters.probes++;
       else if (ok) this.counters.completed++;
       else this.counters.failed++;
@@ -191,6 +218,81 @@ export class TftpServer extends EventEmitter {
       else if (ok) this.o.log?.('info', `tftp: sent ${p.filename} to ${rinfo.address} (${t.bytes} bytes in ${seconds.toFixed(2)} s)`);
     });
     t.start();
+  }
+
+  /**
+   * Takes a place for a request from address, or says why not: its address
+   * has maxPerClient already (ERROR), or every place is taken by a transfer
+   * whose client answered (dropped). Synchronous, so a burst of requests
+   * cannot all pass the check before the first is counted.
+   */
+  private admit(address: string, reply: (code: TftpError, message: string) => void): boolean {
+    const mine = this.perClient.get(address) ?? 0;
+    if (mine >= (this.o.maxPerClient ?? TFTP_DEFAULTS.maxPerClient)) {
+      this.counters.busy++;
+      reply(TftpError.UNDEFINED, `${mine} transfers from ${address} are running already; try again when one has ended`);
+      return false;
+    }
+    if (this.pending + this.transfers.size >= (this.o.maxTransfers ?? TFTP_DEFAULTS.maxTransfers)) {
+      let oldest: Transfer | undefined;
+      for (const t of this.transfers) {
+        if (!t.acknowledged) {
+          oldest = t;
+          break;
+        }
+      }
+      if (oldest === undefined) {
+        this.counters.dropped++;
+        this.o.log?.('debug', `tftp: request from ${address} dropped: ${this.transfers.size} transfers running, the most allowed`);
+        return false;
+      }
+      this.counters.evicted++;
+      oldest.end(false, 'ended to make room: its client never answered', false, true);
+    }
+    this.perClient.set(address, mine + 1);
+    this.pending++;
+    return true;
+  }
+
+  private leave(address: string): void {
+    const n = (this.perClient.get(address) ?? 1) - 1;
+    if (n <= 0) this.perClient.delete(address);
+    else this.perClient.set(address, n);
+  }
+
+  /** Looks the file up and binds the transfer's socket; undefined (after replying) if it cannot be served. */
+  private async prepare(name: string, options: Map<string, string>, rinfo: { address: string; port: number }, reply: (code: TftpError, message: string) => void): Promise<Transfer | undefined> {
+    const path = await this.resolve(name);
+    if (typeof path !== 'string') {
+      this.counters.refused++;
+      this.o.log?.('info', `tftp: ${rinfo.address} asked for "${name}": ${path.message}`);
+      reply(path.code, path.message);
+      return undefined;
+    }
+    // The file is opened only when data is sent: a request costs no file descriptor before that.
+    let size: number;
+    try {
+      const st = await stat(path);
+      if (!st.isFile()) throw Object.assign(new Error('not a file'), { code: 'EISDIR' });
+      size = st.size;
+    } catch (err) {
+      this.counters.refused++;
+      reply(TftpError.NOT_FOUND, `cannot read ${name}: ${(err as NodeJS.ErrnoException).code}`);
+      return undefined;
+    }
+    let socket: Socket;
+    try {
+      socket = await bindUdp({ device: this.o.device, address: this.o.address, port: 0 });
+    } catch (err) {
+      this.o.log?.('warn', `tftp: no socket for a transfer: ${(err as Error).message}`);
+      return undefined;
+    }
+    if (this.closed) {
+      // The service ended while this request was looked up.
+      socket.close();
+      return undefined;
+    }
+    return new Transfer({ count: (what, n) => this.count(what, n), log: this.log }, this.limits, socket, path, size, name, rinfo, options);
   }
 
   /** The real path of a requested file inside the root, or the error to send. */
@@ -212,220 +314,5 @@ export class TftpServer extends EventEmitter {
   /** @internal */
   count(what: keyof TftpCounters, n = 1): void {
     this.counters[what] += n;
-  }
-}
-
-/** One read transfer on its own socket. */
-class Transfer extends EventEmitter {
-  bytes = 0;
-  private blksize: number = TFTP.DEFAULT_BLKSIZE;
-  private window = 1;
-  private timeoutMs: number;
-  private readonly lastBlock: number;
-  /** Highest block acknowledged (absolute, from 1); 0 before any. */
-  private acked = 0;
-  private sentUpTo = 0;
-  private tries = 0;
-  private timer: NodeJS.Timeout | undefined;
-  private ended = false;
-  private readonly started = performance.now();
-  private buf: Buffer = Buffer.alloc(0);
-  private awaitingOack = false;
-  private sending = false;
-  /** Read-ahead: file bytes [aheadAt, aheadAt + aheadLen). */
-  private ahead: Buffer = Buffer.alloc(0);
-  private aheadAt = 0;
-  private aheadLen = 0;
-  /** It ended after the OACK: the client only asked for the size. */
-  probe = false;
-
-  constructor(
-    private readonly server: TftpServer,
-    private readonly socket: Socket,
-    private readonly file: FileHandle,
-    private readonly size: number,
-    readonly name: string,
-    private readonly peer: { address: string; port: number },
-    private readonly asked: Map<string, string>,
-  ) {
-    super();
-    this.timeoutMs = server.o.timeoutMs ?? TFTP_DEFAULTS.timeoutMs;
-    const accepted = this.negotiate();
-    this.lastBlock = Math.floor(size / this.blksize) + 1; // the last block is short, maybe empty
-    this.negotiated = accepted;
-  }
-
-  /** The options this server accepted (its OACK); empty: none asked for, plain RFC 1350. */
-  readonly negotiated: Map<string, string>;
-
-  /** RFC 2347: accept what can be honoured, leave out the rest. */
-  private negotiate(): Map<string, string> {
-    const out = new Map<string, string>();
-    const n = (k: string) => Number(this.asked.get(k));
-    if (this.asked.has('blksize')) {
-      const v = n('blksize');
-      if (Number.isInteger(v) && v >= TFTP.MIN_BLKSIZE) {
-        this.blksize = Math.min(v, TFTP_DEFAULTS.maxBlksize);
-        out.set('blksize', String(this.blksize));
-      }
-    }
-    if (this.asked.has('tsize')) out.set('tsize', String(this.size));
-    if (this.asked.has('timeout')) {
-      const v = n('timeout');
-      if (Number.isInteger(v) && v >= TFTP.MIN_TIMEOUT && v <= TFTP.MAX_TIMEOUT) {
-        this.timeoutMs = v * 1000;
-        out.set('timeout', String(v));
-      }
-    }
-    if (this.asked.has('windowsize')) {
-      const v = n('windowsize');
-      if (Number.isInteger(v) && v >= 1) {
-        this.window = Math.min(v, this.server.o.maxWindow ?? TFTP_DEFAULTS.maxWindow);
-        out.set('windowsize', String(this.window));
-      }
-    }
-    return out;
-  }
-
-  get port(): number {
-    return this.socket.address().port;
-  }
-
-  start(): void {
-    this.socket.on('message', (msg, rinfo) => this.onMessage(msg, rinfo));
-    this.socket.on('error', (err) => this.end(false, err.message));
-    this.buf = Buffer.alloc((4 + this.blksize) * this.window);
-    if (this.negotiated.size > 0) {
-      this.awaitingOack = true;
-      this.sendOack();
-    } else void this.sendWindow();
-  }
-
-  private sendOack(): void {
-    this.socket.send(encodeTftp({ op: Opcode.OACK, options: this.negotiated }), this.peer.port, this.peer.address);
-    this.arm();
-  }
-
-  private onMessage(msg: Buffer, rinfo: { address: string; port: number }): void {
-    if (rinfo.address !== this.peer.address || rinfo.port !== this.peer.port) {
-      // RFC 1350 section 4: a packet from another TID gets an error and changes nothing.
-      this.server.count('wrongTid');
-      this.socket.send(encodeTftp({ op: Opcode.ERROR, code: TftpError.UNKNOWN_TID, message: 'unknown transfer ID' }), rinfo.port, rinfo.address);
-      return;
-    }
-    let p: TftpPacket;
-    try {
-      p = decodeTftp(msg);
-    } catch {
-      this.server.count('malformed');
-      return;
-    }
-    if (p.op === Opcode.ERROR) {
-      // Firmware often asks for tsize only and ends the transfer at the OACK (PXE's size probe).
-      if (this.awaitingOack) return this.end(true, '', true);
-      return this.end(false, `the client gave up: ${p.message} (code ${p.code})`);
-    }
-    if (p.op !== Opcode.ACK) {
-      this.server.count('malformed');
-      return;
-    }
-    if (this.awaitingOack) {
-      if (p.block !== 0) return;
-      this.awaitingOack = false;
-      this.tries = 0;
-      void this.sendWindow();
-      return;
-    }
-    // Map the 16-bit block number into the window in flight (it rolls over at 65536).
-    const candidate = this.acked + ((p.block - this.acked) & 0xffff);
-    if (candidate <= this.acked || candidate > this.sentUpTo) return; // a duplicate or stale ACK
-    this.acked = candidate;
-    this.tries = 0;
-    if (this.acked >= this.lastBlock) return this.end(true, '');
-    // RFC 7440: a partial ACK restarts the window after the acknowledged block.
-    if (this.acked === this.sentUpTo) void this.sendWindow();
-    else if (!this.sending) void this.sendWindow();
-  }
-
-  private async sendWindow(): Promise<void> {
-    if (this.ended || this.sending) return;
-    this.sending = true;
-    try {
-      const first = this.acked + 1;
-      const last = Math.min(this.lastBlock, this.acked + this.window);
-      const start = (first - 1) * this.blksize;
-      const want = Math.max(0, Math.min(this.size - start, (last - first + 1) * this.blksize));
-      const got = await this.fill(start, want);
-      if (this.ended) return;
-      for (let b = first; b <= last; b++) {
-        const off = (b - first) * this.blksize;
-        const len = Math.max(0, Math.min(this.blksize, got - off));
-        const pkt = this.buf.subarray((b - first) * (4 + this.blksize), (b - first) * (4 + this.blksize) + 4 + len);
-        dataHeader(pkt, b);
-        this.ahead.copy(pkt, 4, start - this.aheadAt + off, start - this.aheadAt + off + len);
-        this.socket.send(pkt, this.peer.port, this.peer.address);
-        this.server.count('bytesSent', len);
-        if (b > this.sentUpTo) this.bytes += len;
-      }
-      this.sentUpTo = last;
-      this.arm();
-    } catch (err) {
-      this.end(false, (err as Error).message);
-    } finally {
-      this.sending = false;
-    }
-  }
-
-  /**
-   * Makes bytes [start, start+want) available in `ahead`, reading READ_AHEAD
-   * at a time: a lock-step client (one 512-byte block per round trip) must
-   * not wait for a disk read per block. Returns the bytes there are.
-   */
-  private async fill(start: number, want: number): Promise<number> {
-    const end = Math.min(this.size, start + want);
-    if (start >= this.aheadAt && end <= this.aheadAt + this.aheadLen) return end - start;
-    const size = Math.max(want, READ_AHEAD);
-    if (this.ahead.length < size) this.ahead = Buffer.alloc(size);
-    let got = 0;
-    while (got < size && start + got < this.size) {
-      const { bytesRead } = await this.file.read(this.ahead, got, Math.min(size - got, this.size - start - got), start + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    this.aheadAt = start;
-    this.aheadLen = got;
-    return Math.min(got, end - start);
-  }
-
-  private arm(): void {
-    clearTimeout(this.timer);
-    // Back-off: each retry waits twice as long, up to 8 times the timeout.
-    const wait = this.timeoutMs * Math.min(8, 2 ** this.tries);
-    this.timer = setTimeout(() => this.expire(), wait);
-  }
-
-  private expire(): void {
-    if (this.ended) return;
-    if (++this.tries > (this.server.o.retries ?? TFTP_DEFAULTS.retries)) return this.end(false, `no answer from ${this.peer.address}:${this.peer.port} after ${this.tries - 1} retransmissions`);
-    this.server.count('retransmits');
-    if (this.awaitingOack) return this.sendOack();
-    this.sentUpTo = this.acked; // resend the whole window after the last ACK
-    void this.sendWindow();
-  }
-
-  /** Ends the transfer once; probe: the client only wanted the options (tsize). */
-  end(ok: boolean, error: string, probe = false): void {
-    if (this.ended) return;
-    this.ended = true;
-    this.probe = probe;
-    clearTimeout(this.timer);
-    if (!ok && error !== 'server stopped') this.server.o.log?.('warn', `tftp: ${this.name} to ${this.peer.address}: ${error}`);
-    try {
-      this.socket.close();
-    } catch {
-      // already closed
-    }
-    this.file.close().catch((err: Error) => this.server.o.log?.('warn', `tftp: closing ${this.name}: ${err.message}`));
-    this.emit('end', ok, error, (performance.now() - this.started) / 1000);
   }
 }

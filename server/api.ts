@@ -23,6 +23,7 @@ import type { AgentChannel } from './control.js';
 import type { CaptureManager } from './captures.js';
 import type { PxeServices } from '../pxe/service.js';
 import { secretMatches } from './credentials.js';
+import { BootScriptLimits } from './boot-limits.js';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 
@@ -78,6 +79,8 @@ export interface ApiContext {
   boot: { dir: string; script: (mac: string) => string } | undefined;
   /** The PXE services, once started. */
   pxe?: () => PxeServices | undefined;
+  /** Rate limits of the boot-script route (default: BOOT_SCRIPT_LIMITS). */
+  bootLimits?: BootScriptLimits;
   captures: CaptureManager;
   /** The state files, by name relative to the data directory, for /healthz and /metrics. */
   stateFiles?: () => { file: string; state: StateStatus }[];
@@ -182,7 +185,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       return;
     }
     if (path === '/healthz') return healthz(c, res);
-    if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, res);
+    if (path.startsWith('/boot/') && method === 'GET') return await serveBoot(c, path, new URL(req.url ?? '/', 'http://x').searchParams, req, res);
     if (!path.startsWith('/api/') && path !== '/metrics') return send(res, 404, { error: { code: ERR.NOT_FOUND, message: `no ${path} here` } });
     // Without the server's token: a machine's own agent secret opens only the manifest of the session that holds
     // it now, and a capture's own secret opens only that capture's upload routes while it runs (docs/security.md).
@@ -340,11 +343,21 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
  * GET /boot/ipxe?mac=MAC (the machine's iPXE script) and GET /boot/files/NAME
  * (kernel and initramfs from the boot folder, never outside it).
  */
-async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, res: ServerResponse): Promise<void> {
+async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, req: IncomingMessage, res: ServerResponse): Promise<void> {
   if (c.boot === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'network boot is off: start the server with --pxe proxy|full');
   if (path === '/boot/ipxe') {
     const mac = (query.get('mac') ?? '').toLowerCase().replace(/-/g, ':');
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, 'boot/ipxe needs ?mac=aa:bb:cc:dd:ee:ff');
+    // Per address and per MAC (server/boot-limits.ts), before any other work.
+    c.bootLimits ??= new BootScriptLimits();
+    const wait = c.bootLimits.wait(req.socket.remoteAddress ?? '', mac);
+    if (wait > 0) {
+      const retry = Math.ceil(wait / 1000);
+      res.writeHead(429, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'retry-after': String(retry) }).end(`too many boot script requests; try again in ${retry} s\n`);
+      return;
+    }
+    const pxe = c.pxe?.();
+    if (pxe?.knownOnly === true && !pxe.knows(mac)) throw new ClonecastError(ERR.NOT_FOUND, `${mac} is not a machine this server knows (--pxe-known-only)`);
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac));
     return;
   }
@@ -352,7 +365,7 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
   try {
     name = decodeURIComponent(path.slice('/boot/files/'.length));
   } catch {
-    throw new ClonecastError(ERR.NOT_FOUND, 'a boot file name must be valid percent-encoded UTF-8');
+    throw new ClonecastError(ERR.USAGE, 'a boot file name must be valid percent-encoded UTF-8');
   }
   if (!path.startsWith('/boot/files/') || name === '' || name.includes('/') || name.startsWith('.')) throw new ClonecastError(ERR.NOT_FOUND, `no ${path} here`);
   const root = await realpath(c.boot.dir).catch(() => {

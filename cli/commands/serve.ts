@@ -41,7 +41,8 @@ export const serve: Command = {
     'static-lease': { kind: 'string', value: 'MAC=IP,...', help: 'With --pxe full: fixed addresses for these machines.' },
     'boot-dir': { kind: 'string', value: 'DIR', help: 'The boot environment to serve ("clonecast bootenv build").', default: 'DATA/pxe/boot' },
     'pxe-idle': { kind: 'string', value: 'local|agent|menu', help: 'What a machine with no work boots: its own disk, the agent, or a menu.', default: 'local' },
-    'pxe-unknown': { kind: 'string', value: 'boot|ignore', help: 'Whether machines the server has never seen are booted or ignored.', default: 'boot' },
+    'pxe-unknown': { kind: 'string', value: 'boot|ignore', help: 'Machines the server does not know (not in its registry, no --static-lease, no entry in DATA/pxe/machines.json): boot them, or ignore them (DHCP says nothing to them: no address, no boot file).', default: 'boot' },
+    'pxe-known-only': { kind: 'flag', help: 'Answer only machines the server knows: --pxe-unknown ignore, and their boot scripts are refused too (404). Add a machine by running its agent once, a --static-lease or an entry in DATA/pxe/machines.json.' },
     'boot-credential-ttl': { kind: 'positive', value: 'S', help: 'How long a boot credential in a named machine\'s boot script stays good for its first Hello.', default: '900' },
     efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
     ...COMMON,
@@ -50,7 +51,9 @@ export const serve: Command = {
   async run(ctx) {
     const pxeMode = oneOf(ctx, 'pxe', ['proxy', 'full'] as const, undefined, "proxy (beside the lab's own DHCP server) or full (this server hands out addresses)");
     const idle = oneOf(ctx, 'pxe-idle', ['local', 'agent', 'menu'] as const, 'local', 'local, agent or menu')!;
-    const unknown = oneOf(ctx, 'pxe-unknown', ['boot', 'ignore'] as const, 'boot', 'boot or ignore')!;
+    const knownOnly = ctx.flag('pxe-known-only');
+    if (knownOnly && ctx.str('pxe-unknown') === 'boot') throw ctx.usage('--pxe-known-only ignores unknown machines; it cannot go with --pxe-unknown boot');
+    const unknown = oneOf(ctx, 'pxe-unknown', ['boot', 'ignore'] as const, knownOnly ? 'ignore' : 'boot', 'boot or ignore')!;
     const efi = oneOf(ctx, 'efi', ['ipxe.efi', 'snponly.efi'] as const, 'ipxe.efi', 'ipxe.efi or snponly.efi')!;
     const statics = parseStatics(ctx);
     const store = ctx.store();
@@ -72,6 +75,7 @@ export const serve: Command = {
               bootDir: ctx.str('boot-dir'),
               idle,
               unknown,
+              knownOnly,
               efiBinary: efi,
               credentialTtlS: ctx.num('boot-credential-ttl'),
             },

@@ -109,6 +109,22 @@ describe('network boot services with real clients', () => {
     }
   }, 90_000);
 
+  itNeeds(DHCP_CAPS, '--pxe-known-only: udhcpc on an unknown machine gets no address; a machine with a static lease gets its own; scripts only for known MACs', async () => {
+    const f = await start('full', ['--pxe-known-only', '--static-lease', '02:77:00:00:00:01=10.77.0.50']);
+    const unknown = udhcpc(hosts[1]);
+    expect(unknown.status).not.toBe(0);
+    expect(unknown.stdout).not.toMatch(/bound/);
+    expect(await counter(f, 'notAdmitted')).toBeGreaterThanOrEqual(1);
+    expect(await counter(f, 'offers')).toBe(0);
+    const known = udhcpc(hosts[0]);
+    expect(known.stdout).toMatch(/udhcpc-event bound ip=10\.77\.0\.50/);
+    // (The data directory is shared with the tests above: the other machine may have an old lease in the file.)
+    expect(leases(f).find((l) => l.mac === '02:77:00:00:00:01')?.ip).toBe('10.77.0.50');
+    const status = (mac: string) => f.lab.execIn(hosts[0].ns, 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `http://10.77.0.1:8080/boot/ipxe?mac=${mac}`]).trim();
+    expect(status('02:77:00:00:00:02')).toBe('404');
+    expect(status('02:77:00:00:00:01')).toBe('200');
+  }, 90_000);
+
   itNeeds(DHCP_CAPS, 'proxy mode: plain DHCP clients get nothing at all', async () => {
     const f = await start('proxy');
     const u = udhcpc(hosts[0]);

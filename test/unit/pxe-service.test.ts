@@ -47,8 +47,10 @@ describe('network boot wiring', () => {
     expect(machineOverride(data, '52:54:00:00:00:01')).toBeUndefined();
     writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify({ '52:54:00:00:00:01': { file: 'snponly.efi', action: 'menu' }, '52-54-00-00-00-02': { ignore: true } }));
     checkOverrides(data);
-    expect(machineOverride(data, '52:54:00:00:00:01')).toEqual({ file: 'snponly.efi', action: 'menu' });
-    expect(machineOverride(data, '52:54:00:00:00:02')).toEqual({ ignore: true });
+    // The file is looked at again at most once a second (a second later here).
+    const later = Date.now() + 1000;
+    expect(machineOverride(data, '52:54:00:00:00:01', later)).toEqual({ file: 'snponly.efi', action: 'menu' });
+    expect(machineOverride(data, '52:54:00:00:00:02', later)).toEqual({ ignore: true });
     writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify({ 'pc-1': {} }));
     expect(() => checkOverrides(data)).toThrow(/"pc-1" is not a MAC address/);
     writeFileSync(join(data, 'pxe', 'machines.json'), '{');
@@ -63,6 +65,9 @@ describe('network boot wiring', () => {
     const b = await cli(['serve', '--data', data, '--listen', '127.0.0.1:0', '--pxe', 'maybe']);
     expect(b.code).toBe(2);
     expect(b.stderr).toMatch(/--pxe takes proxy .* or full/);
+    const c = await cli(['serve', '--data', data, '--listen', '127.0.0.1:0', '--pxe', 'full', '--interface', 'lo', '--pxe-known-only', '--pxe-unknown', 'boot']);
+    expect(c.code).toBe(2);
+    expect(c.stderr).toMatch(/--pxe-known-only ignores unknown machines; it cannot go with --pxe-unknown boot/);
   });
 });
 
