@@ -1,6 +1,7 @@
 #!/bin/busybox sh
 # /init of clonecast's network-boot environment (pxe/bootenv.ts builds it).
-# Kernel command line: clonecast.server=URL clonecast.token=T clonecast.mac=MAC
+# Kernel command line: clonecast.server=URL clonecast.fingerprint=SHA256 clonecast.token=T clonecast.mac=MAC
+# (URL is the server's https:// address; SHA256 its certificate's fingerprint, which the agent pins)
 # (the iPXE script of `clonecast serve --pxe` writes them).
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin
@@ -16,6 +17,7 @@ fail_wait() { say "$*"; say "retrying in 10 s (the server's dashboard shows this
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     clonecast.server=*) SERVER="${arg#clonecast.server=}" ;;
+    clonecast.fingerprint=*) FINGERPRINT="${arg#clonecast.fingerprint=}" ;;
     clonecast.token=*) TOKEN="${arg#clonecast.token=}" ;;
     clonecast.mac=*) MAC="${arg#clonecast.mac=}" ;;
     clonecast.shell=1) SHELL_ON_FAIL=1 ;;
@@ -23,6 +25,7 @@ for arg in $(cat /proc/cmdline); do
 done
 say "$(cat /etc/clonecast-bootenv | tr '\n' ' ')"
 [ -n "$SERVER" ] && [ -n "$TOKEN" ] || { say "no clonecast.server= or clonecast.token= on the kernel command line; boot this through clonecast serve --pxe"; exec sh; }
+[ -n "$FINGERPRINT" ] || { say "no clonecast.fingerprint= on the kernel command line (the server's certificate); boot this through clonecast serve --pxe"; exec sh; }
 
 for m in $(cat /lib/modules/load-order); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
 
@@ -49,7 +52,7 @@ done
 say "network up on $IFACE: $(cat /run/clonecast-ip) ($MAC); server $SERVER"
 
 while true; do
-  node /opt/clonecast/bin/clonecast agent --server "$SERVER" --token "$TOKEN" --machine-id "$MAC" \
+  node /opt/clonecast/bin/clonecast agent --server "$SERVER" --fingerprint "$FINGERPRINT" --token "$TOKEN" --machine-id "$MAC" \
     --disk auto --once --power-exit --data /tmp/clonecast
   code=$?
   case $code in

@@ -30,6 +30,7 @@ export const agent: Command = {
     const { Agent } = await import('../../agent/agent.js');
     const a = new Agent({
       server: client.server,
+      fingerprint: client.fingerprint,
       token: client.token,
       disk: ctx.str('disk'),
       machineId: ctx.str('machine-id'),
