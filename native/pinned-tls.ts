@@ -52,7 +52,7 @@ export class PinnedAgent extends Agent {
   override createConnection(options: RequestOptions, callback?: (err: Error | null, stream: Duplex) => void): Duplex | undefined {
     const host = (options.host ?? options.hostname ?? 'localhost').replace(/^\[|\]$/g, '');
     const servername = (options as ConnectionOptions).servername;
-    pinnedSocket({ host, port: Number(options.port ?? 443), servername, timeout: options.timeout }, this.pin).then(
+    pinnedSocket({ host, port: Number(options.port ?? 443), servername, timeout: options.timeout, localAddress: options.localAddress }, this.pin).then(
       (socket) => callback?.(null, socket),
       (err: Error) => callback?.(err, undefined as unknown as Duplex),
     );
@@ -61,12 +61,13 @@ export class PinnedAgent extends Agent {
 }
 
 /** Opens a TLS connection and resolves with it once its certificate matches pin; nothing is written to it before. */
-export function pinnedSocket(o: { host: string; port: number; servername?: string; timeout?: number }, pin: string): Promise<TLSSocket> {
+export function pinnedSocket(o: { host: string; port: number; servername?: string; timeout?: number; localAddress?: string }, pin: string): Promise<TLSSocket> {
   const expected = normalizeFingerprint(pin);
   return new Promise((resolve, reject) => {
     // No CA vouches for a self-signed certificate: the fingerprint check below is the verification.
     const servername = o.servername ?? (/^[\d.]+$|:/.test(o.host) ? undefined : o.host);
-    const socket = connect({ host: o.host, port: o.port, servername, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] });
+    const options: ConnectionOptions & { localAddress?: string } = { host: o.host, port: o.port, localAddress: o.localAddress, servername, rejectUnauthorized: false, ALPNProtocols: ['http/1.1'] };
+    const socket = connect(options);
     const fail = (err: Error) => {
       socket.destroy();
       reject(err);
@@ -91,7 +92,7 @@ export function pinnedSocket(o: { host: string; port: number; servername?: strin
 export interface PinnedResponse {
   status: number;
   ok: boolean;
-  headers: Record<string, string | string[] | undefined>;
+  headers: Headers;
   text(): Promise<string>;
   json(): Promise<unknown>;
   arrayBuffer(): Promise<ArrayBuffer>;
@@ -131,7 +132,7 @@ export function pinnedFetch(url: string | URL, init: PinnedInit): Promise<Pinned
         resolve({
           status,
           ok: status >= 200 && status < 300,
-          headers: res.headers,
+          headers: new Headers(Object.entries(res.headers).flatMap(([k, v]) => (v === undefined ? [] : Array.isArray(v) ? v.map((x) => [k, x] as [string, string]) : [[k, v] as [string, string]]))),
           text: async () => all.toString('utf8'),
           json: async () => JSON.parse(all.toString('utf8')) as unknown,
           arrayBuffer: async () => all.buffer.slice(all.byteOffset, all.byteOffset + all.length) as ArrayBuffer,
