@@ -42,7 +42,8 @@ export interface CaptureLink {
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-async function call(link: CaptureLink, method: string, path: string, body?: Buffer | string, type = 'application/json'): Promise<unknown> {
+/** One call of the capture API, retried across network faults (never after a certificate mismatch). */
+export async function call(link: CaptureLink, method: string, path: string, body?: Buffer | string, type = 'application/json'): Promise<unknown> {
   let wait = 250;
   for (let attempt = 0; ; attempt++) {
     let res: PinnedResponse | undefined;
