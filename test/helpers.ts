@@ -169,8 +169,18 @@ export function serverFetch(srv: TlsServer, path: string, init: Omit<PinnedInit,
  * (Chromium's own pin: --ignore-certificate-errors-spki-list) and nothing else.
  */
 export function chromiumPin(certDir: string): string[] {
+  return [`--ignore-certificate-errors-spki-list=${spkiHash(certDir)}`];
+}
+
+/** SHA-256 of the public key of DIR/cert.pem, base64 (what Chromium's and curl's key pins take). */
+export function spkiHash(certDir: string): string {
   const key = new X509Certificate(readFileSync(join(certDir, 'cert.pem'))).publicKey.export({ type: 'spki', format: 'der' });
-  return [`--ignore-certificate-errors-spki-list=${createHash('sha256').update(key).digest('base64')}`];
+  return createHash('sha256').update(key).digest('base64');
+}
+
+/** curl options that accept only the server whose DIR/cert.pem this is (the key pinned; no CA vouches for it). */
+export function curlPin(certDir: string): string[] {
+  return ['--insecure', '--pinnedpubkey', `sha256//${spkiHash(certDir)}`];
 }
 
 /** Logs a dashboard page in by typing the token into its login field (the page keeps it in memory only). */

@@ -200,8 +200,8 @@ describe('network boot services with real clients', () => {
       const log = f.server!.out;
       expect(log).toMatch(new RegExp(`tftp: sent ${c.binary.replace('.', '\\.')} to 10\\.77\\.0\\.\\d+`));
       expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent/);
-      // The kernel came up with the server's URL and the machine's own boot token.
-      const cmdline = new RegExp(`${MARKER} cmdline: .*clonecast\\.server=http://10\\.77\\.0\\.1:8080/ clonecast\\.token=([0-9a-f]{48})`).exec(serial);
+      // The kernel came up with the server's TLS address, its certificate's fingerprint and the machine's own boot token.
+      const cmdline = new RegExp(`${MARKER} cmdline: .*clonecast\\.server=https://10\\.77\\.0\\.1:8080/ clonecast\\.fingerprint=${f.fingerprint} clonecast\\.token=([0-9a-f]{48})`).exec(serial);
       expect(cmdline, serial.slice(-2000)).not.toBeNull();
       if (c.mode === 'proxy') {
         expect(log).toMatch(/proxyDHCP: 52:54:00:77:00:01 \(arch \d\) boots/);
