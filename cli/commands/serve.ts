@@ -46,6 +46,13 @@ export const serve: Command = {
     efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
     ...COMMON,
   },
+  details: [
+    'The API, the dashboard and both WebSockets (agents, dashboard events) speak only HTTPS/WSS on --listen, with a self-signed',
+    'certificate made on first start in DATA/tls (key.pem mode 0600) and kept across restarts. Clients pin its SHA-256 fingerprint,',
+    'printed at start ("clonecast fingerprint" prints it again; "clonecast tls renew" makes a new one). With --pxe, a second,',
+    'plain-HTTP listener (--boot-listen) serves only what firmware fetches: boot scripts, kernel and initramfs. The dashboard',
+    'asks for the token in its login field and keeps it in page memory only; no URL carries it.',
+  ],
   interrupted: 'the server stops; sessions are saved and resume at the next start, and agents reconnect when it is back',
   async run(ctx) {
     const pxeMode = oneOf(ctx, 'pxe', ['proxy', 'full'] as const, undefined, "proxy (beside the lab's own DHCP server) or full (this server hands out addresses)");
