@@ -131,7 +131,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
 
-  const server: Server = createServer({ cert: tls.cert, key: tls.key }, (req, res) => void handle(ctx, state, req, res));
+  // A connection that has not finished its TLS handshake in 5 s is closed (Node's default waits 120 s).
+  const server: Server = createServer({ cert: tls.cert, key: tls.key, handshakeTimeout: 5000 }, (req, res) => void handle(ctx, state, req, res));
   // A client that does not speak TLS, or will not accept the certificate, is no fault of the server's.
   server.on('tlsClientError', (err) => o.log?.('debug', `TLS: ${err.message}`));
   let bootServer: PlainServer | undefined;

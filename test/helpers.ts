@@ -51,6 +51,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   },
   chromium: () => (existsSync('/usr/bin/chromium') ? null : 'needs Debian\'s chromium at /usr/bin/chromium (apt-get install chromium)'),
   curl: () => (hasCommand('curl') ? null : 'needs curl'),
+  tcpdump: () => (hasCommand('tcpdump') ? null : 'needs tcpdump (apt-get install tcpdump)'),
   atftp: () => (hasCommand('atftp') ? null : 'needs the atftp client (apt-get install atftp)'),
   tftp: () => (hasCommand('tftp') ? null : 'needs the tftp-hpa client (apt-get install tftp-hpa)'),
   dhclient: () => (hasCommand('dhclient') ? null : 'needs ISC dhclient (apt-get install isc-dhcp-client)'),
