@@ -115,12 +115,14 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
         state.pids.push(detached('ip', ['netns', 'exec', lab.server.ns, 'radvd', '-n', '-C', join(LAB_DIR, 'radvd.conf'), '-p', join(LAB_DIR, 'radvd.pid'), '-m', 'stderr'], join(LAB_DIR, 'radvd.log')).pid!);
       }
     }
+    // A new log for this server: what an earlier lab's server printed must not pass for its start.
+    writeFileSync(join(LAB_DIR, 'server.log'), '');
     const server = detached('ip', serveArgs, join(LAB_DIR, 'server.log'));
     state.pids.push(server.pid!);
     save();
-    await waitFor(() => existsSync(join(data, 'token')) && readFileSync(join(LAB_DIR, 'server.log'), 'utf8').includes('stop with Ctrl-C'), 20_000, 'the server to start (see server.log)');
+    await waitFor(() => existsSync(join(data, 'token')) && readCert(data) !== undefined && readFileSync(join(LAB_DIR, 'server.log'), 'utf8').includes('stop with Ctrl-C'), 20_000, 'the server to start (see server.log)');
     state.token = readFileSync(join(data, 'token'), 'utf8').trim();
-    state.fingerprint = readCert(data)?.fingerprint ?? '';
+    state.fingerprint = readCert(data)!.fingerprint;
     const size = o.diskBytes ?? 256 * 1024 * 1024;
     for (let k = 0; k < o.clients; k++) {
       const disk = join(LAB_DIR, `pc${k + 1}.img`);
