@@ -68,7 +68,7 @@ export const labStatus: Command = {
       const { safeText } = await import('../output.js');
       console.log(`lab since ${st.state.createdAt}: ${st.namespaces.length}/${st.state.namespaces.length} namespaces, ${st.alive.length}/${st.state.pids.length} processes running`);
       console.log(`  dashboard: ${st.state.dashboard}`);
-      if (st.machines === null) console.log('  the server does not answer through the forwarder');
+      if (st.machines === null) console.log(`  the server does not answer through the forwarder${st.error !== undefined ? ` (${st.error})` : ''}`);
       else
         for (const m of st.machines as { id: string; address: string; online: boolean; state: string; lastImage: { name: string; version: number } | null }[]) {
           console.log(`  ${safeText(m.id)}  ${safeText(m.address).padEnd(12)} ${(m.online ? safeText(m.state) : 'offline').padEnd(10)} ${m.lastImage ? `${safeText(m.lastImage.name)}@${m.lastImage.version}` : '-'}`);

@@ -211,7 +211,7 @@ export function forward(port: number, serverNs = `cc${TAG}s`): Server {
 }
 
 /** What `lab status` shows. */
-export async function labStatus(port = 8080): Promise<{ state: LabState | undefined; alive: number[]; namespaces: string[]; machines: unknown[] | null }> {
+export async function labStatus(port = 8080): Promise<{ state: LabState | undefined; alive: number[]; namespaces: string[]; machines: unknown[] | null; error?: string }> {
   const state = labState();
   if (state === undefined) return { state, alive: [], namespaces: [], machines: null };
   const alive = state.pids.filter((pid) => {
@@ -225,11 +225,14 @@ export async function labStatus(port = 8080): Promise<{ state: LabState | undefi
   const present = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout;
   const namespaces = state.namespaces.filter((ns) => new RegExp(`^${ns}( |$)`, 'm').test(present));
   let machines: unknown[] | null = null;
+  let error: string | undefined;
   try {
-    const res = await pinnedFetch(`https://127.0.0.1:${port}/api/machines`, { pin: state.fingerprint, headers: { authorization: `Bearer ${state.token}` }, signal: AbortSignal.timeout(3000) });
+    // The forwarder starts a relay process per connection: allow for a loaded machine.
+    const res = await pinnedFetch(`https://127.0.0.1:${port}/api/machines`, { pin: state.fingerprint, headers: { authorization: `Bearer ${state.token}` }, signal: AbortSignal.timeout(10_000) });
     if (res.ok) machines = (await res.json()) as unknown[];
-  } catch {
-    machines = null;
+    else error = `the server answered ${res.status}`;
+  } catch (err) {
+    error = (err as Error).message;
   }
-  return { state, alive, namespaces, machines };
+  return { state, alive, namespaces, machines, ...(error !== undefined ? { error } : {}) };
 }

@@ -62,10 +62,10 @@ describe('clonecast lab', () => {
     try {
       expect(up.json.machines[0].mac).toBe('52:54:00:77:10:01');
       let last: unknown;
-      await until(async () => ((last = (await cli(['lab', 'status', '--port', '18433', '--json'], env)).json?.machines) ?? []).some((m: any) => m.online && m.id === '52:54:00:77:10:01' && m.disks.length === 1), 150_000, 'the VM\'s agent to connect').catch((err: Error) => {
+      await until(async () => ((last = (await cli(['lab', 'status', '--port', '18433', '--json'], env)).json)?.machines ?? []).some((m: any) => m.online && m.id === '52:54:00:77:10:01' && m.disks.length === 1), 150_000, 'the VM\'s agent to connect').catch((err: Error) => {
         // Say where the VM got to: the end of its console and what the server knew.
         const serial = readFileSync(join(env.CLONECAST_LAB_DIR, 'pc1.serial.log'), 'utf8').slice(-1500);
-        throw new Error(`${err.message}; machines: ${JSON.stringify(last)}; console: ${serial}`);
+        throw new Error(`${err.message}; status: ${JSON.stringify(last)}; console: ${serial}`);
       });
       const serial = readFileSync(join(env.CLONECAST_LAB_DIR, 'pc1.serial.log'), 'utf8');
       expect(serial).toMatch(/clonecast-boot: network up on eth0/);
