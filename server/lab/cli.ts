@@ -202,8 +202,12 @@ export function forward(port: number, serverNs = `cc${TAG}s`): Server {
       sock.destroy();
       child.kill();
     };
+    // A relay that ends while bytes are still flowing (EPIPE) ends this connection, never the forwarder.
     sock.on('error', end);
     sock.on('close', end);
+    child.on('error', end);
+    child.stdin.on('error', end);
+    child.stdout.on('error', end);
     child.on('close', end);
   });
   server.listen(port, '127.0.0.1');
