@@ -18,6 +18,7 @@ import { machine } from './inventory.js';
 import { progressOf, resultOf, type Job } from './report.js';
 import { reportFailure, runCapture } from './capture.js';
 import { Receiver, type ReceiverResult } from '../transfer/receiver.js';
+import { normalizeFingerprint, pinnedFetch, pinnedWebSocketOptions, wssUrl } from '../native/pinned-tls.js';
 
 /** Defaults of AgentOptions. */
 export const AGENT_DEFAULTS = Object.freeze({
@@ -30,9 +31,11 @@ export const AGENT_DEFAULTS = Object.freeze({
 
 /** How to run an agent. */
 export interface AgentOptions {
-  /** The server's URL, e.g. http://10.77.0.1:8080/. */
+  /** The server's URL, e.g. https://10.77.0.1:8080/. */
   server: string;
   /** The server's token, a boot credential, or '' (network-booted with none: the server lists the machine as unverified). */
+  /** SHA-256 fingerprint of the server's certificate: the agent sends nothing (no token) to a server that shows another. */
+  fingerprint: string;
   token: string;
   /**
    * Where this machine's own secret is kept (the boot environment: a file on tmpfs). The server gives
@@ -100,7 +103,10 @@ export class Agent extends EventEmitter {
         // none yet: the first Hello gets one
       }
     }
+    this.pin = normalizeFingerprint(o.fingerprint);
   }
+
+  private readonly pin: string;
 
   /** Runs until stop(), or after one session with once; resolves with that session's result (undefined if stopped first). */
   async run(): Promise<Result | undefined> {
@@ -130,8 +136,8 @@ export class Agent extends EventEmitter {
   /** One connection, until it closes; true if the server welcomed it. */
   private connectOnce(): Promise<boolean> {
     return new Promise((resolve) => {
-      const url = new URL(CONTROL.AGENT_PATH, this.o.server.replace(/^http/, 'ws'));
-      const ws = new WebSocket(url, { maxPayload: CONTROL.MAX_MESSAGE * 4, handshakeTimeout: 5000 });
+      const url = wssUrl(CONTROL.AGENT_PATH, this.o.server);
+      const ws = new WebSocket(url, { maxPayload: CONTROL.MAX_MESSAGE * 4, handshakeTimeout: 5000, ...pinnedWebSocketOptions(this.pin) });
       this.ws = ws;
       let welcomed = false;
       let lastHeard = Date.now();
@@ -262,8 +268,7 @@ export class Agent extends EventEmitter {
     if (this.captures.has(id)) return;
     this.captures.add(id);
     const device = c.device || (this.o.disk !== undefined && this.o.disk !== 'auto' ? this.o.disk : '');
-    // The capture's own secret is the only credential its upload routes take (besides the server's token).
-    const link = { server: this.o.server, token: c.secret || this.credential, machineId: this.machineId, log: this.o.log };
+    const link = { server: this.o.server, fingerprint: this.pin, token: c.secret || this.credential, machineId: this.machineId, log: this.o.log };
     this.o.log?.('info', `capture ${id}: reading ${device} into image ${c.image}${c.partitions?.length ? ` (partitions ${c.partitions.join(',')})` : ''}`);
     try {
       if (this.job !== undefined) {
@@ -340,7 +345,7 @@ export class Agent extends EventEmitter {
 
   private async fetchManifest(a: Assign) {
     const url = new URL(a.manifestPath!, this.o.server);
-    const res = await fetch(url, { headers: { authorization: `Bearer ${this.credential}`, 'x-clonecast-machine': this.machineId } }).catch((err: Error) => {
+    const res = await pinnedFetch(url, { pin: this.pin, headers: { authorization: `Bearer ${this.credential}`, 'x-clonecast-machine': this.machineId } }).catch((err: Error) => {
       throw new ClonecastError(ERR.UNREACHABLE, `cannot fetch the manifest from ${url}: ${err.message}`);
     });
     if (!res.ok) throw new ClonecastError(ERR.UNREACHABLE, `the server answered ${res.status} for ${url}`);

@@ -10,7 +10,8 @@
  */
 import { chunkCount, chunkLength, CHUNK, encodeChunk, isZero } from '../protocol/chunk.js';
 import type { CaptureProgress } from '../protocol/api.js';
-import { ClonecastError, ERR } from '../protocol/errors.js';
+import { ClonecastError, ERR, isError } from '../protocol/errors.js';
+import { pinnedFetch, type PinnedResponse } from '../native/pinned-tls.js';
 import { initHashes, sha256, xxh64 } from '../protocol/hash.js';
 import { ChunkKind, newChunkTable, setChunk, type BadRange } from '../protocol/manifest.js';
 import type { PartitionTable } from '../protocol/partitions.js';
@@ -34,22 +35,28 @@ export type { CaptureProgress };
 /** How the agent reaches the server. */
 export interface CaptureLink {
   server: string;
+  /** SHA-256 fingerprint of the server's certificate. */
+  fingerprint: string;
   token: string;
   machineId: string;
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
-async function call(link: CaptureLink, method: string, path: string, body?: Buffer | string, type = 'application/json'): Promise<unknown> {
+/** One call of the capture API, retried across network faults (never after a certificate mismatch). */
+export async function call(link: CaptureLink, method: string, path: string, body?: Buffer | string, type = 'application/json'): Promise<unknown> {
   let wait = 250;
   for (let attempt = 0; ; attempt++) {
-    let res: Response | undefined;
+    let res: PinnedResponse | undefined;
     try {
-      res = await fetch(new URL(path, link.server), {
+      res = await pinnedFetch(new URL(path, link.server), {
         method,
+        pin: link.fingerprint,
         headers: { authorization: `Bearer ${link.token}`, 'x-clonecast-machine': link.machineId, ...(body !== undefined ? { 'content-type': type } : {}) },
-        body: body as BodyInit | undefined,
+        body,
       });
     } catch (err) {
+      // Another certificate at the server's address is not a fault that goes away by retrying soon.
+      if (isError(err, ERR.CERT_MISMATCH) || isError(err, ERR.USAGE)) throw err;
       if (attempt >= RETRIES) throw new ClonecastError(ERR.UNREACHABLE, `cannot reach ${link.server} for the capture: ${(err as Error).message}`);
     }
     if (res !== undefined) {

@@ -7,6 +7,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { TOKEN_FILE } from '../server/token.js';
+import { readCert } from '../server/tls.js';
+import { normalizeFingerprint, pinnedFetch, type PinnedResponse } from '../native/pinned-tls.js';
 import type { CaptureRequest, StartRule } from '../protocol/api.js';
 
 export type { CaptureRequest, StartRule };
@@ -15,6 +17,8 @@ export type { CaptureRequest, StartRule };
 export interface Client {
   server: string;
   token: string;
+  /** SHA-256 fingerprint of the server's certificate; nothing is sent to a server that shows another. */
+  fingerprint: string;
 }
 
 /** A machine as GET /api/machines lists it. */
@@ -117,17 +121,38 @@ export function clientToken(o: { flag?: string; file?: string; dataRoot: string 
   throw new ClonecastError(ERR.UNAUTHORIZED, 'no token: set CLONECAST_TOKEN or pass --token-file PATH (the server prints the token at start; "clonecast token" on the server prints it too)');
 }
 
+/**
+ * The server certificate's fingerprint: --fingerprint, else
+ * CLONECAST_FINGERPRINT, else the local data directory's certificate (on the
+ * server's own host).
+ */
+export function clientFingerprint(o: { flag?: string; dataRoot: string }): string {
+  if (o.flag !== undefined && o.flag !== '') return normalizeFingerprint(o.flag);
+  const env = process.env.CLONECAST_FINGERPRINT;
+  if (env !== undefined && env !== '') return normalizeFingerprint(env);
+  let local;
+  try {
+    local = readCert(o.dataRoot);
+  } catch {
+    local = undefined;
+  }
+  if (local !== undefined) return local.fingerprint;
+  throw new ClonecastError(ERR.USAGE, 'no fingerprint for the server\'s certificate: pass --fingerprint SHA256 or set CLONECAST_FINGERPRINT ("clonecast serve" prints it at start; "clonecast fingerprint" on the server prints it too)');
+}
+
 /** Calls the admin API; errors become ClonecastErrors with the server's message. */
 export async function api<T>(c: Client, method: string, path: string, body?: unknown): Promise<T> {
   const url = new URL(path, c.server);
-  let res: Response;
+  let res: PinnedResponse;
   try {
-    res = await fetch(url, {
+    res = await pinnedFetch(url, {
       method,
+      pin: c.fingerprint,
       headers: { authorization: `Bearer ${c.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
       body: body !== undefined ? JSON.stringify(body) : undefined,
     });
   } catch (err) {
+    if (err instanceof ClonecastError) throw err;
     throw new ClonecastError(ERR.UNREACHABLE, `cannot reach the server at ${c.server} (${(err as Error & { cause?: Error }).cause?.message ?? (err as Error).message}); is "clonecast serve" running there?`);
   }
   const text = await res.text();

@@ -10,7 +10,7 @@ import { projectRoot } from '../native/addon.js';
 import { DEFAULT_LISTEN } from '../server/defaults.js';
 import { dataDir, Store } from '../server/store/store.js';
 import { usageError, type OptionSpec, type Positional, type Values } from './args.js';
-import { clientToken, type Client } from './api.js';
+import { clientFingerprint, clientToken, type Client } from './api.js';
 import { emitJson } from './output.js';
 
 /** One command of the CLI (a file under cli/commands/ exports one or more). */
@@ -50,7 +50,7 @@ export interface Context {
   flag(name: string): boolean;
   /** The image store (--data). */
   store(): Store;
-  /** The server to talk to and the token for it (--server, --token, --token-file). */
+  /** The server to talk to, its certificate's fingerprint and the token for it (--server, --fingerprint, --token, --token-file). */
   client(): Client;
   /** A usage error (exit 2) pointing at this command's help. */
   usage(message: string): ClonecastError;
@@ -71,16 +71,17 @@ export const WORKERS: Record<string, OptionSpec> = {
   workers: { kind: 'positive', value: 'N', help: 'Worker threads for chunk work.', default: 'cores + 1' },
 };
 
-/** --server, --token, --token-file: commands that talk to a running server. */
+/** --server, --fingerprint, --token, --token-file: commands that talk to a running server. */
 export const SERVER: Record<string, OptionSpec> = {
-  server: { kind: 'string', value: 'URL', help: 'The running server.', default: `$CLONECAST_SERVER, else http://${DEFAULT_LISTEN}/` },
+  server: { kind: 'string', value: 'URL', help: 'The running server (https://).', default: `$CLONECAST_SERVER, else https://${DEFAULT_LISTEN}/` },
+  fingerprint: { kind: 'string', value: 'SHA256', help: 'The SHA-256 fingerprint of the server\'s certificate ("clonecast serve" prints it); nothing is sent to a server that shows another.', default: '$CLONECAST_FINGERPRINT, else the data directory\'s certificate' },
   token: { kind: 'string', value: 'T', help: 'The server\'s token; it shows in "ps", so prefer CLONECAST_TOKEN or --token-file.', default: '$CLONECAST_TOKEN, else the data directory\'s token file' },
   'token-file': { kind: 'string', value: 'PATH', help: 'Read the server\'s token from this file (the preferred way with CLONECAST_TOKEN).' },
 };
 
 /** The server URL from --server, CLONECAST_SERVER, or the default. */
 export function serverUrl(values: Values): string {
-  return (values.server as string | undefined) ?? process.env.CLONECAST_SERVER ?? `http://${DEFAULT_LISTEN}/`;
+  return (values.server as string | undefined) ?? process.env.CLONECAST_SERVER ?? `https://${DEFAULT_LISTEN}/`;
 }
 
 /** clonecast's version, from package.json. */
@@ -108,7 +109,11 @@ export function makeContext(command: Command, values: Values, positionals: strin
     num: (n) => (typeof values[n] === 'number' ? (values[n] as number) : undefined),
     flag: (n) => values[n] === true,
     store: () => (store ??= Store.open(dataDir(ctx.str('data')))),
-    client: () => ({ server: serverUrl(values), token: clientToken({ flag: ctx.str('token'), file: ctx.str('token-file'), dataRoot: dataDir(ctx.str('data')) }) }),
+    client: () => ({
+      server: serverUrl(values),
+      fingerprint: clientFingerprint({ flag: ctx.str('fingerprint'), dataRoot: dataDir(ctx.str('data')) }),
+      token: clientToken({ flag: ctx.str('token'), file: ctx.str('token-file'), dataRoot: dataDir(ctx.str('data')) }),
+    }),
     usage: (m) => usageError(command.name, m),
     ...hooks,
   };

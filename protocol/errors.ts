@@ -48,6 +48,8 @@ export const ERR = Object.freeze({
   /** The sender gave this receiver up; details.dropped holds the DropReason (protocol/mcast.ts). */
   DROPPED: 'CLONECAST_ERR_DROPPED',
   PACKET_MALFORMED: 'CLONECAST_ERR_PACKET_MALFORMED',
+  /** The server's TLS certificate is not the one pinned by its fingerprint. */
+  CERT_MISMATCH: 'CLONECAST_ERR_CERT_MISMATCH',
 });
 
 /** True if err is a ClonecastError with the given code. */

@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # /init of clonecast's network-boot environment (pxe/bootenv.ts builds it).
-# Kernel command line: clonecast.server=URL [clonecast.token=CREDENTIAL] clonecast.mac=MAC
-# (the iPXE script of `clonecast serve --pxe` writes them; the boot credential only for a
+# Kernel command line: clonecast.server=URL clonecast.fingerprint=SHA256 [clonecast.token=CREDENTIAL] clonecast.mac=MAC
+# (URL is the server's https:// address; SHA256 its certificate's fingerprint, which the agent pins;
+# the iPXE script of `clonecast serve --pxe` writes them; the boot credential only for a
 # machine the server names: without one the agent connects unverified).
 /bin/busybox --install -s /bin
 export PATH=/bin:/sbin:/usr/bin
@@ -17,6 +18,7 @@ fail_wait() { say "$*"; say "retrying in 10 s (the server's dashboard shows this
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     clonecast.server=*) SERVER="${arg#clonecast.server=}" ;;
+    clonecast.fingerprint=*) FINGERPRINT="${arg#clonecast.fingerprint=}" ;;
     clonecast.token=*) TOKEN="${arg#clonecast.token=}" ;;
     clonecast.mac=*) MAC="${arg#clonecast.mac=}" ;;
     clonecast.shell=1) SHELL_ON_FAIL=1 ;;
@@ -24,6 +26,7 @@ for arg in $(cat /proc/cmdline); do
 done
 say "$(cat /etc/clonecast-bootenv | tr '\n' ' ')"
 [ -n "$SERVER" ] || { say "no clonecast.server= on the kernel command line; boot this through clonecast serve --pxe"; exec sh; }
+[ -n "$FINGERPRINT" ] || { say "no clonecast.fingerprint= on the kernel command line (the server's certificate); boot this through clonecast serve --pxe"; exec sh; }
 # The credential goes to the agent in a file (never on its command line, where ps shows it); the agent
 # keeps the machine's own secret, given on its first Hello, beside it for its later runs.
 umask 077
@@ -56,7 +59,7 @@ done
 say "network up on $IFACE: $(cat /run/clonecast-ip) ($MAC); server $SERVER"
 
 while true; do
-  node /opt/clonecast/bin/clonecast agent --server "$SERVER" $CRED --secret-file /run/clonecast-secret --machine-id "$MAC" \
+  node /opt/clonecast/bin/clonecast agent --server "$SERVER" --fingerprint "$FINGERPRINT" $CRED --secret-file /run/clonecast-secret --machine-id "$MAC" \
     --disk auto --once --power-exit --data /tmp/clonecast
   code=$?
   case $code in

@@ -28,7 +28,7 @@ const CHAINED_MAX = 4096;
 export interface PxeOptions {
   mode: 'proxy' | 'full';
   interface: string;
-  /** The server's base URL as clients reach it, e.g. http://10.77.0.1:8080/. */
+  /** The plain-HTTP boot listener's base URL as clients reach it, e.g. http://10.77.0.1:8081/. */
   httpBase: string;
   dataRoot: string;
   /** Full mode: "START-END"; default: the interface's subnet from .100 to .199 (or its upper half). */
@@ -302,11 +302,12 @@ export type BootAction = 'agent' | 'local' | 'menu';
  * machine the server names (server/boot-credentials.ts); without it the agent
  * connects unverified. The credential is on the kernel command line only, never in a URL.
  */
-export function ipxeScript(action: BootAction, o: { base: string; mac: string; token?: string; kernel: string; initrd: string; cmdline?: string }): string {
+export function ipxeScript(action: BootAction, o: { base: string; server: string; fingerprint: string; mac: string; token?: string; kernel: string; initrd: string; cmdline?: string }): string {
   const credential = o.token !== undefined && o.token !== '' ? ` clonecast.token=${o.token}` : '';
   const agent = [
     `echo clonecast: starting the agent for ${o.mac}`,
-    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.base}${credential} clonecast.mac=${o.mac} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200 quiet'}`,
+    // base: the plain-HTTP boot listener (firmware); server: the TLS listener the agent pins by its fingerprint.
+    `kernel ${o.base}boot/files/${o.kernel} initrd=${o.initrd} clonecast.server=${o.server} clonecast.fingerprint=${o.fingerprint}${credential} clonecast.mac=${o.mac} ${o.cmdline ?? 'console=tty0 console=ttyS0,115200 quiet'}`,
     `initrd ${o.base}boot/files/${o.initrd}`,
     'boot || goto failed',
   ];

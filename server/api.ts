@@ -274,6 +274,26 @@ function agentMay(c: ApiContext, path: string, method: string, machine: string, 
   return false;
 }
 
+/**
+ * The plain-HTTP boot listener: what firmware fetches (GET /boot/ipxe,
+ * /boot/files/NAME) and nothing else. The API, the dashboard and both
+ * WebSockets answer only over TLS; a request for them here gets 404 and is
+ * not read further.
+ */
+export async function handleBoot(c: ApiContext, req: IncomingMessage, res: ServerResponse): Promise<void> {
+  try {
+    const url = new URL(req.url ?? '/', 'http://x');
+    if (!url.pathname.startsWith('/boot/') || req.method !== 'GET') {
+      throw new ClonecastError(ERR.NOT_FOUND, 'this plain-HTTP listener serves only network boot (/boot/); the API and the dashboard are on the server\'s https:// address');
+    }
+    await serveBoot(c, url.pathname, url.searchParams, req, res);
+  } catch (err) {
+    const known = err instanceof ClonecastError;
+    const code = known ? err.code : 'CLONECAST_ERR_INTERNAL';
+    if (!res.headersSent) send(res, known ? (STATUS_OF[code] ?? 422) : 500, { error: { code, message: (err as Error).message } });
+  }
+}
+
 /** Refuses a body its Content-Length says is too big, before any of it is read. */
 function checkLength(req: IncomingMessage, limit: number): void {
   const n = Number(req.headers['content-length']);

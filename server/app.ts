@@ -1,13 +1,18 @@
 /**
  * `clonecast serve`: the image store, the machine registry, sessions and
  * their senders, the agent control channel, the admin API, the live event
- * stream and the dashboard, on one HTTP listener.
+ * stream and the dashboard, on one HTTPS listener (a self-signed certificate
+ * clients pin by its fingerprint: server/tls.ts). With network boot, a second
+ * listener speaks plain HTTP for what firmware fetches (boot scripts, kernel,
+ * initramfs) and nothing else.
  */
-import { createServer, type Server } from 'node:http';
+import { createServer as createPlainServer, type Server as PlainServer } from 'node:http';
+import { createServer, type Server } from 'node:https';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { CONTROL } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { handle, State, type ApiContext } from './api.js';
+import { handle, handleBoot, State, type ApiContext } from './api.js';
+import { loadOrCreateCert } from './tls.js';
 import { AgentChannel, hangUp, type AgentChannelOptions } from './control.js';
 import { DEFAULT_LISTEN } from './defaults.js';
 import { interfaceAddress } from './mcast/session.js';
@@ -36,6 +41,8 @@ export function parseListen(listen: string): { host: string; port: number } {
 export interface ServerOptions {
   store: Store;
   listen?: string;
+  /** With pxe: where the plain-HTTP boot listener listens (default: the listen host, its port + 1; port 0 when that is 0). */
+  bootListen?: string;
   /** Interface for multicast; default: the listen address when it is a concrete one. */
   interface?: string;
   version: string;
@@ -63,7 +70,16 @@ export interface PxeConfig extends Omit<PxeOptions, 'interface' | 'httpBase' | '
 
 /** A running server. */
 export interface RunningServer {
+  /** https://HOST:PORT/ of the API, the dashboard and the agents' channel. */
   url: string;
+  /** SHA-256 fingerprint of the server's certificate: what clients pin. */
+  fingerprint: string;
+  /** The folder holding the certificate (cert.pem) and its key (key.pem). */
+  certDir: string;
+  /** A new certificate was made at this start. */
+  certCreated: boolean;
+  /** With pxe: http://ADDRESS:PORT/ of the plain-HTTP boot listener (boot scripts and files only). */
+  bootUrl: string | undefined;
   token: string;
   tokenPath: string;
   tokenCreated: boolean;
@@ -90,6 +106,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const { host, port } = parseListen(o.listen ?? DEFAULT_LISTEN);
   const { token, path: tokenPath, created } = loadOrCreateToken(o.store.root);
   const senderAddress = o.interface !== undefined ? interfaceAddress(o.interface) : /^(0\.0\.0\.0|::|localhost)$/.test(host) ? undefined : host;
+  const tls = await loadOrCreateCert(o.store.root, [host, senderAddress ?? ''].filter((n) => n !== ''));
   const registry = new Registry(o.store);
   if (registry.setAside) o.log?.('warn', `machines.json could not be read; kept as ${registry.setAside}, starting an empty registry`);
   if (o.pxe !== undefined && o.interface === undefined) throw new ClonecastError(ERR.USAGE, '--pxe needs --interface IF: the network the machines boot on');
@@ -118,7 +135,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
 
-  const server: Server = createServer((req, res) => void handle(ctx, state, req, res));
+  // A connection that has not finished its TLS handshake in 5 s is closed (Node's default waits 120 s).
+  const server: Server = createServer({ cert: tls.cert, key: tls.key, handshakeTimeout: 5000 }, (req, res) => void handle(ctx, state, req, res));
+  // A client that does not speak TLS, or will not accept the certificate, is no fault of the server's.
+  server.on('tlsClientError', (err) => o.log?.('debug', `TLS: ${err.message}`));
+  let bootServer: PlainServer | undefined;
   const agentWss = new WebSocketServer({ noServer: true, maxPayload: o.maxMessage ?? CONTROL.MAX_MESSAGE });
   const eventWss = new WebSocketServer({ noServer: true, maxPayload: 4096 });
   server.on('upgrade', (req, socket, head) => {
@@ -203,6 +224,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     loopDelay.disable();
     agents.closeAll();
     server.close();
+    bootServer?.close();
     await Promise.all([pxe?.close(), sessions.close(), captures.close(), registry.close()]);
     throw err;
   };
@@ -214,15 +236,32 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   }).catch(abandon);
   const addr = server.address();
   const actual = typeof addr === 'object' && addr !== null ? addr.port : port;
-  const url = `http://${host.includes(':') ? `[${host}]` : host}:${actual}/`;
+  const url = `https://${host.includes(':') ? `[${host}]` : host}:${actual}/`;
+  let bootUrl: string | undefined;
   if (o.pxe !== undefined) {
-    // Booting clients must reach the HTTP server on the boot interface's address.
+    // Booting clients must reach both listeners on the boot interface's address.
     const reachable = host === senderAddress || /^(0\.0\.0\.0|::)$/.test(host);
-    const base = `http://${senderAddress}:${actual}/`;
     if (!reachable) {
       return await abandon(new ClonecastError(ERR.USAGE, `--pxe: booting machines reach this server on ${senderAddress}, but it listens on ${host}; use --listen ${senderAddress}:${actual} or 0.0.0.0:${actual}`));
     }
     const cfg = o.pxe;
+    try {
+      const boot = parseListen(o.bootListen ?? `${host.includes(':') ? `[${host}]` : host}:${port === 0 ? 0 : port + 1}`);
+      const plain = createPlainServer((req, res) => void handleBoot(ctx, req, res));
+      bootServer = plain;
+      await new Promise<void>((resolve, reject) => {
+        plain.once('error', (err: NodeJS.ErrnoException) =>
+          reject(err.code === 'EADDRINUSE' ? new ClonecastError(ERR.BUSY, `${boot.host}:${boot.port} (the boot listener) is already in use; stop what listens there or pass --boot-listen HOST:PORT`) : err),
+        );
+        plain.listen(boot.port, boot.host, () => resolve());
+      });
+      const bootAddr = plain.address();
+      bootUrl = `http://${senderAddress}:${typeof bootAddr === 'object' && bootAddr !== null ? bootAddr.port : boot.port}/`;
+    } catch (err) {
+      return await abandon(err);
+    }
+    const base = bootUrl;
+    const agentServer = `https://${senderAddress}:${actual}/`;
     try {
       pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, onClosed: changed });
     } catch (err) {
@@ -241,7 +280,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
         const why = wanted ? '' : override !== undefined ? ' (machines.json)' : action !== 'local' ? ' (--pxe-idle)' : '';
         const cred = action === 'local' ? '' : binding !== null ? `, with a boot credential for ${binding.kind === 'machine' ? 'this machine' : `${binding.kind} ${binding.id}`}` : ', no credential (unverified)';
         o.log?.('info', `boot: script for ${mac}: ${action}${why}${cred}`);
-        return ipxeScript(action, { base, mac, token: credential, kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
+        return ipxeScript(action, { base, server: agentServer, fingerprint: tls.fingerprint, mac, token: credential, kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
       },
     };
     o.log?.('info', `pxe: ${cfg.mode === 'proxy' ? 'proxyDHCP (no addresses handed out)' : 'DHCP'} and TFTP on ${o.interface} (${pxe.serverAddress}); boot scripts at ${base}boot/ipxe`);
@@ -258,12 +297,17 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       agents.closeAll();
       await Promise.all([pxe?.close(), sessions.close(), registry.close(), captures.close()]);
       for (const ws of watchers) ws.terminate();
-      await new Promise<void>((r) => server.close(() => r()));
+      await Promise.all([new Promise<void>((r) => server.close(() => r())), bootServer && new Promise<void>((r) => bootServer!.close(() => r()))]);
       endedBy?.(err);
     })());
   server.on('error', (err) => void close(err));
+  bootServer?.on('error', (err) => void close(err));
   return {
     url,
+    fingerprint: tls.fingerprint,
+    certDir: tls.dir,
+    certCreated: tls.created,
+    bootUrl,
     token,
     tokenPath,
     tokenCreated: created,

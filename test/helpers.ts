@@ -3,11 +3,14 @@
  * but fail in CI (CLONECAST_REQUIRE_ALL=1), running the CLI, loop devices.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { createHash, X509Certificate } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { it, afterAll } from 'vitest';
+import { WebSocket, type ClientOptions } from 'ws';
 import { cachedKernelPackage, KERNEL_CACHE } from '../pxe/bootenv.js';
+import { pinnedFetch, pinnedWebSocketOptions, wssUrl, type PinnedInit, type PinnedResponse } from '../native/pinned-tls.js';
 
 /** Repository root. */
 export const ROOT = resolve(import.meta.dirname, '..');
@@ -49,6 +52,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   chromium: () => (existsSync('/usr/bin/chromium') ? null : 'needs Debian\'s chromium at /usr/bin/chromium (apt-get install chromium)'),
   root: () => (process.getuid?.() === 0 ? null : 'needs root (network boot binds its DHCP and TFTP sockets to an interface)'),
   curl: () => (hasCommand('curl') ? null : 'needs curl'),
+  tcpdump: () => (hasCommand('tcpdump') ? null : 'needs tcpdump (apt-get install tcpdump)'),
   atftp: () => (hasCommand('atftp') ? null : 'needs the atftp client (apt-get install atftp)'),
   tftp: () => (hasCommand('tftp') ? null : 'needs the tftp-hpa client (apt-get install tftp-hpa)'),
   dhclient: () => (hasCommand('dhclient') ? null : 'needs ISC dhclient (apt-get install isc-dhcp-client)'),
@@ -149,4 +153,46 @@ export function texty(size: number, seed: number): Buffer {
     n += w.length + 1;
   }
   return Buffer.from(parts.join(' ')).subarray(0, size);
+}
+
+/** A server as tests reach it: its https:// URL and its certificate's fingerprint. */
+export interface TlsServer {
+  url: string;
+  fingerprint: string;
+}
+
+/** fetch() on a test server over TLS pinned to its certificate. */
+export function serverFetch(srv: TlsServer, path: string, init: Omit<PinnedInit, 'pin'> = {}): Promise<PinnedResponse> {
+  return pinnedFetch(new URL(path, srv.url), { ...init, pin: srv.fingerprint });
+}
+
+/**
+ * Chromium flags that trust a test server's certificate by its public key
+ * (Chromium's own pin: --ignore-certificate-errors-spki-list) and nothing else.
+ */
+export function chromiumPin(certDir: string): string[] {
+  return [`--ignore-certificate-errors-spki-list=${spkiHash(certDir)}`];
+}
+
+/** SHA-256 of the public key of DIR/cert.pem, base64 (what Chromium's and curl's key pins take). */
+export function spkiHash(certDir: string): string {
+  const key = new X509Certificate(readFileSync(join(certDir, 'cert.pem'))).publicKey.export({ type: 'spki', format: 'der' });
+  return createHash('sha256').update(key).digest('base64');
+}
+
+/** curl options that accept only the server whose DIR/cert.pem this is (the key pinned; no CA vouches for it). */
+export function curlPin(certDir: string): string[] {
+  return ['--insecure', '--pinnedpubkey', `sha256//${spkiHash(certDir)}`];
+}
+
+/** Logs a dashboard page in by typing the token into its login field (the page keeps it in memory only). */
+export async function dashboardLogin(page: { waitForSelector(s: string): Promise<unknown>; fill(s: string, v: string): Promise<void>; click(s: string): Promise<void> }, token: string): Promise<void> {
+  await page.waitForSelector('#login:not([hidden]) #token');
+  await page.fill('#token', token);
+  await page.click('#login button');
+}
+
+/** A WebSocket to a path of a test server, over TLS pinned to its certificate. */
+export function serverSocket(srv: TlsServer, path: string, options: ClientOptions = {}): WebSocket {
+  return new WebSocket(wssUrl(path, srv.url), { ...options, ...pinnedWebSocketOptions(srv.fingerprint) });
 }

@@ -1,6 +1,8 @@
 /** `clonecast agent`: the target-side program (normally started by the boot environment). */
 import { COMMON, logLine, SERVER, version, type Command } from '../command.js';
 import { emitJson } from '../output.js';
+import { clientFingerprint } from '../api.js';
+import { dataDir } from '../../server/store/store.js';
 
 /** Exit codes of agent --once --power-exit (main's EXIT has the same values). */
 const AFTER_REBOOT = 10;
@@ -28,18 +30,20 @@ export const agent: Command = {
   interrupted: 'the agent disconnects and the server shows the machine offline; a disk it was writing is incomplete until the machine is deployed again',
   async run(ctx) {
     const secretFile = ctx.str('secret-file');
-    let client: { server: string; token: string };
+    let client: { server: string; token: string; fingerprint: string };
     try {
       client = ctx.client();
     } catch (err) {
       // A network-booted machine no session names has no credential: it connects unverified, keeping the secret it is given.
       if (secretFile === undefined) throw err;
-      client = { server: ctx.str('server') ?? process.env.CLONECAST_SERVER ?? '', token: '' };
-      if (client.server === '') throw ctx.usage('--server URL is needed');
+      const server = ctx.str('server') ?? process.env.CLONECAST_SERVER ?? '';
+      if (server === '') throw ctx.usage('--server URL is needed');
+      client = { server, token: '', fingerprint: clientFingerprint({ flag: ctx.str('fingerprint'), dataRoot: dataDir(ctx.str('data')) }) };
     }
     const { Agent } = await import('../../agent/agent.js');
     const a = new Agent({
       server: client.server,
+      fingerprint: client.fingerprint,
       token: client.token,
       secretFile,
       disk: ctx.str('disk'),

@@ -21,6 +21,7 @@ import { send } from './send.js';
 import { serve } from './serve.js';
 import { sessions, sessionsCancel, sessionsStart } from './sessions.js';
 import { token } from './token.js';
+import { fingerprint, tlsRenew } from './tls.js';
 import { versionCommand } from './version.js';
 
 /** All commands. */
@@ -36,6 +37,8 @@ export const COMMANDS: readonly Command[] = [
   imageGc,
   serve,
   token,
+  fingerprint,
+  tlsRenew,
   bootenvBuild,
   deploy,
   machines,

@@ -41,9 +41,10 @@ export const labUp: Command = {
     if (ctx.json) emitJson(state);
     else {
       console.log(`lab up: server 10.77.0.1 in namespace cclabs, ${state.clients} ${state.vms ? 'VMs network-booting from it' : 'agents on loop devices'} (${state.machines.map((m) => `${m.name} ${m.disk}`).join(', ')})
-  dashboard:  ${state.dashboard}
+  dashboard:  ${state.dashboard}  (log in with the token below; the browser warns about the certificate: its fingerprint must be ${state.fingerprint})
+  token:      ${state.token}
   image store: ${state.data}   (import into it with: clonecast image import SRC NAME --data ${state.data})
-  deploy:     CLONECAST_TOKEN=${state.token} ip netns exec cclabs ${cli} deploy NAME --server ${state.serverUrl} --any --clients ${state.clients}
+  deploy:     CLONECAST_TOKEN=${state.token} CLONECAST_FINGERPRINT=${state.fingerprint} ip netns exec cclabs ${cli} deploy NAME --server ${state.serverUrl} --any --clients ${state.clients}
   logs:       ${l.LAB_DIR}/*.log
   status:     clonecast lab status;  remove it all: clonecast lab down`);
     }
@@ -67,7 +68,7 @@ export const labStatus: Command = {
       const { safeText } = await import('../output.js');
       console.log(`lab since ${st.state.createdAt}: ${st.namespaces.length}/${st.state.namespaces.length} namespaces, ${st.alive.length}/${st.state.pids.length} processes running`);
       console.log(`  dashboard: ${st.state.dashboard}`);
-      if (st.machines === null) console.log('  the server does not answer through the forwarder');
+      if (st.machines === null) console.log(`  the server does not answer through the forwarder${st.error !== undefined ? ` (${st.error})` : ''}`);
       else
         for (const m of st.machines as { id: string; address: string; online: boolean; state: string; lastImage: { name: string; version: number } | null }[]) {
           console.log(`  ${safeText(m.id)}  ${safeText(m.address).padEnd(12)} ${(m.online ? safeText(m.state) : 'offline').padEnd(10)} ${m.lastImage ? `${safeText(m.lastImage.name)}@${m.lastImage.version}` : '-'}`);

@@ -30,7 +30,8 @@ export const serve: Command = {
   usage: '',
   positionals: [],
   options: {
-    listen: { kind: 'string', value: 'HOST:PORT', help: 'Where the API, the dashboard and the agents\' channel listen.', default: DEFAULT_LISTEN },
+    listen: { kind: 'string', value: 'HOST:PORT', help: 'Where the API, the dashboard and the agents\' channel listen (HTTPS, with a certificate made on first start in DATA/tls).', default: DEFAULT_LISTEN },
+    'boot-listen': { kind: 'string', value: 'HOST:PORT', help: 'With --pxe: the plain-HTTP listener for what firmware fetches (boot scripts, kernel, initramfs) and nothing else.', default: 'the --listen host, port + 1' },
     interface: { kind: 'string', value: 'IF', help: 'The network the machines are on: multicast goes out there, and PXE answers only there.' },
     'max-message': { kind: 'positive', value: 'BYTES', help: 'The largest control message an agent may send.' },
     pxe: { kind: 'string', value: 'proxy|full', help: 'Boot machines from this server: proxy beside the lab\'s own DHCP server, full to hand out addresses too (needs --interface).' },
@@ -47,6 +48,13 @@ export const serve: Command = {
     efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
     ...COMMON,
   },
+  details: [
+    'The API, the dashboard and both WebSockets (agents, dashboard events) speak only HTTPS/WSS on --listen, with a self-signed',
+    'certificate made on first start in DATA/tls (key.pem mode 0600) and kept across restarts. Clients pin its SHA-256 fingerprint,',
+    'printed at start ("clonecast fingerprint" prints it again; "clonecast tls renew" makes a new one). With --pxe, a second,',
+    'plain-HTTP listener (--boot-listen) serves only what firmware fetches: boot scripts, kernel and initramfs. The dashboard',
+    'asks for the token in its login field and keeps it in page memory only; no URL carries it.',
+  ],
   interrupted: 'the server stops; sessions are saved and resume at the next start, and agents reconnect when it is back',
   async run(ctx) {
     const pxeMode = oneOf(ctx, 'pxe', ['proxy', 'full'] as const, undefined, "proxy (beside the lab's own DHCP server) or full (this server hands out addresses)");
@@ -61,6 +69,7 @@ export const serve: Command = {
     const srv = await startServer({
       store,
       listen: ctx.str('listen') ?? DEFAULT_LISTEN,
+      bootListen: ctx.str('boot-listen'),
       interface: ctx.str('interface'),
       pxe:
         pxeMode === undefined
@@ -83,17 +92,20 @@ export const serve: Command = {
       version: version(),
       log: logLine,
     });
-    const dashboard = `${srv.url}#token=${srv.token}`;
-    if (ctx.json) emitJson({ url: srv.url, dashboard, token: srv.token, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
+    // The dashboard's URL carries no token (browsers keep URLs): the page asks for it.
+    if (ctx.json) emitJson({ url: srv.url, dashboard: srv.url, fingerprint: srv.fingerprint, bootUrl: srv.bootUrl ?? null, token: srv.token, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
     else {
       console.log(`clonecast server ${version()}
-  dashboard:   ${dashboard}
+  dashboard:   ${srv.url}  (paste the token below into its login field)
+  fingerprint: ${srv.fingerprint}${srv.certCreated ? '  (new certificate in ' + srv.certDir + ')' : ''}
+               the SHA-256 of this server's self-signed certificate: clients pin it (--fingerprint or CLONECAST_FINGERPRINT);
+               a browser warns about the certificate: check that the fingerprint it shows is this one before you accept it
   token:       ${srv.token}${srv.tokenCreated ? '  (new; kept in ' + srv.tokenPath + ', mode 0600)' : ''}
                agents and admin commands need it: CLONECAST_TOKEN=T or --token-file ${srv.tokenPath}
-  agents:      clonecast agent --server ${srv.url} --token-file FILE
+  agents:      clonecast agent --server ${srv.url} --fingerprint ${srv.fingerprint} --token-file FILE
   deploy:      clonecast deploy NAME --server ${srv.url} --any --clients N
   multicast:   ${srv.senderAddress !== undefined ? `from ${srv.senderAddress}` : 'off: restart with --interface IF (the network the machines are on) to deploy'}
-  network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? "proxyDHCP (the lab's DHCP server hands out addresses)" : 'DHCP'} + TFTP on ${ctx.str('interface')}, iPXE scripts at ${srv.url}boot/ipxe` : 'off (--pxe proxy|full to boot machines from this server)'}
+  network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? "proxyDHCP (the lab's DHCP server hands out addresses)" : 'DHCP'} + TFTP on ${ctx.str('interface')}, iPXE scripts and boot files over plain HTTP at ${srv.bootUrl}boot/` : 'off (--pxe proxy|full to boot machines from this server)'}
   image store: ${store.root}
   stop with Ctrl-C`);
     }

@@ -6,9 +6,11 @@
 import { ACTIVE_SESSION_STATES } from '/states.js';
 
 const $ = (sel) => document.querySelector(sel);
-// The token lives in this page's memory only: never in storage a script could read later.
-let token = new URLSearchParams(location.hash.slice(1)).get('token') || '';
-if (location.hash) history.replaceState(null, '', location.pathname);
+// The token is typed into the login field and lives in this page's memory only: never in
+// storage a script could read later, never in a URL the browser keeps in its history.
+let token = '';
+// An old link with the token in it: drop it from the address bar (it is not used).
+if (location.hash || location.search) history.replaceState(null, '', location.pathname);
 
 /**
  * Builds an element. Every value from the server becomes a text node or a

@@ -14,11 +14,13 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { Lab, labAvailable } from './netns.js';
+import { readCert } from '../tls.js';
+import { pinnedFetch } from '../../native/pinned-tls.js';
 
 /** Where the lab keeps its state, logs and disks. */
 export const LAB_DIR = process.env.CLONECAST_LAB_DIR ?? '/var/tmp/clonecast-lab';
 const TAG = 'lab';
-const SERVER_URL = 'http://10.77.0.1:8080/';
+const SERVER_URL = 'https://10.77.0.1:8080/';
 
 /** What `lab up` made, for status and down. */
 export interface LabState {
@@ -30,6 +32,9 @@ export interface LabState {
   loops: string[];
   data: string;
   serverUrl: string;
+  /** The server certificate's fingerprint (clients pin it). */
+  fingerprint: string;
+  /** The dashboard's address on the host (no token in it: the page asks for it). */
   dashboard: string;
   token: string;
   machines: { name: string; disk: string; mac: string }[];
@@ -89,7 +94,7 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
   mkdirSync(LAB_DIR, { recursive: true });
   const data = o.data ?? join(LAB_DIR, 'data');
   const lab = Lab.up({ tag: TAG, clients: o.vms ? 0 : o.clients, loss: o.lossPct !== undefined ? o.lossPct / 100 : undefined, rateMbit: o.rateMbit, delayMs: o.delayMs });
-  const state: LabState = { createdAt: new Date().toISOString(), clients: o.clients, vms: o.vms === true, namespaces: lab.namespaceNames, pids: lab.childPids(), loops: [], data, serverUrl: SERVER_URL, dashboard: '', token: '', machines: [] };
+  const state: LabState = { createdAt: new Date().toISOString(), clients: o.clients, vms: o.vms === true, namespaces: lab.namespaceNames, pids: lab.childPids(), loops: [], data, serverUrl: SERVER_URL, fingerprint: '', dashboard: '', token: '', machines: [] };
   const save = () => writeFileSync(statePath(), JSON.stringify(state, null, 1));
   save();
   try {
@@ -110,11 +115,14 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
         state.pids.push(detached('ip', ['netns', 'exec', lab.server.ns, 'radvd', '-n', '-C', join(LAB_DIR, 'radvd.conf'), '-p', join(LAB_DIR, 'radvd.pid'), '-m', 'stderr'], join(LAB_DIR, 'radvd.log')).pid!);
       }
     }
+    // A new log for this server: what an earlier lab's server printed must not pass for its start.
+    writeFileSync(join(LAB_DIR, 'server.log'), '');
     const server = detached('ip', serveArgs, join(LAB_DIR, 'server.log'));
     state.pids.push(server.pid!);
     save();
-    await waitFor(() => existsSync(join(data, 'token')) && readFileSync(join(LAB_DIR, 'server.log'), 'utf8').includes('stop with Ctrl-C'), 20_000, 'the server to start (see server.log)');
+    await waitFor(() => existsSync(join(data, 'token')) && readCert(data) !== undefined && readFileSync(join(LAB_DIR, 'server.log'), 'utf8').includes('stop with Ctrl-C'), 20_000, 'the server to start (see server.log)');
     state.token = readFileSync(join(data, 'token'), 'utf8').trim();
+    state.fingerprint = readCert(data)!.fingerprint;
     const size = o.diskBytes ?? 256 * 1024 * 1024;
     for (let k = 0; k < o.clients; k++) {
       const disk = join(LAB_DIR, `pc${k + 1}.img`);
@@ -132,7 +140,7 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
         state.loops.push(loop);
         const ns = lab.clients[k].ns;
         const mac = lab.execIn(ns, 'cat', ['/sys/class/net/eth0/address']).trim();
-        const agent = detached('ip', ['netns', 'exec', ns, process.execPath, o.cli, 'agent', '--server', SERVER_URL, '--token-file', join(data, 'token'), '--disk', loop], join(LAB_DIR, `pc${k + 1}.log`));
+        const agent = detached('ip', ['netns', 'exec', ns, process.execPath, o.cli, 'agent', '--server', SERVER_URL, '--fingerprint', state.fingerprint, '--token-file', join(data, 'token'), '--disk', loop], join(LAB_DIR, `pc${k + 1}.log`));
         state.pids.push(agent.pid!);
         state.machines.push({ name: `pc${k + 1}`, disk: loop, mac });
       }
@@ -142,7 +150,7 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
     const port = o.port ?? 8080;
     const fwd = detached(process.execPath, [o.cli, 'lab', 'forward', String(port)], join(LAB_DIR, 'forward.log'));
     state.pids.push(fwd.pid!);
-    state.dashboard = `http://127.0.0.1:${port}/#token=${state.token}`;
+    state.dashboard = `https://127.0.0.1:${port}/`;
     save();
     return state;
   } catch (err) {
@@ -194,8 +202,12 @@ export function forward(port: number, serverNs = `cc${TAG}s`): Server {
       sock.destroy();
       child.kill();
     };
+    // A relay that ends while bytes are still flowing (EPIPE) ends this connection, never the forwarder.
     sock.on('error', end);
     sock.on('close', end);
+    child.on('error', end);
+    child.stdin.on('error', end);
+    child.stdout.on('error', end);
     child.on('close', end);
   });
   server.listen(port, '127.0.0.1');
@@ -203,7 +215,7 @@ export function forward(port: number, serverNs = `cc${TAG}s`): Server {
 }
 
 /** What `lab status` shows. */
-export async function labStatus(port = 8080): Promise<{ state: LabState | undefined; alive: number[]; namespaces: string[]; machines: unknown[] | null }> {
+export async function labStatus(port = 8080): Promise<{ state: LabState | undefined; alive: number[]; namespaces: string[]; machines: unknown[] | null; error?: string }> {
   const state = labState();
   if (state === undefined) return { state, alive: [], namespaces: [], machines: null };
   const alive = state.pids.filter((pid) => {
@@ -217,11 +229,14 @@ export async function labStatus(port = 8080): Promise<{ state: LabState | undefi
   const present = spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout;
   const namespaces = state.namespaces.filter((ns) => new RegExp(`^${ns}( |$)`, 'm').test(present));
   let machines: unknown[] | null = null;
+  let error: string | undefined;
   try {
-    const res = await fetch(`http://127.0.0.1:${port}/api/machines`, { headers: { authorization: `Bearer ${state.token}` }, signal: AbortSignal.timeout(3000) });
+    // The forwarder starts a relay process per connection: allow for a loaded machine.
+    const res = await pinnedFetch(`https://127.0.0.1:${port}/api/machines`, { pin: state.fingerprint, headers: { authorization: `Bearer ${state.token}` }, signal: AbortSignal.timeout(10_000) });
     if (res.ok) machines = (await res.json()) as unknown[];
-  } catch {
-    machines = null;
+    else error = `the server answered ${res.status}`;
+  } catch (err) {
+    error = (err as Error).message;
   }
-  return { state, alive, namespaces, machines };
+  return { state, alive, namespaces, machines, ...(error !== undefined ? { error } : {}) };
 }

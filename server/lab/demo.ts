@@ -37,10 +37,10 @@ export async function labDemo(cli: string, out: (line: string) => void, port?: n
   const state = await labUp({ clients: 4, data, diskBytes: 64 * MiB, cli, port });
   let ok = false;
   try {
-    out(`   dashboard (live while the deploy runs): ${state.dashboard}`);
+    out(`   dashboard (live while the deploy runs): ${state.dashboard}  token: ${state.token}`);
     await new Promise((r) => setTimeout(r, 1500));
     out('3. deploy demo to the 4 machines by multicast');
-    const deploy = spawn('ip', ['netns', 'exec', 'cclabs', process.execPath, cli, 'deploy', 'demo', '--server', state.serverUrl, '--any', '--clients', '4', '--rate', '200'], { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, CLONECAST_TOKEN: state.token } });
+    const deploy = spawn('ip', ['netns', 'exec', 'cclabs', process.execPath, cli, 'deploy', 'demo', '--server', state.serverUrl, '--any', '--clients', '4', '--rate', '200'], { stdio: ['ignore', 'inherit', 'inherit'], env: { ...process.env, CLONECAST_TOKEN: state.token, CLONECAST_FINGERPRINT: state.fingerprint } });
     const code = await new Promise<number | null>((r) => deploy.on('close', r));
     out(`4. check every disk against the image (deploy exited ${code})`);
     const image = Buffer.alloc(64 * MiB);

@@ -118,12 +118,13 @@ async function clonecast(label, tree) {
   ]);
   for (let i = 0; i < 150 && !c.out.includes('stop with Ctrl-C') && c.exitCode === null; i++) await sleep(100);
   if (!c.out.includes('stop with Ctrl-C')) throw new Error(`clonecast (${label}) did not start: ${c.out}${c.err}`);
-  const url = /dashboard:\s+(\S+?)#token=(\S+)/.exec(c.out);
+  // Older builds print the token in the dashboard URL over http://; newer ones print it apart, over https://.
+  const url = [/dashboard:\s+(\S+?)(?:#token=\S+)?\s/.exec(c.out)?.[1], /token:\s+([0-9a-f]+)/.exec(c.out)?.[1]];
   // `ip netns exec` execs the command: the server is the spawned process itself.
   const node = c.pid;
   const loopDelay = () => {
     try {
-      const m = execFileSync('ip', ['netns', 'exec', ns.server, 'curl', '-s', '-H', `Authorization: Bearer ${url[2]}`, `${url[1]}metrics`]).toString();
+      const m = execFileSync('ip', ['netns', 'exec', ns.server, 'curl', '-s', '--insecure', '-H', `Authorization: Bearer ${url[1]}`, `${url[0]}metrics`]).toString();
       const v = /^clonecast_event_loop_delay_max_seconds (\S+)/m.exec(m)?.[1];
       return v === undefined ? null : Number(v);
     } catch {

@@ -8,7 +8,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
-import { detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
+import { curlPin, detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
 import { Fleet, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
@@ -234,6 +234,6 @@ describe('deploy to 4 agents in the namespace lab', () => {
 });
 
 async function fetchStatus(fleet: Fleet, path: string, token: string): Promise<number> {
-  const out = fleet.lab.execIn(fleet.lab.server.ns, 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', '-H', `authorization: Bearer ${token}`, `http://10.77.0.1:8080${path}`]);
+  const out = fleet.lab.execIn(fleet.lab.server.ns, 'curl', ['-s', ...curlPin(join(fleet.data, 'tls')), '-o', '/dev/null', '-w', '%{http_code}', '-H', `authorization: Bearer ${token}`, `https://10.77.0.1:8080${path}`]);
   return Number(out);
 }

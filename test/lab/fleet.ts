@@ -7,11 +7,12 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI } from '../helpers.js';
+import { CLI, curlPin } from '../helpers.js';
+import { fingerprintOf } from '../../server/tls.js';
 import { Lab, type LabOptions } from '../../server/lab/netns.js';
 
 export const PORT = 8080;
-export const URL_ = `http://10.77.0.1:${PORT}/`;
+export const URL_ = `https://10.77.0.1:${PORT}/`;
 
 /** A process and everything it printed so far. */
 export interface Proc {
@@ -43,6 +44,8 @@ export class Fleet {
   /** Block devices standing in for client k's disk file (loop devices), when given. */
   readonly devices: (string | undefined)[] = [];
   token = '';
+  /** The server certificate's fingerprint, once it started. */
+  fingerprint = '';
 
   constructor(
     readonly dir: string,
@@ -60,6 +63,7 @@ export class Fleet {
     await until(() => p.out.includes('stop with Ctrl-C') || p.child.exitCode !== null, 15_000, 'the server to start');
     if (p.child.exitCode !== null) throw new Error(`server exited: ${p.out}`);
     this.token = readFileSync(join(this.data, 'token'), 'utf8').trim();
+    this.fingerprint = fingerprintOf(readFileSync(join(this.data, 'tls', 'cert.pem'), 'utf8'));
     return p;
   }
 
@@ -77,7 +81,7 @@ export class Fleet {
 
   /** Starts an agent in client k's namespace. */
   startAgent(k: number, extra: string[] = [], token = this.token): Proc {
-    const p = watch(this.lab.spawnIn(this.lab.clients[k].ns, process.execPath, [CLI, 'agent', '--server', URL_, '--token', token, '--disk', this.devices[k] ?? this.diskPath(k), ...extra]));
+    const p = watch(this.lab.spawnIn(this.lab.clients[k].ns, process.execPath, [CLI, 'agent', '--server', URL_, '--fingerprint', this.fingerprint, '--token', token, '--disk', this.devices[k] ?? this.diskPath(k), ...extra]));
     this.agents[k] = p;
     return p;
   }
@@ -89,7 +93,7 @@ export class Fleet {
 
   /** Runs a clonecast client command inside the server namespace. */
   run(args: string[], token = this.token): Proc {
-    return watch(this.lab.spawnIn(this.lab.server.ns, process.execPath, [CLI, ...args, '--server', URL_, '--token', token]));
+    return watch(this.lab.spawnIn(this.lab.server.ns, process.execPath, [CLI, ...args, '--server', URL_, '--fingerprint', this.fingerprint, '--token', token]));
   }
 
   /** Starts `clonecast deploy` with args. */
@@ -99,7 +103,7 @@ export class Fleet {
 
   /** GET or POST on the admin API from inside the lab. */
   async api(method: 'GET' | 'POST', path: string, body?: unknown): Promise<any> {
-    const args = ['-s', '-X', method, '-H', `authorization: Bearer ${this.token}`, '-H', 'content-type: application/json'];
+    const args = ['-s', ...curlPin(join(this.data, 'tls')), '-X', method, '-H', `authorization: Bearer ${this.token}`, '-H', 'content-type: application/json'];
     if (body !== undefined) args.push('--data', JSON.stringify(body));
     const out = this.lab.execIn(this.lab.server.ns, 'curl', [...args, `${URL_}${path.replace(/^\//, '')}`]);
     return path === '/metrics' ? out : JSON.parse(out);

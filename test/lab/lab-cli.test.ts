@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { cli, itNeeds, tempDir } from '../helpers.js';
+import { pinnedFetch } from '../../native/pinned-tls.js';
 import { Fleet, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
@@ -37,7 +38,9 @@ describe('clonecast lab', () => {
     expect(state.machines).toHaveLength(2);
     expect(state.loops).toHaveLength(2);
     await until(async () => ((await cli(['lab', 'status', '--port', '18431', '--json'], env)).json?.machines ?? []).filter((m: any) => m.online).length === 2, 20_000, '2 agents online through the forwarder');
-    const page = await fetch('http://127.0.0.1:18431/');
+    // The dashboard through the forwarder: TLS end to end, the same certificate.
+    expect(state.dashboard).toBe('https://127.0.0.1:18431/');
+    const page = await pinnedFetch(state.dashboard, { pin: state.fingerprint });
     expect(await page.text()).toMatch(/<title>clonecast<\/title>/);
     const again = await cli(['lab', 'up', '--clients', '1'], env);
     expect(again.code).toBe(5);
@@ -58,7 +61,12 @@ describe('clonecast lab', () => {
     expect(up.code, up.stderr).toBe(0);
     try {
       expect(up.json.machines[0].mac).toBe('52:54:00:77:10:01');
-      await until(async () => ((await cli(['lab', 'status', '--port', '18433', '--json'], env)).json?.machines ?? []).some((m: any) => m.online && m.id === '52:54:00:77:10:01' && m.disks.length === 1), 150_000, 'the VM\'s agent to connect');
+      let last: unknown;
+      await until(async () => ((last = (await cli(['lab', 'status', '--port', '18433', '--json'], env)).json)?.machines ?? []).some((m: any) => m.online && m.id === '52:54:00:77:10:01' && m.disks.length === 1), 150_000, 'the VM\'s agent to connect').catch((err: Error) => {
+        // Say where the VM got to: the end of its console and what the server knew.
+        const serial = readFileSync(join(env.CLONECAST_LAB_DIR, 'pc1.serial.log'), 'utf8').slice(-1500);
+        throw new Error(`${err.message}; status: ${JSON.stringify(last)}; console: ${serial}`);
+      });
       const serial = readFileSync(join(env.CLONECAST_LAB_DIR, 'pc1.serial.log'), 'utf8');
       expect(serial).toMatch(/clonecast-boot: network up on eth0/);
     } finally {
@@ -70,7 +78,8 @@ describe('clonecast lab', () => {
     const r = await cli(['lab', 'demo', '--port', '18432'], env);
     console.log(r.stdout);
     expect(r.code, r.stdout + r.stderr).toBe(0);
-    expect(r.stdout).toMatch(/dashboard \(live while the deploy runs\): http:\/\/127\.0\.0\.1:18432\/#token=[0-9a-f]+/);
+    expect(r.stdout).toMatch(/dashboard \(live while the deploy runs\): https:\/\/127\.0\.0\.1:18432\/  token: [0-9a-f]+/);
+    expect(r.stdout).not.toMatch(/#token=/);
     expect(r.stdout.match(/identical to the image; GPT with 2 partitions, sgdisk -v: no problems; e2fsck -fn: clean/g)).toHaveLength(4);
     expect(r.stdout).toMatch(/demo: all 4 disks written, verified and identical/);
     expect(spawnSync('ip', ['netns', 'list'], { encoding: 'utf8' }).stdout).not.toMatch(/^cclab/m);

@@ -223,8 +223,8 @@ describe('network boot services with real clients', () => {
       const log = f.server!.out;
       expect(log).toMatch(new RegExp(`tftp: sent ${c.binary.replace('.', '\\.')} to 10\\.77\\.0\\.\\d+`));
       expect(log).toMatch(/boot: script for 52:54:00:77:00:01: agent/);
-      // The kernel came up with the server's URL, and a boot credential only when the machine is named.
-      const cmdline = new RegExp(`${MARKER} cmdline: .*clonecast\\.server=http://10\\.77\\.0\\.1:8080/(?: clonecast\\.token=([0-9a-f]{64}))? clonecast\\.mac=52:54:00:77:00:01`).exec(serial);
+      // The kernel came up with the server's TLS address, its certificate's fingerprint, and a boot credential only when the machine is named.
+      const cmdline = new RegExp(`${MARKER} cmdline: .*clonecast\\.server=https://10\\.77\\.0\\.1:8080/ clonecast\\.fingerprint=${f.fingerprint}(?: clonecast\\.token=([0-9a-f]{64}))? clonecast\\.mac=52:54:00:77:00:01`).exec(serial);
       expect(cmdline, serial.slice(-2000)).not.toBeNull();
       if (named) {
         expect(cmdline![1], 'a named machine gets a credential').toMatch(/^[0-9a-f]{64}$/);

@@ -12,7 +12,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:f
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
-import { CLI, detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
+import { CLI, detachLoops, itNeeds, loopAttach, missing, serverFetch, tempDir } from '../helpers.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
 
@@ -48,6 +48,7 @@ describe('state files on a full disk', () => {
   let agent: { child: ChildProcess; out: string } | undefined;
   let url = '';
   let token = '';
+  let fingerprint = '';
 
   beforeAll(async () => {
     if (missing(['loop', 'mkfs']).length > 0) return;
@@ -62,9 +63,9 @@ describe('state files on a full disk', () => {
     await importImage(Store.open(mnt), raw, 'tiny', {});
     server = watch(spawn(process.execPath, [CLI, 'serve', '--data', mnt, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] }));
     await until(async () => server!.out.includes('stop with Ctrl-C') || server!.child.exitCode !== null, 15_000, 'the server to start');
-    const m = /dashboard:\s+(\S+?)#token=(\S+)/.exec(server.out);
+    const m = /dashboard:\s+(\S+)[^]*fingerprint:\s+(\S+)[^]*token:\s+(\S+)/.exec(server.out);
     if (m === null) throw new Error(`server did not start: ${server.out}`);
-    [, url, token] = m;
+    [, url, fingerprint, token] = m;
   }, 60_000);
 
   afterAll(() => {
@@ -75,10 +76,10 @@ describe('state files on a full disk', () => {
   });
 
   const healthz = async () => {
-    const r = await fetch(`${url}healthz`);
+    const r = await serverFetch({ url, fingerprint }, 'healthz');
     return { status: r.status, body: (await r.json()) as { ok: boolean; failing?: { file: string; error: string; since: string }[] } };
   };
-  const metrics = async () => (await fetch(`${url}metrics`, { headers: { authorization: `Bearer ${token}` } })).text();
+  const metrics = async () => (await serverFetch({ url, fingerprint }, 'metrics', { headers: { authorization: `Bearer ${token}` } })).text();
 
   itNeeds(['loop', 'mkfs'], 'a server whose data directory fills up keeps serving, reports the failure, and saves once space is back', async () => {
     expect((await healthz()).status).toBe(200);
@@ -93,7 +94,7 @@ describe('state files on a full disk', () => {
     // A machine says hello: the registry must write machines.json, and cannot.
     const disk = join(dir, 'disk.img');
     execFileSync('truncate', ['-s', '4M', disk]);
-    agent = watch(spawn(process.execPath, [CLI, 'agent', '--server', url, '--token', token, '--disk', disk, '--machine-id', MACHINE], { stdio: ['ignore', 'pipe', 'pipe'] }));
+    agent = watch(spawn(process.execPath, [CLI, 'agent', '--server', url, '--fingerprint', fingerprint, '--token', token, '--disk', disk, '--machine-id', MACHINE], { stdio: ['ignore', 'pipe', 'pipe'] }));
     const failing = await until(async () => {
       const h = await healthz();
       return h.status === 503 && h.body.failing?.some((f) => f.file === 'machines.json') ? h.body : undefined;
@@ -108,7 +109,7 @@ describe('state files on a full disk', () => {
     // Still serving: the process lives, the API answers, the agent is known in memory.
     // A session that cannot be saved is not created: no phantom session with a live sender.
     const api = (path: string, body?: unknown) =>
-      fetch(`${url}${path}`, { method: body === undefined ? 'GET' : 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+      serverFetch({ url, fingerprint }, path, { method: body === undefined ? 'GET' : 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
     const refused = await api('api/sessions', { image: 'tiny', rule: { machines: [MACHINE] } });
     expect(refused.status).toBe(503);
     expect(((await refused.json()) as { error: { message: string } }).error.message).toMatch(/could not be saved, so it was not created/);
@@ -117,7 +118,7 @@ describe('state files on a full disk', () => {
 
     await sleep(1500); // a retry or two more
     expect(server!.child.exitCode).toBeNull();
-    const machines = (await (await fetch(`${url}api/machines`, { headers: { authorization: `Bearer ${token}` } })).json()) as { id: string }[];
+    const machines = (await (await serverFetch({ url, fingerprint }, 'api/machines', { headers: { authorization: `Bearer ${token}` } })).json()) as { id: string }[];
     expect(machines.map((m) => m.id)).toContain(MACHINE);
     expect(server!.out).toMatch(/machines\.json cannot be saved \(ENOSPC/);
     // The failed writes left no temp files.

@@ -5,13 +5,14 @@
  */
 import { afterAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer } from 'node:http';
+import { createServer } from 'node:https';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { After, CONTROL, decodeAgentMessage, encodeServerMessage, type Assign } from '../../protocol/control.js';
 import { encodeManifest } from '../../protocol/manifest.js';
 import { Store } from '../../server/store/store.js';
+import { fingerprintOf, makeCert } from '../../server/tls.js';
 import { importImage } from '../../server/store/import.js';
 import { Agent } from '../../agent/agent.js';
 import { tempDir } from '../helpers.js';
@@ -31,7 +32,8 @@ describe('agent assignments', () => {
     writeFileSync(disk, Buffer.alloc(2 << 20));
 
     // A server that welcomes the agent and serves the manifest; the test sends the Assigns.
-    const http = createServer((_, res) => res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(manifest));
+    const cert = await makeCert(['127.0.0.1']);
+    const http = createServer({ cert: cert.cert, key: cert.key }, (_, res) => res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(manifest));
     const wss = new WebSocketServer({ server: http, path: CONTROL.AGENT_PATH });
     let agentWs: WebSocket | undefined;
     wss.on('connection', (ws) => {
@@ -47,7 +49,7 @@ describe('agent assignments', () => {
     closers.push(() => http.close());
     const port = (http.address() as { port: number }).port;
 
-    const agent = new Agent({ server: `http://127.0.0.1:${port}/`, token: 'x'.repeat(48), disk, machineId: '02:00:00:00:0d:01', version: 'test' });
+    const agent = new Agent({ server: `https://127.0.0.1:${port}/`, fingerprint: fingerprintOf(cert.cert), token: 'x'.repeat(48), disk, machineId: '02:00:00:00:0d:01', version: 'test' });
     const receivers: string[] = [];
     agent.on('receiver', (r: { sender: string }) => receivers.push(r.sender));
     const running = agent.run().catch(() => undefined);

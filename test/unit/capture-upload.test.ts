@@ -19,7 +19,7 @@ import { ChunkKind, newChunkTable, setChunk } from '../../protocol/manifest.js';
 import { startServer, type RunningServer } from '../../server/app.js';
 import { Store } from '../../server/store/store.js';
 import '../../native/addon.js';
-import { itNeeds, tempDir } from '../helpers.js';
+import { itNeeds, serverFetch, serverSocket, tempDir } from '../helpers.js';
 
 const MAC = '02:00:00:00:0e:01';
 const MiB = 1 << 20;
@@ -29,7 +29,7 @@ describe('capture uploads are checked', () => {
   let srv: RunningServer;
   let ws: WebSocket;
   const call = async (method: string, path: string, body?: Buffer | string) => {
-    const res = await fetch(new URL(path, srv.url), { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': typeof body === 'string' ? 'application/json' : 'application/octet-stream' }, body });
+    const res = await serverFetch(srv, path, { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': typeof body === 'string' ? 'application/json' : 'application/octet-stream' }, body });
     return { status: res.status, body: (await res.json()) as Record<string, any> };
   };
   const capture = async (image: string) => {
@@ -49,7 +49,7 @@ describe('capture uploads are checked', () => {
 
   beforeAll(async () => {
     srv = await startServer({ store: Store.open(join(dir, 'data')), listen: '127.0.0.1:0', version: 'test', heartbeatMs: 60_000 });
-    ws = new WebSocket(new URL(CONTROL.AGENT_PATH, srv.url.replace('http', 'ws')));
+    ws = serverSocket(srv, CONTROL.AGENT_PATH);
     ws.on('error', () => {});
     await new Promise<void>((r) => ws.on('open', () => r()));
     ws.send(encodeAgentMessage({ type: 'hello', hello: { protocol: CONTROL.VERSION, token: srv.token, machineId: MAC, macs: [MAC], hostname: 'victim', agentVersion: 't', disks: [{ device: '/dev/vda', size: 4 * MiB, logicalSector: 512, physicalSector: 512 }] } }));

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, cli, seeded, tempDir, texty } from '../helpers.js';
+import { CLI, cli, seeded, serverFetch, tempDir, texty } from '../helpers.js';
 
 describe('clonecast CLI', () => {
   const dir = tempDir('cli');
@@ -152,21 +152,28 @@ describe('clonecast serve', () => {
     const child = spawn(process.execPath, [CLI, 'serve', '--data', data, '--listen', '127.0.0.1:0']);
     const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
     try {
-      const { url, token } = await new Promise<{ url: string; token: string }>((resolve, reject) => {
+      const { url, token, fingerprint, out } = await new Promise<{ url: string; token: string; fingerprint: string; out: string }>((resolve, reject) => {
         let out = '';
         child.stdout.on('data', (d) => {
           out += d;
-          const m = /dashboard: +(http:\/\/127\.0\.0\.1:\d+\/)#token=([0-9a-f]+)\n/.exec(out);
-          if (m && /token: +[0-9a-f]+/.test(out)) resolve({ url: m[1], token: m[2] });
+          const m = /dashboard: +(https:\/\/127\.0\.0\.1:\d+\/) /.exec(out);
+          const t = /token: +([0-9a-f]+)/.exec(out);
+          const f = /fingerprint: +([0-9A-F:]{95})/.exec(out);
+          if (m && t && f && out.includes('stop with Ctrl-C')) resolve({ url: m[1], token: t[1], fingerprint: f[1], out });
         });
         child.on('exit', () => reject(new Error(`serve exited: ${out}`)));
       });
       expect(readFileSync(join(data, 'token'), 'utf8').trim()).toBe(token);
-      expect((await fetch(`${url}api/images`)).status).toBe(401);
-      const images = (await (await fetch(`${url}api/images`, { headers: { authorization: `Bearer ${token}` } })).json()) as { name: string }[];
+      // The dashboard's URL carries no token; the fingerprint printed is the one a TLS client sees.
+      expect(out).not.toMatch(/#token=|[?&]token=/);
+      const { fingerprintOf } = await import('../../server/tls.js');
+      expect(fingerprintOf(readFileSync(join(data, 'tls', 'cert.pem'), 'utf8'))).toBe(fingerprint);
+      const srv = { url, fingerprint };
+      expect((await serverFetch(srv, 'api/images')).status).toBe(401);
+      const images = (await (await serverFetch(srv, 'api/images', { headers: { authorization: `Bearer ${token}` } })).json()) as { name: string }[];
       expect(images.map((i) => i.name)).toEqual(['served']);
-      expect(await (await fetch(url)).text()).toMatch(/<title>clonecast<\/title>/);
-      expect((await fetch(`${url}nope`)).status).toBe(404);
+      expect(await (await serverFetch(srv, '/')).text()).toMatch(/<title>clonecast<\/title>/);
+      expect((await serverFetch(srv, 'nope')).status).toBe(404);
       // The admin commands find the local token in the data directory.
       const machines = await cli(['machines', '--server', url, '--data', data]);
       expect(machines.code, machines.stderr).toBe(0);
@@ -317,12 +324,14 @@ describe('per-command options and help', () => {
 
 describe('the server-side commands against a stand-in API', () => {
   /** A minimal server answering the admin routes; records every request. */
-  async function fakeApi(): Promise<{ url: string; requests: { method: string; path: string; body: any }[]; close: () => void }> {
-    const { createServer } = await import('node:http');
+  async function fakeApi(): Promise<{ url: string; fingerprint: string; requests: { method: string; path: string; body: any }[]; close: () => void }> {
+    const { createServer } = await import('node:https');
+    const { makeCert, fingerprintOf } = await import('../../server/tls.js');
+    const cert = await makeCert(['127.0.0.1']);
     const requests: { method: string; path: string; body: any }[] = [];
     const session = { id: 7, image: 'os', version: 3, group: '239.77.1.7', port: 9000, state: 'waiting', reason: '', verify: true, createdAt: '2026-11-30T06:00:00Z', machines: {} };
     const machine = { id: '52:54:00:12:34:56', hostname: 'pc\x1b[31m1', name: 'desk-1', groups: ['room-a'], address: '10.0.0.5', online: true, state: 'idle', progress: null, lastError: '', lastSeen: '2026-11-30T06:00:00Z', lastImage: null };
-    const srv = createServer((req, res) => {
+    const srv = createServer({ cert: cert.cert, key: cert.key }, (req, res) => {
       let raw = '';
       req.on('data', (d) => (raw += d));
       req.on('end', () => {
@@ -339,13 +348,13 @@ describe('the server-side commands against a stand-in API', () => {
       });
     });
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
-    return { url: `http://127.0.0.1:${(srv.address() as { port: number }).port}/`, requests, close: () => srv.close() };
+    return { url: `https://127.0.0.1:${(srv.address() as { port: number }).port}/`, fingerprint: fingerprintOf(cert.cert), requests, close: () => srv.close() };
   }
 
   it('deploy sends the machine selection, and Ctrl-C names the session that keeps running', async () => {
     const api = await fakeApi();
     try {
-      const child = spawn(process.execPath, [CLI, 'deploy', 'os', '--any', '--clients', '2', '--wait', '30', '--server', api.url], { env: { ...process.env, CLONECAST_TOKEN: 'tok' } });
+      const child = spawn(process.execPath, [CLI, 'deploy', 'os', '--any', '--clients', '2', '--wait', '30', '--server', api.url], { env: { ...process.env, CLONECAST_TOKEN: 'tok', CLONECAST_FINGERPRINT: api.fingerprint } });
       let err = '';
       child.stderr.on('data', (d) => (err += d));
       const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
@@ -363,7 +372,7 @@ describe('the server-side commands against a stand-in API', () => {
   it('machines shows names and groups with agent strings made safe; machines set and captures use their routes', async () => {
     const api = await fakeApi();
     try {
-      const env = { CLONECAST_TOKEN: 'tok' };
+      const env = { CLONECAST_TOKEN: 'tok', CLONECAST_FINGERPRINT: api.fingerprint };
       const ms = await cli(['machines', '--server', api.url], env);
       expect(ms.code, ms.stderr).toBe(0);
       expect(ms.stdout).toMatch(/NAME +HOSTNAME +GROUPS/);
@@ -379,7 +388,7 @@ describe('the server-side commands against a stand-in API', () => {
       expect(api.requests.at(-1)).toMatchObject({ method: 'POST', path: '/api/captures/2/fail', body: { reason: 'wrong machine' } });
       const tokenFile = join(tempDir('cli-token'), 'token');
       writeFileSync(tokenFile, 'tok\n');
-      expect((await cli(['sessions', '--server', api.url, '--token-file', tokenFile], { CLONECAST_TOKEN: '' })).code).toBe(0);
+      expect((await cli(['sessions', '--server', api.url, '--token-file', tokenFile], { CLONECAST_TOKEN: '', CLONECAST_FINGERPRINT: api.fingerprint })).code).toBe(0);
     } finally {
       api.close();
     }

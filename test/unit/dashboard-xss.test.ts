@@ -11,7 +11,7 @@ import { startServer, type RunningServer } from '../../server/app.js';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { writeFileSync } from 'node:fs';
-import { itNeeds, missing, tempDir } from '../helpers.js';
+import { chromiumPin, dashboardLogin, itNeeds, missing, serverFetch, serverSocket, tempDir } from '../helpers.js';
 
 const PAYLOAD = '<img src=x onerror="window.__pwned=1">';
 const MAC = '02:00:00:00:0d:0d';
@@ -27,7 +27,7 @@ describe('dashboard with hostile values', () => {
     writeFileSync(join(dir, 'disk.img'), Buffer.alloc(1 << 20, 7));
     await importImage(store, join(dir, 'disk.img'), 'img', { workers: 1 });
     srv = await startServer({ store, listen: '127.0.0.1:0', version: 'test', heartbeatMs: 60_000 });
-    ws = new WebSocket(new URL(CONTROL.AGENT_PATH, srv.url.replace('http', 'ws')));
+    ws = serverSocket(srv, CONTROL.AGENT_PATH);
     ws.on('error', () => {});
     await new Promise<void>((r) => ws.on('open', () => r()));
     ws.send(encodeAgentMessage({ type: 'hello', hello: { protocol: CONTROL.VERSION, token: srv.token, machineId: MAC, macs: [MAC], hostname: PAYLOAD, agentVersion: PAYLOAD, disks: [{ device: '/dev/vda', size: 1 << 30, logicalSector: 512, physicalSector: 512 }] } }));
@@ -39,11 +39,13 @@ describe('dashboard with hostile values', () => {
 
   itNeeds(['chromium'], 'renders an agent-supplied script payload as text, runs nothing, keeps no token, and asks before cancelling', async () => {
     const { chromium } = await import('playwright-core');
-    const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true });
+    const browser = await chromium.launch({ executablePath: '/usr/bin/chromium', headless: true, args: chromiumPin(srv.certDir) });
     try {
       const page = await browser.newPage();
-      const response = await page.goto(`${srv.url}#token=${srv.token}`);
+      const response = await page.goto(srv.url);
       expect(response?.headers()['content-security-policy']).toMatch(/script-src 'self'/);
+      await dashboardLogin(page, srv.token);
+      expect(page.url()).toBe(srv.url);
       await page.waitForSelector(`#machines tr[data-machine="${MAC}"]`);
       const row = await page.textContent(`#machines tr[data-machine="${MAC}"]`);
       expect(row).toContain(PAYLOAD);
@@ -52,7 +54,7 @@ describe('dashboard with hostile values', () => {
       expect(await page.evaluate(() => [localStorage.length, sessionStorage.length])).toEqual([0, 0]);
 
       // Cancel asks first: dismissed, the session stays; accepted, it is cancelled.
-      const s = await (await fetch(new URL('/api/sessions', srv.url), { method: 'POST', headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: JSON.stringify({ image: 'img', rule: { machines: ['02:00:00:00:0d:99'] } }) })).json();
+      const s = await (await serverFetch(srv, '/api/sessions', { method: 'POST', headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: JSON.stringify({ image: 'img', rule: { machines: ['02:00:00:00:0d:99'] } }) })).json();
       const button = `#sessions tr[data-session="${s.id}"] button[data-act="cancel"]`;
       await page.waitForSelector(button);
       const questions: string[] = [];

@@ -13,11 +13,11 @@ import { startServer, type RunningServer } from '../../server/app.js';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { Agent } from '../../agent/agent.js';
-import { tempDir } from '../helpers.js';
+import { serverFetch, serverSocket, tempDir, type TlsServer } from '../helpers.js';
 
 /** A hand-driven agent connection: says hello with one disk, records what the server sends. */
-async function fakeAgent(url: string, token: string, mac: string, extra: { macs?: string[]; hostname?: string } = {}) {
-  const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, url.replace('http', 'ws')));
+async function fakeAgent(url: TlsServer, token: string, mac: string, extra: { macs?: string[]; hostname?: string } = {}) {
+  const ws = serverSocket(url, CONTROL.AGENT_PATH);
   const got: ServerMessage[] = [];
   ws.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
   ws.on('error', () => {});
@@ -47,7 +47,7 @@ describe('one owner per machine', () => {
   const image = join(dir, 'disk.img');
 
   const api = async (path: string, body?: unknown, method = body === undefined ? 'GET' : 'POST') => {
-    const res = await fetch(new URL(path, srv.url), { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const res = await serverFetch(srv, path, { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
     return { status: res.status, body: (await res.json()) as Record<string, any> };
   };
 
@@ -97,8 +97,8 @@ describe('one owner per machine', () => {
   });
 
   it('a deploy cannot take a machine under capture, and a capture cannot start on a machine in a session', async () => {
-    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0a:01');
-    const b = await fakeAgent(srv.url, srv.token, '02:00:00:00:0a:02');
+    const a = await fakeAgent(srv, srv.token, '02:00:00:00:0a:01');
+    const b = await fakeAgent(srv, srv.token, '02:00:00:00:0a:02');
     const cap = await api('/api/captures', { machine: '02:00:00:00:0a:01', image: 'golden' });
     expect(cap.status).toBe(201);
     await until(() => a.got.some((m) => m.type === 'capture'), 5000, 'the capture command');
@@ -125,7 +125,7 @@ describe('one owner per machine', () => {
   });
 
   it('a machine that lists another machine\'s MAC as its own is not taken for that MAC, and its host name loses its terminal escapes', async () => {
-    const intruder = await fakeAgent(srv.url, srv.token, '02:00:00:00:0a:66', { macs: ['02:00:00:00:0a:66', '02:00:00:00:0a:77'], hostname: 'pc\x1b[2J\x1b]0;owned\x07' });
+    const intruder = await fakeAgent(srv, srv.token, '02:00:00:00:0a:66', { macs: ['02:00:00:00:0a:66', '02:00:00:00:0a:77'], hostname: 'pc\x1b[2J\x1b]0;owned\x07' });
     const s = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0a:77'] } });
     expect(s.status).toBe(201);
     await new Promise((r) => setTimeout(r, 300));
@@ -136,7 +136,7 @@ describe('one owner per machine', () => {
   });
 
   it('a capture whose agent disappears ends with a reason and frees the machine', async () => {
-    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:01');
+    const a = await fakeAgent(srv, srv.token, '02:00:00:00:0b:01');
     const cap = await api('/api/captures', { machine: '02:00:00:00:0b:01', image: 'lost' });
     expect(cap.status).toBe(201);
     a.ws.terminate();
@@ -146,7 +146,7 @@ describe('one owner per machine', () => {
     expect(c.error).toMatch(/agent has been gone for \d+ s/);
     expect(srv.registry.get('02:00:00:00:0b:01')?.activity).toEqual({ kind: 'idle' });
     // The image name is free again.
-    const again = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:01');
+    const again = await fakeAgent(srv, srv.token, '02:00:00:00:0b:01');
     const next = await api('/api/captures', { machine: '02:00:00:00:0b:01', image: 'lost' });
     expect(next.status).toBe(201);
     await api(`/api/captures/${next.body.id}/fail`, { reason: 'test over' });
@@ -159,7 +159,7 @@ describe('one owner per machine', () => {
       writeFileSync(p, Buffer.alloc(4 << 20));
       return p;
     });
-    const agents = disks.map((disk, i) => new Agent({ server: srv.url, token: srv.token, disk, machineId: `02:00:00:00:0c:0${i + 1}`, version: 'test' }));
+    const agents = disks.map((disk, i) => new Agent({ server: srv.url, fingerprint: srv.fingerprint, token: srv.token, disk, machineId: `02:00:00:00:0c:0${i + 1}`, version: 'test' }));
     const runs = agents.map((a) => a.run().catch(() => undefined));
     await until(() => agents.every((_, i) => srv.registry.get(`02:00:00:00:0c:0${i + 1}`)?.online === true), 10_000, 'three agents');
     const s = await api('/api/sessions', { image: 'img', rule: { any: true, clients: 2 }, rateMbit: 200 });
@@ -178,7 +178,7 @@ describe('one owner per machine', () => {
   });
 
   it('a machine put into a group joins the waiting session that names the group', async () => {
-    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0d:01');
+    const a = await fakeAgent(srv, srv.token, '02:00:00:00:0d:01');
     const s = await api('/api/sessions', { image: 'img', rule: { group: 'room-z' } });
     expect(s.status).toBe(201);
     await new Promise((r) => setTimeout(r, 200));
@@ -191,7 +191,7 @@ describe('one owner per machine', () => {
   });
 
   it('after a restart the sessions are the record of who holds which machine', async () => {
-    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0d:02');
+    const a = await fakeAgent(srv, srv.token, '02:00:00:00:0d:02');
     const s = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0d:02'] } });
     await until(() => a.got.some((m) => m.type === 'assign'), 5000, 'the assign');
     a.ws.terminate();

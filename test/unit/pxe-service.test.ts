@@ -32,11 +32,13 @@ describe('network boot wiring', () => {
   });
 
   it('writes iPXE scripts with absolute URLs and the initrd name the UEFI kernel needs', () => {
-    const o = { base: 'http://10.77.0.1:8080/', mac: '52:54:00:00:00:01', token: 'x'.repeat(48), kernel: 'vmlinuz', initrd: 'initrd.img' };
+    const fingerprint = 'AB:'.repeat(31) + 'CD';
+    const o = { base: 'http://10.77.0.1:8081/', server: 'https://10.77.0.1:8080/', fingerprint, mac: '52:54:00:00:00:01', token: 'x'.repeat(48), kernel: 'vmlinuz', initrd: 'initrd.img' };
     const agent = ipxeScript('agent', o);
     expect(agent).toMatch(/^#!ipxe\n/);
-    expect(agent).toMatch(/kernel http:\/\/10\.77\.0\.1:8080\/boot\/files\/vmlinuz initrd=initrd\.img clonecast\.server=http:\/\/10\.77\.0\.1:8080\/ clonecast\.token=x{48}/);
-    expect(agent).toMatch(/initrd http:\/\/10\.77\.0\.1:8080\/boot\/files\/initrd\.img/);
+    // Firmware fetches over the plain-HTTP boot listener; the agent gets the TLS address and the certificate's fingerprint.
+    expect(agent).toContain(`kernel http://10.77.0.1:8081/boot/files/vmlinuz initrd=initrd.img clonecast.server=https://10.77.0.1:8080/ clonecast.fingerprint=${fingerprint} clonecast.token=${'x'.repeat(48)}`);
+    expect(agent).toMatch(/initrd http:\/\/10\.77\.0\.1:8081\/boot\/files\/initrd\.img/);
     expect(ipxeScript('local', o)).toMatch(/sanboot --no-describe --drive 0x80 \|\| exit/);
     expect(ipxeScript('menu', o)).toMatch(/choose --timeout 10000 --default local/);
   });

@@ -10,7 +10,7 @@ import { WebSocket } from 'ws';
 import { CONTROL, decodeServerMessage, encodeAgentMessage, type ServerMessage } from '../../protocol/control.js';
 import { startServer, type RunningServer } from '../../server/app.js';
 import { Store } from '../../server/store/store.js';
-import { cli, tempDir } from '../helpers.js';
+import { cli, serverFetch, serverSocket, tempDir, type TlsServer } from '../helpers.js';
 
 const MAC = '52:54:00:00:00:01';
 
@@ -22,8 +22,8 @@ function hello(token: string, machineId = MAC) {
 }
 
 /** Opens an agent connection; collects decoded messages and the close code. */
-function connect(url: string) {
-  const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, url.replace('http', 'ws')));
+function connect(srv: TlsServer) {
+  const ws = serverSocket(srv, CONTROL.AGENT_PATH);
   const got: ServerMessage[] = [];
   const closed = new Promise<number>((r) => ws.on('close', (code) => r(code)));
   ws.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
@@ -52,7 +52,7 @@ describe('server control channel and API on loopback', () => {
   });
 
   it('closes each bad connection with its reason and keeps serving a good agent', async () => {
-    const good = connect(srv.url);
+    const good = connect(srv);
     await good.open;
     good.ws.send(hello(srv.token));
     await new Promise((r) => setTimeout(r, 200));
@@ -67,7 +67,7 @@ describe('server control channel and API on loopback', () => {
       ['a wrong token', (ws) => ws.send(hello('0'.repeat(48), '52:54:00:00:00:02')), 4401],
     ];
     for (const [what, act, code] of cases) {
-      const c = connect(srv.url);
+      const c = connect(srv);
       await c.open;
       act(c.ws);
       expect(await c.closed, what).toBe(code);
@@ -85,8 +85,8 @@ describe('server control channel and API on loopback', () => {
   });
 
   it('answers the admin API only with the token, with JSON errors that say what to do', async () => {
-    const call = (path: string, init: RequestInit = {}, token: string | undefined = srv.token) =>
-      fetch(new URL(path, srv.url), { ...init, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' } });
+    const call = (path: string, init: { method?: string; body?: string } = {}, token: string | undefined = srv.token) =>
+      serverFetch(srv, path, { ...init, headers: { ...(token ? { authorization: `Bearer ${token}` } : {}), 'content-type': 'application/json' } });
     const denied = await call('/api/state', {}, '');
     expect(denied.status).toBe(401);
     expect((await denied.json()).error.message).toMatch(/needs the server's token/);

@@ -10,7 +10,7 @@ import { WebSocket } from 'ws';
 import { CONTROL, decodeServerMessage, encodeAgentMessage, type ServerMessage } from '../../protocol/control.js';
 import { startServer, type RunningServer } from '../../server/app.js';
 import { Store } from '../../server/store/store.js';
-import { tempDir } from '../helpers.js';
+import { serverSocket, tempDir } from '../helpers.js';
 
 describe('control channel under a WebSocket flood', () => {
   const dir = tempDir('flood');
@@ -21,9 +21,8 @@ describe('control channel under a WebSocket flood', () => {
   afterAll(async () => srv?.close());
 
   it('holds at most 8 silent connections per address, each for at most 2 s, and serves a real agent meanwhile', async () => {
-    const url = new URL(CONTROL.AGENT_PATH, srv.url.replace('http', 'ws'));
     const flood = Array.from({ length: 60 }, () => {
-      const ws = new WebSocket(url, { localAddress: '127.0.0.2' });
+      const ws = serverSocket(srv, CONTROL.AGENT_PATH, { localAddress: '127.0.0.2' });
       const opened = new Promise<boolean>((r) => {
         ws.on('open', () => r(true));
         ws.on('error', () => r(false));
@@ -37,7 +36,7 @@ describe('control channel under a WebSocket flood', () => {
     expect(srv.agents.rejected.overLimit).toBeGreaterThanOrEqual(60 - 8);
 
     // A real agent, from another address, during the flood.
-    const agent = new WebSocket(url, { localAddress: '127.0.0.1' });
+    const agent = serverSocket(srv, CONTROL.AGENT_PATH, { localAddress: '127.0.0.1' });
     const got: ServerMessage[] = [];
     agent.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
     await new Promise<void>((r) => agent.on('open', () => r()));
@@ -57,10 +56,9 @@ describe('control channel under a WebSocket flood', () => {
   });
 
   it('a flood of Hellos with a wrong token: every one refused and closed, none registered', async () => {
-    const url = new URL(CONTROL.AGENT_PATH, srv.url.replace('http', 'ws'));
     const before = srv.agents.rejected.unauthorized;
     const flood = Array.from({ length: 40 }, (_, i) => {
-      const ws = new WebSocket(url, { localAddress: '127.0.0.3' });
+      const ws = serverSocket(srv, CONTROL.AGENT_PATH, { localAddress: '127.0.0.3' });
       const mac = `02:00:00:00:1f:${(i + 16).toString(16)}`;
       ws.on('open', () => ws.send(encodeAgentMessage({ type: 'hello', hello: { protocol: CONTROL.VERSION, token: 'f'.repeat(48), machineId: mac, macs: [mac], hostname: 'x', agentVersion: 't', disks: [] } })));
       const opened = new Promise<boolean>((r) => {
