@@ -11,8 +11,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { request } from 'node:http';
-import { connect } from 'node:net';
+import { request } from 'node:https';
+import { connect } from 'node:tls';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
 import { CHUNK, encodeChunk } from '../../protocol/chunk.js';
@@ -23,7 +23,7 @@ import { startServer, type RunningServer } from '../../server/app.js';
 import { collectGarbage, removeImage } from '../../server/store/maintenance.js';
 import { Store } from '../../server/store/store.js';
 import '../../native/addon.js';
-import { tempDir } from '../helpers.js';
+import { serverFetch, serverSocket, tempDir } from '../helpers.js';
 
 const MiB = 1 << 20;
 const TiB = 1024 * 1024 * MiB;
@@ -40,10 +40,10 @@ interface Answer {
  * an error before the answer (a reset) fails the test. `closed` resolves
  * with the parts sent when the connection ends.
  */
-function streamPut(url: URL, token: string, parts: number, part: Buffer, closed?: (sent: number) => void): Promise<Answer & { sent: number }> {
+function streamPut(url: URL, cert: Buffer, token: string, parts: number, part: Buffer, closed?: (sent: number) => void): Promise<Answer & { sent: number }> {
   return new Promise((resolve, reject) => {
     let sent = 0;
-    const req = request(url, { method: 'PUT', agent: false, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
+    const req = request(url, { method: 'PUT', agent: false, ca: cert, checkServerIdentity: () => undefined, headers: { authorization: `Bearer ${token}`, 'content-type': 'application/octet-stream', 'transfer-encoding': 'chunked' } }, (res) => {
       const bufs: Buffer[] = [];
       res.on('data', (b: Buffer) => bufs.push(b));
       res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(Buffer.concat(bufs).toString('utf8') || '{}'), sent }));
@@ -62,9 +62,9 @@ function streamPut(url: URL, token: string, parts: number, part: Buffer, closed?
 }
 
 /** Sends a chunked body over a raw socket until the server closes it (or `max` bytes); the client never closes first. */
-function endlessPut(url: URL, token: string, max: number): Promise<{ answer: string; sent: number }> {
+function endlessPut(url: URL, cert: Buffer, token: string, max: number): Promise<{ answer: string; sent: number }> {
   return new Promise((resolve) => {
-    const socket = connect(Number(url.port), url.hostname);
+    const socket = connect({ port: Number(url.port), host: url.hostname, ca: cert, checkServerIdentity: () => undefined });
     const part = Buffer.concat([Buffer.from('10000\r\n'), Buffer.alloc(65536, 3), Buffer.from('\r\n')]);
     let sent = 0;
     let answer = '';
@@ -79,7 +79,7 @@ function endlessPut(url: URL, token: string, max: number): Promise<{ answer: str
       }
       if (sent >= max) socket.destroy();
     };
-    socket.on('connect', () => {
+    socket.on('secureConnect', () => {
       socket.write(`PUT ${url.pathname} HTTP/1.1\r\nHost: ${url.host}\r\nAuthorization: Bearer ${token}\r\nContent-Type: application/octet-stream\r\nTransfer-Encoding: chunked\r\n\r\n`);
       write();
     });
@@ -98,13 +98,14 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
   const dir = tempDir('poison');
   let store: Store;
   let srv: RunningServer;
+  const cert = () => readFileSync(join(srv.certDir, 'cert.pem'));
   const sockets: WebSocket[] = [];
   const call = async (method: string, path: string, body?: Buffer | string): Promise<Answer> => {
-    const res = await fetch(new URL(path, srv.url), { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': typeof body === 'string' ? 'application/json' : 'application/octet-stream' }, body });
+    const res = await serverFetch(srv, path, { method, headers: { authorization: `Bearer ${srv.token}`, 'content-type': typeof body === 'string' ? 'application/json' : 'application/octet-stream' }, body });
     return { status: res.status, body: (await res.json()) as Record<string, any> };
   };
   const hello = async (mac: string, size: number) => {
-    const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, srv.url.replace('http', 'ws')));
+    const ws = serverSocket(srv, CONTROL.AGENT_PATH);
     ws.on('error', () => {});
     sockets.push(ws);
     await new Promise<void>((r) => ws.on('open', () => r()));
@@ -193,7 +194,7 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
   it('refuses a table for more or fewer chunks than the disk has, and a finish that lies about the disk', async () => {
     const id = await capture('lies');
     // One record too many, sent without a Content-Length: refused while it streams, and the client reads the 413.
-    const over = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), srv.token, 5, Buffer.alloc(48));
+    const over = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), cert(), srv.token, 5, Buffer.alloc(48));
     expect(over.status).toBe(413);
     expect(over.body.error.message).toMatch(/chunk table over 192 bytes/);
     expect((await table(id, newChunkTable(3))).status).toBe(200);
@@ -306,7 +307,7 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
       expect(r.body.error.message, path).toMatch(/has ended \(failed: .*stopped\)/);
     }
     // A large body without Content-Length into the ended capture: answered, not reset, and not stored.
-    const late = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), srv.token, 64, Buffer.alloc(64 * 1024));
+    const late = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), cert(), srv.token, 64, Buffer.alloc(64 * 1024));
     expect(late.status).toBe(409);
     expect(published('ended')).toEqual([]);
   });
@@ -316,14 +317,14 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
     const tmp = join(dir, 'data', 'tmp');
     const mine = () => readdirSync(tmp).filter((f) => f.startsWith(`capture-${id}-`));
     const cap = CHUNK.HEADER_SIZE + MiB;
-    const chunk = await streamPut(new URL(`/api/captures/${id}/chunks/${'b'.repeat(64)}`, srv.url), srv.token, Math.ceil((2 * cap) / 65536), Buffer.alloc(65536, 1));
+    const chunk = await streamPut(new URL(`/api/captures/${id}/chunks/${'b'.repeat(64)}`, srv.url), cert(), srv.token, Math.ceil((2 * cap) / 65536), Buffer.alloc(65536, 1));
     expect(chunk.status).toBe(413);
     expect(chunk.body.error.message).toMatch(new RegExp(`request body over ${cap} bytes`));
-    const t = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), srv.token, 8, Buffer.alloc(48));
+    const t = await streamPut(new URL(`/api/captures/${id}/table`, srv.url), cert(), srv.token, 8, Buffer.alloc(48));
     expect(t.status).toBe(413);
     expect(mine()).toEqual([]);
     // A client that keeps sending after the answer is read from only so far (64 MiB), then cut off by the server.
-    const endless = await endlessPut(new URL(`/api/captures/${id}/chunks/${'c'.repeat(64)}`, srv.url), srv.token, 256 * MiB);
+    const endless = await endlessPut(new URL(`/api/captures/${id}/chunks/${'c'.repeat(64)}`, srv.url), cert(), srv.token, 256 * MiB);
     console.log(`an endless chunk body: answered ${endless.answer.split('\r\n')[0]}; the server closed the connection after ${(endless.sent / MiB).toFixed(0)} MiB sent`);
     expect(endless.answer).toMatch(/^HTTP\/1\.1 413 /);
     expect(endless.sent).toBeLessThan(256 * MiB);
@@ -348,7 +349,7 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
     }, 5);
     let results;
     try {
-      results = await Promise.all([a, b].map((id) => streamPut(new URL(`/api/captures/${id}/table`, srv.url), srv.token, parts, part)));
+      results = await Promise.all([a, b].map((id) => streamPut(new URL(`/api/captures/${id}/table`, srv.url), cert(), srv.token, parts, part)));
     } finally {
       clearInterval(sampler);
     }

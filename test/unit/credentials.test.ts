@@ -16,13 +16,13 @@ import { BootCredentials } from '../../server/credentials.js';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { Agent } from '../../agent/agent.js';
-import { itNeeds, tempDir } from '../helpers.js';
+import { itNeeds, serverFetch, serverSocket, tempDir, type TlsServer } from '../helpers.js';
 
 type Conn = { ws: WebSocket; got: ServerMessage[]; closed: Promise<number> };
 
 /** A hand-driven agent: says hello with one disk and records what the server sends; resolves on Welcome or Refuse. */
-async function hello(url: string, token: string, mac: string): Promise<Conn> {
-  const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, url.replace('http', 'ws')));
+async function hello(srv: TlsServer, token: string, mac: string): Promise<Conn> {
+  const ws = serverSocket(srv, CONTROL.AGENT_PATH);
   const got: ServerMessage[] = [];
   ws.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
   ws.on('error', () => {});
@@ -61,7 +61,7 @@ describe('credentials on a shared LAN', () => {
   const request = async (path: string, token: string, o: { method?: string; body?: string | Buffer; machine?: string } = {}) => {
     const headers: Record<string, string> = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
     if (o.machine !== undefined) headers['x-clonecast-machine'] = o.machine;
-    const res = await fetch(new URL(path, srv.url), { method: o.method ?? (o.body === undefined ? 'GET' : 'POST'), headers, body: o.body });
+    const res = await serverFetch(srv, path, { method: o.method ?? (o.body === undefined ? 'GET' : 'POST'), headers, body: o.body });
     return { status: res.status, text: await res.text() };
   };
   const api = async (path: string, body?: unknown, method?: string) => {
@@ -116,10 +116,10 @@ describe('credentials on a shared LAN', () => {
     expect(credential).toMatch(/^[0-9a-f]{64}$/);
     // Never in the server's log.
     expect(logs.join('\n')).not.toContain(credential);
-    const asB = await hello(srv.url, credential, '02:00:00:00:0b:02');
+    const asB = await hello(srv, credential, '02:00:00:00:0b:02');
     expect(refusal(asB)).toMatch(/issued for another machine/);
     expect(srv.registry.get('02:00:00:00:0b:02')).toBeUndefined();
-    const a = await hello(srv.url, credential, A);
+    const a = await hello(srv, credential, A);
     const secret = welcomed(a)!.welcome.agentSecret!;
     expect(secret).toMatch(/^[0-9a-f]{64}$/);
     expect(secret).not.toBe(credential);
@@ -127,10 +127,10 @@ describe('credentials on a shared LAN', () => {
     expect(assigns(a)[0].nonce).toHaveLength(16);
     a.ws.close();
     await a.closed;
-    const again = await hello(srv.url, credential, A);
+    const again = await hello(srv, credential, A);
     expect(refusal(again)).toMatch(/unknown or was used already/);
     // The machine's own secret is what reconnects it.
-    const back = await hello(srv.url, secret, A);
+    const back = await hello(srv, secret, A);
     expect(welcomed(back)).toBeDefined();
     expect(srv.registry.get(A)?.trust).toBe('credential');
     back.ws.close();
@@ -152,7 +152,7 @@ describe('credentials on a shared LAN', () => {
     const X = '02:00:00:00:0c:02';
     const mine = await api('/api/sessions', { image: 'img', rule: { machines: [A] } });
     const other = await api('/api/sessions', { image: 'img', rule: { machines: [X] } });
-    const a = await hello(srv.url, credentialIn(await script(A))!, A);
+    const a = await hello(srv, credentialIn(await script(A))!, A);
     const secret = welcomed(a)!.welcome.agentSecret!;
     await until(() => assigns(a).length > 0, 10_000, 'the assign');
     expect((await request(`/api/sessions/${mine.body.id}/manifest`, secret, { machine: A })).status).toBe(200);
@@ -172,7 +172,7 @@ describe('credentials on a shared LAN', () => {
 
   itNeeds(['root'], "neither a boot credential nor a machine's secret reaches a capture's routes; only the capture's own secret does, while it runs", async () => {
     const C = '02:00:00:00:0e:01'; // named by the administrator in pxe/machines.json
-    const c = await hello(srv.url, credentialIn(await script(C))!, C);
+    const c = await hello(srv, credentialIn(await script(C))!, C);
     const secret = welcomed(c)!.welcome.agentSecret!;
     const cap = await api('/api/captures', { machine: C, image: 'golden' });
     expect(cap.status).toBe(201);
@@ -198,7 +198,7 @@ describe('credentials on a shared LAN', () => {
     await srv.close();
     srv = await startServer(serverOptions());
     expect((await request(`/api/captures/${id}/progress`, captureSecret, { machine: C, body: progress })).status).toBe(200);
-    const back = await hello(srv.url, secret, C);
+    const back = await hello(srv, secret, C);
     expect(welcomed(back)).toBeDefined();
     await api(`/api/captures/${id}/fail`, { reason: 'test over' });
     expect((await request(`/api/captures/${id}/progress`, captureSecret, { machine: C, body: progress })).status).toBe(401);
@@ -208,14 +208,14 @@ describe('credentials on a shared LAN', () => {
   itNeeds(['root'], "an impersonating Hello (same MAC, no credential or another one) cannot replace the real agent's connection", async () => {
     const A = '02:00:00:00:0d:01';
     const s = await api('/api/sessions', { image: 'img', rule: { machines: [A] } });
-    const real = await hello(srv.url, credentialIn(await script(A))!, A);
+    const real = await hello(srv, credentialIn(await script(A))!, A);
     expect(welcomed(real)).toBeDefined();
-    const none = await hello(srv.url, '', A);
+    const none = await hello(srv, '', A);
     expect(refusal(none)).toMatch(/proved who it is before/);
-    const wrong = await hello(srv.url, randomBytes(32).toString('hex'), A);
+    const wrong = await hello(srv, randomBytes(32).toString('hex'), A);
     expect(refusal(wrong)).toMatch(/unknown/);
     // A fresh credential for A, as anyone on the LAN can fetch from A's boot script.
-    const fresh = await hello(srv.url, credentialIn(await script(A))!, A);
+    const fresh = await hello(srv, credentialIn(await script(A))!, A);
     expect(refusal(fresh)).toMatch(/connected already/);
     await Promise.all([none.closed, wrong.closed, fresh.closed]);
     expect(real.ws.readyState).toBe(WebSocket.OPEN);
@@ -228,7 +228,7 @@ describe('credentials on a shared LAN', () => {
   itNeeds(['root'], 'an agent without a credential is unverified: a session naming its MAC does not take it, an --any session does, a capture refuses it', async () => {
     const U = '02:00:00:00:0f:01';
     const named = await api('/api/sessions', { image: 'img', rule: { machines: [U] } });
-    const u = await hello(srv.url, '', U);
+    const u = await hello(srv, '', U);
     expect(welcomed(u)).toBeDefined();
     expect(srv.registry.get(U)?.trust).toBe('unverified');
     expect((await api('/api/captures', { machine: U, image: 'from-u' })).status).not.toBe(201);
@@ -243,8 +243,8 @@ describe('credentials on a shared LAN', () => {
   itNeeds(['root'], 'a Result with the digest computed from the manifest (the old formula) is refused; the digest keyed by the nonce over the bytes is confirmed', async () => {
     const [R1, R2] = ['02:00:00:00:10:01', '02:00:00:00:10:02'];
     const s = await api('/api/sessions', { image: 'img', rule: { machines: [R1, R2] } });
-    const r1 = await hello(srv.url, srv.token, R1);
-    const r2 = await hello(srv.url, srv.token, R2);
+    const r1 = await hello(srv, srv.token, R1);
+    const r2 = await hello(srv, srv.token, R2);
     await until(() => assigns(r1).length > 0 && assigns(r2).length > 0, 10_000, 'both assigns');
     const a: Assign = assigns(r1)[0];
     const manifest = await store.readManifest('img', 1);
@@ -277,7 +277,7 @@ describe('credentials on a shared LAN', () => {
     });
     const lines: string[][] = [[], []];
     // The second agent does not read its disk back: the server cannot accept its "done".
-    const agents = macs.map((machineId, i) => new Agent({ server: srv.url, token: srv.token, disk: disks[i], machineId, version: 'test', verify: i === 0 ? undefined : false, log: (_l, m) => lines[i].push(m) }));
+    const agents = macs.map((machineId, i) => new Agent({ server: srv.url, fingerprint: srv.fingerprint, token: srv.token, disk: disks[i], machineId, version: 'test', verify: i === 0 ? undefined : false, log: (_l, m) => lines[i].push(m) }));
     const events: string[][] = [[], []];
     agents.forEach((a, i) => {
       a.on('confirmed', () => events[i].push('confirmed'));

@@ -17,7 +17,7 @@ import { encodeStatus, ReceiverState } from '../../protocol/mcast.js';
 import { startServer, type RunningServer } from '../../server/app.js';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
-import { tempDir } from '../helpers.js';
+import { serverFetch, serverSocket, tempDir, type TlsServer } from '../helpers.js';
 
 async function until(cond: () => boolean, ms = 15_000, what = 'condition'): Promise<void> {
   const end = Date.now() + ms;
@@ -28,8 +28,8 @@ async function until(cond: () => boolean, ms = 15_000, what = 'condition'): Prom
 }
 
 /** A hand-driven agent: says hello with one disk, records what the server sends. */
-async function fakeAgent(url: string, token: string, mac: string) {
-  const ws = new WebSocket(new URL(CONTROL.AGENT_PATH, url.replace('http', 'ws')));
+async function fakeAgent(srv: TlsServer, token: string, mac: string) {
+  const ws = serverSocket(srv, CONTROL.AGENT_PATH);
   const got: ServerMessage[] = [];
   ws.on('message', (d) => got.push(decodeServerMessage(d as Buffer)));
   ws.on('error', () => {});
@@ -58,13 +58,13 @@ describe('session keys', () => {
   afterAll(async () => srv?.close());
 
   const api = async (path: string, body?: unknown) => {
-    const res = await fetch(new URL(path, srv.url), { method: body === undefined ? 'GET' : 'POST', headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
+    const res = await serverFetch(srv, path, { method: body === undefined ? 'GET' : 'POST', headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: body === undefined ? undefined : JSON.stringify(body) });
     return { status: res.status, text: await res.text() };
   };
 
   it('each Assign carries the data key and that machine\'s own key; the secret is saved, kept across a restart and never shown', async () => {
-    const a = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:01');
-    const b = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:02');
+    const a = await fakeAgent(srv, srv.token, '02:00:00:00:0b:01');
+    const b = await fakeAgent(srv, srv.token, '02:00:00:00:0b:02');
     const made = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0b:01', '02:00:00:00:0b:02'] } });
     expect(made.status).toBe(201);
     const id = JSON.parse(made.text).id as number;
@@ -116,7 +116,7 @@ describe('session keys', () => {
   }, 60_000);
 
   it('an encrypted session gives its machines the encryption key, and only through the Assign', async () => {
-    const c = await fakeAgent(srv.url, srv.token, '02:00:00:00:0b:03');
+    const c = await fakeAgent(srv, srv.token, '02:00:00:00:0b:03');
     const made = await api('/api/sessions', { image: 'img', rule: { machines: ['02:00:00:00:0b:03'] }, encrypt: true });
     expect(made.status).toBe(201);
     const id = JSON.parse(made.text).id as number;
