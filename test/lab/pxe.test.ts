@@ -120,7 +120,8 @@ describe('network boot services with real clients', () => {
     expect(known.stdout).toMatch(/udhcpc-event bound ip=10\.77\.0\.50/);
     // (The data directory is shared with the tests above: the other machine may have an old lease in the file.)
     expect(leases(f).find((l) => l.mac === '02:77:00:00:00:01')?.ip).toBe('10.77.0.50');
-    const status = (mac: string) => f.lab.execIn(hosts[0].ns, 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `http://10.77.0.1:8080/boot/ipxe?mac=${mac}`]).trim();
+    // Boot scripts come from the plain-HTTP boot listener (the --listen port + 1).
+    const status = (mac: string) => f.lab.execIn(hosts[0].ns, 'curl', ['-s', '-o', '/dev/null', '-w', '%{http_code}', `http://10.77.0.1:8081/boot/ipxe?mac=${mac}`]).trim();
     expect(status('02:77:00:00:00:02')).toBe('404');
     expect(status('02:77:00:00:00:01')).toBe('200');
   }, 90_000);

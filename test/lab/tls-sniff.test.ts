@@ -2,9 +2,11 @@
  * A whole deploy in the namespace lab, recorded by tcpdump in the server's
  * namespace (every interface: the agents' link and the loopback the admin
  * commands use): the recording holds no token, no Authorization header, no
- * Hello in clear. A plain-HTTP request with a marker, sent to the same port
- * during the recording, shows that the recorder sees cleartext where there is
- * some.
+ * Hello in clear, and none of the session's keys (its secret, the data key,
+ * each machine's receiver key: they travel in the Assign, over TLS) although
+ * the recording holds the whole multicast stream. A plain-HTTP request with a
+ * marker, sent to the same port during the recording, shows that the recorder
+ * sees cleartext where there is some.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -14,6 +16,7 @@ import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { itNeeds, missing, tempDir } from '../helpers.js';
 import { Fleet, PORT, until } from './fleet.js';
+import { deriveKey, receiverLabel } from '../../protocol/mac.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
 
@@ -38,7 +41,7 @@ describe('a sniffed deploy', () => {
     for (let k = 0; k < N; k++) fleet.disk(k, 12 * MiB);
     await fleet.startServer();
     // -U: each packet is written as it comes, so what is on disk is whole when tcpdump stops.
-    dump = fleet.lab.spawnIn(fleet.lab.server.ns, 'tcpdump', ['-i', 'any', '-n', '-U', '-s', '0', '-w', pcap, 'tcp']);
+    dump = fleet.lab.spawnIn(fleet.lab.server.ns, 'tcpdump', ['-i', 'any', '-n', '-U', '-s', '0', '-w', pcap, 'tcp or udp']);
     dump.stderr?.on('data', (d) => (dumpErr += d));
     await until(() => /listening on/.test(dumpErr), 15_000, 'tcpdump to listen');
   }, 120_000);
@@ -66,5 +69,19 @@ describe('a sniffed deploy', () => {
     expect(bytes.includes(Buffer.from('Bearer '))).toBe(false);
     expect(bytes.toString('latin1').toLowerCase().includes('authorization:')).toBe(false);
     expect(bytes.includes(Buffer.from('/api/sessions'))).toBe(false);
+    // The multicast stream was recorded (DATA carries the magic "CCMC"), yet no key of the session is in it.
+    expect(bytes.includes(Buffer.from('CCMC'))).toBe(true);
+    const [session] = JSON.parse(readFileSync(join(data, 'sessions.json'), 'utf8')) as { secret: string; nonce: string; machines: Record<string, { receiverId: number }> }[];
+    const secret = Buffer.from(session.secret, 'hex');
+    const receivers = Object.values(session.machines).map((m) => m.receiverId);
+    expect(receivers).toHaveLength(N);
+    const keys: [string, Buffer][] = [
+      ['the session secret', secret],
+      ['the session secret (hex)', Buffer.from(session.secret)],
+      ['the data key', deriveKey(secret, 'data')],
+      ['the result nonce', Buffer.from(session.nonce, 'hex')],
+      ...receivers.map((id): [string, Buffer] => [`receiver ${id}'s key`, deriveKey(secret, receiverLabel(id))]),
+    ];
+    for (const [what, key] of keys) expect(bytes.includes(key), `${what} in clear`).toBe(false);
   }, 180_000);
 });
