@@ -53,6 +53,9 @@ interface Conn {
   trust: AgentTrust;
 }
 
+/** How much each way of proving who an agent is proves: a connection is replaced only by one that proves as much. */
+const TRUST_RANK: Record<AgentTrust, number> = { unverified: 0, credential: 1, token: 2 };
+
 /** Options of AgentChannel. */
 export interface AgentChannelOptions {
   token: string;
@@ -207,7 +210,10 @@ export class AgentChannel implements AgentLink {
     if (tokenMatches(presented, this.o.token)) return { trust: 'token', bootCredential: false };
     const known = this.o.registry.get(id);
     if (presented !== '' && known?.secretHash !== undefined && secretMatches(presented, known.secretHash)) {
-      return { trust: known.secretTrust ?? 'unverified', bootCredential: false };
+      const trust = known.secretTrust ?? 'unverified';
+      // A secret handed out while the machine was unverified says nothing once the machine has proved who it is.
+      if (trust === 'unverified' && known.trusted === true) return { refused: `${id} has proved who it is since this secret was given; boot it through the server again while a session or capture names it`, retry: false };
+      return { trust, bootCredential: false };
     }
     if (this.o.acceptBootTokens !== true) {
       return { refused: 'wrong or missing token: give the agent the server\'s token (--token-file or CLONECAST_TOKEN; "clonecast token" prints it)', retry: false };
@@ -243,7 +249,8 @@ export class AgentChannel implements AgentLink {
     if (old !== undefined) {
       // Only the server's token or this machine's own secret replaces a connection that proved who it is; a fresh
       // boot credential waits until that connection has gone silent (a machine that rebooted), and nothing without a credential replaces anything.
-      const bySecret = proof.trust !== 'token' && !proof.bootCredential && (h.token ?? '') !== '';
+      // A secret replaces only a connection that proved no more than it does (an unverified secret never a verified one).
+      const bySecret = proof.trust !== 'token' && !proof.bootCredential && (h.token ?? '') !== '' && TRUST_RANK[proof.trust] >= TRUST_RANK[old.trust];
       const mayReplace = proof.trust === 'token' || bySecret || (proof.bootCredential && old.trust === 'unverified');
       if (!mayReplace) {
         const why = `${id} is connected already (${old.address}); this connection does not replace it`;
@@ -273,6 +280,8 @@ export class AgentChannel implements AgentLink {
     });
     // An agent without the server's token gets its own secret on a first Hello (a boot credential is good for one).
     let agentSecret = '';
+    // The server's token proves more than any secret given before: such a secret opens nothing from now on.
+    if (proof.trust === 'token') this.o.registry.setSecret(id, undefined, 'token');
     if (proof.trust !== 'token' && (proof.bootCredential || h.token === '')) {
       agentSecret = newSecret();
       this.o.registry.setSecret(id, secretHash(agentSecret), proof.trust);

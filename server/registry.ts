@@ -229,11 +229,14 @@ export class Registry extends EventEmitter {
     return [...this.machines.values()].sort((a, b) => b.lastSeen.localeCompare(a.lastSeen));
   }
 
-  /** Keeps the hash of a machine's new agent secret, and the trust it carries. */
-  setSecret(id: string, hash: string, trust: AgentTrust): void {
+  /** Keeps the hash of a machine's new agent secret and the trust it carries; undefined forgets the secret. */
+  setSecret(id: string, hash: string | undefined, trust: AgentTrust): void {
     const m = this.machines.get(id);
-    if (m === undefined) return;
-    Object.assign(m, { secretHash: hash, secretTrust: trust });
+    if (m === undefined || (hash === undefined && m.secretHash === undefined)) return;
+    if (hash === undefined) {
+      delete m.secretHash;
+      delete m.secretTrust;
+    } else Object.assign(m, { secretHash: hash, secretTrust: trust });
     this.changed();
   }
 

@@ -9,8 +9,11 @@ const UNICAST_AFTER_MS = 3000;
 const UNICAST_AFTER_PACKETS = 64;
 /**
  * A forward jump of the sender's sequence counts as loss up to MAX_GAP packets
- * (a second at 1 Gbit/s is ~85,000); a larger jump, forward or back, is a new
- * start (a restarted sender, or a forged sequence number) and counts nothing.
+ * (a second at 1 Gbit/s is ~85,000). A packet further ahead or behind counts
+ * nothing and moves nothing: a replayed old packet (its MAC is still good) must
+ * not make loss appear, and a restarted sender comes with a restarted receiver
+ * (a new Assign). Packets within MAX_GAP behind are remembered in a bitmap, so a
+ * late one cancels its loss once and a duplicate or replay cancels nothing.
  */
 const MAX_GAP = 1 << 16;
 /** Reports remembered for RTT samples. */
@@ -25,6 +28,8 @@ export class Link {
   /** Send my data by unicast: asked for, or multicast never arrives while the sender sends. */
   unicast: boolean;
   private maxSeq = -1;
+  /** Bit seq % MAX_GAP: that packet arrived (for the MAX_GAP packets up to maxSeq). */
+  private readonly arrived = new Uint8Array(MAX_GAP >> 3);
   private readonly sentAt = new Map<number, number>();
   private lastDataAt = 0;
   /** The sender's packet sequence in its latest ACK, and what it was when data last arrived. */
@@ -42,19 +47,32 @@ export class Link {
     if (!countLoss) return;
     if (this.maxSeq < 0) {
       this.maxSeq = seq;
+      this.mark(seq, true);
       return;
     }
     const ahead = (seq - this.maxSeq) >>> 0;
     const behind = (this.maxSeq - seq) >>> 0;
     if (ahead !== 0 && ahead <= MAX_GAP) {
       this.lost += ahead - 1;
+      for (let s = (this.maxSeq + 1) >>> 0; s !== seq; s = (s + 1) >>> 0) this.mark(s, false);
+      this.mark(seq, true);
       this.maxSeq = seq;
-    } else if (behind !== 0 && behind <= MAX_GAP) {
+    } else if (behind !== 0 && behind < MAX_GAP && !this.has(seq)) {
       // Late (reordered): counted lost when the gap was seen, it was not.
+      this.mark(seq, true);
       if (this.lost > 0) this.lost--;
-    } else if (ahead !== 0) {
-      this.maxSeq = seq; // a new start: count from here
     }
+  }
+
+  private has(seq: number): boolean {
+    const i = seq % MAX_GAP;
+    return (this.arrived[i >> 3] & (1 << (i & 7))) !== 0;
+  }
+
+  private mark(seq: number, arrived: boolean): void {
+    const i = seq % MAX_GAP;
+    if (arrived) this.arrived[i >> 3] |= 1 << (i & 7);
+    else this.arrived[i >> 3] &= ~(1 << (i & 7));
   }
 
   /** A STATUS with sequence seq went out at now. */

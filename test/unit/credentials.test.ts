@@ -240,6 +240,29 @@ describe('credentials on a shared LAN', () => {
     await api(`/api/sessions/${named.body.id}/cancel`, {});
   });
 
+  itNeeds(['root'], 'a secret an impostor got while the machine was unverified opens nothing once the machine proved itself with the server token', async () => {
+    const X = '02:00:00:00:0f:02';
+    // The attacker says hello as X first, with no credential: unverified, and it is given a secret.
+    const impostor = await hello(srv, '', X);
+    const stolen = welcomed(impostor)!.welcome.agentSecret!;
+    expect(stolen).toMatch(/^[0-9a-f]{64}$/);
+    impostor.ws.close();
+    await until(() => srv.registry.get(X)?.online === false, 10_000, 'X offline');
+    // X's real agent connects with the server's token.
+    const real = await hello(srv, srv.token, X);
+    expect(welcomed(real)).toBeDefined();
+    expect(srv.registry.get(X)?.trusted).toBe(true);
+    // The old secret neither replaces the real connection nor gets in after it.
+    const again = await hello(srv, stolen, X);
+    expect(welcomed(again)).toBeUndefined();
+    expect(refusal(again)).toBeDefined();
+    expect(real.ws.readyState).toBe(WebSocket.OPEN);
+    real.ws.close();
+    await until(() => srv.registry.get(X)?.online === false, 10_000, 'X offline');
+    const later = await hello(srv, stolen, X);
+    expect(welcomed(later)).toBeUndefined();
+  });
+
   itNeeds(['root'], 'a Result with the digest computed from the manifest (the old formula) is refused; the digest keyed by the nonce over the bytes is confirmed', async () => {
     const [R1, R2] = ['02:00:00:00:10:01', '02:00:00:00:10:02'];
     const s = await api('/api/sessions', { image: 'img', rule: { machines: [R1, R2] } });
