@@ -340,6 +340,7 @@ export class SessionManager extends EventEmitter {
     const m = s.machines[id];
     if (FINAL_MACHINE.has(m.state)) return; // it has ended once already
     Object.assign(m, change, { endedAt: new Date().toISOString(), rateBps: 0, offlineSince: 0 });
+    this.live.get(s.id)?.sender.revoke(m.receiverId); // an ended machine's reports move nothing any more
     this.o.log?.(m.state === 'done' ? 'info' : 'warn', `session ${s.id}: ${id} ${m.state}${m.error ? `: ${m.error}` : ''}`);
     this.o.registry.apply(id, {
       type: 'release',

@@ -49,6 +49,11 @@ export class Admission {
     if (this.open && !this.admitted.has(receiverId) && this.admitted.size < this.max) this.admitted.set(receiverId, admitted);
   }
 
+  /** Withdraws a receiver's admission, whoever admitted it: its reports are refused until it is admitted again. */
+  revoke(receiverId: number): void {
+    this.admitted.delete(receiverId);
+  }
+
   /** Forgets a receiver admitted openly (an admitted one stays: the server may send it back). */
   forget(receiverId: number): void {
     if (this.open) this.admitted.delete(receiverId);

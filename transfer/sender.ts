@@ -118,6 +118,21 @@ export class Sender extends EventEmitter {
     return true;
   }
 
+  /**
+   * Stops serving receiver id (its machine ended in the session): its reports are refused
+   * from now on, so a dropped or finished member cannot rejoin by restarting and keep
+   * slowing the others. admit() serves it again.
+   */
+  revoke(receiverId: number): void {
+    this.drop(receiverId, DropReason.SESSION_ENDED); // told while its key is still known; nothing if it ended already
+    this.admission.revoke(receiverId);
+  }
+
+  /** Data may go by unicast to this receiver: its address was pinned when it was admitted, or admission is open (`send`). */
+  private mayUnicast(receiverId: number): boolean {
+    return this.options.openAdmission === true || this.admission.lookup(receiverId)?.address !== undefined;
+  }
+
   /** Current pacing rate, bytes per second. */
   get rate(): number {
     return this.control.rate;
@@ -242,6 +257,8 @@ export class Sender extends EventEmitter {
     this.counters.statusReceived++;
     const now = performance.now();
     const address = admitted.address ?? rinfo.address;
+    // Data by unicast only to an address the admission pinned (or anyone's, admitted openly): never reflected elsewhere.
+    if (p.unicast === true && !this.mayUnicast(p.receiver)) p.unicast = false;
     const { peer, joined, rejoined } = this.peers.peerFor(p, { address, port: rinfo.port }, now);
     if (joined) this.emit('join', statsOf(peer));
     if (rejoined) this.emit('state', statsOf(peer));
@@ -310,7 +327,8 @@ export class Sender extends EventEmitter {
     if (!this.released) return;
     // One receiver left: unicast, so that switches without IGMP snooping do
     // not flood the group to every port (a single restore, a remote site).
-    const only = this.options.unicastSingle === false ? undefined : this.peers.soleReceiver();
+    const sole = this.options.unicastSingle === false ? undefined : this.peers.soleReceiver();
+    const only = sole !== undefined && this.mayUnicast(sole.receiverId) ? sole : undefined;
     const dest = only !== undefined ? { port: only.port, address: only.address } : { port: this.options.port, address: this.options.group };
     const sentBefore = this.counters.packetsSent;
     while (budget >= this.pacer.packetBytes) {

@@ -233,6 +233,34 @@ describe('the multicast data path under attack', () => {
     }
   }, 60_000);
 
+  it('a member admitted without a pinned address (its control channel was IPv6) gets no unicast data: its spoofed unicast-flag STATUS reflects nothing', async () => {
+    const s = await setup(join(dir, 'amp6'));
+    const net = new FakeNetwork(18);
+    const sender = serverSender(s, net, { hold: false, rateMbit: 20, unicastSingle: false });
+    const port = await sender.start();
+    sender.admit(71, sender.receiverKeyFor(71), undefined);
+    const victim = net.factory('10.0.0.72')();
+    let n = 0;
+    victim.on('message', () => n++);
+    victim.bind(7777, undefined, () => undefined);
+    try {
+      const key = new MacKey(sender.receiverKeyFor(71));
+      for (let seq = 1; seq <= 10; seq++) {
+        net.route(encodeStatus(status(sender.session, { receiver: 71, seq, unicast: true, windowEnd: 23, ranges: [{ first: 0, count: 23 }] }), key), { address: '10.0.0.72', port: 7777 }, port, SENDER);
+        await pause(30);
+      }
+      await until(() => sender.counters.packetsSent > 50, 'data on the group');
+      // ACKs (smaller than the reports that asked for them) may answer; data may not.
+      const before = n;
+      await pause(300);
+      expect(sender.counters.unicastPackets).toBe(0);
+      expect(n - before).toBeLessThanOrEqual(2);
+    } finally {
+      sender.stop();
+      victim.close();
+    }
+  }, 60_000);
+
   it('fake-loss reports from an unassigned receiver do not move the rate (an admitted one\'s do)', async () => {
     const s = await setup(join(dir, 'loss'));
     const net = new FakeNetwork(15);
@@ -257,6 +285,33 @@ describe('the multicast data path under attack', () => {
         await pause(50);
       }
       expect(sender.rate).toBeLessThan(initial);
+    } finally {
+      sender.stop();
+    }
+  }, 60_000);
+
+  it('a member whose machine ended (dropped, done, cancelled) cannot come back by restarting and keep cutting the rate', async () => {
+    const s = await setup(join(dir, 'revoke'));
+    const net = new FakeNetwork(17);
+    const sender = serverSender(s, net, { hold: false, rateMbit: 100 });
+    const port = await sender.start();
+    const key = new MacKey(sender.receiverKeyFor(69));
+    sender.admit(69, sender.receiverKeyFor(69), '10.0.0.69');
+    try {
+      const report = (seq: number, incarnation: number) =>
+        net.route(encodeStatus(status(sender.session, { receiver: 69, seq, incarnation, received: 100 * seq, lost: 10_000 * seq }), key), { address: '10.0.0.69', port: 5000 }, port, SENDER);
+      report(1, 1);
+      await until(() => sender.counters.statusReceived === 1, 'its first report');
+      sender.revoke(69); // the server does this when the machine's part of the session ends
+      const rate = sender.rate;
+      const heard = sender.counters.statusReceived;
+      // Restarting (new incarnations) with its own valid key and heavy loss: refused, the rate stays.
+      for (let seq = 1; seq <= 30; seq++) {
+        report(seq, 100 + seq);
+        await pause(30);
+      }
+      expect(sender.counters.statusReceived).toBe(heard);
+      expect(sender.rate).toBe(rate);
     } finally {
       sender.stop();
     }
