@@ -93,14 +93,15 @@ export const serve: Command = {
       log: logLine,
     });
     // The dashboard's URL carries no token (browsers keep URLs): the page asks for it.
-    if (ctx.json) emitJson({ url: srv.url, dashboard: srv.url, fingerprint: srv.fingerprint, bootUrl: srv.bootUrl ?? null, token: srv.token, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
+    // The token is printed once, when it is made: after that, output that ends up in a log (a service's journal) never holds it.
+    if (ctx.json) emitJson({ url: srv.url, dashboard: srv.url, fingerprint: srv.fingerprint, bootUrl: srv.bootUrl ?? null, token: srv.tokenCreated ? srv.token : null, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
     else {
       console.log(`clonecast server ${version()}
   dashboard:   ${srv.url}  (paste the token below into its login field)
   fingerprint: ${srv.fingerprint}${srv.certCreated ? '  (new certificate in ' + srv.certDir + ')' : ''}
                the SHA-256 of this server's self-signed certificate: clients pin it (--fingerprint or CLONECAST_FINGERPRINT);
                a browser warns about the certificate: check that the fingerprint it shows is this one before you accept it
-  token:       ${srv.token}${srv.tokenCreated ? '  (new; kept in ' + srv.tokenPath + ', mode 0600)' : ''}
+  token:       ${srv.tokenCreated ? `${srv.token}  (new; kept in ${srv.tokenPath}, mode 0600; printed this once)` : `in ${srv.tokenPath} ("clonecast token" prints it; not printed again, so that logs never hold it)`}
                agents and admin commands need it: CLONECAST_TOKEN=T or --token-file ${srv.tokenPath}
   agents:      clonecast agent --server ${srv.url} --fingerprint ${srv.fingerprint} --token-file FILE
   deploy:      clonecast deploy NAME --server ${srv.url} --any --clients N

@@ -188,6 +188,25 @@ describe('clonecast serve', () => {
     }
     expect(await exited).toBe(0);
   });
+
+  it('prints the token only on the start that makes it: later starts say where it is (logs never hold it)', async () => {
+    const token = readFileSync(join(data, 'token'), 'utf8').trim();
+    const child = spawn(process.execPath, [CLI, 'serve', '--data', data, '--listen', '127.0.0.1:0']);
+    const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+    let out = '';
+    child.stdout.on('data', (d) => (out += d));
+    child.stderr.on('data', (d) => (out += d));
+    try {
+      const end = Date.now() + 30_000;
+      while (!out.includes('stop with Ctrl-C') && child.exitCode === null && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      expect(out).toContain('stop with Ctrl-C');
+      expect(out).toMatch(/token: +in .*token \("clonecast token" prints it/);
+      expect(out).not.toContain(token);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    expect(await exited).toBe(0);
+  });
 });
 
 describe('destructive commands: dry runs and refusals', () => {
