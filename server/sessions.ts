@@ -143,7 +143,8 @@ export class SessionManager extends EventEmitter {
     // and until it is saved it takes no machine.
     this.creating.add(id);
     try {
-      await this.persist();
+      this.save();
+      await this.file.commit();
     } catch (err) {
       this.live.get(id)?.sender.stop();
       this.live.delete(id);
@@ -428,11 +429,6 @@ export class SessionManager extends EventEmitter {
   }
 
   /** Saves now and resolves once the sessions are on disk (rejects if they could not be written). */
-  private async persist(): Promise<void> {
-    this.save();
-    await this.file.commit();
-  }
-
   /** The sender gave a receiver up: its machine ends as dropped, with the reason in words. */
   private dropped(s: SessionRecord, d: DropEvent): void {
     const entry = Object.entries(s.machines).find(([, m]) => m.receiverId === d.receiverId);
