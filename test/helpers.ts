@@ -196,3 +196,14 @@ export async function dashboardLogin(page: { waitForSelector(s: string): Promise
 export function serverSocket(srv: TlsServer, path: string, options: ClientOptions = {}): WebSocket {
   return new WebSocket(wssUrl(path, srv.url), { ...options, ...pinnedWebSocketOptions(srv.fingerprint) });
 }
+
+/** Runs cmd in cwd; resolves with its exit code and everything it printed (stdout and stderr together). */
+export function run(cmd: string, args: string[], cwd: string): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(cmd, args, { cwd });
+    let out = '';
+    c.stdout.on('data', (d) => (out += d));
+    c.stderr.on('data', (d) => (out += d));
+    c.on('close', (code) => resolve({ code, out }));
+  });
+}

@@ -327,7 +327,7 @@ export class Receiver extends EventEmitter {
     try {
       await this.disk!.flush();
       if (this.options.verify !== false) {
-        verification = await verifyDisk(this.disk!, this.options.manifest, this.chunks.hashes, () => this.halted, this.options.nonce);
+        verification = await verifyDisk(this.disk!, this.options.manifest, () => this.halted, this.options.nonce);
         if (verification.chunksBad > 0) {
           const first = verification.bad[0];
           throw new ClonecastError(

@@ -62,7 +62,7 @@ export class ReadBackStopped extends Error {
  * Reads every present chunk back and checks it; stopped() is asked before
  * each read, so that a receiver being torn down never reads a closed disk.
  */
-export async function verifyDisk(disk: Disk, manifest: Manifest, hashes: BigUint64Array, stopped: () => boolean, nonce?: Uint8Array): Promise<Verification> {
+export async function verifyDisk(disk: Disk, manifest: Manifest, stopped: () => boolean, nonce?: Uint8Array): Promise<Verification> {
   const { meta, table } = manifest;
   const n = tableLength(table);
   const buf = disk.allocate(meta.chunkSize);

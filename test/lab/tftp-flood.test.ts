@@ -17,7 +17,7 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeTftp, encodeTftp, Opcode } from '../../protocol/tftp.js';
 import { TFTP_DEFAULTS, TftpServer } from '../../pxe/tftp-server.js';
-import { itNeeds, seeded, tempDir } from '../helpers.js';
+import { itNeeds, run, seeded, tempDir } from '../helpers.js';
 
 /** The flood: 5 RRQs every 10 ms, one in five from 127.0.2.1 (many ports), the rest from other addresses; never answers. */
 const FLOOD = `
@@ -37,16 +37,6 @@ setInterval(() => {
 }, 10);
 setTimeout(() => process.exit(0), 300_000);
 `;
-
-function run(cmd: string, args: string[], cwd: string): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { cwd });
-    let out = '';
-    c.stdout.on('data', (d) => (out += d));
-    c.stderr.on('data', (d) => (out += d));
-    c.on('close', (code) => resolve({ code, out }));
-  });
-}
 
 async function until(what: string, cond: () => boolean, ms = 90_000): Promise<void> {
   const end = Date.now() + ms;

@@ -5,24 +5,13 @@
  * jail, a write request, and a flood of stray bytes at a running transfer.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
-import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TftpServer } from '../../pxe/tftp-server.js';
-import { itNeeds, seeded, tempDir } from '../helpers.js';
+import { itNeeds, run, seeded, tempDir } from '../helpers.js';
 
 const MB = 1_000_000;
-
-function run(cmd: string, args: string[], cwd: string): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const c = spawn(cmd, args, { cwd });
-    let out = '';
-    c.stdout.on('data', (d) => (out += d));
-    c.stderr.on('data', (d) => (out += d));
-    c.on('close', (code) => resolve({ code, out }));
-  });
-}
 
 describe('TFTP server with atftp and tftp-hpa', () => {
   const dir = tempDir('tftp');
