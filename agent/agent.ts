@@ -324,6 +324,8 @@ export class Agent extends EventEmitter {
         writeLimit: this.o.writeLimit,
         unicast: this.o.unicast,
       });
+      // Joined and known to the sender: say so now, not at the next progress tick (the start rule may be waiting on it).
+      receiver.on('ready', () => this.sendProgress());
       receiver.on('unicast', (u: { silentMs: number; senderPackets: number }) =>
         this.o.log?.('warn', `session ${id}: no multicast data for ${(u.silentMs / 1000).toFixed(1)} s while the sender sent ${u.senderPackets} packets; asking for unicast (is multicast routed to this network?)`),
       );

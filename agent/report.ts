@@ -35,7 +35,10 @@ export function progressOf(job: Job): { progress: Progress; state: MachineState;
       ? MachineState.STATE_VERIFYING
       : p.state === ReceiverState.RECEIVING
         ? c.packets === 0 && p.done === p.skipped
-          ? MachineState.STATE_WAITING
+          ? // Waiting (joined, counted by the start rule) once the sender has answered: it then knows what this machine needs.
+            p.ready
+            ? MachineState.STATE_WAITING
+            : MachineState.STATE_ASSIGNED
           : MachineState.STATE_RECEIVING
         : MachineState.STATE_ASSIGNED;
   const progress: Progress = {

@@ -113,6 +113,25 @@ export function ruleMet(s: RuleSubject, now: number): string | null {
   return startRuleMet({ clients, waitS, at, now: s.rule.now }, { count: joined.length, firstJoinAt }, now);
 }
 
+/**
+ * When a time-based part of the rule falls due (wait after the first join,
+ * or at a time), if it has one still ahead of now: the manager sets a timer
+ * for it. Joins need no timer: each one is evaluated as it happens.
+ */
+export function nextDue(s: RuleSubject, now: number): number | null {
+  const due: number[] = [];
+  if (s.rule.at !== undefined) due.push(Date.parse(s.rule.at));
+  if (s.rule.waitS !== undefined && s.firstJoinAt !== null) due.push(Date.parse(s.firstJoinAt) + s.rule.waitS * 1000);
+  const ahead = due.filter((t) => t > now);
+  return ahead.length > 0 ? Math.min(...ahead) : null;
+}
+
+/** The session that takes an idle machine, of those that would: named by MAC first, then by group, then "any"; the oldest first. */
+export function firstTaker<S extends RuleSubject & { id: number }>(open: S[]): S | undefined {
+  const rank = (s: S) => (s.rule.machines !== undefined ? 0 : s.rule.group !== undefined ? 1 : 2);
+  return [...open].sort((a, b) => rank(a) - rank(b) || a.id - b.id)[0];
+}
+
 /** True once every machine of a session has ended. */
 export function allEnded(s: RuleSubject): boolean {
   const ms = Object.values(s.machines);

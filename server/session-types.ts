@@ -111,9 +111,12 @@ export interface SessionManagerOptions {
   /** Local IPv4 address the senders use (picks the multicast interface); undefined: deploy is refused. */
   senderAddress: string | undefined;
   log?: (level: 'info' | 'warn', message: string) => void;
+  /** Housekeeping interval, ms (counters, liveness, lost machines); start rules do not wait for it. Default SESSION_DEFAULTS.tickMs. */
+  tickMs?: number;
 }
 
-export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: TRANSFER_DEFAULTS.dropAfterMs / 1000, fragmentSize: TRANSFER_DEFAULTS.fragmentSize, port: TRANSFER_DEFAULTS.port, keep: 200 });
+/** Defaults of sessions; tickMs: the housekeeping interval of SessionManagerOptions. */
+export const SESSION_DEFAULTS = Object.freeze({ dropAfterS: TRANSFER_DEFAULTS.dropAfterMs / 1000, fragmentSize: TRANSFER_DEFAULTS.fragmentSize, port: TRANSFER_DEFAULTS.port, keep: 200, tickMs: 1000 });
 
 /** The activity by which a session holds its machines in the registry. */
 export function holder(s: SessionRecord): Activity {

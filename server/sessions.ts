@@ -1,7 +1,8 @@
 /**
  * Sessions: one image version multicast to the machines a session names. A
- * session waits until its start rule is met (session-rules.ts), then its
- * sender runs; named machines that come later join the running session.
+ * session waits until its start rule is met (session-rules.ts), evaluated
+ * the moment something it depends on changes (a time in it: session-clock.ts),
+ * then its sender runs; named machines that come later join the running session.
  * Machines are claimed from and released to the registry, their one owner:
  * a machine another session or a capture holds is never taken. Each machine
  * ends in one outcome: done (written and verified), failed with a reason,
@@ -19,7 +20,8 @@ import type { DropEvent, Sender } from '../transfer/sender.js';
 import { dropReasonText } from '../transfer/policy.js';
 import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
-import { allEnded, describeRule, namedBy, namingSession, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
+import { allEnded, describeRule, firstTaker, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
+import { StartClock } from './session-clock.js';
 import { admit, AFTER, assignment, lostMachines, openLive, pollLive, type Live } from './session-live.js';
 import { startExpected } from './result-digest.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
@@ -38,6 +40,7 @@ export class SessionManager extends EventEmitter {
   /** Sessions made but not yet on disk: they take no machine and do not start. */
   private readonly creating = new Set<number>();
   private timer: NodeJS.Timeout | undefined;
+  private readonly clock = new StartClock((id) => this.evaluate(this.sessions.get(id))); // a rule's time falling due
   /** Totals of senders that have ended, for /metrics. */
   readonly totals = { bytes: 0, packets: 0, repairPackets: 0 };
 
@@ -67,7 +70,7 @@ export class SessionManager extends EventEmitter {
         this.end(s, 'failed', `could not be restored after a restart: ${(err as Error).message}`);
       }
     }
-    this.timer = setInterval(() => this.tick(), 1000);
+    this.timer = setInterval(() => this.tick(), this.o.tickMs ?? SESSION_DEFAULTS.tickMs);
     this.save();
   }
 
@@ -252,6 +255,7 @@ export class SessionManager extends EventEmitter {
   /** Stops every sender and saves (bounded wait). */
   close(): Promise<void> {
     clearInterval(this.timer);
+    this.clock.close();
     for (const l of this.live.values()) l.sender.stop();
     this.live.clear();
     this.save();
@@ -289,9 +293,7 @@ export class SessionManager extends EventEmitter {
   private offer(machine: MachineRecord): void {
     if (!machine.online || machine.activity.kind !== 'idle') return;
     // A machine whose agent has no credential is taken only by an --any session.
-    const open = this.openSessions().filter((s) => takes(s, machine) && (machine.trust !== 'unverified' || s.rule.any === true)).sort((a, b) => a.id - b.id);
-    const rank = (s: SessionRecord) => (s.rule.machines !== undefined ? 0 : s.rule.group !== undefined ? 1 : 2);
-    const target = open.sort((a, b) => rank(a) - rank(b))[0];
+    const target = firstTaker(this.openSessions().filter((s) => takes(s, machine) && (machine.trust !== 'unverified' || s.rule.any === true)));
     if (target !== undefined) this.join(target, machine);
   }
 
@@ -310,6 +312,7 @@ export class SessionManager extends EventEmitter {
     this.o.log?.('info', `session ${s.id}: ${machine.id} (${machine.hostname}) joined${s.state === 'running' ? ' the running session' : ''}`);
     this.assign(s, machine, false);
     this.save();
+    this.evaluate(s); // a first join sets the clock of a "wait" rule
   }
 
   private assign(s: SessionRecord, machine: MachineRecord, resume: boolean): void {
@@ -362,16 +365,18 @@ export class SessionManager extends EventEmitter {
     this.o.registry.apply(id, { type: 'report', by: holder(s), state: to });
   }
 
-  /** Applies the start rule. */
-  private evaluate(s: SessionRecord): void {
-    if (s.state !== 'waiting') return;
+  /** Applies the start rule now; if it is not met but has a time in it, the clock wakes the session then. */
+  private evaluate(s: SessionRecord | undefined): void {
+    if (s === undefined || s.state !== 'waiting' || this.creating.has(s.id)) return;
     const why = ruleMet(s, Date.now());
     if (why !== null) this.begin(s, why);
+    else this.clock.schedule(s);
   }
 
   private begin(s: SessionRecord, why: string): void {
     if (!sessionMoveAllowed(s.state, 'running')) return;
     s.state = 'running';
+    this.clock.cancel(s.id);
     s.startedAt = new Date().toISOString();
     this.live.get(s.id)?.sender.release();
     this.o.log?.('info', `session ${s.id} started: ${why}`);
@@ -428,7 +433,6 @@ export class SessionManager extends EventEmitter {
     }
   }
 
-  /** Saves now and resolves once the sessions are on disk (rejects if they could not be written). */
   /** The sender gave a receiver up: its machine ends as dropped, with the reason in words. */
   private dropped(s: SessionRecord, d: DropEvent): void {
     const entry = Object.entries(s.machines).find(([, m]) => m.receiverId === d.receiverId);

@@ -43,10 +43,12 @@ export interface ReceiverOptions {
   resume?: boolean;
   /** Chunks this process already wrote to the target in an earlier run (one byte per chunk, non-zero: written and checked). */
   known?: Uint8Array;
-  /** Read the disk back and check every chunk at the end (default true). */
+  /** Read every chunk back after writing it and check it (default true; readback.ts). */
+  verify?: boolean;
+  /** Also read the whole disk back once more at the end, and report that pass (default false). */
+  finalVerify?: boolean;
   /** The Assign's nonce: the read-back also computes the keyed disk digest (verifier.ts KeyedDigest). */
   nonce?: Uint8Array;
-  verify?: boolean;
   queueChunks?: number;
   maxPartials?: number;
   timeoutMs?: number;
@@ -68,6 +70,8 @@ export interface ReceiverCounters {
   evictions: number;
   nacksSent: number;
   statusSent: number;
+  /** Chunks that read back wrong and were fetched and written again. */
+  rewritten: number;
   /** badMac: the packet's MAC did not verify (nothing else of it was looked at); badChunk: a chunk failed the manifest's checks (xxh64, then SHA-256) and was not written. */
   rejected: { malformed: number; foreign: number; otherSession: number; badMac: number; badChunk: number };
 }

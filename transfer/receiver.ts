@@ -3,17 +3,17 @@
  * (sender, session), reassemble (reassembly.ts: sizes against the
  * manifest), check xxh64 against the manifest, hand the chunk to the writer
  * (writer.ts) through a bounded queue that never blocks reception. Every
- * report interval it tells the sender what it still needs. At the end it
- * reads the disk back (verifier.ts).
+ * report interval it tells the sender what it still needs. Each chunk is
+ * read back soon after it is written (readback.ts), so that the disk is
+ * verified shortly after the last write.
  *
  * One way out: run() settles exactly once, and after stop() nothing of the
  * run (timers, a verify in progress, a last report) touches the socket or
  * the disk again.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { hostname } from 'node:os';
-import { chunkAt, ChunkKind } from '../protocol/manifest.js';
+import { chunkAt } from '../protocol/manifest.js';
 import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { initHashes, sha256 } from '../protocol/hash.js';
@@ -22,21 +22,18 @@ import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, sta
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
 import { Link } from './link.js';
+import { defaultReceiverId } from './session.js';
 import { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
 import { ChunkState, Reassembly } from './reassembly.js';
 import { open, SEAL_OVERHEAD } from './seal.js';
 import { createUdpSocket, growBuffers } from './udp.js';
-import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
-import { Writer } from './writer.js';
+import { ReadBackStopped, scanExisting, type Verification } from './verifier.js';
+import { damagedError, ReadBack, verifyWritten } from './readback.js';
+import { Writer, zeroChunks } from './writer.js';
 
-export type { SessionInfo } from './session.js';
+export { defaultReceiverId, type SessionInfo } from './session.js';
 export type { Verification } from './verifier.js';
 export { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
-
-/** A receiver's id without one from the server: a hash of host, interface and target. */
-export function defaultReceiverId(interfaceAddress: string | undefined, target: string): number {
-  return createHash('sha256').update(`${hostname()}|${interfaceAddress ?? ''}|${target}`).digest().readUInt32BE(0);
-}
 
 /** A receiver for one session. */
 export class Receiver extends EventEmitter {
@@ -51,6 +48,7 @@ export class Receiver extends EventEmitter {
     evictions: 0,
     nacksSent: 0,
     statusSent: 0,
+    rewritten: 0,
     rejected: { malformed: 0, foreign: 0, otherSession: 0, badMac: 0, badChunk: 0 },
   };
   state: ReceiverState = ReceiverState.JOINING;
@@ -61,6 +59,8 @@ export class Receiver extends EventEmitter {
   private socket: UdpSocket | undefined;
   private disk: Disk | undefined;
   private writer: Writer | undefined;
+  /** The overlapped read-back (absent with verify: false). */
+  private readBack: ReadBack | undefined;
   private seq = 0;
   private readonly incarnation = randomBytes(4).readUInt32BE(0);
   private readonly link: Link;
@@ -69,6 +69,8 @@ export class Receiver extends EventEmitter {
   private finished: ((r: ReceiverResult) => void) | undefined;
   private failed: ((e: unknown) => void) | undefined;
   private acked = false;
+  /** The sender has answered a STATUS: it knows what this receiver needs ('ready' is emitted once). */
+  private ready = false;
   private started = 0;
   private stopError: unknown;
   /** The end-of-run task (flush, verify, final reports); run() waits for it before closing the disk. */
@@ -109,13 +111,20 @@ export class Receiver extends EventEmitter {
       failed: (err) => this.fail(new ClonecastError(ERR.WRITE_ERROR, `writing ${this.options.target} failed: ${(err as Error).message}`, {}, { cause: err })),
       drained: () => this.maybeComplete(),
     }, this.options.writeLimit);
+    // Reading back waits while the writer is behind (busy): writes keep the disk, reception never stalls.
+    this.readBack = this.options.verify === false ? undefined : new ReadBack(disk, this.options.manifest, {
+      busy: () => this.writer!.length * 2 > this.queueChunks,
+      stopped: () => this.halted,
+      rewrite: (c) => this.refetch(c),
+      damaged: (_c, v) => this.fail(damagedError(this.options.target, meta.chunkSize, v)),
+    }, { nonce: this.options.nonce });
     try {
       if (disk.size < meta.diskSize) {
         throw new ClonecastError(ERR.TARGET_TOO_SMALL, `${this.options.target} holds ${disk.size} bytes but the image needs ${meta.diskSize}; use a larger disk`);
       }
       this.markKnown();
       if (this.options.resume) await this.scan();
-      await this.zeroChunks();
+      await zeroChunks(disk, this.options.manifest, (c) => this.readBack?.push(c));
       if (this.stopError !== undefined) throw this.stopError;
       return await this.receive();
     } finally {
@@ -125,6 +134,7 @@ export class Receiver extends EventEmitter {
       this.socket?.close();
       // A write or a read-back may still be in flight after a failure or stop(): the fd must outlive it.
       await this.writer.idle();
+      await this.readBack?.idle();
       await this.completing;
       disk.close();
     }
@@ -138,8 +148,8 @@ export class Receiver extends EventEmitter {
   }
 
   /** Progress so far. */
-  progress(): { state: ReceiverState; done: number; wanted: number; skipped: number } {
-    return { state: this.state, done: this.done, wanted: this.chunks.wanted, skipped: this.skipped };
+  progress(): { state: ReceiverState; done: number; wanted: number; skipped: number; ready: boolean } {
+    return { state: this.state, done: this.done, wanted: this.chunks.wanted, skipped: this.skipped, ready: this.ready };
   }
 
   /** Leaves the session: run() rejects with err once no write or read is in flight. Safe at any time, also while verifying. */
@@ -152,7 +162,11 @@ export class Receiver extends EventEmitter {
     const known = this.options.known;
     if (known === undefined) return;
     if (known.length !== this.chunks.chunks) throw new RangeError(`known map has ${known.length} entries, the image ${this.chunks.chunks} chunks`);
-    for (let i = 0; i < known.length; i++) if (known[i] !== 0 && this.chunks.status[i] === ChunkState.NEEDED) this.skip(i);
+    for (let i = 0; i < known.length; i++) {
+      if (known[i] === 0 || this.chunks.status[i] !== ChunkState.NEEDED) continue;
+      this.skip(i);
+      this.readBack?.push(i); // written by an earlier run in this process: read back like any other
+    }
   }
 
   private skip(i: number): void {
@@ -163,30 +177,11 @@ export class Receiver extends EventEmitter {
 
   private async scan(): Promise<void> {
     const status = this.chunks.status;
-    await scanExisting(this.disk!, this.options.manifest, this.chunks.hashes, (i) => status[i] === ChunkState.NEEDED, (i) => this.skip(i), () => this.stopError !== undefined);
+    await scanExisting(this.disk!, this.options.manifest, this.chunks.hashes, (i) => status[i] === ChunkState.NEEDED, (i, data) => {
+      this.skip(i);
+      this.readBack?.accept(i, data); // found good by reading it: verified
+    }, () => this.stopError !== undefined);
     this.emit('resume', { skipped: this.skipped, wanted: this.chunks.wanted });
-  }
-
-  private async zeroChunks(): Promise<void> {
-    const { meta, table } = this.options.manifest;
-    let start = -1;
-    let end = -1;
-    const flush = async () => {
-      if (start >= 0) await this.disk!.zeroRange(start, end - start);
-      start = -1;
-    };
-    for (let i = 0; i < this.chunks.chunks; i++) {
-      if (chunkAt(table, i).kind !== ChunkKind.ZERO) continue;
-      const s = i * meta.chunkSize;
-      const e = s + chunkLength(i, meta.diskSize, meta.chunkSize);
-      if (start >= 0 && s === end) end = e;
-      else {
-        await flush();
-        start = s;
-        end = e;
-      }
-    }
-    await flush();
   }
 
   private async receive(): Promise<ReceiverResult> {
@@ -244,6 +239,10 @@ export class Receiver extends EventEmitter {
     if (p.type === PacketType.DATA) this.onData(p);
     else if (p.type === PacketType.ACK) {
       this.link.ack(p.seq, p.echo, this.lastHeard);
+      if (!this.ready) {
+        this.ready = true;
+        this.emit('ready');
+      }
       this.onAck(p.state, p.reason);
     }
   }
@@ -305,6 +304,15 @@ export class Receiver extends EventEmitter {
     this.counters.chunksWritten++;
     this.counters.bytesWritten += length;
     this.emit('progress', { done: this.done, wanted: this.chunks.wanted, bytesWritten: this.counters.bytesWritten });
+    this.readBack?.push(chunk);
+  }
+
+  /** Chunk c read back wrong: it is needed again (fetched, checked and written again, then read back again). */
+  private refetch(c: number): void {
+    if (this.halted || this.chunks.status[c] !== ChunkState.DONE) return;
+    this.chunks.status[c] = ChunkState.NEEDED;
+    this.done--;
+    this.counters.rewritten++;
   }
 
   // ---- the end: flush, read back, tell the sender ----
@@ -326,15 +334,15 @@ export class Receiver extends EventEmitter {
     let verification: Verification | undefined;
     try {
       await this.disk!.flush();
-      if (this.options.verify !== false) {
-        verification = await verifyDisk(this.disk!, this.options.manifest, () => this.halted, this.options.nonce);
-        if (verification.chunksBad > 0) {
-          const first = verification.bad[0];
-          throw new ClonecastError(
-            ERR.DAMAGED,
-            `verification failed: ${verification.chunksBad} chunk(s) of ${this.options.target} do not read back as written, the first at chunk ${first} (offset ${first * this.options.manifest.meta.chunkSize}); the disk may be failing`,
-            { verification },
-          );
+      if (this.readBack !== undefined) {
+        const { manifest, target, nonce, finalVerify } = this.options;
+        verification = await verifyWritten(this.readBack, { disk: this.disk!, manifest, target, nonce, finalVerify, stopped: () => this.halted });
+        if (verification === undefined && !this.halted) {
+          // A chunk read back wrong: receive it again, then come back here.
+          this.state = ReceiverState.RECEIVING;
+          this.completing = undefined;
+          this.report();
+          return;
         }
       }
     } catch (err) {

@@ -172,6 +172,7 @@ export class Sender extends EventEmitter {
     this.released = true;
     this.peers.resetProgress(performance.now());
     this.emit('start', { receivers: this.peers.size });
+    this.tick(); // the first chunk is picked and sent now, not at the next pacer tick
   }
 
   /** Stops sending and closes the socket. Receivers still running see no more data. */
@@ -399,8 +400,10 @@ export class Sender extends EventEmitter {
       .then((out) => {
         this.next = undefined;
         if (out === undefined || this.stopped) return out;
-        if (this.current === undefined || this.current.queue.length === 0) this.current = out;
-        else this.prefetched = out;
+        if (this.current === undefined || this.current.queue.length === 0) {
+          this.current = out;
+          if (this.released) this.tick(); // nothing was going out while it loaded: send it now
+        } else this.prefetched = out;
         this.prepareNext(); // read the one after ahead too
         return out;
       });

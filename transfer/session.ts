@@ -2,7 +2,14 @@
  * Engine vocabulary shared by the server and the agent: what a receiver must
  * know to join a session, and the one set of transfer defaults.
  */
+import { createHash } from 'node:crypto';
+import { hostname } from 'node:os';
 import { MCAST } from '../protocol/mcast.js';
+
+/** A receiver's id without one from the server: a hash of host, interface and target. */
+export function defaultReceiverId(interfaceAddress: string | undefined, target: string): number {
+  return createHash('sha256').update(`${hostname()}|${interfaceAddress ?? ''}|${target}`).digest().readUInt32BE(0);
+}
 
 /** What a receiver needs to know about a session (the sender publishes it). */
 export interface SessionInfo {

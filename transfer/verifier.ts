@@ -92,8 +92,8 @@ export async function verifyDisk(disk: Disk, manifest: Manifest, stopped: () => 
   return result;
 }
 
-/** Calls found(i) for every chunk in candidates(i) whose bytes on disk already match the manifest. */
-export async function scanExisting(disk: Disk, manifest: Manifest, hashes: BigUint64Array, candidate: (i: number) => boolean, found: (i: number) => void, stopped: () => boolean): Promise<void> {
+/** Calls found(i, bytes) for every chunk in candidates(i) whose bytes on disk already match the manifest (bytes valid during the call only). */
+export async function scanExisting(disk: Disk, manifest: Manifest, hashes: BigUint64Array, candidate: (i: number) => boolean, found: (i: number, data: Buffer) => void, stopped: () => boolean): Promise<void> {
   const { meta, table } = manifest;
   const n = tableLength(table);
   const buf = disk.allocate(meta.chunkSize);
@@ -102,6 +102,7 @@ export async function scanExisting(disk: Disk, manifest: Manifest, hashes: BigUi
     const len = chunkLength(i, meta.diskSize, meta.chunkSize);
     const got = await disk.read(buf, i * meta.chunkSize, len);
     // xxh64 first (cheap, rules out most), then SHA-256: a forged chunk already on the disk is not kept.
-    if (got === len && xxh64(buf.subarray(0, len)) === hashes[i] && sha256(buf.subarray(0, len)).equals(chunkAt(table, i).sha256)) found(i);
+    const data = buf.subarray(0, len);
+    if (got === len && xxh64(data) === hashes[i] && sha256(data).equals(chunkAt(table, i).sha256)) found(i, data);
   }
 }
