@@ -50,6 +50,10 @@ export interface ServerOptions {
   heartbeatMs?: number;
   /** A running capture whose machine has been disconnected this long fails, s (default CAPTURE_DEFAULTS.lostAfterS). */
   captureLostAfterS?: number;
+  /** The sessions' housekeeping interval, ms (tests make it slow to show that start rules do not wait for it). */
+  sessionTickMs?: number;
+  /** How often agents report progress, ms (default the control channel's). */
+  progressMs?: number;
   /** Network boot on the interface (needs interface). */
   pxe?: PxeConfig;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
@@ -110,8 +114,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   const registry = new Registry(o.store);
   if (registry.setAside) o.log?.('warn', `machines.json could not be read; kept as ${registry.setAside}, starting an empty registry`);
   if (o.pxe !== undefined && o.interface === undefined) throw new ClonecastError(ERR.USAGE, '--pxe needs --interface IF: the network the machines boot on');
-  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, credentialTtlMs: o.pxe?.credentialTtlS !== undefined ? o.pxe.credentialTtlS * 1000 : undefined, bindingValid: (b, mac) => bindingStands(b, mac, bootCtx), registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, log: o.log } satisfies AgentChannelOptions);
-  const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log });
+  const agents = new AgentChannel({ token, acceptBootTokens: o.pxe !== undefined, credentialTtlMs: o.pxe?.credentialTtlS !== undefined ? o.pxe.credentialTtlS * 1000 : undefined, bindingValid: (b, mac) => bindingStands(b, mac, bootCtx), registry, version: o.version, maxMessage: o.maxMessage, heartbeatMs: o.heartbeatMs, progressMs: o.progressMs, log: o.log } satisfies AgentChannelOptions);
+  const sessions = new SessionManager({ store: o.store, registry, agents, senderAddress, log: o.log, tickMs: o.sessionTickMs });
   agents.attach(sessions);
   const captures = new CaptureManager(o.store, registry, agents, { log: o.log, lostAfterS: o.captureLostAfterS });
   const bootCtx: BootContext = { sessions, captures, registry, dataRoot: o.store.root };

@@ -376,7 +376,6 @@ export class SessionManager extends EventEmitter {
   private begin(s: SessionRecord, why: string): void {
     if (!sessionMoveAllowed(s.state, 'running')) return;
     s.state = 'running';
-    this.clock.cancel(s.id);
     s.startedAt = new Date().toISOString();
     this.live.get(s.id)?.sender.release();
     this.o.log?.('info', `session ${s.id} started: ${why}`);

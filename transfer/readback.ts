@@ -91,7 +91,7 @@ export class ReadBack {
 
   /** Chunk c is on the disk (written, zeroed, or known from an earlier run): read it back soon. */
   push(c: number): void {
-    this.checked[c] = Check.PENDING;
+    if (this.checked[c] === Check.GOOD) return; // verified already (a chunk found good by a scan)
     this.queue.push(c);
     this.pump();
   }

@@ -59,8 +59,7 @@ export class Receiver extends EventEmitter {
   private socket: UdpSocket | undefined;
   private disk: Disk | undefined;
   private writer: Writer | undefined;
-  /** The overlapped read-back (absent with verify: false). */
-  private readBack: ReadBack | undefined;
+  private readBack: ReadBack | undefined; // absent with verify: false
   private seq = 0;
   private readonly incarnation = randomBytes(4).readUInt32BE(0);
   private readonly link: Link;
@@ -69,8 +68,7 @@ export class Receiver extends EventEmitter {
   private finished: ((r: ReceiverResult) => void) | undefined;
   private failed: ((e: unknown) => void) | undefined;
   private acked = false;
-  /** The sender has answered a STATUS: it knows what this receiver needs ('ready' is emitted once). */
-  private ready = false;
+  private ready = false; // see markReady
   private started = 0;
   private stopError: unknown;
   /** The end-of-run task (flush, verify, final reports); run() waits for it before closing the disk. */
@@ -162,25 +160,21 @@ export class Receiver extends EventEmitter {
     const known = this.options.known;
     if (known === undefined) return;
     if (known.length !== this.chunks.chunks) throw new RangeError(`known map has ${known.length} entries, the image ${this.chunks.chunks} chunks`);
-    for (let i = 0; i < known.length; i++) {
-      if (known[i] === 0 || this.chunks.status[i] !== ChunkState.NEEDED) continue;
-      this.skip(i);
-      this.readBack?.push(i); // written by an earlier run in this process: read back like any other
-    }
+    for (let i = 0; i < known.length; i++) if (known[i] !== 0 && this.chunks.status[i] === ChunkState.NEEDED) this.skip(i);
   }
 
-  private skip(i: number): void {
+  /** Chunk i is on the disk already: known from an earlier run (read back like any other), or found good by a scan that read data (verified). */
+  private skip(i: number, data?: Buffer): void {
     this.chunks.status[i] = ChunkState.DONE;
     this.done++;
     this.skipped++;
+    if (data !== undefined) this.readBack?.accept(i, data);
+    else this.readBack?.push(i);
   }
 
   private async scan(): Promise<void> {
     const status = this.chunks.status;
-    await scanExisting(this.disk!, this.options.manifest, this.chunks.hashes, (i) => status[i] === ChunkState.NEEDED, (i, data) => {
-      this.skip(i);
-      this.readBack?.accept(i, data); // found good by reading it: verified
-    }, () => this.stopError !== undefined);
+    await scanExisting(this.disk!, this.options.manifest, this.chunks.hashes, (i) => status[i] === ChunkState.NEEDED, (i, data) => this.skip(i, data), () => this.stopError !== undefined);
     this.emit('resume', { skipped: this.skipped, wanted: this.chunks.wanted });
   }
 
@@ -239,10 +233,7 @@ export class Receiver extends EventEmitter {
     if (p.type === PacketType.DATA) this.onData(p);
     else if (p.type === PacketType.ACK) {
       this.link.ack(p.seq, p.echo, this.lastHeard);
-      if (!this.ready) {
-        this.ready = true;
-        this.emit('ready');
-      }
+      this.markReady();
       this.onAck(p.state, p.reason);
     }
   }
@@ -398,6 +389,13 @@ export class Receiver extends EventEmitter {
     if (state === ReceiverState.DONE && this.state === ReceiverState.DONE) this.acked = true;
   }
 
+  /** 'ready', once: the sender answered (knows our needs), or two STATUS went out (receivers sharing a host and port share ACKs). */
+  private markReady(): void {
+    if (this.ready) return;
+    this.ready = true;
+    this.emit('ready');
+  }
+
   /** Sends one STATUS: progress, what is still needed, NACKs for stalled partial chunks. Never after the run ended. */
   private report(): void {
     // A FAILED report still goes out once during the fail path below; after that the socket may be closed.
@@ -441,6 +439,7 @@ export class Receiver extends EventEmitter {
     this.counters.nacksSent += nacks.length;
     try {
       this.socket.send(packet, this.options.session.sender.port, this.options.session.sender.address);
+      if (this.counters.statusSent >= 2) this.markReady();
     } catch (err) {
       // The socket went away under us (closed): the run ends through fail(), not a throw out of a timer.
       this.fail(err);
