@@ -294,7 +294,7 @@ export class Receiver extends EventEmitter {
     this.done++;
     this.counters.chunksWritten++;
     this.counters.bytesWritten += length;
-    this.emit('progress', { done: this.done, wanted: this.chunks.wanted, bytesWritten: this.counters.bytesWritten });
+    this.emit('progress', { chunk, done: this.done, wanted: this.chunks.wanted, bytesWritten: this.counters.bytesWritten });
     this.readBack?.push(chunk);
   }
 
