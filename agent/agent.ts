@@ -48,8 +48,10 @@ export interface AgentOptions {
   machineId?: string;
   /** Exit after one session. */
   once?: boolean;
-  /** Read the disk back at the end (default: what the session says). */
+  /** Read each chunk back after writing it (default: what the session says). */
   verify?: boolean;
+  /** Also read the whole disk back at the end (default: what the session says). */
+  finalVerify?: boolean;
   /** Really reboot or power off when told; without it the agent only says it would. */
   allowPower?: boolean;
   /** Leave reboot/poweroff to the caller (the boot environment's init): see afterAction. */
@@ -319,6 +321,7 @@ export class Agent extends EventEmitter {
         known: known?.length === tableLength(manifest.table) ? known : undefined,
         resume: known === undefined && a.resume === true,
         verify: this.o.verify === false ? false : a.verify !== false,
+        finalVerify: this.o.finalVerify ?? a.finalVerify === true,
         nonce: a.nonce !== undefined && a.nonce !== null && a.nonce.length > 0 ? a.nonce : undefined,
         timeoutMs: AGENT_DEFAULTS.receiverTimeoutMs,
         writeLimit: this.o.writeLimit,

@@ -73,6 +73,8 @@ export interface DeployRequest {
   after?: 'wait' | 'reboot' | 'poweroff';
   target?: string;
   verify?: boolean;
+  /** Also read each whole disk back at the end. */
+  finalVerify?: boolean;
   dropAfterS?: number;
   differential?: boolean;
   /** Seal every chunk with AES-256-GCM on the wire. */

@@ -156,6 +156,7 @@ export interface ReceiveArgs {
   resume: boolean;
   force: boolean;
   verify: boolean;
+  finalVerify?: boolean;
   writeLimit?: number;
   /** The session secret "clonecast send" wrote. */
   keyFile: string;
@@ -190,6 +191,7 @@ export async function receive(args: ReceiveArgs): Promise<unknown> {
     interfaceAddress: localAddress(args),
     resume: args.resume,
     verify: args.verify,
+    finalVerify: args.finalVerify,
     writeLimit: args.writeLimit,
   });
   const { meta } = join.manifest;

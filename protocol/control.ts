@@ -307,6 +307,7 @@ function checkAssign(a: Assign): Assign {
     manifestPath: str(a.manifestPath, 'manifest path'),
     manifestSha256: a.manifestSha256 ?? new Uint8Array(0),
     verify: a.verify ?? false,
+    finalVerify: a.finalVerify ?? false,
     resume: a.resume ?? false,
     receiverId: num(a.receiverId),
     dataKey,

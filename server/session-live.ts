@@ -81,6 +81,7 @@ export function assignment(s: SessionRecord, m: SessionMachine, live: Live, send
     manifestPath: `/api/sessions/${s.id}/manifest`,
     manifestSha256: live.manifestSha,
     verify: s.verify,
+    finalVerify: s.finalVerify === true,
     resume,
     nonce: Buffer.from(s.nonce, 'hex'),
   };

@@ -25,6 +25,8 @@ export interface SessionRequest {
   /** "auto" (default) or a device path. */
   target?: string;
   verify?: boolean;
+  /** Also read each whole disk back once more at the end (every chunk is read back after its write anyway). */
+  finalVerify?: boolean;
   /** A machine without progress or contact this long is dropped. */
   dropAfterS?: number;
   fragmentSize?: number;
@@ -80,6 +82,8 @@ export interface SessionRecord {
   after: 'wait' | 'reboot' | 'poweroff';
   target: string;
   verify: boolean;
+  /** A final whole-disk pass after the per-chunk read-back (absent in sessions saved before it existed: false). */
+  finalVerify?: boolean;
   dropAfterS: number;
   fragmentSize: number;
   differential: boolean | null;
@@ -207,6 +211,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   const target = req.target ?? 'auto';
   if (typeof target !== 'string' || (target !== 'auto' && !/^\/[\x21-\x7e]{1,255}$/.test(target))) throw new ClonecastError(ERR.USAGE, 'target must be "auto" or a device path such as /dev/sda');
   if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
+  if (req.finalVerify !== undefined && typeof req.finalVerify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'finalVerify must be true or false');
   if (req.differential !== undefined && req.differential !== null && typeof req.differential !== 'boolean') throw new ClonecastError(ERR.USAGE, 'differential must be true or false');
   if (req.encrypt !== undefined && typeof req.encrypt !== 'boolean') throw new ClonecastError(ERR.USAGE, 'encrypt must be true or false');
   return {
@@ -223,6 +228,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     after,
     target,
     verify: req.verify ?? true,
+    finalVerify: req.finalVerify === true,
     dropAfterS: num(req.dropAfterS, 'dropAfterS', 1, 86_400) ?? SESSION_DEFAULTS.dropAfterS,
     fragmentSize: Math.round(num(req.fragmentSize, 'fragmentSize', MCAST.MIN_FRAGMENT, MCAST.MAX_FRAGMENT) ?? SESSION_DEFAULTS.fragmentSize),
     differential: typeof req.differential === 'boolean' ? req.differential : null,

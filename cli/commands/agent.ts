@@ -17,7 +17,8 @@ export const agent: Command = {
   options: {
     disk: { kind: 'string', value: 'PATH|auto', help: 'The one disk this agent may write, or auto (every disk; the session\'s target rule chooses).', default: 'auto' },
     once: { kind: 'flag', help: 'Exit after one session (exit 0 if it finished and verified).' },
-    'no-verify': { kind: 'flag', help: 'Do not read the disk back at the end, whatever the session says.' },
+    'no-verify': { kind: 'flag', help: 'Do not read chunks back after writing them, whatever the session says.' },
+    'final-verify': { kind: 'flag', help: 'Also read the whole disk back once more at the end, whatever the session says.' },
     'allow-power': { kind: 'flag', help: 'Really reboot or power off when the session says so; without it the agent only says it would.' },
     'power-exit': { kind: 'flag', help: 'With --once: leave the reboot or power-off to the caller, exiting 10 (reboot) or 11 (power off).' },
     'machine-id': { kind: 'string', value: 'MAC', help: 'Use this MAC as the machine\'s id instead of its first Ethernet interface\'s.' },
@@ -50,6 +51,7 @@ export const agent: Command = {
       machineId: ctx.str('machine-id'),
       once: ctx.flag('once'),
       verify: ctx.flag('no-verify') ? false : undefined,
+      finalVerify: ctx.flag('final-verify') ? true : undefined,
       allowPower: ctx.flag('allow-power'),
       powerExit: ctx.flag('power-exit'),
       unicast: ctx.flag('unicast'),

@@ -16,7 +16,8 @@ export const receive: Command = {
     address: { kind: 'string', value: 'IP', help: 'Receive on the interface with this local address.' },
     resume: { kind: 'flag', help: 'Keep the chunks the disk already holds (checked) and receive only the rest.' },
     force: { kind: 'flag', help: 'Write the disk even if it is mounted, in use or holds the running system.' },
-    'no-verify': { kind: 'flag', help: 'Do not read the disk back at the end.' },
+    'no-verify': { kind: 'flag', help: 'Do not read chunks back after writing them (the disk is then not verified).' },
+    'final-verify': { kind: 'flag', help: 'Also read the whole disk back once more at the end (each chunk is read back soon after its write anyway).' },
     'write-limit': { kind: 'positive', value: 'BYTES/S', help: 'Emulate a slow disk (tests and demos).' },
     ...COMMON,
   },
@@ -36,6 +37,7 @@ export const receive: Command = {
       resume: ctx.flag('resume'),
       force: ctx.flag('force'),
       verify: !ctx.flag('no-verify'),
+      finalVerify: ctx.flag('final-verify'),
       writeLimit: ctx.num('write-limit'),
       json: ctx.json,
     });
