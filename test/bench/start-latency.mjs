@@ -49,10 +49,13 @@ s.bind(Number(port), () => { s.addMembership(group, address); console.log('LISTE
 async function measure(name, root) {
   const cli = join(root, 'bin', 'clonecast');
   const work = mkdtempSync('/tmp/cc-start-');
-  const raw = join(work, 'raw');
-  makeImage(raw, 32, { seed: 9 });
   const data = join(work, 'data');
-  execFileSync(process.execPath, [cli, 'image', 'import', raw, 'img', '--data', data, '--json'], { stdio: 'ignore' });
+  // One image per run: a disk that holds the image already would restore differentially and get no data at all.
+  for (let r = 1; r <= RUNS; r++) {
+    const raw = join(work, `raw${r}`);
+    makeImage(raw, 16, { seed: 9 + r });
+    execFileSync(process.execPath, [cli, 'image', 'import', raw, `img${r}`, '--data', data, '--json'], { stdio: 'ignore' });
+  }
   const lab = Lab.up({ clients: N });
   const rows = [];
   try {
@@ -72,11 +75,12 @@ async function measure(name, root) {
       const listener = watch(lab.spawnIn(lab.clients[0].ns, process.execPath, ['-e', LISTENER, `239.77.1.${r}`, String(9000 + r), lab.clients[0].address]));
       await until(() => listener.out.includes('LISTENING'), 10_000, 'the listener');
       const t0 = Date.now();
-      const deploy = watch(lab.spawnIn(lab.server.ns, process.execPath, [cli, 'deploy', 'img', '--any', '--clients', String(N), '--server', URL_, '--fingerprint', fingerprint, '--token', token]));
+      const deploy = watch(lab.spawnIn(lab.server.ns, process.execPath, [cli, 'deploy', `img${r}`, '--any', '--clients', String(N), '--server', URL_, '--fingerprint', fingerprint, '--token', token]));
       const code = await deploy.exited;
       if (code !== 0) throw new Error(`deploy failed: ${deploy.out}`);
-      await listener.exited;
+      await Promise.race([listener.exited, sleep(20_000)]); // a run that saw no data counts as missing, not forever
       const first = Number(/FIRST (\d+)/.exec(listener.out)?.[1]);
+      if (!Number.isFinite(first)) throw new Error(`run ${r}: the listener saw no data: ${listener.out}`);
       const started = Date.parse(new RegExp(`(\\S+) \\S+ +session ${r} started`).exec(server.out)?.[1] ?? 'NaN');
       rows.push({ toStarted: started - t0, startedToData: first - started, toData: first - t0 });
       await sleep(500);
