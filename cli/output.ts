@@ -33,7 +33,7 @@ const ratio = (r: number) => `${r.toFixed(2)}x`;
 export function printImport(s: ImportSummary): void {
   log(`imported ${s.name}@${s.version}${s.parent !== null ? ` (parent ${s.name}@${s.parent})` : ''}`);
   log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero`);
-  log(`  stored      ${formatBytes(s.storedBytes)} for this version; new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
+  log(`  stored      ${formatBytes(s.storedBytes)} for this version (${s.codec}); new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
   log(`  partitions  ${s.partitionTable.scheme}, ${s.partitionTable.partitions.length} partition(s)`);
   log(`  bad ranges  ${s.badRanges.length === 0 ? 'none' : s.badRanges.map((r) => `${r.offset}+${r.length}`).join(', ')}`);
   log(`  time        ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);

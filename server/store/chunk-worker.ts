@@ -8,7 +8,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { statSync } from 'node:fs';
-import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero } from '../../protocol/chunk.js';
+import { CHUNK, Compression, decodeChunk, decodeChunkHeader, defaultCodec, encodeChunk, isZero, type ChunkCodec } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
 import { ChunkKind, type BadRange } from '../../protocol/manifest.js';
@@ -26,6 +26,8 @@ export interface WorkerSetup {
   /** import: source path; export: target path. */
   device?: string;
   ignoreReadErrors?: boolean;
+  /** import: how new chunks are compressed (default: defaultCodec()). */
+  codec?: ChunkCodec;
 }
 
 /** An import task: one chunk of the source. */
@@ -130,7 +132,7 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
     }
     damaged = true;
   }
-  const { compression, data } = encodeChunk(raw, hash, b.stored);
+  const { compression, data } = encodeChunk(raw, hash, b.stored, setup.codec ?? defaultCodec());
   const stored = await store.putChunk(sha, b.stored, data.length, damaged || size === 0);
   const newBytes = stored ? data.length : 0;
   return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
