@@ -6,6 +6,7 @@
 import { typeName } from '../protocol/partitions.js';
 import type { ExportSummary } from '../server/store/export.js';
 import type { ImportSummary } from '../server/store/import.js';
+import type { RecompressSummary } from '../server/store/recompress.js';
 import type { GcReport, HistoryEntry, ImageInfo, ListEntry, VerifyReport } from '../server/store/maintenance.js';
 import { formatBytes, formatDuration } from '../server/progress.js';
 
@@ -44,6 +45,16 @@ export function printExport(s: ExportSummary): void {
   log(`exported ${s.name}@${s.version} to ${s.target} (${s.kind})`);
   log(`  ${formatBytes(s.diskSize)}: ${s.dataChunks} data chunks written, ${s.zeroChunks} zero chunks ${s.kind === 'file' ? 'left as holes' : 'zeroed'}, ${s.absentChunks} absent left untouched`);
   log(`  time ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);
+}
+
+/** Prints what a recompress did, with the saving. */
+export function printRecompress(s: RecompressSummary): void {
+  const saved = s.storedBefore - s.storedAfter;
+  log(`recompressed ${s.name}@${s.version} with zstd -${s.level}: ${s.rewritten} of ${s.chunks} chunks rewritten`);
+  log(`  stored      ${formatBytes(s.storedBefore)} before, ${formatBytes(s.storedAfter)} after: ${formatBytes(saved)} saved (${s.storedBefore > 0 ? ((100 * saved) / s.storedBefore).toFixed(1) : '0.0'}%)`);
+  log(`  chunks      ${s.codecs.zstd} zstd, ${s.codecs.lz4} lz4, ${s.codecs.raw} raw`);
+  log(`  versions    ${s.manifestsUpdated.length === 0 ? 'none needed updating' : `updated ${s.manifestsUpdated.join(', ')}`}`);
+  log(`  time        ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s of chunk data)`);
 }
 
 /** Prints the image list. */
