@@ -8,6 +8,8 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
+import { Compression } from '../../protocol/chunk.js';
+import { chunkAt, ChunkKind, tableLength } from '../../protocol/manifest.js';
 import { curlPin, detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
 import { Fleet, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
@@ -66,7 +68,12 @@ describe('deploy to 4 agents in the namespace lab', () => {
     await until(async () => (await fleet.online()) === N, 20_000, '4 agents online');
   }, LONG);
 
-  itNeeds(['netns', 'curl', 'loop'], 'start rule "--clients 4": 4 verified disks', async () => {
+  itNeeds(['netns', 'curl', 'loop', 'zstd'], 'start rule "--clients 4": 4 verified disks, from an image stored as zstd chunks', async () => {
+    // Imported with the default codec: the chunks on the wire are zstd (the receivers decode them).
+    const m = await Store.open(data).readManifest('a', 1);
+    const codecs = new Set(Array.from({ length: tableLength(m.table) }, (_, i) => chunkAt(m.table, i)).filter((r) => r.kind === ChunkKind.DATA).map((r) => r.compression));
+    expect(codecs.has(Compression.ZSTD)).toBe(true);
+    expect(codecs.has(Compression.LZ4)).toBe(false);
     const d = fleet.deploy('a', ['--any', '--clients', '4']);
     expect(await d.exited, d.out).toBe(0);
     expect(d.out).toMatch(/4 of 4 machine\(s\) done and verified; session done/);
