@@ -7,7 +7,7 @@ import type { Context } from './command.js';
 /** The options, for a command's options table. */
 export const CODEC_OPTIONS: Record<string, OptionSpec> = {
   codec: { kind: 'string', value: 'lz4|zstd|raw', help: 'How new chunks are compressed (each chunk still falls back to raw when compression saves under 1/16 of it).', default: 'zstd where libzstd1 is installed, else lz4' },
-  level: { kind: 'positive', value: 'N', help: `zstd level, ${ZSTD.MIN_LEVEL} (fastest) to ${ZSTD.MAX_LEVEL} (smallest); "clonecast image recompress" re-encodes harder later.`, default: String(ZSTD.DEFAULT_LEVEL) },
+  level: { kind: 'positive', value: 'N', help: `The zstd level, ${ZSTD.MIN_LEVEL} (fastest) to ${ZSTD.MAX_LEVEL} (smallest); "clonecast image recompress" can re-encode harder later.`, default: String(ZSTD.DEFAULT_LEVEL) },
 };
 
 /** The codec the options ask for; undefined means the default (defaultCodec()). */

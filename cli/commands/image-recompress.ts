@@ -11,7 +11,7 @@ export const imageRecompress: Command = {
   usage: 'NAME[@V]',
   positionals: [{ name: 'NAME[@V]' }],
   options: {
-    level: { kind: 'positive', value: 'N', help: `zstd level, ${ZSTD.MIN_LEVEL} to ${ZSTD.MAX_LEVEL}.`, default: String(ZSTD.RECOMPRESS_LEVEL) },
+    level: { kind: 'positive', value: 'N', help: `The zstd level, ${ZSTD.MIN_LEVEL} to ${ZSTD.MAX_LEVEL}.`, default: String(ZSTD.RECOMPRESS_LEVEL) },
     ...WORKERS,
     ...COMMON,
   },
