@@ -7,7 +7,8 @@
 //   node test/bench/zstd-levels.mjs FILE [--levels 1,2,3,4,6] [--recompress 9,12,15,19] [--runs 3] [--sizes]
 //   node test/bench/zstd-levels.mjs --mkimage 1024 ...   (the benchmark image of mkimage.mjs, that many MiB)
 //
-// --sizes also prints the size of the whole file through zstd -1, -3 and -19 (-T0).
+// --sizes also prints the size of the whole file through zstd -1, -3 and -19 -T0
+// (--size-levels to choose others; -19 takes minutes per GiB here).
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -79,7 +80,7 @@ try {
     console.log(`${name.padEnd(14)} ${t.toFixed(2).padStart(6)} s ${(zb / t).toFixed(2).padStart(14)}x ${(lb / t).toFixed(2).padStart(9)}x ${(lz4Import / t).toFixed(2).padStart(13)}x ${(stored.get(name) / MiB).toFixed(1).padStart(11)}   runs ${times.get(name).map((x) => x.toFixed(2)).join(' ')}`);
   }
   if (process.argv.includes('--sizes')) {
-    for (const l of [1, 3, 19]) {
+    for (const l of list(arg('--size-levels', '1,3,19'))) {
       const t = performance.now();
       const out = spawnSync('sh', ['-c', `zstd -q -${l} -T0 -c '${file}' | wc -c`], { encoding: 'utf8' }).stdout.trim();
       console.log(`whole file through zstd -${l} -T0: ${(Number(out) / MiB).toFixed(1)} MiB in ${((performance.now() - t) / 1000).toFixed(1)} s`);
