@@ -48,8 +48,10 @@ static __thread ZSTD_CCtx *thread_cctx;
 static __thread ZSTD_DCtx *thread_dctx;
 
 static int zstd_load(void) {
-  // dlopen/dlsym are thread-safe; two threads racing here resolve the same symbols.
-  if (zstd_state != 0) return zstd_state > 0;
+  // dlopen/dlsym are thread-safe; two threads racing here resolve the same
+  // symbols, and the state is published only after the table is filled.
+  int state = __atomic_load_n(&zstd_state, __ATOMIC_ACQUIRE);
+  if (state != 0) return state > 0;
   void *lib = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
   int ok = lib != NULL;
 #define SYM(field, name) \
@@ -68,7 +70,7 @@ static int zstd_load(void) {
   SYM(minCLevel, "ZSTD_minCLevel");
   SYM(maxCLevel, "ZSTD_maxCLevel");
 #undef SYM
-  zstd_state = ok ? 1 : -1;
+  __atomic_store_n(&zstd_state, ok ? 1 : -1, __ATOMIC_RELEASE);
   return ok;
 }
 
