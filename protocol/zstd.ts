@@ -10,8 +10,8 @@ import { ClonecastError, ERR } from './errors.js';
 
 /** Compression levels (justified in docs/performance.md, "zstd levels"). */
 export const ZSTD = Object.freeze({
-  /** Level used by import and capture: keeps import near the disk's pace. */
-  DEFAULT_LEVEL: 3,
+  /** Level used by import and capture: the highest that keeps import at 0.8x of `zstd -3 -T0` or better. */
+  DEFAULT_LEVEL: 2,
   /** Level `image recompress` uses unless told: compress once, send smaller every time. */
   RECOMPRESS_LEVEL: 19,
   MIN_LEVEL: 1,

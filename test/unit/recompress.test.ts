@@ -8,6 +8,7 @@ import { recompressImage } from '../../server/store/recompress.js';
 import { describe as describeImage, verifyStore } from '../../server/store/maintenance.js';
 import { Compression, decodeChunkHeader } from '../../protocol/chunk.js';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../../protocol/manifest.js';
+import { ZSTD } from '../../protocol/zstd.js';
 import { cli, itNeeds, seeded, tempDir, texty } from '../helpers.js';
 
 const C = 64 << 10;
@@ -61,7 +62,7 @@ describe('zstd import and recompress', () => {
     const src = join(dir, 'disk.img');
     const original = makeDisk(src, 1);
     const s = await importImage(store, src, 'default', { chunkSize: C, workers: 2 });
-    expect(s.codec).toBe('zstd -3');
+    expect(s.codec).toBe(`zstd -${ZSTD.DEFAULT_LEVEL}`);
     const zstdCodecs = codecs(store, await store.readManifest('default', 1));
     expect(zstdCodecs).toContain(Compression.ZSTD);
     expect(zstdCodecs).toContain(Compression.RAW); // the random chunks
