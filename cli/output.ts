@@ -99,8 +99,9 @@ export function printVerify(r: VerifyReport): void {
     const uses = d.usedBy.map((u) => `${u.name}@${u.version} chunk ${u.chunk} (offset ${u.offset})`).join(', ');
     log(`  DAMAGED chunk ${d.sha}: ${d.problem}; used by ${uses}`);
   }
+  for (const v of r.staleVersions) log(`  STALE records in ${v}: codec or stored length differ from the chunk files (an interrupted recompress); run "clonecast image recompress ${v}" again before deploying it`);
   if (r.ok) log('all sound');
-  else log(`damaged versions: ${r.damagedVersions.join(', ')}. Re-import them, or remove them with "clonecast image rm NAME@V"`);
+  else if (r.damagedVersions.length > 0) log(`damaged versions: ${r.damagedVersions.join(', ')}. Re-import them, or remove them with "clonecast image rm NAME@V"`);
 }
 
 /** Prints what gc did, or with a dry run what it would do. */

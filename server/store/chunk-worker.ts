@@ -82,7 +82,7 @@ export interface RecompressResult {
 }
 
 /** What a verify task found: null if sound, else what is wrong. */
-export type VerifyResult = { sha: string; problem: string | null; code?: string };
+export type VerifyResult = { sha: string; problem: string | null; code?: string; form?: { compression: Compression; payloadLength: number } };
 
 const setup = workerData as WorkerSetup;
 const store = Store.open(setup.storeRoot);
@@ -167,10 +167,10 @@ async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
 
 function verifyChunk(t: VerifyTask, b: Buffers): VerifyResult {
   try {
-    const { raw } = decodeChunk(store.readChunkInto(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
+    const { raw, header } = decodeChunk(store.readChunkInto(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
     if (raw.length !== t.rawLength) return { sha: t.sha, problem: `holds ${raw.length} bytes, the manifest expects ${t.rawLength}`, code: ERR.CHUNK_CORRUPT };
     if (sha256(raw).toString('hex') !== t.sha) return { sha: t.sha, problem: 'SHA-256 of its contents does not match its name', code: ERR.CHUNK_CORRUPT };
-    return { sha: t.sha, problem: null };
+    return { sha: t.sha, problem: null, form: { compression: header.compression, payloadLength: header.payloadLength } };
   } catch (err) {
     const e = err as ClonecastError;
     return { sha: t.sha, problem: e.message, code: e.code ?? ERR.CHUNK_CORRUPT };
