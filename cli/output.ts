@@ -6,6 +6,7 @@
 import { typeName } from '../protocol/partitions.js';
 import type { ExportSummary } from '../server/store/export.js';
 import type { ImportSummary } from '../server/store/import.js';
+import type { RecompressSummary } from '../server/store/recompress.js';
 import type { GcReport, HistoryEntry, ImageInfo, ListEntry, VerifyReport } from '../server/store/maintenance.js';
 import { formatBytes, formatDuration } from '../server/progress.js';
 
@@ -33,7 +34,7 @@ const ratio = (r: number) => `${r.toFixed(2)}x`;
 export function printImport(s: ImportSummary): void {
   log(`imported ${s.name}@${s.version}${s.parent !== null ? ` (parent ${s.name}@${s.parent})` : ''}`);
   log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero`);
-  log(`  stored      ${formatBytes(s.storedBytes)} for this version; new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
+  log(`  stored      ${formatBytes(s.storedBytes)} for this version (${s.codec}); new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
   log(`  partitions  ${s.partitionTable.scheme}, ${s.partitionTable.partitions.length} partition(s)`);
   log(`  bad ranges  ${s.badRanges.length === 0 ? 'none' : s.badRanges.map((r) => `${r.offset}+${r.length}`).join(', ')}`);
   log(`  time        ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);
@@ -44,6 +45,16 @@ export function printExport(s: ExportSummary): void {
   log(`exported ${s.name}@${s.version} to ${s.target} (${s.kind})`);
   log(`  ${formatBytes(s.diskSize)}: ${s.dataChunks} data chunks written, ${s.zeroChunks} zero chunks ${s.kind === 'file' ? 'left as holes' : 'zeroed'}, ${s.absentChunks} absent left untouched`);
   log(`  time ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);
+}
+
+/** Prints what a recompress did, with the saving. */
+export function printRecompress(s: RecompressSummary): void {
+  const saved = s.storedBefore - s.storedAfter;
+  log(`recompressed ${s.name}@${s.version} with zstd -${s.level}: ${s.rewritten} of ${s.chunks} chunks rewritten`);
+  log(`  stored      ${formatBytes(s.storedBefore)} before, ${formatBytes(s.storedAfter)} after: ${formatBytes(saved)} saved (${s.storedBefore > 0 ? ((100 * saved) / s.storedBefore).toFixed(1) : '0.0'}%)`);
+  log(`  chunks      ${s.codecs.zstd} zstd, ${s.codecs.lz4} lz4, ${s.codecs.raw} raw`);
+  log(`  versions    ${s.manifestsUpdated.length === 0 ? 'none needed updating' : `updated ${s.manifestsUpdated.join(', ')}`}`);
+  log(`  time        ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s of chunk data)`);
 }
 
 /** Prints the image list. */
@@ -88,8 +99,9 @@ export function printVerify(r: VerifyReport): void {
     const uses = d.usedBy.map((u) => `${u.name}@${u.version} chunk ${u.chunk} (offset ${u.offset})`).join(', ');
     log(`  DAMAGED chunk ${d.sha}: ${d.problem}; used by ${uses}`);
   }
+  for (const v of r.staleVersions) log(`  STALE records in ${v}: codec or stored length differ from the chunk files (an interrupted recompress); run "clonecast image recompress ${v}" again before deploying it`);
   if (r.ok) log('all sound');
-  else log(`damaged versions: ${r.damagedVersions.join(', ')}. Re-import them, or remove them with "clonecast image rm NAME@V"`);
+  else if (r.damagedVersions.length > 0) log(`damaged versions: ${r.damagedVersions.join(', ')}. Re-import them, or remove them with "clonecast image rm NAME@V"`);
 }
 
 /** Prints what gc did, or with a dry run what it would do. */

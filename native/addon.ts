@@ -11,6 +11,7 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { useNativeXxh64 } from '../protocol/hash.js';
 import { useNativeLz4 } from '../protocol/lz4.js';
 import { useNativeMac } from '../protocol/mac.js';
+import { useNativeZstd } from '../protocol/zstd.js';
 
 /** What deviceInfo() reports about an open file or block device. */
 export interface DeviceInfo {
@@ -42,6 +43,12 @@ export interface NativeAddon {
   xxh64(buffer: Buffer): bigint;
   lz4Compress(src: Buffer, dst: Buffer): number;
   lz4Decompress(src: Buffer, dst: Buffer): number;
+  /** True if libzstd.so.1 loaded (dlopen on first call). */
+  zstdAvailable(): boolean;
+  /** One zstd frame of src at level into dst; its length, or 0 if it does not fit. */
+  zstdCompress(src: Buffer, dst: Buffer, level: number): number;
+  /** Decodes exactly one frame declaring dst.length bytes; dst.length, or -1 if it does not. */
+  zstdDecompress(src: Buffer, dst: Buffer): number;
   udpSocket(device: string, address: string, port: number): number;
   macKey(key: Buffer): Buffer;
   macSign(state: Buffer, packet: Buffer, length: number): void;
@@ -81,7 +88,7 @@ export function native(): NativeAddon {
   return addon;
 }
 
-// Hand the codecs the addon's xxh64 and liblz4 (protocol/ loads no addon itself): any program
+// Hand the codecs the addon's xxh64, liblz4 and libzstd (protocol/ loads no addon itself): any program
 // that loads this module, directly or through Disk or the store, hashes and compresses natively.
 {
   const built = nativeIfBuilt();
@@ -89,5 +96,6 @@ export function native(): NativeAddon {
     useNativeXxh64(built);
     useNativeMac(built);
     if (built.lz4Available()) useNativeLz4(built);
+    if (typeof built.zstdAvailable === 'function' && built.zstdAvailable()) useNativeZstd(built);
   }
 }

@@ -2,8 +2,9 @@
  * Chunks: the unit of storage, transfer and verification (docs/image-format.md).
  *
  * A disk is cut into fixed-size chunks. A chunk is compressed on its own with
- * lz4 (block format, see below) and kept raw when compression saves less than
- * CHUNK.MIN_SAVING of it. All-zero chunks are never stored.
+ * zstd or lz4 (see below) and kept raw when compression saves less than
+ * CHUNK.MIN_SAVING of it; each chunk records its codec, so one image may mix
+ * them. All-zero chunks are never stored.
  *
  * The stored form of a chunk (a file in the store, and later the payload
  * carried by the multicast data packets) is a 24-byte header then the
@@ -12,7 +13,7 @@
  *   offset size field
  *        0    4 magic "CCHK"
  *        4    1 format version (1)
- *        5    1 compression: 0 raw, 1 lz4
+ *        5    1 compression: 0 raw, 1 lz4, 2 zstd
  *        6    2 reserved, 0
  *        8    4 uncompressed length
  *       12    4 payload length
@@ -23,10 +24,15 @@
  * lz4-napi block API): the uncompressed length as u32 little-endian, then one
  * LZ4 block (lz4 Block Format spec). This little-endian field belongs to the
  * library's framing and is checked against the header's length.
+ *
+ * The zstd payload is exactly one zstd frame (RFC 8878) whose frame header
+ * declares the content size; it must equal the header's length, and the
+ * frame must decode to exactly that many bytes.
  */
 import { ClonecastError, ERR } from './errors.js';
 import { xxh64 } from './hash.js';
 import { lz4CompressInto, lz4DecompressInto } from './lz4.js';
+import { ZSTD, zstdAvailable, zstdCompressInto, zstdDecompressInto } from './zstd.js';
 
 /** Constants of the chunk format. */
 export const CHUNK = Object.freeze({
@@ -42,8 +48,23 @@ export const CHUNK = Object.freeze({
 });
 
 /** How a chunk's payload is encoded. */
-export const Compression = Object.freeze({ RAW: 0, LZ4: 1 } as const);
+export const Compression = Object.freeze({ RAW: 0, LZ4: 1, ZSTD: 2 } as const);
 export type Compression = (typeof Compression)[keyof typeof Compression];
+
+/** Names of the codecs, as the CLI and JSON output spell them. */
+export const CODEC_NAMES: Readonly<Record<Compression, 'raw' | 'lz4' | 'zstd'>> = Object.freeze({ 0: 'raw', 1: 'lz4', 2: 'zstd' });
+
+/** How to encode chunks: a codec and, for zstd, a level. */
+export interface ChunkCodec {
+  compression: Compression;
+  /** zstd level (ZSTD.MIN_LEVEL to ZSTD.MAX_LEVEL); ignored by the others. */
+  level?: number;
+}
+
+/** The codec new chunks get unless told: zstd at its default level where libzstd loads, else lz4. */
+export function defaultCodec(): ChunkCodec {
+  return zstdAvailable() ? { compression: Compression.ZSTD, level: ZSTD.DEFAULT_LEVEL } : { compression: Compression.LZ4 };
+}
 
 /** A decoded stored-chunk header. */
 export interface ChunkHeader {
@@ -69,18 +90,22 @@ export function isZero(data: Uint8Array): boolean {
 }
 
 /**
- * Encodes the stored form of raw chunk bytes: header followed by the lz4
- * payload, or by the raw bytes when compression would not save
- * CHUNK.MIN_SAVING of the chunk. With `into` (at least HEADER_SIZE + raw
- * length bytes), the stored form is written there and `data` is a view of it.
+ * Encodes the stored form of raw chunk bytes: header followed by the
+ * codec's payload (default: defaultCodec()), or by the raw bytes when
+ * compression would not save CHUNK.MIN_SAVING of the chunk. With `into` (at
+ * least HEADER_SIZE + raw length bytes), the stored form is written there
+ * and `data` is a view of it.
  */
-export function encodeChunk(raw: Buffer, hash: bigint = xxh64(raw), into?: Buffer): { compression: Compression; data: Buffer } {
+export function encodeChunk(raw: Buffer, hash: bigint = xxh64(raw), into?: Buffer, codec: ChunkCodec = defaultCodec()): { compression: Compression; data: Buffer } {
   const limit = Math.floor(raw.length * (1 - CHUNK.MIN_SAVING));
   const out = into ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + raw.length);
   if (out.length < CHUNK.HEADER_SIZE + raw.length) throw new RangeError('output buffer is smaller than a chunk header plus the chunk');
   // Giving the compressor only `limit` bytes makes it give up early on incompressible data.
-  const n = lz4CompressInto(raw, out.subarray(CHUNK.HEADER_SIZE, CHUNK.HEADER_SIZE + limit));
-  const compression = n > 0 ? Compression.LZ4 : Compression.RAW;
+  const room = out.subarray(CHUNK.HEADER_SIZE, CHUNK.HEADER_SIZE + limit);
+  let n = 0;
+  if (codec.compression === Compression.ZSTD) n = zstdCompressInto(raw, room, codec.level ?? ZSTD.DEFAULT_LEVEL);
+  else if (codec.compression === Compression.LZ4) n = lz4CompressInto(raw, room);
+  const compression = n > 0 ? codec.compression : Compression.RAW;
   const payloadLength = n > 0 ? n : raw.length;
   if (n === 0) raw.copy(out, CHUNK.HEADER_SIZE);
   writeChunkHeader(out, { compression, rawLength: raw.length, payloadLength, xxh64: hash });
@@ -107,7 +132,7 @@ export function decodeChunkHeader(data: Uint8Array, where = 'chunk'): ChunkHeade
   const version = buf.readUInt8(4);
   if (version !== CHUNK.VERSION) throw bad(`unknown chunk format version ${version}`);
   const compression = buf.readUInt8(5);
-  if (compression !== Compression.RAW && compression !== Compression.LZ4) throw bad(`unknown compression ${compression}`);
+  if (compression !== Compression.RAW && compression !== Compression.LZ4 && compression !== Compression.ZSTD) throw bad(`unknown compression ${compression}`);
   const rawLength = buf.readUInt32BE(8);
   const payloadLength = buf.readUInt32BE(12);
   if (rawLength === 0 || rawLength > CHUNK.MAX_SIZE) throw bad(`uncompressed length ${rawLength} out of range`);
@@ -133,6 +158,9 @@ export function decodeChunk(data: Uint8Array, where = 'chunk', out?: Buffer): { 
   if (target.length < header.rawLength) throw new RangeError(`output buffer of ${target.length} bytes is smaller than the chunk (${header.rawLength})`);
   if (header.compression === Compression.RAW) {
     payload.copy(target);
+  } else if (header.compression === Compression.ZSTD) {
+    const n = zstdDecompressInto(payload, target.subarray(0, header.rawLength), where);
+    if (n !== header.rawLength) throw bad(`zstd frame does not decode to exactly ${header.rawLength} bytes`);
   } else {
     if (payload.length < 4 || payload.readUInt32LE(0) !== header.rawLength) throw bad('lz4 length prefix differs from header');
     const n = lz4DecompressInto(payload, target.subarray(0, header.rawLength));

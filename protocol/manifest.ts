@@ -18,7 +18,7 @@
  *
  * Chunk record (48 bytes):
  *        0    1 kind: 0 zero, 1 data, 2 absent
- *        1    1 compression: 0 raw, 1 lz4
+ *        1    1 compression: 0 raw, 1 lz4, 2 zstd
  *        2    2 reserved, 0
  *        4    4 stored payload length
  *        8    8 xxh64 of the uncompressed bytes

@@ -2,8 +2,8 @@
  * `clonecast bootenv build`: what PXE hands a machine. The kernel comes from
  * Debian's kernel package (unpacked with dpkg-deb, never installed here);
  * the initramfs holds busybox (busybox-static), this Node and the shared
- * libraries it links, the agent (compiled code, the native addon, liblz4 and
- * the production npm packages), the kernel modules for common disks and
+ * libraries it links, the agent (compiled code, the native addon, the
+ * libraries the addon loads with dlopen and the production npm packages), the kernel modules for common disks and
  * network cards with their dependencies, and an init (bootenv-init.sh) that
  * brings up the network, starts the agent with the server URL and token
  * from the kernel command line, and reboots or powers off as the session
@@ -121,6 +121,14 @@ function sharedLibraries(binary: string): string[] {
   return [...libs];
 }
 
+/** Libraries the native addon loads with dlopen (liblz4 for lz4 chunks, libzstd for zstd chunks). */
+export const DLOPENED = Object.freeze(['liblz4.so.1', 'libzstd.so.1']);
+
+/** Where this system has each DLOPENED library (those it lacks are left out: the agent then says what to install). */
+export function dlopenedLibraries(): string[] {
+  return DLOPENED.flatMap((name) => ['/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu'].map((d) => join(d, name)).find((p) => existsSync(p)) ?? []);
+}
+
 function copyInto(root: string, file: string): void {
   const to = join(root, file);
   mkdirSync(dirname(to), { recursive: true });
@@ -158,9 +166,8 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     copyFileSync(node, join(root, 'usr/bin/node'));
     chmodSync(join(root, 'usr/bin/node'), 0o755);
     for (const lib of sharedLibraries(node)) copyInto(root, lib);
-    // liblz4 is loaded by the addon with dlopen (ldd cannot see it).
-    const lz4 = ['/lib/x86_64-linux-gnu/liblz4.so.1', '/usr/lib/x86_64-linux-gnu/liblz4.so.1'].find((p) => existsSync(p));
-    if (lz4 !== undefined) copyInto(root, lz4);
+    // Libraries the addon loads with dlopen (ldd cannot see them).
+    for (const lib of dlopenedLibraries()) copyInto(root, lib);
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');
     mkdirSync(app, { recursive: true });

@@ -7,7 +7,7 @@
  */
 import { CHUNK, chunkCount, chunkLength, decodeChunk, decodeChunkHeader } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { chunkAt, ChunkKind, MANIFEST, tableLength, type BadRange } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind, MANIFEST, setChunk, tableLength, type BadRange } from '../protocol/manifest.js';
 import { readPartitionTable, type PartitionTable } from '../protocol/partitions.js';
 import type { Store } from './store/store.js';
 import type { CaptureProgress } from '../protocol/api.js';
@@ -109,8 +109,10 @@ export function checkDevice(device: unknown): string {
  * kind, reserved bytes zero; zero and absent records carry nothing; a data
  * record names (by its SHA-256, the stored chunk's identity, checked when it
  * was stored) a stored chunk whose header agrees with it: the length of that
- * chunk of the disk, codec, stored length, xxh64, and a file that holds
- * them. Throws at the first record that does not hold, naming it.
+ * chunk of the disk, xxh64, and a file that holds them. Throws at the first
+ * record that does not hold, naming it. A data record's codec and stored
+ * length are set to the stored chunk's (the agent may have compressed the
+ * chunk otherwise than the copy the store already held).
  */
 export async function checkTable(store: Store, table: Buffer, diskSize: number, chunkSize: number): Promise<void> {
   const n = tableLength(table);
@@ -139,7 +141,11 @@ export async function checkTable(store: Store, table: Buffer, diskSize: number, 
     }
     const want = chunkLength(i, diskSize, chunkSize);
     if (h.rawLength !== want) throw bad(`${at}: names a chunk of ${h.rawLength} bytes where the disk has ${want}`);
-    if (h.compression !== r.compression || h.payloadLength !== r.storedLength || h.xxh64 !== r.xxh64) throw bad(`${at}: its codec, stored length or xxh64 differ from the stored chunk it names`);
+    if (h.xxh64 !== r.xxh64) throw bad(`${at}: its xxh64 differs from the stored chunk it names`);
+    // How a chunk is stored is the store's fact, not the agent's: a chunk the
+    // store already held (imported with another codec, or recompressed) keeps
+    // its stored form, and the record says so.
+    if (h.compression !== r.compression || h.payloadLength !== r.storedLength) setChunk(table, i, { ...r, compression: h.compression, storedLength: h.payloadLength, sha256: Buffer.from(r.sha256) });
   }
 }
 

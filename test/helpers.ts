@@ -10,6 +10,7 @@ import { join, resolve } from 'node:path';
 import { it, afterAll } from 'vitest';
 import { WebSocket, type ClientOptions } from 'ws';
 import { cachedKernelPackage, KERNEL_CACHE } from '../pxe/bootenv.js';
+import { nativeIfBuilt } from '../native/addon.js';
 import { pinnedFetch, pinnedWebSocketOptions, wssUrl, type PinnedInit, type PinnedResponse } from '../native/pinned-tls.js';
 
 /** Repository root. */
@@ -52,6 +53,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   chromium: () => (existsSync('/usr/bin/chromium') ? null : 'needs Debian\'s chromium at /usr/bin/chromium (apt-get install chromium)'),
   root: () => (process.getuid?.() === 0 ? null : 'needs root (network boot binds its DHCP and TFTP sockets to an interface)'),
   curl: () => (hasCommand('curl') ? null : 'needs curl'),
+  zstd: () => (nativeIfBuilt()?.zstdAvailable() === true ? null : 'needs libzstd.so.1 (apt-get install libzstd1) and the native module (node native/build.mjs)'),
   tcpdump: () => (hasCommand('tcpdump') ? null : 'needs tcpdump (apt-get install tcpdump)'),
   atftp: () => (hasCommand('atftp') ? null : 'needs the atftp client (apt-get install atftp)'),
   tftp: () => (hasCommand('tftp') ? null : 'needs the tftp-hpa client (apt-get install tftp-hpa)'),

@@ -1,6 +1,7 @@
 /** `clonecast image import SRC NAME`: a disk or disk file becomes a new image version. */
 import { COMMON, WORKERS, type Command } from '../command.js';
 import { printImport } from '../output.js';
+import { CODEC_OPTIONS, codecFromOptions } from '../codec.js';
 
 /** clonecast image import */
 export const imageImport: Command = {
@@ -11,6 +12,7 @@ export const imageImport: Command = {
   options: {
     'ignore-read-errors': { kind: 'flag', help: 'Store unreadable ranges as zeros and list them in the version, instead of failing.' },
     'chunk-size': { kind: 'positive', value: 'BYTES', help: 'Chunk size: a power of two from 65536 (64 KiB) to 16777216 (16 MiB).', default: '1048576 (1 MiB)' },
+    ...CODEC_OPTIONS,
     ...WORKERS,
     ...COMMON,
   },
@@ -23,6 +25,7 @@ export const imageImport: Command = {
       ignoreReadErrors: ctx.flag('ignore-read-errors'),
       chunkSize: ctx.num('chunk-size'),
       workers: ctx.num('workers'),
+      codec: codecFromOptions(ctx),
       progress: ctx.progress,
     });
     ctx.out(() => printImport(summary), summary);

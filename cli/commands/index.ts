@@ -11,6 +11,7 @@ import { imageHistory } from './image-history.js';
 import { imageImport } from './image-import.js';
 import { imageInfo } from './image-info.js';
 import { imageList } from './image-list.js';
+import { imageRecompress } from './image-recompress.js';
 import { imagePrune } from './image-prune.js';
 import { imageRm } from './image-rm.js';
 import { imageVerify } from './image-verify.js';
@@ -31,6 +32,7 @@ export const COMMANDS: readonly Command[] = [
   imageInfo,
   imageVerify,
   imageExport,
+  imageRecompress,
   imageHistory,
   imagePrune,
   imageRm,

@@ -4,11 +4,13 @@
  * - import: read a chunk from the source disk (reading around bad sectors if
  *   asked), detect zeros, hash, compress and store it unless already stored;
  * - export: read a stored chunk, decode and check it, write it to the target;
- * - verify: read a stored chunk, decode it and check its SHA-256 name.
+ * - verify: read a stored chunk, decode it and check its SHA-256 name;
+ * - recompress: re-encode a stored chunk with zstd at a level and, if that
+ *   is smaller, replace its file (server/store/recompress.ts).
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { statSync } from 'node:fs';
-import { CHUNK, Compression, decodeChunk, decodeChunkHeader, encodeChunk, isZero } from '../../protocol/chunk.js';
+import { closeSync, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { CHUNK, Compression, decodeChunk, decodeChunkHeader, defaultCodec, encodeChunk, isZero, type ChunkCodec } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, sha256, xxh64 } from '../../protocol/hash.js';
 import { ChunkKind, type BadRange } from '../../protocol/manifest.js';
@@ -20,12 +22,14 @@ import type { Reply } from './pool.js';
 
 /** Settings shared by every worker of a pool. */
 export interface WorkerSetup {
-  mode: 'import' | 'export' | 'verify';
+  mode: 'import' | 'export' | 'verify' | 'recompress';
   storeRoot: string;
   chunkSize: number;
   /** import: source path; export: target path. */
   device?: string;
   ignoreReadErrors?: boolean;
+  /** import and recompress: how chunks are compressed (import default: defaultCodec()). */
+  codec?: ChunkCodec;
 }
 
 /** An import task: one chunk of the source. */
@@ -63,8 +67,22 @@ export interface VerifyTask {
   rawLength: number;
 }
 
+/** A recompress task: one distinct stored chunk of the image. */
+export interface RecompressTask {
+  sha: string;
+  rawLength: number;
+  xxh64: bigint;
+}
+
+/** What a recompress task did: the chunk's stored form before and after (the same if it was kept). */
+export interface RecompressResult {
+  sha: string;
+  before: { compression: Compression; payloadLength: number };
+  after: { compression: Compression; payloadLength: number };
+}
+
 /** What a verify task found: null if sound, else what is wrong. */
-export type VerifyResult = { sha: string; problem: string | null; code?: string };
+export type VerifyResult = { sha: string; problem: string | null; code?: string; form?: { compression: Compression; payloadLength: number } };
 
 const setup = workerData as WorkerSetup;
 const store = Store.open(setup.storeRoot);
@@ -130,7 +148,7 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
     }
     damaged = true;
   }
-  const { compression, data } = encodeChunk(raw, hash, b.stored);
+  const { compression, data } = encodeChunk(raw, hash, b.stored, setup.codec ?? defaultCodec());
   const stored = await store.putChunk(sha, b.stored, data.length, damaged || size === 0);
   const newBytes = stored ? data.length : 0;
   return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
@@ -149,14 +167,56 @@ async function exportChunk(t: ExportTask, b: Buffers): Promise<number> {
 
 function verifyChunk(t: VerifyTask, b: Buffers): VerifyResult {
   try {
-    const { raw } = decodeChunk(store.readChunkInto(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
+    const { raw, header } = decodeChunk(store.readChunkInto(t.sha, b.stored), `chunk ${t.sha}`, b.raw);
     if (raw.length !== t.rawLength) return { sha: t.sha, problem: `holds ${raw.length} bytes, the manifest expects ${t.rawLength}`, code: ERR.CHUNK_CORRUPT };
     if (sha256(raw).toString('hex') !== t.sha) return { sha: t.sha, problem: 'SHA-256 of its contents does not match its name', code: ERR.CHUNK_CORRUPT };
-    return { sha: t.sha, problem: null };
+    return { sha: t.sha, problem: null, form: { compression: header.compression, payloadLength: header.payloadLength } };
   } catch (err) {
     const e = err as ClonecastError;
     return { sha: t.sha, problem: e.message, code: e.code ?? ERR.CHUNK_CORRUPT };
   }
+}
+
+/**
+ * Re-encodes one stored chunk with setup.codec. A smaller stored form is
+ * written to a temporary file, fsynced, read back and decoded (its SHA-256
+ * must be the chunk's name), and only then renamed over the chunk file:
+ * a reader sees the old form or the new one, both whole. The renames are
+ * made durable by the caller's barrier before any manifest names the new
+ * form; until then a manifest may record the old codec and length, which
+ * readers never trust over the chunk's own header.
+ */
+function recompressChunk(t: RecompressTask, b: Buffers): RecompressResult {
+  const where = `chunk ${t.sha}`;
+  const old = store.readChunkInto(t.sha, b.stored);
+  const { header, raw } = decodeChunk(old, where, b.raw);
+  if (raw.length !== t.rawLength || header.xxh64 !== t.xxh64 || sha256(raw).toString('hex') !== t.sha) {
+    throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} does not match its name or the manifest's length and xxh64; run "clonecast image verify"`, { sha: t.sha });
+  }
+  const before = { compression: header.compression, payloadLength: header.payloadLength };
+  const { compression, data } = encodeChunk(raw, header.xxh64, b.stored, setup.codec!);
+  if (data.length >= CHUNK.HEADER_SIZE + header.payloadLength) return { sha: t.sha, before, after: before };
+  const tmp = store.tmpPath('recompress');
+  try {
+    const fd = openSync(tmp, 'w', 0o644);
+    try {
+      for (let done = 0; done < data.length; ) done += writeSync(fd, data, done, data.length - done);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    const back = decodeChunk(readFileSync(tmp), `${where} as recompressed`);
+    if (sha256(back.raw).toString('hex') !== t.sha) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} did not read back whole after recompressing; the old file is kept`, { sha: t.sha });
+    renameSync(tmp, store.chunkPath(t.sha));
+  } catch (err) {
+    try {
+      unlinkSync(tmp);
+    } catch {
+      // already renamed or never made
+    }
+    throw err;
+  }
+  return { sha: t.sha, before, after: { compression, payloadLength: data.length - CHUNK.HEADER_SIZE } };
 }
 
 parentPort!.on('message', async ({ id, task }: { id: number; task: ImportTask | ExportTask | VerifyTask }) => {
@@ -167,6 +227,7 @@ parentPort!.on('message', async ({ id, task }: { id: number; task: ImportTask | 
     let result: unknown;
     if (setup.mode === 'import') result = await importChunk(task as ImportTask, buffers!);
     else if (setup.mode === 'export') result = await exportChunk(task as ExportTask, buffers!);
+    else if (setup.mode === 'recompress') result = recompressChunk(task as RecompressTask, buffers);
     else result = verifyChunk(task as VerifyTask, buffers);
     reply = { id, ok: true, result };
   } catch (err) {

@@ -4,7 +4,8 @@
  * pool of workers reads, hashes, compresses and stores them. The version is
  * published only after every chunk it references is durable.
  */
-import { chunkCount, chunkLength, CHUNK } from '../../protocol/chunk.js';
+import { chunkCount, chunkLength, CHUNK, Compression, CODEC_NAMES, defaultCodec, type ChunkCodec } from '../../protocol/chunk.js';
+import { zstdAvailable } from '../../protocol/zstd.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { newChunkTable, setChunk, ChunkKind, type BadRange, type ManifestMeta } from '../../protocol/manifest.js';
 import type { PartitionTable } from '../../protocol/partitions.js';
@@ -31,6 +32,8 @@ export interface ImportOptions {
   progress?: ProgressOptions;
   /** Free text kept in the manifest's source description. */
   description?: string;
+  /** How new chunks are compressed (default: defaultCodec(), zstd where libzstd loads). */
+  codec?: ChunkCodec;
 }
 
 /** What an import did. */
@@ -48,6 +51,8 @@ export interface ImportSummary {
   newBytes: number;
   /** Stored bytes of this version's data chunks (compressed, with headers). */
   storedBytes: number;
+  /** The codec new chunks were given, e.g. "zstd -3" or "lz4". */
+  codec: string;
   badRanges: BadRange[];
   partitionTable: PartitionTable;
   seconds: number;
@@ -61,6 +66,7 @@ export async function importImage(store: Store, src: string, name: string, optio
   if (!Number.isInteger(Math.log2(chunkSize)) || chunkSize < CHUNK.MIN_SIZE || chunkSize > CHUNK.MAX_SIZE) {
     throw new ClonecastError(ERR.USAGE, `chunk size ${chunkSize} is not a power of two from ${CHUNK.MIN_SIZE} to ${CHUNK.MAX_SIZE} bytes`);
   }
+  const codec = checkCodec(options.codec ?? defaultCodec());
   const started = performance.now();
   const lock = store.lockImage(name, `importing ${src}`);
   let source: Disk | undefined;
@@ -71,7 +77,7 @@ export async function importImage(store: Store, src: string, name: string, optio
     if (diskSize === 0) throw new ClonecastError(ERR.USAGE, `${src} is empty: there is nothing to import`);
     const sectorSize = source.logicalSectorSize;
     // Workers start up while the partition table is read.
-    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors };
+    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors, codec };
     pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
     const partitionTable = await readTable(source);
     const n = chunkCount(diskSize, chunkSize);
@@ -125,12 +131,25 @@ export async function importImage(store: Store, src: string, name: string, optio
     };
     const version = store.publish({ meta, table });
     const seconds = (performance.now() - started) / 1000;
-    return { name, version, parent, diskSize, chunks: n, ...stats, badRanges: bad, partitionTable, seconds, bytesPerSecond: diskSize / seconds };
+    return { name, version, parent, diskSize, chunks: n, ...stats, codec: codecName(codec), badRanges: bad, partitionTable, seconds, bytesPerSecond: diskSize / seconds };
   } finally {
     await pool?.close();
     source?.close();
     lock.release();
   }
+}
+
+/** Throws CODEC_UNAVAILABLE before any work if the codec cannot be used here. */
+export function checkCodec(codec: ChunkCodec): ChunkCodec {
+  if (codec.compression === Compression.ZSTD && !zstdAvailable()) {
+    throw new ClonecastError(ERR.CODEC_UNAVAILABLE, 'zstd was asked for, but libzstd.so.1 could not be loaded: install libzstd1 (apt-get install libzstd1), or choose --codec lz4');
+  }
+  return codec;
+}
+
+/** A codec as people write it: "zstd -3", "lz4", "raw". */
+export function codecName(codec: ChunkCodec): string {
+  return codec.compression === Compression.ZSTD ? `zstd -${codec.level}` : CODEC_NAMES[codec.compression];
 }
 
 function holeResult(index: number): ImportResult {

@@ -104,6 +104,8 @@ export interface VerifyReport {
   damagedManifests: { name: string; version: number; problem: string }[];
   /** Damaged versions, as NAME@N. */
   damagedVersions: string[];
+  /** Versions whose records give another codec or stored length than the chunk file (an interrupted recompress). */
+  staleVersions: string[];
   ok: boolean;
 }
 
@@ -127,7 +129,7 @@ async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { 
     store.resolve(ref);
     for (const version of store.versions(ref.name)) targets.push({ name: ref.name, version });
   }
-  const report: VerifyReport = { versionsChecked: targets, chunksChecked: 0, damagedChunks: [], damagedManifests: [], damagedVersions: [], ok: true };
+  const report: VerifyReport = { versionsChecked: targets, chunksChecked: 0, damagedChunks: [], damagedManifests: [], damagedVersions: [], staleVersions: [], ok: true };
   const manifests: { name: string; version: number; m: Manifest }[] = [];
   const unique = new Map<string, number>(); // sha (latin1) -> raw length
   let total = 0;
@@ -155,6 +157,7 @@ async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { 
   const pool = new WorkerPool<VerifyTask, VerifyResult>(compiledSibling(import.meta.url, 'chunk-worker'), workers, setup);
   const progress = new Progress('verify', total, options.progress);
   const bad = new Map<string, string>(); // sha hex -> problem
+  const forms = new Map<string, NonNullable<VerifyResult['form']>>(); // sha hex -> stored form of a sound chunk
   try {
     const keys = [...unique.keys()];
     await runBounded(keys.length, workers * (WORKER_DEPTH + 1), async (k) => {
@@ -162,6 +165,7 @@ async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { 
       const rawLength = unique.get(keys[k])!;
       const r = await pool.run({ sha, rawLength });
       if (r.problem !== null) bad.set(sha, r.problem);
+      else if (r.form !== undefined) forms.set(sha, r.form);
       report.chunksChecked++;
       progress.add(rawLength);
     });
@@ -186,7 +190,18 @@ async function verifyLocked(store: Store, ref: ImageRef | undefined, options: { 
     report.damagedVersions = [...versions].sort();
   }
   for (const d of report.damagedManifests) report.damagedVersions.push(`${d.name}@${d.version}`);
-  report.ok = report.damagedChunks.length === 0 && report.damagedManifests.length === 0;
+  // A record must say how its chunk is stored: a multicast session's receivers count fragments from it.
+  for (const { name, version, m } of manifests) {
+    for (let i = 0; i < tableLength(m.table); i++) {
+      const r = chunkAt(m.table, i);
+      const f = r.kind === ChunkKind.DATA ? forms.get(r.sha256.toString('hex')) : undefined;
+      if (f !== undefined && (f.compression !== r.compression || f.payloadLength !== r.storedLength)) {
+        report.staleVersions.push(`${name}@${version}`);
+        break;
+      }
+    }
+  }
+  report.ok = report.damagedChunks.length === 0 && report.damagedManifests.length === 0 && report.staleVersions.length === 0;
   return report;
 }
 

@@ -212,6 +212,17 @@ export class Store {
     return version;
   }
 
+  /**
+   * Replaces a published version's manifest in place (atomically, durably)
+   * with one that names the same chunks; used when chunks change their
+   * stored form (image recompress). The caller holds the maintenance lock.
+   */
+  replaceManifest(manifest: Manifest): void {
+    const data = encodeManifest(manifest);
+    decodeManifest(data, `the rewritten manifest of ${manifest.meta.name}@${manifest.meta.version}`);
+    this.writeAtomic(this.manifestPath(manifest.meta.name, manifest.meta.version), data);
+  }
+
   /** Removes one version's manifest (its chunks stay until gc). */
   removeVersion(name: string, version: number): void {
     unlinkSync(this.manifestPath(name, version));
@@ -224,7 +235,7 @@ export class Store {
     const gc = liveLocks(join(this.root, 'locks'), 'gc.lock');
     if (gc.length > 0) {
       lock.release();
-      throw new ClonecastError(ERR.BUSY, `the store is being garbage-collected by process ${gc[0].pid}; try again when it finishes`);
+      throw new ClonecastError(ERR.BUSY, `the store is being garbage-collected or recompressed by process ${gc[0].pid}; try again when it finishes`);
     }
     return lock;
   }
@@ -238,18 +249,18 @@ export class Store {
     const gc = liveLocks(join(this.root, 'locks'), 'gc.lock');
     if (gc.length > 0) {
       lock.release();
-      throw new ClonecastError(ERR.BUSY, `the store is being garbage-collected by process ${gc[0].pid}; try again when it finishes`);
+      throw new ClonecastError(ERR.BUSY, `the store is being garbage-collected or recompressed by process ${gc[0].pid}; try again when it finishes`);
     }
     return lock;
   }
 
-  /** Takes the store-wide gc lock; refuses while any image is locked or read. */
-  lockGc(): Lock {
-    const lock = acquireLock(join(this.root, 'locks', 'gc.lock'), 'the store', 'collecting garbage');
+  /** Takes the store-wide maintenance lock (gc, recompress); refuses while any image is locked or read. */
+  lockGc(purpose = 'collecting garbage'): Lock {
+    const lock = acquireLock(join(this.root, 'locks', 'gc.lock'), 'the store', purpose);
     const busy = [...liveLocks(join(this.root, 'locks'), 'image-'), ...liveLocks(join(this.root, 'locks'), 'reader-')];
     if (busy.length > 0) {
       lock.release();
-      throw new ClonecastError(ERR.BUSY, `cannot collect garbage while ${busy.map((b) => `process ${b.pid} holds ${b.file}`).join(', ')}; try again later`);
+      throw new ClonecastError(ERR.BUSY, `cannot start ${purpose} while ${busy.map((b) => `process ${b.pid} holds ${b.file}`).join(', ')}; try again later`);
     }
     return lock;
   }

@@ -7,7 +7,9 @@
 //   node test/bench/run.mjs --skip-memory   (1 GiB runs only)
 //
 // Baselines:
-//   import: `lz4 -1 -c RAW > /dev/null` on the same raw file (target >= 0.8x)
+//   import (zstd, the default): `zstd -3 -T0 -c RAW > /dev/null` on the same raw file (target >= 0.8x)
+//   import --codec lz4: `lz4 -1 -c RAW > /dev/null` on the same raw file (target >= 0.8x)
+//   stored size: the whole raw file through `zstd -1/-3/-19 -T0` (printed, no target)
 //   export: `dd if=RAW of=LOOP bs=4M oflag=direct` to the same loop device (target >= 0.8x)
 //   memory: peak RSS of import and export of a 4 GiB image (target < 256 MiB)
 // Each timing is the median of RUNS runs, baseline and clonecast interleaved,
@@ -62,19 +64,49 @@ function settle() {
   spawnSync('sync');
 }
 
+/** One import into a fresh store; returns its time and the stored bytes it reports. */
+function importOnce(raw, data, codecArgs) {
+  rmSync(data, { recursive: true, force: true });
+  settle();
+  const t = performance.now();
+  const r = spawnSync(CLI, ['image', 'import', raw, 'bench', '--data', data, '--json', ...codecArgs], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  if (r.status !== 0) throw new Error(`import failed: ${r.stderr}`);
+  return { secs: (performance.now() - t) / 1000, stored: JSON.parse(r.stdout).storedBytes };
+}
+
 function importBench(label, raw) {
-  const base = [];
-  const ours = [];
+  const zBase = [];
+  const lBase = [];
+  const zOurs = [];
+  const lOurs = [];
+  let stored = { zstd: 0, lz4: 0 };
+  const data = join(work, `store-${label}`);
   for (let i = 0; i < RUNS; i++) {
     settle();
-    base.push(timed('sh', ['-c', `lz4 -1 -c '${raw}' > /dev/null`]).secs);
-    const data = join(work, `store-${label}-${i}`);
+    zBase.push(timed('sh', ['-c', `zstd -q -3 -T0 -c '${raw}' > /dev/null`]).secs);
     settle();
-    ours.push(timed(CLI, ['image', 'import', raw, 'bench', '--data', data, '--json'], { stdio: ['ignore', 'ignore', 'pipe'] }).secs);
-    if (i < RUNS - 1) rmSync(data, { recursive: true, force: true });
+    lBase.push(timed('sh', ['-c', `lz4 -1 -c '${raw}' > /dev/null`]).secs);
+    const l = importOnce(raw, `${data}-lz4`, ['--codec', 'lz4']);
+    lOurs.push(l.secs);
+    const z = importOnce(raw, data, []);
+    zOurs.push(z.secs);
+    stored = { zstd: z.stored, lz4: l.stored };
   }
-  report(`import ${SIZE_MIB} MiB (${label}) vs lz4 -1`, base, ours, 0.8);
-  return join(work, `store-${label}-${RUNS - 1}`);
+  rmSync(`${data}-lz4`, { recursive: true, force: true });
+  report(`import ${SIZE_MIB} MiB (${label}), zstd vs zstd -3 -T0`, zBase, zOurs, 0.8);
+  report(`import ${SIZE_MIB} MiB (${label}), --codec lz4 vs lz4 -1`, lBase, lOurs, 0.8);
+  console.log(`  zstd import against the lz4 import: ${(median(lOurs) / median(zOurs)).toFixed(2)}x the speed; stored ${(stored.zstd / 1048576).toFixed(1)} MiB against ${(stored.lz4 / 1048576).toFixed(1)} MiB`);
+  return { store: data, stored };
+}
+
+/** The whole raw file's size through zstd at a few levels, for the stored sizes to be read against. */
+function zstdSizes(raw, stored) {
+  const parts = [];
+  for (const level of [1, 3, 19]) {
+    const r = spawnSync('sh', ['-c', `zstd -q -${level} -T0 -c '${raw}' | wc -c`], { encoding: 'utf8' });
+    parts.push(`zstd -${level} ${(Number(r.stdout.trim()) / 1048576).toFixed(1)} MiB`);
+  }
+  console.log(`stored size: clonecast zstd ${(stored.zstd / 1048576).toFixed(1)} MiB, lz4 ${(stored.lz4 / 1048576).toFixed(1)} MiB; the whole file through ${parts.join(', ')}`);
 }
 
 function exportBench(label, raw, store, loopArgs) {
@@ -114,8 +146,10 @@ try {
   makeImage(sparse, SIZE_MIB, { dense: false });
   const t = c.random + c.zero + c.text;
   console.log(`image mix: ${((100 * c.random) / t).toFixed(0)}% incompressible, ${((100 * c.zero) / t).toFixed(0)}% zeros in runs of 4-48 MiB, ${((100 * c.text) / t).toFixed(0)}% files from /usr`);
-  const denseStore = importBench('zeros written out', dense);
+  const denseImport = importBench('zeros written out', dense);
+  const denseStore = denseImport.store;
   importBench('zeros as holes', sparse);
+  zstdSizes(dense, denseImport.stored);
   if (process.getuid() === 0) {
     exportBench('a loop device', dense, denseStore, []);
     exportBench('a direct-io loop device', dense, denseStore, ['--direct-io=on']);

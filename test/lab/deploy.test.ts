@@ -4,11 +4,13 @@
  * sessions`. Every finished disk is compared byte for byte with its image.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
-import { curlPin, detachLoops, itNeeds, loopAttach, missing, tempDir } from '../helpers.js';
+import { Compression } from '../../protocol/chunk.js';
+import { chunkAt, ChunkKind, tableLength } from '../../protocol/manifest.js';
+import { curlPin, detachLoops, itNeeds, loopAttach, missing, tempDir, texty } from '../helpers.js';
 import { Fleet, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
@@ -36,7 +38,11 @@ describe('deploy to 4 agents in the namespace lab', () => {
     for (const [name, seed] of [['a', 11], ['b', 12]] as const) {
       const raw = join(dir, `${name}.raw`);
       makeImage(raw, 16, { seed });
-      images[name] = readFileSync(raw);
+      // A 16 MiB image may hold no compressible segment: 2 MiB of text make sure it does.
+      const bytes = readFileSync(raw);
+      texty(2 * MiB, seed).copy(bytes, MiB + 4321);
+      writeFileSync(raw, bytes);
+      images[name] = bytes;
       await importImage(store, raw, name, {});
     }
     fleet = new Fleet(dir, data, N);
@@ -66,11 +72,16 @@ describe('deploy to 4 agents in the namespace lab', () => {
     await until(async () => (await fleet.online()) === N, 20_000, '4 agents online');
   }, LONG);
 
-  itNeeds(['netns', 'curl', 'loop'], 'start rule "--clients 4": 4 verified disks', async () => {
+  itNeeds(['netns', 'curl', 'loop', 'zstd'], 'start rule "--clients 4": 4 verified disks, from an image stored as zstd chunks', async () => {
     const d = fleet.deploy('a', ['--any', '--clients', '4']);
     expect(await d.exited, d.out).toBe(0);
     expect(d.out).toMatch(/4 of 4 machine\(s\) done and verified; session done/);
     expectDisks('a', [0, 1, 2, 3]);
+    // Imported with the default codec: the chunks that went over the wire were zstd, and the agents decoded them.
+    const m = await Store.open(data).readManifest('a', 1);
+    const codecs = Array.from({ length: tableLength(m.table) }, (_, i) => chunkAt(m.table, i)).filter((r) => r.kind === ChunkKind.DATA).map((r) => r.compression);
+    expect(codecs.filter((c) => c === Compression.ZSTD).length).toBeGreaterThanOrEqual(2);
+    expect(codecs).not.toContain(Compression.LZ4);
     const machines = await fleet.api('GET', '/api/machines');
     for (const m of machines) expect(m.lastImage).toMatchObject({ name: 'a', version: 1, verified: true });
     // The loop device was reported as a block device with its real size and sectors.

@@ -18,7 +18,7 @@ import { WebSocket } from 'ws';
 import { CHUNK, encodeChunk } from '../../protocol/chunk.js';
 import { CONTROL, encodeAgentMessage } from '../../protocol/control.js';
 import { sha256, xxh64 } from '../../protocol/hash.js';
-import { ChunkKind, encodeManifest, newChunkTable, setChunk, type ChunkRecord, type ManifestMeta } from '../../protocol/manifest.js';
+import { chunkAt, ChunkKind, encodeManifest, newChunkTable, setChunk, type ChunkRecord, type ManifestMeta } from '../../protocol/manifest.js';
 import { startServer, type RunningServer } from '../../server/app.js';
 import { collectGarbage, removeImage } from '../../server/store/maintenance.js';
 import { Store } from '../../server/store/store.js';
@@ -144,13 +144,25 @@ describe('a poisoned capture upload is refused and publishes nothing', () => {
     await srv?.close();
   });
 
-  it('refuses records that name a stored chunk with another codec, stored length, kind or reserved bytes, and one never uploaded, naming the record', async () => {
+  it('records the stored chunk\'s codec and stored length, whatever the agent says (the store may hold it otherwise compressed)', async () => {
+    const id = await capture('restored-form');
+    const good = await upload(id, Buffer.concat([Buffer.alloc(MiB / 2, 7), randomBytes(MiB / 2)]));
+    const t = newChunkTable(4);
+    setChunk(t, 0, good);
+    setChunk(t, 1, { ...good, compression: good.compression === 0 ? 1 : 0 });
+    setChunk(t, 2, { ...good, storedLength: good.storedLength + 1 });
+    expect((await table(id, t)).status).toBe(200);
+    const done = await finish(id, { progress: { chunksDone: 4, chunksTotal: 4, bytesRead: MiB, reused: 0, bytesSent: good.storedLength + CHUNK.HEADER_SIZE } });
+    expect(done.status, JSON.stringify(done.body)).toBe(200);
+    const m = await store.readManifest('restored-form', 1);
+    for (const i of [0, 1, 2]) expect(chunkAt(m.table, i)).toEqual({ ...good, sha256: Buffer.from(good.sha256) });
+  });
+
+  it('refuses records that name a stored chunk with another xxh64, kind or reserved bytes, and one never uploaded, naming the record', async () => {
     const id = await capture('golden');
     const good = await upload(id, Buffer.concat([Buffer.alloc(MiB / 2, 7), randomBytes(MiB / 2)]));
     const cases: [string, (t: Buffer) => void, RegExp][] = [
-      ['codec', (t) => setChunk(t, 1, { ...good, compression: good.compression === 0 ? 1 : 0 }), /record 1: its codec, stored length or xxh64 differ/],
-      ['stored length', (t) => setChunk(t, 2, { ...good, storedLength: good.storedLength + 1 }), /record 2: its codec, stored length or xxh64 differ/],
-      ['xxh64', (t) => setChunk(t, 3, { ...good, xxh64: good.xxh64 ^ 0x8000n }), /record 3: its codec, stored length or xxh64 differ/],
+      ['xxh64', (t) => setChunk(t, 3, { ...good, xxh64: good.xxh64 ^ 0x8000n }), /record 3: its xxh64 differs from the stored chunk/],
       ['zero kind with a hash', (t) => setChunk(t, 1, { ...good, kind: ChunkKind.ZERO }), /record 1: a zero chunk carries no hash/],
       ['absent kind with a hash', (t) => setChunk(t, 2, { ...good, kind: ChunkKind.ABSENT }), /record 2: an absent chunk carries no hash/],
       ['unknown kind', (t) => setChunk(t, 3, { ...good, kind: 9 as never }), /record 3: unknown kind 9/],
