@@ -13,6 +13,7 @@ import { dropReasonText, liveness } from '../transfer/policy.js';
 import { ReceiverState } from '../protocol/mcast.js';
 import { FINAL_MACHINE_STATES } from '../protocol/states.js';
 import type { SessionMachine, SessionRecord } from './session-types.js';
+import type { Lock } from './store/lock.js';
 import type { Store } from './store/store.js';
 
 /** What `after` means on the wire. */
@@ -28,6 +29,14 @@ export interface Live {
   expected?: Promise<Buffer>;
   sender: Sender;
   senderPort: number;
+  /** A reader's lock on the store while the session runs: gc and recompress wait for it (a chunk's stored form never changes under a sender). */
+  lock: Lock;
+}
+
+/** Stops the session's sender and lets go of its store lock. */
+export function closeLive(live: Live): void {
+  live.sender.stop();
+  live.lock.release();
 }
 
 /** Reads the session's manifest and starts its sender, held until the start rule releases it. */
@@ -49,14 +58,17 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     encrypt: s.encrypt === true,
   });
   wire(sender);
+  // Recompress rewrites stored forms and gc deletes chunk files: neither may run while this sender reads them.
+  const lock = store.lockReader(`sending session ${s.id} (${s.image}@${s.version})`);
   let senderPort: number;
   try {
     senderPort = await sender.start();
   } catch (err) {
     sender.stop();
+    lock.release();
     throw new ClonecastError(ERR.USAGE, `the multicast sender cannot use ${senderAddress}: ${(err as Error).message}; check --interface`);
   }
-  return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort };
+  return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock };
 }
 
 /** The Assign for one machine of a session. */

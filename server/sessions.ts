@@ -22,7 +22,7 @@ import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
 import { allEnded, describeRule, firstTaker, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
 import { StartClock } from './session-clock.js';
-import { admit, AFTER, assignment, lostMachines, openLive, pollLive, type Live } from './session-live.js';
+import { admit, AFTER, assignment, closeLive, lostMachines, openLive, pollLive, type Live } from './session-live.js';
 import { startExpected } from './result-digest.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
@@ -149,7 +149,7 @@ export class SessionManager extends EventEmitter {
       this.save();
       await this.file.commit();
     } catch (err) {
-      this.live.get(id)?.sender.stop();
+      if (this.live.has(id)) closeLive(this.live.get(id)!);
       this.live.delete(id);
       this.sessions.delete(id);
       this.save(); // the file must not keep it either, once it can be written again
@@ -256,7 +256,7 @@ export class SessionManager extends EventEmitter {
   close(): Promise<void> {
     clearInterval(this.timer);
     this.clock.close();
-    for (const l of this.live.values()) l.sender.stop();
+    for (const l of this.live.values()) closeLive(l);
     this.live.clear();
     this.save();
     return this.file.close();
@@ -402,7 +402,7 @@ export class SessionManager extends EventEmitter {
     s.endedAt = new Date().toISOString();
     const live = this.live.get(s.id);
     if (live !== undefined) {
-      live.sender.stop();
+      closeLive(live);
       const c = live.sender.counters;
       s.sent = { bytes: c.bytesSent, packets: c.packetsSent, repairPackets: c.repairPackets };
       this.totals.bytes += c.bytesSent;

@@ -81,12 +81,19 @@ export function acquireLock(path: string, what: string, purpose: string): Lock {
 }
 
 /** Live holders of lock files in dir whose names start with prefix. */
-export function liveLocks(dir: string, prefix: string): { file: string; pid: number }[] {
-  const out: { file: string; pid: number }[] = [];
+export function liveLocks(dir: string, prefix: string): { file: string; pid: number; doing: string }[] {
+  const out: { file: string; pid: number; doing: string }[] = [];
   for (const file of readdirSync(dir)) {
     if (!file.startsWith(prefix)) continue;
     const pid = lockHolder(join(dir, file));
-    if (pid !== null) out.push({ file, pid });
+    if (pid === null) continue;
+    let doing = 'working';
+    try {
+      doing = readFileSync(join(dir, file), 'utf8').split('\n')[1] || doing;
+    } catch {
+      // released since: it was working a moment ago
+    }
+    out.push({ file, pid, doing });
   }
   return out;
 }

@@ -260,7 +260,7 @@ export class Store {
     const busy = [...liveLocks(join(this.root, 'locks'), 'image-'), ...liveLocks(join(this.root, 'locks'), 'reader-')];
     if (busy.length > 0) {
       lock.release();
-      throw new ClonecastError(ERR.BUSY, `cannot start ${purpose} while ${busy.map((b) => `process ${b.pid} holds ${b.file}`).join(', ')}; try again later`);
+      throw new ClonecastError(ERR.BUSY, `cannot start ${purpose} while ${busy.map((b) => `process ${b.pid} is ${b.doing} (${b.file})`).join(', ')}; try again later`);
     }
     return lock;
   }

@@ -9,6 +9,8 @@ import { describe as describeImage, verifyStore } from '../../server/store/maint
 import { Compression, decodeChunkHeader } from '../../protocol/chunk.js';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { ZSTD } from '../../protocol/zstd.js';
+import { closeLive, openLive } from '../../server/session-live.js';
+import type { SessionRecord } from '../../server/session-types.js';
 import { cli, itNeeds, seeded, tempDir, texty } from '../helpers.js';
 
 const C = 64 << 10;
@@ -177,5 +179,25 @@ describe('zstd import and recompress', () => {
     expect(json.json.storedAfter).toBeLessThanOrEqual(json.json.storedBefore);
     const verify = await cli(['image', 'verify', '--json'], env);
     expect(verify.json.ok).toBe(true);
+  }, 120_000);
+
+  itNeeds(['zstd'], 'refuses while a session sends the image (a stored form never changes under a sender), and runs once it ended', async () => {
+    const dir = tempDir('zlive');
+    const src = join(dir, 'disk.img');
+    makeDisk(src, 6);
+    const env = { CLONECAST_DATA: join(dir, 'data') };
+    expect((await cli(['image', 'import', src, 'd', '--chunk-size', String(C), '--codec', 'lz4'], env)).code).toBe(0);
+    const store = Store.open(join(dir, 'data'));
+    const record = { id: 's1', image: 'd', version: 1, group: '239.77.9.9', port: 9999, key: 7, fragmentSize: 1424, secret: 'ab'.repeat(32), encrypt: false } as unknown as SessionRecord;
+    const live = await openLive(store, record, '127.0.0.1', undefined, () => {});
+    try {
+      const busy = await cli(['image', 'recompress', 'd', '--level', '3'], env);
+      expect(busy.code).not.toBe(0);
+      expect(busy.stderr).toMatch(/session s1 \(d@1\)/);
+    } finally {
+      closeLive(live);
+    }
+    const rec = await cli(['image', 'recompress', 'd', '--level', '3'], env);
+    expect(rec.code, rec.stderr).toBe(0);
   }, 120_000);
 });

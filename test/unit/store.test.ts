@@ -201,7 +201,7 @@ describe('image store', () => {
     // Pretend the reader is another live process.
     writeFileSync(reader.path, `${process.ppid}\nexporting lab\n`);
     try {
-      expect((await expectCode(collectGarbage(store), ERR.BUSY)).message).toMatch(new RegExp(`process ${process.ppid} holds reader-`));
+      expect((await expectCode(collectGarbage(store), ERR.BUSY)).message).toMatch(new RegExp(`process ${process.ppid} is exporting lab \\(reader-`));
     } finally {
       reader.release();
     }
