@@ -1,7 +1,9 @@
 /**
  * The slice of a UDP socket the transfer engine uses. The daemons pass
  * node:dgram sockets; unit tests pass an in-memory network that drops,
- * duplicates and reorders (test/unit/fake-network.ts). Types only.
+ * duplicates and reorders (test/unit/fake-network.ts); the addon's batched
+ * socket (transfer/batch-socket.ts) adds sendBatch and onBatch. Types, and
+ * one table of constants.
  */
 
 /** Where a datagram came from. */
