@@ -186,14 +186,14 @@ export class BatchSocket extends EventEmitter implements UdpSocket {
 /**
  * Calls fn for every datagram of a batch: a view into the shared buffer (valid during
  * the call only), where it came from (one object, reused), and whether its MAC was
- * found good already. Truncated datagrams are counted in dropped and skipped.
+ * found good already. A truncated datagram (longer than any packet) goes to dropped instead.
  */
-export function eachDatagram(batch: DatagramBatch, fn: (msg: Buffer, rinfo: RemoteInfo, macChecked: boolean) => void, dropped: { truncated: number }): void {
+export function eachDatagram(batch: DatagramBatch, fn: (msg: Buffer, rinfo: RemoteInfo, macChecked: boolean) => void, dropped: () => void): void {
   const { data, meta, slotSize } = batch;
   for (let i = 0; i < batch.count; i++) {
     const status = meta[4 * i + 3];
     if (status === BatchStatus.TRUNCATED) {
-      dropped.truncated++;
+      dropped();
       continue;
     }
     const length = meta[4 * i];
@@ -213,12 +213,16 @@ let lastFrom = -1;
 let lastAddress = '';
 
 /**
- * Listens on socket: in batches (MACs of the given types checked in the batch) when
- * it can, else one 'message' event at a time (macChecked false). Call before bind().
+ * Listens on socket: in batches (MACs of verify.types checked in the batch) when it
+ * can, else one 'message' event at a time (macChecked false). Datagrams too long for
+ * any packet are counted by dropped. Call before bind().
  */
-export function listen(socket: UdpSocket, fn: (msg: Buffer, rinfo: RemoteInfo, macChecked: boolean) => void, verify?: { key: Uint8Array; types: number[] }): { truncated: number } {
-  const dropped = { truncated: 0 };
+export function listen(
+  socket: UdpSocket,
+  fn: (msg: Buffer, rinfo: RemoteInfo, macChecked: boolean) => void,
+  verify: { key: Uint8Array; types: number[] } | undefined,
+  dropped: () => void,
+): void {
   if (socket.onBatch !== undefined) socket.onBatch((batch) => eachDatagram(batch, fn, dropped), verify);
   else socket.on('message', (msg, rinfo) => fn(msg, rinfo, false));
-  return dropped;
 }

@@ -195,7 +195,8 @@ export class Receiver extends EventEmitter {
     const socket = (this.options.createSocket ?? createUdpSocket)();
     this.socket = socket;
     // In batches where the socket can (DATA MACs checked in the same pass), else a datagram at a time.
-    listen(socket, (msg, rinfo, macChecked) => this.onMessage(msg, rinfo, macChecked), this.dataMac === null ? undefined : { key: this.options.keys.data, types: [PacketType.DATA] });
+    const verify = this.dataMac === null ? undefined : { key: this.options.keys.data, types: [PacketType.DATA] };
+    listen(socket, (msg, rinfo, macChecked) => this.onMessage(msg, rinfo, macChecked), verify, () => this.counters.rejected.malformed++);
     // A socket error after setup ends the run through the one error path, never as an uncaught 'error'.
     socket.on('error', (err) => this.fail(err));
     await new Promise<void>((resolve) => socket.bind(session.port, undefined, resolve));

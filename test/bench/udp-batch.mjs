@@ -40,7 +40,7 @@ if (values.child !== undefined) {
   listen(socket, (msg, _rinfo, checked) => {
     if (checked || mac.verify(msg)) good++;
     else bad++;
-  }, { key: KEY, types: [1] });
+  }, { key: KEY, types: [1] }, () => bad++);
   socket.bind(0, '127.0.0.1', () => {
     socket.setRecvBufferSize(4 << 20);
     process.send({ port: socket.address().port });

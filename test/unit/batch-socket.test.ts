@@ -128,9 +128,9 @@ describe('batched UDP socket (native/src/udp_batch.c)', () => {
       m.set(x.m, 4 * i);
     });
     const seen: Buffer[] = [];
-    const dropped = { truncated: 0 };
-    eachDatagram({ count: 3, data, slotSize: BATCH_SLOT, meta: m }, (msg: Buffer, _r: RemoteInfo) => seen.push(Buffer.from(msg)), dropped);
-    expect(dropped.truncated).toBe(1);
+    let dropped = 0;
+    eachDatagram({ count: 3, data, slotSize: BATCH_SLOT, meta: m }, (msg: Buffer, _r: RemoteInfo) => seen.push(Buffer.from(msg)), () => dropped++);
+    expect(dropped).toBe(1);
     expect(seen.map((b) => [b.length, b[0]])).toEqual([[500, 1], [600, 3]]);
   });
 
