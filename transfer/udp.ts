@@ -1,5 +1,6 @@
 /**
- * The real transport: node:dgram UDP sockets with reuseAddr and the largest
+ * The real transport: the addon's batched UDP socket (transfer/batch-socket.ts)
+ * when the addon is built, else node:dgram; both with reuseAddr and the largest
  * socket buffers the kernel allows (net.core.rmem_max caps them; 4 MiB here).
  */
 import { createSocket as dgramSocket } from 'node:dgram';
