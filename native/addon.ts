@@ -53,6 +53,27 @@ export interface NativeAddon {
   macKey(key: Buffer): Buffer;
   macSign(state: Buffer, packet: Buffer, length: number): void;
   macVerify(state: Buffer, packet: Buffer, length: number): boolean;
+  /** Batched UDP (native/src/udp_batch.c; transfer/batch-socket.ts wraps it). */
+  udpbOpen(): UdpBatchHandle;
+  udpbBind(h: UdpBatchHandle, address: string, port: number): number;
+  /** option: 0 SO_RCVBUF, 1 SO_SNDBUF, 2 IP_MULTICAST_TTL, 3 IP_MULTICAST_LOOP. */
+  udpbSetInt(h: UdpBatchHandle, option: number, value: number): void;
+  udpbMulticastInterface(h: UdpBatchHandle, address: string): void;
+  udpbMembership(h: UdpBatchHandle, group: string, iface: string): void;
+  /** 0, or the errno of a send that failed. */
+  udpbSend(h: UdpBatchHandle, buffer: Buffer, offset: number, length: number, port: number, address: string): number;
+  /** meta: offset, length, IPv4 address (host order), port per packet; returns the packets sent. */
+  udpbSendBatch(h: UdpBatchHandle, buffer: Buffer, meta: Uint32Array, count: number, macState: Buffer | null): number;
+  udpbGso(h: UdpBatchHandle): boolean;
+  udpbRecvStart(h: UdpBatchHandle, callback: (count: number) => void, data: Buffer, slotSize: number, meta: Uint32Array): void;
+  /** types: bit t set = check the MAC of datagrams of type t under macState. */
+  udpbSetVerify(h: UdpBatchHandle, macState: Buffer | null, types: number): void;
+  udpbClose(h: UdpBatchHandle): void;
+}
+
+/** An open batched UDP socket of the addon (opaque). */
+export interface UdpBatchHandle {
+  readonly udpBatchHandle: never;
 }
 
 /** The repository root: the nearest folder above this file that holds native/binding.gyp. */

@@ -15,6 +15,7 @@ import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Admission } from './admission.js';
 import { seal, SEAL_OVERHEAD } from './seal.js';
 import { Demand } from './demand.js';
+import { Outbox } from './outbox.js';
 import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
 import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
 import { TRANSFER_DEFAULTS, validFragmentSize } from './session.js';
@@ -62,6 +63,7 @@ export class Sender extends EventEmitter {
   private readonly cache = new Map<number, Buffer>();
   private readonly fragmentSize: number;
   private socket: UdpSocket | undefined;
+  private outbox: Outbox | undefined;
   private seq = 0;
   private timer: NodeJS.Timeout | undefined;
   private rateTimer: NodeJS.Timeout | undefined;
@@ -157,6 +159,12 @@ export class Sender extends EventEmitter {
     socket.setMulticastTTL(this.options.ttl ?? SENDER_DEFAULTS.ttl);
     socket.setMulticastLoopback(true);
     growBuffers(socket);
+    // Every DATA packet goes out through the outbox: batched, signed in the same call.
+    this.outbox = new Outbox(socket, MCAST.DATA_HEADER + this.fragmentSize + MCAST.MAC_SIZE, this.dataMac === null ? null : { mac: this.dataMac, raw: this.dataKey }, (n) => {
+      // ENOBUFS/EAGAIN: the local queue is full; the rate rule handles it once per interval.
+      this.counters.sendErrors += n;
+      this.control.congested();
+    });
     this.pacer.reset(performance.now());
     this.timer = setInterval(() => this.tick(), PACER_DEFAULTS.tickMs);
     this.rateTimer = setInterval(() => {
@@ -353,6 +361,7 @@ export class Sender extends EventEmitter {
       }
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
     }
+    this.outbox?.flush();
     this.pacer.settle(budget);
     if (this.counters.packetsSent > sentBefore) {
       if (this.firstSend === 0) this.firstSend = now;
@@ -363,8 +372,8 @@ export class Sender extends EventEmitter {
   private sendFragment(out: Outgoing, f: number, dest: { port: number; address: string }): number {
     const start = f * this.fragmentSize;
     const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
-    const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length + MCAST.MAC_SIZE);
-    encodeData(packet, {
+    const packet = this.outbox!.slot();
+    const length = encodeData(packet, {
       session: this.session,
       seq: this.seq++ >>> 0,
       chunk: out.chunk,
@@ -373,19 +382,13 @@ export class Sender extends EventEmitter {
       storedLength: out.data.length,
       flags: out.repair ? DataFlag.REPAIR : 0,
       payload,
-    }, this.dataMac);
+    }, null); // signed by the outbox
     this.seq >>>= 0;
     this.counters.packetsSent++;
-    this.counters.bytesSent += packet.length;
+    this.counters.bytesSent += length;
     if (out.repair) this.counters.repairPackets++;
-    this.socket!.send(packet, dest.port, dest.address, (err) => {
-      if (err) {
-        // ENOBUFS/EAGAIN: the local queue is full; the rate rule handles it once per interval.
-        this.counters.sendErrors++;
-        this.control.congested();
-      }
-    });
-    return packet.length;
+    this.outbox!.commit(length, dest.port, dest.address);
+    return length;
   }
 
   private prepareNext(): void {

@@ -121,6 +121,27 @@ static napi_value js_mac_verify(napi_env env, napi_callback_info info) {
   return result;
 }
 
+// For udp_batch.c, which signs and checks batches of packets in one call.
+size_t clonecast_mac_state_size(void) { return sizeof(mac_state); }
+
+int clonecast_mac_state_valid(const uint8_t *state, size_t len) {
+  return len == sizeof(mac_state) && ((const mac_state *)state)->magic == MAC_MAGIC;
+}
+
+// Writes the tag of buf[0, len-16) into buf[len-16, len); len >= 16.
+void clonecast_mac_sign_raw(const uint8_t *state, uint8_t *buf, size_t len) {
+  uint8_t tag[32];
+  mac_compute(state, buf, len - MAC_BYTES, tag);
+  memcpy(buf + len - MAC_BYTES, tag, MAC_BYTES);
+}
+
+// 1 if buf[len-16, len) is the tag of the bytes before it (constant time); len >= 16.
+int clonecast_mac_verify_raw(const uint8_t *state, const uint8_t *buf, size_t len) {
+  uint8_t tag[32];
+  mac_compute(state, buf, len - MAC_BYTES, tag);
+  return CRYPTO_memcmp(tag, buf + len - MAC_BYTES, MAC_BYTES) == 0;
+}
+
 // Adds macKey, macSign and macVerify to exports.
 void clonecast_mac_init(napi_env env, napi_value exports) {
   napi_value f;
