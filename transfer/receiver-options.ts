@@ -66,10 +66,14 @@ export interface ReceiverCounters {
   bytesWritten: number;
   queueFullDrops: number;
   evictions: number;
+  /** STATUS packets that asked for stripe repairs (per-stripe counts; the name is from the NACKs they replaced). */
   nacksSent: number;
+  /** Parity packets taken, and data fragments rebuilt from parity. */
+  parity: number;
+  rebuilt: number;
   statusSent: number;
   /** badMac: the packet's MAC did not verify (nothing else of it was looked at); badChunk: a chunk failed the manifest's checks (xxh64, then SHA-256) and was not written. */
-  rejected: { malformed: number; foreign: number; otherSession: number; badMac: number; badChunk: number };
+  rejected: { malformed: number; foreign: number; otherSession: number; badMac: number; badChunk: number; version: number };
 }
 
 /** What a receiver did. */

@@ -18,7 +18,7 @@ import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { initHashes, sha256 } from '../protocol/hash.js';
 import { MacKey } from '../protocol/mac.js';
-import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
+import { decode, DropReason, encodeStatus, MCAST, PacketType, peekVersion, ReceiverState, statusSize, versionMismatch, type DataPacket, type ParityPacket, type Range } from '../protocol/mcast.js';
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
 import { Link } from './link.js';
@@ -28,6 +28,7 @@ import { open, SEAL_OVERHEAD } from './seal.js';
 import { createUdpSocket, growBuffers } from './udp.js';
 import { ReadBackStopped, scanExisting, verifyDisk, type Verification } from './verifier.js';
 import { Writer } from './writer.js';
+import { zeroChunks } from './zero.js';
 
 export type { SessionInfo } from './session.js';
 export type { Verification } from './verifier.js';
@@ -50,8 +51,10 @@ export class Receiver extends EventEmitter {
     queueFullDrops: 0,
     evictions: 0,
     nacksSent: 0,
+    parity: 0,
+    rebuilt: 0,
     statusSent: 0,
-    rejected: { malformed: 0, foreign: 0, otherSession: 0, badMac: 0, badChunk: 0 },
+    rejected: { malformed: 0, foreign: 0, otherSession: 0, badMac: 0, badChunk: 0, version: 0 },
   };
   state: ReceiverState = ReceiverState.JOINING;
   private readonly chunks: Reassembly;
@@ -79,6 +82,8 @@ export class Receiver extends EventEmitter {
   /** Where an encrypted chunk's stored form is opened into (one chunk at a time). */
   private plain: Buffer | undefined;
   private readonly ownMac: MacKey | null;
+  /** The version of the last packet refused for speaking another one. */
+  private otherVersion: number | undefined;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
@@ -115,7 +120,7 @@ export class Receiver extends EventEmitter {
       }
       this.markKnown();
       if (this.options.resume) await this.scan();
-      await this.zeroChunks();
+      await zeroChunks(disk, this.options.manifest);
       if (this.stopError !== undefined) throw this.stopError;
       return await this.receive();
     } finally {
@@ -167,28 +172,6 @@ export class Receiver extends EventEmitter {
     this.emit('resume', { skipped: this.skipped, wanted: this.chunks.wanted });
   }
 
-  private async zeroChunks(): Promise<void> {
-    const { meta, table } = this.options.manifest;
-    let start = -1;
-    let end = -1;
-    const flush = async () => {
-      if (start >= 0) await this.disk!.zeroRange(start, end - start);
-      start = -1;
-    };
-    for (let i = 0; i < this.chunks.chunks; i++) {
-      if (chunkAt(table, i).kind !== ChunkKind.ZERO) continue;
-      const s = i * meta.chunkSize;
-      const e = s + chunkLength(i, meta.diskSize, meta.chunkSize);
-      if (start >= 0 && s === end) end = e;
-      else {
-        await flush();
-        start = s;
-        end = e;
-      }
-    }
-    await flush();
-  }
-
   private async receive(): Promise<ReceiverResult> {
     const { session, interfaceAddress } = this.options;
     const socket = (this.options.createSocket ?? createUdpSocket)();
@@ -218,7 +201,7 @@ export class Receiver extends EventEmitter {
     if (this.halted) return;
     const p = decode(msg);
     if (p === null) {
-      this.counters.rejected.malformed++;
+      this.rejectUndecoded(msg, rinfo);
       return;
     }
     const { session } = this.options;
@@ -231,7 +214,7 @@ export class Receiver extends EventEmitter {
       return;
     }
     // The MAC before anything else: DATA under the session's key, an ACK under this receiver's own.
-    const key = p.type === PacketType.DATA ? this.dataMac : p.type === PacketType.ACK && p.receiver === this.id ? this.ownMac : undefined;
+    const key = p.type === PacketType.DATA || p.type === PacketType.PARITY ? this.dataMac : p.type === PacketType.ACK && p.receiver === this.id ? this.ownMac : undefined;
     if (key === undefined) {
       this.counters.rejected.malformed++;
       return;
@@ -241,21 +224,37 @@ export class Receiver extends EventEmitter {
       return;
     }
     this.lastHeard = performance.now();
-    if (p.type === PacketType.DATA) this.onData(p);
+    if (p.type === PacketType.DATA || p.type === PacketType.PARITY) this.onData(p);
     else if (p.type === PacketType.ACK) {
       this.link.ack(p.seq, p.echo, this.lastHeard);
       this.onAck(p.state, p.reason);
     }
   }
 
-  private onData(p: DataPacket): void {
+  /**
+   * A datagram that does not decode: counted; one of this protocol in another version
+   * from the sender is said once (the 'version' event) and named if the run times out.
+   */
+  private rejectUndecoded(msg: Buffer, rinfo: RemoteInfo): void {
+    const version = peekVersion(msg);
+    if (version === null || version === MCAST.VERSION || rinfo.address !== this.options.session.sender.address) {
+      this.counters.rejected.malformed++;
+      return;
+    }
+    if (this.counters.rejected.version++ === 0) this.emit('version', versionMismatch(version, 'sender', 'agent'));
+    this.otherVersion = version;
+  }
+
+  private onData(p: DataPacket | ParityPacket): void {
     this.counters.packets++;
     // Once it has everything, the sender may unicast the rest to the last
     // receiver: sequence gaps then are not this receiver's loss.
     const receiving = this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING;
     this.link.data(p.seq, this.lastHeard, this.counters.packets, receiving); // onMessage just read the clock
     this.counters.lost = this.link.lost;
-    const got = this.chunks.accept(p, this.lastHeard);
+    if (p.type === PacketType.PARITY) this.counters.parity++;
+    const got = p.type === PacketType.DATA ? this.chunks.accept(p, this.lastHeard) : this.chunks.acceptParity(p, this.lastHeard);
+    this.counters.rebuilt = this.chunks.rebuilt;
     if (got.kind === 'bad') this.counters.rejected.badChunk++;
     else if (got.kind === 'duplicate') this.counters.duplicates++;
     else if (got.kind === 'assembled') this.assembled(got.chunk, got.stored, got.buf);
@@ -396,13 +395,18 @@ export class Receiver extends EventEmitter {
     if (this.halted || this.socket === undefined) return;
     const now = performance.now();
     if (now - this.lastHeard > (this.options.timeoutMs ?? RECEIVER_DEFAULTS.timeoutMs)) {
+      if (this.otherVersion !== undefined) {
+        this.fail(new ClonecastError(ERR.PROTOCOL_VERSION, versionMismatch(this.otherVersion, 'sender', 'agent'), { version: this.otherVersion }));
+        return;
+      }
       this.fail(new ClonecastError(ERR.NOT_FOUND, `no word from the sender ${this.options.session.sender.address} for ${Math.round((now - this.lastHeard) / 1000)} s; is it still running?`));
       return;
     }
     const writer = this.writer!;
     const paused = writer.full;
-    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledNacks(now, this.link.srtt, RECEIVER_DEFAULTS.maxNacks) : [];
-    const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, nacks)) / 8);
+    const budget = MCAST.MAX_STATUS - statusSize(8, []);
+    const repairs = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledRepairs(now, this.link.srtt, RECEIVER_DEFAULTS.maxNacks, budget) : [];
+    const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, repairs)) / 8);
     let windowStart = 0;
     let windowEnd = this.chunks.chunks;
     let ranges: Range[] = [];
@@ -427,10 +431,10 @@ export class Receiver extends EventEmitter {
       rttMs: this.link.srtt,
       incarnation: this.incarnation,
       ranges,
-      nacks,
+      repairs,
     }, this.ownMac);
     this.counters.statusSent++;
-    this.counters.nacksSent += nacks.length;
+    this.counters.nacksSent += repairs.length;
     try {
       this.socket.send(packet, this.options.session.sender.port, this.options.session.sender.address);
     } catch (err) {

@@ -2,7 +2,7 @@
  * The multicast sender (docs/protocol.md). Serve loop: receive a STATUS,
  * decode, validate, update what that receiver needs, answer with an ACK.
  * Send loop: pick the repair or chunk most needed (demand.ts), cut it into
- * fragments, pace them out at the current rate (pacer.ts).
+ * fragments and parity (parity.ts), pace them out at the current rate (pacer.ts).
  *
  * Mechanism only: when to start (release()) and whom to give up (drop())
  * are the caller's policy (policy.ts); receivers() gives it what to decide on.
@@ -10,11 +10,12 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { deriveKey, KEY_SIZE, MacKey } from '../protocol/mac.js';
-import { bitSet, decode, DataFlag, DropReason, encodeAck, encodeData, fragmentCount, MCAST, PacketType, ReceiverState } from '../protocol/mcast.js';
+import { decode, DropReason, encodeAck, MCAST, PacketType, peekVersion, ReceiverState, versionMismatch } from '../protocol/mcast.js';
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Admission } from './admission.js';
 import { seal, SEAL_OVERHEAD } from './seal.js';
 import { Demand } from './demand.js';
+import { lossEstimate, packetFor, ParityLedger, plan, proactiveParity, type Outgoing } from './parity.js';
 import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
 import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
 import { TRANSFER_DEFAULTS, validFragmentSize } from './session.js';
@@ -23,17 +24,6 @@ import { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOption
 
 export type { ReceiverStats } from './peers.js';
 export { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOptions } from './sender-options.js';
-
-interface Outgoing {
-  chunk: number;
-  data: Buffer;
-  fragments: number;
-  /** Fragment indexes still to send, in order. */
-  queue: number[];
-  repair: boolean;
-  /** Receivers the group does not reach that wanted this chunk: they get unicast copies. */
-  unicastTo: Peer[];
-}
 
 /**
  * A multicast sender for one image version. Events (each carries receiverId):
@@ -49,9 +39,10 @@ export class Sender extends EventEmitter {
     bytesSent: 0,
     chunksSent: 0,
     repairPackets: 0,
+    parityPackets: 0,
     unicastPackets: 0,
     statusReceived: 0,
-    dropped: { malformed: 0, otherSession: 0, unexpected: 0, unknownReceiver: 0, badMac: 0 },
+    dropped: { malformed: 0, otherSession: 0, unexpected: 0, unknownReceiver: 0, badMac: 0, version: 0 },
     forgotten: 0,
     sendErrors: 0,
   };
@@ -60,6 +51,7 @@ export class Sender extends EventEmitter {
   private readonly control: RateControl;
   private readonly pacer: Pacer;
   private readonly cache = new Map<number, Buffer>();
+  private readonly ledger = new ParityLedger();
   private readonly fragmentSize: number;
   private socket: UdpSocket | undefined;
   private seq = 0;
@@ -227,7 +219,10 @@ export class Sender extends EventEmitter {
   private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
     const p = decode(msg);
     if (p === null) {
-      this.counters.dropped.malformed++;
+      // Another version of this protocol is said once (the 'version' event) and counted.
+      const version = peekVersion(msg);
+      if (version === null || version === MCAST.VERSION) this.counters.dropped.malformed++;
+      else if (this.counters.dropped.version++ === 0) this.emit('version', versionMismatch(version, 'receiver', 'sender'));
       return;
     }
     if (p.session !== this.session) {
@@ -284,7 +279,7 @@ export class Sender extends EventEmitter {
       this.demand.clear(peer);
     } else {
       this.demand.setNeeds(peer, p.windowStart, Math.min(p.windowEnd, this.demand.chunks), p.ranges, now);
-      for (const k of p.nacks) this.demand.addRepair(peer, k.chunk, k.fragments, k.missing);
+      for (const k of p.repairs) this.demand.addRepair(peer, k.chunk, k.stripes, k.need, now);
     }
     this.emit('status', statsOf(peer));
   }
@@ -360,23 +355,12 @@ export class Sender extends EventEmitter {
   }
 
   private sendFragment(out: Outgoing, f: number, dest: { port: number; address: string }): number {
-    const start = f * this.fragmentSize;
-    const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
-    const packet = Buffer.allocUnsafe(MCAST.DATA_HEADER + payload.length + MCAST.MAC_SIZE);
-    encodeData(packet, {
-      session: this.session,
-      seq: this.seq++ >>> 0,
-      chunk: out.chunk,
-      fragment: f,
-      fragments: out.fragments,
-      storedLength: out.data.length,
-      flags: out.repair ? DataFlag.REPAIR : 0,
-      payload,
-    }, this.dataMac);
+    const packet = packetFor(out, f, this.session, this.seq++ >>> 0, this.fragmentSize, this.dataMac);
     this.seq >>>= 0;
     this.counters.packetsSent++;
     this.counters.bytesSent += packet.length;
     if (out.repair) this.counters.repairPackets++;
+    if (f < 0) this.counters.parityPackets++;
     this.socket!.send(packet, dest.port, dest.address, (err) => {
       if (err) {
         // ENOBUFS/EAGAIN: the local queue is full; the rate rule handles it once per interval.
@@ -391,7 +375,7 @@ export class Sender extends EventEmitter {
     if (this.next !== undefined || this.prefetched !== undefined) return;
     const pick = this.demand.pick(this.peers.values(), performance.now());
     if (pick === undefined) return;
-    this.next = this.outgoing(pick.chunk, pick.fragments, pick.unicastTo)
+    this.next = this.outgoing(pick.chunk, pick.need, pick.unicastTo)
       .catch((err) => {
         this.emit('error', err);
         return undefined;
@@ -406,7 +390,7 @@ export class Sender extends EventEmitter {
       });
   }
 
-  private async outgoing(chunk: number, fragments: Uint8Array | undefined, unicastTo: Peer[]): Promise<Outgoing> {
+  private async outgoing(chunk: number, need: Uint8Array | undefined, unicastTo: Peer[]): Promise<Outgoing> {
     let data = this.cache.get(chunk);
     if (data === undefined) {
       data = await this.options.loadChunk(chunk);
@@ -419,10 +403,11 @@ export class Sender extends EventEmitter {
       this.cache.delete(chunk);
       this.cache.set(chunk, data);
     }
-    const count = fragmentCount(data.length, this.fragmentSize);
-    const queue: number[] = [];
-    for (let f = 0; f < count; f++) if (fragments === undefined || bitSet(fragments, f)) queue.push(f);
-    return { chunk, data, fragments: count, queue, repair: fragments !== undefined, unicastTo };
+    const maxParity = this.options.maxParity ?? MCAST.MAX_PARITY;
+    // Proactive parity from the loss receivers report, unless fixed by the caller.
+    const { loss, receivers } = lossEstimate(this.peers.values());
+    const proactive = Math.min(maxParity, this.options.proactiveParity ?? proactiveParity(loss, receivers));
+    return plan(chunk, data, this.fragmentSize, need, need === undefined ? proactive : 0, this.ledger, maxParity, unicastTo);
   }
 }
 

@@ -701,9 +701,11 @@ static napi_value js_udp_socket(napi_env env, napi_callback_info info) {
   } while (0)
 
 void clonecast_mac_init(napi_env env, napi_value exports);
+void clonecast_fec_init(napi_env env, napi_value exports);
 
 NAPI_MODULE_INIT() {
   clonecast_mac_init(env, exports);
+  clonecast_fec_init(env, exports);
   EXPORT("open", js_open);
   EXPORT("close", js_close);
   EXPORT("seekData", js_seek_data);
