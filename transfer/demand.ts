@@ -125,6 +125,11 @@ export class Demand {
     }
   }
 
+  /** The last packet of chunk (whole or a repair) went out now: asks written before it arrives are stale. */
+  sent(chunk: number, now: number): void {
+    this.repairedAt[chunk] = now;
+  }
+
   /** Repairs first, then the chunk most peers need; the picked chunk is assumed delivered (a peer that loses it asks again). */
   pick(peers: Iterable<Peer>, now: number): Pick | undefined {
     for (const [chunk, need] of this.repairs) {

@@ -128,6 +128,8 @@ export function packetFor(out: Outgoing, item: number, session: number, seq: num
 
 /** A receiver's loss counts once it has seen this many packets. */
 const MIN_PACKETS = 200;
+/** The loss planned for before any receiver has reported enough packets: a few parity packets per chunk, worth one repair round saved on a lossy network. */
+const PRIOR_LOSS = 0.01;
 /** The quantile of receivers' loss the proactive parity covers (the max is too jumpy with many receivers). */
 const LOSS_QUANTILE = 0.9;
 
@@ -141,20 +143,21 @@ export function lossEstimate(peers: Iterable<Peer>): { loss: number; receivers: 
     const total = peer.received + peer.lost;
     if (total >= MIN_PACKETS) losses.push(peer.lost / total);
   }
-  if (losses.length === 0) return { loss: 0, receivers };
+  // Until a loss is measured (the first chunks of a session), plan for PRIOR_LOSS.
+  if (losses.length === 0) return { loss: receivers > 0 ? PRIOR_LOSS : 0, receivers };
   losses.sort((a, b) => a - b);
   return { loss: losses[Math.min(losses.length - 1, Math.floor(LOSS_QUANTILE * losses.length))], receivers };
 }
 
-/** P(more than r of n packets lost), each lost with probability p. */
-function tail(n: number, p: number, r: number): number {
+/** P(at most r of n packets lost), each lost with probability p. */
+function cdf(n: number, p: number, r: number): number {
   let term = Math.pow(1 - p, n);
   let sum = term;
-  for (let i = 1; i <= r; i++) {
+  for (let i = 1; i <= r && i <= n; i++) {
     term *= ((n - i + 1) / i) * (p / (1 - p));
     sum += term;
   }
-  return Math.max(0, 1 - sum);
+  return Math.min(1, sum);
 }
 
 /** A repair round costs its packets and this many packets' worth of delay and reports. */
@@ -164,7 +167,8 @@ const MAX_PROACTIVE = 16;
 
 /**
  * Proactive parity packets per stripe of k for `receivers` receivers each losing `loss`:
- * the r that minimises r + P(some receiver cannot decode the stripe) x ROUND_COST.
+ * the r that minimises the expected packets per stripe, r + E[max over receivers of the
+ * packets still missing] (what the repair sends) + P(a repair is needed) x ROUND_COST.
  */
 export function proactiveParity(loss: number, receivers: number, k: number = MCAST.STRIPE_K): number {
   if (loss <= 0 || receivers <= 0) return 0;
@@ -172,8 +176,16 @@ export function proactiveParity(loss: number, receivers: number, k: number = MCA
   let best = 0;
   let bestCost = Infinity;
   for (let r = 0; r <= MAX_PROACTIVE; r++) {
-    const any = 1 - Math.pow(1 - tail(k + r, p, r), receivers);
-    const cost = r + any * ROUND_COST;
+    const n = k + r;
+    // E[max (X - r)+] = sum over m >= 0 of P(max X > r + m), X ~ Binomial(n, p) per receiver.
+    let repair = 0;
+    for (let m = 0; m < n - r; m++) {
+      const more = 1 - Math.pow(cdf(n, p, r + m), receivers);
+      repair += more;
+      if (more < 1e-4) break;
+    }
+    const round = 1 - Math.pow(cdf(n, p, r), receivers);
+    const cost = r + repair + round * ROUND_COST;
     if (cost < bestCost) {
       best = r;
       bestCost = cost;

@@ -79,6 +79,8 @@ export interface SenderCounters {
   repairPackets: number;
   /** Parity packets sent (proactive and repairs). */
   parityPackets: number;
+  /** Repairs sent (one per chunk per repair pick). */
+  repairRounds: number;
   /** Data packets sent by unicast to a sole receiver. */
   unicastPackets: number;
   statusReceived: number;

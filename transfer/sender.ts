@@ -40,6 +40,7 @@ export class Sender extends EventEmitter {
     chunksSent: 0,
     repairPackets: 0,
     parityPackets: 0,
+    repairRounds: 0,
     unicastPackets: 0,
     statusReceived: 0,
     dropped: { malformed: 0, otherSession: 0, unexpected: 0, unknownReceiver: 0, badMac: 0, version: 0 },
@@ -346,6 +347,7 @@ export class Sender extends EventEmitter {
         }
       }
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
+      if (out.queue.length === 0) this.demand.sent(out.chunk, now);
     }
     this.pacer.settle(budget);
     if (this.counters.packetsSent > sentBefore) {
@@ -404,6 +406,7 @@ export class Sender extends EventEmitter {
       this.cache.set(chunk, data);
     }
     const maxParity = this.options.maxParity ?? MCAST.MAX_PARITY;
+    if (need !== undefined) this.counters.repairRounds++;
     // Proactive parity from the loss receivers report, unless fixed by the caller.
     const { loss, receivers } = lossEstimate(this.peers.values());
     const proactive = Math.min(maxParity, this.options.proactiveParity ?? proactiveParity(loss, receivers));
