@@ -161,6 +161,9 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     // liblz4 is loaded by the addon with dlopen (ldd cannot see it).
     const lz4 = ['/lib/x86_64-linux-gnu/liblz4.so.1', '/usr/lib/x86_64-linux-gnu/liblz4.so.1'].find((p) => existsSync(p));
     if (lz4 !== undefined) copyInto(root, lz4);
+    // So is ISA-L (libisal2), the parity code; without it the agent decodes with the slower portable code.
+    const isal = ['/lib/x86_64-linux-gnu/libisal.so.2', '/usr/lib/x86_64-linux-gnu/libisal.so.2'].find((p) => existsSync(p));
+    if (isal !== undefined) copyInto(root, isal);
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');
     mkdirSync(app, { recursive: true });
