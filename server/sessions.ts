@@ -275,6 +275,7 @@ export class SessionManager extends EventEmitter {
       // Listening before the sender starts: a socket error while it binds is logged, never uncaught.
       sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
       sender.on('drop', (d: DropEvent) => this.dropped(s, d));
+      sender.on('version', (m: string) => this.o.log?.('warn', `session ${s.id}: ${m}`));
     });
     this.live.set(s.id, live);
     // The digest its verified machines must report, computed once per session in the background.

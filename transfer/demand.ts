@@ -125,9 +125,13 @@ export class Demand {
     }
   }
 
-  /** The last packet of chunk (whole or a repair) went out now: asks written before it arrives are stale. */
+  /**
+   * Chunk (whole or a repair) starts or finishes going out now: reports written before its
+   * packets arrive are stale (a chunk read ahead may go out well after pick() chose it).
+   */
   sent(chunk: number, now: number): void {
     this.repairedAt[chunk] = now;
+    this.lastSent[chunk] = now;
   }
 
   /** Repairs first, then the chunk most peers need; the picked chunk is assumed delivered (a peer that loses it asks again). */

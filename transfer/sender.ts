@@ -334,6 +334,7 @@ export class Sender extends EventEmitter {
         this.prefetched = undefined;
         this.prepareNext();
         if (this.current === undefined) break; // still loading: send it on a later tick
+        this.demand.sent(this.current.chunk, now);
       }
       const out = this.current;
       const f = out.queue.shift()!;
