@@ -107,6 +107,7 @@ async function sendWith(store: Store, args: SendArgs, address: string, secret: B
   sender.on('start', ({ receivers }: { receivers: number }) => {
     if (!args.json) process.stderr.write(`sending to ${receivers} receiver(s); latecomers join as they come\n`);
   });
+  sender.on('version', (m: string) => process.stderr.write(`${m}\n`));
   sender.on('state', (r: ReceiverStats) => {
     if (!args.json) process.stderr.write(`receiver ${r.receiverId.toString(16).padStart(8, '0')} (${r.address}) is ${STATE_NAMES[r.state]}${r.state === ReceiverState.DROPPED ? `: ${dropReasonText(r.reason)}` : ''}\n`);
   });

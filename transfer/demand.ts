@@ -36,6 +36,8 @@ export class Demand {
   private readonly lastSent: Float64Array;
   /** When each chunk last went out (whole or repaired): repair asks written before its packets arrived are stale. */
   private readonly repairedAt: Float64Array;
+  /** Chunks picked and not yet all sent: a report naming one was written before its packets arrived. */
+  private readonly inFlight = new Set<number>();
   private readonly repairs = new Map<number, Uint8Array>();
   /** Repairs asked for by receivers the group does not reach. */
   private readonly unicastRepairs = new Map<number, Set<Peer>>();
@@ -76,7 +78,7 @@ export class Demand {
     if (peer.needCount > 0) for (let i = start; i < end; i++) this.setNeed(peer, i, false);
     for (const r of ranges) {
       for (let i = r.first; i < Math.min(r.first + r.count, end); i++) {
-        if (this.kinds[i] === ChunkKind.DATA && now - this.lastSent[i] > guard) this.setNeed(peer, i, true);
+        if (this.kinds[i] === ChunkKind.DATA && now - this.lastSent[i] > guard && !this.inFlight.has(i)) this.setNeed(peer, i, true);
       }
     }
   }
@@ -113,7 +115,7 @@ export class Demand {
     const fragments = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength + this.overhead, this.fragmentSize);
     if (stripes !== stripeCount(fragments) || need.length !== stripes) return;
     peer.nacks++;
-    if (now - this.repairedAt[chunk] < Math.max(MIN_GUARD_MS, peer.rttMs * RESEND_GUARD_RTTS)) return;
+    if (this.inFlight.has(chunk) || now - this.repairedAt[chunk] < Math.max(MIN_GUARD_MS, peer.rttMs * RESEND_GUARD_RTTS)) return;
     const most = this.repairs.get(chunk) ?? new Uint8Array(stripes);
     // The largest count anyone needs: new parity packets repair a different loss at each receiver.
     for (let s = 0; s < stripes; s++) if (need[s] > most[s]) most[s] = need[s];
@@ -129,9 +131,10 @@ export class Demand {
    * Chunk (whole or a repair) starts or finishes going out now: reports written before its
    * packets arrive are stale (a chunk read ahead may go out well after pick() chose it).
    */
-  sent(chunk: number, now: number): void {
+  sent(chunk: number, now: number, finished: boolean): void {
     this.repairedAt[chunk] = now;
     this.lastSent[chunk] = now;
+    if (finished) this.inFlight.delete(chunk);
   }
 
   /** Repairs first, then the chunk most peers need; the picked chunk is assumed delivered (a peer that loses it asks again). */
@@ -141,6 +144,7 @@ export class Demand {
       const unicastTo = [...(this.unicastRepairs.get(chunk) ?? [])];
       this.unicastRepairs.delete(chunk);
       this.repairedAt[chunk] = now;
+      this.inFlight.add(chunk);
       return { chunk, need, unicastTo };
     }
     if (this.total === 0) return undefined;
@@ -168,6 +172,7 @@ export class Demand {
     }
     this.lastSent[best] = now;
     this.repairedAt[best] = now;
+    this.inFlight.add(best);
     return { chunk: best, unicastTo };
   }
 }

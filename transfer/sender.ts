@@ -334,7 +334,7 @@ export class Sender extends EventEmitter {
         this.prefetched = undefined;
         this.prepareNext();
         if (this.current === undefined) break; // still loading: send it on a later tick
-        this.demand.sent(this.current.chunk, now);
+        this.demand.sent(this.current.chunk, now, false);
       }
       const out = this.current;
       const f = out.queue.shift()!;
@@ -348,7 +348,7 @@ export class Sender extends EventEmitter {
         }
       }
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
-      if (out.queue.length === 0) this.demand.sent(out.chunk, now);
+      if (out.queue.length === 0) this.demand.sent(out.chunk, now, true);
     }
     this.pacer.settle(budget);
     if (this.counters.packetsSent > sentBefore) {
@@ -380,6 +380,7 @@ export class Sender extends EventEmitter {
     if (pick === undefined) return;
     this.next = this.outgoing(pick.chunk, pick.need, pick.unicastTo)
       .catch((err) => {
+        this.demand.sent(pick.chunk, performance.now(), true); // not sent after all: it may be asked for again
         this.emit('error', err);
         return undefined;
       })
