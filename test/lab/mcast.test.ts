@@ -77,7 +77,8 @@ describe('multicast sessions in the network-namespace lab', () => {
     for (const r of receivers) {
       expect(r.json.rttMs).toBeGreaterThan(45);
       expect(r.json.rttMs).toBeLessThan(200);
-      expect(r.json.counters.nacksSent).toBeGreaterThan(0);
+      // Its losses were made good by parity: rebuilt from proactive parity, or asked for per stripe.
+      expect(r.json.counters.rebuilt + r.json.counters.nacksSent).toBeGreaterThan(0);
     }
     l.down();
   }, 120_000);
