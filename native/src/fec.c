@@ -12,6 +12,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define NAPI_VERSION 8
@@ -244,41 +245,95 @@ static napi_value js_fec_decode(napi_env env, napi_callback_info info) {
     if (rowsIn[i] >= FEC_MAX_ROWS) return fec_throw(env, "fecDecode: a row is out of range");
   for (size_t i = 0; i < want_len; i++)
     if (want[i] >= k) return fec_throw(env, "fecDecode: a wanted index is not a data fragment");
+  // Only the e erased data fragments are unknown: with D the data rows held, M the missing
+  // ones and P the e parity rows held, parity_i = sum_j C[P_i][j] d_j gives
+  // C[P][M] d_M = parity_P - C[P][D] d_D (the syndromes, one encode of e rows), and the e x e
+  // Cauchy block C[P][M] is inverted instead of the whole k x k matrix (~e^3, not k^3).
   int isal = use_isal(mode);
-  uint8_t m[FEC_MAX_K * FEC_MAX_K], inv[FEC_MAX_K * FEC_MAX_K];
+  uint8_t seen[FEC_MAX_K];
+  memset(seen, 0, sizeof seen);
+  int e = 0;
+  int prow[FEC_MAX_K];
+  uint8_t *psrc[FEC_MAX_K];
+  uint8_t *dsrc[FEC_MAX_K];
+  int dcol[FEC_MAX_K];
+  int nd = 0;
   int top = k - 1;
-  for (int i = 0; i < k; i++) if (rowsIn[i] > top) top = rowsIn[i];
-  static uint8_t full[FEC_MAX_ROWS * FEC_MAX_K];
-  if (isal) isal_gen_cauchy1(full, top + 1, k);
   for (int i = 0; i < k; i++) {
     int r = rowsIn[i];
     if (r < k) {
-      memset(m + i * k, 0, (size_t)k);
-      m[i * k + r] = 1;
-    } else if (isal) {
-      memcpy(m + i * k, full + (size_t)r * k, (size_t)k);
+      if (seen[r]) return fec_throw(env, "fecDecode: a data row is given twice");
+      seen[r] = 1;
+      dcol[nd] = r;
+      dsrc[nd++] = have + (size_t)i * len;
     } else {
-      cauchy_row(k, r, m + i * k);
+      for (int j = 0; j < e; j++)
+        if (prow[j] == r) return fec_throw(env, "fecDecode: a parity row is given twice");
+      prow[e] = r;
+      psrc[e++] = have + (size_t)i * len;
+      if (r > top) top = r;
     }
   }
-  int ok = isal ? isal_invert(m, inv, k) == 0 : portable_invert(m, inv, k);
+  int missing[FEC_MAX_K];
+  int nm = 0;
+  for (int j = 0; j < k; j++)
+    if (!seen[j]) missing[nm++] = j;
+  // nm == e: k rows given, distinct, so every missing data row has a parity row in its place.
+  for (size_t i = 0; i < want_len; i++)
+    if (seen[want[i]]) return fec_throw(env, "fecDecode: a wanted fragment is held already");
   napi_value result;
-  if (!ok) {
-    napi_get_boolean(env, false, &result);
+  if (e == 0) {
+    napi_get_boolean(env, true, &result);
     return result;
   }
+  static uint8_t full[FEC_MAX_ROWS * FEC_MAX_K];
+  if (isal) isal_gen_cauchy1(full, top + 1, k);
+  uint8_t coef[FEC_MAX_K * FEC_MAX_K];  // e rows of k: the parity rows held
+  for (int i = 0; i < e; i++) {
+    if (isal) memcpy(coef + i * k, full + (size_t)prow[i] * k, (size_t)k);
+    else cauchy_row(k, prow[i], coef + i * k);
+  }
+  // Syndromes: sources are the held data, then the held parity; row i takes C[P_i][D] and parity i itself.
+  uint8_t *syn = malloc((size_t)e * len);
+  if (syn == NULL) return fec_throw(env, "fecDecode: out of memory");
   uint8_t *src[FEC_MAX_K];
-  for (int j = 0; j < k; j++) src[j] = have + (size_t)j * len;
+  for (int j = 0; j < nd; j++) src[j] = dsrc[j];
+  for (int j = 0; j < e; j++) src[nd + j] = psrc[j];
   uint8_t rows[8 * FEC_MAX_K];
   uint8_t *dst[8];
-  for (size_t i = 0; i < want_len; i += 8) {
-    int n = want_len - i < 8 ? (int)(want_len - i) : 8;
+  for (int i = 0; i < e; i += 8) {
+    int n = e - i < 8 ? e - i : 8;
     for (int r = 0; r < n; r++) {
-      memcpy(rows + r * k, inv + (size_t)want[i + r] * k, (size_t)k);
-      dst[r] = out + (i + r) * (size_t)len;
+      uint8_t *row = rows + r * k;
+      for (int j = 0; j < nd; j++) row[j] = coef[(i + r) * k + dcol[j]];
+      for (int j = 0; j < e; j++) row[nd + j] = (j == i + r) ? 1 : 0;
+      dst[r] = syn + (size_t)(i + r) * len;
     }
     apply(isal, k, n, rows, src, dst, len);
   }
+  // The e x e block C[P][M], inverted.
+  uint8_t m[FEC_MAX_K * FEC_MAX_K], inv[FEC_MAX_K * FEC_MAX_K];
+  for (int i = 0; i < e; i++)
+    for (int j = 0; j < e; j++) m[i * e + j] = coef[i * k + missing[j]];
+  int ok = isal ? isal_invert(m, inv, e) == 0 : portable_invert(m, inv, e);
+  if (!ok) {
+    free(syn);
+    napi_get_boolean(env, false, &result);
+    return result;
+  }
+  uint8_t *ssrc[FEC_MAX_K];
+  for (int j = 0; j < e; j++) ssrc[j] = syn + (size_t)j * len;
+  for (size_t i = 0; i < want_len; i += 8) {
+    int n = want_len - i < 8 ? (int)(want_len - i) : 8;
+    for (int r = 0; r < n; r++) {
+      int at = 0;
+      while (missing[at] != want[i + r]) at++;
+      memcpy(rows + r * e, inv + (size_t)at * e, (size_t)e);
+      dst[r] = out + (i + r) * (size_t)len;
+    }
+    apply(isal, e, n, rows, ssrc, dst, len);
+  }
+  free(syn);
   napi_get_boolean(env, true, &result);
   return result;
 }
