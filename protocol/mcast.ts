@@ -441,8 +441,3 @@ export function decode(datagram: Buffer): Packet | null {
 export function versionMismatch(theirs: number, peer: 'sender' | 'receiver', self: 'agent' | 'receiver' | 'sender'): string {
   return `protocol version mismatch: ${peer} speaks ${theirs}, this ${self} ${MCAST.VERSION}; update clonecast on the server and in the boot environment to the same release`;
 }
-
-/** True if bit i of a fragment bitmap is set. */
-export function bitSet(bits: Uint8Array, i: number): boolean {
-  return (bits[i >> 3] & (1 << (i & 7))) !== 0;
-}

@@ -5,9 +5,8 @@
  * never sent before for that stripe), the parity payloads themselves, and
  * how much proactive parity the measured loss calls for.
  */
-import { encodeData, encodeParity, DataFlag, MCAST, stripeCount, stripeSize } from '../protocol/mcast.js';
+import { encodeData, encodeParity, DataFlag, MCAST, ReceiverState, stripeCount, stripeSize } from '../protocol/mcast.js';
 import type { MacKey } from '../protocol/mac.js';
-import { ReceiverState } from '../protocol/mcast.js';
 import { native } from '../native/addon.js';
 import type { Peer } from './peers.js';
 

@@ -13,7 +13,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
-import { chunkAt, ChunkKind } from '../protocol/manifest.js';
+import { chunkAt } from '../protocol/manifest.js';
 import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { initHashes, sha256 } from '../protocol/hash.js';
