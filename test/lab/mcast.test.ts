@@ -178,8 +178,8 @@ s.bind(0, process.argv[2], () => {
   let seq = 0;
   setInterval(() => {
     for (let i = 0; i < 50; i++) {
-      const p = Buffer.alloc(32 + 1000 + 16); // header, payload, a guessed MAC (protocol version 2)
-      p.writeUInt32BE(0x43434d43, 0); p[4] = 2; p[5] = 1; p.writeUInt16BE(32, 6);
+      const p = Buffer.alloc(32 + 1000 + 16); // header, payload, a guessed MAC (protocol version 3)
+      p.writeUInt32BE(0x43434d43, 0); p[4] = 3; p[5] = 1; p.writeUInt16BE(32, 6);
       p.writeUInt32BE(info.session, 8); p.writeUInt32BE(seq++, 12);
       p.writeUInt32BE(i % 16, 16); p.writeUInt16BE(0, 20); p.writeUInt16BE(1, 22);
       p.writeUInt32BE(1000, 24); p.writeUInt16BE(1000, 28);
