@@ -14,6 +14,7 @@ import { CHUNK } from '../../protocol/chunk.js';
 import { chunkAt, ChunkKind, tableLength } from '../../protocol/manifest.js';
 import { MacKey } from '../../protocol/mac.js';
 import { encodeData, encodeParity, encodeStatus, fragmentCount, MCAST, ReceiverState, stripeCount } from '../../protocol/mcast.js';
+import { ERR, isError } from '../../protocol/errors.js';
 import { FakeNetwork } from './fake-network.js';
 import { seeded, tempDir } from '../helpers.js';
 
@@ -209,6 +210,36 @@ describe('parity repair over the in-memory network', () => {
       sender.stop();
       receiver.stop(new Error('test over'));
       await running.catch(() => undefined);
+    }
+  }, 60_000);
+
+  it('a receiver that hears only an old sender fails with the version mismatch, not "no word from the sender"', async () => {
+    const s = await setup(join(dir, 'old-sender'));
+    const net = new FakeNetwork(8);
+    const old = net.factory(SENDER)();
+    await new Promise<void>((r) => old.bind(0, undefined, r));
+    const key = Buffer.alloc(32, 3);
+    const receiver = new Receiver({
+      session: { session: 77, group: GROUP, port: 9000, sender: { address: SENDER, port: 1 }, fragmentSize: F },
+      manifest: s.manifest,
+      target: join(dir, 'old-sender.img'),
+      receiverId: 70,
+      keys: { data: key, receiver: key },
+      createSocket: net.factory('10.0.0.70'),
+      timeoutMs: 1000,
+    });
+    const pkt = Buffer.alloc(MCAST.DATA_HEADER + 10 + MCAST.MAC_SIZE);
+    encodeData(pkt, { session: 77, seq: 1, chunk: 0, fragment: 0, fragments: 1, storedLength: 10, flags: 0, payload: Buffer.alloc(10) }, new MacKey(key));
+    pkt[4] = 2;
+    const timer = setInterval(() => old.send(pkt, 9000, GROUP), 20);
+    try {
+      const err = await receiver.run().catch((e: unknown) => e);
+      expect(isError(err, ERR.PROTOCOL_VERSION)).toBe(true);
+      expect((err as Error).message).toMatch(/^protocol version mismatch: sender speaks 2, this agent 3/);
+      expect(receiver.counters.rejected.version).toBeGreaterThan(0);
+    } finally {
+      clearInterval(timer);
+      old.close();
     }
   }, 60_000);
 });
