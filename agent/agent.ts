@@ -332,6 +332,7 @@ export class Agent extends EventEmitter {
       receiver.on('unicast', (u: { silentMs: number; senderPackets: number }) =>
         this.o.log?.('warn', `session ${id}: no multicast data for ${(u.silentMs / 1000).toFixed(1)} s while the sender sent ${u.senderPackets} packets; asking for unicast (is multicast routed to this network?)`),
       );
+      receiver.on('version', (m: string) => this.o.log?.('warn', `session ${id}: ${m}`));
       Object.assign(job, { receiver, lastBytes: 0, lastPackets: 0, lastLost: 0, lastAt: performance.now() });
       const full = job as Job;
       full.running = receiver.run().then(

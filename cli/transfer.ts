@@ -107,6 +107,7 @@ async function sendWith(store: Store, args: SendArgs, address: string, secret: B
   sender.on('start', ({ receivers }: { receivers: number }) => {
     if (!args.json) process.stderr.write(`sending to ${receivers} receiver(s); latecomers join as they come\n`);
   });
+  sender.on('version', (m: string) => process.stderr.write(`${m}\n`));
   sender.on('state', (r: ReceiverStats) => {
     if (!args.json) process.stderr.write(`receiver ${r.receiverId.toString(16).padStart(8, '0')} (${r.address}) is ${STATE_NAMES[r.state]}${r.state === ReceiverState.DROPPED ? `: ${dropReasonText(r.reason)}` : ''}\n`);
   });
@@ -197,6 +198,7 @@ export async function receive(args: ReceiveArgs): Promise<unknown> {
   const { meta } = join.manifest;
   const progress = new Progress(`receive ${join.image.name}@${join.image.version}`, meta.diskSize, { stream: args.json ? null : process.stderr });
   let last = 0;
+  receiver.on('version', (m: string) => process.stderr.write(`${m}\n`));
   receiver.on('resume', ({ skipped }: { skipped: number }) => {
     if (!args.json) process.stderr.write(`resume: ${skipped} chunks already on ${args.disk}\n`);
   });
@@ -209,7 +211,7 @@ export async function receive(args: ReceiveArgs): Promise<unknown> {
   if (!args.json) {
     process.stdout.write(
       `received ${join.image.name}@${join.image.version} onto ${args.disk}: ${result.chunks} chunks (${result.skipped} already there), ${formatBytes(result.bytesWritten)} written in ${formatDuration(result.seconds)}, ${result.verified ? 'verified' : 'not verified'}\n` +
-        `  packets ${result.counters.packets}, lost ${result.counters.lost}, duplicates ${result.counters.duplicates}, NACKs ${result.counters.nacksSent}, rejected ${JSON.stringify(result.counters.rejected)}\n`,
+        `  packets ${result.counters.packets}, lost ${result.counters.lost}, duplicates ${result.counters.duplicates}, parity ${result.counters.parity} (${result.counters.rebuilt} fragments rebuilt), repair asks ${result.counters.nacksSent}, rejected ${JSON.stringify(result.counters.rejected)}\n`,
     );
   }
   return { image: join.image, ...result };

@@ -69,6 +69,12 @@ export interface NativeAddon {
   /** types: bit t set = check the MAC of datagrams of type t under macState. */
   udpbSetVerify(h: UdpBatchHandle, macState: Buffer | null, types: number): void;
   udpbClose(h: UdpBatchHandle): void;
+  /** ISA-L (libisal.so.2) was loaded for the parity code; otherwise the portable code runs. */
+  fecIsal(): boolean;
+  /** Reed-Solomon parity (native/src/fec.c): the parity fragments of indexes parity of k data fragments of len bytes; mode 1 forces the portable code. */
+  fecEncode(k: number, len: number, data: Buffer, parity: Buffer, out: Buffer, mode: number): void;
+  /** Rebuilds the data fragments want from k received fragments whose rows are rows (< k data, k + p parity p); false if the rows are not invertible. */
+  fecDecode(k: number, len: number, have: Buffer, rows: Buffer, want: Buffer, out: Buffer, mode: number): boolean;
 }
 
 /** An open batched UDP socket of the addon (opaque). */

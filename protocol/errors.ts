@@ -50,6 +50,7 @@ export const ERR = Object.freeze({
   /** The sender gave this receiver up; details.dropped holds the DropReason (protocol/mcast.ts). */
   DROPPED: 'CLONECAST_ERR_DROPPED',
   PACKET_MALFORMED: 'CLONECAST_ERR_PACKET_MALFORMED',
+  PROTOCOL_VERSION: 'CLONECAST_ERR_PROTOCOL_VERSION',
   /** The server's TLS certificate is not the one pinned by its fingerprint. */
   CERT_MISMATCH: 'CLONECAST_ERR_CERT_MISMATCH',
 });

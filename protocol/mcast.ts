@@ -27,7 +27,20 @@
  *       30    2 flags (bit 0: repair)
  *   // sizeof = 32, then the payload: bytes [index*fragmentSize, ...) of the stored form, then the MAC
  *
- * STATUS (receiver -> sender, unicast): progress, what it still needs, NACKs.
+ * PARITY (sender -> group): one Reed-Solomon parity fragment of one stripe of a chunk.
+ * A chunk of F fragments has S = ceil(F / STRIPE_K) stripes; stripe s holds the data
+ * fragments s, s+S, s+2S, ... (interleaved: a burst of up to S losses hits S stripes),
+ * k_s = ceil((F - s) / S) of them, each padded with zeros to the fragment size.
+ *       16    4 chunk index
+ *       20    2 stripe s
+ *       22    2 stripe count S
+ *       24    4 stored length
+ *       28    2 payload length (the fragment size: parity is never short)
+ *       30    1 parity index p (row k_s + p of ISA-L's Cauchy matrix, native/src/fec.c)
+ *       31    1 flags (bit 0: repair)
+ *   // sizeof = 32, then the payload, then the MAC (under the data key, like DATA)
+ *
+ * STATUS (receiver -> sender, unicast): progress, what it still needs, stripe repairs.
  *       16    4 receiver id
  *       20    1 state (ReceiverState) in bits 0-6; bit 7 (UNICAST_FLAG): multicast does not
  *                reach this receiver, send its data to it by unicast
@@ -39,12 +52,13 @@
  *       36    4 data packets lost (cumulative, from sender sequence gaps)
  *       40    4 need window start (chunk index)
  *       44    4 need window end (exclusive): the ranges below are all it needs in [start, end)
- *       48    2 NACK count K
+ *       48    2 repair count K
  *       50    2 receiver's smoothed round-trip time to the sender, ms (0: not yet measured)
  *       52    4 incarnation: random per start of the receiver, so that the sender
  *                knows a restart (its sequence numbers start again) from a stale report
- *   // sizeof = 56, then R x (u32 first chunk, u32 count), then K x NACK:
- *   //   u32 chunk, u16 fragment count F, ceil(F/8) bytes bitmap (bit set = missing, LSB first), then the MAC
+ *   // sizeof = 56, then R x (u32 first chunk, u32 count), then K x repair:
+ *   //   u32 chunk, u16 stripe count S, S bytes: how many more packets (data or parity) each
+ *   //   stripe needs before it decodes (0: complete), then the MAC
  *
  * ACK (sender -> receiver, unicast): answers each STATUS.
  *       16    4 receiver id
@@ -60,10 +74,15 @@ import { MAC_SIZE, type MacKey } from './mac.js';
 /** Constants of the multicast protocol. */
 export const MCAST = Object.freeze({
   MAGIC: 0x43434d43, // "CCMC"
-  /** 2: every packet carries a MAC (1 had none). */
-  VERSION: 2,
+  /** 3: parity packets and per-stripe repair counts (2: NACK bitmaps; 1 had no MACs). */
+  VERSION: 3,
   COMMON_SIZE: 16,
   DATA_HEADER: 32,
+  PARITY_HEADER: 32,
+  /** Most data fragments in one stripe: 32 keeps a decode's matrix inversion cheap (~0.1 ms; 1 ms at 64) and a stripe's parity fine-grained. */
+  STRIPE_K: 32,
+  /** Parity indexes per stripe: 0 .. MAX_PARITY-1 (k + p stays below 255, the rows ISA-L's Cauchy matrix has). */
+  MAX_PARITY: 128,
   STATUS_HEADER: 56,
   /** ACK header; the datagram is ACK_SIZE + MAC_SIZE bytes. */
   ACK_SIZE: 32,
@@ -82,7 +101,7 @@ export const MCAST = Object.freeze({
 });
 
 /** Packet types. */
-export const PacketType = Object.freeze({ DATA: 1, STATUS: 2, ACK: 3 } as const);
+export const PacketType = Object.freeze({ DATA: 1, STATUS: 2, ACK: 3, PARITY: 4 } as const);
 export type PacketType = (typeof PacketType)[keyof typeof PacketType];
 
 /** A receiver's state, as it reports it and as the sender holds it. */
@@ -109,18 +128,32 @@ export interface DataPacket {
   payload: Buffer;
 }
 
+/** A decoded PARITY packet; payload is a view into the datagram. */
+export interface ParityPacket {
+  type: typeof PacketType.PARITY;
+  session: number;
+  seq: number;
+  chunk: number;
+  stripe: number;
+  stripes: number;
+  storedLength: number;
+  parity: number;
+  flags: number;
+  payload: Buffer;
+}
+
 /** A chunk range: [first, first + count). */
 export interface Range {
   first: number;
   count: number;
 }
 
-/** Missing fragments of one partly received chunk. */
-export interface Nack {
+/** What one partly received chunk still needs, per stripe. */
+export interface StripeNeed {
   chunk: number;
-  fragments: number;
-  /** Bit i set = fragment i is missing. */
-  missing: Uint8Array;
+  stripes: number;
+  /** need[s]: packets (data or parity) stripe s still needs before it decodes. */
+  need: Uint8Array;
 }
 
 /** A decoded STATUS packet. */
@@ -142,7 +175,7 @@ export interface StatusPacket {
   /** Send this receiver its data by unicast (bit 7 of the state byte). */
   unicast?: boolean;
   ranges: Range[];
-  nacks: Nack[];
+  repairs: StripeNeed[];
 }
 
 /** A decoded ACK packet. */
@@ -158,7 +191,7 @@ export interface AckPacket {
 }
 
 /** Any decoded packet. */
-export type Packet = DataPacket | StatusPacket | AckPacket;
+export type Packet = DataPacket | ParityPacket | StatusPacket | AckPacket;
 
 function writeCommon(out: Buffer, type: PacketType, headerLength: number, session: number, seq: number): void {
   out.writeUInt32BE(MCAST.MAGIC, 0);
@@ -172,6 +205,35 @@ function writeCommon(out: Buffer, type: PacketType, headerLength: number, sessio
 /** Number of fragments of a stored chunk of `length` bytes. */
 export function fragmentCount(length: number, fragmentSize: number): number {
   return Math.max(1, Math.ceil(length / fragmentSize));
+}
+
+/** Stripes of a chunk of `fragments` fragments. */
+export function stripeCount(fragments: number): number {
+  return Math.ceil(fragments / MCAST.STRIPE_K);
+}
+
+/** Data fragments in stripe s of a chunk of `fragments` fragments (S stripes). */
+export function stripeSize(fragments: number, stripes: number, s: number): number {
+  return Math.ceil((fragments - s) / stripes);
+}
+
+/**
+ * Encodes a PARITY packet into out (at least PARITY_HEADER + payload + MAC_SIZE bytes),
+ * signed with the data key (null: unsigned); returns the datagram length.
+ */
+export function encodeParity(out: Buffer, p: Omit<ParityPacket, 'type'>, key: MacKey | null): number {
+  writeCommon(out, PacketType.PARITY, MCAST.PARITY_HEADER, p.session, p.seq);
+  out.writeUInt32BE(p.chunk, 16);
+  out.writeUInt16BE(p.stripe, 20);
+  out.writeUInt16BE(p.stripes, 22);
+  out.writeUInt32BE(p.storedLength, 24);
+  out.writeUInt16BE(p.payload.length, 28);
+  out.writeUInt8(p.parity, 30);
+  out.writeUInt8(p.flags, 31);
+  p.payload.copy(out, MCAST.PARITY_HEADER);
+  const length = MCAST.PARITY_HEADER + p.payload.length + MAC_SIZE;
+  key?.sign(out, length);
+  return length;
 }
 
 /**
@@ -193,9 +255,9 @@ export function encodeData(out: Buffer, p: Omit<DataPacket, 'type'>, key: MacKey
   return length;
 }
 
-/** Bytes a STATUS needs for these ranges and NACKs. */
-export function statusSize(ranges: number, nacks: Nack[]): number {
-  return MCAST.STATUS_HEADER + ranges * 8 + nacks.reduce((n, k) => n + 6 + Math.ceil(k.fragments / 8), 0) + MAC_SIZE;
+/** Bytes a STATUS needs for these ranges and repairs. */
+export function statusSize(ranges: number, repairs: StripeNeed[]): number {
+  return MCAST.STATUS_HEADER + ranges * 8 + repairs.reduce((n, k) => n + 6 + k.stripes, 0) + MAC_SIZE;
 }
 
 /** STATUS state byte, bit 7: "multicast does not reach me, unicast my data". */
@@ -203,7 +265,7 @@ export const UNICAST_FLAG = 0x80;
 
 /** Encodes a STATUS packet signed with the receiver's key (null: unsigned). */
 export function encodeStatus(p: Omit<StatusPacket, 'type'>, key: MacKey | null): Buffer {
-  const out = Buffer.alloc(statusSize(p.ranges.length, p.nacks));
+  const out = Buffer.alloc(statusSize(p.ranges.length, p.repairs));
   writeCommon(out, PacketType.STATUS, MCAST.STATUS_HEADER, p.session, p.seq);
   out.writeUInt32BE(p.receiver >>> 0, 16);
   out.writeUInt8(p.state | (p.unicast ? UNICAST_FLAG : 0), 20);
@@ -215,7 +277,7 @@ export function encodeStatus(p: Omit<StatusPacket, 'type'>, key: MacKey | null):
   out.writeUInt32BE(p.lost >>> 0, 36);
   out.writeUInt32BE(p.windowStart, 40);
   out.writeUInt32BE(p.windowEnd, 44);
-  out.writeUInt16BE(p.nacks.length, 48);
+  out.writeUInt16BE(p.repairs.length, 48);
   out.writeUInt16BE(Math.min(Math.round(p.rttMs), 0xffff), 50);
   out.writeUInt32BE(p.incarnation >>> 0, 52);
   let o = MCAST.STATUS_HEADER;
@@ -224,12 +286,11 @@ export function encodeStatus(p: Omit<StatusPacket, 'type'>, key: MacKey | null):
     out.writeUInt32BE(r.count, o + 4);
     o += 8;
   }
-  for (const k of p.nacks) {
+  for (const k of p.repairs) {
     out.writeUInt32BE(k.chunk, o);
-    out.writeUInt16BE(k.fragments, o + 4);
-    const bytes = Math.ceil(k.fragments / 8);
-    Buffer.from(k.missing.buffer, k.missing.byteOffset, bytes).copy(out, o + 6);
-    o += 6 + bytes;
+    out.writeUInt16BE(k.stripes, o + 4);
+    Buffer.from(k.need.buffer, k.need.byteOffset, k.stripes).copy(out, o + 6);
+    o += 6 + k.stripes;
   }
   key?.sign(out);
   return out;
@@ -246,6 +307,15 @@ export function encodeAck(p: Omit<AckPacket, 'type'>, key: MacKey | null): Buffe
   out.writeUInt32BE(Math.min(p.rateKiB, 0xffffffff) >>> 0, 28);
   key?.sign(out);
   return out;
+}
+
+/**
+ * The protocol version a datagram of this protocol (right magic) claims, or null:
+ * how a peer tells "another version" (counted, and said to the user) from noise.
+ */
+export function peekVersion(datagram: Buffer): number | null {
+  if (datagram.length < MCAST.COMMON_SIZE || datagram.readUInt32BE(0) !== MCAST.MAGIC) return null;
+  return datagram[4];
 }
 
 /**
@@ -280,12 +350,32 @@ export function decode(datagram: Buffer): Packet | null {
       payload: buf.subarray(MCAST.DATA_HEADER),
     };
   }
+  if (type === PacketType.PARITY) {
+    if (headerLength !== MCAST.PARITY_HEADER || buf.length < MCAST.PARITY_HEADER) return null;
+    const stripe = buf.readUInt16BE(20);
+    const stripes = buf.readUInt16BE(22);
+    const length = buf.readUInt16BE(28);
+    const parity = buf[30];
+    if (stripes === 0 || stripe >= stripes || parity >= MCAST.MAX_PARITY || length === 0 || buf.length !== MCAST.PARITY_HEADER + length) return null;
+    return {
+      type,
+      session,
+      seq,
+      chunk: buf.readUInt32BE(16),
+      stripe,
+      stripes,
+      storedLength: buf.readUInt32BE(24),
+      parity,
+      flags: buf[31],
+      payload: buf.subarray(MCAST.PARITY_HEADER),
+    };
+  }
   if (type === PacketType.STATUS) {
     if (headerLength !== MCAST.STATUS_HEADER || buf.length < MCAST.STATUS_HEADER || datagram.length > MCAST.MAX_STATUS) return null;
     const state = buf[20] & ~UNICAST_FLAG;
     if (state > ReceiverState.DROPPED) return null;
     const rangeCount = buf.readUInt16BE(22);
-    const nackCount = buf.readUInt16BE(48);
+    const repairCount = buf.readUInt16BE(48);
     const windowStart = buf.readUInt32BE(40);
     const windowEnd = buf.readUInt32BE(44);
     if (windowEnd < windowStart) return null;
@@ -298,15 +388,14 @@ export function decode(datagram: Buffer): Packet | null {
       if (count === 0 || first < windowStart || first + count > windowEnd) return null;
       ranges.push({ first, count });
     }
-    const nacks: Nack[] = [];
-    for (let i = 0; i < nackCount; i++) {
+    const repairs: StripeNeed[] = [];
+    for (let i = 0; i < repairCount; i++) {
       if (o + 6 > buf.length) return null;
       const chunk = buf.readUInt32BE(o);
-      const fragments = buf.readUInt16BE(o + 4);
-      const bytes = Math.ceil(fragments / 8);
-      if (fragments === 0 || o + 6 + bytes > buf.length) return null;
-      nacks.push({ chunk, fragments, missing: new Uint8Array(buf.subarray(o + 6, o + 6 + bytes)) });
-      o += 6 + bytes;
+      const stripes = buf.readUInt16BE(o + 4);
+      if (stripes === 0 || o + 6 + stripes > buf.length) return null;
+      repairs.push({ chunk, stripes, need: new Uint8Array(buf.subarray(o + 6, o + 6 + stripes)) });
+      o += 6 + stripes;
     }
     if (o !== buf.length) return null;
     return {
@@ -326,7 +415,7 @@ export function decode(datagram: Buffer): Packet | null {
       rttMs: buf.readUInt16BE(50),
       incarnation: buf.readUInt32BE(52),
       ranges,
-      nacks,
+      repairs,
     };
   }
   if (type === PacketType.ACK) {
@@ -348,7 +437,7 @@ export function decode(datagram: Buffer): Packet | null {
   return null;
 }
 
-/** True if bit i of a fragment bitmap is set. */
-export function bitSet(bits: Uint8Array, i: number): boolean {
-  return (bits[i >> 3] & (1 << (i & 7))) !== 0;
+/** What a user is told when a peer speaks another version of this protocol (`peer`: who sent it; `self`: who says it). */
+export function versionMismatch(theirs: number, peer: 'sender' | 'receiver', self: 'agent' | 'receiver' | 'sender'): string {
+  return `protocol version mismatch: ${peer} speaks ${theirs}, this ${self} ${MCAST.VERSION}; update clonecast on the server and in the boot environment to the same release`;
 }

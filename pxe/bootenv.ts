@@ -122,7 +122,7 @@ function sharedLibraries(binary: string): string[] {
 }
 
 /** Libraries the native addon loads with dlopen (liblz4 for lz4 chunks, libzstd for zstd chunks). */
-export const DLOPENED = Object.freeze(['liblz4.so.1', 'libzstd.so.1']);
+export const DLOPENED = Object.freeze(['liblz4.so.1', 'libzstd.so.1', 'libisal.so.2']);
 
 /** Where this system has each DLOPENED library (those it lacks are left out: the agent then says what to install). */
 export function dlopenedLibraries(): string[] {
@@ -166,7 +166,8 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     copyFileSync(node, join(root, 'usr/bin/node'));
     chmodSync(join(root, 'usr/bin/node'), 0o755);
     for (const lib of sharedLibraries(node)) copyInto(root, lib);
-    // Libraries the addon loads with dlopen (ldd cannot see them).
+    // Libraries the addon loads with dlopen (ldd cannot see them); without ISA-L the agent
+    // decodes parity with the slower portable code.
     for (const lib of dlopenedLibraries()) copyInto(root, lib);
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');

@@ -33,7 +33,7 @@ export function metrics(c: ApiContext): string {
   gauge('clonecast_packets_sent_total', 'Multicast data packets sent.', 'counter', [[{}, c.sessions.totals.packets + sum((x) => x.packetsSent)]]);
   gauge('clonecast_retransmit_packets_total', 'Data packets sent again as repairs.', 'counter', [[{}, c.sessions.totals.repairPackets + sum((x) => x.repairPackets)]]);
   // Reports the active senders refused: a MAC that does not verify, or a receiver no session admitted (an attack, or a stale agent).
-  gauge('clonecast_mcast_reports_refused', 'STATUS reports refused by the active senders, by reason.', 'gauge', [[{ reason: 'bad_mac' }, sum((x) => x.dropped.badMac)], [{ reason: 'unknown_receiver' }, sum((x) => x.dropped.unknownReceiver)]]);
+  gauge('clonecast_mcast_reports_refused', 'STATUS reports refused by the active senders, by reason.', 'gauge', [[{ reason: 'bad_mac' }, sum((x) => x.dropped.badMac)], [{ reason: 'unknown_receiver' }, sum((x) => x.dropped.unknownReceiver)], [{ reason: 'protocol_version' }, sum((x) => x.dropped.version)]]);
   const active = machines.filter((m) => m.progress !== null);
   gauge('clonecast_machine_loss_ratio', 'Packet loss a receiving machine reports, last interval.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.loss]));
   gauge('clonecast_machine_bytes_written', 'Bytes a machine has written in its session.', 'gauge', active.map((m) => [{ machine: m.id }, m.progress!.bytesWritten]));

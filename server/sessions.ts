@@ -277,7 +277,7 @@ export class SessionManager extends EventEmitter {
   private async open(s: SessionRecord, manifest?: Manifest): Promise<void> {
     const live = await openLive(this.o.store, s, this.o.senderAddress!, manifest, (sender) => {
       // Listening before the sender starts: a socket error while it binds is logged, never uncaught.
-      sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`));
+      sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`)).on('version', (m: string) => this.o.log?.('warn', `session ${s.id}: ${m}`));
       sender.on('drop', (d: DropEvent) => this.dropped(s, d));
     });
     this.live.set(s.id, live);

@@ -39,6 +39,7 @@ function hasCommand(cmd: string): boolean {
 /** Things a test may need from the machine, each with the reason it is missing. */
 const CAPABILITIES: Record<string, () => string | null> = {
   root: () => (process.getuid?.() === 0 ? null : 'needs root'),
+  isal: () => (['/lib/x86_64-linux-gnu/libisal.so.2', '/usr/lib/x86_64-linux-gnu/libisal.so.2'].some((p) => existsSync(p)) ? null : 'needs ISA-L (apt-get install libisal2)'),
   loop: () => (process.getuid?.() === 0 && existsSync('/dev/loop-control') && hasCommand('losetup') ? null : 'needs root and loop devices (losetup)'),
   mkfs: () => (hasCommand('mkfs.ext4') ? null : 'needs mkfs.ext4 (e2fsprogs)'),
   sfdisk: () => (hasCommand('sfdisk') ? null : 'needs sfdisk (fdisk package)'),

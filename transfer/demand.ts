@@ -1,13 +1,14 @@
 /**
  * Demand and pick, the sender's scheduler: how many receivers need each
  * chunk (kept in step with every peer's need bitmap), the repairs asked for
- * (the union of NACKed fragments, which one parity-free resend serves for
- * all), and the choice of what goes out next: repairs first, then the chunk
- * most receivers need, scanning from a moving cursor.
+ * (per stripe, the largest count any receiver needs: new parity packets
+ * serve every receiver at once, whatever each one lost), and the choice of
+ * what goes out next: repairs first, then the chunk most receivers need,
+ * scanning from a moving cursor.
  */
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
 import { CHUNK } from '../protocol/chunk.js';
-import { fragmentCount } from '../protocol/mcast.js';
+import { fragmentCount, stripeCount } from '../protocol/mcast.js';
 import type { Peer } from './peers.js';
 
 /** A chunk just sent is not asked for again for this many round-trip times, whatever stale reports say. */
@@ -19,8 +20,8 @@ const PICK_WINDOW = 256;
 /** What goes out next: a whole chunk, or the fragments of a repair. */
 export interface Pick {
   chunk: number;
-  /** Fragments to resend (a repair); undefined: the whole chunk. */
-  fragments?: Uint8Array;
+  /** Packets each stripe needs (a repair); undefined: the whole chunk. */
+  need?: Uint8Array;
   /** Receivers the group does not reach that wanted it: they get unicast copies. */
   unicastTo: Peer[];
 }
@@ -33,6 +34,10 @@ export class Demand {
   /** Sum of count[], so that an idle sender does not scan the table every tick. */
   private total = 0;
   private readonly lastSent: Float64Array;
+  /** When each chunk last went out (whole or repaired): repair asks written before its packets arrived are stale. */
+  private readonly repairedAt: Float64Array;
+  /** Chunks picked and not yet all sent: a report naming one was written before its packets arrived. */
+  private readonly inFlight = new Set<number>();
   private readonly repairs = new Map<number, Uint8Array>();
   /** Repairs asked for by receivers the group does not reach. */
   private readonly unicastRepairs = new Map<number, Set<Peer>>();
@@ -49,6 +54,7 @@ export class Demand {
     for (let i = 0; i < this.chunks; i++) this.kinds[i] = chunkAt(manifest.table, i).kind;
     this.count = new Uint16Array(this.chunks);
     this.lastSent = new Float64Array(this.chunks);
+    this.repairedAt = new Float64Array(this.chunks);
   }
 
   /** Chunk-needs summed over peers. */
@@ -72,7 +78,7 @@ export class Demand {
     if (peer.needCount > 0) for (let i = start; i < end; i++) this.setNeed(peer, i, false);
     for (const r of ranges) {
       for (let i = r.first; i < Math.min(r.first + r.count, end); i++) {
-        if (this.kinds[i] === ChunkKind.DATA && now - this.lastSent[i] > guard) this.setNeed(peer, i, true);
+        if (this.kinds[i] === ChunkKind.DATA && now - this.lastSent[i] > guard && !this.inFlight.has(i)) this.setNeed(peer, i, true);
       }
     }
   }
@@ -99,16 +105,21 @@ export class Demand {
     }
   }
 
-  /** Records a NACK: peer misses these fragments of chunk. Malformed ones (wrong chunk, wrong count) are ignored. */
-  addRepair(peer: Peer, chunk: number, fragments: number, missing: Uint8Array): void {
+  /**
+   * Records a repair ask: peer's stripes of chunk need these many more packets. Malformed
+   * ones (wrong chunk, wrong stripe count) are ignored, and so are asks within a guard time
+   * of the chunk's last send (written before those packets arrived; the peer asks again).
+   */
+  addRepair(peer: Peer, chunk: number, stripes: number, need: Uint8Array, now: number): void {
     if (chunk >= this.chunks || this.kinds[chunk] !== ChunkKind.DATA) return;
-    const expected = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength + this.overhead, this.fragmentSize);
-    if (fragments !== expected) return;
+    const fragments = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength + this.overhead, this.fragmentSize);
+    if (stripes !== stripeCount(fragments) || need.length !== stripes) return;
     peer.nacks++;
-    const bits = this.repairs.get(chunk) ?? new Uint8Array(Math.ceil(fragments / 8));
-    // The union of everyone's missing fragments: one repair serves them all.
-    for (let b = 0; b < bits.length; b++) bits[b] |= missing[b];
-    this.repairs.set(chunk, bits);
+    if (this.inFlight.has(chunk) || now - this.repairedAt[chunk] < Math.max(MIN_GUARD_MS, peer.rttMs * RESEND_GUARD_RTTS)) return;
+    const most = this.repairs.get(chunk) ?? new Uint8Array(stripes);
+    // The largest count anyone needs: new parity packets repair a different loss at each receiver.
+    for (let s = 0; s < stripes; s++) if (need[s] > most[s]) most[s] = need[s];
+    this.repairs.set(chunk, most);
     if (peer.unicast) {
       const set = this.unicastRepairs.get(chunk) ?? new Set<Peer>();
       set.add(peer);
@@ -116,13 +127,25 @@ export class Demand {
     }
   }
 
+  /**
+   * Chunk (whole or a repair) starts or finishes going out now: reports written before its
+   * packets arrive are stale (a chunk read ahead may go out well after pick() chose it).
+   */
+  sent(chunk: number, now: number, finished: boolean): void {
+    this.repairedAt[chunk] = now;
+    this.lastSent[chunk] = now;
+    if (finished) this.inFlight.delete(chunk);
+  }
+
   /** Repairs first, then the chunk most peers need; the picked chunk is assumed delivered (a peer that loses it asks again). */
   pick(peers: Iterable<Peer>, now: number): Pick | undefined {
-    for (const [chunk, bits] of this.repairs) {
+    for (const [chunk, need] of this.repairs) {
       this.repairs.delete(chunk);
       const unicastTo = [...(this.unicastRepairs.get(chunk) ?? [])];
       this.unicastRepairs.delete(chunk);
-      return { chunk, fragments: bits, unicastTo };
+      this.repairedAt[chunk] = now;
+      this.inFlight.add(chunk);
+      return { chunk, need, unicastTo };
     }
     if (this.total === 0) return undefined;
     let best = -1;
@@ -148,6 +171,8 @@ export class Demand {
       this.setNeed(peer, best, false);
     }
     this.lastSent[best] = now;
+    this.repairedAt[best] = now;
+    this.inFlight.add(best);
     return { chunk: best, unicastTo };
   }
 }

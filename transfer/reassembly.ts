@@ -3,11 +3,16 @@
  * together from fragments. It checks every fragment's sizes against the
  * manifest (anything else is not ours), keeps a bounded set of partial
  * chunks (evicting the emptiest), and says what is still needed: ranges of
- * needed chunks for a STATUS, NACKs for partial chunks that stalled.
+ * needed chunks for a STATUS, per-stripe repair counts for partial chunks
+ * that stalled. Parity packets count toward their stripe (stripes.ts).
  */
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
 import { CHUNK } from '../protocol/chunk.js';
-import { fragmentCount, type DataPacket, type Nack, type Range } from '../protocol/mcast.js';
+import { fragmentCount, MCAST, stripeCount, type DataPacket, type ParityPacket, type Range, type StripeNeed } from '../protocol/mcast.js';
+import { Scratch, StripeState } from './stripes.js';
+
+/** Most STATUS bytes one chunk's repair may take (room is left for the header, the MAC and some ranges). */
+const MAX_REPAIR_BYTES = MCAST.MAX_STATUS - MCAST.STATUS_HEADER - MCAST.MAC_SIZE - 64;
 
 /** A chunk's state at the receiver. */
 export const ChunkState = Object.freeze({ NEEDED: 0, PARTIAL: 1, QUEUED: 2, DONE: 3, NOT_SENT: 4 } as const);
@@ -20,6 +25,7 @@ interface Partial {
   fragments: number;
   lastAt: number;
   nackedAt: number;
+  stripes: StripeState;
 }
 
 /** What one data packet did. */
@@ -47,6 +53,9 @@ export class Reassembly {
   /** Data chunks in the image. */
   readonly wanted: number;
   evictions = 0;
+  /** Data fragments rebuilt from parity. */
+  rebuilt = 0;
+  private readonly scratch = new Scratch();
   private readonly partials = new Map<number, Partial>();
   private readonly pool: Buffer[] = [];
   private cursor = 0;
@@ -85,22 +94,63 @@ export class Reassembly {
     if (expected === 0 || p.storedLength !== expected || p.fragments !== fragmentCount(expected, this.fragmentSize)) return BAD;
     const offset = p.fragment * this.fragmentSize;
     if (p.payload.length !== Math.min(this.fragmentSize, expected - offset)) return BAD;
-    const st = this.status[c];
-    if (st === ChunkState.DONE || st === ChunkState.QUEUED) return DUPLICATE;
-    let part = this.partials.get(c);
-    if (part === undefined) {
-      if (this.partials.size >= this.maxPartials) this.evict();
-      const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + this.manifest.meta.chunkSize + this.overhead);
-      part = { buf, got: new Uint8Array(Math.ceil(p.fragments / 8)), count: 0, fragments: p.fragments, lastAt: 0, nackedAt: 0 };
-      this.partials.set(c, part);
-      this.status[c] = ChunkState.PARTIAL;
-    }
+    const part = this.partialFor(c, p.fragments);
+    if (part === undefined) return DUPLICATE;
     const bit = 1 << (p.fragment & 7);
     if (part.got[p.fragment >> 3] & bit) return DUPLICATE;
     part.got[p.fragment >> 3] |= bit;
     part.count++;
     part.lastAt = now;
     p.payload.copy(part.buf, offset);
+    const s = part.stripes.stripeOf(p.fragment);
+    part.stripes.data[s]++;
+    if (part.stripes.decodable(s)) this.decode(part, s, expected);
+    return this.finished(c, part, expected);
+  }
+
+  /**
+   * Takes one parity packet: its sizes must agree with the manifest (stripe count,
+   * a fragment-sized payload); it counts toward its stripe, which decodes once it
+   * holds k packets.
+   */
+  acceptParity(p: ParityPacket, now: number): Accepted {
+    const c = p.chunk;
+    const expected = c < this.chunks ? this.stored[c] : 0;
+    if (expected === 0 || p.storedLength !== expected || p.payload.length !== this.fragmentSize) return BAD;
+    const fragments = fragmentCount(expected, this.fragmentSize);
+    if (p.stripes !== stripeCount(fragments) || p.stripe >= p.stripes || p.parity >= MCAST.MAX_PARITY) return BAD;
+    const part = this.partialFor(c, fragments);
+    if (part === undefined || !part.stripes.addParity(p.stripe, p.parity, p.payload)) return DUPLICATE;
+    part.lastAt = now;
+    if (part.stripes.decodable(p.stripe)) this.decode(part, p.stripe, expected);
+    return this.finished(c, part, expected);
+  }
+
+  /** The partial chunk c, made if needed; undefined if c is assembled already. */
+  private partialFor(c: number, fragments: number): Partial | undefined {
+    const st = this.status[c];
+    if (st === ChunkState.DONE || st === ChunkState.QUEUED) return undefined;
+    let part = this.partials.get(c);
+    if (part === undefined) {
+      if (this.partials.size >= this.maxPartials) this.evict();
+      const buf = this.pool.pop() ?? Buffer.allocUnsafe(CHUNK.HEADER_SIZE + this.manifest.meta.chunkSize + this.overhead);
+      part = { buf, got: new Uint8Array(Math.ceil(fragments / 8)), count: 0, fragments, lastAt: 0, nackedAt: 0, stripes: new StripeState(fragments) };
+      this.partials.set(c, part);
+      this.status[c] = ChunkState.PARTIAL;
+    }
+    return part;
+  }
+
+  private decode(part: Partial, s: number, expected: number): void {
+    const has = (f: number) => (part.got[f >> 3] & (1 << (f & 7))) !== 0;
+    const got = (f: number) => {
+      part.got[f >> 3] |= 1 << (f & 7);
+      part.count++;
+    };
+    this.rebuilt += part.stripes.decode(s, part.buf, expected, this.fragmentSize, has, got, this.scratch);
+  }
+
+  private finished(c: number, part: Partial, expected: number): Accepted {
     if (part.count < part.fragments) return PARTIAL;
     this.partials.delete(c);
     return { kind: 'assembled', chunk: c, stored: part.buf.subarray(0, expected), buf: part.buf };
@@ -121,25 +171,37 @@ export class Reassembly {
       }
     }
     if (victim >= 0) {
-      this.pool.push(this.partials.get(victim)!.buf);
-      this.partials.delete(victim);
-      this.status[victim] = ChunkState.NEEDED;
+      this.release(victim);
       this.evictions++;
     }
   }
 
-  /** Partial chunks that got nothing for a while (the sender has moved on), at most max. */
-  stalledNacks(now: number, srtt: number, max: number): Nack[] {
+  /** Gives up partial chunk c: it is needed whole again. */
+  private release(c: number): void {
+    this.pool.push(this.partials.get(c)!.buf);
+    this.partials.delete(c);
+    this.status[c] = ChunkState.NEEDED;
+  }
+
+  /**
+   * Partial chunks that got nothing for a while (the sender has moved on), at most max
+   * and at most bytes of STATUS: how many more packets each of their stripes needs.
+   */
+  stalledRepairs(now: number, srtt: number, max: number, bytes: number): StripeNeed[] {
     const delay = Math.max(20, 3 * srtt);
-    const out: Nack[] = [];
+    const out: StripeNeed[] = [];
     for (const [chunk, part] of this.partials) {
       if (now - part.lastAt < delay || now - part.nackedAt < 2 * delay) continue;
-      const missing = new Uint8Array(part.got.length);
-      for (let b = 0; b < missing.length; b++) missing[b] = ~part.got[b] & 0xff;
-      const extra = part.fragments % 8;
-      if (extra !== 0) missing[missing.length - 1] &= (1 << extra) - 1;
+      const size = 6 + part.stripes.stripes;
+      if (size > MAX_REPAIR_BYTES) {
+        // More stripes than a STATUS holds (tiny fragments, huge chunks): asked for whole instead.
+        this.release(chunk);
+        continue;
+      }
+      if (size > bytes) continue;
+      bytes -= size;
       part.nackedAt = now;
-      out.push({ chunk, fragments: part.fragments, missing });
+      out.push({ chunk, stripes: part.stripes.stripes, need: part.stripes.needs() });
       if (out.length >= max) break;
     }
     return out;

@@ -68,12 +68,16 @@ export interface ReceiverCounters {
   bytesWritten: number;
   queueFullDrops: number;
   evictions: number;
+  /** STATUS packets that asked for stripe repairs (per-stripe counts; the name is from the NACKs they replaced). */
   nacksSent: number;
+  /** Parity packets taken, and data fragments rebuilt from parity. */
+  parity: number;
+  rebuilt: number;
   statusSent: number;
   /** Chunks that read back wrong and were fetched and written again. */
   rewritten: number;
   /** badMac: the packet's MAC did not verify (nothing else of it was looked at); badChunk: a chunk failed the manifest's checks (xxh64, then SHA-256) and was not written. */
-  rejected: { malformed: number; foreign: number; otherSession: number; badMac: number; badChunk: number };
+  rejected: { malformed: number; foreign: number; otherSession: number; badMac: number; badChunk: number; version: number };
 }
 
 /** What a receiver did. */
@@ -89,4 +93,23 @@ export interface ReceiverResult {
   /** Smoothed round-trip time to the sender, ms. */
   rttMs: number;
   counters: ReceiverCounters;
+}
+
+/** A new receiver's counters, all zero. */
+export function zeroCounters(): ReceiverCounters {
+  return {
+    packets: 0,
+    lost: 0,
+    duplicates: 0,
+    chunksWritten: 0,
+    bytesWritten: 0,
+    queueFullDrops: 0,
+    evictions: 0,
+    nacksSent: 0,
+    parity: 0,
+    rebuilt: 0,
+    statusSent: 0,
+    rewritten: 0,
+    rejected: { malformed: 0, foreign: 0, otherSession: 0, badMac: 0, badChunk: 0, version: 0 },
+  };
 }

@@ -13,24 +13,26 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import { chunkAt } from '../protocol/manifest.js';
-import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
+import { chunkLength } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { initHashes, sha256 } from '../protocol/hash.js';
+import { initHashes } from '../protocol/hash.js';
 import { MacKey } from '../protocol/mac.js';
-import { decode, DropReason, encodeStatus, MCAST, PacketType, ReceiverState, statusSize, type DataPacket, type Range } from '../protocol/mcast.js';
+import { decode, DropReason, encodeStatus, MCAST, PacketType, peekVersion, ReceiverState, statusSize, versionMismatch, type DataPacket, type ParityPacket, type Range } from '../protocol/mcast.js';
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Disk } from '../native/disk.js';
 import { Link } from './link.js';
 import { defaultReceiverId } from './session.js';
-import { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
+import { RECEIVER_DEFAULTS, zeroCounters, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
+import { ChunkCheck } from './chunk-check.js';
+import { droppedError, silentSenderError } from './receiver-errors.js';
 import { ChunkState, Reassembly } from './reassembly.js';
-import { open, SEAL_OVERHEAD } from './seal.js';
+import { SEAL_OVERHEAD } from './seal.js';
 import { listen } from './batch-socket.js';
 import { createUdpSocket, growBuffers } from './udp.js';
 import { ReadBackStopped, scanExisting, type Verification } from './verifier.js';
 import { damagedError, ReadBack, verifyWritten } from './readback.js';
-import { Writer, zeroChunks } from './writer.js';
+import { Writer } from './writer.js';
+import { zeroChunks } from './zero.js';
 
 export { defaultReceiverId, type SessionInfo } from './session.js';
 export type { Verification } from './verifier.js';
@@ -39,19 +41,7 @@ export { RECEIVER_DEFAULTS, type ReceiverCounters, type ReceiverOptions, type Re
 /** A receiver for one session. */
 export class Receiver extends EventEmitter {
   readonly id: number;
-  readonly counters: ReceiverCounters = {
-    packets: 0,
-    lost: 0,
-    duplicates: 0,
-    chunksWritten: 0,
-    bytesWritten: 0,
-    queueFullDrops: 0,
-    evictions: 0,
-    nacksSent: 0,
-    statusSent: 0,
-    rewritten: 0,
-    rejected: { malformed: 0, foreign: 0, otherSession: 0, badMac: 0, badChunk: 0 },
-  };
+  readonly counters: ReceiverCounters = zeroCounters();
   state: ReceiverState = ReceiverState.JOINING;
   private readonly chunks: Reassembly;
   private readonly queueChunks: number;
@@ -77,14 +67,16 @@ export class Receiver extends EventEmitter {
   /** Failed or stopped: nothing more is written, read, or sent. */
   private halted = false;
   private readonly dataMac: MacKey | null;
-  /** Where an encrypted chunk's stored form is opened into (one chunk at a time). */
-  private plain: Buffer | undefined;
+  private readonly check: ChunkCheck;
   private readonly ownMac: MacKey | null;
+  /** The version of the last packet refused for speaking another one. */
+  private otherVersion: number | undefined;
 
   constructor(private readonly options: ReceiverOptions) {
     super();
     this.dataMac = options.unauthenticated === true ? null : new MacKey(options.keys.data);
     this.ownMac = options.unauthenticated === true ? null : new MacKey(options.keys.receiver);
+    this.check = new ChunkCheck(options.manifest, options.keys.encrypt);
     // Without an id from the server: stable across restarts of the same
     // machine and disk, so that the sender sees a restarted receiver as the one it already knows.
     this.id = options.receiverId ?? defaultReceiverId(options.interfaceAddress, options.target);
@@ -184,7 +176,7 @@ export class Receiver extends EventEmitter {
     const socket = (this.options.createSocket ?? createUdpSocket)();
     this.socket = socket;
     // In batches where the socket can (DATA MACs checked in the same pass), else a datagram at a time.
-    const verify = this.dataMac === null ? undefined : { key: this.options.keys.data, types: [PacketType.DATA] };
+    const verify = this.dataMac === null ? undefined : { key: this.options.keys.data, types: [PacketType.DATA, PacketType.PARITY] };
     listen(socket, (msg, rinfo, macChecked) => this.onMessage(msg, rinfo, macChecked), verify, () => this.counters.rejected.malformed++);
     // A socket error after setup ends the run through the one error path, never as an uncaught 'error'.
     socket.on('error', (err) => this.fail(err));
@@ -206,12 +198,12 @@ export class Receiver extends EventEmitter {
 
   // ---- receive loop ----
 
-  /** macChecked: the socket found msg's MAC good under the data key (DATA only). */
+  /** macChecked: the socket found msg's MAC good under the data key (DATA and PARITY). */
   private onMessage(msg: Buffer, rinfo: RemoteInfo, macChecked: boolean): void {
     if (this.halted) return;
     const p = decode(msg);
     if (p === null) {
-      this.counters.rejected.malformed++;
+      this.rejectUndecoded(msg, rinfo);
       return;
     }
     const { session } = this.options;
@@ -224,7 +216,7 @@ export class Receiver extends EventEmitter {
       return;
     }
     // The MAC before anything else: DATA under the session's key, an ACK under this receiver's own.
-    const key = p.type === PacketType.DATA ? this.dataMac : p.type === PacketType.ACK && p.receiver === this.id ? this.ownMac : undefined;
+    const key = p.type === PacketType.DATA || p.type === PacketType.PARITY ? this.dataMac : p.type === PacketType.ACK && p.receiver === this.id ? this.ownMac : undefined;
     if (key === undefined) {
       this.counters.rejected.malformed++;
       return;
@@ -234,7 +226,7 @@ export class Receiver extends EventEmitter {
       return;
     }
     this.lastHeard = performance.now();
-    if (p.type === PacketType.DATA) this.onData(p);
+    if (p.type === PacketType.DATA || p.type === PacketType.PARITY) this.onData(p);
     else if (p.type === PacketType.ACK) {
       this.link.ack(p.seq, p.echo, this.lastHeard);
       this.markReady();
@@ -242,14 +234,30 @@ export class Receiver extends EventEmitter {
     }
   }
 
-  private onData(p: DataPacket): void {
+  /**
+   * A datagram that does not decode: counted; one of this protocol in another version
+   * from the sender is said once (the 'version' event) and named if the run times out.
+   */
+  private rejectUndecoded(msg: Buffer, rinfo: RemoteInfo): void {
+    const version = peekVersion(msg);
+    if (version === null || version === MCAST.VERSION || rinfo.address !== this.options.session.sender.address) {
+      this.counters.rejected.malformed++;
+      return;
+    }
+    if (this.counters.rejected.version++ === 0) this.emit('version', versionMismatch(version, 'sender', 'agent'));
+    this.otherVersion = version;
+  }
+
+  private onData(p: DataPacket | ParityPacket): void {
     this.counters.packets++;
     // Once it has everything, the sender may unicast the rest to the last
     // receiver: sequence gaps then are not this receiver's loss.
     const receiving = this.state === ReceiverState.RECEIVING || this.state === ReceiverState.JOINING;
     this.link.data(p.seq, this.lastHeard, this.counters.packets, receiving); // onMessage just read the clock
     this.counters.lost = this.link.lost;
-    const got = this.chunks.accept(p, this.lastHeard);
+    if (p.type === PacketType.PARITY) this.counters.parity++;
+    const got = p.type === PacketType.DATA ? this.chunks.accept(p, this.lastHeard) : this.chunks.acceptParity(p, this.lastHeard);
+    this.counters.rebuilt = this.chunks.rebuilt;
     if (got.kind === 'bad') this.counters.rejected.badChunk++;
     else if (got.kind === 'duplicate') this.counters.duplicates++;
     else if (got.kind === 'assembled') this.assembled(got.chunk, got.stored, got.buf);
@@ -270,17 +278,7 @@ export class Receiver extends EventEmitter {
     const length = chunkLength(c, meta.diskSize, meta.chunkSize);
     const out = writer.buffer();
     try {
-      // Encrypted: the GCM tag first, nothing is decompressed before it verifies.
-      if (this.options.keys.encrypt !== undefined) {
-        const opened = open(this.options.keys.encrypt, c, stored, this.plain ??= Buffer.allocUnsafe(CHUNK.HEADER_SIZE + meta.chunkSize));
-        if (opened === null) throw new Error('the encryption tag does not verify');
-        stored = opened;
-      }
-      const { header, raw } = decodeChunk(stored, `chunk ${c}`, out);
-      // The manifest's hashes, not the packet's, decide: xxh64 is a quick first look (it can be
-      // forged: docs/security.md), SHA-256 the check; a chunk failing either never reaches the disk.
-      if (header.xxh64 !== this.chunks.hashes[c] || header.rawLength !== length) throw new Error('does not match the manifest');
-      if (!sha256(raw).equals(chunkAt(this.options.manifest.table, c).sha256)) throw new Error('SHA-256 differs from the manifest');
+      this.check.decode(c, stored, out, this.chunks.hashes[c]); // a chunk failing it never reaches the disk
     } catch {
       this.counters.rejected.badChunk++;
       status[c] = ChunkState.NEEDED;
@@ -386,10 +384,7 @@ export class Receiver extends EventEmitter {
   // ---- reports ----
 
   private onAck(state: ReceiverState, reason: DropReason): void {
-    if (state === ReceiverState.DROPPED) {
-      const why = reason === DropReason.NO_PROGRESS ? 'it made no progress for too long' : reason === DropReason.SILENT ? 'it was not heard from for too long' : 'the session ended';
-      this.fail(new ClonecastError(ERR.DROPPED, `the sender gave this receiver up: ${why}; start it again to resume`, { dropped: reason }));
-    }
+    if (state === ReceiverState.DROPPED) this.fail(droppedError(reason));
     if (state === ReceiverState.DONE && this.state === ReceiverState.DONE) this.acked = true;
   }
 
@@ -406,13 +401,14 @@ export class Receiver extends EventEmitter {
     if (this.halted || this.socket === undefined) return;
     const now = performance.now();
     if (now - this.lastHeard > (this.options.timeoutMs ?? RECEIVER_DEFAULTS.timeoutMs)) {
-      this.fail(new ClonecastError(ERR.NOT_FOUND, `no word from the sender ${this.options.session.sender.address} for ${Math.round((now - this.lastHeard) / 1000)} s; is it still running?`));
+      this.fail(silentSenderError(this.options.session.sender.address, now - this.lastHeard, this.otherVersion));
       return;
     }
     const writer = this.writer!;
     const paused = writer.full;
-    const nacks = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledNacks(now, this.link.srtt, RECEIVER_DEFAULTS.maxNacks) : [];
-    const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, nacks)) / 8);
+    const budget = MCAST.MAX_STATUS - statusSize(8, []);
+    const repairs = this.state === ReceiverState.RECEIVING && !paused ? this.chunks.stalledRepairs(now, this.link.srtt, RECEIVER_DEFAULTS.maxNacks, budget) : [];
+    const room = Math.floor((MCAST.MAX_STATUS - statusSize(0, repairs)) / 8);
     let windowStart = 0;
     let windowEnd = this.chunks.chunks;
     let ranges: Range[] = [];
@@ -437,10 +433,10 @@ export class Receiver extends EventEmitter {
       rttMs: this.link.srtt,
       incarnation: this.incarnation,
       ranges,
-      nacks,
+      repairs,
     }, this.ownMac);
     this.counters.statusSent++;
-    this.counters.nacksSent += nacks.length;
+    this.counters.nacksSent += repairs.length;
     try {
       this.socket.send(packet, this.options.session.sender.port, this.options.session.sender.address);
       if (this.counters.statusSent >= 2) this.markReady();

@@ -55,6 +55,10 @@ export interface SenderOptions {
   /** Benchmarks only: send no MACs and check none (measures what authentication costs). */
   unauthenticated?: boolean;
   createSocket?: CreateSocket;
+  /** Parity indexes used per stripe (default MCAST.MAX_PARITY); past them a stripe is repaired by its data fragments again. */
+  maxParity?: number;
+  /** Proactive parity packets per stripe on each chunk's first send; undefined: from the measured loss (parity.ts). */
+  proactiveParity?: number;
 }
 
 
@@ -73,11 +77,16 @@ export interface SenderCounters {
   bytesSent: number;
   chunksSent: number;
   repairPackets: number;
+  /** Parity packets sent (proactive and repairs). */
+  parityPackets: number;
+  /** Repairs sent (one per chunk per repair pick). */
+  repairRounds: number;
   /** Data packets sent by unicast to a sole receiver. */
   unicastPackets: number;
   statusReceived: number;
   /** unknownReceiver: not admitted (or the table is full); badMac: the MAC did not verify. */
-  dropped: { malformed: number; otherSession: number; unexpected: number; unknownReceiver: number; badMac: number };
+  /** version: a packet of this protocol in another version (an old or new receiver). */
+  dropped: { malformed: number; otherSession: number; unexpected: number; unknownReceiver: number; badMac: number; version: number };
   /** Receivers forgotten after they ended or went silent. */
   forgotten: number;
   sendErrors: number;

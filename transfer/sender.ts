@@ -2,7 +2,7 @@
  * The multicast sender (docs/protocol.md). Serve loop: receive a STATUS,
  * decode, validate, update what that receiver needs, answer with an ACK.
  * Send loop: pick the repair or chunk most needed (demand.ts), cut it into
- * fragments, pace them out at the current rate (pacer.ts).
+ * fragments and parity (parity.ts), pace them out at the current rate (pacer.ts).
  *
  * Mechanism only: when to start (release()) and whom to give up (drop())
  * are the caller's policy (policy.ts); receivers() gives it what to decide on.
@@ -10,12 +10,13 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import { deriveKey, KEY_SIZE, MacKey } from '../protocol/mac.js';
-import { bitSet, decode, DataFlag, DropReason, encodeAck, encodeData, fragmentCount, MCAST, PacketType, ReceiverState } from '../protocol/mcast.js';
+import { decode, DropReason, encodeAck, MCAST, PacketType, peekVersion, ReceiverState, versionMismatch } from '../protocol/mcast.js';
 import type { RemoteInfo, UdpSocket } from '../protocol/transport.js';
 import { Admission } from './admission.js';
 import { seal, SEAL_OVERHEAD } from './seal.js';
 import { Demand } from './demand.js';
 import { Outbox } from './outbox.js';
+import { lossEstimate, packetInto, ParityLedger, plan, proactiveParity, type Outgoing } from './parity.js';
 import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
 import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
 import { TRANSFER_DEFAULTS, validFragmentSize } from './session.js';
@@ -24,17 +25,6 @@ import { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOption
 
 export type { ReceiverStats } from './peers.js';
 export { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOptions } from './sender-options.js';
-
-interface Outgoing {
-  chunk: number;
-  data: Buffer;
-  fragments: number;
-  /** Fragment indexes still to send, in order. */
-  queue: number[];
-  repair: boolean;
-  /** Receivers the group does not reach that wanted this chunk: they get unicast copies. */
-  unicastTo: Peer[];
-}
 
 /**
  * A multicast sender for one image version. Events (each carries receiverId):
@@ -50,9 +40,11 @@ export class Sender extends EventEmitter {
     bytesSent: 0,
     chunksSent: 0,
     repairPackets: 0,
+    parityPackets: 0,
+    repairRounds: 0,
     unicastPackets: 0,
     statusReceived: 0,
-    dropped: { malformed: 0, otherSession: 0, unexpected: 0, unknownReceiver: 0, badMac: 0 },
+    dropped: { malformed: 0, otherSession: 0, unexpected: 0, unknownReceiver: 0, badMac: 0, version: 0 },
     forgotten: 0,
     sendErrors: 0,
   };
@@ -61,6 +53,7 @@ export class Sender extends EventEmitter {
   private readonly control: RateControl;
   private readonly pacer: Pacer;
   private readonly cache = new Map<number, Buffer>();
+  private readonly ledger = new ParityLedger();
   private readonly fragmentSize: number;
   private socket: UdpSocket | undefined;
   private outbox: Outbox | undefined;
@@ -159,8 +152,8 @@ export class Sender extends EventEmitter {
     socket.setMulticastTTL(this.options.ttl ?? SENDER_DEFAULTS.ttl);
     socket.setMulticastLoopback(true);
     growBuffers(socket);
-    // Every DATA packet goes out through the outbox: batched, signed in the same call.
-    this.outbox = new Outbox(socket, MCAST.DATA_HEADER + this.fragmentSize + MCAST.MAC_SIZE, this.dataMac === null ? null : { mac: this.dataMac, raw: this.dataKey }, (n) => {
+    // Every DATA and PARITY packet goes out through the outbox: batched, signed in the same call.
+    this.outbox = new Outbox(socket, Math.max(MCAST.DATA_HEADER, MCAST.PARITY_HEADER) + this.fragmentSize + MCAST.MAC_SIZE, this.dataMac === null ? null : { mac: this.dataMac, raw: this.dataKey }, (n) => {
       // ENOBUFS/EAGAIN: the local queue is full; the rate rule handles it once per interval.
       this.counters.sendErrors += n;
       this.control.congested();
@@ -236,7 +229,10 @@ export class Sender extends EventEmitter {
   private onMessage(msg: Buffer, rinfo: RemoteInfo): void {
     const p = decode(msg);
     if (p === null) {
-      this.counters.dropped.malformed++;
+      // Another version of this protocol is said once (the 'version' event) and counted.
+      const version = peekVersion(msg);
+      if (version === null || version === MCAST.VERSION) this.counters.dropped.malformed++;
+      else if (this.counters.dropped.version++ === 0) this.emit('version', versionMismatch(version, 'receiver', 'sender'));
       return;
     }
     if (p.session !== this.session) {
@@ -293,7 +289,7 @@ export class Sender extends EventEmitter {
       this.demand.clear(peer);
     } else {
       this.demand.setNeeds(peer, p.windowStart, Math.min(p.windowEnd, this.demand.chunks), p.ranges, now);
-      for (const k of p.nacks) this.demand.addRepair(peer, k.chunk, k.fragments, k.missing);
+      for (const k of p.repairs) this.demand.addRepair(peer, k.chunk, k.stripes, k.need, now);
     }
     this.emit('status', statsOf(peer));
   }
@@ -347,6 +343,7 @@ export class Sender extends EventEmitter {
         this.prefetched = undefined;
         this.prepareNext();
         if (this.current === undefined) break; // still loading: send it on a later tick
+        this.demand.sent(this.current.chunk, now, false);
       }
       const out = this.current;
       const f = out.queue.shift()!;
@@ -360,6 +357,7 @@ export class Sender extends EventEmitter {
         }
       }
       if (out.queue.length === 0 && !out.repair) this.counters.chunksSent++;
+      if (out.queue.length === 0) this.demand.sent(out.chunk, now, true);
     }
     this.outbox?.flush();
     this.pacer.settle(budget);
@@ -370,23 +368,13 @@ export class Sender extends EventEmitter {
   }
 
   private sendFragment(out: Outgoing, f: number, dest: { port: number; address: string }): number {
-    const start = f * this.fragmentSize;
-    const payload = out.data.subarray(start, Math.min(start + this.fragmentSize, out.data.length));
     const packet = this.outbox!.slot();
-    const length = encodeData(packet, {
-      session: this.session,
-      seq: this.seq++ >>> 0,
-      chunk: out.chunk,
-      fragment: f,
-      fragments: out.fragments,
-      storedLength: out.data.length,
-      flags: out.repair ? DataFlag.REPAIR : 0,
-      payload,
-    }, null); // signed by the outbox
+    const length = packetInto(packet, out, f, this.session, this.seq++ >>> 0, this.fragmentSize);
     this.seq >>>= 0;
     this.counters.packetsSent++;
     this.counters.bytesSent += length;
     if (out.repair) this.counters.repairPackets++;
+    if (f < 0) this.counters.parityPackets++;
     this.outbox!.commit(length, dest.port, dest.address);
     return length;
   }
@@ -395,8 +383,9 @@ export class Sender extends EventEmitter {
     if (this.next !== undefined || this.prefetched !== undefined) return;
     const pick = this.demand.pick(this.peers.values(), performance.now());
     if (pick === undefined) return;
-    this.next = this.outgoing(pick.chunk, pick.fragments, pick.unicastTo)
+    this.next = this.outgoing(pick.chunk, pick.need, pick.unicastTo)
       .catch((err) => {
+        this.demand.sent(pick.chunk, performance.now(), true); // not sent after all: it may be asked for again
         this.emit('error', err);
         return undefined;
       })
@@ -412,7 +401,7 @@ export class Sender extends EventEmitter {
       });
   }
 
-  private async outgoing(chunk: number, fragments: Uint8Array | undefined, unicastTo: Peer[]): Promise<Outgoing> {
+  private async outgoing(chunk: number, need: Uint8Array | undefined, unicastTo: Peer[]): Promise<Outgoing> {
     let data = this.cache.get(chunk);
     if (data === undefined) {
       data = await this.options.loadChunk(chunk);
@@ -425,10 +414,12 @@ export class Sender extends EventEmitter {
       this.cache.delete(chunk);
       this.cache.set(chunk, data);
     }
-    const count = fragmentCount(data.length, this.fragmentSize);
-    const queue: number[] = [];
-    for (let f = 0; f < count; f++) if (fragments === undefined || bitSet(fragments, f)) queue.push(f);
-    return { chunk, data, fragments: count, queue, repair: fragments !== undefined, unicastTo };
+    const maxParity = this.options.maxParity ?? MCAST.MAX_PARITY;
+    if (need !== undefined) this.counters.repairRounds++;
+    // Proactive parity from the loss receivers report, unless fixed by the caller.
+    const { loss, receivers } = lossEstimate(this.peers.values());
+    const proactive = Math.min(maxParity, this.options.proactiveParity ?? proactiveParity(loss, receivers));
+    return plan(chunk, data, this.fragmentSize, need, need === undefined ? proactive : 0, this.ledger, maxParity, unicastTo);
   }
 }
 

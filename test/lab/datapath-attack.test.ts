@@ -76,7 +76,7 @@ describe('the data path attacked from a namespace on the same LAN', () => {
         sport: 7777,
         dst: lab.server.address,
         dport: session.sender.port,
-        hex: encodeStatus({ session: session.session, seq: 1, receiver: 0x5000 + i, state: ReceiverState.RECEIVING, unicast: true, queueFill: 0, done: 0, wanted: 4, received: 10, lost: 5000, windowStart: 0, windowEnd: 4, rttMs: 0, incarnation: 1, ranges: [{ first: 0, count: 4 }], nacks: [] }, new MacKey(randomBytes(32))).toString('hex'),
+        hex: encodeStatus({ session: session.session, seq: 1, receiver: 0x5000 + i, state: ReceiverState.RECEIVING, unicast: true, queueFill: 0, done: 0, wanted: 4, received: 10, lost: 5000, windowStart: 0, windowEnd: 4, rttMs: 0, incarnation: 1, ranges: [{ first: 0, count: 4 }], repairs: [] }, new MacKey(randomBytes(32))).toString('hex'),
       })),
     ];
     const file = join(dir, 'packets.json');

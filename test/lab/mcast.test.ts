@@ -77,7 +77,8 @@ describe('multicast sessions in the network-namespace lab', () => {
     for (const r of receivers) {
       expect(r.json.rttMs).toBeGreaterThan(45);
       expect(r.json.rttMs).toBeLessThan(200);
-      expect(r.json.counters.nacksSent).toBeGreaterThan(0);
+      // Its losses were made good by parity: rebuilt from proactive parity, or asked for per stripe.
+      expect(r.json.counters.rebuilt + r.json.counters.nacksSent).toBeGreaterThan(0);
     }
     l.down();
   }, 120_000);
@@ -177,8 +178,8 @@ s.bind(0, process.argv[2], () => {
   let seq = 0;
   setInterval(() => {
     for (let i = 0; i < 50; i++) {
-      const p = Buffer.alloc(32 + 1000 + 16); // header, payload, a guessed MAC (protocol version 2)
-      p.writeUInt32BE(0x43434d43, 0); p[4] = 2; p[5] = 1; p.writeUInt16BE(32, 6);
+      const p = Buffer.alloc(32 + 1000 + 16); // header, payload, a guessed MAC (protocol version 3)
+      p.writeUInt32BE(0x43434d43, 0); p[4] = 3; p[5] = 1; p.writeUInt16BE(32, 6);
       p.writeUInt32BE(info.session, 8); p.writeUInt32BE(seq++, 12);
       p.writeUInt32BE(i % 16, 16); p.writeUInt16BE(0, 20); p.writeUInt16BE(1, 22);
       p.writeUInt32BE(1000, 24); p.writeUInt16BE(1000, 28);

@@ -80,7 +80,7 @@ async function until(cond: () => boolean, what: string, ms = 20_000): Promise<vo
 const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 function status(session: number, fields: Partial<Omit<StatusPacket, 'type'>>): Omit<StatusPacket, 'type'> {
-  return { session, seq: 1, receiver: 1, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 0, rttMs: 0, incarnation: 1, ranges: [], nacks: [], ...fields };
+  return { session, seq: 1, receiver: 1, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 0, rttMs: 0, incarnation: 1, ranges: [], repairs: [], ...fields };
 }
 
 describe('the multicast data path under attack', () => {

@@ -37,7 +37,7 @@ async function rawPeer(net: FakeNetwork, host: string, sender: Sender, port: num
     if (p?.type === PacketType.ACK) acks.push(p);
   });
   await new Promise<void>((r) => sock.bind(9000, undefined, r));
-  const base = { session: sender.session, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation: 1, ranges: [], nacks: [] };
+  const base = { session: sender.session, receiver: 50, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 10, received: 0, lost: 0, windowStart: 0, windowEnd: 23, rttMs: 0, incarnation: 1, ranges: [], repairs: [] };
   const report = async (fields: Partial<Omit<StatusPacket, 'type'>> & { seq: number }) => {
     const status = { ...base, ...fields };
     sock.send(encodeStatus(status, new MacKey(sender.receiverKeyFor(status.receiver))), port, '10.0.0.1');

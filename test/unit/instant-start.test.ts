@@ -141,7 +141,7 @@ describe('release() sends at once', () => {
       });
       await new Promise<void>((r) => sock.bind(9000, undefined, r));
       sock.addMembership('239.77.0.1');
-      const status = { session: sender.session, seq: 1, receiver: 7, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 4, received: 0, lost: 0, windowStart: 0, windowEnd: 4, rttMs: 0, incarnation: 1, ranges: [{ first: 0, count: 4 }], nacks: [] };
+      const status = { session: sender.session, seq: 1, receiver: 7, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 4, received: 0, lost: 0, windowStart: 0, windowEnd: 4, rttMs: 0, incarnation: 1, ranges: [{ first: 0, count: 4 }], repairs: [] };
       sock.send(encodeStatus(status, new MacKey(sender.receiverKeyFor(7))), port, '10.0.0.1');
       await until(() => acks > 0, 10_000, 'the sender to answer the STATUS');
       await new Promise((r) => setTimeout(r, 50));

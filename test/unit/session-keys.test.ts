@@ -95,7 +95,7 @@ describe('session keys', () => {
     const sock = createSocket('udp4');
     await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
     const report = (receiver: number, key: Uint8Array, seq: number) =>
-      sock.send(encodeStatus({ session: aa.sessionKey!, seq, receiver, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 1, received: 0, lost: 0, windowStart: 0, windowEnd: 0, rttMs: 0, incarnation: 1, ranges: [], nacks: [] }, new MacKey(key)), aa.senderPort!, aa.senderAddress!);
+      sock.send(encodeStatus({ session: aa.sessionKey!, seq, receiver, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 1, received: 0, lost: 0, windowStart: 0, windowEnd: 0, rttMs: 0, incarnation: 1, ranges: [], repairs: [] }, new MacKey(key)), aa.senderPort!, aa.senderAddress!);
     report(aa.receiverId!, ab.receiverKey!, 1);
     report(12345, aa.receiverKey!, 2);
     await until(() => sender.counters.dropped.badMac + sender.counters.dropped.unknownReceiver >= 2, 5000, 'the two reports to be refused');
