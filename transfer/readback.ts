@@ -1,7 +1,7 @@
 /**
  * The overlapped read-back: each chunk is read back from the disk soon
  * after it is written, while reception goes on, and checked against the
- * manifest (SHA-256 for data, all zero for zero chunks). When the last
+ * manifest (xxh64 or SHA-256 for data: matches(); all zero for zero chunks). When the last
  * chunk is written only the few chunks still queued are left to read, so
  * "verified" follows the last write closely instead of a whole-disk pass.
  *
@@ -19,7 +19,7 @@
 import { createHmac } from 'node:crypto';
 import { chunkAt, ChunkKind, diskDigest, tableLength, type Manifest } from '../protocol/manifest.js';
 import { chunkLength, isZero } from '../protocol/chunk.js';
-import { sha256 } from '../protocol/hash.js';
+import { sha256, xxh64 } from '../protocol/hash.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import type { Disk } from '../native/disk.js';
 import { KeyedDigest, ReadBackStopped, verifyDisk, type Verification } from './verifier.js';
@@ -185,7 +185,7 @@ export class ReadBack {
     if (this.events.stopped()) return;
     const data = buf.subarray(0, len);
     const kind = chunkAt(table, c).kind;
-    const ok = got === len && (kind === ChunkKind.ZERO ? isZero(data) : sha256(data).equals(chunkAt(table, c).sha256));
+    const ok = got === len && (kind === ChunkKind.ZERO ? isZero(data) : this.matches(c, data));
     if (ok) {
       this.good(c, data);
       return;
@@ -205,6 +205,19 @@ export class ReadBack {
     }
     this.counters.rewrites++;
     this.events.rewrite(c);
+  }
+
+  /**
+   * Data chunk c read back as the manifest's. The bytes were checked by SHA-256 before they
+   * were written; what is left to find is a disk that returns other bytes than it was given.
+   * With a nonce, xxh64 finds that (a chance of 2^-64 to miss it), and the HMAC over the same
+   * bytes that good() adds to the keyed digest is the cryptographic check: the server compares
+   * it with the digest it computes from its store. One SHA-256 pass per chunk less. Without a
+   * nonce nothing else checks the bytes: SHA-256.
+   */
+  private matches(c: number, data: Uint8Array): boolean {
+    const r = chunkAt(this.manifest.table, c);
+    return this.hmacs !== undefined ? xxh64(data) === r.xxh64 : sha256(data).equals(r.sha256);
   }
 
   private good(c: number, data: Uint8Array): void {

@@ -125,6 +125,21 @@ describe('reading each chunk back after it is written', () => {
     expect(result.verification!.keyed!.equals((await digestsOf(target, manifest, nonce)).keyed!)).toBe(true);
   }, 60_000);
 
+  it('without a nonce (no keyed digest to check it), a chunk corrupted after its write is caught by SHA-256 and written again', async () => {
+    let victim = -1;
+    const { result, disk, target } = await receive(dir, 'once-plain', {
+      onWritten: (c, file) => {
+        if (victim >= 0) return;
+        victim = c;
+        corrupt(file, c);
+      },
+    });
+    if (result instanceof Error) throw result;
+    expect(victim).toBeGreaterThanOrEqual(0);
+    expect(result.counters.rewritten).toBe(1);
+    expect(readFileSync(target).equals(disk)).toBe(true);
+  }, 60_000);
+
   it('a chunk that reads back wrong again after being written again fails the machine, naming the chunk', async () => {
     let victim = -1;
     const { result } = await receive(dir, 'always', {
