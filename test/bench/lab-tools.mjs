@@ -2,7 +2,7 @@
 // (classroom.mjs): the shared lab lock, /usr/bin/time and /proc readings,
 // udpcast runs, and a sampler of a namespace's interface counters.
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 export const MiB = 1 << 20;
@@ -134,18 +134,21 @@ export function identical(file, raw) {
 }
 
 /**
- * One udpcast transfer in a built lab: the receivers are started first and
- * waiting (as clonecast's agents are connected), then the clock starts with
- * udp-sender. zstd: the file is zstd-compressed and each receiver
- * decompresses through --pipe; slow: the last receiver writes at 2 MiB/s
- * (pv -L 2m in its pipe). Resolves with t0, the sender's and each receiver's
- * /usr/bin/time results (endedAt in ms since epoch) and the output files.
+ * One udpcast transfer in a built lab, the clock started with udp-sender and
+ * the receivers started right after it (a receiver started before the sender
+ * that loses the sender's first HELLO waits for ever). zstd: the file is
+ * zstd-compressed and each receiver decompresses through --pipe; slow: the
+ * last receiver writes at 2 MiB/s (pv -L 2m in its pipe). Resolves with t0,
+ * the sender's and each receiver's /usr/bin/time results (endedAt in ms since
+ * epoch) and the output files.
  */
 export async function udpcast(lab, { file, n, work, zstd, rateMbit, slow }) {
   const port = String(9200 + Math.floor(Math.random() * 100) * 2);
   const common = ['--interface', 'eth0', '--nokbd', '--portbase', port, '--mcast-rdv-address', '239.77.1.1'];
+  const senderArgs = ['udp-sender', '--file', file, ...common, '--min-receivers', String(n)];
+  if (rateMbit !== undefined) senderArgs.push('--max-bitrate', `${rateMbit}m`);
   const outs = lab.clients.slice(0, n).map((_, k) => join(work, `udp-${k}.img`));
-  const receivers = outs.map((out, k) => {
+  const receiverArgs = outs.map((out, k) => {
     const stages = [zstd ? 'zstd -d -q' : '', slow && k === n - 1 ? 'pv -q -L 2m' : ''].filter(Boolean);
     const args = ['udp-receiver', '--file', out, ...common];
     // udp-receiver splits --pipe on spaces and runs it without a shell: a pipeline goes in a script.
@@ -155,20 +158,63 @@ export async function udpcast(lab, { file, n, work, zstd, rateMbit, slow }) {
       writeFileSync(script, `#!/bin/sh\n${stages.join(' | ')}\n`, { mode: 0o755 });
       args.push('--pipe', script);
     }
-    return timedIn(lab, lab.clients[k].ns, args);
+    return args;
   });
-  // Each receiver says where it listens once it has its socket; then it waits for a sender.
-  await until(() => receivers.every((r) => /UDP receiver for/.test(r.err) || r.child.exitCode !== null), 20_000, 'the udp-receivers to start');
-  const senderArgs = ['udp-sender', '--file', file, ...common, '--min-receivers', String(n)];
-  if (rateMbit !== undefined) senderArgs.push('--max-bitrate', `${rateMbit}m`);
   const t0 = Date.now();
   const sender = timedIn(lab, lab.server.ns, senderArgs);
+  const receivers = receiverArgs.map((args, k) => timedIn(lab, lab.clients[k].ns, args));
   const done = await Promise.all(receivers.map((r) => r.result));
   return { t0, sender: await sender.result, receivers: done, outs, errors: receivers.map((r) => r.err) };
 }
 
-/** Median of numbers (the lower middle one for an even count); NaN for none. */
+/** Process ids of every descendant of pid (from the parent ids in /proc), children first. */
+export function descendants(pid) {
+  const parent = new Map();
+  for (const e of readdirSync('/proc')) {
+    if (!/^\d+$/.test(e)) continue;
+    try {
+      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
+      parent.set(Number(e), Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  const out = [];
+  const walk = (p) => {
+    for (const [child, pp] of parent) if (pp === p) out.push(child), walk(child);
+  };
+  walk(pid);
+  return out;
+}
+
+/** SIGKILLs each process of pids and all their descendants (only what this benchmark started). */
+export function killTrees(pids) {
+  const all = pids.flatMap((p) => [p, ...descendants(p)]);
+  for (const p of all) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/**
+ * Kills everything the lab runs, and what those started, after ms (a stuck
+ * transfer then ends as a failure); cancel() stops the clock.
+ */
+export function deadline(lab, ms) {
+  const timer = setTimeout(() => {
+    console.log(`    (no end after ${ms / 1000} s: stopping this transfer)`);
+    killTrees(lab.childPids());
+  }, ms);
+  return { cancel: () => clearTimeout(timer) };
+}
+
+/** Median of numbers (the mean of the middle two for an even count); NaN for none. */
 export function median(xs) {
-  const s = xs.filter((x) => !Number.isNaN(x)).sort((a, b) => a - b);
-  return s.length === 0 ? NaN : s[Math.floor((s.length - 1) / 2)];
+  const s = xs.filter((x) => typeof x === 'number' && !Number.isNaN(x)).sort((a, b) => a - b);
+  if (s.length === 0) return NaN;
+  const h = Math.floor(s.length / 2);
+  return s.length % 2 === 1 ? s[h] : (s[h - 1] + s[h]) / 2;
 }
