@@ -13,8 +13,8 @@
 // (100 mbit, no loss), nolimit4 (no link limit, 512 MiB) and slow8 (100 mbit,
 // one disk writing at 2 MiB/s: time until the other N-1 are done).
 //
-// Each run of a cell holds the lab lock (--lock, default /tmp/cc-lab.lock) for
-// its three transfers only, so that other lab jobs interleave between cells.
+// Each cell holds the lab lock (--lock, default /tmp/cc-lab.lock) for its runs
+// only, so that other lab jobs interleave between cells.
 // clonecast's time runs from starting `clonecast deploy` to the last disk the
 // server recorded as done and verified (deploy returns up to 1 s later: it
 // polls); udpcast's from starting udp-sender (receivers already waiting) to
@@ -25,7 +25,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { makeImage } from './mkimage.mjs';
-import { cpuOf, dataSpan, deadline, GiB, identical, killTrees, labLock, median, MiB, peakRssOf, sampleTx, timedIn, udpcast, until, watch } from './lab-tools.mjs';
+import { cpuOf, dataSpan, deadline, descendants, GiB, identical, killTrees, labLock, median, MiB, peakRssOf, sampleTx, timedIn, udpcast, until, watch } from './lab-tools.mjs';
 import { Lab } from '../../dist/server/lab/netns.js';
 import { fingerprintOf } from '../../dist/server/tls.js';
 
@@ -83,7 +83,8 @@ const LIMIT_MS = Number(values.timeout) * 1000;
 let current;
 for (const sig of ['SIGINT', 'SIGTERM']) {
   process.once(sig, () => {
-    if (current !== undefined) killTrees(current.childPids());
+    // Everything this benchmark started: the lab's processes and a lock holder still waiting.
+    killTrees(descendants(process.pid));
     current?.down();
     rmSync(work, { recursive: true, force: true });
     process.exit(130);
@@ -320,9 +321,10 @@ async function runCell(key) {
   const img = image(cell.mib);
   console.log(`\n${key}: ${cell.title} (${cell.mib} MiB image, ${runs} run(s))`);
   const got = Object.fromEntries(TOOLS.map((t) => [t, []]));
-  for (let i = 0; i < runs; i++) {
-    const release = values['no-lock'] ? async () => {} : await labLock(values.lock);
-    try {
+  // The lock is held for the runs of one cell (the comparison), and let go between cells.
+  const release = values['no-lock'] ? async () => {} : await labLock(values.lock);
+  try {
+    for (let i = 0; i < runs; i++) {
       console.log(`  run ${i + 1} (${new Date().toISOString().slice(11, 19)}, load ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')})`);
       // The order turns each run, so that no tool always runs on a warmer or quieter machine.
       const order = TOOLS.map((_, j) => TOOLS[(j + i) % TOOLS.length]);
@@ -337,9 +339,9 @@ async function runCell(key) {
         if (r.seconds === undefined) console.log(`    ${tool.padEnd(12)} FAILED: ${r.error}`);
         else printRun(cell, tool, r, img);
       }
-    } finally {
-      await release();
     }
+  } finally {
+    await release();
   }
   const row = { cell: key, title: cell.title, n: cell.n, mib: cell.mib, loss: cell.loss ?? 0, linkMbit: cell.linkMbit ?? null, storedMiB: img.storedBytes / MiB, zstdMiB: img.zstdBytes / MiB };
   for (const t of TOOLS) row[t] = summarise(cell, got[t], img);
@@ -365,10 +367,13 @@ function tables(rows) {
   out.push('');
   out.push('CPU seconds per GiB of image, per process (sender / median receiver / busiest receiver), and peak RSS (sender / largest receiver):');
   out.push('');
-  out.push('| cell | udpcast raw | udpcast + zstd -d | clonecast (server / agent) | clonecast peak RSS |');
-  out.push('|---|---|---|---|---|');
+  out.push("| cell | udpcast raw | udpcast + zstd -d | clonecast (server / agent) | clonecast peak RSS | each receiver's CPU at most udpcast+zstd's; memory |");
+  out.push('|---|---|---|---|---|---|');
   const cpu = (x) => `${f2(x.cpuPerGiB.sender)} / ${f2(x.cpuPerGiB.receiverMedian)} / ${f2(x.cpuPerGiB.receiverMax)}`;
-  for (const r of rows) out.push(`| ${r.title} | ${cpu(r['udpcast raw'])} | ${cpu(r['udpcast zstd'])} | ${cpu(r.clonecast)} | ${f1(r.clonecast.peakRssMiB.sender)} / ${f1(r.clonecast.peakRssMiB.receiver)} MiB |`);
+  const met = (b) => (b ? 'met' : '**missed**');
+  for (const r of rows) {
+    out.push(`| ${r.title} | ${cpu(r['udpcast raw'])} | ${cpu(r['udpcast zstd'])} | ${cpu(r.clonecast)} | ${f1(r.clonecast.peakRssMiB.sender)} / ${f1(r.clonecast.peakRssMiB.receiver)} MiB | ${met(r.receiverCpuMet)}; ${met(r.memoryMet)} |`);
+  }
   out.push('');
   out.push("Where clonecast's time goes (seconds from starting `clonecast deploy`, medians):");
   out.push('');
