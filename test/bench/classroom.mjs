@@ -227,6 +227,7 @@ async function udpcastRun(cell, img, zstd) {
       error: ok ? '' : `sender ${r.sender.code}, receivers ${r.receivers.map((x) => x.code).join(',')}: ${r.errors.find((e, k) => r.receivers[k].code !== 0)?.slice(-300) ?? 'a copy differs'}`,
       seconds: (Math.max(...ends) - r.t0) / 1000,
       othersSeconds: cell.slow ? (Math.max(...ends.slice(0, cell.n - 1)) - r.t0) / 1000 : undefined,
+      attempts: r.attempts,
       cpu: { sender: r.sender.cpu, receivers: r.receivers.map((x) => x.cpu) },
       rss: { sender: r.sender.rssMiB, receivers: r.receivers.map((x) => x.rssMiB) },
     };

@@ -160,12 +160,29 @@ export async function udpcast(lab, { file, n, work, zstd, rateMbit, slow }) {
     }
     return args;
   });
-  const t0 = Date.now();
-  const sender = timedIn(lab, lab.server.ns, senderArgs);
-  const receivers = receiverArgs.map((args, k) => timedIn(lab, lab.clients[k].ns, args));
-  const done = await Promise.all(receivers.map((r) => r.result));
-  return { t0, sender: await sender.result, receivers: done, outs, errors: receivers.map((r) => r.err) };
+  // With loss, a receiver whose connection reply is lost can wait for ever, and the sender
+  // with it (--min-receivers): after CONNECT_MS without every receiver connected, start again.
+  for (let attempt = 1; ; attempt++) {
+    const t0 = Date.now();
+    const sender = timedIn(lab, lab.server.ns, senderArgs);
+    const receivers = receiverArgs.map((args, k) => timedIn(lab, lab.clients[k].ns, args));
+    const all = [sender, ...receivers];
+    try {
+      await until(() => (sender.err.match(/New connection from/g) ?? []).length >= n || sender.child.exitCode !== null, CONNECT_MS, `${n} udp-receivers to connect`);
+    } catch (err) {
+      if (attempt >= 3) throw err;
+      console.log(`    (udpcast: not every receiver connected within ${CONNECT_MS / 1000} s; starting it again)`);
+      killTrees(all.map((p) => p.child.pid));
+      await Promise.all(all.map((p) => p.exited));
+      continue;
+    }
+    const done = await Promise.all(receivers.map((r) => r.result));
+    return { t0, attempts: attempt, sender: await sender.result, receivers: done, outs, errors: receivers.map((r) => r.err) };
+  }
 }
+
+/** How long udp-sender may wait for its receivers to connect before udpcast() starts it again, ms. */
+const CONNECT_MS = 15_000;
 
 /** Process ids of every descendant of pid (from the parent ids in /proc), children first. */
 export function descendants(pid) {
