@@ -8,6 +8,7 @@
 //   node test/bench/classroom.mjs --runs 3        medians of 3 runs
 //   node test/bench/classroom.mjs --quick         64 MiB (256 MiB unlimited), N=4 only, no loss8
 //   node test/bench/classroom.mjs --cells loss4,clean8 --json out.json
+//   node test/bench/classroom.mjs --tables a.json,b.json   the tables of saved runs, merged
 //
 // Cells (--cells): loss4, loss8 (100 mbit, 2% loss towards each client), clean8
 // (100 mbit, no loss), nolimit4 (no link limit, 512 MiB) and slow8 (100 mbit,
@@ -47,6 +48,7 @@ const { values } = parseArgs({
     lock: { type: 'string', default: '/tmp/cc-lab.lock' },
     'no-lock': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '300' },
+    tables: { type: 'string' },
   },
 });
 const quick = values.quick;
@@ -387,7 +389,19 @@ function tables(rows) {
   return out.join('\n');
 }
 
+/** --tables: prints the tables of results saved with --json (several files: their cells together). */
+function savedTables(files) {
+  const rows = files.flatMap((f) => JSON.parse(readFileSync(f, 'utf8')).rows);
+  const order = Object.keys(CELLS);
+  rows.sort((a, b) => order.indexOf(a.cell) - order.indexOf(b.cell));
+  console.log(tables(rows));
+}
+
 try {
+  if (values.tables !== undefined) {
+    savedTables(values.tables.split(','));
+    process.exit(0);
+  }
   check();
   console.log(`classroom benchmark, ${new Date().toISOString()}, cells ${chosen.join(',')}, ${runs} run(s)${quick ? ', quick' : ''}; load ${readFileSync('/proc/loadavg', 'utf8').trim()}`);
   const rows = [];
