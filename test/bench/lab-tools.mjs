@@ -173,7 +173,8 @@ export async function udpcast(lab, { file, n, work, zstd, rateMbit, slow }) {
       if (attempt >= 3) throw err;
       console.log(`    (udpcast: not every receiver connected within ${CONNECT_MS / 1000} s; starting it again)`);
       killTrees(all.map((p) => p.child.pid));
-      await Promise.all(all.map((p) => p.exited));
+      // Bounded: a close event that never comes must not stop the benchmark.
+      await Promise.race([Promise.all(all.map((p) => p.exited)), new Promise((r) => setTimeout(r, 3000))]);
       continue;
     }
     const done = await Promise.all(receivers.map((r) => r.result));
