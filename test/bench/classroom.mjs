@@ -400,6 +400,7 @@ function savedTables(files) {
 try {
   if (values.tables !== undefined) {
     savedTables(values.tables.split(','));
+    rmSync(work, { recursive: true, force: true });
     process.exit(0);
   }
   check();
