@@ -1,8 +1,8 @@
 // Writes a disk image with a realistic mix for the benchmarks: about 40%
 // incompressible bytes, 35% zeros in large runs and 25% real text and
-// binaries (files from /usr), laid out in segments of 4-48 MiB that do not
-// line up with chunk boundaries.
-//   node test/bench/mkimage.mjs OUT SIZE_MIB
+// binaries (files from /usr), laid out in segments of 4-48 MiB (or as
+// given) that do not line up with chunk boundaries.
+//   node test/bench/mkimage.mjs OUT SIZE_MIB [dense] [MIN_MIB-MAX_MIB]
 import { randomBytes } from 'node:crypto';
 import { closeSync, ftruncateSync, openSync, readdirSync, readFileSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
@@ -41,9 +41,12 @@ function corpus(limit) {
 
 /**
  * Makes the image; returns the layout's byte counts. dense: write the zero
- * runs out (like dd of a real disk) instead of leaving holes.
+ * runs out (like dd of a real disk) instead of leaving holes. segmentMiB:
+ * the smallest and largest segment; smaller segments keep a small image
+ * close to the 40/35/25 mix (the default [4, 48] suits 256 MiB and more).
  */
-export function makeImage(out, sizeMiB, { seed = 1, dense = false } = {}) {
+export function makeImage(out, sizeMiB, { seed = 1, dense = false, segmentMiB = [4, 48] } = {}) {
+  const [segMin, segMax] = segmentMiB;
   const size = sizeMiB * 1048576;
   let state = seed;
   const rand = () => ((state = (Math.imul(state, 1103515245) + 12345) >>> 0) / 2 ** 32);
@@ -54,7 +57,7 @@ export function makeImage(out, sizeMiB, { seed = 1, dense = false } = {}) {
   let pos = 0;
   let textPos = 0;
   while (pos < size) {
-    const len = Math.min(size - pos, Math.floor((4 + rand() * 44) * 1048576) + Math.floor(rand() * 4096));
+    const len = Math.min(size - pos, Math.floor((segMin + rand() * (segMax - segMin)) * 1048576) + Math.floor(rand() * 4096));
     // The kind furthest below its share so far comes next.
     const share = { random: 0.4, zero: 0.35, text: 0.25 };
     const kind = Object.keys(share).sort((a, b) => (counts[a] - share[a] * (pos + len)) - (counts[b] - share[b] * (pos + len)))[0];
@@ -82,8 +85,8 @@ export function makeImage(out, sizeMiB, { seed = 1, dense = false } = {}) {
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const [out, mib, mode] = process.argv.slice(2);
-  const c = makeImage(out, Number(mib), { dense: mode === 'dense' });
+  const [out, mib, mode, seg] = process.argv.slice(2);
+  const c = makeImage(out, Number(mib), { dense: mode === 'dense', segmentMiB: seg === undefined ? undefined : seg.split('-').map(Number) });
   const t = c.random + c.zero + c.text;
   console.log(`${out}: ${mib} MiB, random ${(100 * c.random / t).toFixed(0)}%, zero ${(100 * c.zero / t).toFixed(0)}%, text ${(100 * c.text / t).toFixed(0)}%`);
 }
