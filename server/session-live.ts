@@ -14,6 +14,7 @@ import { ReceiverState } from '../protocol/mcast.js';
 import { FINAL_MACHINE_STATES } from '../protocol/states.js';
 import type { SessionMachine, SessionRecord } from './session-types.js';
 import type { Lock } from './store/lock.js';
+import { currentRecords } from './store/recompress.js';
 import type { Store } from './store/store.js';
 
 /** What `after` means on the wire. */
@@ -41,34 +42,40 @@ export function closeLive(live: Live): void {
 
 /** Reads the session's manifest and starts its sender, held until the start rule releases it. */
 export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest: Manifest | undefined, wire: (sender: Sender) => void): Promise<Live> {
-  const m = manifest ?? (await store.readManifest(s.image, s.version));
-  const manifestBytes = encodeManifest(m);
-  if (!/^[0-9a-f]{64}$/.test(s.secret ?? '')) s.secret = randomBytes(32).toString('hex'); // saved before secrets existed
-  const sender = new Sender({
-    manifest: m,
-    loadChunk: (i) => store.readChunk(chunkAt(m.table, i).sha256),
-    group: s.group,
-    port: s.port,
-    address: senderAddress,
-    session: s.key,
-    hold: true,
-    rateMbit: s.rateMbit ?? undefined,
-    fragmentSize: s.fragmentSize,
-    secret: Buffer.from(s.secret, 'hex'),
-    encrypt: s.encrypt === true,
-  });
-  wire(sender);
   // Recompress rewrites stored forms and gc deletes chunk files: neither may run while this sender reads them.
   const lock = store.lockReader(`sending session ${s.id} (${s.image}@${s.version})`);
-  let senderPort: number;
+  let sender: Sender | undefined;
   try {
-    senderPort = await sender.start();
+    const m = manifest ?? (await store.readManifest(s.image, s.version));
+    await currentRecords(store, m); // receivers count fragments from the stored lengths it announces
+    const manifestBytes = encodeManifest(m);
+    if (!/^[0-9a-f]{64}$/.test(s.secret ?? '')) s.secret = randomBytes(32).toString('hex'); // saved before secrets existed
+    sender = new Sender({
+      manifest: m,
+      loadChunk: (i) => store.readChunk(chunkAt(m.table, i).sha256),
+      group: s.group,
+      port: s.port,
+      address: senderAddress,
+      session: s.key,
+      hold: true,
+      rateMbit: s.rateMbit ?? undefined,
+      fragmentSize: s.fragmentSize,
+      secret: Buffer.from(s.secret, 'hex'),
+      encrypt: s.encrypt === true,
+    });
+    wire(sender);
+    let senderPort: number;
+    try {
+      senderPort = await sender.start();
+    } catch (err) {
+      throw new ClonecastError(ERR.USAGE, `the multicast sender cannot use ${senderAddress}: ${(err as Error).message}; check --interface`);
+    }
+    return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock };
   } catch (err) {
-    sender.stop();
+    sender?.stop();
     lock.release();
-    throw new ClonecastError(ERR.USAGE, `the multicast sender cannot use ${senderAddress}: ${(err as Error).message}; check --interface`);
+    throw err;
   }
-  return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock };
 }
 
 /** The Assign for one machine of a session. */

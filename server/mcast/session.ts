@@ -13,6 +13,7 @@ import { liveness, startRuleMet, type StartRule } from '../../transfer/policy.js
 import { Sender, type SenderOptions } from '../../transfer/sender.js';
 import { TRANSFER_DEFAULTS, type SessionInfo } from '../../transfer/session.js';
 import type { ImageRef, Store } from '../store/store.js';
+import { currentRecords } from '../store/recompress.js';
 
 /** How often the policy timer looks at the receivers, ms. */
 const POLICY_MS = 250;
@@ -53,7 +54,10 @@ export interface RunningSession {
 /** Starts a sender for ref and the HTTP endpoint that describes it. */
 export async function startSession(store: Store, ref: ImageRef, options: SessionOptions): Promise<RunningSession> {
   const { name, version } = store.resolve(ref);
+  // gc and recompress wait while this process sends (a killed send leaves a lock the next one takes over).
+  const lock = store.lockReader(`sending ${name}@${version}`);
   const manifest = await store.readManifest(name, version);
+  await currentRecords(store, manifest); // after an interrupted recompress: the stored lengths the chunk files have
   const encoded = encodeManifest(manifest);
   const group = options.group ?? TRANSFER_DEFAULTS.group;
   const port = options.port ?? TRANSFER_DEFAULTS.port;
@@ -100,6 +104,7 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
       clearInterval(policy);
       sender.stop();
       http.close();
+      lock.release();
     },
   };
 }

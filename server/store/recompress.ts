@@ -18,11 +18,13 @@
  * gc to collect afterwards beyond the usual.
  *
  * The run holds the store's maintenance lock (as gc does): no import,
- * capture, export or verify runs meanwhile. A deploy already running from
- * the same chunks should be left to finish first: its receivers expect the
- * stored lengths of the manifest they were given.
+ * capture, export or verify runs meanwhile, and it refuses while a session
+ * sends (sessions hold a reader's lock: server/session-live.ts), whose
+ * receivers expect the stored lengths of the manifest they were given. A
+ * session that starts after an interrupted run sends the records the chunk
+ * files hold (currentRecords()).
  */
-import { Compression, CODEC_NAMES, chunkLength, CHUNK } from '../../protocol/chunk.js';
+import { Compression, CODEC_NAMES, chunkLength, CHUNK, decodeChunkHeader } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { chunkAt, ChunkKind, setChunk, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { ZSTD } from '../../protocol/zstd.js';
@@ -145,6 +147,39 @@ export function updateRecords(m: Manifest, results: ReadonlyMap<string, Recompre
     if (found === undefined || (found.after.compression === r.compression && found.after.payloadLength === r.storedLength)) continue;
     setChunk(m.table, i, { ...r, compression: found.after.compression, storedLength: found.after.payloadLength, sha256: Buffer.from(r.sha256) });
     changed = true;
+  }
+  return changed;
+}
+
+/**
+ * Brings m's records in line with the chunk files (codec and stored length) before m is
+ * sent: after a recompress interrupted before its manifests were rewritten, a session would
+ * otherwise announce stored lengths its chunks no longer have. Reads each distinct chunk's
+ * header (24 bytes), yielding to the event loop now and then; returns how many records changed.
+ */
+export async function currentRecords(store: Store, m: Manifest): Promise<number> {
+  const forms = new Map<string, { compression: Compression; payloadLength: number } | null>();
+  let changed = 0;
+  const n = tableLength(m.table);
+  for (let i = 0; i < n; i++) {
+    const r = chunkAt(m.table, i);
+    if (r.kind !== ChunkKind.DATA) continue;
+    const hex = r.sha256.toString('hex');
+    let form = forms.get(hex);
+    if (form === undefined) {
+      const head = store.chunkHead(r.sha256);
+      form = null;
+      try {
+        if (head !== null) form = decodeChunkHeader(head.head);
+      } catch {
+        // damaged: the sender's read reports it; nothing to align here
+      }
+      forms.set(hex, form);
+      if (forms.size % 1024 === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+    if (form === null || (form.compression === r.compression && form.payloadLength === r.storedLength)) continue;
+    setChunk(m.table, i, { ...r, compression: form.compression, storedLength: form.payloadLength, sha256: Buffer.from(r.sha256) });
+    changed++;
   }
   return changed;
 }

@@ -150,6 +150,15 @@ describe('zstd import and recompress', () => {
     expect(v.damagedChunks).toEqual([]);
     expect(v.staleVersions).toEqual(['pc@1']);
     expect(v.ok).toBe(false);
+    // A session started now announces what the chunk files hold, not the stale records (its
+    // receivers count fragments from them); the version on disk is left for the rerun to repair.
+    const live = await openLive(store, { id: 's2', image: 'pc', version: 1, group: '239.77.9.9', port: 9999, key: 8, fragmentSize: 1424, secret: 'cd'.repeat(32), encrypt: false } as unknown as SessionRecord, '127.0.0.1', undefined, () => {});
+    try {
+      expect(staleRecords(store, live.manifest)).toBe(0);
+    } finally {
+      closeLive(live);
+    }
+    expect(staleRecords(store, await store.readManifest('pc', 1))).toBeGreaterThan(0);
     // The lock was released; the rerun records what the files hold.
     const r = await recompressImage(store, parseRef('pc'), { level: 6, workers: 2 });
     expect(r.manifestsUpdated).toEqual(['pc@1']);
