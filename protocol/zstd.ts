@@ -37,6 +37,11 @@ export function zstdAvailable(): boolean {
   return impl !== null;
 }
 
+/** Throws CODEC_UNAVAILABLE, saying what to install, unless zstd chunks can be read here (what: what needs them). */
+export function requireZstd(what: string): void {
+  if (impl === null) throw unavailable(what);
+}
+
 function unavailable(what: string): ClonecastError {
   return new ClonecastError(
     ERR.CODEC_UNAVAILABLE,

@@ -5,8 +5,9 @@
  * manifest's hashes decide, not the packet's: xxh64 is a quick first look
  * (it can be forged: docs/security.md), SHA-256 the check.
  */
-import { chunkAt, type Manifest } from '../protocol/manifest.js';
-import { CHUNK, chunkLength, decodeChunk } from '../protocol/chunk.js';
+import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
+import { CHUNK, chunkLength, Compression, decodeChunk } from '../protocol/chunk.js';
+import { requireZstd } from '../protocol/zstd.js';
 import { sha256 } from '../protocol/hash.js';
 import { open } from './seal.js';
 
@@ -19,6 +20,15 @@ export class ChunkCheck {
     private readonly manifest: Manifest,
     private readonly encryptKey: Uint8Array | undefined,
   ) {}
+
+  /** Throws if some chunk could never be decoded here (zstd without libzstd): said at the start, not by asking for it for ever. */
+  usable(): void {
+    const { table } = this.manifest;
+    for (let i = 0; i < tableLength(table); i++) {
+      const r = chunkAt(table, i);
+      if (r.kind === ChunkKind.DATA && r.compression === Compression.ZSTD) return requireZstd(`this image (its chunk ${i} and others are zstd)`);
+    }
+  }
 
   decode(c: number, stored: Buffer, out: Buffer, expectedXxh64: bigint): void {
     const { meta } = this.manifest;

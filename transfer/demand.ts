@@ -8,7 +8,7 @@
  */
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
 import { CHUNK } from '../protocol/chunk.js';
-import { fragmentCount, stripeCount } from '../protocol/mcast.js';
+import { fragmentCount, stripeCount, stripeSize } from '../protocol/mcast.js';
 import type { Peer } from './peers.js';
 
 /** A chunk just sent is not asked for again for this many round-trip times, whatever stale reports say. */
@@ -114,11 +114,16 @@ export class Demand {
     if (chunk >= this.chunks || this.kinds[chunk] !== ChunkKind.DATA) return;
     const fragments = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(this.manifest.table, chunk).storedLength + this.overhead, this.fragmentSize);
     if (stripes !== stripeCount(fragments) || need.length !== stripes) return;
+    // No receiver needs more packets of a stripe than it has data fragments, and an ask for
+    // nothing is no ask: a member's report can neither multiply the parity sent nor hold a chunk.
+    let asked = 0;
+    for (let s = 0; s < stripes; s++) asked += Math.min(need[s], stripeSize(fragments, stripes, s));
+    if (asked === 0) return;
     peer.nacks++;
     if (this.inFlight.has(chunk) || now - this.repairedAt[chunk] < Math.max(MIN_GUARD_MS, peer.rttMs * RESEND_GUARD_RTTS)) return;
     const most = this.repairs.get(chunk) ?? new Uint8Array(stripes);
     // The largest count anyone needs: new parity packets repair a different loss at each receiver.
-    for (let s = 0; s < stripes; s++) if (need[s] > most[s]) most[s] = need[s];
+    for (let s = 0; s < stripes; s++) most[s] = Math.max(most[s], Math.min(need[s], stripeSize(fragments, stripes, s)));
     this.repairs.set(chunk, most);
     if (peer.unicast) {
       const set = this.unicastRepairs.get(chunk) ?? new Set<Peer>();

@@ -39,7 +39,8 @@ export interface ReadBackEvents {
   /** Data chunk c read back wrong: the receiver marks it needed again (it is fetched and written again, then pushed here again). */
   rewrite(chunk: number): void;
   /** Chunk c read back wrong again after being written again: the disk does not keep what is written. */
-  damaged(chunk: number, verification: Verification): void;
+  /** cause: the read or zeroing itself failed (an I/O error), rather than reading back other bytes. */
+  damaged(chunk: number, verification: Verification, cause?: Error): void;
 }
 
 /** Options of a ReadBack. */
@@ -171,12 +172,23 @@ export class ReadBack {
       }
       if (!this.draining) this.pump();
     });
-    // A failed read ends in damaged() through readNext's own catch: never an unhandled rejection.
+    // A failed read or zeroing ends in damaged() through readNext's own catch: never an unhandled rejection.
     this.reading.catch(() => undefined);
   }
 
   private async readNext(): Promise<void> {
     const c = this.queue[this.head++];
+    try {
+      await this.check(c);
+    } catch (err) {
+      // An I/O error reading the chunk back (or zeroing it again): the disk is failing, and waiting would hang the run.
+      if (this.events.stopped()) return;
+      this.counters.bad++;
+      this.events.damaged(c, this.result(), err as Error);
+    }
+  }
+
+  private async check(c: number): Promise<void> {
     if (this.checked[c] === Check.GOOD) return; // pushed twice (a rewrite raced a read): already checked
     const { meta, table } = this.manifest;
     const len = chunkLength(c, meta.diskSize, meta.chunkSize);
@@ -239,7 +251,11 @@ export class ReadBack {
 }
 
 /** The error of a disk that does not read back as written, naming the first bad chunk. */
-export function damagedError(target: string, chunkSize: number, v: Verification): ClonecastError {
+export function damagedError(target: string, chunkSize: number, v: Verification, failed?: { chunk: number; cause: Error }): ClonecastError {
+  if (failed !== undefined) {
+    const at = `chunk ${failed.chunk} (offset ${failed.chunk * chunkSize})`;
+    return new ClonecastError(ERR.DAMAGED, `verification failed: reading ${target} back failed at ${at}: ${failed.cause.message}; the disk may be failing`, { verification: v }, { cause: failed.cause });
+  }
   const first = v.bad[0] ?? 0;
   return new ClonecastError(
     ERR.DAMAGED,

@@ -93,6 +93,7 @@ export class Receiver extends EventEmitter {
   /** Joins the session and writes the image; resolves when the disk is complete and verified. */
   async run(): Promise<ReceiverResult> {
     this.started = performance.now();
+    this.check.usable();
     await initHashes();
     const { meta } = this.options.manifest;
     const disk = Disk.open(this.options.target, { write: true, force: this.options.force, createSize: meta.diskSize });
@@ -107,7 +108,7 @@ export class Receiver extends EventEmitter {
       busy: () => this.writer!.length * 2 > this.queueChunks,
       stopped: () => this.halted,
       rewrite: (c) => this.refetch(c),
-      damaged: (_c, v) => this.fail(damagedError(this.options.target, meta.chunkSize, v)),
+      damaged: (c, v, cause) => this.fail(damagedError(this.options.target, meta.chunkSize, v, cause && { chunk: c, cause })),
     }, { nonce: this.options.nonce });
     try {
       if (disk.size < meta.diskSize) {

@@ -21,6 +21,7 @@ import { PACER_DEFAULTS, Pacer, RateControl } from './pacer.js';
 import { PeerTable, statsOf, type Peer, type ReceiverStats } from './peers.js';
 import { TRANSFER_DEFAULTS, validFragmentSize } from './session.js';
 import { createUdpSocket, growBuffers } from './udp.js';
+import { RECEIVER_DEFAULTS } from './receiver-options.js';
 import { SENDER_DEFAULTS, type DropEvent, type SenderCounters, type SenderOptions } from './sender-options.js';
 
 export type { ReceiverStats } from './peers.js';
@@ -289,7 +290,8 @@ export class Sender extends EventEmitter {
       this.demand.clear(peer);
     } else {
       this.demand.setNeeds(peer, p.windowStart, Math.min(p.windowEnd, this.demand.chunks), p.ranges, now);
-      for (const k of p.repairs) this.demand.addRepair(peer, k.chunk, k.stripes, k.need, now);
+      // As many repair asks as a receiver sends (a member's report cannot ask for the whole image at once).
+      for (const k of p.repairs.slice(0, RECEIVER_DEFAULTS.maxNacks)) this.demand.addRepair(peer, k.chunk, k.stripes, k.need, now);
     }
     this.emit('status', statsOf(peer));
   }
@@ -392,6 +394,11 @@ export class Sender extends EventEmitter {
       .then((out) => {
         this.next = undefined;
         if (out === undefined || this.stopped) return out;
+        if (out.queue.length === 0) {
+          this.demand.sent(out.chunk, performance.now(), true); // nothing to send after all (a repair already met)
+          this.prepareNext();
+          return undefined;
+        }
         if (this.current === undefined || this.current.queue.length === 0) {
           this.current = out;
           if (this.released) this.tick(); // nothing was going out while it loaded: send it now

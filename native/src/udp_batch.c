@@ -437,7 +437,11 @@ static void on_closed(uv_handle_t *h) {
 // Reads what the socket holds, in batches, into the shared buffer; calls back once per batch.
 static void on_readable(uv_poll_t *poll, int status, int events) {
   udpb *u = poll->data;
-  if (u->closing || status < 0) return;
+  if (u->closing) return;
+  if (status < 0) {
+    uv_poll_stop(poll);  // the poll itself failed: stop rather than be called again at once (the run ends by its timeout)
+    return;
+  }
   napi_env env = u->env;
   for (int round = 0; round < RECV_ROUNDS && !u->closing; round++) {
     for (uint32_t i = 0; i < u->slots; i++) {

@@ -56,57 +56,67 @@ export async function startSession(store: Store, ref: ImageRef, options: Session
   const { name, version } = store.resolve(ref);
   // gc and recompress wait while this process sends (a killed send leaves a lock the next one takes over).
   const lock = store.lockReader(`sending ${name}@${version}`);
-  const manifest = await store.readManifest(name, version);
-  await currentRecords(store, manifest); // after an interrupted recompress: the stored lengths the chunk files have
-  const encoded = encodeManifest(manifest);
-  const group = options.group ?? TRANSFER_DEFAULTS.group;
-  const port = options.port ?? TRANSFER_DEFAULTS.port;
-  const { rule = { clients: 1 }, dropAfterMs = TRANSFER_DEFAULTS.dropAfterMs, onError, httpPort: _h, ...senderOptions } = options;
-  const sender = new Sender({
-    ...senderOptions,
-    manifest,
-    group,
-    port,
-    hold: true,
-    // Every receiver of a CLI session holds the session secret (send's key file): admission is by the key derived for its id.
-    openAdmission: true,
-    loadChunk: (i) => store.readChunk(chunkAt(manifest.table, i).sha256),
-  });
-  sender.on('error', (err: Error) => onError?.(err));
-  const senderPort = await sender.start();
-  const policy = applyPolicy(sender, rule, dropAfterMs);
-  const info: SessionInfo = {
-    session: sender.session,
-    group,
-    port,
-    sender: { address: options.address, port: senderPort },
-    fragmentSize: options.fragmentSize ?? TRANSFER_DEFAULTS.fragmentSize,
-    encrypted: options.encrypt === true,
-  };
-  const body = JSON.stringify({ ...info, image: { name, version } });
-  const http: Server = createServer((req, res) => {
-    if (req.method === 'GET' && req.url === '/session') res.writeHead(200, { 'content-type': 'application/json' }).end(body);
-    else if (req.method === 'GET' && req.url === '/manifest') res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(encoded);
-    else res.writeHead(404).end();
-  });
-  await new Promise<void>((resolve, reject) => {
-    http.once('error', reject);
-    http.listen(options.httpPort ?? 0, options.address, () => resolve());
-  });
-  const addr = http.address();
-  const httpPort = typeof addr === 'object' && addr !== null ? addr.port : 0;
-  return {
-    sender,
-    info,
-    url: `http://${options.address}:${httpPort}/`,
-    image: { name, version },
-    close() {
-      clearInterval(policy);
-      sender.stop();
-      http.close();
-      lock.release();
-    },
-  };
+  let sender: Sender | undefined;
+  let policy: NodeJS.Timeout | undefined;
+  try {
+    const manifest = await store.readManifest(name, version);
+    await currentRecords(store, manifest); // after an interrupted recompress: the stored lengths the chunk files have
+    const encoded = encodeManifest(manifest);
+    const group = options.group ?? TRANSFER_DEFAULTS.group;
+    const port = options.port ?? TRANSFER_DEFAULTS.port;
+    const { rule = { clients: 1 }, dropAfterMs = TRANSFER_DEFAULTS.dropAfterMs, onError, httpPort: _h, ...senderOptions } = options;
+    sender = new Sender({
+      ...senderOptions,
+      manifest,
+      group,
+      port,
+      hold: true,
+      // Every receiver of a CLI session holds the session secret (send's key file): admission is by the key derived for its id.
+      openAdmission: true,
+      loadChunk: (i) => store.readChunk(chunkAt(manifest.table, i).sha256),
+    });
+    sender.on('error', (err: Error) => onError?.(err));
+    const senderPort = await sender.start();
+    policy = applyPolicy(sender, rule, dropAfterMs);
+    const info: SessionInfo = {
+      session: sender.session,
+      group,
+      port,
+      sender: { address: options.address, port: senderPort },
+      fragmentSize: options.fragmentSize ?? TRANSFER_DEFAULTS.fragmentSize,
+      encrypted: options.encrypt === true,
+    };
+    const body = JSON.stringify({ ...info, image: { name, version } });
+    const http: Server = createServer((req, res) => {
+      if (req.method === 'GET' && req.url === '/session') res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+      else if (req.method === 'GET' && req.url === '/manifest') res.writeHead(200, { 'content-type': 'application/octet-stream' }).end(encoded);
+      else res.writeHead(404).end();
+    });
+    await new Promise<void>((resolve, reject) => {
+      http.once('error', reject);
+      http.listen(options.httpPort ?? 0, options.address, () => resolve());
+    });
+    const addr = http.address();
+    const httpPort = typeof addr === 'object' && addr !== null ? addr.port : 0;
+    const running = sender;
+    return {
+      sender: running,
+      info,
+      url: `http://${options.address}:${httpPort}/`,
+      image: { name, version },
+      close() {
+        clearInterval(policy);
+        running.stop();
+        http.close();
+        lock.release();
+      },
+    };
+  } catch (err) {
+    clearInterval(policy);
+    sender?.stop();
+    lock.release();
+    throw err;
+  }
 }
 
 /** The standalone session's policy: release the sender once the rule is met; drop receivers liveness gives up. */

@@ -150,6 +150,12 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
   }
   const { compression, data } = encodeChunk(raw, hash, b.stored, setup.codec ?? defaultCodec());
   const stored = await store.putChunk(sha, b.stored, data.length, damaged || size === 0);
+  if (!stored) {
+    // Another import stored the same chunk first, maybe with another codec or level: record the form its file holds.
+    const won = store.chunkHead(sha);
+    const h = won === null ? null : decodeChunkHeader(won.head);
+    if (h !== null && h.rawLength === t.length && h.xxh64 === hash) return { ...none, kind: ChunkKind.DATA, compression: h.compression, storedLength: h.payloadLength, xxh64: hash, sha256: sha };
+  }
   const newBytes = stored ? data.length : 0;
   return { ...none, kind: ChunkKind.DATA, compression, storedLength: data.length - CHUNK.HEADER_SIZE, xxh64: hash, sha256: sha, newBytes };
 }

@@ -178,6 +178,48 @@ describe('parity repair over the in-memory network', () => {
     }
   }, 120_000);
 
+  it("a member's repair asks for nothing hold no chunk back, and asks for more than a stripe holds send no more than the chunk once", async () => {
+    const s = await setup(join(dir, 'asks'));
+    const net = new FakeNetwork(11);
+    const sender = makeSender(s, net, { proactiveParity: 0 });
+    const port = await sender.start();
+    const target = join(dir, 'asks-50.img');
+    const receiver = makeReceiver(sender, port, s, net, 50, target);
+    const running = receiver.run();
+    const rogue = new MacKey(sender.receiverKeyFor(60));
+    const chunks = tableLength(s.manifest.table);
+    let seq = 1;
+    const ask = (need: (stripes: number) => Uint8Array) => {
+      const repairs = [];
+      for (let c = 0; c < chunks; c++) {
+        const st = stripeCount(fragmentCount(CHUNK.HEADER_SIZE + chunkAt(s.manifest.table, c).storedLength, F));
+        repairs.push({ chunk: c, stripes: st, need: need(st) });
+      }
+      const status = { session: sender.session, seq: seq++, receiver: 60, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: chunks, received: 0, lost: 0, windowStart: 0, windowEnd: 0, rttMs: 0, incarnation: 9, ranges: [], repairs };
+      net.route(encodeStatus(status, rogue), { address: '10.0.0.60', port: 5555 }, port, SENDER);
+    };
+    try {
+      await until(() => sender.receivers().length === 1, 'the receiver to join');
+      ask((st) => new Uint8Array(st)); // "I need 0 more packets" of every stripe of every chunk
+      await until(() => sender.receivers().length === 2, 'the member to be heard');
+      sender.release();
+      await until(() => receiver.progress().done === receiver.progress().wanted, 'every chunk at the honest receiver');
+      // Chunk 0 went out whole; now the member asks for 100 more packets of each of its stripes.
+      const before = sender.counters.packetsSent;
+      const fragments = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(s.manifest.table, 0).storedLength, F);
+      await new Promise((r) => setTimeout(r, 100)); // past the guard against asks written before the chunk arrived
+      ask((st) => new Uint8Array(st).fill(100));
+      await until(() => sender.pendingDemand() === 0 && sender.counters.packetsSent > before, 'the asks to be served');
+      expect(sender.counters.packetsSent - before).toBeLessThanOrEqual(chunks * fragments);
+      await running;
+      expect(readFileSync(target).equals(s.disk)).toBe(true);
+    } finally {
+      sender.stop();
+      receiver.stop(new Error('test over'));
+      await running.catch(() => undefined);
+    }
+  }, 120_000);
+
   it('a peer of protocol version 2 is counted and dropped at both ends, and each says the versions differ', async () => {
     const s = await setup(join(dir, 'version'));
     const net = new FakeNetwork(4);

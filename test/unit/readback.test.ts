@@ -14,7 +14,7 @@ import { Store, parseRef } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { Sender } from '../../transfer/sender.js';
 import { Receiver, type ReceiverResult } from '../../transfer/receiver.js';
-import { ReadBack } from '../../transfer/readback.js';
+import { damagedError, ReadBack } from '../../transfer/readback.js';
 import { verifyDisk } from '../../transfer/verifier.js';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { ERR, isError } from '../../protocol/errors.js';
@@ -196,6 +196,34 @@ describe('reading each chunk back after it is written', () => {
       expect(v.chunksVerified).toBe(present(manifest));
       expect(rb.incomplete()).toBe(false);
       expect(v.keyed!.equals((await verifyDisk(d, manifest, () => false, nonce)).keyed!)).toBe(true);
+    } finally {
+      d.close();
+    }
+  });
+
+  it('a read that fails (an I/O error) names the disk as failing at once, with the chunk and the error, instead of waiting for ever', async () => {
+    const { manifest, disk } = await setup(join(dir, 'eio'));
+    const file = join(dir, 'eio', 'copy.img');
+    writeFileSync(file, disk);
+    await initHashes();
+    const d = Disk.open(file, { write: false });
+    try {
+      // The disk as a failing one answers: every read-back of chunk 3 fails with EIO (a real
+      // failing device is what test/lab/read-errors.test.ts makes with FUSE; here the read itself is replaced).
+      const real = d.read.bind(d);
+      d.read = (async (buf: Buffer, position: number, length: number) => {
+        if (position === 3 * C) throw Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' });
+        return real(buf, position, length);
+      }) as typeof d.read;
+      let damaged: { chunk: number; cause?: Error } | undefined;
+      const rb = new ReadBack(d, manifest, { busy: () => false, stopped: () => false, rewrite: () => undefined, damaged: (chunk, _v, cause) => (damaged = { chunk, cause }) }, { nonce });
+      for (let i = 0; i < tableLength(manifest.table); i++) if (chunkAt(manifest.table, i).kind !== ChunkKind.ABSENT) rb.push(i);
+      const end = Date.now() + 30_000;
+      while (damaged === undefined && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+      expect(damaged?.chunk).toBe(3);
+      expect(damaged?.cause?.message).toMatch(/EIO/);
+      const err = damagedError('/dev/sdz', C, rb.result(), { chunk: 3, cause: damaged!.cause! });
+      expect(err.message).toContain(`reading /dev/sdz back failed at chunk 3 (offset ${3 * C}): EIO`);
     } finally {
       d.close();
     }

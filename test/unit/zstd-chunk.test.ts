@@ -8,6 +8,9 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { initHashes, xxh64 } from '../../protocol/hash.js';
 import { nativeIfBuilt } from '../../native/addon.js';
 import { useNativeZstd, ZSTD, zstdAvailable } from '../../protocol/zstd.js';
+import { ChunkCheck } from '../../transfer/chunk-check.js';
+import { Store } from '../../server/store/store.js';
+import { importImage } from '../../server/store/import.js';
 import { itNeeds, tempDir, texty } from '../helpers.js';
 
 // A stored chunk of 4096 bytes of 'a' at zstd level 3, byte for byte what
@@ -146,8 +149,16 @@ describe('zstd chunks', () => {
     expectCorrupt(() => decodeChunk(short));
   });
 
-  itNeeds(['zstd'], 'says what to install when libzstd is not there', () => {
+  itNeeds(['zstd'], 'says what to install when libzstd is not there', async () => {
     const addon = nativeIfBuilt()!;
+    const dir = tempDir('nozstd');
+    writeFileSync(join(dir, 'disk.img'), texty(256 << 10, 3));
+    const store = Store.open(join(dir, 'data'));
+    await importImage(store, join(dir, 'disk.img'), 'z', { chunkSize: 64 << 10, workers: 1 });
+    writeFileSync(join(dir, 'other.img'), texty(256 << 10, 4)); // other chunks: an import reuses a stored chunk in its stored form
+    await importImage(store, join(dir, 'other.img'), 'l', { chunkSize: 64 << 10, workers: 1, codec: { compression: Compression.LZ4 } });
+    const zstdManifest = await store.readManifest('z', 1);
+    const lz4Manifest = await store.readManifest('l', 1);
     useNativeZstd(null);
     try {
       expect(zstdAvailable()).toBe(false);
@@ -161,6 +172,9 @@ describe('zstd chunks', () => {
       expect(err?.message).toMatch(/libzstd1/);
       expect(defaultCodec().compression).toBe(Compression.LZ4);
       expect(() => encodeChunk(A4K, undefined, undefined, ZSTD_CODEC)).toThrow(/libzstd1/);
+      // A receiver of an image with zstd chunks says so when it starts (Receiver.run() calls usable()), instead of asking for them for ever.
+      expect(() => new ChunkCheck(zstdManifest, undefined).usable()).toThrow(/this image \(its chunk \d+ and others are zstd\) needs zstd.*libzstd1/);
+      expect(() => new ChunkCheck(lz4Manifest, undefined).usable()).not.toThrow();
     } finally {
       useNativeZstd(addon);
     }
