@@ -9,6 +9,7 @@
 //   node test/bench/classroom.mjs --quick         64 MiB (256 MiB unlimited), N=4 only, no loss8
 //   node test/bench/classroom.mjs --cells loss4,clean8 --json out.json
 //   node test/bench/classroom.mjs --tables a.json,b.json   the tables of saved runs, merged
+//   node test/bench/classroom.mjs --cells clean8 --rate 99  both tools capped at 99 Mbit/s instead of 95
 //
 // Cells (--cells): loss4, loss8 (100 mbit, 2% loss towards each client), clean8
 // (100 mbit, no loss), nolimit4 (no link limit, 512 MiB) and slow8 (100 mbit,
@@ -33,8 +34,8 @@ import { fingerprintOf } from '../../dist/server/tls.js';
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const CLI = join(ROOT, 'bin', 'clonecast');
 const URL_ = 'https://10.77.0.1:8080/';
-/** Both tools' maximum rate on the 100 mbit link (tbf), Mbit/s. */
-const WIRE_RATE = 95;
+/** Both tools' maximum rate on the 100 mbit link (tbf), Mbit/s (--rate). */
+let WIRE_RATE = 95;
 /** clonecast's --rate without a link limit: high enough that the CPUs, not the pacer, decide. */
 const NOLIMIT_RATE = 4000;
 const SLOW_BPS = 2 * MiB;
@@ -49,8 +50,13 @@ const { values } = parseArgs({
     'no-lock': { type: 'boolean', default: false },
     timeout: { type: 'string', default: '300' },
     tables: { type: 'string' },
+    rate: { type: 'string' },
   },
 });
+if (values.rate !== undefined) {
+  WIRE_RATE = Number(values.rate);
+  if (!(WIRE_RATE > 0 && WIRE_RATE <= 100)) throw new Error(`--rate takes Mbit/s on the 100 mbit link, above 0 and at most 100; got "${values.rate}"`);
+}
 const quick = values.quick;
 const runs = Number(values.runs);
 if (!Number.isInteger(runs) || runs < 1) throw new Error(`--runs takes a whole number of runs, 1 or more; got "${values.runs}"`);
