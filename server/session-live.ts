@@ -41,9 +41,8 @@ export function closeLive(live: Live): void {
 }
 
 /** Reads the session's manifest and starts its sender, held until the start rule releases it. */
-export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest: Manifest | undefined, wire: (sender: Sender) => void): Promise<Live> {
-  // Recompress rewrites stored forms and gc deletes chunk files: neither may run while this sender reads them.
-  const lock = store.lockReader(`sending session ${s.id} (${s.image}@${s.version})`);
+export async function openLive(store: Store, s: SessionRecord, senderAddress: string, manifest: Manifest | undefined, wire: (sender: Sender) => void, warn?: (message: string) => void): Promise<Live> {
+  const lock = lockForSession(store, s, warn);
   let sender: Sender | undefined;
   try {
     const m = manifest ?? (await store.readManifest(s.image, s.version));
@@ -75,6 +74,21 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     sender?.stop();
     lock.release();
     throw err;
+  }
+}
+
+/**
+ * Recompress rewrites stored forms and gc deletes chunk files: neither may run while a sender
+ * reads them, so a session holds a reader's lock. One that cannot be written (the store's disk
+ * is full or read-only) does not stop the session: it runs unlocked, and says so.
+ */
+function lockForSession(store: Store, s: SessionRecord, warn?: (message: string) => void): Lock {
+  try {
+    return store.lockReader(`sending session ${s.id} (${s.image}@${s.version})`);
+  } catch (err) {
+    if (err instanceof ClonecastError) throw err; // busy: gc or recompress runs now
+    warn?.(`the store's lock for this session could not be written (${(err as Error).message}); gc and recompress cannot see it: do not run them until it ends`);
+    return { path: '', release: () => undefined };
   }
 }
 

@@ -279,7 +279,7 @@ export class SessionManager extends EventEmitter {
       // Listening before the sender starts: a socket error while it binds is logged, never uncaught.
       sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`)).on('version', (m: string) => this.o.log?.('warn', `session ${s.id}: ${m}`));
       sender.on('drop', (d: DropEvent) => this.dropped(s, d));
-    });
+    }, (m) => this.o.log?.('warn', `session ${s.id}: ${m}`));
     this.live.set(s.id, live);
     // The digest its verified machines must report, computed once per session in the background.
     live.expected = startExpected(this.o.store, s, live, () => this.live.get(s.id) !== live, this.o.log);

@@ -43,7 +43,14 @@ export function acquireLock(path: string, what: string, purpose: string): Lock {
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(path, 'wx', 0o600);
-      writeSync(fd, `${process.pid}\n${purpose}\n${new Date().toISOString()}\n`);
+      try {
+        writeSync(fd, `${process.pid}\n${purpose}\n${new Date().toISOString()}\n`);
+      } catch (err) {
+        // A full or failing disk: no half-made lock left behind.
+        closeSync(fd);
+        unlinkSync(path);
+        throw err;
+      }
       closeSync(fd);
       let released = false;
       return {
