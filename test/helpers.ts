@@ -210,3 +210,12 @@ export function run(cmd: string, args: string[], cwd: string): Promise<{ code: n
     c.on('close', (code) => resolve({ code, out }));
   });
 }
+
+/** Waits until check() is true, polling every everyMs; throws with what after timeoutMs. */
+export async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string, everyMs = 100): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}

@@ -61,6 +61,11 @@ static napi_value throw_errno(napi_env env, int err, const char *syscall) {
   return NULL;
 }
 
+// The same for the other files of the addon (udp_batch.c): throws errno_error(), returns NULL.
+napi_value clonecast_throw_errno(napi_env env, int err, const char *syscall) {
+  return throw_errno(env, err, syscall);
+}
+
 // Reads a non-negative integer that fits a double exactly.
 static int get_uint(napi_env env, napi_value value, double limit, int64_t *out) {
   napi_valuetype type;

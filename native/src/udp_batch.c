@@ -82,23 +82,8 @@ static napi_value ub_throw(napi_env env, const char *message) {
   return NULL;
 }
 
-static napi_value ub_errno(napi_env env, int err, const char *syscall) {
-  const char *name = strerrorname_np(err);
-  if (name == NULL) name = "EUNKNOWN";
-  char message[256];
-  snprintf(message, sizeof message, "%s: %s, %s", name, strerror(err), syscall);
-  napi_value msg, code, error, value;
-  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
-  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &code);
-  napi_create_error(env, code, msg, &error);
-  napi_create_int32(env, -err, &value);
-  napi_set_named_property(env, error, "errno", value);
-  napi_set_named_property(env, error, "code", code);
-  napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &value);
-  napi_set_named_property(env, error, "syscall", value);
-  napi_throw(env, error);
-  return NULL;
-}
+// Throws an Error like Node's fs errors ("CODE: description, syscall"; clonecast_native.c).
+napi_value clonecast_throw_errno(napi_env env, int err, const char *syscall);
 
 static void ub_free(udpb *u) {
   free(u->rmsgs);
@@ -188,17 +173,17 @@ static int ub_mac(napi_env env, napi_value v, uint8_t **state) {
 // udpbOpen() -> external: a non-blocking UDP/IPv4 socket with SO_REUSEADDR, not yet bound.
 static napi_value js_open(napi_env env, napi_callback_info info) {
   int fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) return ub_errno(env, errno, "socket");
+  if (fd < 0) return clonecast_throw_errno(env, errno, "socket");
   int one = 1;
   if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
     int err = errno;
     close(fd);
-    return ub_errno(env, err, "setsockopt(SO_REUSEADDR)");
+    return clonecast_throw_errno(env, err, "setsockopt(SO_REUSEADDR)");
   }
   udpb *u = calloc(1, sizeof *u);
   if (u == NULL) {
     close(fd);
-    return ub_errno(env, ENOMEM, "calloc");
+    return clonecast_throw_errno(env, ENOMEM, "calloc");
   }
   u->fd = fd;
   u->gso = 1;
@@ -225,9 +210,9 @@ static napi_value js_bind(napi_env env, napi_callback_info info) {
     return ub_throw(env, "expected (socket: open external, address: dotted IPv4 or \"\", port: 0 to 65535)");
   }
   sa.sin_port = htons((uint16_t)port);
-  if (bind(u->fd, (struct sockaddr *)&sa, sizeof sa) != 0) return ub_errno(env, errno, "bind");
+  if (bind(u->fd, (struct sockaddr *)&sa, sizeof sa) != 0) return clonecast_throw_errno(env, errno, "bind");
   socklen_t len = sizeof sa;
-  if (getsockname(u->fd, (struct sockaddr *)&sa, &len) != 0) return ub_errno(env, errno, "getsockname");
+  if (getsockname(u->fd, (struct sockaddr *)&sa, &len) != 0) return clonecast_throw_errno(env, errno, "getsockname");
   napi_value result;
   napi_create_uint32(env, ntohs(sa.sin_port), &result);
   return result;
@@ -247,7 +232,7 @@ static napi_value js_set_int(napi_env env, napi_callback_info info) {
   static const int names[] = {SO_RCVBUF, SO_SNDBUF, IP_MULTICAST_TTL, IP_MULTICAST_LOOP};
   static const char *calls[] = {"setsockopt(SO_RCVBUF)", "setsockopt(SO_SNDBUF)", "setsockopt(IP_MULTICAST_TTL)", "setsockopt(IP_MULTICAST_LOOP)"};
   int v = (int)value;
-  if (setsockopt(u->fd, levels[which], names[which], &v, sizeof v) != 0) return ub_errno(env, errno, calls[which]);
+  if (setsockopt(u->fd, levels[which], names[which], &v, sizeof v) != 0) return clonecast_throw_errno(env, errno, calls[which]);
   return NULL;
 }
 
@@ -259,7 +244,7 @@ static napi_value js_mcast_if(napi_env env, napi_callback_info info) {
   udpb *u;
   struct in_addr a;
   if (argc != 2 || (u = ub_get(env, argv[0])) == NULL || !ub_addr(env, argv[1], &a)) return ub_throw(env, "expected (socket: open external, address: dotted IPv4)");
-  if (setsockopt(u->fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a) != 0) return ub_errno(env, errno, "setsockopt(IP_MULTICAST_IF)");
+  if (setsockopt(u->fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a) != 0) return clonecast_throw_errno(env, errno, "setsockopt(IP_MULTICAST_IF)");
   return NULL;
 }
 
@@ -273,7 +258,7 @@ static napi_value js_membership(napi_env env, napi_callback_info info) {
   if (argc != 3 || (u = ub_get(env, argv[0])) == NULL || !ub_addr(env, argv[1], &m.imr_multiaddr) || !ub_addr(env, argv[2], &m.imr_interface)) {
     return ub_throw(env, "expected (socket: open external, group: dotted IPv4, interface: dotted IPv4 or \"\")");
   }
-  if (setsockopt(u->fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m) != 0) return ub_errno(env, errno, "setsockopt(IP_ADD_MEMBERSHIP)");
+  if (setsockopt(u->fd, IPPROTO_IP, IP_ADD_MEMBERSHIP, &m, sizeof m) != 0) return clonecast_throw_errno(env, errno, "setsockopt(IP_ADD_MEMBERSHIP)");
   return NULL;
 }
 
@@ -389,7 +374,7 @@ static napi_value js_send_batch(napi_env env, napi_callback_info info) {
   if (u->out == NULL) {
     u->out = calloc(SEND_CHUNK, sizeof *u->out);
     u->smsgs = calloc(SEND_CHUNK, sizeof *u->smsgs);
-    if (u->out == NULL || u->smsgs == NULL) return ub_errno(env, ENOMEM, "calloc");
+    if (u->out == NULL || u->smsgs == NULL) return clonecast_throw_errno(env, ENOMEM, "calloc");
   }
   out_msg *out = u->out;
   struct mmsghdr *msgs = u->smsgs;
@@ -510,7 +495,7 @@ static napi_value js_recv_start(napi_env env, napi_callback_info info) {
   u->rmsgs = calloc(u->slots, sizeof *u->rmsgs);
   u->riov = calloc(u->slots, sizeof *u->riov);
   u->rnames = calloc(u->slots, sizeof *u->rnames);
-  if (u->rmsgs == NULL || u->riov == NULL || u->rnames == NULL) return ub_errno(env, ENOMEM, "calloc");
+  if (u->rmsgs == NULL || u->riov == NULL || u->rnames == NULL) return clonecast_throw_errno(env, ENOMEM, "calloc");
   for (uint32_t i = 0; i < u->slots; i++) {
     u->riov[i].iov_base = data + (size_t)i * slot;
     u->riov[i].iov_len = slot;
@@ -529,11 +514,11 @@ static napi_value js_recv_start(napi_env env, napi_callback_info info) {
   uv_loop_t *loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok) return ub_throw(env, "no event loop");
   int r = uv_poll_init_socket(loop, &u->poll, u->fd);
-  if (r != 0) return ub_errno(env, -r, "uv_poll_init_socket");
+  if (r != 0) return clonecast_throw_errno(env, -r, "uv_poll_init_socket");
   u->poll.data = u;
   u->receiving = 1;
   r = uv_poll_start(&u->poll, UV_READABLE, on_readable);
-  if (r != 0) return ub_errno(env, -r, "uv_poll_start");
+  if (r != 0) return clonecast_throw_errno(env, -r, "uv_poll_start");
   return NULL;
 }
 
@@ -549,7 +534,7 @@ static napi_value js_set_verify(napi_env env, napi_callback_info info) {
   if (argc != 3 || (u = ub_get(env, argv[0])) == NULL || ub_mac(env, argv[1], &mac) < 0 || !ub_uint(env, argv[2], UINT32_MAX, &types)) {
     return ub_throw(env, "expected (socket: open external, macState: Buffer from macKey or null, types: bitmask)");
   }
-  if (mac != NULL && u->mac == NULL && (u->mac = malloc(clonecast_mac_state_size())) == NULL) return ub_errno(env, ENOMEM, "malloc");
+  if (mac != NULL && u->mac == NULL && (u->mac = malloc(clonecast_mac_state_size())) == NULL) return clonecast_throw_errno(env, ENOMEM, "malloc");
   if (mac != NULL) memcpy(u->mac, mac, clonecast_mac_state_size());
   else {
     free(u->mac);

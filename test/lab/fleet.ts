@@ -7,7 +7,8 @@
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CLI, curlPin } from '../helpers.js';
+import { CLI, curlPin, until } from '../helpers.js';
+export { until } from '../helpers.js';
 import { fingerprintOf } from '../../server/tls.js';
 import { Lab, type LabOptions } from '../../server/lab/netns.js';
 
@@ -26,15 +27,6 @@ function watch(child: ChildProcess): Proc {
   child.stdout?.on('data', (d) => (p.out += d));
   child.stderr?.on('data', (d) => (p.out += d));
   return p;
-}
-
-/** Waits until check() is true, polling; throws with what after timeoutMs. */
-export async function until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 export class Fleet {

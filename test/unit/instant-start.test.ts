@@ -20,17 +20,10 @@ import { decode, encodeStatus, PacketType, ReceiverState } from '../../protocol/
 import { MacKey } from '../../protocol/mac.js';
 import { nextDue } from '../../server/session-rules.js';
 import { FakeNetwork } from './fake-network.js';
-import { serverFetch, tempDir } from '../helpers.js';
+import { serverFetch, tempDir, until } from '../helpers.js';
 
 const SLOW = 10 * 60_000;
 
-async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe('a session starts when its rule is met, with no timer in between', () => {
   const dir = tempDir('instant');

@@ -16,7 +16,7 @@ import { MacKey } from '../../protocol/mac.js';
 import { encodeData, encodeParity, encodeStatus, fragmentCount, MCAST, ReceiverState, stripeCount } from '../../protocol/mcast.js';
 import { ERR, isError } from '../../protocol/errors.js';
 import { FakeNetwork } from './fake-network.js';
-import { seeded, tempDir } from '../helpers.js';
+import { seeded, tempDir, until } from '../helpers.js';
 
 const C = 256 << 10;
 const F = 1000;
@@ -69,13 +69,6 @@ function makeReceiver(sender: Sender, port: number, s: Setup, net: FakeNetwork, 
   });
 }
 
-async function until(cond: () => boolean, what: string, ms = 30_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
 
 describe('parity repair over the in-memory network', () => {
   const dir = tempDir('parity-engine');
@@ -144,11 +137,11 @@ describe('parity repair over the in-memory network', () => {
       net.route(pkt.subarray(0, n), { address: SENDER, port: 4444 }, 9000, GROUP);
     };
     try {
-      await until(() => sender.receivers().length === 1, 'the receiver to join');
+      await until(() => sender.receivers().length === 1, 30_000, 'the receiver to join', 5);
       // Outsiders: no key, and a wrong key.
       spoof({}, null);
       spoof({}, new MacKey(Buffer.alloc(32, 7)));
-      await until(() => receiver.counters.rejected.badMac >= 2, 'the forgeries to be refused');
+      await until(() => receiver.counters.rejected.badMac >= 2, 30_000, 'the forgeries to be refused', 5);
       expect(receiver.counters.parity).toBe(0);
       expect(receiver.progress().done).toBe(0);
       // Signed, but out of range: each is counted as a bad chunk packet and dropped.
@@ -158,12 +151,12 @@ describe('parity repair over the in-memory network', () => {
       spoof({ stripes: stripes + 1 }, dataKey);
       spoof({ storedLength: stored + 1 }, dataKey);
       spoof({}, dataKey, F - 1);
-      await until(() => receiver.counters.rejected.badChunk >= before + 5, 'the out-of-range parity to be dropped');
+      await until(() => receiver.counters.rejected.badChunk >= before + 5, 30_000, 'the out-of-range parity to be dropped', 5);
       // A parity index past the last one, or a stripe past the count, does not even decode.
       const malformed = receiver.counters.rejected.malformed;
       spoof({ parity: MCAST.MAX_PARITY }, dataKey);
       spoof({ stripe: stripes, stripes }, dataKey);
-      await until(() => receiver.counters.rejected.malformed >= malformed + 2, 'undecodable parity to be dropped');
+      await until(() => receiver.counters.rejected.malformed >= malformed + 2, 30_000, 'undecodable parity to be dropped', 5);
       expect(receiver.counters.parity).toBe(5); // the five signed ones above got as far as the size checks
       // An insider's signed garbage parity for a real stripe: rebuilt data fails SHA-256, the chunk is asked for again.
       for (let p = 0; p < 32; p++) spoof({ parity: p }, dataKey);
@@ -199,17 +192,17 @@ describe('parity repair over the in-memory network', () => {
       net.route(encodeStatus(status, rogue), { address: '10.0.0.60', port: 5555 }, port, SENDER);
     };
     try {
-      await until(() => sender.receivers().length === 1, 'the receiver to join');
+      await until(() => sender.receivers().length === 1, 30_000, 'the receiver to join', 5);
       ask((st) => new Uint8Array(st)); // "I need 0 more packets" of every stripe of every chunk
-      await until(() => sender.receivers().length === 2, 'the member to be heard');
+      await until(() => sender.receivers().length === 2, 30_000, 'the member to be heard', 5);
       sender.release();
-      await until(() => receiver.progress().done === receiver.progress().wanted, 'every chunk at the honest receiver');
+      await until(() => receiver.progress().done === receiver.progress().wanted, 30_000, 'every chunk at the honest receiver', 5);
       // Chunk 0 went out whole; now the member asks for 100 more packets of each of its stripes.
       const before = sender.counters.packetsSent;
       const fragments = fragmentCount(CHUNK.HEADER_SIZE + chunkAt(s.manifest.table, 0).storedLength, F);
       await new Promise((r) => setTimeout(r, 100)); // past the guard against asks written before the chunk arrived
       ask((st) => new Uint8Array(st).fill(100));
-      await until(() => sender.pendingDemand() === 0 && sender.counters.packetsSent > before, 'the asks to be served');
+      await until(() => sender.pendingDemand() === 0 && sender.counters.packetsSent > before, 30_000, 'the asks to be served', 5);
       expect(sender.counters.packetsSent - before).toBeLessThanOrEqual(chunks * fragments);
       await running;
       expect(readFileSync(target).equals(s.disk)).toBe(true);
@@ -232,20 +225,20 @@ describe('parity repair over the in-memory network', () => {
     receiver.on('version', (m: string) => receiverSaid.push(m));
     const running = receiver.run();
     try {
-      await until(() => sender.receivers().length === 1, 'the receiver to join');
+      await until(() => sender.receivers().length === 1, 30_000, 'the receiver to join', 5);
       // An old sender's DATA: the same layout, version byte 2.
       const pkt = Buffer.alloc(MCAST.DATA_HEADER + 10 + MCAST.MAC_SIZE);
       const n = encodeData(pkt, { session: sender.session, seq: 1, chunk: 0, fragment: 0, fragments: 1, storedLength: 10, flags: 0, payload: Buffer.alloc(10) }, new MacKey(sender.dataKey));
       pkt[4] = 2;
       net.route(pkt.subarray(0, n), { address: SENDER, port: 4444 }, 9000, GROUP);
       net.route(pkt.subarray(0, n), { address: SENDER, port: 4444 }, 9000, GROUP);
-      await until(() => receiver.counters.rejected.version === 2, 'the old DATA to be counted');
+      await until(() => receiver.counters.rejected.version === 2, 30_000, 'the old DATA to be counted', 5);
       expect(receiverSaid).toEqual(['protocol version mismatch: sender speaks 2, this agent 3; update clonecast on the server and in the boot environment to the same release']);
       // An old receiver's STATUS.
       const st = encodeStatus({ session: sender.session, seq: 1, receiver: 61, state: ReceiverState.RECEIVING, queueFill: 0, done: 0, wanted: 8, received: 0, lost: 0, windowStart: 0, windowEnd: 0, rttMs: 0, incarnation: 1, ranges: [], repairs: [] }, new MacKey(sender.receiverKeyFor(61)));
       st[4] = 2;
       net.route(st, { address: '10.0.0.61', port: 5555 }, port, SENDER);
-      await until(() => sender.counters.dropped.version === 1, 'the old STATUS to be counted');
+      await until(() => sender.counters.dropped.version === 1, 30_000, 'the old STATUS to be counted', 5);
       expect(senderSaid).toEqual(['protocol version mismatch: receiver speaks 2, this sender 3; update clonecast on the server and in the boot environment to the same release']);
       expect(sender.receivers().map((r) => r.receiverId)).toEqual([60]);
     } finally {
