@@ -17,7 +17,7 @@
  *        end 32 SHA-256 of every byte before it
  *
  * Chunk record (48 bytes):
- *        0    1 kind: 0 zero, 1 data, 2 absent
+ *        0    1 kind: 0 zero, 1 data, 2 absent, 3 unused
  *        1    1 compression: 0 raw, 1 lz4, 2 zstd
  *        2    2 reserved, 0
  *        4    4 stored payload length
@@ -43,8 +43,12 @@ export const MANIFEST = Object.freeze({
   MAX_METADATA: 16 << 20,
 });
 
-/** What a chunk record says about its chunk. */
-export const ChunkKind = Object.freeze({ ZERO: 0, DATA: 1, ABSENT: 2 } as const);
+/**
+ * What a chunk record says about its chunk. ABSENT: an area a partial capture
+ * did not take. UNUSED: no byte of it is used by a filesystem (or it lies in
+ * swap): never read, stored or sent; a restore leaves it or discards it.
+ */
+export const ChunkKind = Object.freeze({ ZERO: 0, DATA: 1, ABSENT: 2, UNUSED: 3 } as const);
 export type ChunkKind = (typeof ChunkKind)[keyof typeof ChunkKind];
 
 /** A run of unreadable bytes, stored as zeros. */
@@ -67,6 +71,30 @@ export interface ManifestMeta {
   badRanges: BadRange[];
   /** Bytes this version added to the store (chunks no earlier data had). */
   newBytes: number;
+  /** How each partition was read (absent in versions made before used-block imaging). */
+  partitions?: PartitionRead[];
+  /** Bytes the filesystems use, plus what was read raw (absent: the whole disk). */
+  usedBytes?: number;
+}
+
+/** How one partition was read at import or capture. */
+export interface PartitionRead {
+  /** Index of the partition in meta.partitionTable.partitions. */
+  index: number;
+  /** Byte offset and length of the partition on the disk. */
+  start: number;
+  length: number;
+  /** Filesystem blkid found ('ext4', 'ntfs', 'vfat', 'swap', 'crypto_LUKS', ...), null if none. */
+  fs: string | null;
+  /** used-blocks: only the filesystem's used blocks; full: every byte; swap: not copied, recreated on restore. */
+  method: 'used-blocks' | 'full' | 'swap';
+  /** Why it was read this way, for people ("unclean journal: boot the source and shut it down fully", ...). */
+  reason: string;
+  /** Bytes read and kept from this partition. */
+  usedBytes: number;
+  /** Filesystem (or swap) UUID and label, as blkid reported them. */
+  uuid?: string;
+  label?: string;
 }
 
 /** One decoded chunk record. */
@@ -175,7 +203,7 @@ export function decodeManifest(data: Uint8Array, where = 'manifest'): Manifest {
   const table = Buffer.from(buf.subarray(headerSize + metaLength, end));
   for (let i = 0; i < n; i++) {
     const kind = table.readUInt8(i * recordSize);
-    if (kind > ChunkKind.ABSENT) throw bad(`chunk ${i} has unknown kind ${kind}`);
+    if (kind > ChunkKind.UNUSED) throw bad(`chunk ${i} has unknown kind ${kind}`);
   }
   return { meta, table };
 }
