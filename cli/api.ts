@@ -79,6 +79,8 @@ export interface DeployRequest {
   differential?: boolean;
   /** Seal every chunk with AES-256-GCM on the wire. */
   encrypt?: boolean;
+  /** Wake the named machines (Wake-on-LAN) once the session exists. */
+  wake?: boolean;
 }
 
 /** A capture as /api/captures answers it. */

@@ -30,6 +30,8 @@ export interface OptionSpec {
 export interface Positional {
   name: string;
   optional?: boolean;
+  /** The last positional only: takes every remaining argument (e.g. MAC...). */
+  repeated?: boolean;
 }
 
 /** Parsed option values: strings, numbers (for number kinds) and booleans. */
@@ -120,8 +122,9 @@ export function parseCommand(cmd: CommandSpec, args: string[], others: Map<strin
   }
   if (values.help === true) return { values, positionals };
   const required = cmd.positionals.filter((p) => !p.optional).length;
-  if (positionals.length < required || positionals.length > cmd.positionals.length) {
-    const names = cmd.positionals.map((p) => (p.optional ? `[${p.name}]` : p.name)).join(' ');
+  const most = cmd.positionals.at(-1)?.repeated === true ? Infinity : cmd.positionals.length;
+  if (positionals.length < required || positionals.length > most) {
+    const names = cmd.positionals.map((p) => (p.optional ? `[${p.name}]` : p.name) + (p.repeated === true ? '...' : '')).join(' ');
     const got = positionals.length === 0 ? 'none' : positionals.map((p) => `"${p}"`).join(' ');
     throw fail(cmd.positionals.length === 0 ? `"clonecast ${cmd.name}" takes no arguments (got ${got})` : `"clonecast ${cmd.name}" takes ${names} (got ${got})`);
   }

@@ -24,6 +24,7 @@ import type { PxeServices } from '../pxe/service.js';
 import { secretMatches } from './credentials.js';
 import { BootScriptLimits } from './boot-limits.js';
 import { metrics } from './metrics.js';
+import { wakeMachines, type WakeReport } from './wake.js';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 
@@ -86,6 +87,8 @@ export interface ApiContext {
   stateFiles?: () => { file: string; state: StateStatus }[];
   /** Event-loop delay since the server started (perf_hooks.monitorEventLoopDelay). */
   loopDelay?: IntervalHistogram;
+  /** Sends Wake-on-LAN packets on the machines' network (server/wake.ts with the server's interface). */
+  wake?: (macs: string[]) => Promise<WakeReport>;
 }
 
 /** One state file's health, as /healthz, /metrics and the dashboard show it. */
@@ -214,9 +217,14 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       case 'GET /api/sessions':
         return send(res, 200, c.sessions.list().map(shown));
       case 'POST /api/sessions': {
-        const session = await c.sessions.create((await readJson(req)) as SessionRequest);
-        return send(res, 201, shown(session));
+        const { wake: wakeFirst, ...request } = (await readJson(req)) as SessionRequest & { wake?: unknown };
+        const session = await c.sessions.create(request);
+        // The session exists first: a machine that wakes fast finds it waiting.
+        const woken = wakeFirst === true ? await wakeMachines(c.registry, c.sessions, c.wake, { session: session.id }) : undefined;
+        return send(res, 201, { ...shown(session), ...(woken !== undefined ? { woken } : {}) });
       }
+      case 'POST /api/wake':
+        return send(res, 200, await wakeMachines(c.registry, c.sessions, c.wake, await readJson(req)));
       case 'GET /api/sessions/:id': {
         const s = c.sessions.get(id);
         if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${id}`);

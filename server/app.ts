@@ -16,6 +16,7 @@ import { loadOrCreateCert } from './tls.js';
 import { AgentChannel, hangUp, type AgentChannelOptions } from './control.js';
 import { DEFAULT_LISTEN } from './defaults.js';
 import { interfaceAddress } from './mcast/session.js';
+import { LIMITED_BROADCAST, wake } from './wake.js';
 import { Registry } from './registry.js';
 import { SessionManager } from './sessions.js';
 import { CaptureManager } from './captures.js';
@@ -56,6 +57,8 @@ export interface ServerOptions {
   progressMs?: number;
   /** Network boot on the interface (needs interface). */
   pxe?: PxeConfig;
+  /** Directed broadcast addresses Wake-on-LAN packets also go to (the limited broadcast on the interface always). */
+  wakeBroadcasts?: string[];
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
 }
 
@@ -135,7 +138,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // The pacing tick and the DHCP server share this loop: its delay is the first thing to look at when they lag.
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
-  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures, stateFiles, loopDelay };
+  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures, stateFiles, loopDelay, wake: (macs) => wake(macs, { device: o.interface, broadcasts: [LIMITED_BROADCAST, ...(o.wakeBroadcasts ?? [])] }) };
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
 

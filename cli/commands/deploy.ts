@@ -62,6 +62,7 @@ export const deploy: Command = {
     'final-verify': { kind: 'flag', help: 'Also read each whole disk back once more at the end (each chunk is read back soon after its write anyway).' },
     'drop-after': { kind: 'positive', value: 'S', help: 'Drop a machine that has made no progress for S seconds, so the others go on.' },
     encrypt: { kind: 'flag', help: 'Encrypt the image on the wire (AES-256-GCM per chunk), for images that hold secrets; costs CPU (docs/performance.md).' },
+    wake: { kind: 'flag', help: 'Wake the machines the session names (--machines or --group) with Wake-on-LAN as soon as it exists.' },
     differential: { kind: 'flag', help: 'Have every machine check what its disk already holds and receive only the rest (automatic when the registry says the disk has a version of this image).' },
     ...SERVER,
     ...COMMON,
@@ -86,7 +87,9 @@ export const deploy: Command = {
       dropAfterS: ctx.num('drop-after'),
       differential: ctx.flag('differential') ? true : undefined,
       encrypt: ctx.flag('encrypt') ? true : undefined,
+      wake: ctx.flag('wake') ? true : undefined,
     };
+    if (req.wake === true && rule.any === true) throw ctx.usage('--wake needs the machines named (--machines or --group): with --any there is no list of machines to wake');
     const client = ctx.client();
     const { deploy: follow } = await import('../admin.js');
     const { ok, summary } = await follow(client, req, {

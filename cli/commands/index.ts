@@ -24,6 +24,7 @@ import { sessions, sessionsCancel, sessionsStart } from './sessions.js';
 import { token } from './token.js';
 import { fingerprint, tlsRenew } from './tls.js';
 import { versionCommand } from './version.js';
+import { wakeCommand } from './wake.js';
 
 /** All commands. */
 export const COMMANDS: readonly Command[] = [
@@ -45,6 +46,7 @@ export const COMMANDS: readonly Command[] = [
   deploy,
   machines,
   machinesSet,
+  wakeCommand,
   sessions,
   sessionsStart,
   sessionsCancel,

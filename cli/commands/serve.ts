@@ -44,6 +44,7 @@ export const serve: Command = {
     'pxe-idle': { kind: 'string', value: 'local|agent|menu', help: 'What a machine with no work boots: its own disk, the agent, or a menu.', default: 'local' },
     'pxe-unknown': { kind: 'string', value: 'boot|ignore', help: 'Machines the server does not know (not in its registry, no --static-lease, no entry in DATA/pxe/machines.json): boot them, or ignore them (DHCP says nothing to them: no address, no boot file).', default: 'boot' },
     'pxe-known-only': { kind: 'flag', help: 'Answer only machines the server knows: --pxe-unknown ignore, and their boot scripts are refused too (404). Add a machine by running its agent once, a --static-lease or an entry in DATA/pxe/machines.json.' },
+    'wake-broadcast': { kind: 'string', value: 'ADDR,...', help: 'Directed broadcast addresses (e.g. 10.1.2.255) that Wake-on-LAN packets also go to, for machines on a subnet behind a router that forwards them; the limited broadcast on --interface is always used.' },
     'boot-credential-ttl': { kind: 'positive', value: 'S', help: 'How long a boot credential in a named machine\'s boot script stays good for its first Hello.', default: '900' },
     efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
     ...COMMON,
@@ -89,6 +90,7 @@ export const serve: Command = {
               credentialTtlS: ctx.num('boot-credential-ttl'),
             },
       maxMessage: ctx.num('max-message'),
+      wakeBroadcasts: wakeBroadcasts(ctx),
       version: version(),
       log: logLine,
     });
@@ -125,3 +127,13 @@ export const serve: Command = {
     return 0;
   },
 };
+
+/** --wake-broadcast, checked before the server starts. */
+function wakeBroadcasts(ctx: Context): string[] | undefined {
+  const given = list(ctx.str('wake-broadcast'));
+  if (given === undefined) return undefined;
+  if (given.some((a) => !/^(\d{1,3})(\.\d{1,3}){3}$/.test(a) || a.split('.').some((o) => Number(o) > 255))) {
+    throw ctx.usage(`--wake-broadcast takes IPv4 broadcast addresses such as 10.1.2.255; got "${given.join(',')}"`);
+  }
+  return given;
+}
