@@ -75,6 +75,12 @@ export interface NativeAddon {
   fecEncode(k: number, len: number, data: Buffer, parity: Buffer, out: Buffer, mode: number): void;
   /** Rebuilds the data fragments want from k received fragments whose rows are rows (< k data, k + p parity p); false if the rows are not invertible. */
   fecDecode(k: number, len: number, have: Buffer, rows: Buffer, want: Buffer, out: Buffer, mode: number): boolean;
+  /** True if libhivex.so.0 loads (Windows registry hives). */
+  hiveAvailable(): boolean;
+  /** A value of a hive: [type, raw bytes], or null if the key or value is absent. */
+  hiveGet(file: string, key: string, name: string): [number, Buffer] | null;
+  /** Sets values (making missing keys) and commits once; throws, leaving the file as it was, on any failure. */
+  hiveSet(file: string, edits: [key: string, name: string, type: number, data: Buffer][]): void;
 }
 
 /** An open batched UDP socket of the addon (opaque). */

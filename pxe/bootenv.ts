@@ -121,8 +121,8 @@ function sharedLibraries(binary: string): string[] {
   return [...libs];
 }
 
-/** Libraries the native addon loads with dlopen (liblz4 for lz4 chunks, libzstd for zstd chunks). */
-export const DLOPENED = Object.freeze(['liblz4.so.1', 'libzstd.so.1', 'libisal.so.2']);
+/** Libraries the native addon loads with dlopen (liblz4 and libzstd for chunks, ISA-L for parity, libhivex to name Windows machines). */
+export const DLOPENED = Object.freeze(['liblz4.so.1', 'libzstd.so.1', 'libisal.so.2', 'libhivex.so.0']);
 
 /** Where this system has each DLOPENED library (those it lacks are left out: the agent then says what to install). */
 export function dlopenedLibraries(): string[] {

@@ -41,6 +41,10 @@ const CAPABILITIES: Record<string, () => string | null> = {
   root: () => (process.getuid?.() === 0 ? null : 'needs root'),
   isal: () => (['/lib/x86_64-linux-gnu/libisal.so.2', '/usr/lib/x86_64-linux-gnu/libisal.so.2'].some((p) => existsSync(p)) ? null : 'needs ISA-L (apt-get install libisal2)'),
   loop: () => (process.getuid?.() === 0 && existsSync('/dev/loop-control') && hasCommand('losetup') ? null : 'needs root and loop devices (losetup)'),
+  naming: () =>
+    ['debugfs', 'mkntfs', 'ntfs-3g', 'ntfscat', 'ntfscp', 'ntfsfix', 'hivexsh', 'hivexget', 'sgdisk'].every(hasCommand) && existsSync('/dev/fuse')
+      ? null
+      : 'needs e2fsprogs, ntfs-3g (with /dev/fuse), libhivex-bin and gdisk (apt-get install e2fsprogs ntfs-3g libhivex-bin gdisk)',
   mkfs: () => (hasCommand('mkfs.ext4') ? null : 'needs mkfs.ext4 (e2fsprogs)'),
   sfdisk: () => (hasCommand('sfdisk') ? null : 'needs sfdisk (fdisk package)'),
   sgdisk: () => (hasCommand('sgdisk') ? null : 'needs sgdisk (gdisk package)'),

@@ -709,12 +709,14 @@ void clonecast_mac_init(napi_env env, napi_value exports);
 void clonecast_zstd_init(napi_env env, napi_value exports);
 void clonecast_udp_batch_init(napi_env env, napi_value exports);
 void clonecast_fec_init(napi_env env, napi_value exports);
+void clonecast_hivex_init(napi_env env, napi_value exports);
 
 NAPI_MODULE_INIT() {
   clonecast_mac_init(env, exports);
   clonecast_zstd_init(env, exports);
   clonecast_udp_batch_init(env, exports);
   clonecast_fec_init(env, exports);
+  clonecast_hivex_init(env, exports);
   EXPORT("open", js_open);
   EXPORT("close", js_close);
   EXPORT("seekData", js_seek_data);

@@ -1,0 +1,111 @@
+/**
+ * Machines come out named: a GPT disk file with an ext4 Linux root and an
+ * NTFS Windows system (a SYSTEM hive made here with hivexsh) gets the
+ * machine's name written offline; read back with debugfs and with ntfscat +
+ * hivexget, every other registry value kept, both filesystems still clean.
+ */
+import { afterAll, describe, expect } from 'vitest';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { detachLoops, itNeeds, loopAttach, tempDir } from '../helpers.js';
+import { minimalHive } from '../fixtures/minimal-hive.js';
+import { nameMachine } from '../../agent/naming.js';
+import { readTable } from '../../native/disk-table.js';
+import { Disk } from '../../native/disk.js';
+
+const CAPS = ['root', 'loop', 'naming'];
+const MiB = 1 << 20;
+
+function sh(cmd: string, args: string[], input?: string): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+/** A disk file: partition 1 ext4 (a Debian-like root), 2 NTFS (a Windows-like system), 3 empty. */
+function makeDisk(dir: string): string {
+  const disk = join(dir, 'disk.img');
+  sh('truncate', ['-s', String(64 * MiB), disk]);
+  sh('sgdisk', ['-n', '1:1M:+16M', '-t', '1:8300', '-n', '2:0:+24M', '-t', '2:0700', '-n', '3:0:+4M', '-t', '3:8300', disk]);
+  const root = join(dir, 'root');
+  mkdirSync(join(root, 'etc'), { recursive: true });
+  writeFileSync(join(root, 'etc', 'hostname'), 'debian\n');
+  writeFileSync(join(root, 'etc', 'hosts'), '127.0.0.1\tlocalhost\n127.0.1.1\tdebian\n::1\tlocalhost ip6-localhost\n');
+  writeFileSync(join(root, 'etc', 'os-release'), 'ID=debian\n');
+  const p1 = loopAttach(disk, ['--offset', String(MiB), '--sizelimit', String(16 * MiB)]);
+  sh('mkfs.ext4', ['-q', '-d', root, p1]);
+  const p2 = loopAttach(disk, ['--offset', String(17 * MiB), '--sizelimit', String(24 * MiB)]);
+  sh('mkntfs', ['-Q', '-q', '-F', p2]);
+  // The SYSTEM hive of a Windows-like system: control set 2 is the current one.
+  const hive = join(dir, 'SYSTEM');
+  writeFileSync(hive, minimalHive());
+  sh('hivexsh', ['-w', hive], [
+    'add Select', 'cd Select', 'setval 1', 'Current', 'dword:0x2', 'cd ..',
+    'add ControlSet002', 'cd ControlSet002', 'add Control', 'cd Control', 'add ComputerName', 'cd ComputerName', 'add ComputerName', 'cd ComputerName',
+    'setval 1', 'ComputerName', 'string:DESKTOP-OLD', 'cd ..', 'cd ..', 'cd ..',
+    'add Services', 'cd Services', 'add Tcpip', 'cd Tcpip', 'add Parameters', 'cd Parameters',
+    'setval 3', 'Domain', 'string:lab.example', 'Hostname', 'string:desktop-old', 'NV Hostname', 'string:desktop-old', 'commit', '',
+  ].join('\n'));
+  const mnt = join(dir, 'mnt');
+  mkdirSync(mnt);
+  sh('ntfs-3g', [p2, mnt]);
+  try {
+    mkdirSync(join(mnt, 'Windows', 'System32', 'config'), { recursive: true });
+    mkdirSync(join(mnt, 'Windows', 'Panther'), { recursive: true });
+    sh('cp', [hive, join(mnt, 'Windows', 'System32', 'config', 'SYSTEM')]);
+  } finally {
+    sh('umount', [mnt]);
+  }
+  detachLoops();
+  return disk;
+}
+
+/** Reads a file of partition k (offset, size) through a loop device. */
+function onPartition<T>(disk: string, offset: number, size: number, fn: (loop: string) => T): T {
+  const loop = loopAttach(disk, ['--offset', String(offset), '--sizelimit', String(size)]);
+  try {
+    return fn(loop);
+  } finally {
+    spawnSync('losetup', ['-d', loop]);
+  }
+}
+
+describe('naming deployed machines', () => {
+  const dir = tempDir('naming');
+  afterAll(() => detachLoops());
+
+  itNeeds(CAPS, 'writes the name into the Linux root and the Windows SYSTEM hive, keeping everything else', async () => {
+    const disk = makeDisk(dir);
+    const d = Disk.open(disk);
+    const table = await readTable(d);
+    d.close();
+    const unattend = join(dir, 'unattend.xml');
+    writeFileSync(unattend, '<unattend><ComputerName>{{name}}</ComputerName></unattend>\n');
+    const named = nameMachine(disk, table, 'physics-lab-pc-12', { unattend });
+    expect(named.map((n) => [n.partition, n.system])).toEqual([[1, 'linux'], [2, 'windows']]);
+    expect(named[1].what).toMatch(/computer name PHYSICS-LAB-PC-/);
+
+    onPartition(disk, MiB, 16 * MiB, (loop) => {
+      expect(sh('debugfs', ['-R', 'cat /etc/hostname', loop])).toBe('physics-lab-pc-12\n');
+      const hosts = sh('debugfs', ['-R', 'cat /etc/hosts', loop]);
+      expect(hosts).toBe('127.0.0.1\tlocalhost\n127.0.1.1\tphysics-lab-pc-12\n::1\tlocalhost ip6-localhost\n');
+      expect(sh('debugfs', ['-R', 'stat /etc/hostname', loop])).toMatch(/Mode:\s+0644/);
+      expect(spawnSync('e2fsck', ['-fn', loop]).status).toBe(0);
+    });
+    onPartition(disk, 17 * MiB, 24 * MiB, (loop) => {
+      const hive = join(dir, 'SYSTEM.after');
+      writeFileSync(hive, spawnSync('ntfscat', [loop, '/Windows/System32/config/SYSTEM']).stdout);
+      const get = (key: string, value: string) => sh('hivexget', [hive, key, value]).trim();
+      expect(get('\\ControlSet002\\Control\\ComputerName\\ComputerName', 'ComputerName')).toBe('PHYSICS-LAB-PC-'); // 15 characters: NetBIOS
+      expect(get('\\ControlSet002\\Services\\Tcpip\\Parameters', 'Hostname')).toBe('physics-lab-pc-12');
+      expect(get('\\ControlSet002\\Services\\Tcpip\\Parameters', 'NV Hostname')).toBe('physics-lab-pc-12');
+      expect(get('\\ControlSet002\\Services\\Tcpip\\Parameters', 'Domain')).toBe('lab.example'); // kept
+      expect(spawnSync('hivexget', [hive, '\\ControlSet001\\Control\\ComputerName\\ComputerName', 'ComputerName']).status).not.toBe(0); // not the current set: untouched
+      expect(spawnSync('ntfscat', [loop, '/Windows/Panther/unattend.xml'], { encoding: 'utf8' }).stdout).toBe('<unattend><ComputerName>physics-lab-pc-12</ComputerName></unattend>\n');
+      expect(spawnSync('ntfsfix', ['-n', loop]).status).toBe(0);
+    });
+  }, 120_000);
+
+  itNeeds(CAPS, 'refuses a name the registry would not give, before touching the disk', () => {
+    expect(() => nameMachine('/nonexistent', { scheme: 'none', partitions: [], warnings: [] } as never, 'a b')).toThrow(/cannot be a machine name/);
+  });
+});
