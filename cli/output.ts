@@ -90,7 +90,7 @@ export function printInfo(i: ImageInfo): void {
     log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}`);
   }
   for (const w of t.warnings) log(`    warning: ${w}`);
-  if (m.partitions !== undefined) log(`  read as      ${m.partitions.length === 0 ? 'no partitions mapped' : ''}`);
+  if (m.partitions !== undefined) log(`  read as      ${m.partitions.length === 0 ? 'no partitions mapped' : 'fs          method      used bytes       why'}`);
   for (const r of m.partitions ?? []) {
     const p = t.partitions[r.index];
     log(`    ${String(p?.number ?? r.index).padStart(2)}  ${(r.fs ?? 'none').padEnd(11)} ${r.method.padEnd(11)} used ${formatBytes(r.usedBytes).padStart(10)}  ${r.reason}`);
