@@ -4,7 +4,7 @@
  * unmounted, and partclone in map-only mode (-D) for its used ranges.
  * Shared by import (server) and capture (agent).
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,6 +23,31 @@ export function run(cmd: string, args: string[], maxBuffer = 16 << 20): Promise<
       const e = err as (NodeJS.ErrnoException & { code?: number | string }) | null;
       const code = e === null ? 0 : typeof e.code === 'number' ? e.code : e.code === 'ENOENT' ? 127 : 1;
       resolve({ code, stdout: String(stdout ?? ''), stderr: String(stderr ?? (e?.message ?? '')) });
+    });
+  });
+}
+
+/**
+ * The first n bytes a tool writes, then the tool is stopped (hiberfil.sys
+ * is gigabytes; only its signature matters). Resolves with what came (maybe
+ * fewer bytes) and whether the tool could be started.
+ */
+export function firstBytes(cmd: string, args: string[], n: number): Promise<{ started: boolean; bytes: Buffer }> {
+  return new Promise((resolve) => {
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, LC_ALL: 'C' } });
+    const parts: Buffer[] = [];
+    let got = 0;
+    let started = true;
+    const timer = setTimeout(() => child.kill('SIGKILL'), TOOL_TIMEOUT_MS);
+    child.on('error', () => (started = false));
+    child.stdout.on('data', (d: Buffer) => {
+      parts.push(d);
+      got += d.length;
+      if (got >= n) child.kill('SIGKILL');
+    });
+    child.on('close', () => {
+      clearTimeout(timer);
+      resolve({ started, bytes: Buffer.concat(parts).subarray(0, n) });
     });
   });
 }
@@ -70,8 +95,9 @@ export async function uncleanReason(fs: string, dev: string): Promise<string | n
   }
   if (fs === 'ntfs') {
     // hiberfil.sys starting "hibr" (any case): Windows hibernated, or shut down with Fast Startup.
-    const h = await run('ntfscat', [dev, 'hiberfil.sys'], 64 << 20);
-    if (h.code === 0 && /^hibr/i.test(h.stdout.slice(0, 4))) return `Windows is hibernated or was shut down with Fast Startup (hiberfil.sys is active); ${SHUT_DOWN_FIX}`;
+    const h = await firstBytes('ntfscat', [dev, 'hiberfil.sys'], 4);
+    if (!h.started) return 'ntfscat (ntfs-3g) is missing, so whether Windows is hibernated cannot be checked';
+    if (/^hibr/i.test(h.bytes.toString('latin1'))) return `Windows is hibernated or was shut down with Fast Startup (hiberfil.sys is active); ${SHUT_DOWN_FIX}`;
     const i = await run('ntfsinfo', ['-m', dev]);
     if (i.code === 127) return 'ntfsinfo (ntfs-3g) is missing, so whether it was cleanly unmounted cannot be checked';
     const flags = /Volume Flags:\s*0x([0-9a-fA-F]+)/.exec(i.stdout);

@@ -137,3 +137,12 @@ describe('used-block metadata in manifests', () => {
     expect(() => decodeManifest(encodeManifest(sample({ usedBytes: 131073 })))).toThrow(expect.objectContaining({ code: ERR.MANIFEST_CORRUPT }));
   });
 });
+
+describe('reading a tool\'s first bytes', () => {
+  it('stops a tool that writes without end once it has the bytes (hiberfil.sys is gigabytes)', async () => {
+    const { firstBytes } = await import('../../native/fs-tools.js');
+    const r = await firstBytes('yes', ['HIBR'], 4);
+    expect(r).toEqual({ started: true, bytes: Buffer.from('HIBR') });
+    expect((await firstBytes('/nonexistent/tool', [], 4)).started).toBe(false);
+  }, 30_000);
+});
