@@ -111,6 +111,10 @@ describe('capture and restore over the network', () => {
     const info = execFileSync(process.execPath, [join(ROOT, 'bin/clonecast'), 'image', 'info', 'rootfs', '--data', data, '--json'], { encoding: 'utf8' });
     const i = JSON.parse(info);
     expect(i.absentChunks).toBeGreaterThan(5); // the 8 MiB ESP, chunk 0 excepted (the tables)
+    // Inside the chosen partition only what the ext4 uses was read; the record names that partition only.
+    expect(i.meta.partitions.map((p: any) => [p.fs, p.method])).toEqual([['ext4', 'used-blocks']]);
+    expect(i.unusedChunks).toBeGreaterThan(5);
+    expect(i.usedBytes).toBeLessThan(i.meta.partitionTable.partitions[1].size + 2 * MiB);
     expect(i.meta.partitionTable.scheme).toBe('gpt');
   }, 60_000);
 
