@@ -22,6 +22,8 @@ import { devNumbers, deviceUsage } from '../native/usage.js';
 import { readAround } from '../native/read-around.js';
 import { mergeRanges } from '../protocol/manifest.js';
 import { readTable } from '../native/disk-table.js';
+import { chunkUse, zeroOutside } from '../protocol/used-map.js';
+import { captureMap } from './capture-map.js';
 
 /** Data chunks asked about (and uploaded) per round trip. */
 const BATCH = 16;
@@ -106,6 +108,8 @@ export async function runCapture(link: CaptureLink, c: Capture, device: string, 
       const diskSize = disk.size;
       const partitionTable = await readTable(disk);
       const ranges = selectedRanges(partitionTable, c.partitions ?? [], diskSize);
+      // What the filesystems use (null under --raw): unused chunks are neither read nor sent.
+      const used = await captureMap(device, diskSize, partitionTable, c, ranges, link.log);
       const n = chunkCount(diskSize, chunkSize);
       const table = newChunkTable(n);
       const raw = disk.allocate(chunkSize);
@@ -133,10 +137,14 @@ export async function runCapture(link: CaptureLink, c: Capture, device: string, 
         const length = chunkLength(i, diskSize, chunkSize);
         if (ranges !== null && !ranges.some((r) => r.start < position + length && r.end > position)) {
           setChunk(table, i, { kind: ChunkKind.ABSENT, compression: 0, storedLength: 0, xxh64: 0n, sha256: Buffer.alloc(32) });
+        } else if (used !== null && chunkUse(used.map.used, position, length).use === 'unused') {
+          setChunk(table, i, { kind: ChunkKind.UNUSED, compression: 0, storedLength: 0, xxh64: 0n, sha256: Buffer.alloc(32) });
         } else {
           const view = raw.subarray(0, length);
           mergeRanges(bad, readAround(disk, raw, position, length, c.ignoreReadErrors === true));
           progress.bytesRead += length;
+          const use = used === null ? null : chunkUse(used.map.used, position, length);
+          if (use?.use === 'partial') zeroOutside(view, length, use.keep);
           if (isZero(view)) setChunk(table, i, { kind: ChunkKind.ZERO, compression: 0, storedLength: 0, xxh64: 0n, sha256: Buffer.alloc(32) });
           else {
             const hash = xxh64(view);
@@ -157,7 +165,7 @@ export async function runCapture(link: CaptureLink, c: Capture, device: string, 
       await flush();
       onProgress({ ...progress });
       await call(link, 'PUT', `${base}/table`, table, 'application/octet-stream');
-      const meta = { diskSize, sectorSize: disk.logicalSectorSize, chunkSize, partitionTable, badRanges: bad, device, blockDevice: disk.blockDevice, progress };
+      const meta = { diskSize, sectorSize: disk.logicalSectorSize, chunkSize, partitionTable, badRanges: bad, device, blockDevice: disk.blockDevice, progress, ...used?.meta };
       const done = (await call(link, 'POST', `${base}/finish`, JSON.stringify(meta))) as { result: { version: number; newBytes: number } };
       return done.result;
     } finally {

@@ -33,7 +33,9 @@ const ratio = (r: number) => `${r.toFixed(2)}x`;
 /** Prints what an import did. */
 export function printImport(s: ImportSummary): void {
   log(`imported ${s.name}@${s.version}${s.parent !== null ? ` (parent ${s.name}@${s.parent})` : ''}`);
-  log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero`);
+  log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero, ${s.unusedChunks} unused`);
+  log(`  used        ${formatBytes(s.usedBytes)}; read from the source ${formatBytes(s.bytesRead)}`);
+  for (const w of s.warnings) log(`  warning     ${w}`);
   log(`  stored      ${formatBytes(s.storedBytes)} for this version (${s.codec}); new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
   log(`  partitions  ${s.partitionTable.scheme}, ${s.partitionTable.partitions.length} partition(s)`);
   log(`  bad ranges  ${s.badRanges.length === 0 ? 'none' : s.badRanges.map((r) => `${r.offset}+${r.length}`).join(', ')}`);
@@ -78,7 +80,8 @@ export function printInfo(i: ImageInfo): void {
   log(`  created      ${m.createdAt}`);
   log(`  source       ${m.source.path} (${m.source.kind})`);
   log(`  virtual size ${formatBytes(m.diskSize)} (${m.diskSize} bytes), sector ${m.sectorSize} B, chunk ${formatBytes(m.chunkSize)}`);
-  log(`  chunks       ${i.chunks}: ${i.dataChunks} data, ${i.zeroChunks} zero, ${i.absentChunks} absent`);
+  log(`  used         ${formatBytes(i.usedBytes)}${m.usedBytes === undefined ? ' (no used-block map: the whole disk)' : ''}`);
+  log(`  chunks       ${i.chunks}: ${i.dataChunks} data, ${i.zeroChunks} zero, ${i.absentChunks} absent, ${i.unusedChunks} unused`);
   log(`  stored size  ${formatBytes(i.storedBytes)} in ${i.uniqueChunks} distinct chunks; new in this version ${formatBytes(m.newBytes)}`);
   log(`  ratios       compression ${ratio(i.compressionRatio)}, dedupe ${ratio(i.dedupeRatio)}, overall ${ratio(i.totalRatio)}`);
   const t = m.partitionTable;
@@ -87,6 +90,11 @@ export function printInfo(i: ImageInfo): void {
     log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}`);
   }
   for (const w of t.warnings) log(`    warning: ${w}`);
+  if (m.partitions !== undefined) log(`  read as      ${m.partitions.length === 0 ? 'no partitions mapped' : 'fs          method      used bytes       why'}`);
+  for (const r of m.partitions ?? []) {
+    const p = t.partitions[r.index];
+    log(`    ${String(p?.number ?? r.index).padStart(2)}  ${(r.fs ?? 'none').padEnd(11)} ${r.method.padEnd(11)} used ${formatBytes(r.usedBytes).padStart(10)}  ${r.reason}`);
+  }
   log(`  bad ranges   ${m.badRanges.length === 0 ? 'none' : ''}`);
   for (const r of m.badRanges) log(`    bytes ${r.offset}-${r.offset + r.length - 1} (${r.length} bytes) were unreadable and are stored as zeros`);
 }

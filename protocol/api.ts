@@ -30,6 +30,8 @@ export interface CaptureRequest {
   partitions?: number[];
   ignoreReadErrors?: boolean;
   force?: boolean;
+  /** Read every byte, not only the blocks filesystems use. */
+  raw?: boolean;
 }
 
 /** Progress of a capture as its agent reports it (POST /api/captures/ID/progress). */

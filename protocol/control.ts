@@ -132,6 +132,7 @@ export function decodeServerMessage(frame: Uint8Array, limit: number = CONTROL.M
           partitions: (c.partitions ?? []).map((x) => num(x)),
           ignoreReadErrors: c.ignoreReadErrors ?? false,
           force: c.force ?? false,
+          raw: c.raw ?? false,
           chunkSize: num(c.chunkSize),
           secret: str(c.secret, 'capture secret', 128),
         },

@@ -31,6 +31,7 @@ import { createHash } from 'node:crypto';
 import { ClonecastError, ERR } from './errors.js';
 import type { PartitionTable } from './partitions.js';
 import { CHUNK, chunkCount, type Compression } from './chunk.js';
+import { checkPartitionReads, checkUsedBytes } from './partition-reads.js';
 
 /** Constants of the manifest format. */
 export const MANIFEST = Object.freeze({
@@ -216,6 +217,13 @@ function checkMeta(meta: ManifestMeta, n: number, bad: (why: string) => Error): 
   if (meta.chunkSize < CHUNK.MIN_SIZE || meta.chunkSize > CHUNK.MAX_SIZE) throw bad(`chunk size ${meta.chunkSize} out of range`);
   if (chunkCount(meta.diskSize, meta.chunkSize) !== n) throw bad('chunk count does not match disk size');
   if (!Array.isArray(meta.badRanges)) throw bad('bad ranges missing');
+  // Used-block metadata is optional (older versions have none) but checked when present.
+  try {
+    if (meta.partitions !== undefined) checkPartitionReads(meta.partitions, meta.diskSize);
+    if (meta.usedBytes !== undefined) checkUsedBytes(meta.usedBytes, meta.diskSize);
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
 }
 
 /**

@@ -5,7 +5,9 @@
 # the iPXE script of `clonecast serve --pxe` writes them; the boot credential only for a
 # machine the server names: without one the agent connects unverified).
 /bin/busybox --install -s /bin
-export PATH=/bin:/sbin:/usr/bin
+# /sbin first: the full tools bootenv build copies there (util-linux blkid and losetup, mkswap,
+# partclone) win over busybox's applets of the same names, which lack options the agent uses.
+export PATH=/sbin:/bin:/usr/bin
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev

@@ -14,6 +14,7 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, re
 import { basename, dirname, join, relative } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
+import { imagingLibraries, imagingTools } from './bootenv-tools.js';
 
 /** Kernel modules a lab PC or a VM needs for its disk and network card (their dependencies are added). */
 export const MODULES = Object.freeze([
@@ -169,6 +170,12 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     // Libraries the addon loads with dlopen (ldd cannot see them); without ISA-L the agent
     // decodes parity with the slower portable code.
     for (const lib of dlopenedLibraries()) copyInto(root, lib);
+    // Used-block capture: partclone, blkid and the checks, on PATH in /sbin; their libraries where ldd found them.
+    for (const t of imagingTools()) {
+      copyFileSync(t.path, join(root, 'sbin', t.name));
+      chmodSync(join(root, 'sbin', t.name), 0o755);
+    }
+    for (const lib of imagingLibraries()) copyInto(root, lib);
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');
     mkdirSync(app, { recursive: true });

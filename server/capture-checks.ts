@@ -7,7 +7,8 @@
  */
 import { CHUNK, chunkCount, chunkLength, decodeChunk, decodeChunkHeader } from '../protocol/chunk.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import { chunkAt, ChunkKind, MANIFEST, setChunk, tableLength, type BadRange } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind, MANIFEST, setChunk, tableLength, type BadRange, type ManifestMeta } from '../protocol/manifest.js';
+import { checkPartitionReads, checkUsedBytes } from '../protocol/partition-reads.js';
 import { readPartitionTable, type PartitionTable } from '../protocol/partitions.js';
 import type { Store } from './store/store.js';
 import type { CaptureProgress } from '../protocol/api.js';
@@ -50,6 +51,8 @@ export interface FinishBody {
   device: string;
   blockDevice: boolean;
   progress: unknown;
+  /** The used-block record of the capture (absent from a --raw capture or an older agent). */
+  used: Pick<ManifestMeta, 'partitions' | 'usedBytes'>;
 }
 
 /** What the server knows of a capture's disk, to hold a finish body against. */
@@ -95,7 +98,23 @@ export function checkFinish(body: unknown, known: KnownDisk): FinishBody {
     end = offset + length;
     return { offset, length };
   });
-  return { diskSize, sectorSize, chunkSize, partitionTable: m.partitionTable, badRanges, device, blockDevice: m.blockDevice === true, progress: m.progress };
+  const used: FinishBody['used'] = {};
+  try {
+    if (m.partitions !== undefined) used.partitions = checkPartitionReads(m.partitions, diskSize);
+    if (m.usedBytes !== undefined) used.usedBytes = checkUsedBytes(m.usedBytes, diskSize);
+  } catch (err) {
+    throw bad((err as Error).message);
+  }
+  return { diskSize, sectorSize, chunkSize, partitionTable: m.partitionTable, badRanges, device, blockDevice: m.blockDevice === true, progress: m.progress, used };
+}
+
+/** The used-block record, each entry held against the partition it names (index, start and length). */
+export function checkUsedAgainstTable(used: FinishBody['used'], table: PartitionTable): FinishBody['used'] {
+  for (const [k, r] of (used.partitions ?? []).entries()) {
+    const p = table.partitions[r.index];
+    if (p === undefined || p.start !== r.start || p.size !== r.length) throw bad(`partitions[${k}] does not match partition ${r.index} of the partition table`);
+  }
+  return used;
 }
 
 /** A device path as an agent names it: printable, short. */
@@ -124,8 +143,8 @@ export async function checkTable(store: Store, table: Buffer, diskSize: number, 
     const r = chunkAt(table, i);
     const at = `chunk table record ${i}`;
     if (table.readUInt16BE(i * MANIFEST.RECORD_SIZE + 2) !== 0) throw bad(`${at}: reserved bytes are not zero`);
-    if (r.kind === ChunkKind.ZERO || r.kind === ChunkKind.ABSENT) {
-      if (r.storedLength !== 0 || r.xxh64 !== 0n || r.compression !== 0 || r.sha256.some((b) => b !== 0)) throw bad(`${at}: ${r.kind === ChunkKind.ZERO ? 'a zero' : 'an absent'} chunk carries no hash, codec or length`);
+    if (r.kind === ChunkKind.ZERO || r.kind === ChunkKind.ABSENT || r.kind === ChunkKind.UNUSED) {
+      if (r.storedLength !== 0 || r.xxh64 !== 0n || r.compression !== 0 || r.sha256.some((b) => b !== 0)) throw bad(`${at}: ${['a zero', '', 'an absent', 'an unused'][r.kind]} chunk carries no hash, codec or length`);
       continue;
     }
     if (r.kind !== ChunkKind.DATA) throw bad(`${at}: unknown kind ${r.kind}`);

@@ -27,7 +27,7 @@ import { native } from '../native/addon.js';
 import type { Activity, CaptureState } from '../protocol/states.js';
 import type { CaptureRequest } from '../protocol/api.js';
 import { newSecret, secretHash, secretMatches } from './credentials.js';
-import { checkFinish, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
+import { checkFinish, checkUsedAgainstTable, checkPartitionTable, checkProgress, checkTable, maxChunkUpload, tableFromChunks } from './capture-checks.js';
 
 /** Defaults of CaptureManager. */
 export const CAPTURE_DEFAULTS = Object.freeze({
@@ -54,6 +54,8 @@ export interface CaptureRecord {
   chunkSize: number;
   partitions: number[];
   ignoreReadErrors: boolean;
+  /** Read every byte (no used-block map). */
+  raw?: boolean;
   force: boolean;
   state: CaptureState;
   error: string;
@@ -144,7 +146,7 @@ export class CaptureManager extends EventEmitter {
     if (req.partitions !== undefined && (!Array.isArray(req.partitions) || req.partitions.length > 128 || req.partitions.some((p) => !Number.isSafeInteger(p) || p < 1 || p > 256))) {
       throw new ClonecastError(ERR.USAGE, 'partitions must be a list of partition numbers (1-256)');
     }
-    for (const flag of ['ignoreReadErrors', 'force'] as const) if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw new ClonecastError(ERR.USAGE, `${flag} must be true or false`);
+    for (const flag of ['ignoreReadErrors', 'force', 'raw'] as const) if (req[flag] !== undefined && typeof req[flag] !== 'boolean') throw new ClonecastError(ERR.USAGE, `${flag} must be true or false`);
     const machine = this.registry.get(String(req.machine ?? '').toLowerCase());
     if (machine === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${req.machine}; "clonecast machines" lists them`);
     if (!machine.online) throw new ClonecastError(ERR.UNREACHABLE, `${machine.id} is not connected; start its agent first`);
@@ -169,6 +171,7 @@ export class CaptureManager extends EventEmitter {
       partitions: req.partitions ?? [],
       ignoreReadErrors: req.ignoreReadErrors === true,
       force: req.force === true,
+      raw: req.raw === true,
       state: 'running',
       error: '',
       createdAt: new Date().toISOString(),
@@ -193,7 +196,7 @@ export class CaptureManager extends EventEmitter {
     if (this.captures.get(id)?.state !== 'running') return record; // failed meanwhile (its machine went away)
     const sent = this.agents.send(machine.id, {
       type: 'capture',
-      capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, chunkSize: record.chunkSize, secret },
+      capture: { captureId: id, image: req.image, device, partitions: record.partitions, ignoreReadErrors: record.ignoreReadErrors, force: record.force, raw: record.raw === true, chunkSize: record.chunkSize, secret },
     });
     if (!sent) this.fail(id, 'the machine disconnected before the capture could start');
     this.log?.('info', `capture ${id}: ${machine.id} ${device} → ${req.image}`);
@@ -336,6 +339,7 @@ export class CaptureManager extends EventEmitter {
         partitionTable,
         badRanges: m.badRanges,
         newBytes: c.received.newBytes,
+        ...checkUsedAgainstTable(m.used, partitionTable),
       };
       // store.publish() writes only what the normal manifest decoder reads back.
       const version = this.store.publish({ meta, table });

@@ -48,6 +48,11 @@ const CAPABILITIES: Record<string, () => string | null> = {
   mkfs: () => (hasCommand('mkfs.ext4') ? null : 'needs mkfs.ext4 (e2fsprogs)'),
   sfdisk: () => (hasCommand('sfdisk') ? null : 'needs sfdisk (fdisk package)'),
   sgdisk: () => (hasCommand('sgdisk') ? null : 'needs sgdisk (gdisk package)'),
+  partclone: () => (hasCommand('partclone.extfs') && hasCommand('blkid') ? null : 'needs partclone and blkid (apt-get install partclone util-linux)'),
+  fstools: () => {
+    const tools = ['mkntfs', 'ntfs-3g', 'mkfs.vfat', 'mcopy', 'mkfs.exfat', 'mount.exfat-fuse', 'mkfs.xfs', 'mkfs.btrfs'].filter((t) => !hasCommand(t));
+    return tools.length === 0 ? null : `needs ${tools.join(', ')} (apt-get install ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs)`;
+  },
   netns: () => {
     if (process.getuid?.() !== 0) return 'needs root for network namespaces';
     const probe = `ccprobe${process.pid}`;

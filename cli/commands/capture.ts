@@ -10,6 +10,7 @@ export const capture: Command = {
   positionals: [{ name: 'MACHINE' }, { name: 'NAME' }],
   options: {
     disk: { kind: 'string', value: 'DEV', help: 'The disk to read on the machine.', default: 'its only disk' },
+    raw: { kind: 'flag', help: 'Read every byte of the disk, not only the blocks its filesystems use.' },
     partitions: { kind: 'string', value: 'N,...', help: 'Read only these partitions, by number (P2V of chosen partitions).' },
     'ignore-read-errors': { kind: 'flag', help: 'Store unreadable ranges as zeros and list them in the version, instead of failing.' },
     force: { kind: 'flag', help: 'Read the disk even if it is mounted (the copy may then be inconsistent).' },
@@ -29,7 +30,7 @@ export const capture: Command = {
     const a = await import('../admin.js');
     const r = await a.capture(
       client,
-      { machine, image, disk: ctx.str('disk'), partitions, ignoreReadErrors: ctx.flag('ignore-read-errors'), force: ctx.flag('force') },
+      { machine, image, disk: ctx.str('disk'), partitions, ignoreReadErrors: ctx.flag('ignore-read-errors'), force: ctx.flag('force'), raw: ctx.flag('raw') || undefined },
       {
         json: ctx.json,
         stream: process.stderr,

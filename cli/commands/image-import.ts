@@ -10,13 +10,17 @@ export const imageImport: Command = {
   usage: 'SRC NAME',
   positionals: [{ name: 'SRC' }, { name: 'NAME' }],
   options: {
+    raw: { kind: 'flag', help: 'Read every byte of the disk, not only the blocks its filesystems use.' },
     'ignore-read-errors': { kind: 'flag', help: 'Store unreadable ranges as zeros and list them in the version, instead of failing.' },
     'chunk-size': { kind: 'positive', value: 'BYTES', help: 'Chunk size: a power of two from 65536 (64 KiB) to 16777216 (16 MiB).', default: '1048576 (1 MiB)' },
     ...CODEC_OPTIONS,
     ...WORKERS,
     ...COMMON,
   },
-  details: ['Only what the filesystems use is read; chunks the store already holds are not stored twice.'],
+  details: [
+    'Only what the filesystems use is read (partclone maps of ext2/3/4, NTFS, FAT, exFAT, XFS, btrfs, f2fs, HFS+); swap is not copied; other and unclean filesystems are read in full, with a warning; --raw reads every byte.',
+    'Chunks the store already holds are not stored twice.',
+  ],
   interrupted: 'nothing half-made was published; chunks already stored are reused by the next import (or dropped by "clonecast image gc")',
   async run(ctx) {
     const [src, name] = ctx.positionals;
@@ -27,6 +31,8 @@ export const imageImport: Command = {
       workers: ctx.num('workers'),
       codec: codecFromOptions(ctx),
       progress: ctx.progress,
+      raw: ctx.flag('raw'),
+      warn: (message) => process.stderr.write(`warning: ${message}\n`),
     });
     ctx.out(() => printImport(summary), summary);
     return 0;

@@ -19,6 +19,7 @@ import { readAround } from '../../native/read-around.js';
 import { chunkFileFits, DIRECT_UNIT, Store } from './store.js';
 import { native } from '../../native/addon.js';
 import type { Reply } from './pool.js';
+import { zeroOutside } from '../../protocol/used-map.js';
 
 /** Settings shared by every worker of a pool. */
 export interface WorkerSetup {
@@ -37,6 +38,8 @@ export interface ImportTask {
   index: number;
   position: number;
   length: number;
+  /** A partly used chunk: the [offset, length] ranges kept; the other bytes are stored as zeros. */
+  keep?: [number, number][];
 }
 
 /** What an import task found. */
@@ -128,6 +131,7 @@ async function importChunk(t: ImportTask, b: Buffers): Promise<ImportResult> {
   const d = device();
   const badRanges = readSource(d, b.raw, t.position, t.length);
   const raw = b.raw.subarray(0, t.length);
+  if (t.keep !== undefined) zeroOutside(raw, t.length, t.keep);
   const none = { index: t.index, compression: Compression.RAW, storedLength: 0, xxh64: 0n, sha256: new Uint8Array(32), newBytes: 0, badRanges };
   if (isZero(raw)) return { ...none, kind: ChunkKind.ZERO };
   const hash = xxh64(raw);

@@ -16,6 +16,8 @@ import { Progress, type ProgressOptions } from '../progress.js';
 import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
 import { checkName, type Store } from './store.js';
 import type { ImportResult, ImportTask, WorkerSetup } from './chunk-worker.js';
+import { planImport } from './import-plan.js';
+import type { PartitionRead } from '../../protocol/manifest.js';
 
 /** Bytes of new chunks between background syncs during an import. */
 export const WRITEBACK_STEP = 64 << 20;
@@ -34,6 +36,10 @@ export interface ImportOptions {
   description?: string;
   /** How new chunks are compressed (default: defaultCodec(), zstd where libzstd loads). */
   codec?: ChunkCodec;
+  /** Read every byte, not only what filesystems use (--raw). */
+  raw?: boolean;
+  /** Told of partitions read in full for a safety reason (an unclean filesystem). */
+  warn?: (message: string) => void;
 }
 
 /** What an import did. */
@@ -45,6 +51,16 @@ export interface ImportSummary {
   chunks: number;
   dataChunks: number;
   zeroChunks: number;
+  /** Chunks no filesystem uses: not read, not stored. */
+  unusedChunks: number;
+  /** Bytes read from the source. */
+  bytesRead: number;
+  /** Bytes the filesystems use plus what was read raw (the disk's size under --raw). */
+  usedBytes: number;
+  /** How each partition was read (empty under --raw). */
+  partitions: PartitionRead[];
+  /** Partitions read in full for a safety reason. */
+  warnings: string[];
   /** Data chunks that were already in the store. */
   reusedChunks: number;
   /** Bytes this import added to the store. */
@@ -80,10 +96,11 @@ export async function importImage(store: Store, src: string, name: string, optio
     const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors, codec };
     pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
     const partitionTable = await readTable(source);
+    const plan = await planImport(src, diskSize, partitionTable, options.raw === true, options.warn);
     const n = chunkCount(diskSize, chunkSize);
     const table = newChunkTable(n);
     const progress = new Progress(`import ${name}`, diskSize, options.progress);
-    const stats = { dataChunks: 0, zeroChunks: 0, reusedChunks: 0, newBytes: 0, storedBytes: 0 };
+    const stats = { dataChunks: 0, zeroChunks: 0, unusedChunks: 0, bytesRead: 0, reusedChunks: 0, newBytes: 0, storedBytes: 0 };
     const bad: BadRange[] = [];
     const results: (BadRange[] | undefined)[] = [];
     // Start writeback of stored chunks early so that the final barrier only
@@ -92,8 +109,17 @@ export async function importImage(store: Store, src: string, name: string, optio
     let syncing: Promise<void> | undefined;
     await runBounded(n, (options.workers ?? DEFAULT_WORKERS) * (WORKER_DEPTH + 1), async (i) => {
       const length = chunkLength(i, diskSize, chunkSize);
+      const use = plan.chunk(i * chunkSize, length);
+      if (use.use === 'unused') {
+        setChunk(table, i, { kind: ChunkKind.UNUSED, compression: 0, storedLength: 0, xxh64: 0n, sha256: Buffer.alloc(32) });
+        stats.unusedChunks++;
+        progress.add(length);
+        return;
+      }
       // A hole in a sparse image file is a zero chunk: no need to read it.
-      const r = source!.isHole(i * chunkSize, length) ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length });
+      const hole = source!.isHole(i * chunkSize, length);
+      if (!hole) stats.bytesRead += length;
+      const r = hole ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length, keep: use.use === 'partial' ? use.keep : undefined });
       setChunk(table, i, { kind: r.kind, compression: r.compression, storedLength: r.storedLength, xxh64: r.xxh64, sha256: Buffer.from(r.sha256) });
       if (r.kind === ChunkKind.ZERO) stats.zeroChunks++;
       else {
@@ -128,10 +154,12 @@ export async function importImage(store: Store, src: string, name: string, optio
       partitionTable,
       badRanges: bad,
       newBytes: stats.newBytes,
+      ...plan.meta,
     };
     const version = store.publish({ meta, table });
     const seconds = (performance.now() - started) / 1000;
-    return { name, version, parent, diskSize, chunks: n, ...stats, codec: codecName(codec), badRanges: bad, partitionTable, seconds, bytesPerSecond: diskSize / seconds };
+    const used = { usedBytes: plan.meta.usedBytes ?? diskSize, partitions: plan.meta.partitions ?? [], warnings: plan.map?.warnings ?? [] };
+    return { name, version, parent, diskSize, chunks: n, ...stats, ...used, codec: codecName(codec), badRanges: bad, partitionTable, seconds, bytesPerSecond: diskSize / seconds };
   } finally {
     await pool?.close();
     source?.close();

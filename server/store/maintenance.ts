@@ -20,6 +20,10 @@ export interface ImageInfo {
   dataChunks: number;
   zeroChunks: number;
   absentChunks: number;
+  /** Chunks no filesystem uses (not stored). */
+  unusedChunks: number;
+  /** Bytes the filesystems use plus what was read raw (the disk's size for versions made without a map). */
+  usedBytes: number;
   /** Bytes of non-zero chunks as they are on the disk. */
   dataBytes: number;
   /** Distinct chunks this version uses and their stored bytes (compressed, with headers). */
@@ -37,13 +41,14 @@ export interface ImageInfo {
 export function describe(m: Manifest): ImageInfo {
   const n = tableLength(m.table);
   const seen = new Set<string>();
-  const info = { chunks: n, dataChunks: 0, zeroChunks: 0, absentChunks: 0, dataBytes: 0, uniqueChunks: 0, storedBytes: 0 };
+  const info = { chunks: n, dataChunks: 0, zeroChunks: 0, absentChunks: 0, unusedChunks: 0, dataBytes: 0, uniqueChunks: 0, storedBytes: 0 };
   let uniqueRaw = 0;
   for (let i = 0; i < n; i++) {
     const r = chunkAt(m.table, i);
     const len = chunkLength(i, m.meta.diskSize, m.meta.chunkSize);
     if (r.kind === ChunkKind.ZERO) info.zeroChunks++;
     else if (r.kind === ChunkKind.ABSENT) info.absentChunks++;
+    else if (r.kind === ChunkKind.UNUSED) info.unusedChunks++;
     else {
       info.dataChunks++;
       info.dataBytes += len;
@@ -60,6 +65,7 @@ export function describe(m: Manifest): ImageInfo {
   return {
     meta: m.meta,
     ...info,
+    usedBytes: m.meta.usedBytes ?? m.meta.diskSize,
     compressionRatio: ratio(uniqueRaw, info.storedBytes),
     dedupeRatio: ratio(info.dataBytes, uniqueRaw),
     totalRatio: ratio(m.meta.diskSize, info.storedBytes),
@@ -70,7 +76,7 @@ export function describe(m: Manifest): ImageInfo {
 export interface ListEntry {
   name: string;
   versions: number[];
-  latest: { version: number; createdAt: string; diskSize: number; storedBytes: number; badRanges: number } | { version: number; error: string };
+  latest: { version: number; createdAt: string; diskSize: number; usedBytes: number; storedBytes: number; badRanges: number } | { version: number; error: string };
 }
 
 /** Lists every image with its versions and its latest version's sizes. */
@@ -81,7 +87,7 @@ export async function listImages(store: Store): Promise<ListEntry[]> {
     const version = versions[versions.length - 1];
     try {
       const info = describe(await store.readManifest(name, version));
-      out.push({ name, versions, latest: { version, createdAt: info.meta.createdAt, diskSize: info.meta.diskSize, storedBytes: info.storedBytes, badRanges: info.meta.badRanges.length } });
+      out.push({ name, versions, latest: { version, createdAt: info.meta.createdAt, diskSize: info.meta.diskSize, usedBytes: info.usedBytes, storedBytes: info.storedBytes, badRanges: info.meta.badRanges.length } });
     } catch (err) {
       out.push({ name, versions, latest: { version, error: (err as Error).message } });
     }

@@ -9,7 +9,7 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { Store, parseRef } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { exportImage } from '../../server/store/export.js';
-import { detachLoops, itNeeds, loopAttach, seeded, tempDir } from '../helpers.js';
+import { detachLoops, itNeeds, loopAttach, missing, seeded, tempDir } from '../helpers.js';
 
 afterAll(detachLoops);
 
@@ -237,11 +237,19 @@ describe('loop devices', () => {
     execFileSync('umount', [mnt]);
 
     const store = Store.open(join(dir, 'data'));
-    const s = await importImage(store, src, 'lab', { chunkSize: MiB });
+    // raw: the comparison below is of every byte, and the target starts full of old data
+    // (an export leaves the chunks of a used-block import that no filesystem uses as they are).
+    const s = await importImage(store, src, 'lab', { chunkSize: MiB, raw: true });
     expect(s.diskSize).toBe(48 * MiB);
     expect(s.partitionTable.scheme).toBe('gpt');
     expect(s.partitionTable.partitions.map((p) => p.name)).toEqual(['ESP', 'root']);
     expect(s.zeroChunks).toBeGreaterThan(10);
+    if (missing(['partclone']).length === 0) {
+      // Used-block import of a disk whose partitions the kernel knows: partclone reads the partition's own node.
+      const u = await importImage(store, src, 'lab-used', { chunkSize: MiB });
+      expect(u.partitions.map((p) => [p.fs, p.method, p.label])).toEqual([[null, 'full', undefined], ['ext4', 'used-blocks', 'labroot']]);
+      expect(u.bytesRead).toBeLessThan(s.bytesRead);
+    }
 
     const small = join(dir, 'small.img');
     execFileSync('truncate', ['-s', '40M', small]);

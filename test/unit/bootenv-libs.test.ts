@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { basename, join } from 'node:path';
 import { DLOPENED, dlopenedLibraries } from '../../pxe/bootenv.js';
 import { itNeeds, ROOT } from '../helpers.js';
+import { IMAGING_TOOLS, imagingLibraries, imagingTools, linkedLibraries } from '../../pxe/bootenv-tools.js';
 
 describe('boot environment libraries', () => {
   it('carries every library the addon loads with dlopen (ldd cannot see them)', () => {
@@ -13,6 +14,18 @@ describe('boot environment libraries', () => {
     }
     expect(opened.has('libzstd.so.1')).toBe(true);
     expect([...opened].filter((l) => !DLOPENED.includes(l))).toEqual([]);
+  });
+
+  itNeeds(['partclone', 'fstools'], 'carries partclone for each filesystem, blkid, the cleanliness checks and every library ldd lists for them', () => {
+    const tools = imagingTools();
+    expect(tools.every((t) => IMAGING_TOOLS.includes(t.name) && t.path.endsWith(`/${t.name}`))).toBe(true);
+    for (const name of ['partclone.extfs', 'partclone.ntfs', 'partclone.fat', 'partclone.xfs', 'partclone.btrfs', 'blkid', 'losetup', 'dumpe2fs', 'ntfsinfo', 'xfs_logprint', 'mkswap']) {
+      expect(tools.map((t) => t.name)).toContain(name);
+    }
+    const libs = imagingLibraries();
+    const names = libs.map((p) => basename(p));
+    for (const lib of ['libext2fs.so.2', 'libntfs-3g.so.89', 'libcrypto.so.3', 'libblkid.so.1']) expect(names).toContain(lib);
+    for (const t of tools) for (const lib of linkedLibraries(t.path)) expect(libs).toContain(lib);
   });
 
   itNeeds(['zstd'], 'finds libzstd.so.1 on this system to copy into the initramfs', () => {
