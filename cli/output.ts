@@ -87,6 +87,7 @@ export function printInfo(i: ImageInfo): void {
     log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}`);
   }
   for (const w of t.warnings) log(`    warning: ${w}`);
+  for (const a of m.assembledFrom ?? []) log(`    ${String(t.partitions[a.index]?.number ?? a.index + 1).padStart(2)}  from ${a.image}@${a.version} partition ${a.partition} (source offset ${a.sourceStart})`);
   log(`  bad ranges   ${m.badRanges.length === 0 ? 'none' : ''}`);
   for (const r of m.badRanges) log(`    bytes ${r.offset}-${r.offset + r.length - 1} (${r.length} bytes) were unreadable and are stored as zeros`);
 }
