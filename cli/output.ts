@@ -83,11 +83,12 @@ export function printInfo(i: ImageInfo): void {
   log(`  ratios       compression ${ratio(i.compressionRatio)}, dedupe ${ratio(i.dedupeRatio)}, overall ${ratio(i.totalRatio)}`);
   const t = m.partitionTable;
   log(`  partitions   ${t.scheme}${t.diskId ? `, disk id ${t.diskId}` : ''}`);
-  for (const p of t.partitions) {
-    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}`);
-  }
+  t.partitions.forEach((p, k) => {
+    const a = m.assembledFrom?.find((x) => x.index === k);
+    const from = a === undefined ? '' : `  from ${a.image}@${a.version} partition ${a.partition}`;
+    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}${from}`);
+  });
   for (const w of t.warnings) log(`    warning: ${w}`);
-  for (const a of m.assembledFrom ?? []) log(`    ${String(t.partitions[a.index]?.number ?? a.index + 1).padStart(2)}  from ${a.image}@${a.version} partition ${a.partition} (source offset ${a.sourceStart})`);
   log(`  bad ranges   ${m.badRanges.length === 0 ? 'none' : ''}`);
   for (const r of m.badRanges) log(`    bytes ${r.offset}-${r.offset + r.length - 1} (${r.length} bytes) were unreadable and are stored as zeros`);
 }
