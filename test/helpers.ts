@@ -44,6 +44,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   mkfs: () => (hasCommand('mkfs.ext4') ? null : 'needs mkfs.ext4 (e2fsprogs)'),
   sfdisk: () => (hasCommand('sfdisk') ? null : 'needs sfdisk (fdisk package)'),
   sgdisk: () => (hasCommand('sgdisk') ? null : 'needs sgdisk (gdisk package)'),
+  vfat: () => (hasCommand('mkfs.vfat') && hasCommand('mcopy') ? null : 'needs mkfs.vfat and mcopy (apt-get install dosfstools mtools)'),
   netns: () => {
     if (process.getuid?.() !== 0) return 'needs root for network namespaces';
     const probe = `ccprobe${process.pid}`;
