@@ -16,7 +16,8 @@ import { assembleImage, type AssembleSummary } from '../../server/store/assemble
 import { parsePartSpec } from '../../server/store/assemble-plan.js';
 import { chunkAt, ChunkKind, setChunk, type Manifest } from '../../protocol/manifest.js';
 import { isError, ERR } from '../../protocol/errors.js';
-import { cli, itNeeds, seeded, tempDir, texty } from '../helpers.js';
+import { cli, itNeeds, seeded, serverFetch, tempDir, texty } from '../helpers.js';
+import { startServer } from '../../server/app.js';
 
 const MiB = 1 << 20;
 const NEEDS = ['sgdisk', 'sfdisk', 'mkfs'];
@@ -249,5 +250,46 @@ describe('image assemble', () => {
     expect(none.code).toBe(2);
     expect(none.stderr).toMatch(/--part IMAGE\[@V\]:N/);
     expect((await cli(['image', 'assemble', 'viacli', '--part', 'srca:1', '--size', '12abc', '--data', data])).stderr).toMatch(/--size takes auto or a number/);
+  }, 120_000);
+
+  itNeeds(NEEDS, 'the admin API assembles with the token, checks every field of the body first, and refuses without the token', async () => {
+    const srv = await startServer({ store: Store.open(join(dir, 'data')), listen: '127.0.0.1:0', version: 'test' });
+    try {
+      const post = (body: string, token: string | null = srv.token) =>
+        serverFetch(srv, '/api/images/assemble', { method: 'POST', body, headers: { 'content-type': 'application/json', ...(token === null ? {} : { authorization: `Bearer ${token}` }) } });
+      const hostile: [string, RegExp][] = [
+        ['not json', /not JSON/],
+        ['[1,2]', /JSON object/],
+        ['{"name":"x","parts":["srca:1"],"evil":1}', /unknown field "evil"/],
+        ['{"name":"x","parts":[]}', /parts must be a list of 1 to 128/],
+        [JSON.stringify({ name: 'x', parts: Array(129).fill('srca:1') }), /parts must be a list/],
+        ['{"name":"x","parts":[{"image":"srca"}]}', /each part must be/],
+        [JSON.stringify({ name: 'x'.repeat(65), parts: ['srca:1'] }), /name must be an image name/],
+        ['{"name":"../../etc","parts":["srca:1"]}', /not a valid image name/],
+        ['{"name":"x","parts":["srca:1"],"size":"1e9"}', /size must be a whole number/],
+        ['{"name":"x","parts":["srca:1"],"size":1.5}', /size must be a whole number/],
+        ['{"name":"x","parts":["srca:1"],"table":"apm"}', /table must be/],
+        ['{"name":"x","parts":["srca:1"],"growLast":"yes"}', /growLast must be/],
+        ['{"name":"x","parts":["srca:99"]}', /has no partition 99/],
+      ];
+      for (const [body, text] of hostile) {
+        const r = await post(body);
+        expect(r.status, body).toBeGreaterThanOrEqual(400);
+        expect(r.status, body).toBeLessThan(500);
+        expect((await r.json()).error.message, body).toMatch(text);
+      }
+      expect((await post('{"name":"x","parts":["srca:1"]}', null)).status).toBe(401);
+      expect((await post('{"name":"x","parts":["srca:1"]}', 'f'.repeat(48))).status).toBe(401);
+      expect(store.versions('x')).toEqual([]);
+      const ok = await post(JSON.stringify({ name: 'viaapi', parts: ['srca:1', 'srcb:2'], table: 'mbr' }));
+      expect(ok.status).toBe(201);
+      const summary = await ok.json();
+      expect(summary.table.scheme).toBe('mbr');
+      expect(summary.assembledFrom.map((x: { image: string }) => x.image)).toEqual(['srca', 'srcb']);
+      const list = await (await serverFetch(srv, '/api/images', { headers: { authorization: `Bearer ${srv.token}` } })).json();
+      expect(list.map((e: { name: string }) => e.name)).toContain('viaapi');
+    } finally {
+      await srv.close();
+    }
   }, 120_000);
 });
