@@ -124,6 +124,9 @@ export async function planAssembly(store: Store, specs: readonly PartSpec[], opt
     }
     const start = Math.ceil(Math.max(end, 1) / align) * align;
     const fromGpt = !c.source.type.startsWith('0x');
+    if (fromGpt && c.source.attributes !== undefined && !/^[0-9a-f]{1,16}$/i.test(c.source.attributes)) {
+      throw new ClonecastError(ERR.PARTITION_TABLE, `partition ${c.source.number} of ${c.image}@${c.version} has attributes "${String(c.source.attributes).slice(0, 40)}", not 16 hex digits; its table record is damaged, so it cannot be copied`);
+    }
     // Legacy BIOS bootable is GPT attribute bit 2 (UEFI 2.10 table 5.7): the MBR boot flag maps to it and back.
     const attrs = fromGpt ? BigInt(`0x${c.source.attributes ?? '0'}`) : c.source.bootable ? 4n : 0n;
     const entry: TablePartition =

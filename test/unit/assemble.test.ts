@@ -196,6 +196,21 @@ describe('image assemble', () => {
     store.publish({ meta: { ...m.meta, name: 'forged' }, table: m.table });
     const err = await assembleImage(store, 'bad', specs('forged:2')).then(() => null, (e: unknown) => e);
     expect(isError(err, ERR.PARTITION_TABLE), String(err)).toBe(true);
+    // A GPT record with attributes that are not hex, a name too long for an entry, a type that is no GUID.
+    const g: Manifest = await store.readManifest('srca', 1);
+    g.meta.partitionTable.partitions[0].attributes = 'zz';
+    g.meta.partitionTable.partitions[1].name = 'n'.repeat(40);
+    store.publish({ meta: { ...g.meta, name: 'forged' }, table: g.table });
+    const e1 = await assembleImage(store, 'bad', specs('forged:1')).then(() => null, (e: unknown) => e);
+    expect(isError(e1, ERR.PARTITION_TABLE), String(e1)).toBe(true);
+    const e2 = await assembleImage(store, 'bad', specs('forged:2')).then(() => null, (e: unknown) => e);
+    expect(isError(e2, ERR.PARTITION_TABLE), String(e2)).toBe(true);
+    expect((e2 as Error).message).toMatch(/longer than 36/);
+    g.meta.partitionTable.partitions[1].type = 'Linux; rm -rf /';
+    store.publish({ meta: { ...g.meta, name: 'forged' }, table: g.table });
+    const e3 = await assembleImage(store, 'bad', specs('forged:2')).then(() => null, (e: unknown) => e);
+    expect(isError(e3, ERR.USAGE), String(e3)).toBe(true);
+    expect((e3 as Error).message).toMatch(/no GPT equivalent/);
     expect(store.versions('bad')).toEqual([]);
   });
 
@@ -233,6 +248,17 @@ describe('image assemble', () => {
     const err = await assembleImage(other, 'bad', specs('srcb:1')).then(() => null, (e: unknown) => e);
     expect(isError(err, ERR.CHUNK_CORRUPT), String(err)).toBe(true);
     expect(other.versions('bad')).toEqual([]);
+  }, 120_000);
+
+  itNeeds(NEEDS, 'takes partitions from a source with another chunk size: re-chunked, bytes exact', async () => {
+    await importImage(store, b, 'smallchunks', { workers: 2, chunkSize: 256 << 10 });
+    const s = await assembleImage(store, 'mixed', specs('srca:1', 'smallchunks:2'));
+    expect(s.reusedChunks).toBe(16); // the ESP's; the other partition's chunks are 256 KiB in its source
+    const out = join(dir, 'mixed.img');
+    await exportImage(store, { name: 'mixed' }, out);
+    expect((await store.readManifest('mixed', s.version)).meta.chunkSize).toBe(MiB);
+    expect(sha(range(out, s.table.partitions[1].start, B2[1]))).toBe(sha(range(b, B2[0], B2[1])));
+    expect(spawnSync('sgdisk', ['-v', out], { encoding: 'utf8' }).stdout).toContain('No problems found');
   }, 120_000);
 
   itNeeds(NEEDS, 'the CLI takes --part more than once, prints the sources, and image info shows them', async () => {
