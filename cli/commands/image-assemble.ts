@@ -14,7 +14,7 @@ function printAssemble(s: AssembleSummary): void {
   log(`  disk        ${formatBytes(s.diskSize)} (${s.diskSize} bytes), ${s.table.scheme}, disk id ${s.table.diskId}`);
   s.table.partitions.forEach((p, i) => {
     const from = s.assembledFrom[i];
-    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${safeText(p.name)}"` : ''}  from ${from.image}@${from.version} partition ${from.partition}`);
+    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${safeText(p.name)}"` : ''}  from ${from.image}@${from.version} partition ${from.partition}${p.uuid ? `  partuuid ${p.uuid}` : ''}`);
   });
   log(`  chunks      ${s.chunks}: ${s.reusedChunks} reused from the sources as they are, ${s.builtChunks} built (${formatBytes(s.bytesRead)} of source data read)`);
   log(`  stored      new in the store: ${formatBytes(s.newBytes)} in ${s.newChunks} chunks (${s.codec})`);
