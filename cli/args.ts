@@ -24,6 +24,8 @@ export interface OptionSpec {
   value?: string;
   /** The default, as shown in --help. */
   default?: string;
+  /** A string option that may be given more than once; its value is the list (string[]). */
+  repeatable?: boolean;
 }
 
 /** A positional argument. */
@@ -35,7 +37,7 @@ export interface Positional {
 }
 
 /** Parsed option values: strings, numbers (for number kinds) and booleans. */
-export type Values = Record<string, string | number | boolean | undefined>;
+export type Values = Record<string, string | number | boolean | string[] | undefined>;
 
 /** What a command's run() gets from the parser. */
 export interface Parsed {
@@ -118,7 +120,9 @@ export function parseCommand(cmd: CommandSpec, args: string[], others: Map<strin
     if (t.value === undefined || (!t.inlineValue && t.value.startsWith('-') && t.value.length > 1)) {
       throw fail(`${shown} needs a value${spec.value !== undefined ? ` (${spec.value})` : ''}`);
     }
-    values[t.name] = readValue(shown, spec, t.value, fail);
+    const value = readValue(shown, spec, t.value, fail);
+    if (spec.repeatable === true) values[t.name] = [...((values[t.name] as string[] | undefined) ?? []), String(value)];
+    else values[t.name] = value;
   }
   if (values.help === true) return { values, positionals };
   const required = cmd.positionals.filter((p) => !p.optional).length;
@@ -141,7 +145,7 @@ function readValue(shown: string, spec: OptionSpec, raw: string, fail: (m: strin
 }
 
 /** A comma-separated list, empty items dropped. */
-export function list(v: string | number | boolean | undefined): string[] | undefined {
+export function list(v: string | number | boolean | string[] | undefined): string[] | undefined {
   if (typeof v !== 'string') return undefined;
   return v.split(',').map((x) => x.trim()).filter((x) => x !== '');
 }

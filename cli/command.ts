@@ -48,6 +48,8 @@ export interface Context {
   num(name: string): number | undefined;
   /** A switch. */
   flag(name: string): boolean;
+  /** Every value of a repeatable option, in the order given. */
+  strs(name: string): string[];
   /** The image store (--data). */
   store(): Store;
   /** The server to talk to, its certificate's fingerprint and the token for it (--server, --fingerprint, --token, --token-file). */
@@ -108,6 +110,7 @@ export function makeContext(command: Command, values: Values, positionals: strin
     str: (n) => (typeof values[n] === 'string' ? (values[n] as string) : undefined),
     num: (n) => (typeof values[n] === 'number' ? (values[n] as number) : undefined),
     flag: (n) => values[n] === true,
+    strs: (n) => (Array.isArray(values[n]) ? (values[n] as string[]) : []),
     store: () => (store ??= Store.open(dataDir(ctx.str('data')))),
     client: () => ({
       server: serverUrl(values),

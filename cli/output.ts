@@ -86,9 +86,11 @@ export function printInfo(i: ImageInfo): void {
   log(`  ratios       compression ${ratio(i.compressionRatio)}, dedupe ${ratio(i.dedupeRatio)}, overall ${ratio(i.totalRatio)}`);
   const t = m.partitionTable;
   log(`  partitions   ${t.scheme}${t.diskId ? `, disk id ${t.diskId}` : ''}`);
-  for (const p of t.partitions) {
-    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}`);
-  }
+  t.partitions.forEach((p, k) => {
+    const a = m.assembledFrom?.find((x) => x.index === k);
+    const from = a === undefined ? '' : `  from ${a.image}@${a.version} partition ${a.partition}`;
+    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}${from}`);
+  });
   for (const w of t.warnings) log(`    warning: ${w}`);
   if (m.partitions !== undefined) log(`  read as      ${m.partitions.length === 0 ? 'no partitions mapped' : 'fs          method      used bytes       why'}`);
   for (const r of m.partitions ?? []) {

@@ -76,6 +76,23 @@ export interface ManifestMeta {
   partitions?: PartitionRead[];
   /** Bytes the filesystems use, plus what was read raw (absent: the whole disk). */
   usedBytes?: number;
+  /** Where each partition of an assembled disk came from (image assemble; absent otherwise). */
+  assembledFrom?: AssembledPart[];
+}
+
+/** One partition of an assembled disk and its source. */
+export interface AssembledPart {
+  /** Index of the partition in meta.partitionTable.partitions. */
+  index: number;
+  /** The source image version and its partition number (as image info lists it). */
+  image: string;
+  version: number;
+  partition: number;
+  /** Byte offset and length of the partition on the new disk. */
+  start: number;
+  length: number;
+  /** Byte offset of the partition on the source disk. */
+  sourceStart: number;
 }
 
 /** How one partition was read at import or capture. */

@@ -15,6 +15,7 @@ import { projectRoot } from '../native/addon.js';
 import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
 import { shown } from './session-types.js';
 import { listImages, type ListEntry } from './store/maintenance.js';
+import { assembleRequest } from './assemble-route.js';
 import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
 import type { Store } from './store/store.js';
@@ -214,6 +215,11 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
         return send(res, 200, c.registry.list());
       case 'GET /api/images':
         return send(res, 200, await listImages(c.store));
+      case 'POST /api/images/assemble': {
+        const summary = await assembleRequest(c.store, await readJson(req));
+        state.imagesChanged();
+        return send(res, 201, summary);
+      }
       case 'GET /api/sessions':
         return send(res, 200, c.sessions.list().map(shown));
       case 'POST /api/sessions': {

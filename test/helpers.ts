@@ -53,6 +53,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
     const tools = ['mkntfs', 'ntfs-3g', 'mkfs.vfat', 'mcopy', 'mkfs.exfat', 'mount.exfat-fuse', 'mkfs.xfs', 'mkfs.btrfs'].filter((t) => !hasCommand(t));
     return tools.length === 0 ? null : `needs ${tools.join(', ')} (apt-get install ntfs-3g dosfstools mtools exfatprogs exfat-fuse xfsprogs btrfs-progs)`;
   },
+  vfat: () => (hasCommand('mkfs.vfat') && hasCommand('mcopy') ? null : 'needs mkfs.vfat and mcopy (apt-get install dosfstools mtools)'),
   netns: () => {
     if (process.getuid?.() !== 0) return 'needs root for network namespaces';
     const probe = `ccprobe${process.pid}`;

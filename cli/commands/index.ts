@@ -5,6 +5,7 @@ import { bootenvBuild } from './bootenv.js';
 import { capture } from './capture.js';
 import { captures, capturesFail } from './captures.js';
 import { deploy } from './deploy.js';
+import { imageAssemble } from './image-assemble.js';
 import { imageExport } from './image-export.js';
 import { imageGc } from './image-gc.js';
 import { imageHistory } from './image-history.js';
@@ -34,6 +35,7 @@ export const COMMANDS: readonly Command[] = [
   imageVerify,
   imageExport,
   imageRecompress,
+  imageAssemble,
   imageHistory,
   imagePrune,
   imageRm,

@@ -427,7 +427,7 @@ describe('the command table', () => {
     }
     const having = (o: string) => COMMANDS.filter((c) => o in c.options).map((c) => c.name).sort();
     expect(having('workers')).toEqual(['image export', 'image import', 'image recompress', 'image verify']);
-    expect(having('codec')).toEqual(['image import']);
+    expect(having('codec')).toEqual(['image assemble', 'image import']);
     expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines set', 'sessions', 'sessions cancel', 'sessions start', 'wake']);
     expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm']);
   });
