@@ -157,7 +157,7 @@ describe('Secure Boot: the per-machine GRUB config', () => {
     const cfg = grubConfig('agent', { ...base, token: evil, cmdline: `quiet ${evil}`, kernel: "vm'linuz;$x", initrd: '${root}' });
     for (const line of cfg.split('\n')) expect(unquoted(line), line).not.toMatch(/[$;`{}]/);
     expect(cfg).toContain("'clonecast.token=x'\\''; reboot; echo '\\''$prefix `id` {a}'");
-    expect(() => grubConfig('agent', { ...base, cmdline: 'quiet\nreboot' })).toThrow(/control character/);
+    expect(() => grubConfig('agent', { ...base, token: 'a\nreboot' })).toThrow(/control character/);
     expect(() => grubQuote('a\rb')).toThrow(/control character/);
     expect(grubQuote("it's")).toBe("'it'\\''s'");
   });
