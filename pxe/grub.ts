@@ -18,11 +18,13 @@ export function grubQuote(s: string): string {
   return `'${s.replace(/'/g, "'\\''")}'`;
 }
 
-/** GRUB's name for a file on the plain-HTTP boot listener: (http,HOST:PORT)/PATH. */
-export function grubHttpPath(base: string, path: string): string {
-  const u = new URL(path, base);
-  if (u.protocol !== 'http:') throw new ClonecastError(ERR.USAGE, `GRUB fetches over plain HTTP; got ${base}`);
-  return `(http,${u.hostname}:${u.port === '' ? '80' : u.port})${u.pathname}${u.search}`;
+/**
+ * GRUB's name for a file on this server's TFTP root: (tftp,HOST)/PATH, HOST
+ * from the boot listener's URL (the server's address on the boot network).
+ * TFTP, not HTTP: Debian's signed network GRUB 2.06 has no http built in.
+ */
+export function grubTftpPath(base: string, path: string): string {
+  return `(tftp,${new URL(base).hostname})/${path}`;
 }
 
 /**
@@ -39,12 +41,12 @@ export function grubConfig(action: BootAction, o: { base: string; server: string
   ];
   const agent = [
     `echo ${grubQuote(`clonecast: starting the agent for ${o.mac}`)}`,
-    `linux ${grubQuote(grubHttpPath(o.base, `boot/files/${encodeURIComponent(o.kernel)}`))} ${args.map(grubQuote).join(' ')}`,
-    `initrd ${grubQuote(grubHttpPath(o.base, `boot/files/${encodeURIComponent(o.initrd)}`))}`,
+    `linux ${grubQuote(grubTftpPath(o.base, `boot/${o.kernel}`))} ${args.map(grubQuote).join(' ')}`,
+    `initrd ${grubQuote(grubTftpPath(o.base, `boot/${o.initrd}`))}`,
     'boot',
     `echo ${grubQuote('clonecast: the boot failed; trying again in 10 s')}`,
     'sleep 10',
-    `configfile ${grubQuote(grubHttpPath(o.base, `boot/grub?mac=${encodeURIComponent(o.mac)}`))}`,
+    `configfile ${grubQuote(grubTftpPath(o.base, `grub/clonecast/${o.mac}.cfg`))}`,
   ];
   // exit hands control back to the firmware, which boots the next entry of its boot order (the disk).
   const local = [`echo ${grubQuote('clonecast: no work for this machine; booting from its disk')}`, 'exit'];

@@ -14,7 +14,7 @@ export type SecureBootResult = ({ ok: true } & SecureBootFiles) | { ok: false; e
 export function secureBootFiles(o: Parameters<typeof collectSecureBoot>[0]): SecureBootResult {
   try {
     const files = collectSecureBoot(o);
-    o.log?.(`Secure Boot: shim signed by ${files.signers.shim.join(', ') || '?'}; GRUB by ${files.signers.grub.join(', ') || '?'}; kernel by ${files.signers.kernel.join(', ') || '?'}; ${files.modulesChecked} modules signed`);
+    o.log?.(`Secure Boot: shim signed by ${files.signers.shim.slice(0, 2).join(', ') || '?'}; GRUB by ${files.signers.grub.join(', ') || '?'}; kernel by ${files.signers.kernel.join(', ') || '?'}; ${files.modulesChecked} modules signed`);
     return { ok: true, ...files };
   } catch (err) {
     o.log?.(`Secure Boot files not collected: ${(err as Error).message}`);

@@ -6,15 +6,16 @@
  * shim and GRUB from the shim-signed and grub-efi-amd64-signed packages
  * (apt-get download, dpkg-deb -x: nothing is installed) and checks the
  * kernel's and the modules' signatures; `serve --secure-boot` hands shim to
- * UEFI PXE clients (pxe/service.ts) and serves GRUB and grub/grub.cfg beside
- * it over TFTP.
+ * UEFI PXE clients (pxe/service.ts) and serves GRUB, grub/grub.cfg, each
+ * machine's GRUB config, the kernel and the initramfs beside it over TFTP.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ARCH } from '../protocol/dhcp.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { grubQuote } from './grub.js';
+import type { GeneratedFile, GeneratedFiles } from './tftp-generated.js';
 
 /** The signed binaries and where they come from. `as`: the name they are served under (shim asks TFTP for grubx64.efi beside itself). */
 export const SIGNED_FILES = Object.freeze({
@@ -177,21 +178,23 @@ export function missingSecureBootFiles(bootDir: string): string[] {
     .filter((n) => !existsSync(join(bootDir, n)));
 }
 
+/** Where GRUB asks TFTP for a machine's own config: grub/clonecast/MAC.cfg ($net_default_mac: aa:bb:cc:dd:ee:ff). */
+export const GRUB_MACHINE_CONFIG = /^\/?grub\/clonecast\/([0-9a-f]{2}(?::[0-9a-f]{2}){5})\.cfg$/;
+
 /**
  * The static grub/grub.cfg served over TFTP. GRUB asks for it without saying
- * which machine it is, so it only chains to the machine's own config over
- * HTTP, by the MAC of the card it booted from ($net_default_mac, set by
- * GRUB's efinet; the boot route checks its form).
+ * which machine it is, so it only chains to the machine's own config, by the
+ * MAC of the card GRUB booted from ($net_default_mac, set by GRUB's efinet),
+ * made on request by the TFTP server (secureBootGenerator()). Over TFTP:
+ * Debian's signed network GRUB 2.06 has no http built in (it asks TFTP for
+ * http.mod, which it could not load under Secure Boot anyway).
  */
-export function staticGrubConfig(httpBase: string): string {
-  const u = new URL(httpBase);
-  if (u.protocol !== 'http:') throw new ClonecastError(ERR.USAGE, `GRUB fetches over plain HTTP; got ${httpBase}`);
-  const device = `(http,${u.hostname}:${u.port === '' ? '80' : u.port})`;
+export function staticGrubConfig(): string {
   return [
-    '# clonecast: chain to this machine\'s own config (generated per machine by the server)',
+    '# clonecast: chain to this machine\'s own config (made per machine by the server)',
     'set timeout=0',
-    `echo ${grubQuote(`clonecast: GRUB asks ${u.host} for this machine's boot config`)}`,
-    `configfile "${device}/boot/grub?mac=\${net_default_mac}"`,
+    `echo ${grubQuote('clonecast: GRUB asks for this machine\'s boot config')}`,
+    'configfile "$prefix/clonecast/${net_default_mac}.cfg"',
     `echo ${grubQuote('clonecast: no boot config from the server; trying again in 10 s')}`,
     'sleep 10',
     'configfile "$prefix/grub.cfg"',
@@ -200,25 +203,50 @@ export function staticGrubConfig(httpBase: string): string {
 }
 
 /**
+ * The TFTP server's generator for grub/clonecast/MAC.cfg: the machine's
+ * config from config(mac, client) (which applies the boot route's limits),
+ * written to a private file for the transfer. Other names are not its.
+ */
+export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string, client: string) => { error: string } | { content: string }) | undefined) {
+  return (name: string, client: string): { error: string } | GeneratedFile | null => {
+    const m = GRUB_MACHINE_CONFIG.exec(name.replace(/\\/g, '/').toLowerCase());
+    if (m === null) return null;
+    const r = config?.(m[1], client) ?? { error: 'Secure Boot is not set up on this server' };
+    return 'error' in r ? r : files.make(r.content);
+  };
+}
+
+/**
  * Copies shimx64.efi and grubx64.efi from the boot folder into the TFTP root
  * and writes grub/grub.cfg (GRUB's prefix is /grub on the TFTP server).
  * Throws with what to do when the signed files are not there.
  */
-export function prepareSecureBootTftp(root: string, bootDir: string, httpBase: string): void {
+export function prepareSecureBootTftp(root: string, bootDir: string, files: { kernel?: string; initrd?: string } = {}): void {
   const missing = missingSecureBootFiles(bootDir);
   if (missing.length > 0) {
     throw new ClonecastError(ERR.NOT_FOUND, `Secure Boot needs Debian's signed shim and GRUB (${missing.join(', ')} missing in ${bootDir}); run "clonecast bootenv build" (it fetches shim-signed and grub-efi-amd64-signed with apt-get download), or run serve without --secure-boot`);
   }
   mkdirSync(join(root, 'grub'), { recursive: true });
-  for (const f of Object.values(SIGNED_FILES)) {
-    const from = join(bootDir, f.as);
-    const to = join(root, f.as);
-    if (!existsSync(to) || statSync(to).size !== statSync(from).size || !readFileSync(to).equals(readFileSync(from))) {
-      copyFileSync(from, `${to}.tmp`);
+  mkdirSync(join(root, 'boot'), { recursive: true });
+  // GRUB loads the kernel and initramfs over TFTP too (boot/ in the TFTP root): linked, else copied.
+  const pairs = [...Object.values(SIGNED_FILES).map((f) => [f.as, f.as]), ...[files.kernel ?? 'vmlinuz', files.initrd ?? 'initrd.img'].filter((n) => existsSync(join(bootDir, n))).map((n) => [n, join('boot', n)])];
+  for (const [name, as] of pairs) {
+    const from = join(bootDir, name);
+    const to = join(root, as);
+    const a = statSync(from);
+    const b = existsSync(to) ? statSync(to) : null;
+    if (b !== null && b.ino === a.ino && b.dev === a.dev) continue;
+    if (b === null || b.size !== a.size || b.mtimeMs < a.mtimeMs || !readFileSync(to).equals(readFileSync(from))) {
+      rmSync(`${to}.tmp`, { force: true });
+      try {
+        linkSync(from, `${to}.tmp`);
+      } catch {
+        copyFileSync(from, `${to}.tmp`);
+      }
       renameSync(`${to}.tmp`, to);
     }
   }
-  writeFileSync(join(root, 'grub', 'grub.cfg.tmp'), staticGrubConfig(httpBase));
+  writeFileSync(join(root, 'grub', 'grub.cfg.tmp'), staticGrubConfig());
   renameSync(join(root, 'grub', 'grub.cfg.tmp'), join(root, 'grub', 'grub.cfg'));
 }
 

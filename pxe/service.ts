@@ -13,7 +13,8 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { DhcpServer, type BootRequest } from './dhcp-server.js';
 import { TftpServer } from './tftp-server.js';
 import { intToIp, ipToInt } from './leases.js';
-import { prepareSecureBootTftp, secureBootFile } from './secureboot.js';
+import { prepareSecureBootTftp, secureBootFile, secureBootGenerator } from './secureboot.js';
+import { GeneratedFiles } from './tftp-generated.js';
 
 /** Where Debian's ipxe package puts its binaries. */
 export const IPXE_DIR = '/usr/lib/ipxe';
@@ -52,8 +53,12 @@ export interface PxeOptions {
   efiBinary?: 'ipxe.efi' | 'snponly.efi';
   /** UEFI machines get Debian's signed shim, GRUB and kernel instead of iPXE (pxe/secureboot.ts); per machine: machines.json "secureBoot". */
   secureBoot?: boolean;
-  /** The boot environment (shimx64.efi, grubx64.efi come from there; default DATA/pxe/boot). */
+  /** The boot environment (shimx64.efi, grubx64.efi, the kernel and initramfs come from there; default DATA/pxe/boot). */
   bootDir?: string;
+  kernel?: string;
+  initrd?: string;
+  /** Secure Boot: the GRUB config of a machine (the boot route's rules), served as grub/clonecast/MAC.cfg. */
+  grubConfig?: (mac: string, client: string) => { error: string } | { content: string };
   ipxeDir?: string;
   /** Test ports. */
   dhcpPort?: number;
@@ -127,7 +132,7 @@ export function prepareTftpRoot(root: string, ipxeDir = IPXE_DIR): void {
 function prepareSecureBoot(o: PxeOptions, tftpRoot: string): { ready: boolean; file: string; warned: Set<string> } {
   const bootDir = o.bootDir ?? join(o.dataRoot, 'pxe', 'boot');
   try {
-    prepareSecureBootTftp(tftpRoot, bootDir, o.httpBase);
+    prepareSecureBootTftp(tftpRoot, bootDir, { kernel: o.kernel, initrd: o.initrd });
     return { ready: true, file: 'shimx64.efi', warned: new Set() };
   } catch (err) {
     if (o.secureBoot === true) throw err;
@@ -167,7 +172,8 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   checkOverrides(o.dataRoot);
   prepareTftpRoot(tftpRoot, o.ipxeDir);
   const secureBoot = prepareSecureBoot(o, tftpRoot);
-  const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, log: o.log });
+  const generate = secureBootGenerator(new GeneratedFiles(join(o.dataRoot, 'pxe', 'generated')), o.grubConfig);
+  const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, generate, log: o.log });
   await tftp.start().catch((err: unknown) => {
     throw explain(err, `TFTP (port ${o.tftpPort ?? 69})`, o);
   });

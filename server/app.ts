@@ -27,6 +27,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 import { ipxeScript, machineOverride, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
 import { grubConfig } from '../pxe/grub.js';
+import { grubOverTftp } from './boot-grub.js';
 import { bootBinding, bindingStands, type BootContext } from './boot-credentials.js';
 
 export { DEFAULT_LISTEN };
@@ -271,7 +272,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const base = bootUrl;
     const agentServer = `https://${senderAddress}:${actual}/`;
     try {
-      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, onClosed: changed });
+      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, grubConfig: (mac, client) => grubOverTftp(ctx, mac, client), onClosed: changed });
     } catch (err) {
       return await abandon(err);
     }
