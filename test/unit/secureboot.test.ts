@@ -19,7 +19,7 @@ import { moduleSigned, peSignature, staticGrubConfig, unsignedModules } from '..
 import { startPxe, type PxeServices } from '../../pxe/service.js';
 import { handle, State, type ApiContext } from '../../server/api.js';
 import { cachedKernelPackage } from '../../pxe/bootenv.js';
-import { itNeeds, ROOT, seeded, tempDir } from '../helpers.js';
+import { itNeeds, ROOT, seeded, tempDir, until } from '../helpers.js';
 
 function fixture(name: string): DhcpPacket {
   const text = readFileSync(join(ROOT, 'test/fixtures/dhcp', `${name}.hex`), 'utf8');
@@ -44,17 +44,17 @@ afterEach(async () => {
 });
 
 /** PXE services on loopback with a boot folder holding stand-ins for the signed files. */
-async function pxeOnLo(o: { secureBoot?: boolean; machines?: Record<string, unknown>; signed?: boolean }) {
+async function pxeOnLo(o: { secureBoot?: boolean; machines?: Record<string, unknown>; signed?: boolean; grubConfig?: (mac: string, client: string) => { error: string } | { content: string } }) {
   const data = tempDir('sbpxe');
   const ipxeDir = join(data, 'ipxe');
   mkdirSync(ipxeDir);
   for (const f of ['undionly.kpxe', 'ipxe.efi', 'snponly.efi']) writeFileSync(join(ipxeDir, f), `${f} stand-in`);
   const bootDir = join(data, 'boot');
   mkdirSync(bootDir);
-  if (o.signed !== false) for (const f of ['shimx64.efi', 'grubx64.efi']) writeFileSync(join(bootDir, f), `${f} stand-in`);
+  if (o.signed !== false) for (const f of ['shimx64.efi', 'grubx64.efi', 'vmlinuz', 'initrd.img']) writeFileSync(join(bootDir, f), `${f} stand-in`);
   mkdirSync(join(data, 'pxe'));
   if (o.machines !== undefined) writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify(o.machines));
-  const pxe = await startPxe({ mode: 'proxy', interface: 'lo', httpBase: 'http://127.0.0.1:8081/', dataRoot: data, bootDir, ipxeDir, secureBoot: o.secureBoot, dhcpPort: 0, pxePort: 0, tftpPort: 0 });
+  const pxe = await startPxe({ mode: 'proxy', interface: 'lo', httpBase: 'http://127.0.0.1:8081/', dataRoot: data, bootDir, ipxeDir, secureBoot: o.secureBoot, grubConfig: o.grubConfig, dhcpPort: 0, pxePort: 0, tftpPort: 0 });
   running.push(pxe);
   const client = createSocket('udp4');
   await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
@@ -105,19 +105,56 @@ describe('Secure Boot: the boot file by architecture', () => {
     await expect(pxeOnLo({ secureBoot: true, signed: false })).rejects.toThrow(/shimx64\.efi, grubx64\.efi missing in .*clonecast bootenv build/);
   });
 
-  itNeeds(['root', 'tftp'], 'TFTP serves shimx64.efi, grubx64.efi beside it and grub/grub.cfg, which chains to the machine\'s config by MAC', async () => {
+  /** Reads a file from the TFTP server with tftp-hpa (asynchronously: the server answers from this process). */
+  const tftpGet = (port: number, remote: string, local: string) =>
+    new Promise<{ code: number; text: string }>((res) => execFile('tftp', ['-m', 'binary', '127.0.0.1', String(port), '-c', 'get', remote, local], { timeout: 30_000 }, (err, o, e) => res({ code: err === null && !/Error code/.test(`${o}${e}`) ? 0 : 1, text: `${o}${e}` })));
+
+  itNeeds(['root', 'tftp'], 'TFTP serves shimx64.efi, grubx64.efi beside it, grub/grub.cfg chaining by MAC, and the kernel and initramfs', async () => {
     const s = await pxeOnLo({ secureBoot: true });
     try {
       const out = tempDir('sbtftp');
-      for (const [remote, local] of [['shimx64.efi', 'shim'], ['grubx64.efi', 'grub'], ['/grub/grub.cfg', 'cfg']]) {
-        // Asynchronously: the TFTP server answers from this process.
-        const r = await new Promise<{ code: number; text: string }>((res) => execFile('tftp', ['-m', 'binary', '127.0.0.1', String(s.tftpPort), '-c', 'get', remote, join(out, local)], { timeout: 30_000 }, (err, o, e) => res({ code: err === null ? 0 : 1, text: `${o}${e}` })));
+      for (const [remote, local] of [['shimx64.efi', 'shim'], ['grubx64.efi', 'grub'], ['/grub/grub.cfg', 'cfg'], ['/boot/vmlinuz', 'k'], ['/boot/initrd.img', 'i']]) {
+        const r = await tftpGet(s.tftpPort, remote, join(out, local));
         expect(r.code, r.text).toBe(0);
       }
       expect(readFileSync(join(out, 'shim'), 'utf8')).toBe('shimx64.efi stand-in');
       expect(readFileSync(join(out, 'grub'), 'utf8')).toBe('grubx64.efi stand-in');
-      expect(readFileSync(join(out, 'cfg'), 'utf8')).toContain('configfile "(http,127.0.0.1:8081)/boot/grub?mac=${net_default_mac}"');
-      expect(readdirSync(s.pxe.tftpRoot).sort()).toEqual(['grub', 'grubx64.efi', 'ipxe.efi', 'shimx64.efi', 'snponly.efi', 'undionly.kpxe']);
+      expect(readFileSync(join(out, 'k'), 'utf8')).toBe('vmlinuz stand-in');
+      expect(readFileSync(join(out, 'i'), 'utf8')).toBe('initrd.img stand-in');
+      expect(readFileSync(join(out, 'cfg'), 'utf8')).toContain('configfile "$prefix/clonecast/${net_default_mac}.cfg"');
+      expect(readdirSync(s.pxe.tftpRoot).sort()).toEqual(['boot', 'grub', 'grubx64.efi', 'ipxe.efi', 'shimx64.efi', 'snponly.efi', 'undionly.kpxe']);
+    } finally {
+      s.close();
+    }
+  });
+
+  /** The same with atftp, which takes a remote name with colons (tftp-hpa reads "a:b" as host:file). */
+  const atftpGet = (port: number, remote: string, local: string) =>
+    new Promise<{ code: number; text: string }>((res) => execFile('atftp', ['-g', '-r', remote, '-l', local, '127.0.0.1', String(port)], { timeout: 30_000 }, (err, o, e) => res({ code: err === null ? 0 : 1, text: `${o}${e}` })));
+
+  itNeeds(['root', 'atftp'], 'a machine\'s GRUB config is made on request over TFTP, refused with the generator\'s reason, and leaves no file behind', async () => {
+    const asked: string[] = [];
+    const s = await pxeOnLo({
+      secureBoot: true,
+      grubConfig: (mac, client) => {
+        asked.push(`${mac} ${client}`);
+        return mac.endsWith(':ff') ? { error: 'too many boot config requests; try again in 5 s' } : { content: `# config for ${mac}\n` };
+      },
+    });
+    try {
+      const out = tempDir('sbgen');
+      const r = await atftpGet(s.tftpPort, '/grub/clonecast/52:54:00:00:5e:01.cfg', join(out, 'a'));
+      expect(r.code, r.text).toBe(0);
+      expect(readFileSync(join(out, 'a'), 'utf8')).toBe('# config for 52:54:00:00:5e:01\n');
+      const refused = await atftpGet(s.tftpPort, '/grub/clonecast/52:54:00:00:5e:ff.cfg', join(out, 'b'));
+      expect(refused.text).toMatch(/too many boot config requests/);
+      // Not a MAC of the fixed form: not generated, and no such file in the root either.
+      for (const bad of ['/grub/clonecast/52:54:00:00:5e:0.cfg', "/grub/clonecast/x';reboot.cfg", '/grub/clonecast/../grub.cfg.cfg']) {
+        const r2 = await atftpGet(s.tftpPort, bad, join(out, 'c'));
+        expect(r2.code, bad).toBe(1);
+      }
+      expect(asked).toEqual(['52:54:00:00:5e:01 127.0.0.1', '52:54:00:00:5e:ff 127.0.0.1']);
+      await until(() => readdirSync(join(s.data, 'pxe', 'generated')).length === 0, 10_000, 'the generated file to be removed');
     } finally {
       s.close();
     }
@@ -143,10 +180,11 @@ describe('Secure Boot: the per-machine GRUB config', () => {
 
   it('passes the iPXE path\'s command line and loads the kernel and initramfs from the boot listener', () => {
     const cfg = grubConfig('agent', { ...base, token: 'f'.repeat(48) });
-    expect(cfg).toContain(`linux '(http,10.77.0.1:8081)/boot/files/vmlinuz' 'clonecast.server=https://10.77.0.1:8080/' 'clonecast.fingerprint=${base.fingerprint}' 'clonecast.token=${'f'.repeat(48)}' 'clonecast.mac=52:54:00:00:00:01' 'console=tty0' 'console=ttyS0,115200' 'quiet'`);
-    expect(cfg).toContain("initrd '(http,10.77.0.1:8081)/boot/files/initrd.img'");
-    // The credential is on the command line only, never in a URL.
-    expect(cfg.split('\n').filter((l) => l.includes('(http,') && l.includes('f'.repeat(48)))).toEqual([cfg.split('\n').find((l) => l.startsWith('linux '))]);
+    expect(cfg).toContain(`linux '(tftp,10.77.0.1)/boot/vmlinuz' 'clonecast.server=https://10.77.0.1:8080/' 'clonecast.fingerprint=${base.fingerprint}' 'clonecast.token=${'f'.repeat(48)}' 'clonecast.mac=52:54:00:00:00:01' 'console=tty0' 'console=ttyS0,115200' 'quiet'`);
+    expect(cfg).toContain("initrd '(tftp,10.77.0.1)/boot/initrd.img'");
+    // The credential is on the command line only, never in a file name.
+    expect(cfg.split('\n').filter((l) => l.includes('f'.repeat(48)))).toEqual([cfg.split('\n').find((l) => l.startsWith('linux '))]);
+    expect(cfg).toContain("configfile '(tftp,10.77.0.1)/grub/clonecast/52:54:00:00:00:01.cfg'");
     expect(grubConfig('agent', base)).not.toMatch(/token/);
     expect(grubConfig('local', base)).toMatch(/^exit$/m);
     expect(grubConfig('menu', base)).toMatch(/set default=local/);
@@ -162,11 +200,10 @@ describe('Secure Boot: the per-machine GRUB config', () => {
     expect(grubQuote("it's")).toBe("'it'\\''s'");
   });
 
-  it('the static grub.cfg names the boot listener and the MAC variable only', () => {
-    const cfg = staticGrubConfig('http://10.77.0.1:8081/');
-    expect(cfg).toContain('configfile "(http,10.77.0.1:8081)/boot/grub?mac=${net_default_mac}"');
-    expect(staticGrubConfig('http://10.77.0.1/')).toContain('(http,10.77.0.1:80)/boot/grub');
-    expect(() => staticGrubConfig('https://10.77.0.1/')).toThrow(/plain HTTP/);
+  it('the static grub.cfg chains to the machine\'s config by GRUB\'s own MAC variable only', () => {
+    const cfg = staticGrubConfig();
+    expect(cfg).toContain('configfile "$prefix/clonecast/${net_default_mac}.cfg"');
+    expect(cfg.match(/\$/g)?.length).toBe(3); // $prefix twice, ${net_default_mac} once: nothing else expands
   });
 });
 
