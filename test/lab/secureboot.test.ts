@@ -70,11 +70,15 @@ describe('Secure Boot: shim, GRUB and the signed kernel in OVMF with Microsoft k
         '-device', `virtio-net-pci,netdev=n0,mac=${mac},romfile=,bootindex=1`,
         '-drive', `file=${disk},if=virtio,format=raw`,
       ];
+      const t0 = Date.now();
       const q = lab.spawnIn(lab.bridgeNamespace, 'qemu-system-x86_64', args);
-      const vm = { mac, disk, serial: '', ended: false, child: q };
-      q.stdout!.on('data', (d) => (vm.serial += d));
+      const vm = { mac, disk, serial: '', ended: false, child: q, agentAt: 0, seconds: 0 };
+      q.stdout!.on('data', (d) => {
+        vm.serial += d;
+        if (vm.agentAt === 0 && /info connected to http/.test(vm.serial)) vm.agentAt = (Date.now() - t0) / 1000;
+      });
       q.stderr!.on('data', (d) => (vm.serial += d));
-      q.on('close', () => (vm.ended = true));
+      q.on('close', () => Object.assign(vm, { ended: true, seconds: (Date.now() - t0) / 1000 }));
       return vm;
     });
     const [good, bad] = vms;
@@ -87,9 +91,13 @@ describe('Secure Boot: shim, GRUB and the signed kernel in OVMF with Microsoft k
     } finally {
       if (!good.ended) console.log(`Secure Boot VM serial:\n${clean(good.serial).slice(-4000)}`);
       if (!/Access Denied/.test(clean(bad.serial))) console.log(`iPXE VM serial:\n${clean(bad.serial).slice(-3000)}`);
-      console.log(`server:\n${fleet.server?.out.split('\n').filter((l) => /pxe|tftp|boot|GRUB/i.test(l)).slice(-40).join('\n')}`);
+      if (!good.ended) console.log(`server:\n${fleet.server?.out.split('\n').filter((l) => /pxe|tftp|boot|GRUB/i.test(l)).slice(-40).join('\n')}`);
     }
     const serial = clean(good.serial);
+    console.log(`Secure Boot VM: power-on to agent connected ${good.agentAt.toFixed(1)} s; to verified disk and power-off ${good.seconds.toFixed(1)} s`);
+    console.log(serial.split('\n').filter((l) => /clonecast|Secure boot|Access Denied/.test(l)).slice(0, 12).join('\n'));
+    console.log(fleet.server!.out.split('\n').filter((l) => /tftp: sent|GRUB config/.test(l)).join('\n'));
+    expect(good.agentAt).toBeGreaterThan(0);
     // Full mode: shim, then GRUB and its static config over TFTP; the other VM got iPXE.
     for (const f of ['shimx64.efi', 'grubx64.efi', 'grub/grub.cfg', 'ipxe.efi']) expect(fleet.server!.out).toMatch(new RegExp(`tftp: sent /?${f.replace('.', '\\.')} to 10\\.77\\.`));
     expect(fleet.server!.out).toMatch(new RegExp(`boot: GRUB config for ${SIGNED}: agent`));
