@@ -107,8 +107,8 @@ export class TftpServer extends EventEmitter {
   /** Requests being looked up, not yet transfers. */
   private pending = 0;
   private rootReal: string | undefined;
-  /** Generated files of running transfers, by request (name, address, port), removed when each ends. */
-  private readonly generated = new Map<string, GeneratedFile>();
+  /** Generated files of running transfers, removed when each ends. */
+  private readonly generated = new Map<Transfer, GeneratedFile>();
   private readonly limits: TransferLimits;
   private readonly log: TftpServerOptions['log'];
 
@@ -214,9 +214,8 @@ export class TftpServer extends EventEmitter {
     this.transfers.add(t);
     t.on('end', (ok: boolean, error: string, seconds: number) => {
       this.transfers.delete(t);
-      const made = this.generated.get(p.filename + rinfo.address + rinfo.port);
-      made?.done();
-      this.generated.delete(p.filename + rinfo.address + rinfo.port);
+      this.generated.get(t)?.done();
+      this.generated.delete(t);
       this.leave(rinfo.address);
       if (t.probe) this.counters.probes++;
       else if (ok) this.counters.completed++;
@@ -310,8 +309,9 @@ export class TftpServer extends EventEmitter {
       socket.close();
       return undefined;
     }
-    if (made !== null) this.generated.set(name + rinfo.address + rinfo.port, made);
-    return new Transfer({ count: (what, n) => this.count(what, n), log: this.log }, this.limits, socket, path, size, name, rinfo, options);
+    const transfer = new Transfer({ count: (what, n) => this.count(what, n), log: this.log }, this.limits, socket, path, size, name, rinfo, options);
+    if (made !== null) this.generated.set(transfer, made);
+    return transfer;
   }
 
   /** The real path of a requested file inside the root, or the error to send. */
