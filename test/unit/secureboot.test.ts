@@ -101,6 +101,15 @@ describe('Secure Boot: the boot file by architecture', () => {
     }
   });
 
+  itNeeds(['root'], 'machines.json secureBoot without the signed files: serve starts, and that machine gets iPXE rather than nothing', async () => {
+    const s = await pxeOnLo({ signed: false, machines: { '52:54:00:00:5c:21': { secureBoot: true } } });
+    try {
+      expect(await s.bootFile(as(fixture(OVMF), '52:54:00:00:5c:21', 7))).toBe('ipxe.efi');
+    } finally {
+      s.close();
+    }
+  });
+
   itNeeds(['root'], '--secure-boot without the signed files says what is missing and how to get them', async () => {
     await expect(pxeOnLo({ secureBoot: true, signed: false })).rejects.toThrow(/shimx64\.efi, grubx64\.efi missing in .*clonecast bootenv build/);
   });
