@@ -27,6 +27,8 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 say "$(cat /etc/clonecast-bootenv | tr '\n' ' ')"
+# Whether the firmware booted this under Secure Boot (then modules must be signed: Debian's are).
+say "$(dmesg | grep -m1 -iE 'secure ?boot (enabled|disabled)|secure boot could not be determined' | sed 's/^\[[^]]*\] *//')"
 [ -n "$SERVER" ] || { say "no clonecast.server= on the kernel command line; boot this through clonecast serve --pxe"; exec sh; }
 [ -n "$FINGERPRINT" ] || { say "no clonecast.fingerprint= on the kernel command line (the server's certificate); boot this through clonecast serve --pxe"; exec sh; }
 # The credential goes to the agent in a file (never on its command line, where ps shows it); the agent

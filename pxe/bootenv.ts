@@ -15,6 +15,7 @@ import { basename, dirname, join, relative } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
 import { imagingLibraries, imagingTools } from './bootenv-tools.js';
+import { secureBootFiles, type SecureBootResult } from './secureboot-build.js';
 
 /** Kernel modules a lab PC or a VM needs for its disk and network card (their dependencies are added). */
 export const MODULES = Object.freeze([
@@ -42,6 +43,8 @@ export interface BootEnv {
   kernelBytes: number;
   initrdBytes: number;
   modules: string[];
+  /** Debian's signed shim and GRUB beside the kernel, and the signature checks (pxe/secureboot.ts). */
+  secureBoot: SecureBootResult;
   seconds: number;
 }
 
@@ -201,6 +204,7 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     const kernel = join(o.out, 'vmlinuz');
     const initrd = join(o.out, 'initrd.img');
     copyFileSync(join(x, 'boot', vmlinuz), kernel);
+    const secureBoot = secureBootFiles({ out: o.out, kernel, modulesDir: join(root, 'lib', 'modules'), cacheDir: join(o.out, 'cache'), sharedCache: KERNEL_CACHE, work, log: o.log });
     // newc cpio, gzip: what every kernel unpacks; sorted names so that the same inputs give the same archive.
     execFileSync('sh', ['-c', `cd '${root}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | gzip -6 -n > '${initrd}.tmp'`]);
     execFileSync('mv', [`${initrd}.tmp`, initrd]);
@@ -211,6 +215,7 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
       kernelBytes: statSync(kernel).size,
       initrdBytes: statSync(initrd).size,
       modules: order,
+      secureBoot,
       seconds: (performance.now() - started) / 1000,
     };
   } finally {

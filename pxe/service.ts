@@ -13,6 +13,8 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { DhcpServer, type BootRequest } from './dhcp-server.js';
 import { TftpServer } from './tftp-server.js';
 import { intToIp, ipToInt } from './leases.js';
+import { prepareSecureBootTftp, secureBootFile, secureBootGenerator } from './secureboot.js';
+import { GeneratedFiles } from './tftp-generated.js';
 
 /** Where Debian's ipxe package puts its binaries. */
 export const IPXE_DIR = '/usr/lib/ipxe';
@@ -49,6 +51,14 @@ export interface PxeOptions {
   statics?: Map<string, string>;
   /** UEFI binary: ipxe.efi (its own drivers, default) or snponly.efi (the firmware's network driver). */
   efiBinary?: 'ipxe.efi' | 'snponly.efi';
+  /** UEFI machines get Debian's signed shim, GRUB and kernel instead of iPXE (pxe/secureboot.ts); per machine: machines.json "secureBoot". */
+  secureBoot?: boolean;
+  /** The boot environment (shimx64.efi, grubx64.efi, the kernel and initramfs come from there; default DATA/pxe/boot). */
+  bootDir?: string;
+  kernel?: string;
+  initrd?: string;
+  /** Secure Boot: the GRUB config of a machine (the boot route's rules), served as grub/clonecast/MAC.cfg. */
+  grubConfig?: (mac: string, client: string) => { error: string } | { content: string };
   ipxeDir?: string;
   /** Test ports. */
   dhcpPort?: number;
@@ -114,6 +124,22 @@ export function prepareTftpRoot(root: string, ipxeDir = IPXE_DIR): void {
   }
 }
 
+/**
+ * The Secure Boot files in the TFTP root: required with --secure-boot (throws
+ * with what to do), else put there when the boot folder has them, for
+ * machines that machines.json sends through shim.
+ */
+function prepareSecureBoot(o: PxeOptions, tftpRoot: string): { ready: boolean; file: string; warned: Set<string> } {
+  const bootDir = o.bootDir ?? join(o.dataRoot, 'pxe', 'boot');
+  try {
+    prepareSecureBootTftp(tftpRoot, bootDir, { kernel: o.kernel, initrd: o.initrd });
+    return { ready: true, file: 'shimx64.efi', warned: new Set() };
+  } catch (err) {
+    if (o.secureBoot === true) throw err;
+    return { ready: false, file: 'shimx64.efi', warned: new Set() };
+  }
+}
+
 /** Turns a socket error of the PXE services into what to do about it. */
 function explain(err: unknown, what: string, o: PxeOptions): unknown {
   const code = (err as NodeJS.ErrnoException).code;
@@ -145,7 +171,9 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const tftpRoot = join(o.dataRoot, 'pxe', 'tftp');
   checkOverrides(o.dataRoot);
   prepareTftpRoot(tftpRoot, o.ipxeDir);
-  const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, log: o.log });
+  const secureBoot = prepareSecureBoot(o, tftpRoot);
+  const generate = secureBootGenerator(new GeneratedFiles(join(o.dataRoot, 'pxe', 'generated')), o.grubConfig);
+  const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, generate, log: o.log });
   await tftp.start().catch((err: unknown) => {
     throw explain(err, `TFTP (port ${o.tftpPort ?? 69})`, o);
   });
@@ -156,6 +184,7 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const boot = (r: BootRequest) => {
     const override = machineOverride(o.dataRoot, r.mac);
     if (!admit(r.mac)) return null;
+    if (override?.file === undefined && secureBootFile(r.arch, o.secureBoot === true, override?.secureBoot, secureBoot, r.mac, o.log) !== null) return { file: secureBoot.file };
     // Every client first loads our iPXE over TFTP, even an iPXE in a NIC's ROM (whose version and
     // features we do not know). Our iPXE then starts a new DHCP transaction (a new xid): that one
     // gets the boot script's URL, absolute because in proxy mode iPXE's next-server is the router.
@@ -239,6 +268,8 @@ export interface MachineOverride {
   action?: BootAction;
   /** Never answer it. */
   ignore?: boolean;
+  /** UEFI: boot it through shim and GRUB (true) or iPXE (false), whatever --secure-boot says. */
+  secureBoot?: boolean;
 }
 
 /** pxe/machines.json as last read, by path; looked at again at most every OVERRIDES_RECHECK_MS. */
@@ -291,6 +322,7 @@ export function checkOverrides(dataRoot: string): void {
   for (const [mac, v] of Object.entries(all as Record<string, MachineOverride>)) {
     if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, `${path}: "${mac}" is not a MAC address`);
     if (v.action !== undefined && !['agent', 'local', 'menu'].includes(v.action)) throw new ClonecastError(ERR.USAGE, `${path}: ${mac}: action must be agent, local or menu`);
+    if (v.secureBoot !== undefined && typeof v.secureBoot !== 'boolean') throw new ClonecastError(ERR.USAGE, `${path}: ${mac}: secureBoot must be true or false`);
   }
 }
 

@@ -19,6 +19,7 @@ import type { Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import { realpath, stat } from 'node:fs/promises';
 import { join, sep } from 'node:path';
+import type { GeneratedFile } from './tftp-generated.js';
 import { decodeTftp, encodeTftp, Opcode, TFTP, TftpError, type TftpPacket } from '../protocol/tftp.js';
 import { bindUdp } from './socket.js';
 import { Transfer, type TransferLimits } from './tftp-transfer.js';
@@ -64,6 +65,8 @@ export interface TftpServerOptions {
   maxPerClient?: number;
   maxTransfers?: number;
   lifetimeMs?: number;
+  /** Names answered with content made on request (pxe/tftp-generated.ts) instead of a file of the root. */
+  generate?: (name: string, client: string) => { error: string } | GeneratedFile | null;
   log?: (level: 'info' | 'warn' | 'debug', message: string) => void;
 }
 
@@ -104,6 +107,8 @@ export class TftpServer extends EventEmitter {
   /** Requests being looked up, not yet transfers. */
   private pending = 0;
   private rootReal: string | undefined;
+  /** Generated files of running transfers, removed when each ends. */
+  private readonly generated = new Map<Transfer, GeneratedFile>();
   private readonly limits: TransferLimits;
   private readonly log: TftpServerOptions['log'];
 
@@ -209,6 +214,8 @@ export class TftpServer extends EventEmitter {
     this.transfers.add(t);
     t.on('end', (ok: boolean, error: string, seconds: number) => {
       this.transfers.delete(t);
+      this.generated.get(t)?.done();
+      this.generated.delete(t);
       this.leave(rinfo.address);
       if (t.probe) this.counters.probes++;
       else if (ok) this.counters.completed++;
@@ -262,7 +269,14 @@ export class TftpServer extends EventEmitter {
 
   /** Looks the file up and binds the transfer's socket; undefined (after replying) if it cannot be served. */
   private async prepare(name: string, options: Map<string, string>, rinfo: { address: string; port: number }, reply: (code: TftpError, message: string) => void): Promise<Transfer | undefined> {
-    const path = await this.resolve(name);
+    const made = this.o.generate?.(name, rinfo.address) ?? null;
+    if (made !== null && 'error' in made) {
+      this.counters.refused++;
+      this.o.log?.('info', `tftp: ${rinfo.address} asked for "${name}": ${made.error}`);
+      reply(TftpError.NOT_FOUND, made.error);
+      return undefined;
+    }
+    const path = made !== null ? made.path : await this.resolve(name);
     if (typeof path !== 'string') {
       this.counters.refused++;
       this.o.log?.('info', `tftp: ${rinfo.address} asked for "${name}": ${path.message}`);
@@ -276,6 +290,7 @@ export class TftpServer extends EventEmitter {
       if (!st.isFile()) throw Object.assign(new Error('not a file'), { code: 'EISDIR' });
       size = st.size;
     } catch (err) {
+      made?.done();
       this.counters.refused++;
       reply(TftpError.NOT_FOUND, `cannot read ${name}: ${(err as NodeJS.ErrnoException).code}`);
       return undefined;
@@ -284,15 +299,19 @@ export class TftpServer extends EventEmitter {
     try {
       socket = await bindUdp({ device: this.o.device, address: this.o.address, port: 0 });
     } catch (err) {
+      made?.done();
       this.o.log?.('warn', `tftp: no socket for a transfer: ${(err as Error).message}`);
       return undefined;
     }
     if (this.closed) {
       // The service ended while this request was looked up.
+      made?.done();
       socket.close();
       return undefined;
     }
-    return new Transfer({ count: (what, n) => this.count(what, n), log: this.log }, this.limits, socket, path, size, name, rinfo, options);
+    const transfer = new Transfer({ count: (what, n) => this.count(what, n), log: this.log }, this.limits, socket, path, size, name, rinfo, options);
+    if (made !== null) this.generated.set(transfer, made);
+    return transfer;
   }
 
   /** The real path of a requested file inside the root, or the error to send. */

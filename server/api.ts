@@ -77,8 +77,8 @@ export interface ApiContext {
   token: string;
   version: string;
   senderAddress: string | undefined;
-  /** Network boot: the kernel/initramfs folder and the per-machine iPXE script. */
-  boot: { dir: string; script: (mac: string) => string } | undefined;
+  /** Network boot: the kernel/initramfs folder and the per-machine iPXE script (or GRUB config, for Secure Boot). */
+  boot: { dir: string; script: (mac: string, format?: 'ipxe' | 'grub') => string } | undefined;
   /** The PXE services, once started. */
   pxe?: () => PxeServices | undefined;
   /** Rate limits of the boot-script route (default: BOOT_SCRIPT_LIMITS). */
@@ -374,14 +374,15 @@ async function captureRoute(c: ApiContext, method: string, path: string, req: In
 
 /**
  * Network boot over HTTP, without the token (firmware cannot send one):
- * GET /boot/ipxe?mac=MAC (the machine's iPXE script) and GET /boot/files/NAME
+ * GET /boot/ipxe?mac=MAC (the machine's iPXE script), /boot/grub?mac=MAC (its
+ * GRUB config, for Secure Boot; same limits) and GET /boot/files/NAME
  * (kernel and initramfs from the boot folder, never outside it).
  */
 async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, req: IncomingMessage, res: ServerResponse): Promise<void> {
   if (c.boot === undefined) throw new ClonecastError(ERR.NOT_FOUND, 'network boot is off: start the server with --pxe proxy|full');
-  if (path === '/boot/ipxe') {
+  if (path === '/boot/ipxe' || path === '/boot/grub') {
     const mac = (query.get('mac') ?? '').toLowerCase().replace(/-/g, ':');
-    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, 'boot/ipxe needs ?mac=aa:bb:cc:dd:ee:ff');
+    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, `${path.slice(1)} needs ?mac=aa:bb:cc:dd:ee:ff`);
     // Per address and per MAC (server/boot-limits.ts), before any other work.
     c.bootLimits ??= new BootScriptLimits();
     const wait = c.bootLimits.wait(req.socket.remoteAddress ?? '', mac);
@@ -392,7 +393,7 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
     }
     const pxe = c.pxe?.();
     if (pxe?.knownOnly === true && !pxe.knows(mac)) throw new ClonecastError(ERR.NOT_FOUND, `${mac} is not a machine this server knows (--pxe-known-only)`);
-    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac));
+    res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac, path === '/boot/grub' ? 'grub' : 'ipxe'));
     return;
   }
   let name: string;

@@ -26,6 +26,8 @@ import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 import { ipxeScript, machineOverride, startPxe, type BootAction, type PxeOptions, type PxeServices } from '../pxe/service.js';
+import { grubConfig } from '../pxe/grub.js';
+import { grubOverTftp } from './boot-grub.js';
 import { bootBinding, bindingStands, type BootContext } from './boot-credentials.js';
 
 export { DEFAULT_LISTEN };
@@ -270,14 +272,14 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     const base = bootUrl;
     const agentServer = `https://${senderAddress}:${actual}/`;
     try {
-      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, onClosed: changed });
+      pxe = await startPxe({ ...cfg, interface: o.interface!, httpBase: base, dataRoot: o.store.root, log: o.log, isKnown: (mac) => registry.get(mac) !== undefined, grubConfig: (mac, client) => grubOverTftp(ctx, mac, client), onClosed: changed });
     } catch (err) {
       return await abandon(err);
     }
     if (pxe.dhcp.leases?.file !== undefined) watchHealth('pxe/leases.json', pxe.dhcp.leases.file);
     ctx.boot = {
       dir: cfg.bootDir ?? join(o.store.root, 'pxe', 'boot'),
-      script: (mac) => {
+      script: (mac, format = 'ipxe') => {
         const wanted = sessions.wants(mac);
         const override = machineOverride(o.store.root, mac)?.action;
         const action = wanted ? 'agent' : (override ?? cfg.idle ?? 'local');
@@ -286,8 +288,8 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
         const credential = binding === null ? undefined : agents.credentials.issue(mac, binding);
         const why = wanted ? '' : override !== undefined ? ' (machines.json)' : action !== 'local' ? ' (--pxe-idle)' : '';
         const cred = action === 'local' ? '' : binding !== null ? `, with a boot credential for ${binding.kind === 'machine' ? 'this machine' : `${binding.kind} ${binding.id}`}` : ', no credential (unverified)';
-        o.log?.('info', `boot: script for ${mac}: ${action}${why}${cred}`);
-        return ipxeScript(action, { base, server: agentServer, fingerprint: tls.fingerprint, mac, token: credential, kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
+        o.log?.('info', `boot: ${format === 'grub' ? 'GRUB config' : 'script'} for ${mac}: ${action}${why}${cred}`);
+        return (format === 'grub' ? grubConfig : ipxeScript)(action, { base, server: agentServer, fingerprint: tls.fingerprint, mac, token: credential, kernel: cfg.kernel ?? 'vmlinuz', initrd: cfg.initrd ?? 'initrd.img', cmdline: cfg.cmdline });
       },
     };
     o.log?.('info', `pxe: ${cfg.mode === 'proxy' ? 'proxyDHCP (no addresses handed out)' : 'DHCP'} and TFTP on ${o.interface} (${pxe.serverAddress}); boot scripts at ${base}boot/ipxe`);

@@ -73,6 +73,10 @@ const CAPABILITIES: Record<string, () => string | null> = {
   dnsmasq: () => (hasCommand('dnsmasq') ? null : 'needs dnsmasq (apt-get install dnsmasq-base)'),
   radvd: () => (hasCommand('radvd') ? null : 'needs radvd (apt-get install radvd)'),
   qemu: () => (hasCommand('qemu-system-x86_64') && existsSync('/usr/share/ovmf/OVMF.fd') && existsSync('/usr/lib/ipxe/undionly.kpxe') ? null : 'needs qemu-system-x86, ovmf and ipxe (apt-get install qemu-system-x86 ovmf ipxe ipxe-qemu)'),
+  secureboot: () =>
+    ['/usr/share/OVMF/OVMF_CODE_4M.secboot.fd', '/usr/share/OVMF/OVMF_VARS_4M.ms.fd'].every((f) => existsSync(f)) && hasCommand('dpkg-deb') && hasCommand('apt-get')
+      ? null
+      : 'needs OVMF\'s Secure Boot firmware and Microsoft-keyed variables (apt-get install ovmf) and dpkg/apt-get (shim-signed and grub-efi-amd64-signed are fetched with apt-get download)',
   kernel: () => (cachedKernelPackage() !== null ? null : `needs a Debian kernel package in ${KERNEL_CACHE} (.ci/run downloads it with apt-get download)`),
   blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
   fuse: () =>

@@ -27,6 +27,7 @@ export const bootenvBuild: Command = {
         console.log(`boot environment built in ${env.seconds.toFixed(1)} s
   kernel      ${env.kernel} (${env.kernelVersion}, ${mib(env.kernelBytes)})
   initramfs   ${env.initrd} (${mib(env.initrdBytes)}: busybox, node ${process.version}, the agent, ${env.modules.length} kernel modules)
+  secure boot ${env.secureBoot.ok ? `${env.secureBoot.shim}, ${env.secureBoot.grub} (Debian's signed shim and GRUB; kernel and ${env.secureBoot.modulesChecked} modules signed): serve --secure-boot` : `not collected: ${env.secureBoot.error}`}
   serve it:   clonecast serve --interface IF --pxe proxy|full${outOpt !== undefined ? ` --boot-dir ${outDir}` : ''}`),
       env,
     );

@@ -46,6 +46,7 @@ export const serve: Command = {
     'pxe-known-only': { kind: 'flag', help: 'Answer only machines the server knows: --pxe-unknown ignore, and their boot scripts are refused too (404). Add a machine by running its agent once, a --static-lease or an entry in DATA/pxe/machines.json.' },
     'wake-broadcast': { kind: 'string', value: 'ADDR,...', help: 'Directed broadcast addresses (e.g. 10.1.2.255) that Wake-on-LAN packets also go to, for machines on a subnet behind a router that forwards them; the limited broadcast on --interface is always used.' },
     'boot-credential-ttl': { kind: 'positive', value: 'S', help: 'How long a boot credential in a named machine\'s boot script stays good for its first Hello.', default: '900' },
+    'secure-boot': { kind: 'flag', help: 'UEFI machines boot through Debian\'s signed shim, GRUB and kernel (collected by "clonecast bootenv build") instead of iPXE, so Secure Boot can stay on; per machine: "secureBoot": true|false in DATA/pxe/machines.json. BIOS machines keep iPXE.' },
     efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
     ...COMMON,
   },
@@ -87,6 +88,7 @@ export const serve: Command = {
               unknown,
               knownOnly,
               efiBinary: efi,
+              secureBoot: ctx.flag('secure-boot'),
               credentialTtlS: ctx.num('boot-credential-ttl'),
             },
       maxMessage: ctx.num('max-message'),
@@ -108,7 +110,7 @@ export const serve: Command = {
   agents:      clonecast agent --server ${srv.url} --fingerprint ${srv.fingerprint} --token-file FILE
   deploy:      clonecast deploy NAME --server ${srv.url} --any --clients N
   multicast:   ${srv.senderAddress !== undefined ? `from ${srv.senderAddress}` : 'off: restart with --interface IF (the network the machines are on) to deploy'}
-  network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? "proxyDHCP (the lab's DHCP server hands out addresses)" : 'DHCP'} + TFTP on ${ctx.str('interface')}, iPXE scripts and boot files over plain HTTP at ${srv.bootUrl}boot/` : 'off (--pxe proxy|full to boot machines from this server)'}
+  network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? "proxyDHCP (the lab's DHCP server hands out addresses)" : 'DHCP'} + TFTP on ${ctx.str('interface')}, iPXE scripts${ctx.flag('secure-boot') ? ' (BIOS; UEFI: shim and GRUB, Secure Boot)' : ''} and boot files over plain HTTP at ${srv.bootUrl}boot/` : 'off (--pxe proxy|full to boot machines from this server)'}
   image store: ${store.root}
   stop with Ctrl-C`);
     }

@@ -1,0 +1,19 @@
+/**
+ * The Secure Boot path's per-machine GRUB config as the TFTP server asks for
+ * it (grub/clonecast/MAC.cfg): the same rules as the /boot/ipxe and
+ * /boot/grub routes (server/api.ts): the per-address and per-MAC limits of
+ * one shared limiter, and --pxe-known-only.
+ */
+import type { ApiContext } from './api.js';
+import { BootScriptLimits } from './boot-limits.js';
+
+/** The GRUB config for mac, asked by client (an IPv4 address), or why not. */
+export function grubOverTftp(c: ApiContext, mac: string, client: string): { error: string } | { content: string } {
+  if (c.boot === undefined) return { error: 'network boot is starting; try again' };
+  c.bootLimits ??= new BootScriptLimits();
+  const wait = c.bootLimits.wait(client, mac);
+  if (wait > 0) return { error: `too many boot config requests; try again in ${Math.ceil(wait / 1000)} s` };
+  const pxe = c.pxe?.();
+  if (pxe?.knownOnly === true && !pxe.knows(mac)) return { error: `${mac} is not a machine this server knows (--pxe-known-only)` };
+  return { content: c.boot.script(mac, 'grub') };
+}
