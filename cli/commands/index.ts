@@ -17,6 +17,7 @@ import { imageRm } from './image-rm.js';
 import { imageVerify } from './image-verify.js';
 import { labDemo, labDown, labForward, labStatus, labUp } from './lab.js';
 import { machines, machinesSet } from './machines.js';
+import { machinesForget, machinesShow } from './machines-console.js';
 import { receive } from './receive.js';
 import { send } from './send.js';
 import { serve } from './serve.js';
@@ -45,6 +46,8 @@ export const COMMANDS: readonly Command[] = [
   deploy,
   machines,
   machinesSet,
+  machinesShow,
+  machinesForget,
   sessions,
   sessionsStart,
   sessionsCancel,
