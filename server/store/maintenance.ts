@@ -70,7 +70,7 @@ export function describe(m: Manifest): ImageInfo {
 export interface ListEntry {
   name: string;
   versions: number[];
-  latest: { version: number; createdAt: string; diskSize: number; storedBytes: number; badRanges: number } | { version: number; error: string };
+  latest: { version: number; createdAt: string; diskSize: number; storedBytes: number; badRanges: number; usedBytes?: number } | { version: number; error: string };
 }
 
 /** Lists every image with its versions and its latest version's sizes. */
@@ -81,7 +81,7 @@ export async function listImages(store: Store): Promise<ListEntry[]> {
     const version = versions[versions.length - 1];
     try {
       const info = describe(await store.readManifest(name, version));
-      out.push({ name, versions, latest: { version, createdAt: info.meta.createdAt, diskSize: info.meta.diskSize, storedBytes: info.storedBytes, badRanges: info.meta.badRanges.length } });
+      out.push({ name, versions, latest: { version, createdAt: info.meta.createdAt, diskSize: info.meta.diskSize, storedBytes: info.storedBytes, badRanges: info.meta.badRanges.length, ...(info.meta.usedBytes !== undefined ? { usedBytes: info.meta.usedBytes } : {}) } });
     } catch (err) {
       out.push({ name, versions, latest: { version, error: (err as Error).message } });
     }
