@@ -67,7 +67,10 @@ export function renderMachines(machines, actions) {
 
 let openMachine = null;
 /** Refreshes the open machine page after a change (called on every snapshot). */
+let refreshedAt = 0;
 export function refreshMachine(actions) {
+  if (Date.now() - refreshedAt < 1000) return;
+  refreshedAt = Date.now();
   if (openMachine !== null && $('#panel').open && $('#panel').dataset.machine === openMachine) void showMachine(openMachine, actions, true);
 }
 
@@ -75,6 +78,8 @@ export function refreshMachine(actions) {
 export async function showMachine(id, actions, quiet = false) {
   const m = await attempt('reading the machine', () => api('GET', `/api/machines/${id}`));
   if (m === undefined) return;
+  // A refresh that comes back after the page was closed (or another opened) does not reopen it.
+  if (quiet && !($('#panel').open && $('#panel').dataset.machine === id)) return;
   openMachine = id;
   const focused = document.activeElement?.id;
   // A refresh keeps the form as it is: what the administrator is typing is not lost.
