@@ -51,8 +51,9 @@ export function renderMachines(machines, actions) {
     const image = m.image || (m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : '');
     return h('tr', { data: { machine: m.id, state } },
       h('td', { title: `${m.id} · host ${m.hostname}` }, h('button', { type: 'button', class: 'link', data: { open: m.id } }, label(m)), m.name && m.hostname !== m.name ? h('small', {}, ` ${m.hostname}`) : ''),
-      td(m.groups.join(', '), 'opt'), td(m.address, 'opt'), stateCell(state), td(image),
-      h('td', {}, h('span', { class: 'bar', role: 'progressbar', 'aria-valuenow': done, 'aria-valuemin': 0, 'aria-valuemax': 100 }, h('i', { width: `${done}%` })), h('span', { class: 'pct' }, `${done}%`)),
+      td(m.groups.join(', '), 'opt-wide'), td(m.address, 'opt'), stateCell(state), td(image),
+      // No bar for a machine with nothing under way: an idle 0% would read as a stalled transfer.
+      p || m.state === 'done' ? h('td', {}, h('span', { class: 'bar', role: 'progressbar', 'aria-valuenow': done, 'aria-valuemin': 0, 'aria-valuemax': 100 }, h('i', { width: `${done}%` })), h('span', { class: 'pct' }, `${done}%`)) : h('td', {}),
       td(p && p.rateBps ? `${bytes(p.rateBps)}/s · ${duration(p.etaSeconds)}` : ''),
       td(p ? `${(100 * Number(p.loss)).toFixed(1)}%` : '', 'opt'), td(m.lastError, 'error'),
       h('td', { class: 'actions' }, m.online && m.activity?.kind === 'idle' ? h('button', { type: 'button', data: { capture: m.id } }, 'capture…') : ''));
