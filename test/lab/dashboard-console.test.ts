@@ -81,6 +81,10 @@ describe('dashboard console in a real browser', () => {
       expect(await page.getAttribute('#conn', 'class')).not.toBe('bad');
       await dashboardLogin(page, fleet.token);
       await page.waitForFunction(() => document.querySelectorAll('#machines tr[data-machine]').length === 2);
+      // Everything the page loads comes from this server; its weight is printed (docs/operations.md).
+      const weight = () => page.evaluate(() => (performance.getEntriesByType('resource') as PerformanceResourceTiming[]).concat(performance.getEntriesByType('navigation') as PerformanceResourceTiming[]).map((r) => ({ url: r.name, bytes: r.encodedBodySize })));
+      const first = await weight();
+      for (const r of first) expect(r.url.startsWith(URL_), r.url).toBe(true);
       const macs = [fleet.mac(0), fleet.mac(1)];
 
       // Host names are the machines' own, and markup in one is shown as text.
@@ -123,6 +127,10 @@ describe('dashboard console in a real browser', () => {
       await page.waitForSelector('#s-summary');
       await page.waitForSelector('#s-chart canvas');
       expect(await page.textContent('#s-summary')).toMatch(/2 of 2 machines done/);
+      const all = await weight();
+      for (const r of all) expect(r.url.startsWith(URL_), r.url).toBe(true);
+      const sum = (list: { bytes: number }[]) => list.reduce((a, r) => a + r.bytes, 0);
+      console.log(`dashboard page weight: first load ${first.length} files ${sum(first)} bytes; with the session chart ${all.length} files ${sum(all)} bytes (${all.map((r) => `${new URL(r.url).pathname} ${r.bytes}`).join(', ')})`);
       await page.screenshot({ path: join(ARTIFACTS, 'dashboard-session.png') });
       await page.keyboard.press('Escape');
       const ended = await fleet.api('GET', `/api/sessions/${id}`);
