@@ -71,7 +71,8 @@ function render(s) {
   refreshMachine(actions);
 }
 
-$('#deploy-open').addEventListener('click', () => actions.deploy({}));
+// With a group chosen in the filter, the form opens on that group (a room restored in one go).
+$('#deploy-open').addEventListener('click', () => actions.deploy($('#group-filter').value ? { group: $('#group-filter').value } : {}));
 for (const id of ['filter', 'group-filter', 'sort', 'show-superseded']) $(`#${id}`).addEventListener('input', () => snapshot && renderMachines(snapshot.machines, actions));
 for (const d of document.querySelectorAll('dialog')) d.addEventListener('click', (e) => e.target.closest('button.close') && d.close());
 

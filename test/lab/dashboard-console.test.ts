@@ -153,6 +153,8 @@ describe('dashboard console in a real browser', () => {
       await page.setViewportSize({ width: 1024, height: 768 });
       await page.screenshot({ path: join(ARTIFACTS, 'dashboard-1024.png'), fullPage: true });
       expect(await overflow(page)).toEqual([]);
+      await page.setViewportSize({ width: 768, height: 1024 }); // a tablet held upright
+      expect(await overflow(page)).toEqual([]);
 
       // Names and groups survive a restart; the page reconnects by itself.
       fleet.server!.child.kill('SIGTERM');
