@@ -188,7 +188,7 @@ export class Registry extends EventEmitter {
     }
     m.lastSeen = new Date().toISOString();
     if (e.type === 'claim' && !mine) this.log(m, 'join', `taken by ${describeActivity(e.by)}${e.image !== undefined ? ` (${e.image})` : ''}`);
-    if (e.type === 'release') this.log(m, e.error ? 'drop' : 'result', `${describeActivity(e.by)} ended: ${e.state}${e.history?.verified ? ', verified' : ''}${e.error ? ` (${e.error})` : ''}`);
+    if (e.type === 'release') this.log(m, e.error ? 'drop' : 'result', `${describeActivity(e.by)} ended: ${e.state === 'idle' && !e.error ? 'finished' : e.state}${e.history?.verified ? ', verified' : ''}${e.error ? ` (${e.error})` : ''}`);
     this.changed();
     return null;
   }

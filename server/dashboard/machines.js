@@ -108,7 +108,8 @@ export async function showMachine(id, actions, quiet = false) {
   const buttons = h('div', { class: 'buttons' },
     h('button', { type: 'button', onclick: () => actions.deploy({ machines: [m.id], image: last?.name }) }, last ? `Restore ${last.name}…` : 'Deploy to it…'),
     m.online && m.activity.kind === 'idle' ? h('button', { type: 'button', onclick: () => actions.capture(m.id) }, 'Capture…') : '',
-    h('button', { type: 'button', class: 'danger', id: 'm-forget', onclick: () => forget(m) }, 'Forget…'));
+    // Only an offline, idle machine can be forgotten (the server refuses the others): say so rather than fail.
+    h('button', { type: 'button', class: 'danger', id: 'm-forget', disabled: m.online || m.activity.kind !== 'idle', title: m.online ? 'connected: stop its agent first' : undefined, onclick: () => forget(m) }, 'Forget…'));
   const d = openDialog('panel', `Machine ${label(m)}`, form, facts, buttons, h('h3', {}, 'Disks'), disks, h('h3', {}, 'Events'), events, h('h3', {}, 'History'), history);
   d.dataset.machine = id;
   if (quiet && focused) document.getElementById(focused)?.focus();

@@ -115,6 +115,7 @@ describe('dashboard console in a real browser', () => {
       await page.waitForSelector('#confirm[open]');
       const question = (await page.textContent('#confirm-body')) ?? '';
       for (let k = 0; k < 2; k++) expect(question).toContain(`desk-${k + 1} (${macs[k]}): ${fleet.diskPath(k)}`);
+      await page.screenshot({ path: join(ARTIFACTS, 'dashboard-deploy.png') });
       await page.click('#confirm-ok');
       await page.waitForSelector('#sessions tr[data-session]');
       const id = Number(await page.getAttribute('#sessions tr[data-session]', 'data-session'));
@@ -155,6 +156,13 @@ describe('dashboard console in a real browser', () => {
       expect(await overflow(page)).toEqual([]);
       await page.setViewportSize({ width: 768, height: 1024 }); // a tablet held upright
       expect(await overflow(page)).toEqual([]);
+
+      await page.click(`#machines tr[data-machine="${macs[0]}"] button[data-open]`);
+      await page.waitForSelector('#panel[open] #m-events li');
+      expect(await page.textContent('#panel .facts')).toMatch(/classroom@1 · .* · disk digest verified ✓/);
+      expect(await page.textContent('#m-events')).toMatch(/session 1 ended: done, verified/);
+      await page.screenshot({ path: join(ARTIFACTS, 'dashboard-machine.png') });
+      await page.keyboard.press('Escape');
 
       // Names and groups survive a restart; the page reconnects by itself.
       fleet.server!.child.kill('SIGTERM');
