@@ -26,6 +26,8 @@ import { secretMatches } from './credentials.js';
 import { BootScriptLimits } from './boot-limits.js';
 import { metrics } from './metrics.js';
 import { wakeMachines, type WakeReport } from './wake.js';
+import { consoleRoute } from './api-console.js';
+import { DASHBOARD_FILES, dashboardFile } from './dashboard-files.js';
 import type { IntervalHistogram } from 'node:perf_hooks';
 import type { StateHealth, StateStatus } from '../state/state-file.js';
 
@@ -37,6 +39,7 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/dashboard.js': { file: 'dashboard.js', type: 'text/javascript; charset=utf-8' },
   '/dashboard.css': { file: 'dashboard.css', type: 'text/css; charset=utf-8' },
   '/states.js': { file: 'states.js', type: 'text/javascript; charset=utf-8' },
+  ...DASHBOARD_FILES,
 };
 
 const STATUS_OF: Record<string, number> = {
@@ -183,7 +186,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     const asset = STATIC[path];
     if (asset !== undefined && method === 'GET') {
       // The state vocabulary is the compiled protocol module itself (it imports nothing).
-      const file = path === '/states.js' ? join(projectRoot(), 'dist', 'protocol', 'states.js') : join(projectRoot(), 'server', 'dashboard', asset.file);
+      const file = path === '/states.js' ? join(projectRoot(), 'dist', 'protocol', 'states.js') : dashboardFile(asset.file);
       const body = readFileSync(file);
       res.writeHead(200, { 'content-type': asset.type, 'cache-control': 'no-cache', ...PAGE_HEADERS }).end(body);
       return;
@@ -202,6 +205,8 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       return;
     }
     if (path.startsWith('/api/captures')) return await captureRoute(c, method, path, req, res);
+    const answered = await consoleRoute({ store: c.store, registry: c.registry, imagesChanged: () => state.imagesChanged() }, method, path, () => readJson(req));
+    if (answered !== undefined) return send(res, answered[0], answered[1]);
     const machineRoute = /^\/api\/machines\/([0-9A-Fa-f:-]{17})$/.exec(path);
     if (machineRoute !== null && method === 'PATCH') {
       return send(res, 200, c.registry.label(machineRoute[1].replace(/-/g, ':'), (await readJson(req)) as { name?: unknown; groups?: unknown }));
@@ -393,6 +398,7 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
     }
     const pxe = c.pxe?.();
     if (pxe?.knownOnly === true && !pxe.knows(mac)) throw new ClonecastError(ERR.NOT_FOUND, `${mac} is not a machine this server knows (--pxe-known-only)`);
+    c.registry.event(mac, 'boot', 'network boot: fetched its boot script');
     res.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' }).end(c.boot.script(mac, path === '/boot/grub' ? 'grub' : 'ipxe'));
     return;
   }

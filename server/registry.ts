@@ -22,6 +22,15 @@ import type { Store } from './store/store.js';
 export const SAVE_MS = 1000;
 /** Session history entries kept per machine. */
 export const HISTORY_LIMIT = 50;
+/** Events kept per machine (boot, connect, join, drop, result), newest first. */
+export const EVENT_LIMIT = 100;
+
+/** What happened to a machine, for its page (newest first, at most EVENT_LIMIT). */
+export interface MachineLogEntry {
+  at: string;
+  kind: 'boot' | 'connect' | 'disconnect' | 'join' | 'drop' | 'result';
+  text: string;
+}
 
 /** The transfer counters a machine reports in a session (control.proto's Progress). */
 export interface TransferCounts {
@@ -82,6 +91,10 @@ export interface MachineRecord {
   lastSeen: string;
   lastImage: { name: string; version: number; at: string; verified: boolean } | null;
   history: HistoryEntry[];
+  /** Its event log (list() leaves it out; get() and the machine's API route have it). */
+  events?: MachineLogEntry[];
+  /** Another machine later connected from the same address while this one was offline (a lab rebuilt with new MACs, a replaced PC); '' when not. */
+  supersededBy?: string;
   /**
    * How its current (or last) agent proved who it is: 'token' (the server's
    * token), 'credential' (a boot credential or its agent secret) or
@@ -174,8 +187,36 @@ export class Registry extends EventEmitter {
         break;
     }
     m.lastSeen = new Date().toISOString();
+    if (e.type === 'claim' && !mine) this.log(m, 'join', `taken by ${describeActivity(e.by)}${e.image !== undefined ? ` (${e.image})` : ''}`);
+    if (e.type === 'release') this.log(m, e.error ? 'drop' : 'result', `${describeActivity(e.by)} ended: ${e.state === 'idle' && !e.error ? 'finished' : e.state}${e.history?.verified ? ', verified' : ''}${e.error ? ` (${e.error})` : ''}`);
     this.changed();
     return null;
+  }
+
+  /** Adds an event to a machine's log (bounded); unknown machines are ignored. */
+  event(id: string, kind: MachineLogEntry['kind'], text: string): void {
+    const m = this.machines.get(id.toLowerCase());
+    if (m === undefined) return;
+    this.log(m, kind, text);
+    this.changed();
+  }
+
+  private log(m: MachineRecord, kind: MachineLogEntry['kind'], text: string): void {
+    m.events = [{ at: new Date().toISOString(), kind, text: text.slice(0, 300) }, ...(m.events ?? [])].slice(0, EVENT_LIMIT);
+  }
+
+  /**
+   * Forgets a machine: its record, names, groups, history and secret. A
+   * machine that is connected or held is refused (it would come back at
+   * once, or its holder would lose it).
+   */
+  forget(id: string): MachineRecord {
+    const m = this.machines.get(id.toLowerCase());
+    if (m === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${id}; "clonecast machines" lists them`);
+    if (m.online || m.activity.kind !== 'idle') throw new ClonecastError(ERR.BUSY, `${m.id} is ${m.online ? 'connected' : describeActivity(m.activity)}; stop its agent (or wait for its work to end) before forgetting it`);
+    this.machines.delete(m.id);
+    this.changed();
+    return m;
   }
 
   /** Like apply, but a refusal throws (for requests that must not go ahead). */
@@ -188,6 +229,7 @@ export class Registry extends EventEmitter {
   online(id: string, online: boolean): void {
     const m = this.machines.get(id);
     if (m === undefined) return;
+    if (m.online && !online) this.log(m, 'disconnect', 'agent disconnected');
     m.online = online;
     if (m.activity.kind === 'idle') m.state = online ? 'idle' : 'offline';
     m.lastSeen = new Date().toISOString();
@@ -222,7 +264,7 @@ export class Registry extends EventEmitter {
 
   /** All machines, most recently seen first (without their secrets' hashes). */
   list(): MachineRecord[] {
-    return this.records().map(({ secretHash: _h, secretTrust: _t, ...m }) => m);
+    return this.records().map(({ secretHash: _h, secretTrust: _t, events: _e, ...m }) => m);
   }
 
   private records(): MachineRecord[] {
@@ -253,7 +295,13 @@ export class Registry extends EventEmitter {
     const record: MachineRecord = known
       ? { ...known, ...info, trusted, online: true, lastSeen: now, state: known.activity.kind === 'idle' ? 'idle' : known.state }
       : { ...info, trusted, name: '', groups: [], online: true, activity: IDLE, state: 'idle', session: null, image: null, progress: null, lastError: '', firstSeen: now, lastSeen: now, lastImage: null, history: [] };
+    record.supersededBy = '';
     this.machines.set(info.id, record);
+    this.log(record, 'connect', `agent ${info.agentVersion} connected from ${info.address} (${info.bootMode}, ${info.trust})`);
+    // An offline machine last seen at this address is marked, not deleted: the dashboard hides it, forget removes it.
+    for (const other of this.machines.values()) {
+      if (other.id !== info.id && !other.online && other.address === info.address && info.address !== '') other.supersededBy = info.id;
+    }
     this.changed();
     return record;
   }

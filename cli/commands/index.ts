@@ -18,6 +18,7 @@ import { imageRm } from './image-rm.js';
 import { imageVerify } from './image-verify.js';
 import { labDemo, labDown, labForward, labStatus, labUp } from './lab.js';
 import { machines, machinesSet } from './machines.js';
+import { machinesForget, machinesShow } from './machines-console.js';
 import { receive } from './receive.js';
 import { send } from './send.js';
 import { serve } from './serve.js';
@@ -49,6 +50,8 @@ export const COMMANDS: readonly Command[] = [
   machines,
   machinesSet,
   wakeCommand,
+  machinesShow,
+  machinesForget,
   sessions,
   sessionsStart,
   sessionsCancel,

@@ -1,170 +1,125 @@
 // The clonecast dashboard: one WebSocket (/api/events) carrying a JSON
-// snapshot of machines, sessions and images on every change; buttons call
-// the admin API. No framework, nothing loaded from elsewhere. The state
-// names come from the server's one vocabulary (protocol/states.ts, served
-// compiled as /states.js).
-import { ACTIVE_SESSION_STATES } from '/states.js';
+// snapshot of machines, sessions, captures and images on every change; the
+// forms and buttons call the admin API (the same routes as the CLI, with the
+// token in the Authorization header). No framework, nothing loaded from
+// elsewhere. The state names come from the server's one vocabulary
+// (protocol/states.ts, served compiled as /states.js).
+import { $, bytes, duration, getToken, h, pct, rows, setToken, stateCell, td, time } from '/ui.js';
+import { refreshMachine, renderMachines } from '/machines.js';
+import { captureForm, deployForm } from '/forms.js';
+import { renderImages } from '/images.js';
+import { renderSessions, sample } from '/session-view.js';
 
-const $ = (sel) => document.querySelector(sel);
-// The token is typed into the login field and lives in this page's memory only: never in
-// storage a script could read later, never in a URL the browser keeps in its history.
-let token = '';
 // An old link with the token in it: drop it from the address bar (it is not used).
 if (location.hash || location.search) history.replaceState(null, '', location.pathname);
 
-/**
- * Builds an element. Every value from the server becomes a text node or a
- * property, never markup: agent-reported names cannot run script here.
- */
-function h(tag, props, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(props || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') el.className = v;
-    else if (k === 'data') for (const [dk, dv] of Object.entries(v)) el.dataset[dk] = String(dv);
-    else if (k === 'width') el.style.width = v;
-    else el.setAttribute(k, String(v));
-  }
-  for (const c of children.flat()) if (c !== undefined && c !== null && c !== false) el.append(c instanceof Node ? c : String(c));
-  return el;
-}
-function bytes(n) {
-  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let i = 0;
-  n = Number(n) || 0;
-  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
-  return `${i ? n.toFixed(1) : n} ${u[i]}`;
-}
-function duration(s) {
-  if (s === null || s === undefined || !isFinite(s)) return '';
-  s = Math.max(0, Math.round(s));
-  if (s >= 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
-  if (s >= 60) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
-  return `${s}s`;
-}
-function time(iso) {
-  return iso ? new Date(iso).toLocaleString() : '';
-}
-function pct(done, total, finished) {
-  return total ? Math.floor((100 * done) / total) : finished ? 100 : 0;
-}
-function rows(id, list) {
-  const body = $(`#${id} tbody`);
-  body.replaceChildren(...(list.length ? list : [h('tr', {}, h('td', { colspan: 10 }, 'none yet'))]));
-}
-const td = (v, cls) => h('td', { class: cls }, v);
-const stateCell = (state) => h('td', { class: `state-${state}` }, state);
+let snapshot = null;
+const actions = {
+  deploy: (preset) => snapshot && deployForm(snapshot, preset),
+  capture: (id) => snapshot && captureForm(snapshot, id),
+};
 
 // A red banner while the server cannot save its state or network boot has stopped (text only, never HTML).
-function renderHealth(h) {
+function renderHealth(health) {
   const box = $('#health');
   const problems = [];
-  for (const f of (h && h.files) || []) {
+  for (const f of (health && health.files) || []) {
     if (!f.ok) problems.push(`${f.file} cannot be saved since ${time(new Date(f.since).toISOString())} (${f.error}); changes are kept in memory and retried`);
   }
-  if (h && h.pxe && !h.pxe.ok) problems.push(`network boot stopped: ${h.pxe.error}; restart the server`);
+  if (health && health.pxe && !health.pxe.ok) problems.push(`network boot stopped: ${health.pxe.error}; restart the server`);
   box.hidden = problems.length === 0;
   box.textContent = problems.length ? `Server problem: ${problems.join(' · ')}` : '';
 }
 
+/** An empty server says what to do next, with the exact commands. */
+function renderFirstRun(s) {
+  const steps = [];
+  const cmd = (text) => h('code', {}, text);
+  if (s.images.length === 0) steps.push(h('li', {}, 'Put an image in the store: on the server, ', cmd('clonecast image import disk.img NAME'), ' (a raw image, a block device or a qcow2/vmdk/vhdx/vdi file), or capture a machine with its agent running: its row\'s capture… button, or ', cmd('clonecast capture MAC NAME'), '.'));
+  if (s.machines.length === 0) {
+    steps.push(h('li', {}, 'Bring machines: network-boot them (', cmd('clonecast serve --pxe proxy --interface IF'), '; see docs/pxe.md), or run an agent on each: ',
+      cmd(`clonecast agent --server https://${location.host}/ --fingerprint FP --token-file token`), ' (FP: what ', cmd('clonecast fingerprint'), ' prints on the server; the token file: ', cmd('clonecast token'), '). A lab to try it: ', cmd('sudo clonecast lab up --clients 4'), '.'));
+  }
+  steps.push(h('li', {}, 'Deploy: the Deploy… button, or ', cmd('clonecast deploy NAME --group GROUP'), ' (', cmd('--any --clients N'), ' for any machine that comes).'));
+  const show = s.images.length === 0 || s.machines.length === 0;
+  $('#first-run').hidden = !show;
+  if (show) $('#first-run-steps').replaceChildren(...steps);
+}
+
 function render(s) {
+  snapshot = s;
   renderHealth(s.server.health);
-  $('#server').textContent = `v${s.server.version} · ${s.server.agents} agent(s) connected · multicast ${s.server.senderAddress || 'off (serve --interface IF)'}`;
-  const byAddress = [...s.machines].sort((a, b) => String(a.address).localeCompare(String(b.address), undefined, { numeric: true }) || a.id.localeCompare(b.id));
-  rows('machines', byAddress.map((m) => {
-    const p = m.progress;
-    const state = m.online ? m.state : 'offline';
-    const done = pct(p && p.chunksDone, p && p.chunksTotal, m.state === 'done');
-    return h('tr', { data: { machine: m.id, state } },
-      td(m.id), td(m.name ? `${m.name} (${m.hostname})` : m.hostname), td(m.address), stateCell(state),
-      td(m.image || (m.lastImage ? `${m.lastImage.name}@${m.lastImage.version}` : '')),
-      h('td', {}, h('span', { class: 'bar' }, h('i', { width: `${done}%` })), h('span', { class: 'pct' }, `${done}%`)),
-      td(p && p.rateBps ? `${bytes(p.rateBps)}/s` : ''), td(p ? duration(p.etaSeconds) : ''),
-      td(p ? `${(100 * Number(p.loss)).toFixed(1)}%` : ''), td(m.lastError, 'error'),
-      h('td', {}, m.online ? h('button', { data: { capture: m.id } }, 'capture…') : ''));
-  }));
-  rows('sessions', s.sessions.map((x) => {
-    const ms = Object.values(x.machines);
-    const done = ms.filter((m) => m.state === 'done').length;
-    const buttons = ACTIVE_SESSION_STATES.has(x.state)
-      ? [x.state === 'waiting' ? h('button', { data: { act: 'start', id: x.id } }, 'start now') : '', ' ', h('button', { data: { act: 'cancel', id: x.id } }, 'cancel')]
-      : [x.reason];
-    return h('tr', { data: { session: x.id, state: x.state } },
-      td(x.id), td(`${x.image}@${x.version}`), stateCell(x.state), td(x.ruleText), td(`${done}/${ms.length} done`),
-      td(`${x.group}:${x.port}`), td(bytes(x.sent.bytes)), td(time(x.createdAt)), h('td', {}, ...buttons));
-  }));
-  rows('images', s.images.map((i) => {
-    const l = i.latest;
-    return l.error
-      ? h('tr', {}, td(i.name), td(i.versions.join(', ')), h('td', { colspan: 3, class: 'error' }, `unreadable: ${l.error}`))
-      : h('tr', {}, td(i.name), td(i.versions.join(', ')), td(bytes(l.diskSize)), td(bytes(l.storedBytes)), td(time(l.createdAt)), td(l.badRanges || ''));
-  }));
+  renderFirstRun(s);
+  $('#server').textContent = `v${s.server.version} · ${s.server.agents} agent(s) · multicast ${s.server.senderAddress || 'off (serve --interface IF)'}`;
+  sample(s.sessions, Date.parse(s.server.time) / 1000);
+  renderMachines(s.machines, actions);
+  renderSessions(s.sessions, s.machines, actions);
+  renderImages(s.images, actions);
   rows('captures', (s.captures || []).map((c) => {
     const p = c.progress;
+    const m = s.machines.find((x) => x.id === c.machine);
     const result = c.result ? `${c.image}@${c.result.version}: ${bytes(c.result.newBytes)} new${c.result.badRanges.length ? `, ${c.result.badRanges.length} bad range(s)` : ''}` : c.error;
     return h('tr', { data: { captureId: c.id, state: c.state } },
-      td(c.id), td(c.machine), td(c.device), td(c.image), stateCell(c.state), td(`${pct(p.chunksDone, p.chunksTotal, c.state === 'done')}%`),
-      td(`${bytes(c.received.bytes)} (${p.reused} chunks already stored)`), td(result, c.state === 'failed' ? 'error' : undefined));
-  }));
-  const history = s.machines.flatMap((m) => m.history.map((x) => ({ ...x, machine: m.id }))).sort((a, b) => b.endedAt.localeCompare(a.endedAt)).slice(0, 100);
-  rows('history', history.map((x) =>
-    h('tr', {}, td(time(x.endedAt)), td(x.machine), td(x.session), td(`${x.image}@${x.version}`),
-      h('td', { class: `state-${x.outcome}` }, `${x.outcome}${x.verified ? ' ✓' : ''}`), td(duration(x.seconds)), td(x.error, 'error'))));
+      td(c.id), td(m ? m.name || m.hostname : c.machine), td(c.device, 'opt'), td(c.image), stateCell(c.state), td(`${pct(p.chunksDone, p.chunksTotal, c.state === 'done')}%`),
+      td(`${bytes(c.received.bytes)} (${p.reused} reused)`, 'opt'), td(result, c.state === 'failed' ? 'error' : undefined));
+  }), 'no capture yet: a machine\'s capture… button starts one');
+  const names = new Map(s.machines.map((m) => [m.id, m.name || m.hostname || m.id]));
+  const hist = s.machines.flatMap((m) => m.history.map((x) => ({ ...x, machine: m.id }))).sort((a, b) => b.endedAt.localeCompare(a.endedAt)).slice(0, 100);
+  rows('history', hist.map((x) =>
+    h('tr', {}, td(time(x.endedAt)), td(names.get(x.machine)), td(x.session, 'opt'), td(`${x.image}@${x.version}`),
+      h('td', {}, h('span', { class: `badge state-${x.outcome}` }, `${x.outcome}${x.verified ? ' ✓' : ''}`)), td(duration(x.seconds), 'opt'), td(x.error, 'error'))));
+  refreshMachine(actions);
 }
 
-async function act(action, id) {
-  if (action === 'cancel' && !confirm(`Cancel session ${id}? Its machines stop where they are; their disks are left incomplete.`)) return;
-  const res = await fetch(`/api/sessions/${encodeURIComponent(id)}/${action}`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
-  if (!res.ok) alert((await res.json()).error?.message ?? `HTTP ${res.status}`);
-}
-document.addEventListener('click', (e) => {
-  const b = e.target.closest('button[data-act]');
-  if (b) void act(b.dataset.act, b.dataset.id);
-  const c = e.target.closest('button[data-capture]');
-  if (c) {
-    const image = prompt(`Capture ${c.dataset.capture}'s disk as a new version of which image?`);
-    if (image) void startCapture(c.dataset.capture, image.trim());
-  }
-});
+// With a group chosen in the filter, the form opens on that group (a room restored in one go).
+$('#deploy-open').addEventListener('click', () => actions.deploy($('#group-filter').value ? { group: $('#group-filter').value } : {}));
+for (const id of ['filter', 'group-filter', 'sort', 'show-superseded']) $(`#${id}`).addEventListener('input', () => snapshot && renderMachines(snapshot.machines, actions));
+for (const d of document.querySelectorAll('dialog')) d.addEventListener('click', (e) => e.target.closest('button.close') && d.close());
 
-async function startCapture(machine, image) {
-  const res = await fetch('/api/captures', { method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' }, body: JSON.stringify({ machine, image }) });
-  if (!res.ok) alert((await res.json()).error?.message ?? `HTTP ${res.status}`);
+function conn(text, cls) {
+  $('#conn').textContent = text;
+  $('#conn').className = cls;
 }
 
 let retry = 500;
 function connect() {
-  if (!token) {
+  if (!getToken()) {
+    // Asking for the token is not a failure: no red "connecting…" while the form waits.
+    conn('sign in', 'wait');
     $('#login').hidden = false;
+    $('#token').focus();
     return;
   }
+  conn('connecting…', 'wait');
   const ws = new WebSocket(`${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/api/events`);
-  ws.onopen = () => ws.send(JSON.stringify({ token }));
+  ws.onopen = () => ws.send(JSON.stringify({ token: getToken() }));
   ws.onmessage = (e) => {
     const s = JSON.parse(e.data);
     if (s.error) {
-      token = '';
+      setToken('');
       $('#login-error').textContent = s.error;
-      $('#login').hidden = false;
       $('#main').hidden = true;
+      $('#nav').hidden = true;
+      connect();
       return;
     }
     $('#login').hidden = true;
     $('#main').hidden = false;
-    $('#conn').textContent = 'live';
-    $('#conn').className = 'ok';
+    $('#nav').hidden = false;
+    conn('live', 'ok');
     retry = 500;
     render(s);
   };
   ws.onclose = () => {
-    $('#conn').textContent = 'reconnecting…';
-    $('#conn').className = 'bad';
-    if (token) setTimeout(connect, (retry = Math.min(retry * 2, 5000)));
+    if (!getToken()) return;
+    conn('reconnecting…', 'bad');
+    setTimeout(connect, (retry = Math.min(retry * 2, 5000)));
   };
 }
 $('#login').addEventListener('submit', (e) => {
   e.preventDefault();
-  token = $('#token').value.trim();
+  setToken($('#token').value.trim());
+  $('#token').value = '';
   $('#login').hidden = true;
   connect();
 });

@@ -140,7 +140,7 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
         state.loops.push(loop);
         const ns = lab.clients[k].ns;
         const mac = lab.execIn(ns, 'cat', ['/sys/class/net/eth0/address']).trim();
-        const agent = detached('ip', ['netns', 'exec', ns, process.execPath, o.cli, 'agent', '--server', SERVER_URL, '--fingerprint', state.fingerprint, '--token-file', join(data, 'token'), '--disk', loop], join(LAB_DIR, `pc${k + 1}.log`));
+        const agent = detached('ip', ['netns', 'exec', ns, ...ownHostname(`pc${k + 1}`), process.execPath, o.cli, 'agent', '--server', SERVER_URL, '--fingerprint', state.fingerprint, '--token-file', join(data, 'token'), '--disk', loop], join(LAB_DIR, `pc${k + 1}.log`));
         state.pids.push(agent.pid!);
         state.machines.push({ name: `pc${k + 1}`, disk: loop, mac });
       }
@@ -157,6 +157,15 @@ export async function labUp(o: LabUpOptions): Promise<LabState> {
     labDown();
     throw err;
   }
+}
+
+/**
+ * A command prefix that runs the rest in a UTS namespace of its own named
+ * NAME, so each lab machine reports its own host name ("pc1"...) instead
+ * of the host's.
+ */
+export function ownHostname(name: string): string[] {
+  return ['unshare', '--uts', 'sh', '-c', 'echo "$0" > /proc/sys/kernel/hostname && exec "$@"', name];
 }
 
 /** Stops everything the lab started and deletes what it made, by name. */

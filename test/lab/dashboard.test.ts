@@ -84,12 +84,13 @@ describe('dashboard in a real browser', () => {
       expect(await page.locator('#images tbody tr').first().textContent()).toMatch(/classroom/);
       expect(await page.locator('#history tbody tr').count()).toBe(4);
       expect(loads).toBe(1); // only the first load: every update came over the WebSocket
-      // Capture a machine's disk from its row's button (the image name comes from a prompt).
-      page.once('dialog', (d) => void d.accept('from-dashboard'));
+      // Capture a machine's disk from its row's button and the capture form.
       await page.click('#machines tr[data-machine] button[data-capture]');
+      await page.fill('#c-image', 'from-dashboard');
+      await page.click('#c-submit');
       await page.waitForSelector('#captures tr[data-state="done"]', { timeout: 60_000 });
       expect(await page.locator('#captures tr[data-state="done"]').first().textContent()).toMatch(/from-dashboard@1/);
-      await page.waitForFunction(() => [...document.querySelectorAll('#images tbody tr')].some((r) => r.textContent?.includes('from-dashboard')), undefined, { timeout: 10_000 });
+      await page.waitForFunction(() => [...document.querySelectorAll('#images tbody tr')].some((r) => r.textContent?.includes('from-dashboard')), undefined, { timeout: 15_000 });
       mkdirSync(join(ROOT, 'test-artifacts'), { recursive: true });
       await page.screenshot({ path: SCREENSHOT, fullPage: true });
       expect(existsSync(SCREENSHOT)).toBe(true);

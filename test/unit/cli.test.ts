@@ -361,6 +361,8 @@ describe('the server-side commands against a stand-in API', () => {
         if (req.url === '/api/sessions/7') return send(session);
         if (req.url === '/api/machines') return send([machine]);
         if (req.url === '/api/machines/52:54:00:12:34:56' && req.method === 'PATCH') return send({ ...machine, ...JSON.parse(raw) });
+        if (req.url === '/api/machines/52:54:00:12:34:56' && req.method === 'GET') return send({ ...machine, bootMode: 'uefi', disks: [{ device: '/dev/sda', size: 1 << 30, model: 'QEMU\x1b[2J' }], events: [{ at: '2026-11-30T06:00:00Z', kind: 'drop', text: 'session 3 ended: dropped (gone\x1b[31m)' }] });
+        if (req.url === '/api/machines/52:54:00:12:34:56' && req.method === 'DELETE') return send({ forgotten: machine.id });
         if (req.url === '/api/captures') return send([{ id: 2, machine: machine.id, image: 'master', device: '/dev/sda', state: 'failed', error: 'disk\x1b]0;x gone', progress: { chunksDone: 5, chunksTotal: 10, bytesRead: 0, reused: 0, bytesSent: 0 }, received: { chunks: 0, bytes: 0, newBytes: 0 }, result: null }]);
         if (req.url === '/api/captures/2/fail') return send({ id: 2, state: 'failed', error: JSON.parse(raw).reason });
         send({ error: { code: 'CLONECAST_ERR_NOT_FOUND', message: 'no such route' } }, 404);
@@ -388,7 +390,7 @@ describe('the server-side commands against a stand-in API', () => {
     }
   });
 
-  it('machines shows names and groups with agent strings made safe; machines set and captures use their routes', async () => {
+  it('machines shows names and groups with agent strings made safe; machines set, show, forget and captures use their routes', async () => {
     const api = await fakeApi();
     try {
       const env = { CLONECAST_TOKEN: 'tok', CLONECAST_FINGERPRINT: api.fingerprint };
@@ -400,6 +402,16 @@ describe('the server-side commands against a stand-in API', () => {
       const set = await cli(['machines', 'set', '52-54-00-12-34-56', '--name', 'desk-2', '--groups', 'room-a,lab', '--server', api.url], env);
       expect(set.code, set.stderr).toBe(0);
       expect(api.requests.at(-1)).toMatchObject({ method: 'PATCH', path: '/api/machines/52:54:00:12:34:56', body: { name: 'desk-2', groups: ['room-a', 'lab'] } });
+      const show = await cli(['machines', 'show', '52:54:00:12:34:56', '--server', api.url], env);
+      expect(show.code, show.stderr).toBe(0);
+      expect(show.stdout).toMatch(/boot uefi/);
+      expect(show.stdout).toMatch(/drop +session 3 ended: dropped \(gone\?\[31m\)/);
+      expect(show.stdout).not.toContain('\x1b');
+      const forget = await cli(['machines', 'forget', '52:54:00:12:34:56', '--server', api.url], env);
+      expect(forget.code, forget.stderr).toBe(0);
+      expect(forget.stdout).toMatch(/forgot 52:54:00:12:34:56/);
+      expect(api.requests.at(-1)).toMatchObject({ method: 'DELETE', path: '/api/machines/52:54:00:12:34:56' });
+      expect((await cli(['machines', 'forget', 'not-a-mac', '--server', api.url], env)).code).toBe(2);
       const cs = await cli(['captures', '--server', api.url], env);
       expect(cs.stdout).toMatch(/2 +52:54:00:12:34:56 +master +failed +50% +disk\?\]0;x gone/);
       const fail = await cli(['captures', 'fail', '2', '--reason', 'wrong machine', '--server', api.url], env);
@@ -428,7 +440,7 @@ describe('the command table', () => {
     const having = (o: string) => COMMANDS.filter((c) => o in c.options).map((c) => c.name).sort();
     expect(having('workers')).toEqual(['image export', 'image import', 'image recompress', 'image verify']);
     expect(having('codec')).toEqual(['image assemble', 'image import']);
-    expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines set', 'sessions', 'sessions cancel', 'sessions start', 'wake']);
+    expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines forget', 'machines set', 'machines show', 'sessions', 'sessions cancel', 'sessions start', 'wake']);
     expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm']);
   });
 });

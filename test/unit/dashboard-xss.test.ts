@@ -1,7 +1,8 @@
 /**
  * The dashboard in Debian's Chromium on loopback, fed hostile values: an
  * agent whose host name is a script payload. The page must show it as text,
- * run nothing, keep the token out of storage, and ask before cancelling.
+ * run nothing (on its row and on its page), keep the token out of storage,
+ * and ask before cancelling in the page's own confirmation dialog.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { join } from 'node:path';
@@ -54,18 +55,32 @@ describe('dashboard with hostile values', () => {
       expect(await page.evaluate(() => [localStorage.length, sessionStorage.length])).toEqual([0, 0]);
 
       // Cancel asks first: dismissed, the session stays; accepted, it is cancelled.
+      // The machine's page (names, disks, events) shows the payload as text too.
+      await page.click(`#machines tr[data-machine="${MAC}"] button[data-open]`);
+      await page.waitForSelector('#panel[open] #m-events li');
+      expect(await page.textContent('#panel .facts')).toContain(PAYLOAD);
+      expect(await page.textContent('#m-events')).toContain(`agent ${PAYLOAD} connected`);
+      expect(await page.locator('#panel img').count()).toBe(0);
+      await page.keyboard.press('Escape');
+      expect(await page.evaluate(() => (window as unknown as { __pwned?: number }).__pwned)).toBeUndefined();
+
       const s = await (await serverFetch(srv, '/api/sessions', { method: 'POST', headers: { authorization: `Bearer ${srv.token}`, 'content-type': 'application/json' }, body: JSON.stringify({ image: 'img', rule: { machines: ['02:00:00:00:0d:99'] } }) })).json();
       const button = `#sessions tr[data-session="${s.id}"] button[data-act="cancel"]`;
       await page.waitForSelector(button);
-      const questions: string[] = [];
-      page.once('dialog', (d) => (questions.push(d.message()), void d.dismiss()));
+      // Cancel asks first, in the page's own dialog: dismissed, nothing is cancelled.
       await page.click(button);
-      await page.waitForTimeout(300);
-      expect(questions[0]).toMatch(new RegExp(`Cancel session ${s.id}\\?`));
+      await page.waitForSelector('#confirm[open]');
+      expect(await page.textContent('#confirm-title')).toBe(`Cancel session ${s.id}?`);
+      expect(await page.evaluate(() => document.activeElement?.id)).toBe('confirm-no');
+      await page.click('#confirm-no');
+      await page.waitForFunction(() => !(document.querySelector('#confirm') as HTMLDialogElement).open);
       expect(srv.sessions.get(s.id)?.state).toBe('waiting');
-      page.once('dialog', (d) => void d.accept());
+      // Accepted, it is.
       await page.click(button);
+      await page.waitForSelector('#confirm[open]');
+      await page.click('#confirm-ok');
       await page.waitForSelector(`#sessions tr[data-session="${s.id}"][data-state="cancelled"]`);
+      expect(srv.sessions.get(s.id)?.state).toBe('cancelled');
     } finally {
       await browser.close();
     }
