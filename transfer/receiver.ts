@@ -116,7 +116,7 @@ export class Receiver extends EventEmitter {
       }
       this.markKnown();
       if (this.options.resume) await this.scan();
-      await zeroChunks(disk, this.options.manifest, (c) => this.readBack?.push(c));
+      await zeroChunks(disk, this.options.manifest, (c) => this.readBack?.push(c), this.options.discard);
       if (this.stopError !== undefined) throw this.stopError;
       return await this.receive();
     } finally {
