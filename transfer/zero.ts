@@ -45,19 +45,26 @@ export async function zeroChunks(disk: Disk, manifest: Manifest, zeroed: (chunk:
   if (discard) await discardUnused(disk, manifest);
 }
 
+/** Alignment of discarded ranges: 4 KiB, a whole number of sectors on 512-byte and 4Kn disks. */
+export const DISCARD_ALIGN = 4096;
+
 /** Trims the image's unused chunks on the disk, one discard per run (read as zeros on most devices afterwards); returns the bytes trimmed, stopping quietly on a device without discard. */
 export async function discardUnused(disk: Disk, manifest: Manifest): Promise<number> {
   let bytes = 0;
   for (const run of chunkRuns(manifest, ChunkKind.UNUSED)) {
+    // Devices discard whole sectors only: the run shrinks to the 4 KiB boundaries inside it (a disk's end is one anyway).
+    const start = Math.ceil(run.start / DISCARD_ALIGN) * DISCARD_ALIGN;
+    const end = Math.floor((run.start + run.length) / DISCARD_ALIGN) * DISCARD_ALIGN;
+    if (end <= start) continue;
     try {
-      await disk.discard(run.start, run.length);
+      await disk.discard(start, end - start);
     } catch (err) {
       // A device without discard keeps its old bytes there, as without --discard: not an error.
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'EOPNOTSUPP' || code === 'ENOTTY' || code === 'EINVAL') return bytes;
       throw err;
     }
-    bytes += run.length;
+    bytes += end - start;
   }
   return bytes;
 }
