@@ -136,6 +136,7 @@ export async function probeType(dev: string): Promise<string | null> {
 export async function finishDisk(target: string, targetSize: number, meta: ManifestMeta, options: FinishOptions = {}): Promise<FinishReport> {
   const report: FinishReport = { relocatedGpt: false, swaps: [] };
   const table = meta.partitionTable;
+  const swaps = swapEntries(meta);
   const larger = targetSize > meta.diskSize;
   const last = lastPartition(table.partitions);
   let grownLength: number | undefined;
@@ -160,13 +161,29 @@ export async function finishDisk(target: string, targetSize: number, meta: Manif
     await tool('sfdisk', ['--no-reread', '--no-tell-kernel', '--relocate', 'gpt-bak-std', target]);
     report.relocatedGpt = true;
   }
-  for (const p of meta.partitions ?? []) {
-    if (p.method !== 'swap') continue;
+  for (const p of swaps) {
     const length = last !== undefined && p.start === last.start && grownLength !== undefined ? grownLength : p.length;
     await recreateSwap(target, p, length);
     report.swaps.push(p.uuid ?? '');
   }
   return report;
+}
+
+/**
+ * The swap entries of meta.partitions, each checked against the partition table before anything is
+ * written: mkswap overwrites what it is given, so an entry must be exactly one partition of the image.
+ */
+export function swapEntries(meta: ManifestMeta): PartitionRead[] {
+  const out: PartitionRead[] = [];
+  for (const p of meta.partitions ?? []) {
+    if (p.method !== 'swap') continue;
+    const part = meta.partitionTable.partitions.find((q) => q.start === p.start && q.size === p.length);
+    if (part === undefined || !Number.isSafeInteger(p.start) || p.start <= 0 || p.start + p.length > meta.diskSize) {
+      throw new ClonecastError(ERR.MANIFEST_CORRUPT, `the image records swap at offset ${p.start} (${p.length} bytes), which is not a partition of its table; nothing was recreated (re-import the image)`);
+    }
+    out.push(p);
+  }
+  return out;
 }
 
 /** Recreates swap partition p of target, with its UUID and label (mkswap -U -L). */
