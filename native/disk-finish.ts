@@ -18,7 +18,7 @@
  * needs no partition device nodes (a loop device has none here).
  */
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmdirSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -45,10 +45,22 @@ export interface FinishReport {
 /** Filesystems whose own tool grows them, by blkid TYPE. */
 export const GROWABLE = Object.freeze(['ext2', 'ext3', 'ext4', 'ntfs', 'xfs', 'btrfs'] as const);
 
+/** Every tool this module runs: the boot environment carries them (pxe/bootenv-tools.ts). */
+export const FINISH_TOOLS = Object.freeze(['sfdisk', 'losetup', 'blkid', 'mkswap', 'mount', 'umount', 'e2fsck', 'resize2fs', 'ntfsresize', 'xfs_growfs', 'btrfs'] as const);
+
+/**
+ * The full path of a system tool: /usr/sbin and /usr/bin first, so that in the boot environment, where
+ * busybox's applets come first on PATH, the real util-linux tools run (busybox's mkswap has no -U).
+ */
+export function toolPath(cmd: string): string {
+  for (const d of ['/usr/sbin', '/usr/bin', '/sbin', '/bin']) if (existsSync(join(d, cmd))) return join(d, cmd);
+  return cmd;
+}
+
 /** Runs a tool; resolves with its stdout, or rejects with what it said. */
 export function tool(cmd: string, args: string[], input?: string): Promise<string> {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+    const p = spawn(toolPath(cmd), args, { stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
     let err = '';
     p.stdout.on('data', (d: Buffer) => (out += d.toString()));

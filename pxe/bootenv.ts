@@ -14,6 +14,7 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, re
 import { basename, dirname, join, relative } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
+import { FINISH_MODULES, finishTools } from './bootenv-tools.js';
 
 /** Kernel modules a lab PC or a VM needs for its disk and network card (their dependencies are added). */
 export const MODULES = Object.freeze([
@@ -169,6 +170,10 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     // Libraries the addon loads with dlopen (ldd cannot see them); without ISA-L the agent
     // decodes parity with the slower portable code.
     for (const lib of dlopenedLibraries()) copyInto(root, lib);
+    // The tools that finish a disk after a verified write (swap, GPT, --grow-last), at their own paths.
+    const tools = finishTools();
+    if (tools.missing.length > 0) o.log?.(`without ${tools.missing.join(', ')}: agents cannot finish disks that need them`);
+    for (const t of tools.found) for (const f of [t, ...sharedLibraries(t)]) copyInto(root, f);
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');
     mkdirSync(app, { recursive: true });
@@ -180,7 +185,7 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     for (const p of prod) cpSync(p, join(app, relative(project, p)), { recursive: true, dereference: true });
     // Kernel modules, dependencies first.
     const index = moduleIndex(join(x, 'lib', 'modules', version, 'kernel'));
-    const order = loadOrder(index, MODULES);
+    const order = loadOrder(index, [...MODULES, ...FINISH_MODULES]);
     for (const m of order) copyFileSync(index.get(m)!, join(root, 'lib', 'modules', `${m}.ko`));
     writeFileSync(join(root, 'lib', 'modules', 'load-order'), `${order.join('\n')}\n`);
     // init and the DHCP client's script.
