@@ -162,6 +162,19 @@ describe('unused chunks on restore', () => {
     }
   }, 60_000);
 
+  it('a receiver refuses a target smaller than the image, naming the size needed and the size used', async () => {
+    const { manifest } = await setup(join(dir, 'small'));
+    const m: Manifest = { meta: { ...manifest.meta, usedBytes: 9 * C }, table: manifest.table };
+    const target = join(dir, 'small', 'small.img');
+    writeFileSync(target, Buffer.alloc(8 * C));
+    const net = new FakeNetwork(1);
+    const r = new Receiver({
+      session: { session: 1, group: '239.77.0.1', port: 9000, sender: { address: '10.0.0.1', port: 9001 }, fragmentSize: 1000 },
+      manifest: m, target, createSocket: net.factory('10.0.0.11'), receiverId: 11, keys: { data: Buffer.alloc(32, 1), receiver: Buffer.alloc(32, 2) },
+    });
+    await expect(r.run()).rejects.toThrow(`holds ${8 * C} bytes but the image needs ${manifest.meta.diskSize}; its filesystems use ${9 * C} bytes`);
+  });
+
   it('runs of unused chunks are found in disk order, joined where they touch', async () => {
     const { manifest } = await setup(join(dir, 'runs'));
     expect(chunkRuns(manifest, ChunkKind.UNUSED).map((r) => [r.first, r.last])).toEqual([[5, 6], [8, 8], [12, 14], [22, 22]]);
