@@ -115,9 +115,9 @@ export async function growFilesystem(dev: string, fs: string | null): Promise<bo
     case 'ext2':
     case 'ext3':
     case 'ext4':
-      // resize2fs wants a freshly checked filesystem; -p repairs nothing but what is safe (exit 1: fixed).
+      // resize2fs wants a freshly checked filesystem; -p repairs only what is safe (exit 1 or 2: fixed; 4 and up: not).
       await tool('e2fsck', ['-f', '-p', dev]).catch((err: ClonecastError) => {
-        if (!/exit 1\)/.test(err.message)) throw err;
+        if (!/\(exit [12]\)/.test(err.message)) throw err;
       });
       await tool('resize2fs', [dev]);
       return true;
