@@ -39,7 +39,7 @@ export interface FsDisk {
 const sh = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { encoding: 'utf8', input, stdio: ['pipe', 'pipe', 'pipe'] });
 
 /** Makes a GPT disk of sizeMiB: 8 MiB ext4, 8 MiB swap, the rest `last`. Needs root and loop devices. */
-export function makeFsDisk(file: string, sizeMiB: number, last: 'ext4' | 'ntfs' | 'xfs' | 'btrfs'): FsDisk {
+export function makeFsDisk(file: string, sizeMiB: number, last: 'ext4' | 'ntfs' | 'xfs' | 'btrfs' | 'vfat'): FsDisk {
   writeFileSync(file, Buffer.alloc(0));
   sh('truncate', ['-s', `${sizeMiB}M`, file]);
   sh('sgdisk', ['-n1:1M:+8M', '-t1:8300', '-n2:0:+8M', '-t2:8200', '-n3:0:0', '-t3:0700', '-c3:last', file]);
@@ -53,6 +53,7 @@ export function makeFsDisk(file: string, sizeMiB: number, last: 'ext4' | 'ntfs' 
     else if (p.fs === 'ext4') sh('mkfs.ext4', ['-q', '-F', '-L', `p${p.number}`, dev]);
     else if (p.fs === 'ntfs') sh('mkntfs', ['-q', '-f', '-F', '-L', 'p3', dev]);
     else if (p.fs === 'xfs') sh('mkfs.xfs', ['-q', '-f', '-L', 'p3', dev]);
+    else if (p.fs === 'vfat') sh('mkfs.vfat', ['-F', '32', '-n', 'P3', dev]);
     else sh('mkfs.btrfs', ['-q', '-f', '-L', 'p3', dev]);
     if (p.fs === 'ext4') {
       // Written with debugfs: no mount, so no page cache left between this file and the loop device.

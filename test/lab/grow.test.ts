@@ -78,6 +78,19 @@ describe('export onto a larger or smaller target', () => {
     }, LONG);
   }
 
+  itNeeds(['loop', 'fstools'], 'FAT32: cannot be grown here, so the partition keeps its size, with a warning; the GPT backup still moves', async () => {
+    const disk = makeFsDisk(join(dir, 'vfat.img'), 48, 'vfat');
+    await importImage(Store.open(data), disk.file, 'fat', {});
+    const out = join(dir, 'fat-grown.img');
+    const r = await cli(['image', 'export', 'fat', out, '--grow-last', '--size', String(64 * MiB), '--data', data]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toMatch(/warning: the last partition \(3\) holds vfat, which cannot be grown here; it keeps its size/);
+    const parts = partsNow(out);
+    expect(parts[2].size).toBe(disk.parts[2].size);
+    expect(check('sgdisk', ['-v', out]).out).toMatch(/No problems found/);
+    onPart(out, parts[2], (dev) => expect(check('fsck.fat', ['-n', dev]).code).toBe(0));
+  }, LONG);
+
   itNeeds(['loop', 'fstools'], 'a target smaller than the image is refused with the size needed and the size used', async () => {
     const r = await cli(['image', 'export', 'ext', join(dir, 'small.img'), '--size', String(32 * MiB), '--data', data]);
     expect(r.code).not.toBe(0);
