@@ -15,6 +15,7 @@ import { After, CONTROL, decodeServerMessage, encodeAgentMessage, MachineState, 
 import { ClonecastError, ERR, isError } from '../protocol/errors.js';
 import { decodeManifest, tableLength } from '../protocol/manifest.js';
 import { machine } from './inventory.js';
+import { afterVerified } from './after-write.js';
 import { progressOf, resultOf, type Job } from './report.js';
 import { reportFailure, runCapture } from './capture.js';
 import { Receiver, type ReceiverResult } from '../transfer/receiver.js';
@@ -322,6 +323,7 @@ export class Agent extends EventEmitter {
         resume: known === undefined && a.resume === true,
         verify: this.o.verify === false ? false : a.verify !== false,
         finalVerify: this.o.finalVerify ?? a.finalVerify === true,
+        discard: a.discard === true,
         nonce: a.nonce !== undefined && a.nonce !== null && a.nonce.length > 0 ? a.nonce : undefined,
         timeoutMs: AGENT_DEFAULTS.receiverTimeoutMs,
         writeLimit: this.o.writeLimit,
@@ -336,7 +338,7 @@ export class Agent extends EventEmitter {
       Object.assign(job, { receiver, lastBytes: 0, lastPackets: 0, lastLost: 0, lastAt: performance.now() });
       const full = job as Job;
       full.running = receiver.run().then(
-        (r) => this.ended(full, r, undefined),
+        async (r) => this.ended(full, r, await afterVerified(a, manifest, r, this.o.log)),
         (err) => this.ended(full, undefined, err),
       );
       this.job = full;

@@ -75,6 +75,10 @@ export interface DeployRequest {
   verify?: boolean;
   /** Also read each whole disk back at the end. */
   finalVerify?: boolean;
+  /** Trim the image's unused chunks on each disk. */
+  discard?: boolean;
+  /** Grow the last partition and its filesystem to the end of a larger disk. */
+  growLast?: boolean;
   dropAfterS?: number;
   differential?: boolean;
   /** Seal every chunk with AES-256-GCM on the wire. */

@@ -3,6 +3,7 @@
  * objects as JSON instead), the JSON writer, and safeText() for strings
  * that came from elsewhere.
  */
+import { describeFinish } from '../native/disk-finish.js';
 import { typeName } from '../protocol/partitions.js';
 import type { ExportSummary } from '../server/store/export.js';
 import type { ImportSummary } from '../server/store/import.js';
@@ -45,7 +46,8 @@ export function printImport(s: ImportSummary): void {
 /** Prints what an export did. */
 export function printExport(s: ExportSummary): void {
   log(`exported ${s.name}@${s.version} to ${s.target} (${s.kind})`);
-  log(`  ${formatBytes(s.diskSize)}: ${s.dataChunks} data chunks written, ${s.zeroChunks} zero chunks ${s.kind === 'file' ? 'left as holes' : 'zeroed'}, ${s.absentChunks} absent left untouched`);
+  log(`  ${formatBytes(s.diskSize)}: ${s.dataChunks} data chunks written, ${s.zeroChunks} zero chunks ${s.kind === 'file' ? 'left as holes' : 'zeroed'}, ${s.absentChunks} absent left untouched${s.unusedChunks > 0 ? `, ${s.unusedChunks} unused not written` : ''}`);
+  if (s.finished) log(`  finished: ${describeFinish(s.finished)}`);
   log(`  time ${formatDuration(s.seconds)} (${formatBytes(s.bytesPerSecond)}/s)`);
 }
 

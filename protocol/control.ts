@@ -309,6 +309,8 @@ function checkAssign(a: Assign): Assign {
     manifestSha256: a.manifestSha256 ?? new Uint8Array(0),
     verify: a.verify ?? false,
     finalVerify: a.finalVerify ?? false,
+    discard: a.discard ?? false,
+    growLast: a.growLast ?? false,
     resume: a.resume ?? false,
     receiverId: num(a.receiverId),
     dataKey,

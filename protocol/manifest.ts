@@ -245,8 +245,8 @@ function checkMeta(meta: ManifestMeta, n: number, bad: (why: string) => Error): 
 
 /**
  * The whole-disk digest of an image: SHA-256 over the SHA-256 of every
- * chunk's bytes in order (zero chunks hash as zeros; absent chunks are left
- * out). An agent computes the same over what it reads back, so a server can
+ * chunk's bytes in order (zero chunks hash as zeros; absent and unused
+ * chunks are left out: the image does not define their bytes). An agent computes the same over what it reads back, so a server can
  * check a finished disk without reading the image.
  */
 export function diskDigest(manifest: Manifest): Buffer {
@@ -256,7 +256,7 @@ export function diskDigest(manifest: Manifest): Buffer {
   const zeroHashes = new Map<number, Buffer>();
   for (let i = 0; i < n; i++) {
     const r = chunkAt(table, i);
-    if (r.kind === ChunkKind.ABSENT) continue;
+    if (!definesBytes(r.kind)) continue;
     if (r.kind === ChunkKind.DATA) {
       all.update(r.sha256);
       continue;
@@ -267,6 +267,16 @@ export function diskDigest(manifest: Manifest): Buffer {
     all.update(h);
   }
   return all.digest();
+}
+
+/**
+ * True for the chunks whose bytes the image defines (data and zero): the
+ * ones written, read back, verified and digested. Absent (not taken) and
+ * unused (no byte used by a filesystem) chunks are left as the target holds
+ * them, or discarded on request.
+ */
+export function definesBytes(kind: ChunkKind): boolean {
+  return kind === ChunkKind.DATA || kind === ChunkKind.ZERO;
 }
 
 /** Appends ranges (in disk order) to into, joining ranges that touch. */

@@ -15,6 +15,7 @@ import { basename, dirname, join, relative } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
 import { imagingLibraries, imagingTools } from './bootenv-tools.js';
+import { FINISH_MODULES, finishTools } from './bootenv-finish-tools.js';
 import { secureBootFiles, type SecureBootResult } from './secureboot-build.js';
 
 /** Kernel modules a lab PC or a VM needs for its disk and network card (their dependencies are added). */
@@ -179,6 +180,10 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
       chmodSync(join(root, 'sbin', t.name), 0o755);
     }
     for (const lib of imagingLibraries()) copyInto(root, lib);
+    // The tools that finish a disk after a verified write (swap, GPT, --grow-last), at their own paths.
+    const tools = finishTools();
+    if (tools.missing.length > 0) o.log?.(`without ${tools.missing.join(', ')}: agents cannot finish disks that need them`);
+    for (const t of tools.found) for (const f of [t, ...sharedLibraries(t)]) copyInto(root, f);
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');
     mkdirSync(app, { recursive: true });
@@ -190,7 +195,7 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     for (const p of prod) cpSync(p, join(app, relative(project, p)), { recursive: true, dereference: true });
     // Kernel modules, dependencies first.
     const index = moduleIndex(join(x, 'lib', 'modules', version, 'kernel'));
-    const order = loadOrder(index, MODULES);
+    const order = loadOrder(index, [...MODULES, ...FINISH_MODULES]);
     for (const m of order) copyFileSync(index.get(m)!, join(root, 'lib', 'modules', `${m}.ko`));
     writeFileSync(join(root, 'lib', 'modules', 'load-order'), `${order.join('\n')}\n`);
     // init and the DHCP client's script.

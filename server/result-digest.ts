@@ -9,7 +9,7 @@
 import { createHmac, randomBytes } from 'node:crypto';
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { decodeChunk } from '../protocol/chunk.js';
-import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind, definesBytes, tableLength, type Manifest } from '../protocol/manifest.js';
 import { KeyedDigest } from '../transfer/verifier.js';
 import type { Store } from './store/store.js';
 import type { Live } from './session-live.js';
@@ -34,7 +34,7 @@ export async function expectedDigest(store: Pick<Store, 'readChunk'>, manifest: 
   let bytes = 0;
   for (let i = 0; i < n; i++) {
     const r = chunkAt(table, i);
-    if (r.kind === ChunkKind.ABSENT) continue;
+    if (!definesBytes(r.kind)) continue; // absent and unused: not written, so not digested (protocol/manifest.ts diskDigest)
     const len = Math.min(meta.chunkSize, meta.diskSize - i * meta.chunkSize);
     bytes += len;
     if (r.kind === ChunkKind.DATA) {

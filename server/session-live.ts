@@ -115,6 +115,8 @@ export function assignment(s: SessionRecord, m: SessionMachine, live: Live, send
     manifestSha256: live.manifestSha,
     verify: s.verify,
     finalVerify: s.finalVerify === true,
+    discard: s.discard === true,
+    growLast: s.growLast === true,
     resume,
     nonce: Buffer.from(s.nonce, 'hex'),
   };

@@ -4,6 +4,7 @@
  * group slots, receiver ids, ETA, the counters of a progress report and the
  * judgement of a final result.
  */
+import { checkFinishOptions } from './session-finish.js';
 import { randomBytes } from 'node:crypto';
 import { MachineState, stateName, type Assign, type Progress, type Result } from '../protocol/control.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -27,6 +28,10 @@ export interface SessionRequest {
   verify?: boolean;
   /** Also read each whole disk back once more at the end (every chunk is read back after its write anyway). */
   finalVerify?: boolean;
+  /** Trim the image's unused chunks on each disk (server/session-finish.ts). */
+  discard?: boolean;
+  /** After a verified write, grow the last partition and its filesystem to the end of a larger disk. */
+  growLast?: boolean;
   /** A machine without progress or contact this long is dropped. */
   dropAfterS?: number;
   fragmentSize?: number;
@@ -84,6 +89,9 @@ export interface SessionRecord {
   verify: boolean;
   /** A final whole-disk pass after the per-chunk read-back (absent in sessions saved before it existed: false). */
   finalVerify?: boolean;
+  /** Discard unused chunks; grow the last partition (absent in sessions saved before they existed: false). */
+  discard?: boolean;
+  growLast?: boolean;
   dropAfterS: number;
   fragmentSize: number;
   differential: boolean | null;
@@ -212,6 +220,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   if (typeof target !== 'string' || (target !== 'auto' && !/^\/[\x21-\x7e]{1,255}$/.test(target))) throw new ClonecastError(ERR.USAGE, 'target must be "auto" or a device path such as /dev/sda');
   if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
   if (req.finalVerify !== undefined && typeof req.finalVerify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'finalVerify must be true or false');
+  checkFinishOptions(req);
   if (req.differential !== undefined && req.differential !== null && typeof req.differential !== 'boolean') throw new ClonecastError(ERR.USAGE, 'differential must be true or false');
   if (req.encrypt !== undefined && typeof req.encrypt !== 'boolean') throw new ClonecastError(ERR.USAGE, 'encrypt must be true or false');
   return {
@@ -229,6 +238,8 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     target,
     verify: req.verify ?? true,
     finalVerify: req.finalVerify === true,
+    discard: req.discard === true,
+    growLast: req.growLast === true,
     dropAfterS: num(req.dropAfterS, 'dropAfterS', 1, 86_400) ?? SESSION_DEFAULTS.dropAfterS,
     fragmentSize: Math.round(num(req.fragmentSize, 'fragmentSize', MCAST.MIN_FRAGMENT, MCAST.MAX_FRAGMENT) ?? SESSION_DEFAULTS.fragmentSize),
     differential: typeof req.differential === 'boolean' ? req.differential : null,

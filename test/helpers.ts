@@ -64,6 +64,12 @@ const CAPABILITIES: Record<string, () => string | null> = {
   chromium: () => (existsSync('/usr/bin/chromium') ? null : 'needs Debian\'s chromium at /usr/bin/chromium (apt-get install chromium)'),
   root: () => (process.getuid?.() === 0 ? null : 'needs root (network boot binds its DHCP and TFTP sockets to an interface)'),
   curl: () => (hasCommand('curl') ? null : 'needs curl'),
+  // Making, growing and checking filesystems (the restore tests): util-linux, gdisk, e2fsprogs, ntfs-3g, xfsprogs, btrfs-progs, partclone.
+  fstools: () => {
+    const tools = ['sfdisk', 'sgdisk', 'mkswap', 'blkid', 'mkfs.ext4', 'debugfs', 'resize2fs', 'mkntfs', 'ntfsresize', 'ntfsfix', 'mkfs.xfs', 'xfs_growfs', 'xfs_repair', 'mkfs.btrfs', 'btrfs', 'partclone.extfs', 'mkfs.vfat', 'fsck.fat'];
+    const absent = tools.filter((t) => !hasCommand(t));
+    return absent.length === 0 ? null : `needs ${absent.join(', ')} (apt-get install fdisk gdisk e2fsprogs ntfs-3g xfsprogs btrfs-progs dosfstools partclone)`;
+  },
   zstd: () => (nativeIfBuilt()?.zstdAvailable() === true ? null : 'needs libzstd.so.1 (apt-get install libzstd1) and the native module (node native/build.mjs)'),
   tcpdump: () => (hasCommand('tcpdump') ? null : 'needs tcpdump (apt-get install tcpdump)'),
   atftp: () => (hasCommand('atftp') ? null : 'needs the atftp client (apt-get install atftp)'),

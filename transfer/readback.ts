@@ -17,7 +17,7 @@
  * the end, so the keyed digest is the same value the server computes.
  */
 import { createHmac } from 'node:crypto';
-import { chunkAt, ChunkKind, diskDigest, tableLength, type Manifest } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind, definesBytes, diskDigest, tableLength, type Manifest } from '../protocol/manifest.js';
 import { chunkLength, isZero } from '../protocol/chunk.js';
 import { sha256, xxh64 } from '../protocol/hash.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -130,7 +130,7 @@ export class ReadBack {
   /** True while some present chunk is not (yet) verified good. */
   incomplete(): boolean {
     const { table } = this.manifest;
-    for (let i = 0; i < this.n; i++) if (this.checked[i] !== Check.GOOD && chunkAt(table, i).kind !== ChunkKind.ABSENT) return true;
+    for (let i = 0; i < this.n; i++) if (this.checked[i] !== Check.GOOD && definesBytes(chunkAt(table, i).kind)) return true;
     return false;
   }
 
@@ -154,7 +154,7 @@ export class ReadBack {
       const keyed = new KeyedDigest(this.options.nonce!);
       const { table } = this.manifest;
       // In chunk order, present chunks only: the same sequence verifyDisk() feeds it.
-      for (let i = 0; i < this.n; i++) if (chunkAt(table, i).kind !== ChunkKind.ABSENT) keyed.addHmac(this.hmacs.subarray(32 * i, 32 * i + 32));
+      for (let i = 0; i < this.n; i++) if (definesBytes(chunkAt(table, i).kind)) keyed.addHmac(this.hmacs.subarray(32 * i, 32 * i + 32));
       v.keyed = keyed.digest();
     }
     return v;

@@ -47,6 +47,8 @@ export interface ReceiverOptions {
   verify?: boolean;
   /** Also read the whole disk back once more at the end, and report that pass (default false). */
   finalVerify?: boolean;
+  /** Trim the image's unused chunks on the target instead of leaving what it holds (zero.ts). */
+  discard?: boolean;
   /** The Assign's nonce: the read-back also computes the keyed disk digest (verifier.ts KeyedDigest). */
   nonce?: Uint8Array;
   queueChunks?: number;

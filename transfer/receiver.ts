@@ -24,7 +24,7 @@ import { Link } from './link.js';
 import { defaultReceiverId } from './session.js';
 import { RECEIVER_DEFAULTS, zeroCounters, type ReceiverCounters, type ReceiverOptions, type ReceiverResult } from './receiver-options.js';
 import { ChunkCheck } from './chunk-check.js';
-import { droppedError, silentSenderError } from './receiver-errors.js';
+import { droppedError, silentSenderError, targetTooSmallError } from './receiver-errors.js';
 import { ChunkState, Reassembly } from './reassembly.js';
 import { SEAL_OVERHEAD } from './seal.js';
 import { listen } from './batch-socket.js';
@@ -111,12 +111,10 @@ export class Receiver extends EventEmitter {
       damaged: (c, v, cause) => this.fail(damagedError(this.options.target, meta.chunkSize, v, cause && { chunk: c, cause })),
     }, { nonce: this.options.nonce });
     try {
-      if (disk.size < meta.diskSize) {
-        throw new ClonecastError(ERR.TARGET_TOO_SMALL, `${this.options.target} holds ${disk.size} bytes but the image needs ${meta.diskSize}; use a larger disk`);
-      }
+      if (disk.size < meta.diskSize) throw targetTooSmallError(this.options.target, disk.size, meta);
       this.markKnown();
       if (this.options.resume) await this.scan();
-      await zeroChunks(disk, this.options.manifest, (c) => this.readBack?.push(c));
+      await zeroChunks(disk, this.options.manifest, (c) => this.readBack?.push(c), this.options.discard);
       if (this.stopError !== undefined) throw this.stopError;
       return await this.receive();
     } finally {

@@ -5,7 +5,7 @@
  * The same read-back finds the chunks a disk already holds before a resume.
  */
 import { createHash, createHmac } from 'node:crypto';
-import { chunkAt, ChunkKind, tableLength, type Manifest } from '../protocol/manifest.js';
+import { chunkAt, ChunkKind, definesBytes, tableLength, type Manifest } from '../protocol/manifest.js';
 import { chunkLength, isZero } from '../protocol/chunk.js';
 import { sha256, xxh64 } from '../protocol/hash.js';
 import type { Disk } from '../native/disk.js';
@@ -25,7 +25,7 @@ export interface Verification {
 /**
  * The disk digest a verified machine reports under `clonecast serve`:
  * SHA-256 over HMAC-SHA256(nonce, chunk bytes) of every present chunk in
- * order (zero chunks included, absent ones left out). The nonce comes in the
+ * order (zero chunks included, absent and unused ones left out). The nonce comes in the
  * Assign, so the value cannot be computed from the manifest: only from the
  * chunks' bytes. The server computes it from its store.
  */
@@ -71,7 +71,7 @@ export async function verifyDisk(disk: Disk, manifest: Manifest, stopped: () => 
   const result: Verification = { chunksVerified: 0, bad: [], chunksBad: 0, digest: Buffer.alloc(0) };
   for (let i = 0; i < n; i++) {
     const kind = chunkAt(table, i).kind;
-    if (kind === ChunkKind.ABSENT) continue;
+    if (!definesBytes(kind)) continue;
     if (stopped()) throw new ReadBackStopped();
     const len = chunkLength(i, meta.diskSize, meta.chunkSize);
     await disk.read(buf, i * meta.chunkSize, len);

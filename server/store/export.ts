@@ -2,7 +2,11 @@
  * Export: write one version of an image to a raw file (sparse: zero chunks
  * are holes) or to a block device through the native module (zero chunks
  * are zeroed in bulk with BLKZEROOUT). Every chunk is decoded and checked
- * against the manifest's xxh64 before it is written.
+ * against the manifest's xxh64 before it is written. Unused chunks (no byte
+ * used by a filesystem) are not written: holes in a new file, left as they
+ * are on a device, or trimmed with discard. Afterwards the disk is finished
+ * as a deploy finishes it (native/disk-finish.ts): GPT backup at the end of
+ * a larger target, the last partition grown on request, swap recreated.
  */
 import { closeSync, ftruncateSync, openSync, statSync } from 'node:fs';
 import { chunkAt, ChunkKind, tableLength } from '../../protocol/manifest.js';
@@ -12,6 +16,9 @@ import { Disk } from '../../native/disk.js';
 import { formatBytes, Progress, type ProgressOptions } from '../progress.js';
 import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
 import { runBounded } from './import.js';
+import { discardUnused } from '../../transfer/zero.js';
+import type { FinishReport } from '../../native/disk-finish.js';
+import { fileSize, finishExport, tooSmall, writtenBytes } from './export-finish.js';
 import type { ImageRef, Store } from './store.js';
 import type { ExportTask, WorkerSetup } from './chunk-worker.js';
 
@@ -24,6 +31,14 @@ export interface ExportOptions {
   force?: boolean;
   workers?: number;
   progress?: ProgressOptions;
+  /** Trim the unused chunks on a device (a new file has holes there anyway). */
+  discard?: boolean;
+  /** Grow the last partition and its filesystem to the end of a larger target. */
+  growLast?: boolean;
+  /** Size of a file target in bytes (default: the image's disk size). */
+  size?: number;
+  /** Warnings of the finishing steps (a filesystem that cannot grow). */
+  log?: (level: 'info' | 'warn', message: string) => void;
 }
 
 /** What an export did. */
@@ -36,6 +51,9 @@ export interface ExportSummary {
   dataChunks: number;
   zeroChunks: number;
   absentChunks: number;
+  unusedChunks: number;
+  /** What finishing the disk did (null: nothing to do). */
+  finished: FinishReport | null;
   seconds: number;
   bytesPerSecond: number;
 }
@@ -60,7 +78,7 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
     // A fresh sparse file: zero chunks stay holes.
     const fd = openSync(dest, 'w', 0o644);
     try {
-      ftruncateSync(fd, meta.diskSize);
+      ftruncateSync(fd, fileSize(options.size, meta, dest));
     } finally {
       closeSync(fd);
     }
@@ -68,21 +86,17 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
   // Disk.open refuses a mounted, in-use or boot disk first: the graver reason is the one shown.
   const target = Disk.open(dest, { write: true, force: options.force });
   let pool: WorkerPool<ExportTask, number> | undefined;
+  let summary: ExportSummary;
+  let targetBytes: number;
   try {
     if (device && options.force !== true) await refusePartitionedDevice(target, dest);
-    if (target.size < meta.diskSize) {
-      throw new ClonecastError(
-        ERR.TARGET_TOO_SMALL,
-        `${dest} holds ${formatBytes(target.size)} (${target.size} bytes) but ${name}@${version} needs ${formatBytes(meta.diskSize)} (${meta.diskSize} bytes); use a larger disk`,
-        { targetSize: target.size, imageSize: meta.diskSize },
-      );
-    }
+    if (target.size < meta.diskSize) throw tooSmall(dest, target.size, `${name}@${version}`, meta);
     const n = tableLength(table);
     const workers = options.workers ?? DEFAULT_WORKERS;
     const setup: WorkerSetup = { mode: 'export', storeRoot: store.root, chunkSize: meta.chunkSize, device: dest };
     pool = new WorkerPool<ExportTask, number>(compiledSibling(import.meta.url, 'chunk-worker'), workers, setup);
-    const progress = new Progress(`export ${name}@${version}`, meta.diskSize, options.progress);
-    const counts = { dataChunks: 0, zeroChunks: 0, absentChunks: 0 };
+    const progress = new Progress(`export ${name}@${version}`, writtenBytes({ meta, table }), options.progress);
+    const counts = { dataChunks: 0, zeroChunks: 0, absentChunks: 0, unusedChunks: 0 };
     const data: number[] = [];
     const zeroRuns: { start: number; length: number }[] = [];
     for (let i = 0; i < n; i++) {
@@ -98,6 +112,8 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
         const last = zeroRuns[zeroRuns.length - 1];
         if (last !== undefined && last.start + last.length === start) last.length += length;
         else zeroRuns.push({ start, length });
+      } else if (kind === ChunkKind.UNUSED) {
+        counts.unusedChunks++;
       } else {
         counts.absentChunks++;
       }
@@ -113,6 +129,7 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
       await pool!.run({ index: i, position: i * meta.chunkSize, length, sha: rec.sha256.toString('hex'), xxh64: rec.xxh64 });
       progress.add(length);
     });
+    if (device && options.discard === true) await discardUnused(target, { meta, table });
     await target.flush();
     progress.finish();
     if (device) {
@@ -122,12 +139,16 @@ async function exportLocked(store: Store, ref: ImageRef, dest: string, options: 
         // A loop device without partition scanning, or a busy disk: the table is written; the kernel learns it at the next open.
       }
     }
-    const seconds = (performance.now() - started) / 1000;
-    return { name, version, target: dest, kind: device ? 'block-device' : 'file', diskSize: meta.diskSize, ...counts, seconds, bytesPerSecond: meta.diskSize / seconds };
+    targetBytes = target.size;
+    summary = { name, version, target: dest, kind: device ? 'block-device' : 'file', diskSize: meta.diskSize, ...counts, finished: null, seconds: 0, bytesPerSecond: 0 };
   } finally {
     await pool?.close();
     target.close();
   }
+  summary.finished = await finishExport(dest, targetBytes, meta, options);
+  summary.seconds = (performance.now() - started) / 1000;
+  summary.bytesPerSecond = meta.diskSize / summary.seconds;
+  return summary;
 }
 
 /** Refuses to replace a regular file that already holds data. */

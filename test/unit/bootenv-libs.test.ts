@@ -4,6 +4,8 @@ import { basename, join } from 'node:path';
 import { DLOPENED, dlopenedLibraries } from '../../pxe/bootenv.js';
 import { itNeeds, ROOT } from '../helpers.js';
 import { IMAGING_TOOLS, imagingLibraries, imagingTools, linkedLibraries } from '../../pxe/bootenv-tools.js';
+import { FINISH_MODULES, finishTools } from '../../pxe/bootenv-finish-tools.js';
+import { FINISH_TOOLS, toolPath } from '../../native/disk-finish.js';
 
 describe('boot environment libraries', () => {
   it('carries every library the addon loads with dlopen (ldd cannot see them)', () => {
@@ -30,5 +32,22 @@ describe('boot environment libraries', () => {
 
   itNeeds(['zstd'], 'finds libzstd.so.1 on this system to copy into the initramfs', () => {
     expect(dlopenedLibraries().map((p) => basename(p))).toContain('libzstd.so.1');
+  });
+});
+
+describe('boot environment tools for finishing a disk', () => {
+  it('lists every tool native/disk-finish.ts runs', () => {
+    const src = readFileSync(join(ROOT, 'native', 'disk-finish.ts'), 'utf8');
+    const run = new Set([...src.matchAll(/tool\('([a-z0-9_.-]+)'/g)].map((m) => m[1]));
+    expect(run.size).toBeGreaterThan(5);
+    expect([...run].filter((t) => !(FINISH_TOOLS as readonly string[]).includes(t))).toEqual([]);
+  });
+
+  itNeeds(['fstools'], 'finds every one of them on this system, at a full path the agent runs before busybox applets', () => {
+    const { found, missing } = finishTools();
+    expect(missing).toEqual([]);
+    expect(found.map((p) => basename(p)).sort()).toEqual([...FINISH_TOOLS].sort());
+    for (const p of found) expect(toolPath(basename(p))).toBe(p);
+    expect(FINISH_MODULES).toEqual(expect.arrayContaining(['loop', 'xfs', 'btrfs']));
   });
 });
