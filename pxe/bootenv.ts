@@ -15,6 +15,7 @@ import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, re
 import { basename, dirname, join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
+import { trimIcu } from './bootenv-icu.js';
 import { copyModules } from './bootenv-modules.js';
 import { copyPackages, packInitramfs, sizeReport, stripDebug, type SizePart } from './bootenv-pack.js';
 
@@ -137,6 +138,8 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     copyFileSync(node, join(root, 'usr/bin/node'));
     chmodSync(join(root, 'usr/bin/node'), 0o755);
     stripDebug(join(root, 'usr/bin/node'));
+    const icu = trimIcu(join(root, 'usr/bin/node'), node);
+    o.log?.(icu.trimmed ? `node: ICU data trimmed to the root and English locales (${icu.reason})` : `node: ICU data not trimmed: ${icu.reason}`);
     const libs = new Set(sharedLibraries(node));
     for (const [tool, pkg] of TOOLS) {
       if (!existsSync(tool)) throw new ClonecastError(ERR.NOT_FOUND, `bootenv build needs ${tool}: apt-get install ${pkg}`);
