@@ -98,6 +98,8 @@ export function selectModules(kernelDir: string, index: Map<string, string> = mo
 export interface ModuleSet {
   names: string[];
   bytes: number;
+  /** Name → path of each copied module. */
+  files: Map<string, string>;
 }
 
 /**
@@ -112,9 +114,11 @@ export function copyModules(x: string, root: string, version: string): ModuleSet
   const index = moduleIndex(kernelDir);
   const names = selectModules(kernelDir, index);
   let bytes = 0;
+  const files = new Map<string, string>();
   for (const name of names) {
     const rel = index.get(name)!;
     const to = join(dst, 'kernel', rel);
+    files.set(name, to);
     mkdirSync(dirname(to), { recursive: true });
     copyFileSync(join(kernelDir, rel), to);
     bytes += readFileSync(to).length;
@@ -124,5 +128,5 @@ export function copyModules(x: string, root: string, version: string): ModuleSet
   if (r.status !== 0 || !existsSync(join(dst, 'modules.alias'))) {
     throw new ClonecastError(ERR.NOT_FOUND, `busybox depmod failed (${r.stderr?.trim() || r.error?.message}): apt-get install busybox-static`);
   }
-  return { names, bytes };
+  return { names, bytes, files };
 }

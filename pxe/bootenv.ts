@@ -16,6 +16,7 @@ import { basename, dirname, join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
 import { trimIcu } from './bootenv-icu.js';
+import { copyFirmware } from './bootenv-firmware.js';
 import { copyModules } from './bootenv-modules.js';
 import { copyPackages, packInitramfs, sizeReport, stripDebug, type SizePart } from './bootenv-pack.js';
 
@@ -161,6 +162,9 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     // Every wired network and disk controller driver, loaded at boot by the devices' modaliases.
     const modules = copyModules(x, root, version);
     o.log?.(`${modules.names.length} kernel modules (${(modules.bytes / 1048576).toFixed(1)} MiB)`);
+    const firmware = copyFirmware(modules.files, root);
+    const lacking = ['r8169', 'r8152', 'tg3', 'bnx2', 'bnx2x', 'e100', 'isci'].filter((m) => firmware.missing.has(m));
+    o.log?.(`firmware: ${firmware.copied.length} file(s) from /lib/firmware${lacking.length > 0 ? `; this system lacks the firmware some variants of ${lacking.join(', ')} need (docs/pxe.md)` : ''}`);
     // init and the DHCP client's script.
     const init = readFileSync(join(project, 'pxe', 'bootenv-init.sh'), 'utf8');
     writeFileSync(join(root, 'init'), init);

@@ -1,10 +1,11 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cachedKernelPackage } from '../../pxe/bootenv.js';
 import { copyModules, moduleDepends, moduleIndex, NAMED_DRIVERS, type ModuleSet } from '../../pxe/bootenv-modules.js';
 import { productionPackages } from '../../pxe/bootenv-pack.js';
+import { copyFirmware } from '../../pxe/bootenv-firmware.js';
 import { itNeeds, missing, ROOT, tempDir } from '../helpers.js';
 
 describe('boot environment kernel modules', () => {
@@ -49,6 +50,22 @@ describe('boot environment kernel modules', () => {
     expect(alias).toMatch(/^alias virtio:d00000001v\* virtio_net$/m);
     const dep = readFileSync(join(dir_, 'modules.dep'), 'utf8');
     expect(dep).toMatch(/^kernel\/drivers\/nvme\/host\/nvme\.ko: .*nvme-core\.ko/m);
+  });
+});
+
+describe('boot environment firmware', () => {
+  it('copies the firmware files a module names from /lib/firmware, and never a path out of it', () => {
+    const d = tempDir('firmware');
+    mkdirSync(join(d, 'fw', 'isci'), { recursive: true });
+    writeFileSync(join(d, 'fw', 'isci', 'isci_firmware.bin'), 'blob');
+    writeFileSync(join(d, 'secret'), 'not firmware');
+    const ko = join(d, 'isci.ko');
+    writeFileSync(ko, Buffer.from('\0license=GPL\0firmware=isci/isci_firmware.bin\0firmware=../secret\0firmware=rtl_nic/rtl8168h-2.fw\0'));
+    const set = copyFirmware(new Map([['isci', ko]]), join(d, 'root'), join(d, 'fw'));
+    expect(set.copied).toEqual(['isci/isci_firmware.bin']);
+    expect(readFileSync(join(d, 'root', 'lib', 'firmware', 'isci', 'isci_firmware.bin'), 'utf8')).toBe('blob');
+    expect(existsSync(join(d, 'root', 'lib', 'secret'))).toBe(false);
+    expect(set.missing.get('isci')).toEqual(['rtl_nic/rtl8168h-2.fw']);
   });
 });
 
