@@ -58,11 +58,12 @@ while [ $quiet -lt 2 ] && [ $pass -lt 20 ]; do
 done
 # The drivers bound along a device's path in /sys/devices, nearest first, and its PCI (or USB) address.
 drivers_of() {
+  local p drv
   p="$(readlink -f "$1")"; DRV=""; BUSID=""
   while [ -n "$p" ] && [ "$p" != /sys/devices ] && [ "$p" != /sys ]; do
     if [ -e "$p/driver" ]; then
-      d="$(basename "$(readlink "$p/driver")")"
-      case " $DRV " in *" $d "*) ;; *) DRV="${DRV:+$DRV }$d" ;; esac
+      drv="$(basename "$(readlink "$p/driver")")"
+      case " $DRV " in *" $drv "*) ;; *) DRV="${DRV:+$DRV }$drv" ;; esac
       case "${p##*/}" in
         [0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:*) BUSID="${p##*/}"; break ;;
       esac
