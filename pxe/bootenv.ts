@@ -113,7 +113,7 @@ function copyInto(root: string, file: string, strip = false): void {
 export function buildBootEnv(o: BootEnvOptions): BootEnv {
   const started = performance.now();
   const project = projectRoot();
-  for (const [file, pkg] of [['/bin/busybox', 'busybox-static'], ['/usr/bin/cpio', 'cpio'], ['/usr/bin/dpkg-deb', 'dpkg']] as const) {
+  for (const [file, pkg] of [['/bin/busybox', 'busybox-static'], ['/usr/bin/cpio', 'cpio'], ['/usr/bin/dpkg-deb', 'dpkg'], ['/usr/bin/xz', 'xz-utils']] as const) {
     if (!existsSync(file)) throw new ClonecastError(ERR.NOT_FOUND, `bootenv build needs ${file}: apt-get install ${pkg}`);
   }
   if (spawnSync('/bin/busybox', ['udhcpc', '--help']).status === 127) throw new ClonecastError(ERR.NOT_FOUND, '/bin/busybox has no udhcpc: apt-get install busybox-static');
