@@ -37,6 +37,7 @@ unset TOKEN
 # Drivers: load what the devices ask for, by their modaliases (modules.alias, written by depmod when the
 # boot environment was built), pass after pass: a USB host controller's driver makes USB devices appear,
 # an AHCI or SAS driver SCSI disks, a virtio transport virtio devices. Stop when 2 passes find nothing new.
+T0="$(cut -d' ' -f1 /proc/uptime)"
 SEEN=" "
 quiet=0
 pass=0
@@ -56,6 +57,7 @@ while [ $quiet -lt 2 ] && [ $pass -lt 20 ]; do
   pass=$((pass + 1))
   sleep 0.5
 done
+say "drivers: $(wc -l < /proc/modules) modules loaded for the devices' modaliases in $pass passes (uptime $T0 s to $(cut -d' ' -f1 /proc/uptime) s)"
 # The drivers bound along a device's path in /sys/devices, nearest first, and its PCI (or USB) address.
 drivers_of() {
   local p drv

@@ -76,13 +76,14 @@ describe('drivers: a VM with five network cards and five disk controllers boots 
       q.kill('SIGKILL');
     }
     const console_ = clean();
-    console.log(console_.split('\n').filter((l) => /clonecast-boot: (network|disk) /.test(l)).join('\n'));
+    console.log(console_.split('\n').filter((l) => /clonecast-boot: (drivers|network|disk) /.test(l)).join('\n'));
     // Each card with its driver (the boot card is the lab's e1000e).
     for (const [mac, driver] of [[MAC, 'e1000e'], ['52:54:00:77:16:10', '8139(?:too|cp)'], ['52:54:00:77:16:11', 'vmxnet3'], ['52:54:00:77:16:12', 'virtio_net']]) {
       expect(console_, `card ${mac}`).toMatch(new RegExp(`clonecast-boot: network \\S+ \\S+ [^\\n]*\\b${driver}\\b[^\\n]* ${mac}`));
     }
     // qemu's usb-net is a CDC/RNDIS gadget (its interface gets a MAC of its own): a USB CDC driver behind xHCI.
     expect(console_).toMatch(/clonecast-boot: network usb0 \S+ (?:cdc_ether|cdc_subset|rndis_host) usb xhci_hcd /);
+    expect(console_).toMatch(/clonecast-boot: drivers: \d+ modules loaded for the devices' modaliases in \d+ passes/);
     // Each disk with its controller's driver.
     expect(console_).toMatch(/clonecast-boot: disk nvme0n1 \S+ nvme 20 MiB/);
     expect(console_).toMatch(/clonecast-boot: disk vd[a-z] \S+ virtio_blk virtio-pci 28 MiB/);
