@@ -76,7 +76,7 @@ describe('drivers: a VM with five network cards and five disk controllers boots 
       q.kill('SIGKILL');
     }
     const console_ = clean();
-    console.log(console_.split('\n').filter((l) => /clonecast-boot: (drivers|network|disk) /.test(l)).join('\n'));
+    console.log(console_.split('\n').filter((l) => /clonecast-boot: (drivers:|network|disk) /.test(l)).join('\n'));
     // Each card with its driver (the boot card is the lab's e1000e).
     for (const [mac, driver] of [[MAC, 'e1000e'], ['52:54:00:77:16:10', '8139(?:too|cp)'], ['52:54:00:77:16:11', 'vmxnet3'], ['52:54:00:77:16:12', 'virtio_net']]) {
       expect(console_, `card ${mac}`).toMatch(new RegExp(`clonecast-boot: network \\S+ \\S+ [^\\n]*\\b${driver}\\b[^\\n]* ${mac}`));
