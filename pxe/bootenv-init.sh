@@ -38,7 +38,56 @@ CRED=""
 if [ -n "$TOKEN" ]; then printf '%s\n' "$TOKEN" > /run/clonecast-credential; CRED="--token-file /run/clonecast-credential"; fi
 unset TOKEN
 
-for m in $(cat /lib/modules/load-order); do insmod "/lib/modules/$m.ko" 2>/dev/null; done
+# Drivers: load what the devices ask for, by their modaliases (modules.alias, written by depmod when the
+# boot environment was built), pass after pass: a USB host controller's driver makes USB devices appear,
+# an AHCI or SAS driver SCSI disks, a virtio transport virtio devices. Stop when 2 passes find nothing new.
+T0="$(cut -d' ' -f1 /proc/uptime)"
+SEEN=" "
+quiet=0
+pass=0
+while [ $quiet -lt 2 ] && [ $pass -lt 20 ]; do
+  new=""
+  for f in /sys/bus/*/devices/*/modalias; do
+    [ -r "$f" ] || continue
+    a="$(cat "$f" 2>/dev/null)"
+    [ -n "$a" ] || continue
+    case "$SEEN" in *" $a "*) continue ;; esac
+    SEEN="$SEEN$a "
+    new="$new $a"
+  done
+  # One modprobe for all of a pass's new devices: it reads modules.alias once.
+  [ -n "$new" ] && modprobe -qa $new 2>/dev/null
+  if [ -z "$new" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+  pass=$((pass + 1))
+  sleep 0.5
+done
+say "drivers: $(wc -l < /proc/modules) modules loaded for the devices' modaliases in $pass passes (uptime $T0 s to $(cut -d' ' -f1 /proc/uptime) s)"
+# What finishing a disk loads by name, not by a device: loop devices over partitions, XFS and btrfs mounts.
+modprobe -qa loop xfs btrfs 2>/dev/null
+# The drivers bound along a device's path in /sys/devices, nearest first, and its PCI (or USB) address.
+drivers_of() {
+  local p drv
+  p="$(readlink -f "$1")"; DRV=""; BUSID=""
+  while [ -n "$p" ] && [ "$p" != /sys/devices ] && [ "$p" != /sys ]; do
+    if [ -e "$p/driver" ]; then
+      drv="$(basename "$(readlink "$p/driver")")"
+      case " $DRV " in *" $drv "*) ;; *) DRV="${DRV:+$DRV }$drv" ;; esac
+      case "${p##*/}" in
+        [0-9a-f][0-9a-f][0-9a-f][0-9a-f]:[0-9a-f][0-9a-f]:*) BUSID="${p##*/}"; break ;;
+      esac
+    fi
+    p="${p%/*}"
+  done
+}
+for d in /sys/class/net/*; do
+  [ -e "$d/device" ] || continue
+  drivers_of "$d/device"; say "network ${d##*/} ${BUSID:-?} ${DRV:-no driver} $(cat "$d/address")"
+done
+for d in /sys/block/*; do
+  case "${d##*/}" in loop*|ram*|zram*|sr*|fd*) continue ;; esac
+  [ -e "$d/device" ] || continue
+  drivers_of "$d/device"; say "disk ${d##*/} ${BUSID:-?} ${DRV:-no driver} $(( $(cat "$d/size") / 2048 )) MiB"
+done
 
 # The interface the machine booted from (its MAC), else the first Ethernet one.
 IFACE=""

@@ -3,28 +3,25 @@
  * Debian's kernel package (unpacked with dpkg-deb, never installed here);
  * the initramfs holds busybox (busybox-static), this Node and the shared
  * libraries it links, the agent (compiled code, the native addon, the
- * libraries the addon loads with dlopen and the production npm packages), the kernel modules for common disks and
- * network cards with their dependencies, and an init (bootenv-init.sh) that
+ * libraries the addon loads with dlopen and the production npm packages), every
+ * wired network card and disk controller module of the kernel
+ * (bootenv-modules.ts), and an init (bootenv-init.sh) that
  * brings up the network, starts the agent with the server URL and token
  * from the kernel command line, and reboots or powers off as the session
  * says. Everything comes from Debian and npm packages.
  */
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join, relative } from 'node:path';
+import { basename, dirname, join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
 import { imagingLibraries, imagingTools } from './bootenv-tools.js';
 import { FINISH_MODULES, finishTools } from './bootenv-finish-tools.js';
 import { secureBootFiles, type SecureBootResult } from './secureboot-build.js';
-
-/** Kernel modules a lab PC or a VM needs for its disk and network card (their dependencies are added). */
-export const MODULES = Object.freeze([
-  // network cards: qemu's and common lab PCs'
-  'e1000', 'e1000e', 'igb', 'igc', 'r8169', 'tg3', 'bnx2', 'virtio_net', 'virtio_pci',
-  // disks: SATA/AHCI, legacy IDE, NVMe, virtio, SCSI disks
-  'ahci', 'ata_piix', 'nvme', 'virtio_blk', 'virtio_scsi', 'sd_mod',
-]);
+import { trimIcu } from './bootenv-icu.js';
+import { copyFirmware } from './bootenv-firmware.js';
+import { copyModules } from './bootenv-modules.js';
+import { copyPackages, packInitramfs, sizeReport, stripDebug, type SizePart } from './bootenv-pack.js';
 
 /** Where a kernel package is looked for before one is downloaded (.ci/run puts one there). */
 export const KERNEL_CACHE = process.env.CLONECAST_KERNEL_CACHE ?? '/var/cache/clonecast-test';
@@ -46,6 +43,8 @@ export interface BootEnv {
   modules: string[];
   /** Debian's signed shim and GRUB beside the kernel, and the signature checks (pxe/secureboot.ts). */
   secureBoot: SecureBootResult;
+  /** Uncompressed size of each part of the initramfs, biggest first. */
+  parts: SizePart[];
   seconds: number;
 }
 
@@ -54,6 +53,8 @@ export interface BootEnvOptions {
   out: string;
   /** A linux-image-*.deb; default: the cache, else apt-get download. */
   kernelDeb?: string;
+  /** xz preset of the initramfs (DEFAULT_XZ_PRESET; tests take a faster one). */
+  xzPreset?: string;
   log?: (message: string) => void;
 }
 
@@ -78,43 +79,6 @@ export function kernelPackage(given: string | undefined, cacheDir: string, log?:
   return kernelPackage(undefined, cacheDir);
 }
 
-/** A module's dependencies, from the depends= field of its .modinfo section. */
-function moduleDepends(file: string): string[] {
-  const m = /depends=([^\0]*)\0/.exec(readFileSync(file, 'latin1'));
-  return m === null || m[1] === '' ? [] : m[1].split(',');
-}
-
-/** Index of module name → path under lib/modules/VER/kernel. */
-function moduleIndex(root: string): Map<string, string> {
-  const index = new Map<string, string>();
-  const walk = (dir: string) => {
-    for (const e of readdirSync(dir, { withFileTypes: true })) {
-      const p = join(dir, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.name.endsWith('.ko')) index.set(e.name.slice(0, -3).replace(/-/g, '_'), p);
-    }
-  };
-  walk(root);
-  return index;
-}
-
-/** The modules to load, dependencies first. */
-function loadOrder(index: Map<string, string>, wanted: readonly string[]): string[] {
-  const order: string[] = [];
-  const seen = new Set<string>();
-  const visit = (name: string) => {
-    const key = name.replace(/-/g, '_');
-    if (seen.has(key)) return;
-    seen.add(key);
-    const file = index.get(key);
-    if (file === undefined) return; // built into the kernel
-    for (const d of moduleDepends(file)) visit(d);
-    order.push(key);
-  };
-  for (const m of wanted) visit(m);
-  return order;
-}
-
 /** Shared libraries a binary links (ldd), with the loader. */
 function sharedLibraries(binary: string): string[] {
   const out = run('ldd', [binary]);
@@ -134,18 +98,27 @@ export function dlopenedLibraries(): string[] {
   return DLOPENED.flatMap((name) => ['/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu'].map((d) => join(d, name)).find((p) => existsSync(p)) ?? []);
 }
 
-function copyInto(root: string, file: string): void {
+/**
+ * Programs of this system copied into the initramfs at the same path, each with
+ * the shared libraries it links (ldd), as [path, Debian package]. Add a tool here.
+ */
+export const TOOLS: readonly (readonly [string, string])[] = Object.freeze([
+  ['/bin/busybox', 'busybox-static'],
+]);
+
+function copyInto(root: string, file: string, strip = false): void {
   const to = join(root, file);
   mkdirSync(dirname(to), { recursive: true });
   copyFileSync(file, to);
   chmodSync(to, statSync(file).mode & 0o777);
+  if (strip) stripDebug(to);
 }
 
 /** Builds vmlinuz and initrd.img into o.out. */
 export function buildBootEnv(o: BootEnvOptions): BootEnv {
   const started = performance.now();
   const project = projectRoot();
-  for (const [file, pkg] of [['/bin/busybox', 'busybox-static'], ['/usr/bin/cpio', 'cpio'], ['/usr/bin/dpkg-deb', 'dpkg']] as const) {
+  for (const [file, pkg] of [['/bin/busybox', 'busybox-static'], ['/usr/bin/cpio', 'cpio'], ['/usr/bin/dpkg-deb', 'dpkg'], ['/usr/bin/xz', 'xz-utils']] as const) {
     if (!existsSync(file)) throw new ClonecastError(ERR.NOT_FOUND, `bootenv build needs ${file}: apt-get install ${pkg}`);
   }
   if (spawnSync('/bin/busybox', ['udhcpc', '--help']).status === 127) throw new ClonecastError(ERR.NOT_FOUND, '/bin/busybox has no udhcpc: apt-get install busybox-static');
@@ -165,25 +138,37 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
 
     const root = join(work, 'root');
     for (const d of ['bin', 'sbin', 'usr/bin', 'proc', 'sys', 'dev', 'run', 'tmp', 'etc', 'lib/modules', 'opt']) mkdirSync(join(root, d), { recursive: true });
-    copyInto(root, '/bin/busybox');
-    // Node and what it links, at the same paths so the loader finds them.
+    // Node, the tools and what they link, at the same paths so the loader finds them, without
+    // debug symbols (Node's alone are 12 MiB).
     const node = process.execPath;
     copyFileSync(node, join(root, 'usr/bin/node'));
     chmodSync(join(root, 'usr/bin/node'), 0o755);
-    for (const lib of sharedLibraries(node)) copyInto(root, lib);
+    stripDebug(join(root, 'usr/bin/node'));
+    const icu = trimIcu(join(root, 'usr/bin/node'), node);
+    o.log?.(icu.trimmed ? `node: ICU data trimmed to the root and English locales (${icu.reason})` : `node: ICU data not trimmed: ${icu.reason}`);
+    const libs = new Set(sharedLibraries(node));
+    for (const [tool, pkg] of TOOLS) {
+      if (!existsSync(tool)) throw new ClonecastError(ERR.NOT_FOUND, `bootenv build needs ${tool}: apt-get install ${pkg}`);
+      copyInto(root, tool);
+      if (tool !== '/bin/busybox') for (const lib of sharedLibraries(tool)) libs.add(lib); // busybox-static links nothing
+    }
+    for (const lib of libs) copyInto(root, lib, true);
     // Libraries the addon loads with dlopen (ldd cannot see them); without ISA-L the agent
     // decodes parity with the slower portable code.
-    for (const lib of dlopenedLibraries()) copyInto(root, lib);
+    for (const lib of dlopenedLibraries()) copyInto(root, lib, true);
     // Used-block capture: partclone, blkid and the checks, on PATH in /sbin; their libraries where ldd found them.
     for (const t of imagingTools()) {
       copyFileSync(t.path, join(root, 'sbin', t.name));
       chmodSync(join(root, 'sbin', t.name), 0o755);
     }
-    for (const lib of imagingLibraries()) copyInto(root, lib);
+    for (const lib of imagingLibraries()) copyInto(root, lib, true);
     // The tools that finish a disk after a verified write (swap, GPT, --grow-last), at their own paths.
     const tools = finishTools();
     if (tools.missing.length > 0) o.log?.(`without ${tools.missing.join(', ')}: agents cannot finish disks that need them`);
-    for (const t of tools.found) for (const f of [t, ...sharedLibraries(t)]) copyInto(root, f);
+    for (const t of tools.found) {
+      copyInto(root, t);
+      for (const lib of sharedLibraries(t)) copyInto(root, lib, true);
+    }
     // The agent: compiled code, addon, production packages.
     const app = join(root, 'opt', 'clonecast');
     mkdirSync(app, { recursive: true });
@@ -191,13 +176,14 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     mkdirSync(join(app, 'native', 'build', 'Release'), { recursive: true });
     copyFileSync(join(project, 'native', 'binding.gyp'), join(app, 'native', 'binding.gyp'));
     copyFileSync(addon, join(app, 'native', 'build', 'Release', 'clonecast_native.node'));
-    const prod = run('npm', ['ls', '--omit=dev', '--all', '--parseable'], project).split('\n').filter((p) => p.includes('node_modules'));
-    for (const p of prod) cpSync(p, join(app, relative(project, p)), { recursive: true, dereference: true });
-    // Kernel modules, dependencies first.
-    const index = moduleIndex(join(x, 'lib', 'modules', version, 'kernel'));
-    const order = loadOrder(index, [...MODULES, ...FINISH_MODULES]);
-    for (const m of order) copyFileSync(index.get(m)!, join(root, 'lib', 'modules', `${m}.ko`));
-    writeFileSync(join(root, 'lib', 'modules', 'load-order'), `${order.join('\n')}\n`);
+    copyPackages(project, app);
+    // Every wired network and disk controller driver, loaded at boot by the devices' modaliases,
+    // and the modules the finishing steps load by name (loop devices, XFS and btrfs mounts).
+    const modules = copyModules(x, root, version, FINISH_MODULES);
+    o.log?.(`${modules.names.length} kernel modules (${(modules.bytes / 1048576).toFixed(1)} MiB)`);
+    const firmware = copyFirmware(modules.files, root);
+    const lacking = ['r8169', 'r8152', 'tg3', 'bnx2', 'bnx2x', 'e100', 'isci'].filter((m) => firmware.missing.has(m));
+    o.log?.(`firmware: ${firmware.copied.length} file(s) from /lib/firmware${lacking.length > 0 ? `; this system lacks the firmware some variants of ${lacking.join(', ')} need (docs/pxe.md)` : ''}`);
     // init and the DHCP client's script.
     const init = readFileSync(join(project, 'pxe', 'bootenv-init.sh'), 'utf8');
     writeFileSync(join(root, 'init'), init);
@@ -210,17 +196,18 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
     const initrd = join(o.out, 'initrd.img');
     copyFileSync(join(x, 'boot', vmlinuz), kernel);
     const secureBoot = secureBootFiles({ out: o.out, kernel, modulesDir: join(root, 'lib', 'modules'), cacheDir: join(o.out, 'cache'), sharedCache: KERNEL_CACHE, work, log: o.log });
-    // newc cpio, gzip: what every kernel unpacks; sorted names so that the same inputs give the same archive.
-    execFileSync('sh', ['-c', `cd '${root}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | gzip -6 -n > '${initrd}.tmp'`]);
-    execFileSync('mv', [`${initrd}.tmp`, initrd]);
+    const parts = sizeReport(root, version);
+    o.log?.('compressing the initramfs (xz)');
+    packInitramfs(root, initrd, o.xzPreset);
     return {
       kernel,
       initrd,
       kernelVersion: version,
       kernelBytes: statSync(kernel).size,
       initrdBytes: statSync(initrd).size,
-      modules: order,
+      modules: modules.names,
       secureBoot,
+      parts,
       seconds: (performance.now() - started) / 1000,
     };
   } finally {

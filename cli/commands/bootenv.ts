@@ -26,7 +26,9 @@ export const bootenvBuild: Command = {
       () =>
         console.log(`boot environment built in ${env.seconds.toFixed(1)} s
   kernel      ${env.kernel} (${env.kernelVersion}, ${mib(env.kernelBytes)})
-  initramfs   ${env.initrd} (${mib(env.initrdBytes)}: busybox, node ${process.version}, the agent, ${env.modules.length} kernel modules)
+  initramfs   ${env.initrd} (${mib(env.initrdBytes)} xz: busybox, node ${process.version}, the agent, ${env.modules.length} kernel modules)
+  download    ${mib(env.kernelBytes + env.initrdBytes)} per machine (kernel + initramfs)
+  inside      ${env.parts.map((p) => `${p.part} ${mib(p.bytes)}`).join(', ')} (uncompressed)
   secure boot ${env.secureBoot.ok ? `${env.secureBoot.shim}, ${env.secureBoot.grub} (Debian's signed shim and GRUB; kernel and ${env.secureBoot.modulesChecked} modules signed): serve --secure-boot` : `not collected: ${env.secureBoot.error}`}
   serve it:   clonecast serve --interface IF --pxe proxy|full${outOpt !== undefined ? ` --boot-dir ${outDir}` : ''}`),
       env,
