@@ -12,6 +12,8 @@ import type { Manifest } from '../protocol/manifest.js';
 import { Disk } from '../native/disk.js';
 import { describeFinish, finishDisk, type FinishReport } from '../native/disk-finish.js';
 import type { ReceiverResult } from '../transfer/receiver.js';
+import { nameMachine } from './naming.js';
+import { readTable } from '../native/disk-table.js';
 
 /** True when the image or the Assign asks for anything after the write. */
 export function wantsAfterWrite(a: Assign, manifest: Manifest, targetSize: number): boolean {
@@ -45,14 +47,26 @@ export async function afterWrite(a: Assign, manifest: Manifest, log?: (level: 'i
  */
 export async function afterVerified(a: Assign, manifest: Manifest, r: ReceiverResult, log?: (level: 'info' | 'warn', message: string) => void): Promise<unknown> {
   if (r.verification === undefined) {
-    if (manifest.meta.partitions?.some((p) => p.method === 'swap') === true || a.growLast === true) log?.('warn', `session ${a.sessionId}: the disk was not verified, so swap is not recreated and nothing is grown`);
+    if (manifest.meta.partitions?.some((p) => p.method === 'swap') === true || a.growLast === true || (a.machineName ?? '') !== '') log?.('warn', `session ${a.sessionId}: the disk was not verified, so swap is not recreated, nothing is grown and the machine is not named`);
     return undefined;
   }
   try {
     const done = await afterWrite(a, manifest, log);
     if (done !== null) log?.('info', `session ${a.sessionId}: ${describeFinish(done)}`);
-    return undefined;
   } catch (err) {
     return new ClonecastError((err as ClonecastError).code ?? ERR.WRITE_ERROR, `the image was written and verified, but finishing the disk failed: ${(err as Error).message}`, {}, { cause: err });
   }
+  // Named last, on the disk as it will boot (after the table and partitions are final).
+  if (a.machineName !== undefined && a.machineName !== null && a.machineName !== '') {
+    try {
+      // The table as it is now on the disk: finishing may have grown the last partition.
+      const disk = Disk.open(a.device!, { write: false, force: true });
+      const table = await readTable(disk).finally(() => disk.close());
+      const named = nameMachine(a.device!, table, a.machineName, { unattend: a.unattend ?? '', log });
+      if (named.length === 0) log?.('info', `session ${a.sessionId}: no Linux root or Windows system found to name ${a.machineName}`);
+    } catch (err) {
+      return new ClonecastError((err as ClonecastError).code ?? ERR.WRITE_ERROR, `the image was written and verified, but naming the machine ${a.machineName} failed: ${(err as Error).message}`, {}, { cause: err });
+    }
+  }
+  return undefined;
 }

@@ -40,7 +40,7 @@ export interface Named {
 
 /** Options of nameMachine(). */
 export interface NamingOptions {
-  /** An unattend.xml template ({{name}} replaced) for Windows systems. */
+  /** The text of an unattend.xml template ({{name}} replaced) for Windows systems; '' or absent: none. */
   unattend?: string;
   log?: (level: 'info' | 'warn', message: string) => void;
 }
@@ -55,7 +55,7 @@ export function nameMachine(device: string, table: PartitionTable, name: string,
       const loop = execFileSync('losetup', ['--find', '--show', '--offset', String(p.start), '--sizelimit', String(p.size), device], { encoding: 'utf8' }).trim();
       try {
         const fs = spawnSync('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loop], { encoding: 'utf8' }).stdout.trim();
-        const r = /^ext[234]$/.test(fs) ? nameLinux(loop, name, scratch) : fs === 'ntfs' ? nameWindows(loop, name, scratch, o.unattend) : null;
+        const r = /^ext[234]$/.test(fs) ? nameLinux(loop, name, scratch) : fs === 'ntfs' ? nameWindows(loop, name, scratch, o.unattend || undefined) : null;
         if (r !== null) {
           done.push({ partition: p.number, system: r.system, what: r.what });
           o.log?.('info', `partition ${p.number}: ${r.what}`);
@@ -127,7 +127,7 @@ function nameWindows(loop: string, name: string, scratch: string, unattend: stri
   let what = `Windows: computer name ${netbios}${netbios !== name ? ` (NetBIOS form of ${name})` : ''}, DNS host name ${name} (${set})`;
   if (unattend !== undefined) {
     const file = join(scratch, 'unattend.xml');
-    writeFileSync(file, readFileSync(unattend, 'utf8').replace(/\{\{name\}\}/g, name));
+    writeFileSync(file, unattend.replace(/\{\{name\}\}/g, name));
     ntfscp(loop, file, '/Windows/Panther/unattend.xml');
     what += ', Windows/Panther/unattend.xml';
   }

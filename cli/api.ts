@@ -85,6 +85,8 @@ export interface DeployRequest {
   encrypt?: boolean;
   /** Wake the named machines (Wake-on-LAN) once the session exists. */
   wake?: boolean;
+  /** false: do not write the machines' names into the deployed systems. */
+  nameMachines?: boolean;
 }
 
 /** A capture as /api/captures answers it. */

@@ -163,6 +163,16 @@ function str(v: string | null | undefined, what: string, max: number = CONTROL.M
   return s;
 }
 
+/** The largest unattend.xml template an Assign carries. */
+export const UNATTEND_MAX = 64 << 10;
+
+/** A machine name as the registry gives it (1-64 letters, digits, '.', '_', '-'), or '' for none. */
+function machineName(v: string | null | undefined): string {
+  const s = v ?? '';
+  if (s !== '' && !/^[A-Za-z0-9._-]{1,64}$/.test(s)) throw malformed('machine name is not 1-64 letters, digits, ".", "_" or "-"');
+  return s;
+}
+
 function size(v: number | null | undefined, what: string): number {
   const n = num(v);
   if (!Number.isSafeInteger(n) || n < 0) throw malformed(`${what} ${n} is not a byte count`);
@@ -311,6 +321,8 @@ function checkAssign(a: Assign): Assign {
     finalVerify: a.finalVerify ?? false,
     discard: a.discard ?? false,
     growLast: a.growLast ?? false,
+    machineName: machineName(a.machineName),
+    unattend: str(a.unattend, 'unattend', UNATTEND_MAX),
     resume: a.resume ?? false,
     receiverId: num(a.receiverId),
     dataKey,

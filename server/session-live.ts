@@ -3,6 +3,8 @@
  * SHA-256 and the disk digest a verified machine must report) and its
  * multicast sender; and the Assign that tells one machine how to join it.
  */
+import type { Naming } from './session-naming.js';
+export { namingFor } from './session-naming.js';
 import { createHash, randomBytes } from 'node:crypto';
 import { isIPv4 } from 'node:net';
 import { After, type Assign } from '../protocol/control.js';
@@ -93,8 +95,9 @@ function lockForSession(store: Store, s: SessionRecord, warn?: (message: string)
 }
 
 /** The Assign for one machine of a session. */
-export function assignment(s: SessionRecord, m: SessionMachine, live: Live, senderAddress: string, resume: boolean): Assign {
+export function assignment(s: SessionRecord, m: SessionMachine, live: Live, senderAddress: string, resume: boolean, naming: Naming): Assign {
   return {
+    ...naming,
     sessionId: s.id,
     image: s.image,
     version: s.version,

@@ -32,6 +32,8 @@ export interface SessionRequest {
   discard?: boolean;
   /** After a verified write, grow the last partition and its filesystem to the end of a larger disk. */
   growLast?: boolean;
+  /** Write each machine's registry name into the deployed systems (default true: machines that have names get them). */
+  nameMachines?: boolean;
   /** A machine without progress or contact this long is dropped. */
   dropAfterS?: number;
   fragmentSize?: number;
@@ -92,6 +94,8 @@ export interface SessionRecord {
   /** Discard unused chunks; grow the last partition (absent in sessions saved before they existed: false). */
   discard?: boolean;
   growLast?: boolean;
+  /** false: machines are not named (absent in sessions saved before naming: named). */
+  nameMachines?: boolean;
   dropAfterS: number;
   fragmentSize: number;
   differential: boolean | null;
@@ -221,6 +225,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
   if (req.verify !== undefined && typeof req.verify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'verify must be true or false');
   if (req.finalVerify !== undefined && typeof req.finalVerify !== 'boolean') throw new ClonecastError(ERR.USAGE, 'finalVerify must be true or false');
   checkFinishOptions(req);
+  if (req.nameMachines !== undefined && typeof req.nameMachines !== 'boolean') throw new ClonecastError(ERR.USAGE, 'nameMachines must be true or false');
   if (req.differential !== undefined && req.differential !== null && typeof req.differential !== 'boolean') throw new ClonecastError(ERR.USAGE, 'differential must be true or false');
   if (req.encrypt !== undefined && typeof req.encrypt !== 'boolean') throw new ClonecastError(ERR.USAGE, 'encrypt must be true or false');
   return {
@@ -240,6 +245,7 @@ export function newRecord(id: number, slot: number, image: string, version: numb
     finalVerify: req.finalVerify === true,
     discard: req.discard === true,
     growLast: req.growLast === true,
+    nameMachines: req.nameMachines !== false,
     dropAfterS: num(req.dropAfterS, 'dropAfterS', 1, 86_400) ?? SESSION_DEFAULTS.dropAfterS,
     fragmentSize: Math.round(num(req.fragmentSize, 'fragmentSize', MCAST.MIN_FRAGMENT, MCAST.MAX_FRAGMENT) ?? SESSION_DEFAULTS.fragmentSize),
     differential: typeof req.differential === 'boolean' ? req.differential : null,

@@ -22,7 +22,7 @@ import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
 import { allEnded, describeRule, firstTaker, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
 import { StartClock } from './session-clock.js';
-import { admit, AFTER, assignment, closeLive, lostMachines, openLive, pollLive, type Live } from './session-live.js';
+import { admit, AFTER, assignment, closeLive, lostMachines, namingFor, openLive, pollLive, type Live } from './session-live.js';
 import { startExpected } from './result-digest.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
@@ -336,7 +336,7 @@ export class SessionManager extends EventEmitter {
     m.offlineSince = 0;
     this.o.registry.apply(machine.id, { type: 'report', by: holder(s), state: m.state as MachineStateName, error: '' });
     admit(live, m, machine.address);
-    this.o.agents.send(machine.id, { type: 'assign', assign: assignment(s, m, live, this.o.senderAddress!, resume || differential) });
+    this.o.agents.send(machine.id, { type: 'assign', assign: assignment(s, m, live, this.o.senderAddress!, resume || differential, namingFor(this.o.store.root, machine, s, this.o.log)) });
     this.emit('changed');
   }
 

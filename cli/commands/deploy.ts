@@ -64,6 +64,7 @@ export const deploy: Command = {
     'grow-last': { kind: 'flag', help: 'On a disk larger than the image, grow the last partition and its filesystem to the end of the disk (ext2/3/4, NTFS, XFS, btrfs).' },
     'drop-after': { kind: 'positive', value: 'S', help: 'Drop a machine that has made no progress for S seconds, so the others go on.' },
     encrypt: { kind: 'flag', help: 'Encrypt the image on the wire (AES-256-GCM per chunk), for images that hold secrets; costs CPU (docs/performance.md).' },
+    'no-name-machines': { kind: 'flag', help: 'Do not write the machines\' registry names into the deployed systems (by default a machine with a name gets it in its Linux /etc/hostname and /etc/hosts and its Windows computer name, after its disk verified).' },
     wake: { kind: 'flag', help: 'Wake the machines the session names (--machines or --group) with Wake-on-LAN as soon as it exists.' },
     differential: { kind: 'flag', help: 'Have every machine check what its disk already holds and receive only the rest (automatic when the registry says the disk has a version of this image).' },
     ...SERVER,
@@ -92,6 +93,7 @@ export const deploy: Command = {
       differential: ctx.flag('differential') ? true : undefined,
       encrypt: ctx.flag('encrypt') ? true : undefined,
       wake: ctx.flag('wake') ? true : undefined,
+      nameMachines: ctx.flag('no-name-machines') ? false : undefined,
     };
     if (req.wake === true && rule.any === true) throw ctx.usage('--wake needs the machines named (--machines or --group): with --any there is no list of machines to wake');
     const client = ctx.client();

@@ -68,6 +68,7 @@ export function deployForm(snapshot, preset = {}) {
   const diff = h('select', { id: 'd-diff' }, ...options([['auto', 'automatic (when the disk last received this image)'], ['on', 'always: send only what differs'], ['off', 'never: send everything']], 'auto'));
   const finalVerify = h('input', { id: 'd-final', type: 'checkbox' });
   const wake = h('input', { id: 'd-wake', type: 'checkbox' });
+  const nameThem = h('input', { id: 'd-name', type: 'checkbox', checked: true });
   const form = h('form', { id: 'deploy-form', class: 'stack' },
     h('div', { class: 'row' }, field('Image', image), field('Version', version), field('Date', date)),
     h('div', { class: 'row' }, field('Targets', who), field('Group', group), field('Start with', clients, 'machines (any: also the most that may join)')),
@@ -75,7 +76,8 @@ export function deployForm(snapshot, preset = {}) {
     h('div', { class: 'row' }, field('Start', start), field('Seconds', waitS), field('Time', at)),
     h('div', { class: 'row' }, field('Rate limit (Mbit/s)', rate), field('After', after), field('Differential', diff)),
     h('div', { class: 'row' }, h('label', {}, finalVerify, ' read each whole disk back at the end'),
-      h('label', { title: 'Wake-on-LAN magic packets, sent by the server as soon as the session exists (the machines\' firmware must have it on)' }, wake, ' wake the machines first (Wake-on-LAN)')),
+      h('label', { title: 'Wake-on-LAN magic packets, sent by the server as soon as the session exists (the machines\' firmware must have it on)' }, wake, ' wake the machines first (Wake-on-LAN)'),
+      h('label', { title: 'after its disk verified, a machine with a name gets it as its Linux host name and Windows computer name' }, nameThem, ' name the machines in the new system')),
     h('div', { class: 'buttons' }, h('button', { class: 'primary', id: 'd-submit' }, 'Deploy…')));
   openDialog('form-dialog', 'Deploy an image', form);
   showWho();
@@ -108,6 +110,7 @@ export function deployForm(snapshot, preset = {}) {
     if (diff.value !== 'auto') req.differential = diff.value === 'on';
     if (finalVerify.checked) req.finalVerify = true;
     if (wake.checked) req.wake = true;
+    if (!nameThem.checked) req.nameMachines = false;
     const lines = targets
       ? [`These ${targets.length} machine(s) will be overwritten with ${ref}:`, h('ul', { class: 'overwrite' }, ...targets.map((m) => h('li', {}, `${label(m)} (${m.id}): ${targetDisk(m)}`)))]
       : [`Any machine that comes, up to ${rule.clients}, will have its disk overwritten with ${ref}.`];

@@ -5,6 +5,9 @@
  * hivexget, every other registry value kept, both filesystems still clean.
  */
 import { afterAll, describe, expect } from 'vitest';
+import { importImage } from '../../server/store/import.js';
+import { Store } from '../../server/store/store.js';
+import { Fleet, until } from './fleet.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -23,6 +26,7 @@ function sh(cmd: string, args: string[], input?: string): string {
 
 /** A disk file: partition 1 ext4 (a Debian-like root), 2 NTFS (a Windows-like system), 3 empty. */
 function makeDisk(dir: string): string {
+  mkdirSync(dir, { recursive: true });
   const disk = join(dir, 'disk.img');
   sh('truncate', ['-s', String(64 * MiB), disk]);
   sh('sgdisk', ['-n', '1:1M:+16M', '-t', '1:8300', '-n', '2:0:+24M', '-t', '2:0700', '-n', '3:0:+4M', '-t', '3:8300', disk]);
@@ -78,8 +82,7 @@ describe('naming deployed machines', () => {
     const d = Disk.open(disk);
     const table = await readTable(d);
     d.close();
-    const unattend = join(dir, 'unattend.xml');
-    writeFileSync(unattend, '<unattend><ComputerName>{{name}}</ComputerName></unattend>\n');
+    const unattend = '<unattend><ComputerName>{{name}}</ComputerName></unattend>\n';
     const named = nameMachine(disk, table, 'physics-lab-pc-12', { unattend });
     expect(named.map((n) => [n.partition, n.system])).toEqual([[1, 'linux'], [2, 'windows']]);
     expect(named[1].what).toMatch(/computer name PHYSICS-LAB-PC-/);
@@ -104,6 +107,45 @@ describe('naming deployed machines', () => {
       expect(spawnSync('ntfsfix', ['-n', loop]).status).toBe(0);
     });
   }, 120_000);
+
+  itNeeds([...CAPS, 'netns', 'curl'], 'a deploy names each machine after its disk verified, and --no-name-machines does not', async () => {
+    const src = makeDisk(join(dir, 'src'));
+    const data = join(dir, 'data');
+    await importImage(Store.open(data), src, 'win-and-linux', {});
+    mkdirSync(join(dir, 'fleet'));
+    const fleet = new Fleet(join(dir, 'fleet'), data, 2);
+    try {
+      for (let k = 0; k < 2; k++) fleet.disk(k, 64 * MiB);
+      await fleet.startServer();
+      for (let k = 0; k < 2; k++) fleet.startAgent(k);
+      await until(async () => (await fleet.online()) === 2, 30_000, '2 agents online');
+      const macs = [fleet.mac(0), fleet.mac(1)];
+      const set = fleet.run(['machines', 'set', macs[0], '--name', 'room101-pc01', '--groups', 'room101']);
+      expect(await set.exited, set.out).toBe(0);
+      // Machine 2 has no name: it is deployed but not named.
+      const d = fleet.deploy('win-and-linux', ['--machines', macs.join(','), '--now']);
+      expect(await d.exited, d.out).toBe(0);
+      expect(d.out).toMatch(/2 of 2 machine\(s\) done and verified/);
+      const hostname = (k: number) => onPartition(fleet.diskPath(k), MiB, 16 * MiB, (loop) => sh('debugfs', ['-R', 'cat /etc/hostname', loop]));
+      const computer = (k: number) =>
+        onPartition(fleet.diskPath(k), 17 * MiB, 24 * MiB, (loop) => {
+          const hive = join(dir, `SYSTEM.${k}`);
+          writeFileSync(hive, spawnSync('ntfscat', [loop, '/Windows/System32/config/SYSTEM']).stdout);
+          return sh('hivexget', [hive, '\\ControlSet002\\Control\\ComputerName\\ComputerName', 'ComputerName']).trim();
+        });
+      expect(hostname(0)).toBe('room101-pc01\n');
+      expect(computer(0)).toBe('ROOM101-PC01');
+      expect(hostname(1)).toBe('debian\n');
+      expect(computer(1)).toBe('DESKTOP-OLD');
+      // The same again with --no-name-machines: the image's own names come back.
+      const again = fleet.deploy('win-and-linux', ['--machines', macs[0], '--now', '--no-name-machines']);
+      expect(await again.exited, again.out).toBe(0);
+      expect(hostname(0)).toBe('debian\n');
+      expect(computer(0)).toBe('DESKTOP-OLD');
+    } finally {
+      fleet.down();
+    }
+  }, 240_000);
 
   itNeeds(CAPS, 'refuses a name the registry would not give, before touching the disk', () => {
     expect(() => nameMachine('/nonexistent', { scheme: 'none', partitions: [], warnings: [] } as never, 'a b')).toThrow(/cannot be a machine name/);
