@@ -51,7 +51,7 @@ describe('after a verified write', () => {
     const logged: string[] = [];
     const err = await afterVerified(a, manifest, { verification: undefined } as ReceiverResult, (_l, m) => logged.push(m));
     expect(err).toBeUndefined();
-    expect(logged.join('\n')).toMatch(/not verified, so swap is not recreated and nothing is grown/);
+    expect(logged.join('\n')).toMatch(/not verified, so swap is not recreated, nothing is grown and the machine is not named/);
     expect(readFileSync(target).equals(bytes)).toBe(true);
   });
 
