@@ -108,11 +108,18 @@ export async function showMachine(id, actions, quiet = false) {
   const buttons = h('div', { class: 'buttons' },
     h('button', { type: 'button', onclick: () => actions.deploy({ machines: [m.id], image: last?.name }) }, last ? `Restore ${last.name}…` : 'Deploy to it…'),
     m.online && m.activity.kind === 'idle' ? h('button', { type: 'button', onclick: () => actions.capture(m.id) }, 'Capture…') : '',
+    // A machine that is off (offline) can be woken: Wake-on-LAN from the server.
+    !m.online ? h('button', { type: 'button', id: 'm-wake', onclick: () => wakeUp(m) }, 'Wake') : '',
     // Only an offline, idle machine can be forgotten (the server refuses the others): say so rather than fail.
     h('button', { type: 'button', class: 'danger', id: 'm-forget', disabled: m.online || m.activity.kind !== 'idle', title: m.online ? 'connected: stop its agent first' : undefined, onclick: () => forget(m) }, 'Forget…'));
   const d = openDialog('panel', `Machine ${label(m)}`, form, facts, buttons, h('h3', {}, 'Disks'), disks, h('h3', {}, 'Events'), events, h('h3', {}, 'History'), history);
   d.dataset.machine = id;
   if (quiet && focused) document.getElementById(focused)?.focus();
+}
+
+async function wakeUp(m) {
+  const r = await attempt('waking', () => api('POST', '/api/wake', { machines: [m.id] }));
+  if (r) notice(`sent ${r.packets} Wake-on-LAN packets for ${label(m)} to ${r.broadcasts.join(', ')}`);
 }
 
 async function forget(m) {
