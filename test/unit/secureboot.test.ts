@@ -219,7 +219,7 @@ describe('Secure Boot: the per-machine GRUB config', () => {
 describe('Secure Boot: the /boot/grub route', () => {
   async function route(): Promise<{ url: string; asked: string[] }> {
     const asked: string[] = [];
-    const ctx = { boot: { dir: tempDir('sbroute'), script: (mac: string, format?: string) => (asked.push(`${format}:${mac}`), `# ${format} ${mac}\n`) }, pxe: () => undefined } as unknown as ApiContext;
+    const ctx = { boot: { dir: tempDir('sbroute'), script: (mac: string, format?: string) => (asked.push(`${format}:${mac}`), `# ${format} ${mac}\n`) }, pxe: () => undefined, registry: { event: () => undefined } } as unknown as ApiContext;
     const state = new State(ctx);
     const server = createServer((req, res) => void handle(ctx, state, req, res));
     servers.push(server);
