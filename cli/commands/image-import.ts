@@ -12,16 +12,21 @@ export const imageImport: Command = {
   options: {
     'ignore-read-errors': { kind: 'flag', help: 'Store unreadable ranges as zeros and list them in the version, instead of failing.' },
     'chunk-size': { kind: 'positive', value: 'BYTES', help: 'Chunk size: a power of two from 65536 (64 KiB) to 16777216 (16 MiB).', default: '1048576 (1 MiB)' },
+    'allow-backing-outside': { kind: 'flag', help: 'Follow a virtual disk\'s backing files even outside its folder (refused by default: a file can name any path as its backing file).' },
     ...CODEC_OPTIONS,
     ...WORKERS,
     ...COMMON,
   },
-  details: ['Only what the filesystems use is read; chunks the store already holds are not stored twice.'],
+  details: [
+    'Only what the filesystems use is read; chunks the store already holds are not stored twice.',
+    'qcow2, vmdk, vhdx, vdi and vpc (VHD) files are recognised by their header and read through qemu-nbd --read-only with their backing chain (Debian qemu-utils); ranges it reports as zero are not read.',
+  ],
   interrupted: 'nothing half-made was published; chunks already stored are reused by the next import (or dropped by "clonecast image gc")',
   async run(ctx) {
     const [src, name] = ctx.positionals;
-    const { importImage } = await import('../../server/store/import.js');
-    const summary = await importImage(ctx.store(), src, name, {
+    const { importAny } = await import('../../server/store/import-virtual.js');
+    const summary = await importAny(ctx.store(), src, name, {
+      allowBackingOutside: ctx.flag('allow-backing-outside'),
       ignoreReadErrors: ctx.flag('ignore-read-errors'),
       chunkSize: ctx.num('chunk-size'),
       workers: ctx.num('workers'),

@@ -16,6 +16,7 @@ import { Progress, type ProgressOptions } from '../progress.js';
 import { compiledSibling, DEFAULT_WORKERS, WORKER_DEPTH, WorkerPool } from './pool.js';
 import { checkName, type Store } from './store.js';
 import type { ImportResult, ImportTask, WorkerSetup } from './chunk-worker.js';
+import type { ChunkSource } from './import-source.js';
 
 /** Bytes of new chunks between background syncs during an import. */
 export const WRITEBACK_STEP = 64 << 20;
@@ -34,6 +35,8 @@ export interface ImportOptions {
   description?: string;
   /** How new chunks are compressed (default: defaultCodec(), zstd where libzstd loads). */
   codec?: ChunkCodec;
+  /** Read through this instead of opening src (a virtual disk: server/store/import-virtual.ts). */
+  source?: ChunkSource;
 }
 
 /** What an import did. */
@@ -72,14 +75,15 @@ export async function importImage(store: Store, src: string, name: string, optio
   let source: Disk | undefined;
   let pool: WorkerPool<ImportTask, ImportResult> | undefined;
   try {
-    source = Disk.open(src);
-    const diskSize = source.size;
+    const ext = options.source;
+    source = ext === undefined ? Disk.open(src) : undefined;
+    const diskSize = ext?.size ?? source!.size;
     if (diskSize === 0) throw new ClonecastError(ERR.USAGE, `${src} is empty: there is nothing to import`);
-    const sectorSize = source.logicalSectorSize;
+    const sectorSize = ext?.sectorSize ?? source!.logicalSectorSize;
     // Workers start up while the partition table is read.
-    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors, codec };
+    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: ext === undefined ? src : undefined, ignoreReadErrors: options.ignoreReadErrors, codec };
     pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
-    const partitionTable = await readTable(source);
+    const partitionTable = ext !== undefined ? await ext.readTable() : await readTable(source!);
     const n = chunkCount(diskSize, chunkSize);
     const table = newChunkTable(n);
     const progress = new Progress(`import ${name}`, diskSize, options.progress);
@@ -93,7 +97,9 @@ export async function importImage(store: Store, src: string, name: string, optio
     await runBounded(n, (options.workers ?? DEFAULT_WORKERS) * (WORKER_DEPTH + 1), async (i) => {
       const length = chunkLength(i, diskSize, chunkSize);
       // A hole in a sparse image file is a zero chunk: no need to read it.
-      const r = source!.isHole(i * chunkSize, length) ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length });
+      const r = ext !== undefined
+        ? (await ext.isZero(i * chunkSize, length)) ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length, data: await ext.read(i * chunkSize, length) })
+        : source!.isHole(i * chunkSize, length) ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length });
       setChunk(table, i, { kind: r.kind, compression: r.compression, storedLength: r.storedLength, xxh64: r.xxh64, sha256: Buffer.from(r.sha256) });
       if (r.kind === ChunkKind.ZERO) stats.zeroChunks++;
       else {
@@ -124,7 +130,7 @@ export async function importImage(store: Store, src: string, name: string, optio
       chunkSize,
       createdAt: new Date().toISOString(),
       parent,
-      source: { path: src, kind: source.blockDevice ? 'block-device' : 'file', description: options.description ?? `imported from ${src}` },
+      source: { path: src, kind: source?.blockDevice === true ? 'block-device' : 'file', description: options.description ?? ext?.description ?? `imported from ${src}` },
       partitionTable,
       badRanges: bad,
       newBytes: stats.newBytes,
