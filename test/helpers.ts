@@ -64,6 +64,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
   radvd: () => (hasCommand('radvd') ? null : 'needs radvd (apt-get install radvd)'),
   qemu: () => (hasCommand('qemu-system-x86_64') && existsSync('/usr/share/ovmf/OVMF.fd') && existsSync('/usr/lib/ipxe/undionly.kpxe') ? null : 'needs qemu-system-x86, ovmf and ipxe (apt-get install qemu-system-x86 ovmf ipxe ipxe-qemu)'),
   kernel: () => (cachedKernelPackage() !== null ? null : `needs a Debian kernel package in ${KERNEL_CACHE} (.ci/run downloads it with apt-get download)`),
+  'qemu-utils': () => (hasCommand('qemu-img') && hasCommand('qemu-nbd') ? null : 'needs qemu-img and qemu-nbd (apt-get install qemu-utils)'),
   blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
   fuse: () =>
     existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',
