@@ -24,8 +24,8 @@ export function nbdHowTo(name: string, size: number, socket: string | undefined,
     data.uri = uri;
     lines.push(
       `  socket:   ${socket} (mode 0600)`,
-      `  info:     qemu-img info '${uri}'`,
-      `  convert:  qemu-img convert -p -O qcow2 '${uri}' OUT.qcow2`,
+      `  info:     qemu-img info -f raw '${uri}'`,
+      `  convert:  qemu-img convert -p -f raw -O qcow2 '${uri}' OUT.qcow2`,
       `  boot:     qemu-img create -f qcow2 -b '${uri}' -F raw /tmp/overlay.qcow2 && qemu-system-x86_64 -m 2048 -drive file=/tmp/overlay.qcow2,format=qcow2`,
       `            (writes go to the throw-away overlay; the store is never written)`,
     );
@@ -33,7 +33,7 @@ export function nbdHowTo(name: string, size: number, socket: string | undefined,
   if (tcp !== undefined) {
     const host = tcp.host === '0.0.0.0' || tcp.host === '::' ? 'SERVER' : tcp.host;
     const obj = `--object tls-creds-psk,id=tls0,dir=${tcp.pskDir},username=${tcp.identity},endpoint=client`;
-    const img = `--image-opts driver=nbd,host=${host},port=${tcp.port},export=${name},tls-creds=tls0`;
+    const img = `--image-opts driver=raw,file.driver=nbd,file.host=${host},file.port=${tcp.port},file.export=${name},file.tls-creds=tls0`;
     data.tcp = { host: tcp.host, port: tcp.port, pskDir: tcp.pskDir, identity: tcp.identity };
     data.qemuImgInfo = `qemu-img info ${obj} ${img}`;
     lines.push(

@@ -77,7 +77,8 @@ export async function exportVirtual(store: Store, ref: ImageRef, dest: string, o
     }
     const socket = join(dir, 'export.sock');
     await server.listenUnix(socket);
-    const args = ['convert', '-O', format];
+    // -f raw: the disk's own bytes are never probed as an image format (a stored disk may begin with a qcow2 header naming host files).
+    const args = ['convert', '-f', 'raw', '-O', format];
     if (options.compress === true) args.push('-c');
     // VHD rounds its size to a disk geometry unless told to keep it exact.
     if (format === 'vpc') args.push('-o', 'force_size=on');

@@ -35,6 +35,8 @@ export class NbdChunkSource implements ChunkSource {
   private fetching: Promise<void> = Promise.resolve();
   /** Bytes block status called zero (never read). */
   zeroBytes = 0;
+  /** Bytes of chunks read (the partition table's reads not counted). */
+  chunkBytesRead = 0;
 
   constructor(
     private readonly client: NbdClient,
@@ -45,12 +47,12 @@ export class NbdChunkSource implements ChunkSource {
   }
 
   async readTable(): Promise<PartitionTable> {
-    const head = await this.read(0, Math.min(this.size, 1 << 20));
+    const head = await this.client.read(0, Math.min(this.size, 1 << 20));
     return readPartitionTable(head, this.sectorSize, async (lba) => {
       const at = lba * this.sectorSize;
       if (at + this.sectorSize > this.size) return null;
       try {
-        return await this.read(at, this.sectorSize);
+        return await this.client.read(at, this.sectorSize);
       } catch {
         return null;
       }
@@ -78,6 +80,7 @@ export class NbdChunkSource implements ChunkSource {
   }
 
   read(position: number, length: number): Promise<Buffer> {
+    this.chunkBytesRead += length;
     return this.client.read(position, length);
   }
 

@@ -25,7 +25,7 @@ export interface VirtualImportOptions extends ImportOptions {
 export interface VirtualImportSummary extends ImportSummary {
   format: string;
   chain?: ImageLayer[];
-  /** Bytes read over NBD (data only; holes are not read). */
+  /** Bytes of chunks read over NBD (ranges block status called zero are not read). */
   bytesReadOverNbd?: number;
 }
 
@@ -70,7 +70,7 @@ export async function importAny(store: Store, src: string, name: string, options
     const describe = chain.map((l) => `${l.path} (${l.format})`).join(' on ');
     const source = new NbdChunkSource(client, src, options.description ?? `imported from ${describe}`);
     const summary = await importImage(store, src, name, { ...options, source });
-    return { ...summary, format: top.format, chain, bytesReadOverNbd: client.bytesRead };
+    return { ...summary, format: top.format, chain, bytesReadOverNbd: source.chunkBytesRead };
   } finally {
     client?.close();
     await nbd.stop();

@@ -136,7 +136,7 @@ describe('NBD export server', () => {
     await r.read(18);
     r.send(Buffer.from('GET / HTTP/1.1\r\n'));
     await r.waitClosed();
-    await until(() => (server.closed['bad-flags'] ?? 0) === before + 1);
+    await until(() => (server.closed['bad-flags'] ?? 0) === before + 1, 10_000, 'the bad-flags close to be counted');
   });
 
   it('an oversized READ is answered EOVERFLOW and the connection closed', async () => {
@@ -203,7 +203,7 @@ describe('NBD export server', () => {
     const extra = await Raw.open(sock);
     await extra.waitClosed();
     for (const h of held) h.s.destroy();
-    await until(() => server.connections === 0);
+    await until(() => server.connections === 0, 10_000, 'every connection to close');
   });
 });
 
