@@ -90,7 +90,7 @@ describe('instant boot of a stored version through the NBD export', () => {
   let vm: ChildProcess | undefined;
   let server: NbdServer | undefined;
   afterAll(async () => {
-    if (vm?.pid !== undefined && vm.exitCode === null) process.kill(vm.pid, 'SIGKILL');
+    if (vm?.pid !== undefined && vm.exitCode === null && vm.signalCode === null) process.kill(vm.pid, 'SIGKILL');
     await server?.close();
   });
 
@@ -116,7 +116,7 @@ describe('instant boot of a stored version through the NBD export', () => {
     vm.stdout!.on('data', (b: Buffer) => (serial += b.toString('latin1')));
     vm.stderr!.on('data', (b: Buffer) => (serial += b.toString('latin1')));
     await until(() => serial.includes('W0') || vm!.exitCode !== null, 120_000, `the marker on the serial console (so far: ${JSON.stringify(serial.slice(-300))})`);
-    expect(serial).toContain(MARKER);
+    expect(serial, serial).toContain(MARKER);
     expect(serial).toContain('W0'); // the BIOS write succeeded, into the overlay
     process.kill(vm.pid!, 'SIGKILL');
     await until(() => vm!.exitCode !== null || vm!.signalCode !== null, 20_000, 'qemu to stop');
