@@ -16,7 +16,7 @@ export const imageExport: Command = {
       kind: 'flag',
       help: 'Overwrite what DEST holds: a non-empty file, or a disk with a partition table; on a disk it also overrides the refusal to write one that is mounted, in use or the running system\'s.',
     },
-    format: { kind: 'string', value: 'FMT', help: 'qcow2, vmdk, vhdx, vdi, vpc (VHD) or raw; the virtual formats are written by qemu-img (Debian qemu-utils).', default: 'from DEST\'s extension (.qcow2 .vmdk .vhdx .vdi .vhd), else raw' },
+    format: { kind: 'string', value: 'FMT', help: 'The format: qcow2, vmdk, vhdx, vdi, vpc (VHD) or raw; the virtual formats are written by qemu-img (Debian qemu-utils).', default: 'from DEST\'s extension (.qcow2 .vmdk .vhdx .vdi .vhd), else raw' },
     compress: { kind: 'flag', help: 'Compress the clusters (qcow2 and vmdk only).' },
     backing: { kind: 'string', value: 'NAME@U=FILE', help: 'Write a qcow2 overlay on FILE, an earlier export of NAME@U: it holds only the chunks that differ between U and this version.' },
     ...WORKERS,

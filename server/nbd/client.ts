@@ -6,8 +6,8 @@
  */
 import { connect, type Socket } from 'node:net';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { NBD, type Extent } from '../../protocol/nbd.js';
 import {
-  NBD,
   decodeBlockStatus,
   decodeGreeting,
   decodeInfoExport,
@@ -22,8 +22,7 @@ import {
   encodeOption,
   encodeRequest,
   replyHeaderSize,
-  type Extent,
-} from '../../protocol/nbd.js';
+} from '../../protocol/nbd-client.js';
 import { ByteReader } from './byte-reader.js';
 
 /** Largest reply payload accepted (a READ of MAX_READ plus headers). */

@@ -56,9 +56,14 @@ export function sniffFormat(path: string): 'qcow2' | 'vmdk' | 'vhdx' | 'vdi' | '
 
 /** Imports src (raw file, block device, or virtual disk) as the next version of name. */
 export async function importAny(store: Store, src: string, name: string, options: VirtualImportOptions = {}): Promise<VirtualImportSummary> {
-  const st = statSync(src);
-  const sniffed = st.isFile() ? sniffFormat(src) : null;
-  if (sniffed === null) return { ...(await importImage(store, src, name, options)), format: st.isFile() ? 'raw' : 'block-device' };
+  let st;
+  try {
+    st = statSync(src);
+  } catch {
+    st = undefined; // the usual path says what is wrong with src
+  }
+  const sniffed = st?.isFile() === true ? sniffFormat(src) : null;
+  if (sniffed === null) return { ...(await importImage(store, src, name, options)), format: st?.isFile() === true ? 'raw' : 'block-device' };
   const chain = await inspectChain(src, options.allowBackingOutside === true);
   const top = chain[0];
   if (top.format === 'raw') return { ...(await importImage(store, src, name, options)), format: 'raw', chain };

@@ -1,6 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import * as nbd from '../../protocol/nbd.js';
+import * as nbdServer from '../../protocol/nbd.js';
+import * as nbdClient from '../../protocol/nbd-client.js';
+
+const nbd = { ...nbdServer, ...nbdClient };
 import { NBD } from '../../protocol/nbd.js';
 
 const hex = (s: string[]) => Buffer.from(s.join(''), 'hex');

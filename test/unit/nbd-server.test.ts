@@ -5,7 +5,10 @@ import { readdirSync, readFileSync, writeFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import * as nbd from '../../protocol/nbd.js';
+import * as nbdServer from '../../protocol/nbd.js';
+import * as nbdClient from '../../protocol/nbd-client.js';
+
+const nbd = { ...nbdServer, ...nbdClient };
 import { NBD } from '../../protocol/nbd.js';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
