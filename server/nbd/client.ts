@@ -174,8 +174,12 @@ export class NbdClient {
           const at = Number(payload.readBigUInt64BE(0)) - p.offset;
           const n = payload.length - 8;
           if (at < 0 || at + n > p.length) throw bad('sent data outside the range asked for');
-          p.data ??= Buffer.alloc(p.length);
-          payload.copy(p.data, at, 8);
+          // One data chunk for the whole request (the usual case): use it as it is, no copy.
+          if (p.data === undefined && at === 0 && n === p.length) p.data = payload.subarray(8);
+          else {
+            p.data ??= Buffer.alloc(p.length);
+            payload.copy(p.data, at, 8);
+          }
           this.bytesRead += n;
         } else if (h.type === NBD.REPLY_TYPE_OFFSET_HOLE && p.type === NBD.CMD_READ) {
           const hole = decodeOffsetHole(payload);
