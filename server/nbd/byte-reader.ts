@@ -14,6 +14,8 @@ export class ByteReader {
   private buffered = 0;
   private waiter: { n: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
   private ended: Error | undefined;
+  /** Takes bytes received by other means (a socket's onread buffer). */
+  readonly push = (b: Buffer): void => this.onData(b);
   private readonly onData = (b: Buffer) => {
     this.parts.push(b);
     this.buffered += b.length;

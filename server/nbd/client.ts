@@ -65,13 +65,15 @@ export class NbdClient {
 
   /** Connects to a Unix socket and negotiates export `name`. */
   static async connectUnix(path: string, name = ''): Promise<NbdClient> {
-    const socket = connect(path);
+    // Large reads (4 MiB at a time instead of 64 KiB): far fewer callbacks for 1 MiB replies.
+    let reader: ByteReader | undefined;
+    const socket: Socket = connect({ path, onread: { buffer: Buffer.allocUnsafe(4 << 20), callback: (n: number, buf: Uint8Array): boolean => (reader!.push(Buffer.from(buf.subarray(0, n))), !socket.isPaused()) } });
     socket.on('error', () => undefined);
     await new Promise<void>((resolve, reject) => {
       socket.once('connect', resolve);
       socket.once('error', (e) => reject(new ClonecastError(ERR.UNREACHABLE, `cannot connect to the NBD server at ${path}: ${e.message}`)));
     });
-    const reader = new ByteReader(socket, MAX_READ + (1 << 20));
+    reader = new ByteReader(socket, MAX_READ + (1 << 20));
     const bad = (why: string) => new ClonecastError(ERR.PACKET_MALFORMED, `the NBD server at ${path} ${why}`);
     try {
       const flags = decodeGreeting(await reader.read(NBD.GREETING_SIZE));
@@ -107,7 +109,7 @@ export class NbdClient {
         if (info !== null) size = Number(info.size);
       }
       if (size === undefined || !Number.isSafeInteger(size)) throw bad('did not say the export size');
-      return new NbdClient(socket, reader, size, structured, contextId, path);
+      return new NbdClient(socket, reader!, size, structured, contextId, path);
     } catch (err) {
       socket.destroy();
       throw err;
