@@ -5,6 +5,7 @@
  * Each request: parse, authorise, act, reply; an error becomes a JSON
  * {error: {code, message}} with a status, never a crash.
  */
+import type { NbdExports } from './nbd/exports.js';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { createReadStream, readFileSync } from 'node:fs';
 import { realpath, stat } from 'node:fs/promises';
@@ -93,6 +94,8 @@ export interface ApiContext {
   loopDelay?: IntervalHistogram;
   /** Sends Wake-on-LAN packets on the machines' network (server/wake.ts with the server's interface). */
   wake?: (macs: string[]) => Promise<WakeReport>;
+  /** NBD exports offered to token holders (server/nbd/exports.ts). */
+  nbd?: NbdExports;
 }
 
 /** One state file's health, as /healthz, /metrics and the dashboard show it. */
@@ -211,6 +214,8 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
     if (machineRoute !== null && method === 'PATCH') {
       return send(res, 200, c.registry.label(machineRoute[1].replace(/-/g, ':'), (await readJson(req)) as { name?: unknown; groups?: unknown }));
     }
+    const nbdRoute = /^\/api\/images\/([^/]+)\/(\d{1,9})\/nbd$/.exec(path);
+    if (nbdRoute !== null && method === 'POST' && c.nbd !== undefined) return send(res, 201, await c.nbd.offer(decodeURIComponent(nbdRoute[1]), Number(nbdRoute[2])));
     const route = `${method} ${path.replace(/\/\d+(?=\/|$)/, '/:id')}`;
     const id = Number(/\/api\/sessions\/(\d+)/.exec(path)?.[1]);
     switch (route) {

@@ -6,6 +6,7 @@
  * listener speaks plain HTTP for what firmware fetches (boot scripts, kernel,
  * initramfs) and nothing else.
  */
+import { NbdExports } from './nbd/exports.js';
 import { createServer as createPlainServer, type Server as PlainServer } from 'node:http';
 import { createServer, type Server } from 'node:https';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -140,7 +141,11 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
   // The pacing tick and the DHCP server share this loop: its delay is the first thing to look at when they lag.
   const loopDelay = monitorEventLoopDelay({ resolution: 10 });
   loopDelay.enable();
-  const ctx: ApiContext = { store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures, stateFiles, loopDelay, wake: (macs) => wake(macs, { device: o.interface, broadcasts: [LIMITED_BROADCAST, ...(o.wakeBroadcasts ?? [])] }) };
+  const ctx: ApiContext = {
+    store: o.store, registry, sessions, agents, token, version: o.version, senderAddress, boot: undefined, pxe: () => pxe, captures, stateFiles, loopDelay,
+    wake: (macs) => wake(macs, { device: o.interface, broadcasts: [LIMITED_BROADCAST, ...(o.wakeBroadcasts ?? [])] }),
+    nbd: new NbdExports(o.store, host),
+  };
   const state = new State(ctx);
   let pxe: PxeServices | undefined;
 
@@ -234,7 +239,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
     agents.closeAll();
     server.close();
     bootServer?.close();
-    await Promise.all([pxe?.close(), sessions.close(), captures.close(), registry.close()]);
+    await Promise.all([pxe?.close(), sessions.close(), captures.close(), registry.close(), ctx.nbd?.close()]);
     throw err;
   };
   await new Promise<void>((resolve, reject) => {
@@ -304,7 +309,7 @@ export async function startServer(o: ServerOptions): Promise<RunningServer> {
       clearInterval(pusher);
       loopDelay.disable();
       agents.closeAll();
-      await Promise.all([pxe?.close(), sessions.close(), registry.close(), captures.close()]);
+      await Promise.all([pxe?.close(), sessions.close(), registry.close(), captures.close(), ctx.nbd?.close()]);
       for (const ws of watchers) ws.terminate();
       await Promise.all([new Promise<void>((r) => server.close(() => r())), bootServer && new Promise<void>((r) => bootServer!.close(() => r()))]);
       endedBy?.(err);

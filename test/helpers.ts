@@ -84,6 +84,7 @@ const CAPABILITIES: Record<string, () => string | null> = {
       ? null
       : 'needs OVMF\'s Secure Boot firmware and Microsoft-keyed variables (apt-get install ovmf) and dpkg/apt-get (shim-signed and grub-efi-amd64-signed are fetched with apt-get download)',
   kernel: () => (cachedKernelPackage() !== null ? null : `needs a Debian kernel package in ${KERNEL_CACHE} (.ci/run downloads it with apt-get download)`),
+  'qemu-utils': () => (hasCommand('qemu-img') && hasCommand('qemu-nbd') ? null : 'needs qemu-img and qemu-nbd (apt-get install qemu-utils)'),
   blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
   fuse: () =>
     existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',

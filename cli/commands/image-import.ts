@@ -13,6 +13,7 @@ export const imageImport: Command = {
     raw: { kind: 'flag', help: 'Read every byte of the disk, not only the blocks its filesystems use.' },
     'ignore-read-errors': { kind: 'flag', help: 'Store unreadable ranges as zeros and list them in the version, instead of failing.' },
     'chunk-size': { kind: 'positive', value: 'BYTES', help: 'Chunk size: a power of two from 65536 (64 KiB) to 16777216 (16 MiB).', default: '1048576 (1 MiB)' },
+    'allow-backing-outside': { kind: 'flag', help: 'Follow a virtual disk\'s backing files even outside its folder (refused by default: a file can name any path as its backing file).' },
     ...CODEC_OPTIONS,
     ...WORKERS,
     ...COMMON,
@@ -20,12 +21,14 @@ export const imageImport: Command = {
   details: [
     'Only what the filesystems use is read (partclone maps of ext2/3/4, NTFS, FAT, exFAT, XFS, btrfs, f2fs, HFS+); swap is not copied; other and unclean filesystems are read in full, with a warning; --raw reads every byte.',
     'Chunks the store already holds are not stored twice.',
+    'qcow2, vmdk, vhdx, vdi and vpc (VHD) files are recognised by their header and read through qemu-nbd --read-only with their backing chain (Debian qemu-utils); ranges it reports as zero are not read, the rest is read whole (no used-block maps).',
   ],
   interrupted: 'nothing half-made was published; chunks already stored are reused by the next import (or dropped by "clonecast image gc")',
   async run(ctx) {
     const [src, name] = ctx.positionals;
-    const { importImage } = await import('../../server/store/import.js');
-    const summary = await importImage(ctx.store(), src, name, {
+    const { importAny } = await import('../../server/store/import-virtual.js');
+    const summary = await importAny(ctx.store(), src, name, {
+      allowBackingOutside: ctx.flag('allow-backing-outside'),
       ignoreReadErrors: ctx.flag('ignore-read-errors'),
       chunkSize: ctx.num('chunk-size'),
       workers: ctx.num('workers'),

@@ -10,6 +10,7 @@ import { imageExport } from './image-export.js';
 import { imageGc } from './image-gc.js';
 import { imageHistory } from './image-history.js';
 import { imageImport } from './image-import.js';
+import { imageNbd } from './image-nbd.js';
 import { imageInfo } from './image-info.js';
 import { imageList } from './image-list.js';
 import { imageRecompress } from './image-recompress.js';
@@ -35,6 +36,7 @@ export const COMMANDS: readonly Command[] = [
   imageInfo,
   imageVerify,
   imageExport,
+  imageNbd,
   imageRecompress,
   imageAssemble,
   imageHistory,

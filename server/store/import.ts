@@ -18,6 +18,7 @@ import { checkName, type Store } from './store.js';
 import type { ImportResult, ImportTask, WorkerSetup } from './chunk-worker.js';
 import { planImport } from './import-plan.js';
 import type { PartitionRead } from '../../protocol/manifest.js';
+import type { ChunkSource } from './import-source.js';
 
 /** Bytes of new chunks between background syncs during an import. */
 export const WRITEBACK_STEP = 64 << 20;
@@ -40,6 +41,8 @@ export interface ImportOptions {
   raw?: boolean;
   /** Told of partitions read in full for a safety reason (an unclean filesystem). */
   warn?: (message: string) => void;
+  /** Read through this instead of opening src (a virtual disk: server/store/import-virtual.ts). */
+  source?: ChunkSource;
 }
 
 /** What an import did. */
@@ -88,15 +91,17 @@ export async function importImage(store: Store, src: string, name: string, optio
   let source: Disk | undefined;
   let pool: WorkerPool<ImportTask, ImportResult> | undefined;
   try {
-    source = Disk.open(src);
-    const diskSize = source.size;
+    const ext = options.source;
+    source = ext === undefined ? Disk.open(src) : undefined;
+    const diskSize = ext?.size ?? source!.size;
     if (diskSize === 0) throw new ClonecastError(ERR.USAGE, `${src} is empty: there is nothing to import`);
-    const sectorSize = source.logicalSectorSize;
+    const sectorSize = ext?.sectorSize ?? source!.logicalSectorSize;
     // Workers start up while the partition table is read.
-    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: src, ignoreReadErrors: options.ignoreReadErrors, codec };
+    const setup: WorkerSetup = { mode: 'import', storeRoot: store.root, chunkSize, device: ext === undefined ? src : undefined, ignoreReadErrors: options.ignoreReadErrors, codec };
     pool = new WorkerPool<ImportTask, ImportResult>(compiledSibling(import.meta.url, 'chunk-worker'), options.workers ?? DEFAULT_WORKERS, setup);
-    const partitionTable = await readTable(source);
-    const plan = await planImport(src, diskSize, partitionTable, options.raw === true, options.warn);
+    const partitionTable = ext !== undefined ? await ext.readTable() : await readTable(source!);
+    // A virtual disk is read whole (its zero ranges skipped): partclone reads block devices and raw files only.
+    const plan = await planImport(src, diskSize, partitionTable, options.raw === true || ext !== undefined, options.warn);
     const n = chunkCount(diskSize, chunkSize);
     const table = newChunkTable(n);
     const progress = new Progress(`import ${name}`, diskSize, options.progress);
@@ -117,9 +122,10 @@ export async function importImage(store: Store, src: string, name: string, optio
         return;
       }
       // A hole in a sparse image file is a zero chunk: no need to read it.
-      const hole = source!.isHole(i * chunkSize, length);
+      const hole = ext !== undefined ? await ext.isZero(i * chunkSize, length) : source!.isHole(i * chunkSize, length);
       if (!hole) stats.bytesRead += length;
-      const r = hole ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length, keep: use.use === 'partial' ? use.keep : undefined });
+      const keep = use.use === 'partial' ? use.keep : undefined;
+      const r = hole ? holeResult(i) : await pool!.run({ index: i, position: i * chunkSize, length, keep, data: ext !== undefined ? await ext.read(i * chunkSize, length) : undefined });
       setChunk(table, i, { kind: r.kind, compression: r.compression, storedLength: r.storedLength, xxh64: r.xxh64, sha256: Buffer.from(r.sha256) });
       if (r.kind === ChunkKind.ZERO) stats.zeroChunks++;
       else {
@@ -150,7 +156,7 @@ export async function importImage(store: Store, src: string, name: string, optio
       chunkSize,
       createdAt: new Date().toISOString(),
       parent,
-      source: { path: src, kind: source.blockDevice ? 'block-device' : 'file', description: options.description ?? `imported from ${src}` },
+      source: { path: src, kind: source?.blockDevice === true ? 'block-device' : 'file', description: options.description ?? ext?.description ?? `imported from ${src}` },
       partitionTable,
       badRanges: bad,
       newBytes: stats.newBytes,

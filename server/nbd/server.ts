@@ -1,0 +1,143 @@
+/**
+ * The NBD export server: serves stored versions read-only over a Unix socket
+ * (mode 0600, local use) or over TCP, where TLS is required (STARTTLS in the
+ * handshake, proto.md "TLS support"). While any export is open the server
+ * holds a store reader's lock, so gc cannot remove a chunk under a client.
+ */
+import { chmodSync, unlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import type { TLSSocketOptions } from 'node:tls';
+import type { Manifest } from '../../protocol/manifest.js';
+import type { Lock } from '../store/lock.js';
+import type { ImageRef, Store } from '../store/store.js';
+import { serveConnection, type CloseReason } from './connection.js';
+import { ImageSource } from './image-source.js';
+
+/** Most connections at once per server. */
+export const DEFAULT_MAX_CONNECTIONS = 16;
+
+/** Options of NbdServer. */
+export interface NbdServerOptions {
+  maxConnections?: number;
+  /** Decoded-chunk cache per export, in bytes. */
+  cacheBytes?: number;
+}
+
+/** One export. */
+export interface NbdExport {
+  name: string;
+  source: ImageSource;
+  ref: string;
+}
+
+/** Serves exports over any number of listeners. */
+export class NbdServer {
+  private readonly exports = new Map<string, NbdExport>();
+  private readonly listeners: Server[] = [];
+  private readonly sockets = new Set<Socket>();
+  private readonly unixPaths: string[] = [];
+  private lock: Lock | undefined;
+  /** Connections closed, by reason. */
+  readonly closed: Partial<Record<CloseReason, number>> = {};
+  /** Milliseconds-since-epoch of the last connection activity (open or close). */
+  lastActivity = Date.now();
+
+  constructor(
+    readonly store: Store,
+    private readonly options: NbdServerOptions = {},
+  ) {}
+
+  /** Adds an export of ref under name (default: "NAME@V"); with base, a difference export (see image-source.ts). */
+  async add(ref: ImageRef, name?: string, base?: ImageRef): Promise<NbdExport> {
+    this.lock ??= this.store.lockReader('serving NBD exports');
+    const { name: image, version } = this.store.resolve(ref);
+    const manifest = await this.store.readManifest(image, version);
+    let baseManifest: Manifest | undefined;
+    if (base !== undefined) {
+      const b = this.store.resolve(base);
+      baseManifest = await this.store.readManifest(b.name, b.version);
+    }
+    const exportName = name ?? `${image}@${version}`;
+    const e = { name: exportName, ref: `${image}@${version}`, source: new ImageSource(this.store, manifest, baseManifest, this.options.cacheBytes) };
+    this.exports.set(exportName, e);
+    return e;
+  }
+
+  /** The export by name; "" is the only export when there is exactly one. */
+  lookup(name: string): ImageSource | undefined {
+    if (name === '' && this.exports.size === 1) return [...this.exports.values()][0].source;
+    return this.exports.get(name)?.source;
+  }
+
+  /** Connections open now. */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /** Listens on a Unix socket, made mode 0600 before anyone can connect. */
+  async listenUnix(path: string): Promise<void> {
+    const server = this.makeServer(undefined, false);
+    const old = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(path, () => resolve());
+      });
+    } finally {
+      process.umask(old);
+    }
+    chmodSync(path, 0o600);
+    this.unixPaths.push(path);
+  }
+
+  /** Listens on TCP; every client must STARTTLS first. Returns the port. */
+  async listenTls(host: string, port: number, tls: TLSSocketOptions): Promise<number> {
+    const server = this.makeServer(tls, true);
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => resolve());
+    });
+    const addr = server.address();
+    return typeof addr === 'object' && addr !== null ? addr.port : port;
+  }
+
+  private makeServer(tls: TLSSocketOptions | undefined, requireTls: boolean): Server {
+    const server = createServer({ noDelay: true }, (socket) => {
+      socket.on('error', () => undefined);
+      if (this.sockets.size >= (this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
+        socket.destroy();
+        return;
+      }
+      this.sockets.add(socket);
+      this.lastActivity = Date.now();
+      void serveConnection(socket, {
+        lookup: (n) => this.lookup(n),
+        names: () => [...this.exports.keys()],
+        tls,
+        requireTls,
+        onClose: (reason) => {
+          this.sockets.delete(socket);
+          this.lastActivity = Date.now();
+          this.closed[reason] = (this.closed[reason] ?? 0) + 1;
+        },
+      });
+    });
+    this.listeners.push(server);
+    return server;
+  }
+
+  /** Closes every listener and connection and releases the reader's lock. */
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    await Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))));
+    for (const p of this.unixPaths) {
+      try {
+        unlinkSync(p);
+      } catch {
+        // already gone
+      }
+    }
+    this.lock?.release();
+    this.lock = undefined;
+  }
+}
