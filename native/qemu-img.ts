@@ -34,6 +34,10 @@ export interface ImageLayer {
   format: VirtualFormat;
   virtualSize: number;
   backing: string | null;
+  /** The backing file's format as the layer names it (null: qemu probes it). */
+  backingFormat: string | null;
+  /** Other files the layer makes qemu open: a VMDK's extents, a qcow2's external data file. */
+  files: string[];
 }
 
 /** Runs qemu-img with args; resolves with stdout, rejects with its stderr. */
@@ -67,21 +71,34 @@ export async function inspectChain(path: string, allowOutside = false): Promise<
   while (at !== null) {
     if (chain.length === MAX_CHAIN) throw refuse(path, `its backing chain is longer than ${MAX_CHAIN} files`);
     const info = parseInfo(await qemuImg(['info', '--output=json', at]), at);
+    // A backing file opened as another format than the one checked would be read differently.
+    const before = chain.at(-1);
+    if (before !== undefined && before.backingFormat !== null && before.backingFormat !== info.format) {
+      throw refuse(path, `${before.path} names its backing file as ${before.backingFormat}, but ${at} is ${info.format}`);
+    }
     chain.push(info);
+    // Every file qemu would open for this layer (extents, data file) obeys the backing file's rules.
+    for (const f of info.files) localFile(path, at, f, 'data file', home, allowOutside);
     const b = info.backing;
     if (b === null) break;
-    if (b.startsWith('json:') || /^[a-z][a-z0-9+.-]*:\/\//i.test(b) || /^[a-z]+:/i.test(b) && !isAbsolute(b)) throw refuse(path, `${at} names a backing file "${b}" that is not a local file`);
-    const full = resolve(dirname(at), b);
-    if (!existsSync(full)) throw refuse(path, `${at} needs its backing file ${full}, which is missing`);
-    const real = realpathSync(full);
-    if (!statSync(real).isFile()) throw refuse(path, `${at} names ${real} as its backing file, which is not a regular file`);
-    if (!allowOutside && !real.startsWith(home + sep)) {
-      throw refuse(path, `${at} names a backing file outside ${home} (${real}); move the chain into one folder, or add --allow-backing-outside if you trust it`);
-    }
+    const real = localFile(path, at, b, 'backing file', home, allowOutside);
     if (chain.some((l) => l.path === real)) throw refuse(path, 'its backing chain loops');
     at = real;
   }
   return chain;
+}
+
+/** A file a layer names, checked: local, regular, in the top file's folder unless allowOutside; its real path. */
+function localFile(path: string, at: string, name: string, what: string, home: string, allowOutside: boolean): string {
+  if (name.startsWith('json:') || /^[a-z][a-z0-9+.-]*:\/\//i.test(name) || (/^[a-z]+:/i.test(name) && !isAbsolute(name))) throw refuse(path, `${at} names a ${what} "${name}" that is not a local file`);
+  const full = resolve(dirname(at), name);
+  if (!existsSync(full)) throw refuse(path, `${at} needs its ${what} ${full}, which is missing`);
+  const real = realpathSync(full);
+  if (!statSync(real).isFile()) throw refuse(path, `${at} names ${real} as its ${what}, which is not a regular file`);
+  if (!allowOutside && !real.startsWith(home + sep)) {
+    throw refuse(path, `${at} names a ${what} outside ${home} (${real}); move the files into one folder, or add --allow-backing-outside if you trust them`);
+  }
+  return real;
 }
 
 function refuse(path: string, why: string): ClonecastError {
@@ -107,7 +124,31 @@ export function parseInfo(json: string, path: string): ImageLayer {
   }
   const backing = v['backing-filename'];
   if (backing !== undefined && typeof backing !== 'string') throw refuse(path, 'its backing file name is not a string');
-  return { path, format: format as VirtualFormat, virtualSize: size, backing: backing ?? null };
+  const backingFormat = v['backing-filename-format'];
+  if (backingFormat !== undefined && typeof backingFormat !== 'string') throw refuse(path, 'its backing file format is not a string');
+  return { path, format: format as VirtualFormat, virtualSize: size, backing: backing ?? null, backingFormat: backingFormat ?? null, files: namedFiles(path, v['format-specific']) };
+}
+
+/** The files a layer's format-specific data names: VMDK extents, a qcow2 external data file. */
+function namedFiles(path: string, spec: unknown): string[] {
+  if (typeof spec !== 'object' || spec === null) return [];
+  const data = (spec as { data?: unknown }).data;
+  if (typeof data !== 'object' || data === null) return [];
+  const files: string[] = [];
+  const d = data as { extents?: unknown; 'data-file'?: unknown };
+  if (d['data-file'] !== undefined) {
+    if (typeof d['data-file'] !== 'string') throw refuse(path, 'its data file name is not a string');
+    files.push(d['data-file']);
+  }
+  if (d.extents !== undefined) {
+    if (!Array.isArray(d.extents) || d.extents.length > 1024) throw refuse(path, 'its extent list is not a list of at most 1024');
+    for (const e of d.extents) {
+      const f = (e as { filename?: unknown } | null)?.filename;
+      if (typeof f !== 'string') throw refuse(path, 'an extent has no file name');
+      files.push(f);
+    }
+  }
+  return files;
 }
 
 /** A running qemu-nbd, stopped by its pid. */

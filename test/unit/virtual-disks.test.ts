@@ -145,6 +145,31 @@ describe('virtual disk export and import through qemu-img and NBD', () => {
     expect(store.versions('evil')).toEqual([1]);
   });
 
+  itNeeds(['qemu-utils'], 'a hostile VMDK extent or qcow2 data file naming a file elsewhere (a secret, a disk) is refused, not imported', async () => {
+    const secretDir = join(dir, 'secret');
+    const evil = join(dir, 'evil-extent');
+    mkdirSync(secretDir);
+    mkdirSync(evil);
+    const secret = join(secretDir, 'key.bin');
+    writeFileSync(secret, Buffer.concat([Buffer.from('TOP-SECRET-SERVER-KEY\n'), Buffer.alloc(MiB - 22)]));
+    const descriptor = (extent: string) => `# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\ncreateType="monolithicFlat"\nRW 2048 FLAT "${extent}" 0\n`;
+    writeFileSync(join(evil, 'disk.vmdk'), descriptor(secret));
+    await expect(importAny(store, join(evil, 'disk.vmdk'), 'stolen')).rejects.toThrow(/data file outside/);
+    writeFileSync(join(evil, 'dev.vmdk'), descriptor('/dev/zero'));
+    await expect(importAny(store, join(evil, 'dev.vmdk'), 'stolen')).rejects.toThrow(/not a regular file/);
+    // A qcow2 whose external data file is the secret.
+    const copy = join(evil, 'data.bin');
+    writeFileSync(copy, readFileSync(secret));
+    await qemuImg('create', '-f', 'qcow2', '-o', `data_file=${copy},data_file_raw=on`, join(evil, 'ext.qcow2'), '1M');
+    await qemuImg('amend', '-f', 'qcow2', '-o', `data_file=${secret}`, join(evil, 'ext.qcow2'));
+    await expect(importAny(store, join(evil, 'ext.qcow2'), 'stolen')).rejects.toThrow(/data file outside/);
+    expect(store.versions('stolen')).toEqual([]);
+    // An extent beside the descriptor (a split VMDK) is what such files normally are: imported.
+    writeFileSync(join(evil, 'beside.vmdk'), descriptor('data.bin'));
+    const ok = await importAny(store, join(evil, 'beside.vmdk'), 'split', { chunkSize: C });
+    expect(ok.diskSize).toBe(MiB);
+  });
+
   itNeeds(['qemu-utils'], 'the CLI says what to install when qemu-img is missing', async () => {
     const r = await cli(['image', 'export', 'pc@2', join(dir, 'x.qcow2'), '--data', join(dir, 'data')], { PATH: join(dir, 'no-such-bin') });
     expect(r.code).not.toBe(0);
