@@ -114,7 +114,7 @@ describe('console routes', () => {
     expect(m.body).not.toHaveProperty('secretHash');
     const v = await call('GET', '/api/images/img/versions');
     expect(v.body.map((x: { version: number }) => x.version)).toEqual([3, 2, 1]);
-    expect(v.body[0]).toMatchObject({ diskSize: 1 << 20, usedBytes: null, badRanges: [] });
+    expect(v.body[0]).toMatchObject({ diskSize: 1 << 20, usedBytes: 1 << 20, badRanges: [] });
   });
 
   it('prune previews by default and removes only when asked; verify checks a version', async () => {
