@@ -23,11 +23,8 @@ import { join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import type { PartitionTable } from '../protocol/partitions.js';
 import { hiveGetDword, hiveGetString, hiveSetStrings } from '../native/hive.js';
+import { MACHINE_NAME, netbiosName } from '../protocol/machine-name.js';
 
-/** A machine name as the registry keeps it (1-64 letters, digits, '.', '_', '-'). */
-const NAME_RE = /^[A-Za-z0-9._-]{1,64}$/;
-/** The longest NetBIOS computer name Windows takes. */
-export const NETBIOS_MAX = 15;
 const SYSTEM_HIVE = '/Windows/System32/config/SYSTEM';
 
 /** What naming did to one partition. */
@@ -47,7 +44,7 @@ export interface NamingOptions {
 
 /** Writes name into every Linux root and Windows system on device; returns what it changed. */
 export function nameMachine(device: string, table: PartitionTable, name: string, o: NamingOptions = {}): Named[] {
-  if (!NAME_RE.test(name)) throw new ClonecastError(ERR.USAGE, `"${name}" cannot be a machine name: 1-64 letters, digits, ".", "_" or "-"`);
+  if (!MACHINE_NAME.test(name)) throw new ClonecastError(ERR.USAGE, `"${name}" cannot be a machine name: 1-64 letters, digits, ".", "_" or "-"`);
   const done: Named[] = [];
   const scratch = mkdtempSync(join(tmpdir(), 'cc-name-'));
   try {
@@ -79,6 +76,14 @@ function debugfs(loop: string, request: string, write = false): string {
 function nameLinux(loop: string, name: string, scratch: string): { system: 'linux'; what: string } | null {
   const exists = (path: string) => !/File not found/.test(spawnSync('debugfs', ['-R', `stat ${path}`, loop], { encoding: 'utf8' }).stderr);
   if (!exists('/etc/hostname') && !exists('/etc/os-release')) return null;
+  // A journal not yet replayed would be replayed over what debugfs writes at the first mount (and its
+  // stale bitmaps could hand debugfs blocks the journal gives to other files): replay it first, as that
+  // mount would. e2fsck -p exits 0 (clean), 1 or 2 (fixed); more means it could not fix the filesystem.
+  const fsck = spawnSync('e2fsck', ['-p', loop], { encoding: 'utf8' });
+  if (fsck.error !== undefined) throw new ClonecastError(ERR.NOT_FOUND, 'e2fsck is missing: install e2fsprogs');
+  if (fsck.status === null || fsck.status > 2) {
+    throw new ClonecastError(ERR.WRITE_ERROR, `the Linux filesystem is not clean and e2fsck -p could not fix it (exit ${fsck.status}): the machine was not named; check it with e2fsck -f`);
+  }
   const hosts = exists('/etc/hosts') ? debugfs(loop, 'cat /etc/hosts') : '127.0.0.1\tlocalhost\n';
   const lines = hosts.split('\n');
   const at = lines.findIndex((l) => /^127\.0\.1\.1\s/.test(l));
@@ -113,7 +118,7 @@ function nameWindows(loop: string, name: string, scratch: string, unattend: stri
   const current = hiveGetDword(hive, 'Select', 'Current') ?? 1;
   if (current < 1 || current > 999) throw new ClonecastError(ERR.PARTITION_TABLE, `the SYSTEM hive's Select\\Current is ${current}: not a control set`);
   const set = `ControlSet${String(current).padStart(3, '0')}`;
-  const netbios = name.slice(0, NETBIOS_MAX).toUpperCase();
+  const netbios = netbiosName(name);
   hiveSetStrings(hive, [
     [`${set}\\Control\\ComputerName\\ComputerName`, 'ComputerName', netbios],
     [`${set}\\Services\\Tcpip\\Parameters`, 'Hostname', name],

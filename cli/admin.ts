@@ -44,11 +44,14 @@ export interface DeploySummary {
 
 /** Creates a session and follows it to the end; true if every machine finished and verified. */
 export async function deploy(c: Client, req: DeployRequest, o: { json: boolean; stream: NodeJS.WriteStream; started?: (s: SessionView) => void }): Promise<{ ok: boolean; summary: DeploySummary }> {
-  const created = await api<SessionView & { woken?: { macs: string[]; broadcasts: string[] } }>(c, 'POST', '/api/sessions', req);
+  const created = await api<SessionView & { woken?: { macs: string[]; broadcasts: string[] } | { error: string }; warnings?: string[] }>(c, 'POST', '/api/sessions', req);
   o.started?.(created);
   const out = o.json ? null : o.stream;
   out?.write(`session ${created.id}: ${created.image}@${created.version} to ${created.group}:${created.port}; waiting for machines (Ctrl-C leaves it running)\n`);
-  if (created.woken !== undefined) out?.write(`woke ${created.woken.macs.length} machine${created.woken.macs.length === 1 ? '' : 's'} (Wake-on-LAN to ${created.woken.broadcasts.join(', ')})\n`);
+  const woken = created.woken;
+  if (woken !== undefined && 'error' in woken) out?.write(`warning: the machines were not woken: ${safeText(woken.error)}\n`);
+  else if (woken !== undefined) out?.write(`woke ${woken.macs.length} machine${woken.macs.length === 1 ? '' : 's'} (Wake-on-LAN to ${woken.broadcasts.join(', ')})\n`);
+  for (const w of created.warnings ?? []) out?.write(`warning: ${safeText(w)}\n`);
   const tty = out?.isTTY === true;
   let drawn = 0;
   let lastPlain = 0;

@@ -27,6 +27,7 @@ import { secretMatches } from './credentials.js';
 import { BootScriptLimits } from './boot-limits.js';
 import { metrics } from './metrics.js';
 import { wakeMachines, type WakeReport } from './wake.js';
+import { namingWarnings } from './session-naming.js';
 import { consoleRoute } from './api-console.js';
 import { DASHBOARD_FILES, dashboardFile } from './dashboard-files.js';
 import type { IntervalHistogram } from 'node:perf_hooks';
@@ -235,9 +236,11 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       case 'POST /api/sessions': {
         const { wake: wakeFirst, ...request } = (await readJson(req)) as SessionRequest & { wake?: unknown };
         const session = await c.sessions.create(request);
-        // The session exists first: a machine that wakes fast finds it waiting.
-        const woken = wakeFirst === true ? await wakeMachines(c.registry, c.sessions, c.wake, { session: session.id }) : undefined;
-        return send(res, 201, { ...shown(session), ...(woken !== undefined ? { woken } : {}) });
+        // The session exists first: a machine that wakes fast finds it waiting. It exists whatever the
+        // wake-up does, so a failed wake-up is part of the answer, not an error (a retry would make a second session).
+        const woken = wakeFirst === true ? await wakeMachines(c.registry, c.sessions, c.wake, { session: session.id }).catch((err: Error) => ({ error: err.message })) : undefined;
+        const warnings = namingWarnings(c.registry, session.rule, session.nameMachines);
+        return send(res, 201, { ...shown(session), ...(woken !== undefined ? { woken } : {}), ...(warnings.length > 0 ? { warnings } : {}) });
       }
       case 'POST /api/wake':
         return send(res, 200, await wakeMachines(c.registry, c.sessions, c.wake, await readJson(req)));

@@ -7,6 +7,10 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { UNATTEND_MAX } from '../protocol/control.js';
+import { netbiosCollisions } from '../protocol/machine-name.js';
+import type { ManifestMeta } from '../protocol/manifest.js';
+import type { Registry } from './registry.js';
+import type { StartRule } from './session-rules.js';
 
 /** What an agent names its machine with (empty strings: nothing). */
 export interface Naming {
@@ -14,10 +18,27 @@ export interface Naming {
   unattend: string;
 }
 
-/** The naming for one machine of a session: nothing when the session says not to name, or the machine has no name. */
-export function namingFor(dataRoot: string, machine: { id: string; name: string }, s: { nameMachines?: boolean }, log?: (level: 'warn', m: string) => void): Naming {
+/**
+ * The naming for one machine of a session: nothing when the session says not to name, or the machine
+ * has no name. The unattend.xml template (it often holds a domain-join or administrator password) goes
+ * only with an image that has a Windows partition.
+ */
+export function namingFor(dataRoot: string, machine: { id: string; name: string }, s: { nameMachines?: boolean }, meta: ManifestMeta, log?: (level: 'warn', m: string) => void): Naming {
   if (s.nameMachines === false || machine.name === '') return { machineName: '', unattend: '' };
-  return { machineName: machine.name, unattend: unattendFor(dataRoot, machine.id, log) };
+  return { machineName: machine.name, unattend: hasWindows(meta) ? unattendFor(dataRoot, machine.id, log) : '' };
+}
+
+/** GPT "Microsoft basic data", MBR NTFS/exFAT (0x07), or an NTFS filesystem seen at import. */
+function hasWindows(meta: ManifestMeta): boolean {
+  return meta.partitionTable.partitions.some((p) => p.type === 'ebd0a0a2-b9e5-4433-87c0-68b6b72699c7' || p.type === '0x07') || meta.partitions?.some((p) => p.fs === 'ntfs') === true;
+}
+
+/** Warnings for a new session whose named machines would get the same Windows computer name. */
+export function namingWarnings(registry: Registry, rule: StartRule, nameMachines: boolean | undefined): string[] {
+  if (nameMachines === false) return [];
+  const machines = rule.machines !== undefined ? rule.machines.map((id) => registry.get(id)) : rule.group !== undefined ? registry.inGroup(rule.group) : [];
+  const names = machines.flatMap((m) => (m !== undefined && m.name !== '' ? [m.name] : []));
+  return netbiosCollisions(names).map((g) => `${g.join(', ')} all become the Windows computer name ${g[0].replace(/[._]/g, '-').slice(0, 15).toUpperCase()} (at most 15 characters): give them names that differ in their first 15 characters`);
 }
 
 function unattendFor(dataRoot: string, mac: string, log?: (level: 'warn', m: string) => void): string {

@@ -336,7 +336,7 @@ export class SessionManager extends EventEmitter {
     m.offlineSince = 0;
     this.o.registry.apply(machine.id, { type: 'report', by: holder(s), state: m.state as MachineStateName, error: '' });
     admit(live, m, machine.address);
-    this.o.agents.send(machine.id, { type: 'assign', assign: assignment(s, m, live, this.o.senderAddress!, resume || differential, namingFor(this.o.store.root, machine, s, this.o.log)) });
+    this.o.agents.send(machine.id, { type: 'assign', assign: assignment(s, m, live, this.o.senderAddress!, resume || differential, namingFor(this.o.store.root, machine, s, live.manifest.meta, this.o.log)) });
     this.emit('changed');
   }
 

@@ -97,7 +97,10 @@ export async function wakeMachines(registry: Registry, sessions: SessionManager,
     const s = typeof b.session === 'number' ? sessions.get(b.session) : undefined;
     if (s === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no session ${String(b.session)}`);
     const ids = s.rule.machines ?? (s.rule.group !== undefined ? registry.inGroup(s.rule.group).map((m) => m.id) : Object.keys(s.machines));
-    if (ids.length === 0) throw new ClonecastError(ERR.NOT_FOUND, `session ${s.id} takes any machine that comes: there is no list of machines to wake; wake them by MAC or group`);
+    if (ids.length === 0) {
+      const why = s.rule.group !== undefined ? `its group "${s.rule.group}" has no machines yet ("clonecast machines set MAC --groups ${s.rule.group}")` : 'it takes any machine that comes: there is no list of machines to wake; wake them by MAC or group';
+      throw new ClonecastError(ERR.NOT_FOUND, `session ${s.id}: ${why}`);
+    }
     macs = ids.flatMap((id) => registry.get(id)?.macs ?? [id]);
   }
   return { ...(await send([...new Set(macs.map((m) => m.toLowerCase().replace(/-/g, ':')))])), unknown };

@@ -120,7 +120,8 @@ export function deployForm(snapshot, preset = {}) {
     const s = await attempt('deploy', () => api('POST', '/api/sessions', req));
     if (s) {
       $('#form-dialog').close();
-      notice(`session ${s.id}: ${s.image}@${s.version} created${s.woken ? `; woke ${s.woken.macs.length} machine(s)` : ''}`);
+      const woke = s.woken?.macs ? `; woke ${s.woken.macs.length} machine(s)` : s.woken?.error ? `; not woken: ${s.woken.error}` : '';
+      notice(`session ${s.id}: ${s.image}@${s.version} created${woke}${s.warnings?.length ? `; ${s.warnings.join('; ')}` : ''}`, Boolean(s.woken?.error || s.warnings?.length));
     }
   };
 }

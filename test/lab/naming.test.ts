@@ -9,7 +9,7 @@ import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { Fleet, until } from './fleet.js';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { detachLoops, itNeeds, loopAttach, tempDir } from '../helpers.js';
 import { minimalHive } from '../fixtures/minimal-hive.js';
@@ -146,6 +146,41 @@ describe('naming deployed machines', () => {
       fleet.down();
     }
   }, 240_000);
+
+  itNeeds([...CAPS, 'fstools'], 'an ext4 root with a journal not yet replayed is named for good: the journal is replayed first, so the first mount does not undo the name', async () => {
+    const disk = makeDisk(join(dir, 'journal'));
+    // Change /etc/hostname through the kernel, then stop the filesystem dead: the change sits in the journal.
+    const mnt = join(dir, 'journal', 'mnt2');
+    mkdirSync(mnt);
+    const p1 = loopAttach(disk, ['--offset', String(MiB), '--sizelimit', String(16 * MiB)]);
+    sh('mount', [p1, mnt]);
+    try {
+      writeFileSync(join(mnt, 'etc', 'hostname'), 'journalled\n');
+      for (let i = 0; i < 50; i++) writeFileSync(join(mnt, 'etc', `f${i}`), `x${i}`);
+      sh('sync', []);
+      sh('xfs_io', ['-x', '-c', 'shutdown -f', mnt]);
+    } finally {
+      sh('umount', [mnt]);
+      spawnSync('losetup', ['-d', p1]);
+    }
+    onPartition(disk, MiB, 16 * MiB, (loop) => expect(sh('dumpe2fs', ['-h', loop])).toMatch(/needs_recovery/));
+    const d = Disk.open(disk);
+    const table = await readTable(d);
+    d.close();
+    expect(nameMachine(disk, table, 'after-crash').map((n) => n.system)).toContain('linux');
+    // What the first boot sees: mount (which would replay a journal) and read the name.
+    onPartition(disk, MiB, 16 * MiB, (loop) => {
+      expect(sh('dumpe2fs', ['-h', loop])).not.toMatch(/needs_recovery/);
+      sh('mount', ['-o', 'ro', loop, mnt]);
+      try {
+        expect(readFileSync(join(mnt, 'etc', 'hostname'), 'utf8')).toBe('after-crash\n');
+        expect(readFileSync(join(mnt, 'etc', 'f49'), 'utf8')).toBe('x49');
+      } finally {
+        sh('umount', [mnt]);
+      }
+      expect(spawnSync('e2fsck', ['-fn', loop]).status).toBe(0);
+    });
+  }, 120_000);
 
   itNeeds(CAPS, 'refuses a name the registry would not give, before touching the disk', () => {
     expect(() => nameMachine('/nonexistent', { scheme: 'none', partitions: [], warnings: [] } as never, 'a b')).toThrow(/cannot be a machine name/);

@@ -103,6 +103,15 @@ describe('Wake-on-LAN', () => {
     await fleet.api('POST', `/api/sessions/${sessions[0].id}/cancel`);
     await d.exited;
 
+    // A session whose wake-up fails still exists, and says so (a retry would make a second session).
+    const empty = fleet.deploy('img', ['--group', 'emptyroom', '--wake']);
+    await until(() => /not woken/.test(empty.out) || empty.child.exitCode !== null, 30_000, 'deploy --wake to say nothing was woken');
+    expect(empty.out).toMatch(/warning: the machines were not woken: session \d+: its group "emptyroom" has no machines yet/);
+    const all = (await fleet.api('GET', '/api/sessions')) as { id: number; state: string }[];
+    expect(all).toHaveLength(2);
+    await fleet.api('POST', `/api/sessions/${Math.max(...all.map((x) => x.id))}/cancel`);
+    await empty.exited;
+
     await new Promise((r) => setTimeout(r, 300));
     dump!.kill('SIGINT');
     await until(() => dump!.exitCode !== null || dump!.signalCode !== null, 10_000, 'tcpdump to stop');
