@@ -240,3 +240,20 @@ export async function until(check: () => boolean | Promise<boolean>, timeoutMs: 
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
+
+/**
+ * page.goto that tries again when Chromium reports ERR_NETWORK_CHANGED: it
+ * watches the interfaces of its network namespace, and a lab built or torn
+ * down beside it (veth pairs appear there before they move) aborts a load.
+ */
+export async function gotoSteady(page: { goto(url: string): Promise<unknown> }, url: string, tries = 5): Promise<void> {
+  for (let i = 1; ; i++) {
+    try {
+      await page.goto(url);
+      return;
+    } catch (err) {
+      if (i >= tries || !/ERR_NETWORK_CHANGED/.test((err as Error).message)) throw err;
+      await new Promise((r) => setTimeout(r, 500 * i));
+    }
+  }
+}

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { ownHostname } from '../../server/lab/cli.js';
-import { chromiumPin, CLI, dashboardLogin, itNeeds, missing, ROOT, tempDir } from '../helpers.js';
+import { chromiumPin, CLI, dashboardLogin, gotoSteady, itNeeds, missing, ROOT, tempDir } from '../helpers.js';
 import { Fleet, URL_, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
@@ -75,7 +75,7 @@ describe('dashboard console in a real browser', () => {
       const page = await browser.newPage({ viewport: { width: 1440, height: 900 } });
       let loads = 0;
       page.on('load', () => loads++);
-      await page.goto(URL_);
+      await gotoSteady(page, URL_);
       // While it asks for the token the page does not claim a failed connection.
       await page.waitForSelector('#login:not([hidden])');
       expect(await page.getAttribute('#conn', 'class')).not.toBe('bad');

@@ -11,7 +11,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
-import { chromiumPin, dashboardLogin, itNeeds, missing, ROOT, tempDir } from '../helpers.js';
+import { chromiumPin, dashboardLogin, gotoSteady, itNeeds, missing, ROOT, tempDir } from '../helpers.js';
 import { Fleet, URL_, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
@@ -51,7 +51,7 @@ describe('dashboard in a real browser', () => {
       const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
       let loads = 0;
       page.on('load', () => loads++);
-      await page.goto(URL_);
+      await gotoSteady(page, URL_);
       // The token is typed into the login field: it is never in a URL the browser keeps.
       await dashboardLogin(page, fleet.token);
       await page.waitForSelector('#main:not([hidden])');
