@@ -1,12 +1,12 @@
 import { describe, expect, beforeAll } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdirSync, readFileSync, statSync, writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Store } from '../../server/store/store.js';
 import { exportImage } from '../../server/store/export.js';
 import { exportVirtual } from '../../server/store/export-virtual.js';
-import { importAny } from '../../server/store/import-virtual.js';
+import { importAny, serveWithQemuNbd } from '../../server/store/import-virtual.js';
 import { importImage } from '../../server/store/import.js';
 import { cli, itNeeds, seeded, tempDir, texty } from '../helpers.js';
 
@@ -122,6 +122,21 @@ describe('virtual disk export and import through qemu-img and NBD', () => {
     const other = join(att, 'other.raw');
     writeFileSync(other, seeded(8 * MiB, 99));
     await expect(exportVirtual(store, { name: 'att', version: 2 }, join(att, 'w.qcow2'), { format: 'qcow2', backing: { ref: { name: 'att', version: 1 }, file: other, format: 'raw' } })).rejects.toThrow(/not the same disk as att@1/);
+  });
+
+  itNeeds(['qemu-utils'], 'qemu-nbd failing to open the image is reported with what it said, not as "cannot connect", and its temp folder is removed', async () => {
+    const tmp = join(dir, 'nbdtmp');
+    mkdirSync(tmp);
+    const old = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    try {
+      // A raw file opened as qcow2: qemu-nbd makes its socket, then fails to open the image.
+      await expect(serveWithQemuNbd(raw1, 'qcow2')).rejects.toThrow(/qemu-nbd could not serve .*v1\.raw as qcow2: .*qcow2/);
+    } finally {
+      if (old === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = old;
+    }
+    expect(readdirSync(tmp)).toEqual([]);
   });
 
   itNeeds(['qemu-utils'], 'a qcow2 with a backing chain made by qemu-img imports and exports byte for byte; onto its base image it stores only the changed chunks', async () => {
