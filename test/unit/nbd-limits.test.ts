@@ -88,7 +88,7 @@ describe('NBD exports against peers without the key', () => {
   });
 
   it('silent TCP connections do not block the key holder: those over the per-address cap are closed at once, the rest at the handshake deadline', async () => {
-    exports = new NbdExports(store, '127.0.0.1', 600_000, { handshakeMs: 2000 });
+    exports = new NbdExports(store, '127.0.0.1', 600_000, { handshakeMs: 5000 });
     const o = await exports.offer('lab', 1);
     const srv = exports.servers[0];
     // 16 connections from another address that send nothing: the old server gave each a slot and never let go.
