@@ -156,6 +156,8 @@ export interface QemuNbd {
   pid: number;
   socket: string;
   stop(): Promise<void>;
+  /** What qemu-nbd printed on stderr so far (trimmed, at most 2000 characters). */
+  stderr(): string;
 }
 
 /** Starts `qemu-nbd --read-only` for file (format fmt) on a Unix socket and waits until it listens. */
@@ -179,5 +181,5 @@ export async function startQemuNbd(file: string, fmt: VirtualFormat, socket: str
     await stop();
     throw new ClonecastError(ERR.READ_ERROR, `qemu-nbd could not serve ${file}: ${Buffer.concat(err).toString('utf8').trim().slice(0, 2000) || 'it did not start listening'}`);
   }
-  return { pid: child.pid!, socket, stop };
+  return { pid: child.pid!, socket, stop, stderr: () => Buffer.concat(err).toString('utf8').trim().slice(0, 2000) };
 }

@@ -9,7 +9,7 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 export const imageExport: Command = {
   name: 'image export',
   summary: 'Write one version to a raw file (sparse), a block device, or a qcow2/vmdk/vhdx/vdi/vpc file, checking every chunk first.',
-  usage: 'NAME[@V] DEST [--format qcow2|vmdk|vhdx|vdi|vpc|raw] [--compress] [--backing NAME@U=FILE]',
+  usage: 'NAME[@V] DEST [--format qcow2|vmdk|vhdx|vdi|vpc|raw] [--compress] [--backing NAME@U=FILE[:FMT]]',
   positionals: [{ name: 'NAME[@V]' }, { name: 'DEST' }],
   options: {
     force: {
@@ -21,7 +21,7 @@ export const imageExport: Command = {
     size: { kind: 'positive', value: 'BYTES', help: 'Make a file target this large (at least the image\'s disk size); the GPT backup goes to its end.' },
     format: { kind: 'string', value: 'FMT', help: 'The format: qcow2, vmdk, vhdx, vdi, vpc (VHD) or raw; the virtual formats are written by qemu-img (Debian qemu-utils).', default: 'from DEST\'s extension (.qcow2 .vmdk .vhdx .vdi .vhd), else raw' },
     compress: { kind: 'flag', help: 'Compress the clusters (qcow2 and vmdk only).' },
-    backing: { kind: 'string', value: 'NAME@U=FILE', help: 'Write a qcow2 overlay on FILE, an earlier export of NAME@U: it holds only the chunks that differ between U and this version.' },
+    backing: { kind: 'string', value: 'NAME@U=FILE[:FMT]', help: 'Write a qcow2 overlay on FILE, an earlier export of NAME@U in format FMT (raw, qcow2, ...; without it, what qemu-img sees): it holds only the chunks that differ between U and this version. FILE must read, in that format, as exactly NAME@U and name no other file.' },
     ...WORKERS,
     ...COMMON,
   },
@@ -52,11 +52,16 @@ export const imageExport: Command = {
     for (const o of ['discard', 'grow-last', 'size'] as const) {
       if (ctx.values[o] !== undefined) throw ctx.usage(`--${o} applies to raw files and disks, not to --format ${format}${backingOpt !== undefined ? ' or --backing' : ''}: export raw, or resize the virtual disk with qemu-img resize`);
     }
-    let backing: { ref: ReturnType<typeof parseRef>; file: string } | undefined;
+    let backing: { ref: ReturnType<typeof parseRef>; file: string; format?: VirtualFormat } | undefined;
     if (backingOpt !== undefined) {
       const eq = backingOpt.indexOf('=');
       if (eq <= 0 || eq === backingOpt.length - 1) throw ctx.usage(`--backing ${backingOpt}: write NAME@U=FILE, e.g. --backing pc@1=pc-1.qcow2`);
-      backing = { ref: parseRef(backingOpt.slice(0, eq)), file: backingOpt.slice(eq + 1) };
+      let file = backingOpt.slice(eq + 1);
+      const colon = file.lastIndexOf(':');
+      const fmt = colon > 0 ? file.slice(colon + 1) : '';
+      const known = (VIRTUAL_FORMATS as readonly string[]).includes(fmt) || fmt === 'raw';
+      if (known) file = file.slice(0, colon);
+      backing = { ref: parseRef(backingOpt.slice(0, eq)), file, format: known ? (fmt as VirtualFormat) : undefined };
     }
     const { exportVirtual } = await import('../../server/store/export-virtual.js');
     const s = await exportVirtual(ctx.store(), parseRef(ref), dest, { format, compress: ctx.flag('compress'), backing, force: ctx.flag('force') });

@@ -27,7 +27,7 @@ export class ByteReader {
 
   constructor(
     readonly stream: Duplex,
-    private readonly limit = 1 << 20,
+    private limit = 1 << 20,
   ) {
     stream.on('data', this.onData);
     stream.on('end', this.onEnd);
@@ -47,6 +47,13 @@ export class ByteReader {
       this.waiter = { n, resolve, reject };
       this.wake();
     });
+  }
+
+  /** Changes how many unread bytes are buffered before the stream is paused. */
+  setLimit(limit: number): void {
+    this.limit = limit;
+    if (this.buffered <= limit && this.stream.isPaused()) this.stream.resume();
+    this.wake();
   }
 
   /** Stops listening (before the stream is handed to another reader, e.g. a TLS wrapper). */

@@ -34,13 +34,19 @@ import type { ImageSource } from './image-source.js';
 export const MAX_OPTION_DATA = 64 << 10;
 /** Largest READ or BLOCK_STATUS length served; more is refused and the connection closed. */
 export const MAX_REQUEST = 32 << 20;
+/** Bytes buffered from a client before its GO: options are small, so an unauthenticated peer costs little memory. */
+export const HANDSHAKE_BUFFER = 128 << 10;
+/** Bytes buffered once the export is open (pipelined requests). */
+export const TRANSMISSION_BUFFER = MAX_REQUEST + (1 << 20);
+/** Default time from accept to GO, TLS included; a peer that stalls longer is closed. */
+export const DEFAULT_HANDSHAKE_MS = 10_000;
 /** Most block status descriptors in one reply. */
 export const MAX_EXTENTS = 4096;
 /** The id of base:allocation on every connection. */
 const BASE_ALLOCATION_ID = 1;
 
 /** Why a connection ended, for counters and tests. */
-export type CloseReason = 'done' | 'bad-flags' | 'bad-option-magic' | 'option-too-big' | 'bad-request-magic' | 'write-refused' | 'too-big' | 'bad-command' | 'read-failed' | 'io' | 'tls-failed';
+export type CloseReason = 'done' | 'bad-flags' | 'bad-option-magic' | 'option-too-big' | 'bad-request-magic' | 'write-refused' | 'too-big' | 'bad-command' | 'read-failed' | 'io' | 'tls-failed' | 'handshake-timeout' | 'busy';
 
 /** What a connection needs from its server. */
 export interface ConnectionContext {
@@ -51,6 +57,12 @@ export interface ConnectionContext {
   tls?: TLSSocketOptions;
   /** Refuse every option but STARTTLS and ABORT until TLS is up. */
   requireTls: boolean;
+  /** Time from accept to GO (default DEFAULT_HANDSHAKE_MS). */
+  handshakeMs?: number;
+  /** The client chose its export; false closes it (the server serves enough clients already). */
+  onReady(): boolean;
+  /** A transmission request arrived. */
+  onRequest(): void;
   onClose(reason: CloseReason): void;
 }
 
@@ -63,8 +75,15 @@ class Close extends Error {
 /** Serves one connection until it ends; never throws. */
 export async function serveConnection(socket: Socket, ctx: ConnectionContext): Promise<void> {
   let stream: Duplex = socket;
-  let reader = new ByteReader(stream, MAX_REQUEST + (1 << 20));
+  let reader = new ByteReader(stream, HANDSHAKE_BUFFER);
   let reason: CloseReason = 'done';
+  let timedOut = false;
+  // Until GO, TLS included: a peer that connects and stalls must not hold a slot (or the export open) for long.
+  const deadline = setTimeout(() => {
+    timedOut = true;
+    stream.destroy();
+    socket.destroy();
+  }, ctx.handshakeMs ?? DEFAULT_HANDSHAKE_MS);
   const send = async (b: Buffer) => {
     if (!stream.write(b)) await new Promise<void>((resolve, reject) => {
       const ok = () => { stream.off('close', gone); resolve(); };
@@ -117,7 +136,7 @@ export async function serveConnection(socket: Socket, ctx: ConnectionContext): P
               secure.once('close', () => reject(new Close('tls-failed')));
             });
             stream = secure;
-            reader = new ByteReader(stream, MAX_REQUEST + (1 << 20));
+            reader = new ByteReader(stream, HANDSHAKE_BUFFER);
             tlsUp = true;
           }
           break;
@@ -157,6 +176,10 @@ export async function serveConnection(socket: Socket, ctx: ConnectionContext): P
           if (q === null) await reply(NBD.REP_ERR_INVALID);
           else if (found === undefined) await reply(NBD.REP_ERR_UNKNOWN);
           else {
+            if (option === NBD.OPT_GO && !ctx.onReady()) {
+              await reply(NBD.REP_ERR_SHUTDOWN);
+              throw new Close('busy');
+            }
             await reply(NBD.REP_INFO, encodeInfoExport(BigInt(found.size), transmissionFlags(structured)));
             if (q.infos.includes(NBD.INFO_BLOCK_SIZE)) await reply(NBD.REP_INFO, encodeInfoBlockSize(1, 4096, MAX_REQUEST));
             await reply(NBD.REP_ACK);
@@ -168,6 +191,7 @@ export async function serveConnection(socket: Socket, ctx: ConnectionContext): P
           // proto.md "NBD_OPT_EXPORT_NAME": no error reply exists; an unknown name closes.
           const found = ctx.lookup(data.toString('utf8'));
           if (found === undefined) throw new Close('bad-command');
+          if (!ctx.onReady()) throw new Close('busy');
           const b = Buffer.alloc(noZeroes ? 10 : 134);
           b.writeBigUInt64BE(BigInt(found.size), 0);
           b.writeUInt16BE(transmissionFlags(structured), 8);
@@ -180,9 +204,12 @@ export async function serveConnection(socket: Socket, ctx: ConnectionContext): P
       }
     }
     // ---- transmission (proto.md "Transmission phase") ----
+    clearTimeout(deadline);
+    reader.setLimit(TRANSMISSION_BUFFER);
     for (;;) {
       const req = decodeRequest(await reader.read(NBD.REQUEST_SIZE));
       if (req === null) throw new Close('bad-request-magic');
+      ctx.onRequest();
       const fail = async (error: number, message: string) => {
         if (structured) await send(encodeStructuredError(NBD.REPLY_FLAG_DONE, req.handle, error, message));
         else await send(encodeSimpleReply(error, req.handle));
@@ -226,8 +253,9 @@ export async function serveConnection(socket: Socket, ctx: ConnectionContext): P
       }
     }
   } catch (err) {
-    reason = err instanceof Close ? err.reason : 'io';
+    reason = timedOut ? 'handshake-timeout' : err instanceof Close ? err.reason : 'io';
   } finally {
+    clearTimeout(deadline);
     reader.detach();
     stream.end();
     stream.destroy();

@@ -13,12 +13,23 @@ import type { ImageRef, Store } from '../store/store.js';
 import { serveConnection, type CloseReason } from './connection.js';
 import { ImageSource } from './image-source.js';
 
-/** Most connections at once per server. */
+/** Most clients past GO at once per server. */
 export const DEFAULT_MAX_CONNECTIONS = 16;
+/** Most connections still in the handshake (TLS included) at once per server. */
+export const DEFAULT_MAX_HANDSHAKES = 8;
+/** Most connections in the handshake at once from one TCP address. */
+export const DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 4;
 
 /** Options of NbdServer. */
 export interface NbdServerOptions {
+  /** Clients past GO (default DEFAULT_MAX_CONNECTIONS). */
   maxConnections?: number;
+  /** Connections in the handshake (default DEFAULT_MAX_HANDSHAKES). */
+  maxHandshakes?: number;
+  /** Connections in the handshake from one TCP address (default DEFAULT_MAX_HANDSHAKES_PER_ADDRESS). */
+  maxHandshakesPerAddress?: number;
+  /** Time from accept to GO, TLS included (default DEFAULT_HANDSHAKE_MS in connection.ts). */
+  handshakeMs?: number;
   /** Decoded-chunk cache per export, in bytes. */
   cacheBytes?: number;
 }
@@ -34,12 +45,15 @@ export interface NbdExport {
 export class NbdServer {
   private readonly exports = new Map<string, NbdExport>();
   private readonly listeners: Server[] = [];
-  private readonly sockets = new Set<Socket>();
+  /** Connections in the handshake, with their TCP address (undefined on a Unix socket). */
+  private readonly handshaking = new Map<Socket, string | undefined>();
+  /** Connections past GO. */
+  private readonly serving = new Set<Socket>();
   private readonly unixPaths: string[] = [];
   private lock: Lock | undefined;
   /** Connections closed, by reason. */
   readonly closed: Partial<Record<CloseReason, number>> = {};
-  /** Milliseconds-since-epoch of the last connection activity (open or close). */
+  /** Milliseconds-since-epoch of the last activity of a client past GO (GO, a request, its close); handshakes do not count. */
   lastActivity = Date.now();
 
   constructor(
@@ -69,9 +83,14 @@ export class NbdServer {
     return this.exports.get(name)?.source;
   }
 
-  /** Connections open now. */
+  /** Clients past GO now. */
   get connections(): number {
-    return this.sockets.size;
+    return this.serving.size;
+  }
+
+  /** Connections still in the handshake now. */
+  get handshakes(): number {
+    return this.handshaking.size;
   }
 
   /** Listens on a Unix socket, made mode 0600 before anyone can connect. */
@@ -102,22 +121,36 @@ export class NbdServer {
   }
 
   private makeServer(tls: TLSSocketOptions | undefined, requireTls: boolean): Server {
+    const o = this.options;
     const server = createServer({ noDelay: true }, (socket) => {
       socket.on('error', () => undefined);
-      if (this.sockets.size >= (this.options.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) {
+      const address = requireTls ? socket.remoteAddress : undefined;
+      const fromAddress = address === undefined ? 0 : [...this.handshaking.values()].filter((a) => a === address).length;
+      if (this.handshaking.size >= (o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES) || fromAddress >= (o.maxHandshakesPerAddress ?? DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)) {
+        this.closed.busy = (this.closed.busy ?? 0) + 1;
         socket.destroy();
         return;
       }
-      this.sockets.add(socket);
-      this.lastActivity = Date.now();
+      this.handshaking.set(socket, address);
       void serveConnection(socket, {
         lookup: (n) => this.lookup(n),
         names: () => [...this.exports.keys()],
         tls,
         requireTls,
-        onClose: (reason) => {
-          this.sockets.delete(socket);
+        handshakeMs: o.handshakeMs,
+        onReady: () => {
+          this.handshaking.delete(socket);
+          if (this.serving.size >= (o.maxConnections ?? DEFAULT_MAX_CONNECTIONS)) return false;
+          this.serving.add(socket);
           this.lastActivity = Date.now();
+          return true;
+        },
+        onRequest: () => {
+          this.lastActivity = Date.now();
+        },
+        onClose: (reason) => {
+          this.handshaking.delete(socket);
+          if (this.serving.delete(socket)) this.lastActivity = Date.now();
           this.closed[reason] = (this.closed[reason] ?? 0) + 1;
         },
       });
@@ -128,7 +161,7 @@ export class NbdServer {
 
   /** Closes every listener and connection and releases the reader's lock. */
   async close(): Promise<void> {
-    for (const s of this.sockets) s.destroy();
+    for (const s of [...this.handshaking.keys(), ...this.serving]) s.destroy();
     await Promise.all(this.listeners.map((l) => new Promise<void>((resolve) => l.close(() => resolve()))));
     for (const p of this.unixPaths) {
       try {

@@ -9,7 +9,8 @@
  * token holder over the HTTPS API, or printed by `clonecast image nbd`.
  */
 import { randomBytes, timingSafeEqual } from 'node:crypto';
-import { mkdirSync, writeFileSync } from 'node:fs';
+import { closeSync, lstatSync, mkdirSync, openSync, renameSync, unlinkSync, writeSync } from 'node:fs';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { join } from 'node:path';
 import type { TLSSocketOptions } from 'node:tls';
 
@@ -45,9 +46,31 @@ export function newPsk(): NbdPsk {
   };
 }
 
-/** Writes DIR/keys.psk (mode 0600, DIR mode 0700) for qemu's tls-creds-psk. */
+/**
+ * Writes DIR/keys.psk (mode 0600) for qemu's tls-creds-psk. DIR is made mode
+ * 0700, or must already be a folder (not a symbolic link) of ours with mode
+ * 0700: the default DIR sits in the working folder, often /tmp, where someone
+ * else could have made it first. The key goes to a fresh file, renamed into
+ * place, so a keys.psk planted as a link is replaced, never followed.
+ */
 export function writePskDir(dir: string, psk: NbdPsk): string {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
-  writeFileSync(join(dir, 'keys.psk'), `${psk.identity}:${psk.keyHex}\n`, { mode: 0o600 });
+  const st = lstatSync(dir);
+  const uid = process.getuid?.();
+  if (!st.isDirectory() || (uid !== undefined && st.uid !== uid) || (st.mode & 0o777) !== 0o700) {
+    const what = !st.isDirectory() ? 'not a folder' : uid !== undefined && st.uid !== uid ? `owned by uid ${st.uid}, not by us` : `mode ${(st.mode & 0o777).toString(8)}, not 700`;
+    throw new ClonecastError(ERR.REFUSED, `refusing to write the NBD key into ${dir}: it is ${what}; remove it, or name a new folder with --psk-dir`, { path: dir });
+  }
+  const tmp = join(dir, `.keys.psk.${randomBytes(8).toString('hex')}`);
+  const fd = openSync(tmp, 'wx', 0o600);
+  try {
+    writeSync(fd, `${psk.identity}:${psk.keyHex}\n`);
+  } catch (err) {
+    closeSync(fd);
+    unlinkSync(tmp);
+    throw err;
+  }
+  closeSync(fd);
+  renameSync(tmp, join(dir, 'keys.psk'));
   return dir;
 }

@@ -17,6 +17,11 @@ import { typeName, type Partition } from '../../protocol/partitions.js';
 import { formatBytes } from '../progress.js';
 import { parseRef, type ImageRef, type Store } from './store.js';
 
+/** Largest assembled disk: 64 TiB, as native/qemu-img.ts MAX_VIRTUAL_SIZE takes for an imported virtual disk. */
+export const MAX_ASSEMBLED_SIZE = 64 * 2 ** 40;
+/** Most chunks in an assembled disk (4 TiB at 4 MiB chunks): its chunk table is built in memory, in the server process for the API. */
+export const MAX_ASSEMBLED_CHUNKS = 2 ** 20;
+
 /** Partitions start on multiples of this (or of the chunk size, if larger). */
 export const ASSEMBLY_ALIGN = 1 << 20;
 
@@ -141,6 +146,8 @@ export async function planAssembly(store: Store, specs: readonly PartSpec[], opt
   if (options.size !== undefined) {
     if (!Number.isSafeInteger(options.size) || options.size % sectorSize !== 0) throw usage(`--size ${options.size} is not a whole number of ${sectorSize}-byte sectors`);
     if (options.size < needed) throw usage(`--size ${options.size} is smaller than the ${needed} bytes (${formatBytes(needed)}) these partitions and the table need; give at least ${needed}, or leave --size out`, { needed });
+    const most = Math.min(MAX_ASSEMBLED_SIZE, MAX_ASSEMBLED_CHUNKS * chunkSize);
+    if (options.size > most) throw usage(`--size ${options.size} is larger than the ${most} bytes (${formatBytes(most)}) an assembled disk may have (${MAX_ASSEMBLED_CHUNKS} chunks of ${formatBytes(chunkSize)}, at most ${formatBytes(MAX_ASSEMBLED_SIZE)}); give a smaller --size`, { most });
     diskSize = options.size;
   }
   if (options.growLast === true) {

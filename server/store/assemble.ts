@@ -122,6 +122,8 @@ async function assemble(store: Store, name: string, plan: AssemblyPlan, codec: C
   const stats = { reusedChunks: 0, builtChunks: 0 };
   let k = 0;
   for (let i = 0; i < n; i++) {
+    // Empty stretches cost no await: let the event loop (the API, the sessions) run now and then.
+    if (i % 4096 === 4095) await new Promise((r) => setImmediate(r));
     const a = i * chunkSize;
     const b = a + chunkLength(i, diskSize, chunkSize);
     while (k < pieces.length && pieces[k].to <= a) k++;

@@ -23,8 +23,8 @@ const COMPRESSIBLE: readonly VirtualFormat[] = ['qcow2', 'vmdk'];
 export interface VirtualExportOptions extends ExportOptions {
   format: VirtualFormat;
   compress?: boolean;
-  /** An overlay over FILE, an earlier export of version ref. */
-  backing?: { ref: ImageRef; file: string };
+  /** An overlay over FILE, an earlier export of version ref, in format (default: what qemu-img sees, then checked). */
+  backing?: { ref: ImageRef; file: string; format?: VirtualFormat };
 }
 
 /** What exportVirtual() did. */
@@ -61,22 +61,17 @@ export async function exportVirtual(store: Store, ref: ImageRef, dest: string, o
   const dir = mkdtempSync(join(tmpdir(), 'clonecast-nbd-'));
   try {
     let backingName: string | null = null;
-    let backingFormat: string | undefined;
+    let backingFormat: VirtualFormat | undefined;
     const e = await server.add(ref, 'export', options.backing?.ref);
+    const socket = join(dir, 'export.sock');
     if (options.backing !== undefined) {
+      await server.add(options.backing.ref, 'backing');
+      await server.listenUnix(socket);
       const file = resolve(options.backing.file);
-      const info = parseInfo(await qemuImg(['info', '--output=json', file]), file);
-      const base = store.resolve(options.backing.ref);
-      const baseSize = (await store.readManifest(base.name, base.version)).meta.diskSize;
-      if (info.virtualSize !== baseSize) {
-        throw new ClonecastError(ERR.USAGE, `${file} is ${info.virtualSize} bytes but ${base.name}@${base.version} is ${baseSize}: it is not an export of that version; export ${base.name}@${base.version} again and use that file`);
-      }
-      backingFormat = info.format;
+      backingFormat = await checkBacking(store, options.backing.ref, file, options.backing.format, nbdUnixUri(socket, 'backing'));
       // Stored relative to the overlay, so the pair can move together.
       backingName = relative(dirname(resolve(dest)), file);
-    }
-    const socket = join(dir, 'export.sock');
-    await server.listenUnix(socket);
+    } else await server.listenUnix(socket);
     // -f raw: the disk's own bytes are never probed as an image format (a stored disk may begin with a qcow2 header naming host files).
     const args = ['convert', '-f', 'raw', '-O', format];
     if (options.compress === true) args.push('-c');
@@ -92,6 +87,35 @@ export async function exportVirtual(store: Store, ref: ImageRef, dest: string, o
     await server.close();
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/**
+ * The format every later reader will open FILE as, once FILE is known to be
+ * version base: read in that format it names no file of its own (backing
+ * file, data file, extent) and `qemu-img compare` finds it identical to the
+ * stored version. A raw export of a disk that begins with a qcow2 header is
+ * probed as qcow2; recording that would send every reader of the overlay to
+ * the files the header names.
+ */
+async function checkBacking(store: Store, base: ImageRef, file: string, given: VirtualFormat | undefined, baseUri: string): Promise<VirtualFormat> {
+  const b = store.resolve(base);
+  const label = `${b.name}@${b.version}`;
+  const again = `export ${label} again (e.g. --format raw) and use that file, naming its format: --backing ${label}=FILE:raw`;
+  const infoArgs = ['info', '--output=json', ...(given !== undefined ? ['-f', given] : []), file];
+  const info = parseInfo(await qemuImg(infoArgs), file);
+  if (info.backing !== null || info.files.length > 0) {
+    throw new ClonecastError(ERR.REFUSED, `${file} read as ${info.format} names other files (${[info.backing, ...info.files].filter((f) => f !== null).join(', ')}): an export of ${label} names none; ${again}`);
+  }
+  const baseSize = (await store.readManifest(b.name, b.version)).meta.diskSize;
+  if (info.virtualSize !== baseSize) {
+    throw new ClonecastError(ERR.USAGE, `${file} is ${info.virtualSize} bytes but ${label} is ${baseSize}: it is not an export of that version; ${again}`);
+  }
+  try {
+    await qemuImg(['compare', '-q', '-f', info.format, '-F', 'raw', file, baseUri]);
+  } catch {
+    throw new ClonecastError(ERR.REFUSED, `${file} read as ${info.format} is not the same disk as ${label}: it is not an export of that version; ${again}`);
+  }
+  return info.format;
 }
 
 function allocated(path: string): number {

@@ -9,7 +9,8 @@
 import { closeSync, mkdtempSync, openSync, readSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { inspectChain, startQemuNbd, type ImageLayer } from '../../native/qemu-img.js';
+import { inspectChain, startQemuNbd, type ImageLayer, type QemuNbd, type VirtualFormat } from '../../native/qemu-img.js';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { NbdClient } from '../nbd/client.js';
 import { importImage, type ImportOptions, type ImportSummary } from './import.js';
 import { NbdChunkSource } from './import-source.js';
@@ -67,18 +68,46 @@ export async function importAny(store: Store, src: string, name: string, options
   const chain = await inspectChain(src, options.allowBackingOutside === true);
   const top = chain[0];
   if (top.format === 'raw') return { ...(await importImage(store, src, name, options)), format: 'raw', chain };
-  const dir = mkdtempSync(join(tmpdir(), 'clonecast-nbd-'));
-  const nbd = await startQemuNbd(top.path, top.format, join(dir, 'disk.sock'));
-  let client: NbdClient | undefined;
+  const served = await serveWithQemuNbd(top.path, top.format);
   try {
-    client = await NbdClient.connectUnix(nbd.socket);
     const describe = chain.map((l) => `${l.path} (${l.format})`).join(' on ');
-    const source = new NbdChunkSource(client, src, options.description ?? `imported from ${describe}`);
+    const source = new NbdChunkSource(served.client, src, options.description ?? `imported from ${describe}`);
     const summary = await importImage(store, src, name, { ...options, source });
     return { ...summary, format: top.format, chain, bytesReadOverNbd: source.chunkBytesRead };
   } finally {
+    await served.close();
+  }
+}
+
+/**
+ * Serves file with qemu-nbd in a private folder and connects to it. qemu-nbd
+ * makes its socket before it opens the image, so a failure to open shows as
+ * a refused connection: then qemu-nbd is stopped and what it printed is the
+ * error. The folder is removed whatever happens.
+ */
+export async function serveWithQemuNbd(file: string, fmt: VirtualFormat): Promise<{ client: NbdClient; close(): Promise<void> }> {
+  let dir: string | undefined;
+  let nbd: QemuNbd | undefined;
+  let client: NbdClient | undefined;
+  const close = async () => {
     client?.close();
-    await nbd.stop();
-    rmSync(dir, { recursive: true, force: true });
+    await nbd?.stop();
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    dir = mkdtempSync(join(tmpdir(), 'clonecast-nbd-'));
+    nbd = await startQemuNbd(file, fmt, join(dir, 'disk.sock'));
+    try {
+      client = await NbdClient.connectUnix(nbd.socket);
+    } catch (err) {
+      await nbd.stop();
+      const said = nbd.stderr();
+      if (said !== '') throw new ClonecastError(ERR.READ_ERROR, `qemu-nbd could not serve ${file} as ${fmt}: ${said}`, { path: file });
+      throw err;
+    }
+    return { client, close };
+  } catch (err) {
+    await close();
+    throw err;
   }
 }

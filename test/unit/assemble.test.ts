@@ -190,6 +190,14 @@ describe('image assemble', () => {
     expect(store.versions('bad').length).toBe(before);
   }, 120_000);
 
+  itNeeds(NEEDS, 'an absurd --size (2^44 bytes) is refused at once, not planned chunk by chunk in memory', async () => {
+    const before = store.versions('huge').length;
+    const err = await assembleImage(store, 'huge', specs('srca:1'), { size: 2 ** 44 }).then(() => null, (e: unknown) => e);
+    expect(isError(err, ERR.USAGE), String(err)).toBe(true);
+    expect((err as Error).message).toMatch(/larger than the .* an assembled disk may have/);
+    expect(store.versions('huge').length).toBe(before);
+  });
+
   itNeeds(NEEDS, 'refuses a source whose table puts a partition beyond its disk (a forged manifest)', async () => {
     const m: Manifest = await store.readManifest('srcb', 1);
     m.meta.partitionTable.partitions[1].size = 1 << 40;

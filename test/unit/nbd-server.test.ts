@@ -91,7 +91,7 @@ beforeAll(async () => {
   seeded(4 * C, 2).copy(image, 12 * C);
   writeFileSync(join(dir, 'lab.raw'), image);
   await importImage(store, join(dir, 'lab.raw'), 'lab', { chunkSize: C, workers: 1 });
-  server = new NbdServer(store, { maxConnections: 4 });
+  server = new NbdServer(store, { maxConnections: 4, maxHandshakes: 4 });
   await server.add({ name: 'lab', version: 1 });
   sock = join(dir, 'nbd.sock');
   await server.listenUnix(sock);
@@ -200,7 +200,7 @@ describe('NBD export server', () => {
     await r.waitClosed();
   });
 
-  it('caps connections: one over the limit is closed at once', async () => {
+  it('caps connections in the handshake: one over the limit is closed at once', async () => {
     const held = await Promise.all([1, 2, 3, 4].map(() => Raw.open(sock)));
     await Promise.all(held.map((h) => h.read(18)));
     const extra = await Raw.open(sock);

@@ -1,12 +1,13 @@
 import { describe, expect, beforeAll } from 'vitest';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdirSync, readFileSync, statSync, writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync, truncateSync, openSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { Store } from '../../server/store/store.js';
 import { exportImage } from '../../server/store/export.js';
 import { exportVirtual } from '../../server/store/export-virtual.js';
-import { importAny } from '../../server/store/import-virtual.js';
+import { importAny, serveWithQemuNbd } from '../../server/store/import-virtual.js';
+import { importImage } from '../../server/store/import.js';
 import { cli, itNeeds, seeded, tempDir, texty } from '../helpers.js';
 
 const run = promisify(execFile);
@@ -89,6 +90,53 @@ describe('virtual disk export and import through qemu-img and NBD', () => {
     expect(s.fileBytes * 4).toBeLessThan(full);
     // A wrong base file is refused.
     await expect(exportVirtual(store, { name: 'pc', version: 2 }, join(dir, 'bad.qcow2'), { format: 'qcow2', backing: { ref: { name: 'pc', version: 1 }, file: await smallQcow2() } })).rejects.toThrow(/not an export of that version/);
+  });
+
+  itNeeds(['qemu-utils'], '--backing does not trust a probe: a raw export of a disk that begins with a qcow2 header naming a data file is refused, and so is an unrelated file of the right size', async () => {
+    const att = join(dir, 'att');
+    mkdirSync(att);
+    const secret = join(att, 'secret');
+    await qemuImg('create', '-q', '-f', 'qcow2', '-o', `data_file=${secret},data_file_raw=on`, join(att, 'head.qcow2'), '8M');
+    writeFileSync(secret, Buffer.alloc(8 * MiB, 's'));
+    // A disk the attacker controls: its first bytes are that qcow2 header; version 2 changes 7 bytes at 7 MiB.
+    const d1 = join(att, 'd1.raw');
+    writeFileSync(d1, Buffer.alloc(0));
+    truncateSync(d1, 8 * MiB);
+    patch(d1, 0, readFileSync(join(att, 'head.qcow2')));
+    const d2 = join(att, 'd2.raw');
+    writeFileSync(d2, readFileSync(d1));
+    patch(d2, 7 * MiB, Buffer.from('changed'));
+    await importImage(store, d1, 'att', { chunkSize: C, workers: 1 });
+    await importImage(store, d2, 'att', { chunkSize: C, workers: 1 });
+    const u = join(att, 'U.raw');
+    await exportVirtual(store, { name: 'att', version: 1 }, u, { format: 'raw' });
+    const over = () => exportVirtual(store, { name: 'att', version: 2 }, join(att, 'v.qcow2'), { format: 'qcow2', force: true, backing: { ref: { name: 'att', version: 1 }, file: u } });
+    // Probed, U.raw is a qcow2 whose data is the secret: the overlay used to record backing format qcow2.
+    await expect(over()).rejects.toThrow(/names other files .*secret/);
+    // Named as raw, it is exactly att@1: the overlay records raw and reads back as att@2.
+    const s = await exportVirtual(store, { name: 'att', version: 2 }, join(att, 'v.qcow2'), { format: 'qcow2', force: true, backing: { ref: { name: 'att', version: 1 }, file: u, format: 'raw' } });
+    expect(s.backing).toBe('U.raw');
+    expect(JSON.parse(await qemuImg('info', '--output=json', join(att, 'v.qcow2')))['backing-filename-format']).toBe('raw');
+    await qemuImg('compare', '-q', '-f', 'qcow2', '-F', 'raw', join(att, 'v.qcow2'), d2);
+    // An unrelated file of the right size is not an export of att@1.
+    const other = join(att, 'other.raw');
+    writeFileSync(other, seeded(8 * MiB, 99));
+    await expect(exportVirtual(store, { name: 'att', version: 2 }, join(att, 'w.qcow2'), { format: 'qcow2', backing: { ref: { name: 'att', version: 1 }, file: other, format: 'raw' } })).rejects.toThrow(/not the same disk as att@1/);
+  });
+
+  itNeeds(['qemu-utils'], 'qemu-nbd failing to open the image is reported with what it said, not as "cannot connect", and its temp folder is removed', async () => {
+    const tmp = join(dir, 'nbdtmp');
+    mkdirSync(tmp);
+    const old = process.env.TMPDIR;
+    process.env.TMPDIR = tmp;
+    try {
+      // A raw file opened as qcow2: qemu-nbd makes its socket, then fails to open the image.
+      await expect(serveWithQemuNbd(raw1, 'qcow2')).rejects.toThrow(/qemu-nbd could not serve .*v1\.raw as qcow2: .*qcow2/);
+    } finally {
+      if (old === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = old;
+    }
+    expect(readdirSync(tmp)).toEqual([]);
   });
 
   itNeeds(['qemu-utils'], 'a qcow2 with a backing chain made by qemu-img imports and exports byte for byte; onto its base image it stores only the changed chunks', async () => {
