@@ -251,18 +251,36 @@ export function prepareSecureBootTftp(root: string, bootDir: string, files: { ke
 }
 
 /**
+ * Why Secure Boot cannot be served in this PXE mode, or null. Debian's
+ * signed network GRUB (2.06) takes its TFTP server and $prefix from the
+ * firmware's copy of the DHCP server's answer only, never from a proxyDHCP
+ * offer, and carries no embedded config that would look beside shim
+ * ($cmdpath) instead: beside a site DHCP server it asks that server's
+ * next-server (or nobody) for grub/grub.cfg and stops at a grub> prompt.
+ */
+export function secureBootModeError(mode: 'proxy' | 'full'): string | null {
+  if (mode === 'full') return null;
+  return (
+    "Secure Boot does not work with --pxe proxy: Debian's signed GRUB takes its TFTP server from the site DHCP server's answer, not from this server's proxyDHCP offer, so it never finds its config here. " +
+    "Run serve --pxe full --secure-boot on a boot network of its own, or set the site DHCP server's next-server (option 66) to this server and its boot file (option 67) to shimx64.efi for those machines"
+  );
+}
+
+/**
  * SHIM_FILE when a client of this architecture boots through shim: x64 UEFI
  * (RFC 4578 arch 7 or 9) and Secure Boot on for it (machines.json's
  * secureBoot, else --secure-boot); null for iPXE. A machine sent to shim
  * while the signed files are missing gets iPXE, with a warning once.
  */
-export function secureBootFile(arch: number | null, global: boolean, perMachine: boolean | undefined, state: { ready: boolean; warned: Set<string> }, mac: string, log?: (level: 'info' | 'warn' | 'debug', message: string) => void): string | null {
+export function secureBootFile(arch: number | null, global: boolean, perMachine: boolean | undefined, state: { ready: boolean; warned: Set<string>; mode?: 'proxy' | 'full' }, mac: string, log?: (level: 'info' | 'warn' | 'debug', message: string) => void): string | null {
   if (arch !== ARCH.EFI_X64 && arch !== ARCH.EFI_BC) return null;
   if (!(perMachine ?? global)) return null;
-  if (state.ready) return SHIM_FILE;
+  // In proxy mode GRUB would never find its config here (secureBootModeError()): iPXE at least boots.
+  const why = state.mode === 'proxy' ? `the GRUB that shim loads cannot find its config through proxyDHCP (use --pxe full)` : 'the boot folder has no signed shim and GRUB. Run "clonecast bootenv build" to collect them';
+  if (state.ready && state.mode !== 'proxy') return SHIM_FILE;
   if (!state.warned.has(mac) && state.warned.size < 1024) {
     state.warned.add(mac);
-    log?.('warn', `pxe: ${mac} should boot through shim (machines.json secureBoot), but the boot folder has no signed shim and GRUB; it gets iPXE. Run "clonecast bootenv build" to collect them`);
+    log?.('warn', `pxe: ${mac} should boot through shim (machines.json secureBoot), but ${why}; it gets iPXE`);
   }
   return null;
 }

@@ -15,11 +15,11 @@ import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeDhcp, encodeDhcp, OPT, type DhcpPacket } from '../../protocol/dhcp.js';
 import { grubConfig, grubQuote } from '../../pxe/grub.js';
-import { moduleSigned, peSignature, staticGrubConfig, unsignedModules } from '../../pxe/secureboot.js';
+import { moduleSigned, peSignature, secureBootFile, secureBootModeError, staticGrubConfig, unsignedModules } from '../../pxe/secureboot.js';
 import { startPxe, type PxeServices } from '../../pxe/service.js';
 import { handle, State, type ApiContext } from '../../server/api.js';
 import { cachedKernelPackage } from '../../pxe/bootenv.js';
-import { itNeeds, ROOT, seeded, tempDir, until } from '../helpers.js';
+import { cli, itNeeds, ROOT, seeded, tempDir, until } from '../helpers.js';
 
 function fixture(name: string): DhcpPacket {
   const text = readFileSync(join(ROOT, 'test/fixtures/dhcp', `${name}.hex`), 'utf8');
@@ -43,8 +43,8 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
 });
 
-/** PXE services on loopback with a boot folder holding stand-ins for the signed files. */
-async function pxeOnLo(o: { secureBoot?: boolean; machines?: Record<string, unknown>; signed?: boolean; grubConfig?: (mac: string, client: string) => { error: string } | { content: string } }) {
+/** PXE services on loopback (full DHCP by default: Secure Boot needs it) with a boot folder holding stand-ins for the signed files. */
+async function pxeOnLo(o: { mode?: 'proxy' | 'full'; secureBoot?: boolean; machines?: Record<string, unknown>; signed?: boolean; grubConfig?: (mac: string, client: string) => { error: string } | { content: string } }) {
   const data = tempDir('sbpxe');
   const ipxeDir = join(data, 'ipxe');
   mkdirSync(ipxeDir);
@@ -54,7 +54,7 @@ async function pxeOnLo(o: { secureBoot?: boolean; machines?: Record<string, unkn
   if (o.signed !== false) for (const f of ['shimx64.efi', 'grubx64.efi', 'vmlinuz', 'initrd.img']) writeFileSync(join(bootDir, f), `${f} stand-in`);
   mkdirSync(join(data, 'pxe'));
   if (o.machines !== undefined) writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify(o.machines));
-  const pxe = await startPxe({ mode: 'proxy', interface: 'lo', httpBase: 'http://127.0.0.1:8081/', dataRoot: data, bootDir, ipxeDir, secureBoot: o.secureBoot, grubConfig: o.grubConfig, dhcpPort: 0, pxePort: 0, tftpPort: 0 });
+  const pxe = await startPxe({ mode: o.mode ?? 'full', interface: 'lo', httpBase: 'http://127.0.0.1:8081/', dataRoot: data, bootDir, ipxeDir, secureBoot: o.secureBoot, grubConfig: o.grubConfig, dhcpPort: 0, pxePort: 0, tftpPort: 0 });
   running.push(pxe);
   const client = createSocket('udp4');
   await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
@@ -108,6 +108,22 @@ describe('Secure Boot: the boot file by architecture', () => {
     } finally {
       s.close();
     }
+  });
+
+  it('--secure-boot with --pxe proxy is refused (GRUB would never find its config), saying to use --pxe full or point the site DHCP at this server', async () => {
+    await expect(pxeOnLo({ mode: 'proxy', secureBoot: true })).rejects.toThrow(/Secure Boot does not work with --pxe proxy.*--pxe full.*next-server \(option 66\)/);
+    expect(secureBootModeError('full')).toBeNull();
+    const r = await cli(['serve', '--data', tempDir('sbserve'), '--listen', '127.0.0.1:0', '--pxe', 'proxy', '--interface', 'lo', '--secure-boot']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/Secure Boot does not work with --pxe proxy/);
+  });
+
+  it('in proxy mode a machine sent to shim by machines.json gets iPXE instead, with a warning', () => {
+    const warned: string[] = [];
+    const state = { ready: true, warned: new Set<string>(), mode: 'proxy' as const };
+    expect(secureBootFile(7, false, true, state, '52:54:00:00:5c:31', (_l, m) => warned.push(m))).toBeNull();
+    expect(warned.join()).toMatch(/proxyDHCP \(use --pxe full\); it gets iPXE/);
+    expect(secureBootFile(7, false, true, { ...state, mode: 'full' }, '52:54:00:00:5c:31')).toBe('shimx64.efi');
   });
 
   itNeeds(['root'], '--secure-boot without the signed files says what is missing and how to get them', async () => {
