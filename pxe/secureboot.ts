@@ -10,7 +10,7 @@
  * machine's GRUB config, the kernel and the initramfs beside it over TFTP.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ARCH } from '../protocol/dhcp.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
@@ -205,10 +205,19 @@ export function staticGrubConfig(): string {
 /**
  * The TFTP server's generator for grub/clonecast/MAC.cfg: the machine's
  * config from config(mac, client) (which applies the boot route's limits),
- * written to a private file for the transfer. Other names are not its.
+ * written to a private file for the transfer. With boot (the boot folder
+ * and the kernel's and initramfs's names in it), boot/KERNEL and
+ * boot/INITRD are the boot folder's own files, read when each transfer
+ * starts, like the HTTP route's: a `bootenv build` while serve runs (which
+ * renames each into place) is served at once, never an old initramfs with
+ * a new kernel. Other names are not its.
  */
-export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string, client: string) => { error: string } | { content: string }) | undefined) {
+export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string, client: string) => { error: string } | { content: string }) | undefined, boot?: { dir: string; kernel: string; initrd: string }) {
+  const direct = new Map<string, string>(boot === undefined ? [] : [boot.kernel, boot.initrd].map((n) => [`boot/${n}`, join(boot.dir, n)] as const));
   return (name: string, client: string): { error: string } | GeneratedFile | null => {
+    const asked = name.replace(/\\/g, '/').replace(/^\//, '');
+    const file = direct.get(asked);
+    if (file !== undefined) return existsSync(file) ? { path: file, done: () => undefined } : { error: `${asked} is not in the boot folder; run "clonecast bootenv build"` };
     const m = GRUB_MACHINE_CONFIG.exec(name.replace(/\\/g, '/').toLowerCase());
     if (m === null) return null;
     const r = config?.(m[1], client) ?? { error: 'Secure Boot is not set up on this server' };
@@ -218,31 +227,24 @@ export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string
 
 /**
  * Copies shimx64.efi and grubx64.efi from the boot folder into the TFTP root
- * and writes grub/grub.cfg (GRUB's prefix is /grub on the TFTP server).
- * Throws with what to do when the signed files are not there.
+ * and writes grub/grub.cfg (GRUB's prefix is /grub on the TFTP server). The
+ * kernel and initramfs are not copied: secureBootGenerator() serves them
+ * from the boot folder. Throws with what to do when the signed files are not there.
  */
-export function prepareSecureBootTftp(root: string, bootDir: string, files: { kernel?: string; initrd?: string } = {}): void {
+export function prepareSecureBootTftp(root: string, bootDir: string): void {
   const missing = missingSecureBootFiles(bootDir);
   if (missing.length > 0) {
     throw new ClonecastError(ERR.NOT_FOUND, `Secure Boot needs Debian's signed shim and GRUB (${missing.join(', ')} missing in ${bootDir}); run "clonecast bootenv build" (it fetches shim-signed and grub-efi-amd64-signed with apt-get download), or run serve without --secure-boot`);
   }
   mkdirSync(join(root, 'grub'), { recursive: true });
-  mkdirSync(join(root, 'boot'), { recursive: true });
-  // GRUB loads the kernel and initramfs over TFTP too (boot/ in the TFTP root): linked, else copied.
-  const pairs = [...Object.values(SIGNED_FILES).map((f) => [f.as, f.as]), ...[files.kernel ?? 'vmlinuz', files.initrd ?? 'initrd.img'].filter((n) => existsSync(join(bootDir, n))).map((n) => [n, join('boot', n)])];
-  for (const [name, as] of pairs) {
-    const from = join(bootDir, name);
-    const to = join(root, as);
-    const a = statSync(from);
-    const b = existsSync(to) ? statSync(to) : null;
-    if (b !== null && b.ino === a.ino && b.dev === a.dev) continue;
-    if (b === null || b.size !== a.size || b.mtimeMs < a.mtimeMs || !readFileSync(to).equals(readFileSync(from))) {
-      rmSync(`${to}.tmp`, { force: true });
-      try {
-        linkSync(from, `${to}.tmp`);
-      } catch {
-        copyFileSync(from, `${to}.tmp`);
-      }
+  // Earlier versions hard-linked the kernel and initramfs here: a rebuild then left a stale pair.
+  rmSync(join(root, 'boot'), { recursive: true, force: true });
+  for (const f of Object.values(SIGNED_FILES)) {
+    const from = join(bootDir, f.as);
+    const to = join(root, f.as);
+    // Copied, never linked: a later build renames new files into the boot folder, and a copy stays whole.
+    if (!existsSync(to) || !readFileSync(to).equals(readFileSync(from))) {
+      copyFileSync(from, `${to}.tmp`);
       renameSync(`${to}.tmp`, to);
     }
   }

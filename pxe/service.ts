@@ -132,7 +132,7 @@ export function prepareTftpRoot(root: string, ipxeDir = IPXE_DIR): void {
 function prepareSecureBoot(o: PxeOptions, tftpRoot: string): { ready: boolean; file: string; warned: Set<string>; mode: 'proxy' | 'full' } {
   const bootDir = o.bootDir ?? join(o.dataRoot, 'pxe', 'boot');
   try {
-    prepareSecureBootTftp(tftpRoot, bootDir, { kernel: o.kernel, initrd: o.initrd });
+    prepareSecureBootTftp(tftpRoot, bootDir);
     return { ready: true, file: 'shimx64.efi', warned: new Set(), mode: o.mode };
   } catch (err) {
     if (o.secureBoot === true) throw err;
@@ -174,7 +174,9 @@ export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   checkOverrides(o.dataRoot);
   prepareTftpRoot(tftpRoot, o.ipxeDir);
   const secureBoot = prepareSecureBoot(o, tftpRoot);
-  const generate = secureBootGenerator(new GeneratedFiles(join(o.dataRoot, 'pxe', 'generated')), o.grubConfig);
+  // GRUB loads the kernel and initramfs over TFTP, straight from the boot folder.
+  const bootFiles = secureBoot.ready ? { dir: o.bootDir ?? join(o.dataRoot, 'pxe', 'boot'), kernel: o.kernel ?? 'vmlinuz', initrd: o.initrd ?? 'initrd.img' } : undefined;
+  const generate = secureBootGenerator(new GeneratedFiles(join(o.dataRoot, 'pxe', 'generated')), o.grubConfig, bootFiles);
   const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, generate, log: o.log });
   await tftp.start().catch((err: unknown) => {
     throw explain(err, `TFTP (port ${o.tftpPort ?? 69})`, o);

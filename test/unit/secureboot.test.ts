@@ -11,7 +11,7 @@ import { spawnSync } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeDhcp, encodeDhcp, OPT, type DhcpPacket } from '../../protocol/dhcp.js';
 import { grubConfig, grubQuote } from '../../pxe/grub.js';
@@ -147,7 +147,34 @@ describe('Secure Boot: the boot file by architecture', () => {
       expect(readFileSync(join(out, 'k'), 'utf8')).toBe('vmlinuz stand-in');
       expect(readFileSync(join(out, 'i'), 'utf8')).toBe('initrd.img stand-in');
       expect(readFileSync(join(out, 'cfg'), 'utf8')).toContain('configfile "$prefix/clonecast/${net_default_mac}.cfg"');
-      expect(readdirSync(s.pxe.tftpRoot).sort()).toEqual(['boot', 'grub', 'grubx64.efi', 'ipxe.efi', 'shimx64.efi', 'snponly.efi', 'undionly.kpxe']);
+      // The kernel and initramfs come from the boot folder itself: no copy or link in the root.
+      expect(readdirSync(s.pxe.tftpRoot).sort()).toEqual(['grub', 'grubx64.efi', 'ipxe.efi', 'shimx64.efi', 'snponly.efi', 'undionly.kpxe']);
+    } finally {
+      s.close();
+    }
+  });
+
+  itNeeds(['root', 'tftp'], 'after a bootenv build while serve runs, TFTP serves the new kernel with the new initramfs, never the new kernel with the old one', async () => {
+    const s = await pxeOnLo({ secureBoot: true });
+    try {
+      const boot = join(s.data, 'boot');
+      const out = tempDir('sbrebuild');
+      const pair = async (tag: string) => {
+        for (const f of ['vmlinuz', 'initrd.img']) expect((await tftpGet(s.tftpPort, `/boot/${f}`, join(out, `${tag}-${f}`))).code).toBe(0);
+        return ['vmlinuz', 'initrd.img'].map((f) => readFileSync(join(out, `${tag}-${f}`), 'utf8'));
+      };
+      expect(await pair('a')).toEqual(['vmlinuz stand-in', 'initrd.img stand-in']);
+      // An older build wrote the kernel over the old one in place and renamed the initramfs in.
+      writeFileSync(join(boot, 'vmlinuz'), 'vmlinuz 2');
+      writeFileSync(join(boot, 'initrd.img.tmp'), 'initrd.img 2');
+      renameSync(join(boot, 'initrd.img.tmp'), join(boot, 'initrd.img'));
+      expect(await pair('b')).toEqual(['vmlinuz 2', 'initrd.img 2']);
+      // The build now renames both in.
+      for (const f of ['vmlinuz', 'initrd.img']) {
+        writeFileSync(join(boot, `${f}.new`), `${f} 3`);
+        renameSync(join(boot, `${f}.new`), join(boot, f));
+      }
+      expect(await pair('c')).toEqual(['vmlinuz 3', 'initrd.img 3']);
     } finally {
       s.close();
     }
