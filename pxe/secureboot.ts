@@ -4,7 +4,7 @@
  * Debian's key, which shim carries), which loads Debian's signed kernel; the
  * kernel then enforces module signatures (lockdown). `bootenv build` collects
  * shim and GRUB from the shim-signed and grub-efi-amd64-signed packages
- * (apt-get download, dpkg-deb -x: nothing is installed) and checks the
+ * (pxe/signed-packages.ts; dpkg-deb -x: nothing is installed) and checks the
  * kernel's and the modules' signatures; `serve --secure-boot` hands shim to
  * UEFI PXE clients (pxe/service.ts) and serves GRUB, grub/grub.cfg, each
  * machine's GRUB config, the kernel and the initramfs beside it over TFTP.
@@ -15,6 +15,7 @@ import { join } from 'node:path';
 import { ARCH } from '../protocol/dhcp.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { grubQuote } from './grub.js';
+import { signedPackage } from './signed-packages.js';
 import type { GeneratedFile, GeneratedFiles } from './tftp-generated.js';
 
 /** The signed binaries and where they come from. `as`: the name they are served under (shim asks TFTP for grubx64.efi beside itself). */
@@ -110,27 +111,6 @@ export function unsignedModules(dir: string): { checked: number; unsigned: strin
   };
   if (existsSync(dir)) walk(dir, '');
   return { checked, unsigned };
-}
-
-/** A cached package whose file name starts with pkg_, or null. */
-function cached(dir: string, pkg: string): string | null {
-  if (!existsSync(dir)) return null;
-  const deb = readdirSync(dir).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('_amd64.deb'));
-  return deb === undefined ? null : join(dir, deb);
-}
-
-/** The .deb of pkg: in cacheDir or the shared cache, else apt-get download into cacheDir (like the kernel's). */
-export function signedPackage(pkg: string, cacheDir: string, sharedCache: string, log?: (m: string) => void): string {
-  const hit = cached(cacheDir, pkg) ?? cached(sharedCache, pkg);
-  if (hit !== null) return hit;
-  mkdirSync(cacheDir, { recursive: true });
-  log?.(`downloading ${pkg} (apt-get download; it is not installed)`);
-  const r = spawnSync('apt-get', ['download', '-qq', pkg], { cwd: cacheDir, encoding: 'utf8' });
-  const deb = cached(cacheDir, pkg);
-  if (deb === null) {
-    throw new ClonecastError(ERR.NOT_FOUND, `cannot download ${pkg} (${(r.error?.message ?? r.stderr ?? '').trim() || 'apt-get download failed'}); run apt-get update, or put ${pkg}_*_amd64.deb in ${cacheDir}`);
-  }
-  return deb;
 }
 
 /** What collectSecureBoot() found. */
