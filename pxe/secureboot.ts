@@ -252,7 +252,8 @@ export function secureBootModeError(mode: 'proxy' | 'full'): string | null {
  * SHIM_FILE when a client of this architecture boots through shim: x64 UEFI
  * (RFC 4578 arch 7 or 9) and Secure Boot on for it (machines.json's
  * secureBoot, else --secure-boot); null for iPXE. A machine sent to shim
- * while the signed files are missing gets iPXE, with a warning once.
+ * while the signed files are missing, or in proxy mode, gets iPXE, with a
+ * warning once.
  */
 export function secureBootFile(arch: number | null, global: boolean, perMachine: boolean | undefined, state: { ready: boolean; warned: Set<string>; mode?: 'proxy' | 'full' }, mac: string, log?: (level: 'info' | 'warn' | 'debug', message: string) => void): string | null {
   if (arch !== ARCH.EFI_X64 && arch !== ARCH.EFI_BC) return null;
