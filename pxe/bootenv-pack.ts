@@ -74,7 +74,8 @@ export const DEFAULT_XZ_PRESET = '9e';
 export function packInitramfs(root: string, file: string, preset: string = DEFAULT_XZ_PRESET): void {
   if (!/^[0-9]e?$/.test(preset)) throw new Error(`xz preset ${preset}: 0-9, optionally with e`);
   const xz = `xz --check=crc32 --x86 --lzma2=preset=${preset} -T${preset.startsWith('9') ? 1 : 0} -c`;
-  execFileSync('sh', ['-c', `cd '${root}' && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | ${xz} > '${file}.tmp' && mv '${file}.tmp' '${file}'`]);
+  // The paths are positional arguments ($1, $2), never part of the script: a path may hold any character.
+  execFileSync('sh', ['-c', `cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet --reproducible | ${xz} > "$2.tmp" && mv "$2.tmp" "$2"`, 'sh', root, file]);
 }
 
 /** A part of the initramfs and its uncompressed size. */

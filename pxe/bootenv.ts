@@ -11,7 +11,7 @@
  * says. Everything comes from Debian and npm packages.
  */
 import { spawnSync } from 'node:child_process';
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
@@ -194,11 +194,18 @@ export function buildBootEnv(o: BootEnvOptions): BootEnv {
 
     const kernel = join(o.out, 'vmlinuz');
     const initrd = join(o.out, 'initrd.img');
-    copyFileSync(join(x, 'boot', vmlinuz), kernel);
-    const secureBoot = secureBootFiles({ out: o.out, kernel, modulesDir: join(root, 'lib', 'modules'), cacheDir: join(o.out, 'cache'), sharedCache: KERNEL_CACHE, work, log: o.log });
+    // A running serve reads both from here at every boot: each new file appears only by rename
+    // (a copy over the old kernel would rewrite the inode it serves), the two one after the other
+    // once both are complete, so a boot never pairs a new kernel with an old initramfs's modules.
+    const kernelNew = join(work, 'vmlinuz');
+    const initrdNew = join(work, 'initrd.img');
+    copyFileSync(join(x, 'boot', vmlinuz), kernelNew);
+    const secureBoot = secureBootFiles({ out: o.out, kernel: kernelNew, modulesDir: join(root, 'lib', 'modules'), cacheDir: join(o.out, 'cache'), sharedCache: KERNEL_CACHE, work, log: o.log });
     const parts = sizeReport(root, version);
     o.log?.('compressing the initramfs (xz)');
-    packInitramfs(root, initrd, o.xzPreset);
+    packInitramfs(root, initrdNew, o.xzPreset);
+    renameSync(kernelNew, kernel);
+    renameSync(initrdNew, initrd);
     return {
       kernel,
       initrd,

@@ -272,7 +272,9 @@ export class DhcpServer extends EventEmitter {
         if (leases.offered(mac) !== ip && !this.mayTakeNew(mac, ip)) return;
         leases.offer(mac, ip, this.guard.limits.offerHoldMs);
         this.counters.offers++;
-        return this.send(this.reply(p, MessageType.OFFER, ip, this.bootFor(p, mac), this.config(seconds)), p);
+        const boot = this.bootFor(p, mac);
+        if (boot !== null) this.emit('boot', { mac, file: boot.file, mode: 'full' });
+        return this.send(this.reply(p, MessageType.OFFER, ip, boot, this.config(seconds)), p);
       }
       case MessageType.REQUEST: {
         if (ours !== null && ours !== this.o.serverAddress) {

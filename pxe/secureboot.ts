@@ -4,17 +4,18 @@
  * Debian's key, which shim carries), which loads Debian's signed kernel; the
  * kernel then enforces module signatures (lockdown). `bootenv build` collects
  * shim and GRUB from the shim-signed and grub-efi-amd64-signed packages
- * (apt-get download, dpkg-deb -x: nothing is installed) and checks the
+ * (pxe/signed-packages.ts; dpkg-deb -x: nothing is installed) and checks the
  * kernel's and the modules' signatures; `serve --secure-boot` hands shim to
  * UEFI PXE clients (pxe/service.ts) and serves GRUB, grub/grub.cfg, each
  * machine's GRUB config, the kernel and the initramfs beside it over TFTP.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, linkSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ARCH } from '../protocol/dhcp.js';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import { grubQuote } from './grub.js';
+import { signedPackage } from './signed-packages.js';
 import type { GeneratedFile, GeneratedFiles } from './tftp-generated.js';
 
 /** The signed binaries and where they come from. `as`: the name they are served under (shim asks TFTP for grubx64.efi beside itself). */
@@ -112,27 +113,6 @@ export function unsignedModules(dir: string): { checked: number; unsigned: strin
   return { checked, unsigned };
 }
 
-/** A cached package whose file name starts with pkg_, or null. */
-function cached(dir: string, pkg: string): string | null {
-  if (!existsSync(dir)) return null;
-  const deb = readdirSync(dir).find((f) => f.startsWith(`${pkg}_`) && f.endsWith('_amd64.deb'));
-  return deb === undefined ? null : join(dir, deb);
-}
-
-/** The .deb of pkg: in cacheDir or the shared cache, else apt-get download into cacheDir (like the kernel's). */
-export function signedPackage(pkg: string, cacheDir: string, sharedCache: string, log?: (m: string) => void): string {
-  const hit = cached(cacheDir, pkg) ?? cached(sharedCache, pkg);
-  if (hit !== null) return hit;
-  mkdirSync(cacheDir, { recursive: true });
-  log?.(`downloading ${pkg} (apt-get download; it is not installed)`);
-  const r = spawnSync('apt-get', ['download', '-qq', pkg], { cwd: cacheDir, encoding: 'utf8' });
-  const deb = cached(cacheDir, pkg);
-  if (deb === null) {
-    throw new ClonecastError(ERR.NOT_FOUND, `cannot download ${pkg} (${(r.error?.message ?? r.stderr ?? '').trim() || 'apt-get download failed'}); run apt-get update, or put ${pkg}_*_amd64.deb in ${cacheDir}`);
-  }
-  return deb;
-}
-
 /** What collectSecureBoot() found. */
 export interface SecureBootFiles {
   shim: string;
@@ -205,10 +185,19 @@ export function staticGrubConfig(): string {
 /**
  * The TFTP server's generator for grub/clonecast/MAC.cfg: the machine's
  * config from config(mac, client) (which applies the boot route's limits),
- * written to a private file for the transfer. Other names are not its.
+ * written to a private file for the transfer. With boot (the boot folder
+ * and the kernel's and initramfs's names in it), boot/KERNEL and
+ * boot/INITRD are the boot folder's own files, read when each transfer
+ * starts, like the HTTP route's: a `bootenv build` while serve runs (which
+ * renames each into place) is served at once, never an old initramfs with
+ * a new kernel. Other names are not its.
  */
-export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string, client: string) => { error: string } | { content: string }) | undefined) {
+export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string, client: string) => { error: string } | { content: string }) | undefined, boot?: { dir: string; kernel: string; initrd: string }) {
+  const direct = new Map<string, string>(boot === undefined ? [] : [boot.kernel, boot.initrd].map((n) => [`boot/${n}`, join(boot.dir, n)] as const));
   return (name: string, client: string): { error: string } | GeneratedFile | null => {
+    const asked = name.replace(/\\/g, '/').replace(/^\//, '');
+    const file = direct.get(asked);
+    if (file !== undefined) return existsSync(file) ? { path: file, done: () => undefined } : { error: `${asked} is not in the boot folder; run "clonecast bootenv build"` };
     const m = GRUB_MACHINE_CONFIG.exec(name.replace(/\\/g, '/').toLowerCase());
     if (m === null) return null;
     const r = config?.(m[1], client) ?? { error: 'Secure Boot is not set up on this server' };
@@ -218,31 +207,24 @@ export function secureBootGenerator(files: GeneratedFiles, config: ((mac: string
 
 /**
  * Copies shimx64.efi and grubx64.efi from the boot folder into the TFTP root
- * and writes grub/grub.cfg (GRUB's prefix is /grub on the TFTP server).
- * Throws with what to do when the signed files are not there.
+ * and writes grub/grub.cfg (GRUB's prefix is /grub on the TFTP server). The
+ * kernel and initramfs are not copied: secureBootGenerator() serves them
+ * from the boot folder. Throws with what to do when the signed files are not there.
  */
-export function prepareSecureBootTftp(root: string, bootDir: string, files: { kernel?: string; initrd?: string } = {}): void {
+export function prepareSecureBootTftp(root: string, bootDir: string): void {
   const missing = missingSecureBootFiles(bootDir);
   if (missing.length > 0) {
     throw new ClonecastError(ERR.NOT_FOUND, `Secure Boot needs Debian's signed shim and GRUB (${missing.join(', ')} missing in ${bootDir}); run "clonecast bootenv build" (it fetches shim-signed and grub-efi-amd64-signed with apt-get download), or run serve without --secure-boot`);
   }
   mkdirSync(join(root, 'grub'), { recursive: true });
-  mkdirSync(join(root, 'boot'), { recursive: true });
-  // GRUB loads the kernel and initramfs over TFTP too (boot/ in the TFTP root): linked, else copied.
-  const pairs = [...Object.values(SIGNED_FILES).map((f) => [f.as, f.as]), ...[files.kernel ?? 'vmlinuz', files.initrd ?? 'initrd.img'].filter((n) => existsSync(join(bootDir, n))).map((n) => [n, join('boot', n)])];
-  for (const [name, as] of pairs) {
-    const from = join(bootDir, name);
-    const to = join(root, as);
-    const a = statSync(from);
-    const b = existsSync(to) ? statSync(to) : null;
-    if (b !== null && b.ino === a.ino && b.dev === a.dev) continue;
-    if (b === null || b.size !== a.size || b.mtimeMs < a.mtimeMs || !readFileSync(to).equals(readFileSync(from))) {
-      rmSync(`${to}.tmp`, { force: true });
-      try {
-        linkSync(from, `${to}.tmp`);
-      } catch {
-        copyFileSync(from, `${to}.tmp`);
-      }
+  // Earlier versions hard-linked the kernel and initramfs here: a rebuild then left a stale pair.
+  rmSync(join(root, 'boot'), { recursive: true, force: true });
+  for (const f of Object.values(SIGNED_FILES)) {
+    const from = join(bootDir, f.as);
+    const to = join(root, f.as);
+    // Copied, never linked: a later build renames new files into the boot folder, and a copy stays whole.
+    if (!existsSync(to) || !readFileSync(to).equals(readFileSync(from))) {
+      copyFileSync(from, `${to}.tmp`);
       renameSync(`${to}.tmp`, to);
     }
   }
@@ -251,18 +233,37 @@ export function prepareSecureBootTftp(root: string, bootDir: string, files: { ke
 }
 
 /**
+ * Why Secure Boot cannot be served in this PXE mode, or null. Debian's
+ * signed network GRUB (2.06) takes its TFTP server and $prefix from the
+ * firmware's copy of the DHCP server's answer only, never from a proxyDHCP
+ * offer, and carries no embedded config that would look beside shim
+ * ($cmdpath) instead: beside a site DHCP server it asks that server's
+ * next-server (or nobody) for grub/grub.cfg and stops at a grub> prompt.
+ */
+export function secureBootModeError(mode: 'proxy' | 'full'): string | null {
+  if (mode === 'full') return null;
+  return (
+    "Secure Boot does not work with --pxe proxy: Debian's signed GRUB takes its TFTP server from the site DHCP server's answer, not from this server's proxyDHCP offer, so it never finds its config here. " +
+    "Run serve --pxe full --secure-boot on a boot network of its own, or set the site DHCP server's next-server (option 66) to this server and its boot file (option 67) to shimx64.efi for those machines"
+  );
+}
+
+/**
  * SHIM_FILE when a client of this architecture boots through shim: x64 UEFI
  * (RFC 4578 arch 7 or 9) and Secure Boot on for it (machines.json's
  * secureBoot, else --secure-boot); null for iPXE. A machine sent to shim
- * while the signed files are missing gets iPXE, with a warning once.
+ * while the signed files are missing, or in proxy mode, gets iPXE, with a
+ * warning once.
  */
-export function secureBootFile(arch: number | null, global: boolean, perMachine: boolean | undefined, state: { ready: boolean; warned: Set<string> }, mac: string, log?: (level: 'info' | 'warn' | 'debug', message: string) => void): string | null {
+export function secureBootFile(arch: number | null, global: boolean, perMachine: boolean | undefined, state: { ready: boolean; warned: Set<string>; mode?: 'proxy' | 'full' }, mac: string, log?: (level: 'info' | 'warn' | 'debug', message: string) => void): string | null {
   if (arch !== ARCH.EFI_X64 && arch !== ARCH.EFI_BC) return null;
   if (!(perMachine ?? global)) return null;
-  if (state.ready) return SHIM_FILE;
+  // In proxy mode GRUB would never find its config here (secureBootModeError()): iPXE at least boots.
+  const why = state.mode === 'proxy' ? `the GRUB that shim loads cannot find its config through proxyDHCP (use --pxe full)` : 'the boot folder has no signed shim and GRUB. Run "clonecast bootenv build" to collect them';
+  if (state.ready && state.mode !== 'proxy') return SHIM_FILE;
   if (!state.warned.has(mac) && state.warned.size < 1024) {
     state.warned.add(mac);
-    log?.('warn', `pxe: ${mac} should boot through shim (machines.json secureBoot), but the boot folder has no signed shim and GRUB; it gets iPXE. Run "clonecast bootenv build" to collect them`);
+    log?.('warn', `pxe: ${mac} should boot through shim (machines.json secureBoot), but ${why}; it gets iPXE`);
   }
   return null;
 }

@@ -13,7 +13,7 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { DhcpServer, type BootRequest } from './dhcp-server.js';
 import { TftpServer } from './tftp-server.js';
 import { intToIp, ipToInt } from './leases.js';
-import { prepareSecureBootTftp, secureBootFile, secureBootGenerator } from './secureboot.js';
+import { prepareSecureBootTftp, secureBootFile, secureBootGenerator, secureBootModeError } from './secureboot.js';
 import { GeneratedFiles } from './tftp-generated.js';
 
 /** Where Debian's ipxe package puts its binaries. */
@@ -129,14 +129,14 @@ export function prepareTftpRoot(root: string, ipxeDir = IPXE_DIR): void {
  * with what to do), else put there when the boot folder has them, for
  * machines that machines.json sends through shim.
  */
-function prepareSecureBoot(o: PxeOptions, tftpRoot: string): { ready: boolean; file: string; warned: Set<string> } {
+function prepareSecureBoot(o: PxeOptions, tftpRoot: string): { ready: boolean; file: string; warned: Set<string>; mode: 'proxy' | 'full' } {
   const bootDir = o.bootDir ?? join(o.dataRoot, 'pxe', 'boot');
   try {
-    prepareSecureBootTftp(tftpRoot, bootDir, { kernel: o.kernel, initrd: o.initrd });
-    return { ready: true, file: 'shimx64.efi', warned: new Set() };
+    prepareSecureBootTftp(tftpRoot, bootDir);
+    return { ready: true, file: 'shimx64.efi', warned: new Set(), mode: o.mode };
   } catch (err) {
     if (o.secureBoot === true) throw err;
-    return { ready: false, file: 'shimx64.efi', warned: new Set() };
+    return { ready: false, file: 'shimx64.efi', warned: new Set(), mode: o.mode };
   }
 }
 
@@ -169,10 +169,14 @@ export function admission(o: Pick<PxeOptions, 'dataRoot' | 'isKnown' | 'statics'
 export async function startPxe(o: PxeOptions): Promise<PxeServices> {
   const { address, netmask } = interfaceV4(o.interface);
   const tftpRoot = join(o.dataRoot, 'pxe', 'tftp');
+  const modeError = o.secureBoot === true ? secureBootModeError(o.mode) : null;
+  if (modeError !== null) throw new ClonecastError(ERR.USAGE, modeError);
   checkOverrides(o.dataRoot);
   prepareTftpRoot(tftpRoot, o.ipxeDir);
   const secureBoot = prepareSecureBoot(o, tftpRoot);
-  const generate = secureBootGenerator(new GeneratedFiles(join(o.dataRoot, 'pxe', 'generated')), o.grubConfig);
+  // GRUB loads the kernel and initramfs over TFTP, straight from the boot folder.
+  const bootFiles = secureBoot.ready ? { dir: o.bootDir ?? join(o.dataRoot, 'pxe', 'boot'), kernel: o.kernel ?? 'vmlinuz', initrd: o.initrd ?? 'initrd.img' } : undefined;
+  const generate = secureBootGenerator(new GeneratedFiles(join(o.dataRoot, 'pxe', 'generated')), o.grubConfig, bootFiles);
   const tftp = new TftpServer({ root: tftpRoot, device: o.interface, port: o.tftpPort, generate, log: o.log });
   await tftp.start().catch((err: unknown) => {
     throw explain(err, `TFTP (port ${o.tftpPort ?? 69})`, o);

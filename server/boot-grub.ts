@@ -2,7 +2,9 @@
  * The Secure Boot path's per-machine GRUB config as the TFTP server asks for
  * it (grub/clonecast/MAC.cfg): the same rules as the /boot/ipxe and
  * /boot/grub routes (server/api.ts): the per-address and per-MAC limits of
- * one shared limiter, and --pxe-known-only.
+ * one shared limiter (known machines' buckets apart from made-up MACs',
+ * since a UDP source address can be forged), --pxe-known-only, and the
+ * same `boot` event in the machine's log.
  */
 import type { ApiContext } from './api.js';
 import { BootScriptLimits } from './boot-limits.js';
@@ -11,9 +13,11 @@ import { BootScriptLimits } from './boot-limits.js';
 export function grubOverTftp(c: ApiContext, mac: string, client: string): { error: string } | { content: string } {
   if (c.boot === undefined) return { error: 'network boot is starting; try again' };
   c.bootLimits ??= new BootScriptLimits();
-  const wait = c.bootLimits.wait(client, mac);
-  if (wait > 0) return { error: `too many boot config requests; try again in ${Math.ceil(wait / 1000)} s` };
   const pxe = c.pxe?.();
-  if (pxe?.knownOnly === true && !pxe.knows(mac)) return { error: `${mac} is not a machine this server knows (--pxe-known-only)` };
+  const known = pxe?.knows(mac) ?? false;
+  const wait = c.bootLimits.wait(client, mac, Date.now(), known);
+  if (wait > 0) return { error: `too many boot config requests; try again in ${Math.ceil(wait / 1000)} s` };
+  if (pxe?.knownOnly === true && !known) return { error: `${mac} is not a machine this server knows (--pxe-known-only)` };
+  c.registry.event(mac, 'boot', 'network boot: fetched its boot config over TFTP (Secure Boot)');
   return { content: c.boot.script(mac, 'grub') };
 }

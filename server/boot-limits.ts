@@ -4,6 +4,12 @@
  * fetch a script only so often. A booting machine fetches one per boot
  * (and one more 10 s after a failed boot); more is someone asking for
  * scripts in bulk.
+ *
+ * The per-MAC table forgets its least recently used key when full. Over
+ * TFTP (grub/clonecast/MAC.cfg) a request's source address can be forged,
+ * so a flood of made-up MACs could push a real machine's bucket out and
+ * fill it again: machines the server knows have their own table, which
+ * requests about unknown MACs never touch.
  */
 import { RateLimit } from '../pxe/rate-limit.js';
 
@@ -19,18 +25,26 @@ export const BOOT_SCRIPT_LIMITS = Object.freeze({
 export class BootScriptLimits {
   private readonly byAddress: RateLimit;
   private readonly byMac: RateLimit;
+  /** Known machines' buckets: only known MACs are ever added, so unknown ones cannot evict them. */
+  private readonly byKnownMac: RateLimit;
 
   constructor(o: { perAddress?: { burst: number; everyMs: number }; perMac?: { burst: number; everyMs: number } } = {}) {
     this.byAddress = new RateLimit(o.perAddress ?? BOOT_SCRIPT_LIMITS.perAddress);
     this.byMac = new RateLimit(o.perMac ?? BOOT_SCRIPT_LIMITS.perMac);
+    this.byKnownMac = new RateLimit(o.perMac ?? BOOT_SCRIPT_LIMITS.perMac);
   }
 
-  /** 0 if a script for mac may be sent to address now (a token of each is taken), else the ms to wait. */
-  wait(address: string, mac: string, now = Date.now()): number {
-    const wait = Math.max(this.byAddress.waitMs(address, now), this.byMac.waitMs(mac, now));
+  /**
+   * 0 if a script for mac may be sent to address now (a token of each is
+   * taken), else the ms to wait. known: mac is a machine the server knows
+   * (its bucket lives in the table unknown MACs cannot evict).
+   */
+  wait(address: string, mac: string, now = Date.now(), known = false): number {
+    const byMac = known ? this.byKnownMac : this.byMac;
+    const wait = Math.max(this.byAddress.waitMs(address, now), byMac.waitMs(mac, now));
     if (wait > 0) return wait;
     this.byAddress.take(address, now);
-    this.byMac.take(mac, now);
+    byMac.take(mac, now);
     return 0;
   }
 }

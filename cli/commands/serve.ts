@@ -1,6 +1,7 @@
 /** `clonecast serve`: the server (store, API, dashboard, PXE, multicast). */
 import { DEFAULT_LISTEN } from '../../server/defaults.js';
 import { list } from '../args.js';
+import { secureBootModeError } from '../../pxe/secureboot.js';
 import { COMMON, logLine, version, type Command, type Context } from '../command.js';
 import { emitJson } from '../output.js';
 
@@ -64,6 +65,10 @@ export const serve: Command = {
     const knownOnly = ctx.flag('pxe-known-only');
     if (knownOnly && ctx.str('pxe-unknown') === 'boot') throw ctx.usage('--pxe-known-only ignores unknown machines; it cannot go with --pxe-unknown boot');
     const unknown = oneOf(ctx, 'pxe-unknown', ['boot', 'ignore'] as const, knownOnly ? 'ignore' : 'boot', 'boot or ignore')!;
+    if (ctx.flag('secure-boot') && pxeMode !== undefined) {
+      const why = secureBootModeError(pxeMode);
+      if (why !== null) throw ctx.usage(why);
+    }
     const efi = oneOf(ctx, 'efi', ['ipxe.efi', 'snponly.efi'] as const, 'ipxe.efi', 'ipxe.efi or snponly.efi')!;
     const statics = parseStatics(ctx);
     const store = ctx.store();

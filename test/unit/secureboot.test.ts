@@ -11,15 +11,15 @@ import { spawnSync } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { execFile } from 'node:child_process';
 import { createServer, type Server } from 'node:http';
-import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { decodeDhcp, encodeDhcp, OPT, type DhcpPacket } from '../../protocol/dhcp.js';
 import { grubConfig, grubQuote } from '../../pxe/grub.js';
-import { moduleSigned, peSignature, staticGrubConfig, unsignedModules } from '../../pxe/secureboot.js';
+import { moduleSigned, peSignature, secureBootFile, secureBootModeError, staticGrubConfig, unsignedModules } from '../../pxe/secureboot.js';
 import { startPxe, type PxeServices } from '../../pxe/service.js';
 import { handle, State, type ApiContext } from '../../server/api.js';
 import { cachedKernelPackage } from '../../pxe/bootenv.js';
-import { itNeeds, ROOT, seeded, tempDir, until } from '../helpers.js';
+import { cli, itNeeds, ROOT, seeded, tempDir, until } from '../helpers.js';
 
 function fixture(name: string): DhcpPacket {
   const text = readFileSync(join(ROOT, 'test/fixtures/dhcp', `${name}.hex`), 'utf8');
@@ -43,8 +43,8 @@ afterEach(async () => {
   for (const s of servers.splice(0)) await new Promise((r) => s.close(r));
 });
 
-/** PXE services on loopback with a boot folder holding stand-ins for the signed files. */
-async function pxeOnLo(o: { secureBoot?: boolean; machines?: Record<string, unknown>; signed?: boolean; grubConfig?: (mac: string, client: string) => { error: string } | { content: string } }) {
+/** PXE services on loopback (full DHCP by default: Secure Boot needs it) with a boot folder holding stand-ins for the signed files. */
+async function pxeOnLo(o: { mode?: 'proxy' | 'full'; secureBoot?: boolean; machines?: Record<string, unknown>; signed?: boolean; grubConfig?: (mac: string, client: string) => { error: string } | { content: string } }) {
   const data = tempDir('sbpxe');
   const ipxeDir = join(data, 'ipxe');
   mkdirSync(ipxeDir);
@@ -54,7 +54,7 @@ async function pxeOnLo(o: { secureBoot?: boolean; machines?: Record<string, unkn
   if (o.signed !== false) for (const f of ['shimx64.efi', 'grubx64.efi', 'vmlinuz', 'initrd.img']) writeFileSync(join(bootDir, f), `${f} stand-in`);
   mkdirSync(join(data, 'pxe'));
   if (o.machines !== undefined) writeFileSync(join(data, 'pxe', 'machines.json'), JSON.stringify(o.machines));
-  const pxe = await startPxe({ mode: 'proxy', interface: 'lo', httpBase: 'http://127.0.0.1:8081/', dataRoot: data, bootDir, ipxeDir, secureBoot: o.secureBoot, grubConfig: o.grubConfig, dhcpPort: 0, pxePort: 0, tftpPort: 0 });
+  const pxe = await startPxe({ mode: o.mode ?? 'full', interface: 'lo', httpBase: 'http://127.0.0.1:8081/', dataRoot: data, bootDir, ipxeDir, secureBoot: o.secureBoot, grubConfig: o.grubConfig, dhcpPort: 0, pxePort: 0, tftpPort: 0 });
   running.push(pxe);
   const client = createSocket('udp4');
   await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
@@ -110,6 +110,22 @@ describe('Secure Boot: the boot file by architecture', () => {
     }
   });
 
+  it('--secure-boot with --pxe proxy is refused (GRUB would never find its config), saying to use --pxe full or point the site DHCP at this server', async () => {
+    await expect(pxeOnLo({ mode: 'proxy', secureBoot: true })).rejects.toThrow(/Secure Boot does not work with --pxe proxy.*--pxe full.*next-server \(option 66\)/);
+    expect(secureBootModeError('full')).toBeNull();
+    const r = await cli(['serve', '--data', tempDir('sbserve'), '--listen', '127.0.0.1:0', '--pxe', 'proxy', '--interface', 'lo', '--secure-boot']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/Secure Boot does not work with --pxe proxy/);
+  });
+
+  it('in proxy mode a machine sent to shim by machines.json gets iPXE instead, with a warning', () => {
+    const warned: string[] = [];
+    const state = { ready: true, warned: new Set<string>(), mode: 'proxy' as const };
+    expect(secureBootFile(7, false, true, state, '52:54:00:00:5c:31', (_l, m) => warned.push(m))).toBeNull();
+    expect(warned.join()).toMatch(/proxyDHCP \(use --pxe full\); it gets iPXE/);
+    expect(secureBootFile(7, false, true, { ...state, mode: 'full' }, '52:54:00:00:5c:31')).toBe('shimx64.efi');
+  });
+
   itNeeds(['root'], '--secure-boot without the signed files says what is missing and how to get them', async () => {
     await expect(pxeOnLo({ secureBoot: true, signed: false })).rejects.toThrow(/shimx64\.efi, grubx64\.efi missing in .*clonecast bootenv build/);
   });
@@ -131,7 +147,34 @@ describe('Secure Boot: the boot file by architecture', () => {
       expect(readFileSync(join(out, 'k'), 'utf8')).toBe('vmlinuz stand-in');
       expect(readFileSync(join(out, 'i'), 'utf8')).toBe('initrd.img stand-in');
       expect(readFileSync(join(out, 'cfg'), 'utf8')).toContain('configfile "$prefix/clonecast/${net_default_mac}.cfg"');
-      expect(readdirSync(s.pxe.tftpRoot).sort()).toEqual(['boot', 'grub', 'grubx64.efi', 'ipxe.efi', 'shimx64.efi', 'snponly.efi', 'undionly.kpxe']);
+      // The kernel and initramfs come from the boot folder itself: no copy or link in the root.
+      expect(readdirSync(s.pxe.tftpRoot).sort()).toEqual(['grub', 'grubx64.efi', 'ipxe.efi', 'shimx64.efi', 'snponly.efi', 'undionly.kpxe']);
+    } finally {
+      s.close();
+    }
+  });
+
+  itNeeds(['root', 'tftp'], 'after a bootenv build while serve runs, TFTP serves the new kernel with the new initramfs, never the new kernel with the old one', async () => {
+    const s = await pxeOnLo({ secureBoot: true });
+    try {
+      const boot = join(s.data, 'boot');
+      const out = tempDir('sbrebuild');
+      const pair = async (tag: string) => {
+        for (const f of ['vmlinuz', 'initrd.img']) expect((await tftpGet(s.tftpPort, `/boot/${f}`, join(out, `${tag}-${f}`))).code).toBe(0);
+        return ['vmlinuz', 'initrd.img'].map((f) => readFileSync(join(out, `${tag}-${f}`), 'utf8'));
+      };
+      expect(await pair('a')).toEqual(['vmlinuz stand-in', 'initrd.img stand-in']);
+      // An older build wrote the kernel over the old one in place and renamed the initramfs in.
+      writeFileSync(join(boot, 'vmlinuz'), 'vmlinuz 2');
+      writeFileSync(join(boot, 'initrd.img.tmp'), 'initrd.img 2');
+      renameSync(join(boot, 'initrd.img.tmp'), join(boot, 'initrd.img'));
+      expect(await pair('b')).toEqual(['vmlinuz 2', 'initrd.img 2']);
+      // The build now renames both in.
+      for (const f of ['vmlinuz', 'initrd.img']) {
+        writeFileSync(join(boot, `${f}.new`), `${f} 3`);
+        renameSync(join(boot, `${f}.new`), join(boot, f));
+      }
+      expect(await pair('c')).toEqual(['vmlinuz 3', 'initrd.img 3']);
     } finally {
       s.close();
     }
