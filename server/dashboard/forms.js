@@ -20,14 +20,14 @@ function targetDisk(m) {
  */
 export function deployForm(snapshot, preset = {}) {
   const images = snapshot.images.filter((i) => !i.latest.error);
-  if (images.length === 0) {
-    notice('there is no image to deploy yet: import or capture one first (see Getting started)', true);
-    return;
-  }
   // A restore names its image: never open the form on another one (the first in the list) when that one cannot be sent.
   if (preset.image !== undefined && !images.some((i) => i.name === preset.image)) {
     const gone = snapshot.images.find((i) => i.name === preset.image);
     notice(gone ? `cannot restore ${preset.image}: its latest version @${gone.latest.version} cannot be read (${gone.latest.error}); see its versions on the Images page` : `cannot restore ${preset.image}: there is no such image any more`, true);
+    return;
+  }
+  if (images.length === 0) {
+    notice('there is no image to deploy yet: import or capture one first (see Getting started)', true);
     return;
   }
   // Every machine, superseded ones too: the server's group session takes them all, so the form counts and names them all.
