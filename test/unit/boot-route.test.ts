@@ -25,7 +25,7 @@ async function bootServer(pxe?: { knownOnly: boolean; knows: (mac: string) => bo
   writeFileSync(join(dir, 'boot', 'vmlinuz'), 'kernel');
   // The default bursts, refilled slowly enough that a busy machine cannot see a refill mid-test.
   const bootLimits = new BootScriptLimits({ perAddress: { ...BOOT_SCRIPT_LIMITS.perAddress, everyMs: 3_600_000 }, perMac: { ...BOOT_SCRIPT_LIMITS.perMac, everyMs: 3_600_000 } });
-  const ctx = { boot: { dir: join(dir, 'boot'), script: (mac: string) => `#!ipxe\necho ${mac}\n` }, pxe: () => pxe, bootLimits } as unknown as ApiContext;
+  const ctx = { boot: { dir: join(dir, 'boot'), script: (mac: string) => `#!ipxe\necho ${mac}\n` }, pxe: () => pxe, bootLimits, registry: { event: () => undefined } } as unknown as ApiContext;
   const state = new State(ctx);
   const server = createServer((req, res) => void handle(ctx, state, req, res));
   servers.push(server);
