@@ -53,6 +53,8 @@ export const ERR = Object.freeze({
   PROTOCOL_VERSION: 'CLONECAST_ERR_PROTOCOL_VERSION',
   /** The server's TLS certificate is not the one pinned by its fingerprint. */
   CERT_MISMATCH: 'CLONECAST_ERR_CERT_MISMATCH',
+  /** The request would overwrite a disk at once (a relabel that makes a machine join a session): send it again with "confirm": true. */
+  NEEDS_CONFIRM: 'CLONECAST_ERR_NEEDS_CONFIRM',
 });
 
 /** True if err is a ClonecastError with the given code. */

@@ -8,10 +8,27 @@
  * (`clonecast image history|prune|verify`).
  */
 import { ClonecastError, ERR } from '../protocol/errors.js';
-import type { Registry } from './registry.js';
+import type { MachineRecord, Registry } from './registry.js';
 import type { Store } from './store/store.js';
 import { checkName } from './store/store.js';
 import { describe, pruneImage, verifyStore } from './store/maintenance.js';
+import { takes, type RuleSubject } from './session-rules.js';
+import { chooseDisk } from './targets.js';
+
+/** An open session as a relabel check reads it. */
+type OpenSession = RuleSubject & { id: number; image: string; version: number; imageSize: number; target: string; state: string };
+
+/**
+ * The open sessions that would take this machine at once if it had these
+ * groups and did not before (a waiting or running session of one of the new
+ * groups): an idle, connected machine joins as soon as it is relabelled.
+ */
+export function relabelTakers(open: OpenSession[], m: MachineRecord, groups: unknown): OpenSession[] {
+  if (!m.online || m.activity.kind !== 'idle' || !Array.isArray(groups)) return [];
+  const after = { ...m, groups: groups.filter((g): g is string => typeof g === 'string') };
+  // A machine whose agent has no credential is taken only by an --any session, which took it already.
+  return open.filter((s) => s.rule.any !== true && m.trust !== 'unverified' && takes(s, after) && !takes(s, m));
+}
 
 /** One version as the images page shows it. */
 export interface VersionView {
@@ -73,7 +90,7 @@ function retention(body: Record<string, unknown>): { keepLast?: number; keepDail
  * of them (api.ts goes on), else [status, body].
  */
 export async function consoleRoute(
-  c: { store: Store; registry: Registry; imagesChanged: () => void },
+  c: { store: Store; registry: Registry; imagesChanged: () => void; openSessions: () => OpenSession[] },
   method: string,
   path: string,
   body: () => Promise<unknown>,
@@ -86,6 +103,21 @@ export async function consoleRoute(
       if (m === undefined) throw new ClonecastError(ERR.NOT_FOUND, `no machine ${id}; "clonecast machines" lists them`);
       const { secretHash: _h, secretTrust: _t, ...view } = m;
       return [200, { ...view, events: view.events ?? [] }];
+    }
+    if (method === 'PATCH') {
+      const change = await body();
+      const m = c.registry.get(id);
+      if (m !== undefined && typeof change === 'object' && change !== null) {
+        // New groups an open session names would make this machine join it at once and overwrite its disk: only when confirmed.
+        const takers = relabelTakers(c.openSessions(), m, (change as { groups?: unknown }).groups);
+        if (takers.length > 0 && (change as { confirm?: unknown }).confirm !== true) {
+          const s = takers[0];
+          const disk = chooseDisk(m.disks, s.target, s.imageSize);
+          const what = 'device' in disk ? `its disk ${disk.device}` : `the disk ${s.target === 'auto' ? 'its agent picks' : s.target}`;
+          throw new ClonecastError(ERR.NEEDS_CONFIRM, `with these groups ${id} joins session ${s.id} (${s.state}) at once and ${what} is overwritten with ${s.image}@${s.version}; send "confirm": true (clonecast machines set --confirm) to go ahead`);
+        }
+      }
+      return [200, c.registry.label(id, change as { name?: unknown; groups?: unknown })];
     }
     if (method === 'DELETE') {
       const { id: gone } = c.registry.forget(id);
@@ -101,7 +133,17 @@ export async function consoleRoute(
     const b = object(await body());
     checkName(name);
     const dryRun = b.dryRun !== false;
-    const r = await pruneImage(c.store, name, retention(b), dryRun);
+    const rule = retention(b);
+    const confirmed = versionList(b.versions);
+    if (!dryRun && confirmed !== undefined) {
+      // What the administrator confirmed is what goes: if the rule now picks other versions (one was published or
+      // removed since the preview), nothing is removed.
+      const now = [...(await pruneImage(c.store, name, rule, true)).removed].sort((a, b) => a - b);
+      if (now.join(',') !== confirmed.join(',')) {
+        throw new ClonecastError(ERR.BUSY, `the versions this rule removes changed since the preview (confirmed ${confirmed.map((v) => `@${v}`).join(', ') || 'none'}, now ${now.map((v) => `@${v}`).join(', ') || 'none'}); nothing was removed: preview again`);
+      }
+    }
+    const r = await pruneImage(c.store, name, rule, dryRun);
     if (!dryRun) c.imagesChanged();
     return [200, { ...r, dryRun }];
   }
@@ -114,6 +156,13 @@ export async function consoleRoute(
     return [200, await verifyStore(c.store, v === undefined ? { name } : { name, version: v as number })];
   }
   return undefined;
+}
+
+/** The versions a prune was confirmed for ("versions": [1, 2]), sorted; undefined when the request names none. */
+function versionList(v: unknown): number[] | undefined {
+  if (v === undefined) return undefined;
+  if (!Array.isArray(v) || v.length > 100_000 || v.some((x) => !Number.isSafeInteger(x) || (x as number) < 1)) throw new ClonecastError(ERR.USAGE, 'versions must be a list of positive whole numbers');
+  return [...new Set(v as number[])].sort((a, b) => a - b);
 }
 
 function object(b: unknown): Record<string, unknown> {

@@ -50,6 +50,7 @@ const STATUS_OF: Record<string, number> = {
   [ERR.UNAUTHORIZED]: 401,
   [ERR.NOT_FOUND]: 404,
   [ERR.BUSY]: 409,
+  [ERR.NEEDS_CONFIRM]: 409,
   [ERR.ENDED]: 409,
   [ERR.MANIFEST_VERSION]: 409,
   [ERR.CHUNK_CORRUPT]: 422,
@@ -209,12 +210,8 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       return;
     }
     if (path.startsWith('/api/captures')) return await captureRoute(c, method, path, req, res);
-    const answered = await consoleRoute({ store: c.store, registry: c.registry, imagesChanged: () => state.imagesChanged() }, method, path, () => readJson(req));
+    const answered = await consoleRoute({ store: c.store, registry: c.registry, imagesChanged: () => state.imagesChanged(), openSessions: () => c.sessions.openSessions() }, method, path, () => readJson(req));
     if (answered !== undefined) return send(res, answered[0], answered[1]);
-    const machineRoute = /^\/api\/machines\/([0-9A-Fa-f:-]{17})$/.exec(path);
-    if (machineRoute !== null && method === 'PATCH') {
-      return send(res, 200, c.registry.label(machineRoute[1].replace(/-/g, ':'), (await readJson(req)) as { name?: unknown; groups?: unknown }));
-    }
     const nbdRoute = /^\/api\/images\/([^/]+)\/(\d{1,9})\/nbd$/.exec(path);
     if (nbdRoute !== null && method === 'POST' && c.nbd !== undefined) return send(res, 201, await c.nbd.offer(decodeURIComponent(nbdRoute[1]), Number(nbdRoute[2])));
     const route = `${method} ${path.replace(/\/\d+(?=\/|$)/, '/:id')}`;

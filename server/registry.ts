@@ -24,6 +24,8 @@ export const SAVE_MS = 1000;
 export const HISTORY_LIMIT = 50;
 /** Events kept per machine (boot, connect, join, drop, result), newest first. */
 export const EVENT_LIMIT = 100;
+/** Boot events kept among them: repeated boots cannot push out joins, drops and results. */
+export const BOOT_EVENT_LIMIT = 20;
 
 /** What happened to a machine, for its page (newest first, at most EVENT_LIMIT). */
 export interface MachineLogEntry {
@@ -202,7 +204,24 @@ export class Registry extends EventEmitter {
   }
 
   private log(m: MachineRecord, kind: MachineLogEntry['kind'], text: string): void {
-    m.events = [{ at: new Date().toISOString(), kind, text: text.slice(0, 300) }, ...(m.events ?? [])].slice(0, EVENT_LIMIT);
+    const at = new Date().toISOString();
+    const events = m.events ?? [];
+    // A machine that boots again and again (one boot event per fetch) must not push its joins, drops and results out:
+    // the same boot event as the newest one is counted on that entry instead of added.
+    const top = events[0];
+    if (kind === 'boot' && top?.kind === 'boot' && (top.text === text || top.text.startsWith(`${text} (×`))) {
+      const count = (Number(/ \(×(\d+)\)$/.exec(top.text)?.[1]) || 1) + 1;
+      events[0] = { at, kind, text: `${text.slice(0, 280)} (×${count})` };
+      m.events = events;
+      return;
+    }
+    // Boot events beyond BOOT_EVENT_LIMIT go first, so those of other kinds stay.
+    let next = [{ at, kind, text: text.slice(0, 300) }, ...events];
+    if (next.filter((e) => e.kind === 'boot').length > BOOT_EVENT_LIMIT) {
+      let seen = 0;
+      next = next.filter((e) => e.kind !== 'boot' || ++seen <= BOOT_EVENT_LIMIT);
+    }
+    m.events = next.slice(0, EVENT_LIMIT);
   }
 
   /**
@@ -298,9 +317,10 @@ export class Registry extends EventEmitter {
     record.supersededBy = '';
     this.machines.set(info.id, record);
     this.log(record, 'connect', `agent ${info.agentVersion} connected from ${info.address} (${info.bootMode}, ${info.trust})`);
-    // An offline machine last seen at this address is marked, not deleted: the dashboard hides it, forget removes it.
+    // An offline machine last seen at this address is marked, not deleted: the dashboard lists it apart, forget removes it.
+    // Only an agent that proved who it is marks one: an unverified agent could otherwise hide any machine whose address it takes.
     for (const other of this.machines.values()) {
-      if (other.id !== info.id && !other.online && other.address === info.address && info.address !== '') other.supersededBy = info.id;
+      if (info.trust !== 'unverified' && other.id !== info.id && !other.online && other.address === info.address && info.address !== '') other.supersededBy = info.id;
     }
     this.changed();
     return record;

@@ -25,11 +25,12 @@ export const machines: Command = {
 export const machinesSet: Command = {
   name: 'machines set',
   summary: 'Name a machine and set the groups it belongs to (deploy --group NAME picks a group).',
-  usage: 'MAC [--name NAME] [--groups G1,G2]',
+  usage: 'MAC [--name NAME] [--groups G1,G2] [--confirm]',
   positionals: [{ name: 'MAC' }],
   options: {
     name: { kind: 'string', value: 'NAME', help: 'The machine\'s name: 1-64 letters, digits, ".", "_" or "-".' },
     groups: { kind: 'string', value: 'G1,G2', help: 'The groups it belongs to, replacing the ones it had (names as for --name; "" for none).' },
+    confirm: { kind: 'flag', help: 'Go ahead even though a session of one of the new groups takes the machine at once and overwrites its disk (without it the server refuses and names the session).' },
     ...SERVER,
     ...COMMON,
   },
@@ -43,7 +44,7 @@ export const machinesSet: Command = {
     if (name !== undefined && !NAME_RE.test(name)) throw ctx.usage(`--name takes 1-64 letters, digits, ".", "_" or "-"; got "${name}"`);
     const bad = groups?.find((g) => !NAME_RE.test(g));
     if (bad !== undefined) throw ctx.usage(`--groups takes group names of 1-64 letters, digits, ".", "_" or "-"; "${bad}" is not one`);
-    const m = await api<MachineView>(ctx.client(), 'PATCH', `/api/machines/${mac}`, { name, groups });
+    const m = await api<MachineView>(ctx.client(), 'PATCH', `/api/machines/${mac}`, { name, groups, ...(ctx.flag('confirm') ? { confirm: true } : {}) });
     ctx.out(() => console.log(`${safeText(m.id)}: name ${safeText(m.name || '-')}, groups ${m.groups?.length ? m.groups.map(safeText).join(',') : '-'}`), m);
     return 0;
   },

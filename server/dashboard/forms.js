@@ -20,12 +20,20 @@ function targetDisk(m) {
  */
 export function deployForm(snapshot, preset = {}) {
   const images = snapshot.images.filter((i) => !i.latest.error);
+  // A restore names its image: never open the form on another one (the first in the list) when that one cannot be sent.
+  if (preset.image !== undefined && !images.some((i) => i.name === preset.image)) {
+    const gone = snapshot.images.find((i) => i.name === preset.image);
+    notice(gone ? `cannot restore ${preset.image}: its latest version @${gone.latest.version} cannot be read (${gone.latest.error}); see its versions on the Images page` : `cannot restore ${preset.image}: there is no such image any more`, true);
+    return;
+  }
   if (images.length === 0) {
     notice('there is no image to deploy yet: import or capture one first (see Getting started)', true);
     return;
   }
-  const machines = snapshot.machines.filter((m) => !m.supersededBy);
+  // Every machine, superseded ones too: the server's group session takes them all, so the form counts and names them all.
+  const machines = snapshot.machines;
   const groups = groupsOf(machines);
+  const note = (m) => `${m.online ? '' : ' (offline)'}${m.supersededBy ? ` (superseded by ${m.supersededBy}: still in its groups)` : ''}`;
   const image = h('select', { id: 'd-image', required: true }, ...options(images.map((i) => [i.name, i.name]), preset.image ?? images[0].name));
   const version = h('select', { id: 'd-version' });
   const date = h('input', { id: 'd-date', type: 'date', hidden: true, 'aria-label': 'version as of date' });
@@ -42,7 +50,7 @@ export function deployForm(snapshot, preset = {}) {
   const who = h('select', { id: 'd-who' }, ...options([['group', 'a group'], ['machines', 'chosen machines'], ['any', 'any machine that comes']], mode));
   const group = h('select', { id: 'd-group' }, ...options(groups.map((g) => [g, `${g} (${machines.filter((m) => m.groups.includes(g)).length} machines)`]), preset.group));
   const picks = h('fieldset', { id: 'd-machines', class: 'picks' }, h('legend', {}, 'Machines'),
-    ...machines.map((m) => h('label', {}, h('input', { type: 'checkbox', value: m.id, checked: preset.machines?.includes(m.id) }), ` ${label(m)} `, h('small', {}, `${m.id}${m.online ? '' : ' (offline)'}`))));
+    ...machines.map((m) => h('label', {}, h('input', { type: 'checkbox', value: m.id, checked: preset.machines?.includes(m.id) }), ` ${label(m)} `, h('small', {}, `${m.id}${note(m)}`))));
   const clients = h('input', { id: 'd-clients', type: 'number', min: 1, max: 10000 });
   const showWho = () => {
     group.parentElement.hidden = who.value !== 'group';
@@ -112,7 +120,7 @@ export function deployForm(snapshot, preset = {}) {
     if (wake.checked) req.wake = true;
     if (!nameThem.checked) req.nameMachines = false;
     const lines = targets
-      ? [`These ${targets.length} machine(s) will be overwritten with ${ref}:`, h('ul', { class: 'overwrite' }, ...targets.map((m) => h('li', {}, `${label(m)} (${m.id}): ${targetDisk(m)}`)))]
+      ? [`These ${targets.length} machine(s) will be overwritten with ${ref}:`, h('ul', { class: 'overwrite' }, ...targets.map((m) => h('li', {}, `${label(m)} (${m.id})${note(m)}: ${targetDisk(m)}`)))]
       : [`Any machine that comes, up to ${rule.clients}, will have its disk overwritten with ${ref}.`];
     lines.push(`After: ${after.options[after.selectedIndex].text}.`);
     if (wake.checked) lines.push('They are woken with Wake-on-LAN first.');

@@ -49,7 +49,7 @@ export async function showImage(name, actions) {
     if (!r) return;
     if (!r.removed.length) return void (preview.textContent = 'nothing to remove with these rules');
     if (!(await confirmDialog(`Remove ${r.removed.length} version(s) of ${name}?`, [`These versions go: ${r.removed.map((v) => `${name}@${v}`).join(', ')}.`, `Kept: ${r.kept.map((v) => `@${v}`).join(', ')}. Their chunks are freed by "clonecast image gc".`], 'Remove'))) return;
-    const done = await attempt('prune', () => api('POST', `/api/images/${encodeURIComponent(name)}/prune`, { ...rule(), dryRun: false }));
+    const done = await attempt('prune', () => api('POST', `/api/images/${encodeURIComponent(name)}/prune`, { ...rule(), versions: r.removed, dryRun: false }));
     if (done) {
       notice(`removed ${done.removed.map((v) => `${name}@${v}`).join(', ')}`);
       void showImage(name, actions);

@@ -91,8 +91,8 @@ export async function showMachine(id, actions, quiet = false) {
     h('button', {}, 'Save'));
   if (!kept) form.onsubmit = async (e) => {
     e.preventDefault();
-    const groups = $('#m-groups').value.split(/[\s,]+/).filter(Boolean);
-    if (await attempt('saving', () => api('PATCH', `/api/machines/${id}`, { name: $('#m-name').value.trim(), groups }))) notice(`saved ${label({ ...m, name: $('#m-name').value.trim() })}`);
+    const change = { name: $('#m-name').value.trim(), groups: $('#m-groups').value.split(/[\s,]+/).filter(Boolean) };
+    if (await attempt('saving', () => saveLabels(id, change))) notice(`saved ${label({ ...m, name: change.name })}`);
   };
   const last = m.lastImage;
   const facts = h('dl', { class: 'facts' },
@@ -115,6 +115,22 @@ export async function showMachine(id, actions, quiet = false) {
   const d = openDialog('panel', `Machine ${label(m)}`, form, facts, buttons, h('h3', {}, 'Disks'), disks, h('h3', {}, 'Events'), events, h('h3', {}, 'History'), history);
   d.dataset.machine = id;
   if (quiet && focused) document.getElementById(focused)?.focus();
+}
+
+/**
+ * Saves a machine's name and groups. If a running or waiting session of a new
+ * group would take it at once (the server refuses with 409 and names the
+ * session, image and disk), asks before saving again with "confirm".
+ */
+async function saveLabels(id, change) {
+  try {
+    return await api('PATCH', `/api/machines/${id}`, change);
+  } catch (err) {
+    if (err.code !== 'CLONECAST_ERR_NEEDS_CONFIRM') throw err;
+    const why = `${err.message.split('; send')[0]}.`;
+    if (!(await confirmDialog(`Overwrite ${id}?`, [why[0].toUpperCase() + why.slice(1), 'Save only if that is what you want.'], 'Save and overwrite'))) return undefined;
+    return api('PATCH', `/api/machines/${id}`, { ...change, confirm: true });
+  }
 }
 
 async function wakeUp(m) {

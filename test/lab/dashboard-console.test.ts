@@ -6,11 +6,14 @@
  * is created from the form (its confirmation names the machines and their
  * disks) and ends with verified disks, a capture from the form publishes a
  * version, the names and groups survive a server restart, and at 1024 and
- * 1440 px nothing overflows sideways. Screenshots go to test-artifacts/.
+ * 1440 px nothing overflows sideways; saving groups that a waiting session
+ * names asks first, and an offline machine's page wakes it. Screenshots go
+ * to test-artifacts/.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { ownHostname } from '../../server/lab/cli.js';
@@ -43,11 +46,12 @@ describe('dashboard console in a real browser', () => {
   let fleet: Fleet;
   let image: Buffer;
 
+  const agentProcs: ChildProcess[] = [];
   const startAgent = (k: number) => {
     // Each agent in a UTS namespace of its own, with its own host name (as `lab up` runs them).
     const [cmd, ...pre] = ownHostname(HOSTS[k]);
     fleet.agents[k] = undefined;
-    fleet.lab.spawnIn(fleet.lab.clients[k].ns, cmd, [...pre, process.execPath, CLI, 'agent', '--server', URL_, '--fingerprint', fleet.fingerprint, '--token', fleet.token, '--disk', fleet.diskPath(k)]);
+    agentProcs[k] = fleet.lab.spawnIn(fleet.lab.clients[k].ns, cmd, [...pre, process.execPath, CLI, 'agent', '--server', URL_, '--fingerprint', fleet.fingerprint, '--token', fleet.token, '--disk', fleet.diskPath(k)]);
   };
 
   beforeAll(async () => {
@@ -181,6 +185,43 @@ describe('dashboard console in a real browser', () => {
       const after = (await fleet.api('GET', '/api/machines')) as { id: string; name: string; groups: string[] }[];
       for (let k = 0; k < 2; k++) expect(after.find((m) => m.id === macs[k])).toMatchObject({ name: `desk-${k + 1}`, groups: ['room101', 'lab'] });
       expect(loads).toBe(1);
+
+      // Saving groups that a waiting session names asks first, naming the session and the image; Cancel changes nothing
+      // (saving groups used to make an idle machine join at once and overwrite its disk).
+      const waiting = await fleet.api('POST', '/api/sessions', { image: 'classroom', rule: { group: 'room202' } });
+      await page.click(`#machines tr[data-machine="${macs[0]}"] button[data-open]`);
+      await page.waitForSelector('#panel[open] #label-form');
+      await page.getByLabel('Groups', { exact: true }).fill('room202');
+      await page.click('#label-form button');
+      await page.waitForSelector('#confirm[open]');
+      const ask = (await page.textContent('#confirm-body')) ?? '';
+      expect(ask).toContain(`session ${waiting.id}`);
+      expect(ask).toContain(`classroom@${waiting.version}`);
+      expect(ask).toContain(fleet.diskPath(0));
+      await page.click('#confirm-no');
+      expect(((await fleet.api('GET', `/api/machines/${macs[0]}`)) as { groups: string[]; activity: { kind: string } })).toMatchObject({ groups: ['room101', 'lab'], activity: { kind: 'idle' } });
+      await fleet.api('POST', `/api/sessions/${waiting.id}/cancel`, {});
+      await page.keyboard.press('Escape');
+
+      // An offline machine's page has a Wake button that sends Wake-on-LAN from the server.
+      agentProcs[1].kill('SIGTERM');
+      await page.waitForSelector(`#machines tr[data-machine="${macs[1]}"][data-state="offline"]`, { timeout: 30_000 });
+      await page.click(`#machines tr[data-machine="${macs[1]}"] button[data-open]`);
+      await page.click('#panel[open] #m-wake');
+      await page.waitForFunction(() => /sent \d+ Wake-on-LAN packets for desk-2/.test(document.querySelector('#notice')?.textContent ?? ''));
+      await page.keyboard.press('Escape');
+
+      // "Restore classroom…" when the newest classroom cannot be read says so; it used to open the form on another image.
+      fleet.server!.child.kill('SIGTERM');
+      await fleet.server!.exited;
+      await page.waitForSelector('#conn.bad');
+      writeFileSync(join(fleet.data, 'images', 'classroom', '2.manifest'), 'not a manifest');
+      await fleet.startServer();
+      await page.waitForSelector('#conn.ok', { timeout: 30_000 });
+      await page.click(`#machines tr[data-machine="${macs[0]}"] button[data-open]`);
+      await page.getByRole('button', { name: 'Restore classroom…' }).click();
+      await page.waitForFunction(() => /cannot restore classroom: its latest version @2 cannot be read/.test(document.querySelector('#notice')?.textContent ?? ''));
+      expect(await page.locator('#form-dialog[open]').count()).toBe(0);
     } finally {
       await browser.close();
     }

@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
-import { EVENT_LIMIT, Registry } from '../../server/registry.js';
+import { BOOT_EVENT_LIMIT, EVENT_LIMIT, Registry } from '../../server/registry.js';
 import { Store } from '../../server/store/store.js';
 import { importImage } from '../../server/store/import.js';
 import { startServer, type RunningServer } from '../../server/app.js';
@@ -29,14 +29,52 @@ describe('registry for the console', () => {
     const kinds = r.get(A)!.events!.map((e) => e.kind);
     expect(kinds).toEqual(['drop', 'join', 'connect']);
     expect(r.get(A)!.events![0].text).toMatch(/session 7 ended: dropped \(no progress for 30 s\)/);
-    for (let i = 0; i < EVENT_LIMIT + 20; i++) r.event(A, 'boot', `boot ${i}`);
+    for (let i = 0; i < EVENT_LIMIT + 20; i++) r.event(A, 'connect', `connect ${i}`);
     expect(r.get(A)!.events!.length).toBe(EVENT_LIMIT);
-    expect(r.get(A)!.events![0].text).toBe(`boot ${EVENT_LIMIT + 19}`);
+    expect(r.get(A)!.events![0].text).toBe(`connect ${EVENT_LIMIT + 19}`);
     expect(r.list()[0]).not.toHaveProperty('events');
     await r.close();
     const again = new Registry(Store.open(data));
     expect(again.get(A)!.events!.length).toBe(EVENT_LIMIT);
     await again.close();
+  });
+
+  it('boot events cannot push drops and results out of the event log (a machine booting every 5 s flooded it)', async () => {
+    const r = new Registry(Store.open(join(tempDir('reg-boot'), 'data')));
+    r.seen(hello(A, '10.77.0.10'));
+    r.apply(A, { type: 'claim', by: { kind: 'session', id: 7 }, state: 'assigned', image: 'img@1' });
+    r.apply(A, { type: 'release', by: { kind: 'session', id: 7 }, state: 'dropped', error: 'no progress for 30 s' });
+    // The same boot again and again: one entry, counted.
+    for (let i = 0; i < 500; i++) r.event(A, 'boot', 'network boot: fetched its boot script');
+    let events = r.get(A)!.events!;
+    expect(events[0]).toMatchObject({ kind: 'boot', text: 'network boot: fetched its boot script (×500)' });
+    expect(events.map((e) => e.kind)).toEqual(['boot', 'drop', 'join', 'connect']);
+    // Boots that differ: at most BOOT_EVENT_LIMIT of them are kept, and the drop stays.
+    for (let i = 0; i < 2 * EVENT_LIMIT; i++) r.event(A, 'boot', `boot ${i}`);
+    events = r.get(A)!.events!;
+    expect(events.filter((e) => e.kind === 'boot')).toHaveLength(BOOT_EVENT_LIMIT);
+    expect(events[0].text).toBe(`boot ${2 * EVENT_LIMIT - 1}`);
+    expect(events.map((e) => e.kind).filter((k) => k !== 'boot')).toEqual(['drop', 'join', 'connect']);
+    await r.close();
+  });
+
+  it('an unverified agent from a trusted machine\'s address does not mark it superseded (it hid a machine a group deploy still overwrote)', async () => {
+    const r = new Registry(Store.open(join(tempDir('reg-sup-trust'), 'data')));
+    const C = '02:00:00:00:0a:03';
+    const E = 'ee:00:00:00:00:01';
+    r.seen(hello(A, '10.77.0.10'));
+    r.seen(hello(C, '10.77.0.11'));
+    r.label(A, { groups: ['room101'] });
+    r.label(C, { groups: ['room101'] });
+    r.online(A, false);
+    r.seen({ ...hello(E, '10.77.0.10'), trust: 'unverified' });
+    expect(r.get(A)!.supersededBy).toBe('');
+    expect(r.inGroup('room101').map((m) => m.id).sort()).toEqual([A, C]);
+    // A machine that proves who it is (token or credential) from that address does mark it.
+    r.online(E, false);
+    r.seen({ ...hello(B, '10.77.0.10'), trust: 'credential' });
+    expect(r.get(A)!.supersededBy).toBe(B);
+    await r.close();
   });
 
   it('a later successful capture clears the last error of a failed one (stale last error)', async () => {
@@ -128,6 +166,25 @@ describe('console routes', () => {
     expect(store.versions('img')).toEqual([2, 3]);
   });
 
+  it('prune removes only the versions the administrator confirmed (a version published after the preview shifted what went)', async () => {
+    const preview = await call('POST', '/api/images/img/prune', { keepLast: 1 });
+    expect(preview.body).toMatchObject({ removed: [2], kept: [3] });
+    // A version published between the preview and "Remove": the rule now removes @2 and @3.
+    writeFileSync(join(dir, 'disk.img'), Buffer.alloc(1 << 20, 4));
+    await importImage(store, join(dir, 'disk.img'), 'img', { workers: 1 });
+    const refused = await call('POST', '/api/images/img/prune', { keepLast: 1, versions: preview.body.removed, dryRun: false });
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.message).toMatch(/changed since the preview/);
+    expect(store.versions('img')).toEqual([2, 3, 4]);
+    expect((await call('POST', '/api/images/img/prune', { keepLast: 1, versions: 'all', dryRun: false })).status).toBe(400);
+    // What it shows now is what goes.
+    const again = await call('POST', '/api/images/img/prune', { keepLast: 2 });
+    expect(again.body).toMatchObject({ removed: [2], kept: [3, 4] });
+    const done = await call('POST', '/api/images/img/prune', { keepLast: 2, versions: [2], dryRun: false });
+    expect(done.body).toMatchObject({ removed: [2], dryRun: false });
+    expect(store.versions('img')).toEqual([3, 4]);
+  });
+
   it('refuse hostile input without changing anything', async () => {
     const bad: [string, string, unknown, number][] = [
       ['POST', '/api/images/img/prune', {}, 400],
@@ -143,7 +200,7 @@ describe('console routes', () => {
       ['DELETE', '/api/machines/02:00:00:00:ff:ff', undefined, 404],
     ];
     for (const [method, path, body, status] of bad) expect((await call(method, path, body)).status, `${method} ${path} ${JSON.stringify(body)}`).toBe(status);
-    expect(store.versions('img')).toEqual([2, 3]);
+    expect(store.versions('img')).toEqual([3, 4]);
   });
 
   it('forget an offline machine', async () => {

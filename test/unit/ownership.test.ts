@@ -177,13 +177,24 @@ describe('one owner per machine', () => {
     await Promise.all(runs);
   });
 
-  it('a machine put into a group joins the waiting session that names the group', async () => {
+  it('a machine put into a group joins the waiting session that names the group, only once the relabel is confirmed (saving groups overwrote a disk without asking)', async () => {
     const a = await fakeAgent(srv, srv.token, '02:00:00:00:0d:01');
     const s = await api('/api/sessions', { image: 'img', rule: { group: 'room-z' } });
     expect(s.status).toBe(201);
     await new Promise((r) => setTimeout(r, 200));
     expect(a.got.some((m) => m.type === 'assign')).toBe(false);
-    const labelled = await api('/api/machines/02:00:00:00:0d:01', { groups: ['room-z'] }, 'PATCH');
+    // The group a waiting session names: refused with the session, the image and the disk named, and nothing changed.
+    const refused = await api('/api/machines/02:00:00:00:0d:01', { name: 'pc-z', groups: ['room-z'] }, 'PATCH');
+    expect(refused.status).toBe(409);
+    expect(refused.body.error.code).toBe('CLONECAST_ERR_NEEDS_CONFIRM');
+    expect(refused.body.error.message).toContain(`session ${s.body.id}`);
+    expect(refused.body.error.message).toContain('img@');
+    expect(srv.registry.get('02:00:00:00:0d:01')).toMatchObject({ name: '', groups: [], activity: { kind: 'idle' } });
+    // A name alone, or a group no session names, needs no confirmation.
+    expect((await api('/api/machines/02:00:00:00:0d:01', { name: 'pc-z', groups: ['room-y'] }, 'PATCH')).status).toBe(200);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(a.got.some((m) => m.type === 'assign')).toBe(false);
+    const labelled = await api('/api/machines/02:00:00:00:0d:01', { groups: ['room-z'], confirm: true }, 'PATCH');
     expect(labelled.body).toMatchObject({ groups: ['room-z'] });
     await until(() => a.got.some((m) => m.type === 'assign'), 5000, 'the assign once in the group');
     await api(`/api/sessions/${s.body.id}/cancel`, {});
