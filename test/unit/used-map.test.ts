@@ -52,6 +52,14 @@ describe('partclone domain map', () => {
     });
   }
 
+  it('a map without its current-position line is refused, not read with its first used range dropped', () => {
+    // The first line is a range: taken as the position line, its used range [1 MiB, 3 MiB) was lost.
+    const headless = '0x00100000 0x00200000 +\n0x00300000 0x00100000 ?\n0x00400000 0x00100000 +\n';
+    expect(() => parseDomainMap(headless, START, LENGTH)).toThrow(/line 1: expected "0xPOSITION STATUS" as the current position/);
+    expect(() => parseDomainMap('0x04100000 ? x\n0x00100000 0x00200000 +\n', START, LENGTH)).toThrow(/pass "x" is not a number/);
+    expect(parseDomainMap('0x04100000 + 2\n0x00100000 0x00200000 +\n', START, LENGTH)).toEqual([{ start: 0x100000, end: 0x300000 }]);
+  });
+
   it('never crashes on random text, only throws Errors', () => {
     for (let k = 0; k < 3000; k++) {
       const junk = k % 2 === 0 ? randomBytes(k % 200).toString('latin1') : REAL.slice(0, k % REAL.length) + randomBytes(8).toString('latin1');
