@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { finishDisk } from '../../native/disk-finish.js';
+import { uncleanReason } from '../../native/fs-tools.js';
 import { CLI, cli, detachLoops, itNeeds, loopAttach, tempDir } from '../helpers.js';
 import { check, makeFsDisk, MiB, onPart, partsNow } from './fs-disk.js';
 
@@ -83,6 +84,54 @@ describe('grow-last refuses what it must not grow', () => {
     expect(report.grown).toMatchObject({ number: 3, fs: 'ext4', fsGrown: true });
     onPart(target, partsNow(target)[2], (d) => expect(check('e2fsck', ['-fn', d]).code).toBe(0));
   }, LONG);
+});
+
+/**
+ * A restart page of $LogFile as Windows writes it (two of them, at 0 and at the system page size):
+ * the restart area at 0x30 with its current LSN, the client-in-use list and the flags.
+ */
+function restartPage(lsn: bigint, clientInUse: number, flags: number): Buffer {
+  const page = Buffer.alloc(4096);
+  page.write('RSTR', 0, 'latin1');
+  page.writeUInt16LE(0x1e, 0x04); // update sequence array offset
+  page.writeUInt16LE(9, 0x06); // its count: 1 + 4096 / 512
+  page.writeUInt32LE(4096, 0x10); // system page size
+  page.writeUInt32LE(4096, 0x14); // log page size
+  page.writeUInt16LE(0x30, 0x18); // restart area offset
+  page.writeInt16LE(1, 0x1a);
+  page.writeInt16LE(1, 0x1c);
+  page.writeBigUInt64LE(lsn, 0x30); // current LSN
+  page.writeUInt16LE(1, 0x38); // log clients
+  page.writeUInt16LE(0xffff, 0x3a); // client free list
+  page.writeUInt16LE(clientInUse, 0x3c);
+  page.writeUInt16LE(flags, 0x3e);
+  return page;
+}
+
+describe('an NTFS whose $LogFile was not replayed', () => {
+  const dir = tempDir('logfile');
+
+  itNeeds(['fstools'], 'counts as unclean (the check import and --grow-last share); a closed or empty $LogFile is clean', async () => {
+    const vol = join(dir, 'ntfs.img');
+    execFileSync('truncate', ['-s', '16M', vol]);
+    execFileSync('mkntfs', ['-q', '-F', '-f', vol], { stdio: 'ignore' });
+    // mkntfs leaves $LogFile empty (all 0xFF): clean.
+    expect(await uncleanReason('ntfs', vol)).toBeNull();
+    const cluster = Number(/Cluster Size:\s*(\d+)/.exec(execFileSync('ntfsinfo', ['-m', vol], { encoding: 'utf8' }))![1]);
+    const lcn = Number.parseInt(/^\s*0x0\s+0x([0-9a-f]+)\s+0x[0-9a-f]+\s*$/im.exec(execFileSync('ntfsinfo', ['-i', '2', '-v', vol], { encoding: 'utf8' }))![1], 16);
+    const write = (pages: Buffer) => execFileSync('dd', [`of=${vol}`, 'bs=4096', `seek=${(lcn * cluster) / 4096}`, 'conv=notrunc', 'status=none'], { input: pages });
+    // What Windows leaves after a crash: the newer restart area (LSN 20) lists client 0 in use, not clean.
+    write(Buffer.concat([restartPage(10n, 0xffff, 0), restartPage(20n, 0, 0)]));
+    expect(await uncleanReason('ntfs', vol)).toMatch(/\$LogFile holds changes not yet replayed.*shut it down fully/);
+    // After a clean shutdown: no client in use, or the volume-is-clean flag set.
+    write(Buffer.concat([restartPage(10n, 0, 0), restartPage(20n, 0xffff, 0)]));
+    expect(await uncleanReason('ntfs', vol)).toBeNull();
+    write(Buffer.concat([restartPage(30n, 0, 2), restartPage(20n, 0, 0)]));
+    expect(await uncleanReason('ntfs', vol)).toBeNull();
+    // Neither an empty journal nor a restart page: damaged.
+    write(Buffer.alloc(8192, 0x41));
+    expect(await uncleanReason('ntfs', vol)).toMatch(/no restart page/);
+  });
 });
 
 describe('Ctrl-C during an import', () => {
