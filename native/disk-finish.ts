@@ -61,7 +61,10 @@ export interface FinishReport {
 /** Filesystems whose own tool grows them, by blkid TYPE. */
 export const GROWABLE = Object.freeze(['ext2', 'ext3', 'ext4', 'ntfs', 'xfs', 'btrfs'] as const);
 
-/** Every tool this module runs: the boot environment carries them (pxe/bootenv-tools.ts). */
+/**
+ * Every tool this module runs: the boot environment carries them (pxe/bootenv-tools.ts). The cleanliness
+ * check before a grow (fs-tools.ts: dumpe2fs, ntfscat, ntfsinfo, xfs_logprint, btrfs) uses capture's tools, also carried.
+ */
 export const FINISH_TOOLS = Object.freeze(['sfdisk', 'losetup', 'blkid', 'mkswap', 'mount', 'umount', 'e2fsck', 'resize2fs', 'ntfsresize', 'xfs_growfs', 'btrfs'] as const);
 
 /**
