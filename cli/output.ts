@@ -36,7 +36,7 @@ export function printImport(s: ImportSummary): void {
   log(`imported ${s.name}@${s.version}${s.parent !== null ? ` (parent ${s.name}@${s.parent})` : ''}`);
   log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero, ${s.unusedChunks} unused`);
   log(`  used        ${formatBytes(s.usedBytes)}; read from the source ${formatBytes(s.bytesRead)}`);
-  for (const w of s.warnings) log(`  warning     ${w}`);
+  for (const w of s.warnings) log(`  warning     ${safeText(w)}`);
   log(`  stored      ${formatBytes(s.storedBytes)} for this version (${s.codec}); new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
   log(`  partitions  ${s.partitionTable.scheme}, ${s.partitionTable.partitions.length} partition(s)`);
   log(`  bad ranges  ${s.badRanges.length === 0 ? 'none' : s.badRanges.map((r) => `${r.offset}+${r.length}`).join(', ')}`);
