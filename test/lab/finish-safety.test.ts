@@ -9,13 +9,13 @@
  */
 import { afterAll, describe, expect } from 'vitest';
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, truncateSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
 import { finishDisk } from '../../native/disk-finish.js';
 import { uncleanReason } from '../../native/fs-tools.js';
-import { CLI, cli, detachLoops, itNeeds, loopAttach, tempDir } from '../helpers.js';
+import { CLI, cli, detachLoops, itNeeds, loopAttach, ROOT, tempDir } from '../helpers.js';
 import { check, makeFsDisk, MiB, onPart, partsNow } from './fs-disk.js';
 
 const LONG = 120_000;
@@ -166,5 +166,31 @@ describe('Ctrl-C during an import', () => {
       }
       for (const l of loopsOver(disk.file)) spawnSync('losetup', ['-d', l.split(':')[0]]);
     }
+  }, LONG);
+
+  itNeeds(['loop'], 'a finishing step ended by process.exit (what Ctrl-C does) leaves no loop device or mount behind', async () => {
+    const file = join(dir, 'finish.img');
+    execFileSync('truncate', ['-s', '8M', file]);
+    execFileSync('mkfs.ext4', ['-q', '-F', file]);
+    // The compiled module, as the CLI runs it: a loop device and a mount held when the process exits.
+    const script = `
+      const { withLoop } = await import(${JSON.stringify(join(ROOT, 'dist', 'native', 'disk-finish.js'))});
+      const { trackMount } = await import(${JSON.stringify(join(ROOT, 'dist', 'native', 'cleanup.js'))});
+      const { execFileSync } = await import('node:child_process');
+      const { mkdtempSync } = await import('node:fs');
+      await withLoop(${JSON.stringify(file)}, 0, ${8 * MiB}, async (dev) => {
+        const at = mkdtempSync('/tmp/clonecast-grow-');
+        execFileSync('mount', ['-o', 'ro', dev, at]);
+        trackMount(at);
+        console.log(at);
+        process.exit(130);
+      });`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(130);
+    const at = r.stdout.trim();
+    expect(at).toMatch(/^\/tmp\/clonecast-grow-/);
+    expect(readFileSync('/proc/mounts', 'utf8')).not.toContain(at);
+    expect(existsSync(at)).toBe(false);
+    expect(loopsOver(file)).toEqual([]);
   }, LONG);
 });
