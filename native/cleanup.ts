@@ -3,7 +3,7 @@
  * when no `finally` gets to run: the CLI ends on Ctrl-C with process.exit,
  * which skips pending promises but still emits 'exit'. An 'exit' listener
  * may only do synchronous work, so the release runs umount and losetup -d
- * with spawnSync. Each helper that makes a device or a mount registers it
+ * with spawnSync. Each function that makes a device or a mount registers it
  * here and unregisters it once it released it the ordinary way.
  */
 import { spawnSync } from 'node:child_process';
