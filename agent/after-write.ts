@@ -38,7 +38,8 @@ export function targetSize(path: string): number {
 export async function afterWrite(a: Assign, manifest: Manifest, log?: (level: 'info' | 'warn', message: string) => void): Promise<FinishReport | null> {
   const size = targetSize(a.device!);
   if (!wantsAfterWrite(a, manifest, size)) return null;
-  return finishDisk(a.device!, size, manifest.meta, { growLast: a.growLast === true, log });
+  // On the target machine: its own kernel may mount the image's XFS or btrfs to grow it.
+  return finishDisk(a.device!, size, manifest.meta, { growLast: a.growLast === true, mayMount: true, log });
 }
 
 /**

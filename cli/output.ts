@@ -36,7 +36,7 @@ export function printImport(s: ImportSummary): void {
   log(`imported ${s.name}@${s.version}${s.parent !== null ? ` (parent ${s.name}@${s.parent})` : ''}`);
   log(`  disk        ${formatBytes(s.diskSize)} in ${s.chunks} chunks: ${s.dataChunks} data, ${s.zeroChunks} zero, ${s.unusedChunks} unused`);
   log(`  used        ${formatBytes(s.usedBytes)}; read from the source ${formatBytes(s.bytesRead)}`);
-  for (const w of s.warnings) log(`  warning     ${w}`);
+  for (const w of s.warnings) log(`  warning     ${safeText(w)}`);
   log(`  stored      ${formatBytes(s.storedBytes)} for this version (${s.codec}); new in the store: ${formatBytes(s.newBytes)} (${s.reusedChunks} chunks were already there)`);
   log(`  partitions  ${s.partitionTable.scheme}, ${s.partitionTable.partitions.length} partition(s)`);
   log(`  bad ranges  ${s.badRanges.length === 0 ? 'none' : s.badRanges.map((r) => `${r.offset}+${r.length}`).join(', ')}`);
@@ -80,7 +80,7 @@ export function printInfo(i: ImageInfo): void {
   const m = i.meta;
   log(`${m.name}@${m.version}${m.parent !== null ? `  (parent ${m.name}@${m.parent})` : ''}`);
   log(`  created      ${m.createdAt}`);
-  log(`  source       ${m.source.path} (${m.source.kind})`);
+  log(`  source       ${safeText(m.source.path)} (${m.source.kind})`);
   log(`  virtual size ${formatBytes(m.diskSize)} (${m.diskSize} bytes), sector ${m.sectorSize} B, chunk ${formatBytes(m.chunkSize)}`);
   log(`  used         ${formatBytes(i.usedBytes)}${m.usedBytes === undefined ? ' (no used-block map: the whole disk)' : ''}`);
   log(`  chunks       ${i.chunks}: ${i.dataChunks} data, ${i.zeroChunks} zero, ${i.absentChunks} absent, ${i.unusedChunks} unused`);
@@ -91,13 +91,13 @@ export function printInfo(i: ImageInfo): void {
   t.partitions.forEach((p, k) => {
     const a = m.assembledFrom?.find((x) => x.index === k);
     const from = a === undefined ? '' : `  from ${a.image}@${a.version} partition ${a.partition}`;
-    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${p.name}"` : ''}${p.bootable ? '  (boot)' : ''}${from}`);
+    log(`    ${String(p.number).padStart(2)}  start ${formatBytes(p.start).padStart(10)}  size ${formatBytes(p.size).padStart(10)}  ${typeName(p.type)}${p.name ? `  "${safeText(p.name)}"` : ''}${p.bootable ? '  (boot)' : ''}${from}`);
   });
-  for (const w of t.warnings) log(`    warning: ${w}`);
+  for (const w of t.warnings) log(`    warning: ${safeText(w)}`);
   if (m.partitions !== undefined) log(`  read as      ${m.partitions.length === 0 ? 'no partitions mapped' : 'fs          method      used bytes       why'}`);
   for (const r of m.partitions ?? []) {
     const p = t.partitions[r.index];
-    log(`    ${String(p?.number ?? r.index).padStart(2)}  ${(r.fs ?? 'none').padEnd(11)} ${r.method.padEnd(11)} used ${formatBytes(r.usedBytes).padStart(10)}  ${r.reason}`);
+    log(`    ${String(p?.number ?? r.index).padStart(2)}  ${safeText(r.fs ?? 'none').padEnd(11)} ${r.method.padEnd(11)} used ${formatBytes(r.usedBytes).padStart(10)}  ${safeText(r.reason)}`);
   }
   log(`  bad ranges   ${m.badRanges.length === 0 ? 'none' : ''}`);
   for (const r of m.badRanges) log(`    bytes ${r.offset}-${r.offset + r.length - 1} (${r.length} bytes) were unreadable and are stored as zeros`);

@@ -7,9 +7,16 @@
  * - with growLast, the last partition grows to the end of the disk (sfdisk -N,
  *   which keeps its type, GUID, name and attributes) and its filesystem with
  *   the filesystem's own tool: resize2fs, ntfsresize, xfs_growfs and
- *   `btrfs filesystem resize max` (those two on a temporary mount). FAT and
- *   exFAT have no grow tool here: such a partition is left as it is, with a
- *   warning;
+ *   `btrfs filesystem resize max` (those two on a temporary mount, nodev,
+ *   nosuid, noexec). The filesystem is named by blkid on the disk, never by
+ *   the image's record. A filesystem that was not cleanly shut down (a
+ *   hibernated or Fast Startup Windows, a dirty NTFS, an ext4 journal or XFS
+ *   log not replayed, a btrfs log tree) is not grown: the system that
+ *   resumes would find its volume changed under it. XFS and btrfs grow only
+ *   where mayMount is set (the agent, on the target machine): the server's
+ *   export never mounts a filesystem from an image in its own kernel. FAT
+ *   and exFAT have no grow tool here. A partition that is not grown keeps
+ *   its size, with a warning that says why;
  * - every swap partition the image recorded (method 'swap') is recreated with
  *   `mkswap -U UUID -L LABEL`, as Clonezilla does.
  *
@@ -24,11 +31,18 @@ import { join } from 'node:path';
 import { ClonecastError, ERR } from '../protocol/errors.js';
 import type { ManifestMeta, PartitionRead } from '../protocol/manifest.js';
 import type { Partition } from '../protocol/partitions.js';
+import { trackLoop, trackMount, untrackLoop, untrackMount } from './cleanup.js';
+import { uncleanReason } from './fs-tools.js';
 
 /** What to do after the write. */
 export interface FinishOptions {
   /** Grow the last partition and its filesystem to the end of the target. */
   growLast?: boolean;
+  /**
+   * XFS and btrfs grow only while mounted: set on the target machine (the agent), never on the
+   * server, where the kernel would parse a filesystem someone else made.
+   */
+  mayMount?: boolean;
   log?: (level: 'info' | 'warn', message: string) => void;
 }
 
@@ -38,6 +52,8 @@ export interface FinishReport {
   relocatedGpt: boolean;
   /** The last partition's number and new size in bytes, when it was grown. */
   grown?: { number: number; size: number; fs: string | null; fsGrown: boolean };
+  /** Why the last partition was not grown though growLast asked for it. */
+  notGrown?: string;
   /** Swap partitions recreated (their UUIDs). */
   swaps: string[];
 }
@@ -45,7 +61,10 @@ export interface FinishReport {
 /** Filesystems whose own tool grows them, by blkid TYPE. */
 export const GROWABLE = Object.freeze(['ext2', 'ext3', 'ext4', 'ntfs', 'xfs', 'btrfs'] as const);
 
-/** Every tool this module runs: the boot environment carries them (pxe/bootenv-tools.ts). */
+/**
+ * Every tool this module runs: the boot environment carries them (pxe/bootenv-tools.ts). The cleanliness
+ * check before a grow (fs-tools.ts: dumpe2fs, ntfscat, ntfsinfo, xfs_logprint, btrfs) uses capture's tools, also carried.
+ */
 export const FINISH_TOOLS = Object.freeze(['sfdisk', 'losetup', 'blkid', 'mkswap', 'mount', 'umount', 'e2fsck', 'resize2fs', 'ntfsresize', 'xfs_growfs', 'btrfs'] as const);
 
 /**
@@ -80,18 +99,23 @@ export function tool(cmd: string, args: string[], input?: string): Promise<strin
 /** Runs fn with a loop device over bytes [offset, offset+length) of target, detached afterwards. */
 export async function withLoop<T>(target: string, offset: number, length: number, fn: (dev: string) => Promise<T>): Promise<T> {
   const dev = (await tool('losetup', ['-f', '--show', '-o', String(offset), '--sizelimit', String(length), target])).trim();
+  // Detached at exit too: Ctrl-C ends the CLI with process.exit, and the finally below would never run.
+  trackLoop(dev);
   try {
     return await fn(dev);
   } finally {
     await tool('losetup', ['-d', dev]).catch(() => undefined);
+    untrackLoop(dev);
   }
 }
 
 /** Runs fn with dev mounted on a temporary folder, unmounted afterwards. */
 async function withMount<T>(dev: string, fs: string, fn: (dir: string) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), 'clonecast-grow-'));
+  trackMount(dir);
   try {
-    await tool('mount', ['-t', fs, dev, dir]);
+    // Nothing on it is to be used: no device nodes, no set-user-ID programs, nothing run.
+    await tool('mount', ['-t', fs, '-o', 'nodev,nosuid,noexec', dev, dir]);
     try {
       return await fn(dir);
     } finally {
@@ -99,6 +123,7 @@ async function withMount<T>(dev: string, fs: string, fn: (dir: string) => Promis
     }
   } finally {
     rmdirSync(dir);
+    untrackMount(dir);
   }
 }
 
@@ -122,7 +147,8 @@ export async function growFilesystem(dev: string, fs: string | null): Promise<bo
       await tool('resize2fs', [dev]);
       return true;
     case 'ntfs':
-      await tool('ntfsresize', ['--force', '--no-progress-bar', dev], 'y\n');
+      // No --force: ntfsresize itself refuses a volume marked dirty or scheduled for chkdsk.
+      await tool('ntfsresize', ['--no-progress-bar', dev], 'y\n');
       return true;
     case 'xfs':
       await withMount(dev, 'xfs', (dir) => tool('xfs_growfs', [dir]));
@@ -155,9 +181,13 @@ export async function finishDisk(target: string, targetSize: number, meta: Manif
   if (options.growLast === true && larger && last !== undefined) {
     if (table.scheme === 'mbr' && last.number > 4) throw new ClonecastError(ERR.PARTITION_TABLE, `the last partition of ${target} is logical partition ${last.number}; --grow-last grows only a primary partition: grow the extended one with a partition editor`);
     const record = meta.partitions?.find((p) => p.start === last.start);
-    const fs = record?.method === 'swap' ? 'swap' : (record?.fs ?? (await withLoop(target, last.start, last.size, probeType)));
-    if (fs === 'vfat' || fs === 'exfat') {
-      options.log?.('warn', `the last partition (${last.number}) holds ${fs}, which cannot be grown here; it keeps its size (grow it from the installed system)`);
+    // Swap is not copied (its bytes on the target are whatever was there): the checked record names it.
+    // Anything else is named by what is on the disk now, not by the image's record, which its maker wrote.
+    const fs = record?.method === 'swap' && swaps.some((p) => p.start === last.start) ? 'swap' : await withLoop(target, last.start, last.size, probeType);
+    const refused = await growRefusal(target, last, fs, options.mayMount === true);
+    if (refused !== null) {
+      report.notGrown = refused;
+      options.log?.('warn', `the last partition (${last.number}) keeps its size: ${refused}`);
     } else {
       // sfdisk moves the GPT backup to the end as it writes the table; ", +" is "same start, as large as possible".
       await tool('sfdisk', ['--no-reread', '--no-tell-kernel', '-N', String(last.number), target], ', +\n');
@@ -207,6 +237,21 @@ export async function recreateSwap(target: string, p: PartitionRead, length = p.
   await withLoop(target, p.start, length, (dev) => tool('mkswap', [...args, dev]));
 }
 
+/**
+ * Why the last partition `part` of target, holding fs, must not be grown (null: it may be). The disk
+ * is written and verified either way; only the grow is left out.
+ */
+export async function growRefusal(target: string, part: Partition, fs: string | null, mayMount: boolean): Promise<string | null> {
+  if (fs === 'vfat' || fs === 'exfat') return `it holds ${fs}, which cannot be grown here (grow it from the installed system)`;
+  if ((fs === 'xfs' || fs === 'btrfs') && !mayMount) {
+    return `it holds ${fs}, which grows only while mounted, and the server does not mount filesystems from images; grow it on the machine or VM that boots it (xfs_growfs / or btrfs filesystem resize max /), or deploy with --grow-last, where the agent grows it on the target machine`;
+  }
+  if (fs === null || fs === 'swap' || !(GROWABLE as readonly string[]).includes(fs)) return null;
+  const unclean = await withLoop(target, part.start, part.size, (dev) => uncleanReason(fs, dev));
+  if (unclean === null) return null;
+  return `its ${fs} filesystem was not cleanly shut down, so growing it could corrupt it (${unclean}). The image is written and verified; grow the partition after a full shutdown of the installed system`;
+}
+
 /** The size in bytes of partition `part` (by number) as the table on target now says. */
 async function newSize(target: string, part: Partition): Promise<number> {
   const out = await tool('sfdisk', ['--json', target]);
@@ -221,6 +266,7 @@ async function newSize(target: string, part: Partition): Promise<number> {
 export function describeFinish(r: FinishReport): string {
   const parts: string[] = [];
   if (r.grown !== undefined) parts.push(`partition ${r.grown.number} grown to ${r.grown.size} bytes${r.grown.fsGrown ? ` with its ${r.grown.fs} filesystem` : ''}`);
+  if (r.notGrown !== undefined) parts.push('the last partition kept its size (see the warning)');
   if (r.relocatedGpt) parts.push('GPT backup moved to the end of the disk');
   if (r.swaps.length > 0) parts.push(`${r.swaps.length} swap partition(s) recreated`);
   return parts.length > 0 ? parts.join('; ') : 'nothing to finish';

@@ -98,6 +98,11 @@ export async function uncleanReason(fs: string, dev: string): Promise<string | n
     const h = await firstBytes('ntfscat', [dev, 'hiberfil.sys'], 4);
     if (!h.started) return 'ntfscat (ntfs-3g) is missing, so whether Windows is hibernated cannot be checked';
     if (/^hibr/i.test(h.bytes.toString('latin1'))) return `Windows is hibernated or was shut down with Fast Startup (hiberfil.sys is active); ${SHUT_DOWN_FIX}`;
+    // $LogFile (MFT record 2): a journal Windows did not close cleanly holds changes not yet replayed.
+    const log = await firstBytes('ntfscat', ['-i', '2', dev], LOGFILE_SCAN);
+    const state = logFileState(log.bytes);
+    if (state === 'dirty') return `its $LogFile holds changes not yet replayed (Windows did not shut it down cleanly, or it was hibernated); ${SHUT_DOWN_FIX}`;
+    if (state === 'unreadable') return `its $LogFile has no restart page that can be read: it may be damaged; run chkdsk on it, or ${SHUT_DOWN_FIX}`;
     const i = await run('ntfsinfo', ['-m', dev]);
     if (i.code === 127) return 'ntfsinfo (ntfs-3g) is missing, so whether it was cleanly unmounted cannot be checked';
     const flags = /Volume Flags:\s*0x([0-9a-fA-F]+)/.exec(i.stdout);
@@ -122,6 +127,34 @@ export async function uncleanReason(fs: string, dev: string): Promise<string | n
   }
   // FAT, exFAT, f2fs, HFS+: partclone itself refuses what it cannot read.
   return null;
+}
+
+/** Bytes of $LogFile read: restart pages are looked for at 0 and at 512, 1024, ... 64 KiB (the largest system page), plus one page. */
+const LOGFILE_SCAN = 65536 + 4096;
+
+/**
+ * Whether an NTFS $LogFile (its first bytes) says the volume was shut down cleanly, as ntfs-3g's
+ * logfile.c judges it: 'empty' (all 0xFF, as mkntfs and ntfs-3g leave it), 'clean', 'dirty' (the
+ * restart area with the highest current LSN lists a client in use and lacks
+ * RESTART_VOLUME_IS_CLEAN), or 'unreadable' (no "RSTR" or "CHKD" restart page found).
+ * Layout (little-endian): restart page header: magic at 0, restart_area_offset u16 at 0x18;
+ * restart area: current_lsn u64 at 0, client_in_use_list u16 at 12, flags u16 at 14.
+ */
+export function logFileState(bytes: Buffer): 'empty' | 'clean' | 'dirty' | 'unreadable' {
+  const NO_CLIENT = 0xffff;
+  const VOLUME_IS_CLEAN = 0x0002;
+  let best: { lsn: bigint; dirty: boolean } | undefined;
+  for (let pos = 0; pos <= 65536 && pos + 512 <= bytes.length; pos = pos === 0 ? 512 : pos * 2) {
+    const magic = bytes.toString('latin1', pos, pos + 4);
+    if (magic !== 'RSTR' && magic !== 'CHKD') continue;
+    const ra = pos + bytes.readUInt16LE(pos + 0x18);
+    if (ra - pos < 0x1e || ra - pos > 4096 - 16 || ra + 16 > bytes.length) continue;
+    const lsn = bytes.readBigUInt64LE(ra);
+    const dirty = bytes.readUInt16LE(ra + 12) !== NO_CLIENT && (bytes.readUInt16LE(ra + 14) & VOLUME_IS_CLEAN) === 0;
+    if (best === undefined || lsn > best.lsn) best = { lsn, dirty };
+  }
+  if (best !== undefined) return best.dirty ? 'dirty' : 'clean';
+  return bytes.length >= 512 && bytes.every((b) => b === 0xff) ? 'empty' : 'unreadable';
 }
 
 /**

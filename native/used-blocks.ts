@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import type { PartitionRead } from '../protocol/manifest.js';
 import type { Partition, PartitionTable } from '../protocol/partitions.js';
 import { addSpan, bytesWithin, complement, spanBytes, unionSpans, type Span } from '../protocol/used-map.js';
+import { trackLoop, untrackLoop } from './cleanup.js';
 import { partcloneMap, PARTCLONE, probe, uncleanReason } from './fs-tools.js';
 import { devNumbers } from './usage.js';
 
@@ -134,7 +135,15 @@ function openPartition(src: string, p: Partition): PartitionDevice {
   if (node !== null) return { path: node, release: () => {} };
   const dev = execFileSync('losetup', ['-f', '--show', '-r', '-o', String(p.start), '--sizelimit', String(p.size), src], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim();
   if (!/^\/dev\/loop\d+$/.test(dev)) throw new Error(`losetup answered "${dev.slice(0, 80)}"`);
-  return { path: dev, release: () => void spawnSync('losetup', ['-d', dev]) };
+  // Detached at exit too: Ctrl-C ends the CLI with process.exit, and this release would never run.
+  trackLoop(dev);
+  return {
+    path: dev,
+    release: () => {
+      spawnSync('losetup', ['-d', dev]);
+      untrackLoop(dev);
+    },
+  };
 }
 
 function kernelPartition(src: string, p: Partition): string | null {

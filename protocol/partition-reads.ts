@@ -11,6 +11,14 @@ export const MAX_PARTITION_READS = 256;
 const METHODS = new Set(['used-blocks', 'full', 'swap']);
 
 /**
+ * What a terminal must not be handed: C0, DEL and C1 controls (C1's CSI, U+009B, starts an escape
+ * sequence on its own), the Unicode line and paragraph separators, and the bidirectional embeddings,
+ * overrides and isolates (Unicode TR#9), which reorder the text printed after them.
+ */
+// eslint-disable-next-line no-control-regex
+export const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/;
+
+/**
  * Returns the partition records checked against a disk of diskSize bytes,
  * or throws an Error naming the first bad field: a known method, whole
  * numbers, each partition inside the disk, its used bytes at most its
@@ -27,7 +35,7 @@ export function checkPartitionReads(value: unknown, diskSize: number): Partition
     };
     const text = (v: unknown, what: string, max: number, optional: boolean) => {
       if (v === undefined && optional) return undefined;
-      if (typeof v !== 'string' || v.length > max || /[\x00-\x1f\x7f]/.test(v)) throw new Error(`partitions[${k}].${what} must be printable text of at most ${max} characters`);
+      if (typeof v !== 'string' || v.length > max || UNPRINTABLE.test(v)) throw new Error(`partitions[${k}].${what} must be printable text of at most ${max} characters`);
       return v;
     };
     const index = int(o.index, 'index');

@@ -60,8 +60,11 @@ export function parseDomainMap(text: string, start: number, length: number): Spa
     const where = `line ${k + 1}`;
     const f = line.split(/\s+/);
     if (!sawCurrent) {
-      // The current-position line: 0xPOS STATUS [PASS]
+      // The current-position line: 0xPOS STATUS [PASS] (ddrescue's PASS is a decimal number). A range
+      // line here (0xPOS 0xSIZE STATUS) means the line was left out: refused, or its range would be lost.
       if (f.length < 2 || f.length > 3) throw new Error(`${where}: expected "0xPOSITION STATUS"`);
+      if (f[1].length !== 1 || !DOMAIN_MAP.STATUSES.includes(f[1])) throw new Error(`${where}: expected "0xPOSITION STATUS" as the current position, got "${line.slice(0, 60)}"`);
+      if (f.length === 3 && !/^\d{1,9}$/.test(f[2])) throw new Error(`${where}: the current position's pass "${f[2].slice(0, 20)}" is not a number`);
       const pos = hexNumber(f[0], where);
       if (pos < start || pos > end) throw new Error(`${where}: current position ${f[0]} is outside the partition`);
       sawCurrent = true;

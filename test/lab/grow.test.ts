@@ -1,14 +1,17 @@
 /**
  * Restoring onto a disk of another size (docs/operations.md, "Larger and
  * smaller targets"): `image export --grow-last --size` grows the last
- * partition with the filesystem's own tool (ext4, NTFS, XFS, btrfs), moves
- * the GPT backup to the end and recreates swap with its UUID; a target
+ * partition with the filesystem's own tool (ext4, NTFS), moves the GPT
+ * backup to the end and recreates swap with its UUID. XFS and btrfs grow
+ * only while mounted: the server's export leaves them at their size with a
+ * warning, and the agent's finishing step (mayMount) grows them. A target
  * smaller than the image is refused with the size needed and the size used.
  */
 import { afterAll, describe, expect } from 'vitest';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
+import { finishDisk } from '../../native/disk-finish.js';
 import { cli, detachLoops, itNeeds, tempDir } from '../helpers.js';
 import { blkid, check, ext4FileSha, makeFsDisk, markUnused, MiB, onPart, partsNow, SWAP_UUID } from './fs-disk.js';
 
@@ -56,10 +59,27 @@ describe('export onto a larger or smaller target', () => {
 
   // The kernel refuses to resize a btrfs to less than 256 MiB, and mkfs.xfs makes none under 300 MiB.
   for (const [fs, sizeMiB, grownMiB] of [['ntfs', 40, 64], ['btrfs', 160, 300], ['xfs', 340, 380]] as const) {
-    itNeeds(['loop', 'fstools'], `${fs}: the last partition grows with its filesystem, which checks clean`, async () => {
+    const mounted = fs === 'xfs' || fs === 'btrfs';
+    itNeeds(['loop', 'fstools'], `${fs}: the last partition grows with its filesystem, which checks clean${mounted ? ' (on the target machine; the server never mounts it)' : ''}`, async () => {
       const disk = makeFsDisk(join(dir, `${fs}.img`), sizeMiB, fs);
-      await importImage(Store.open(data), disk.file, fs, {});
-      const { out, parts } = await growExport(fs, grownMiB);
+      const store = Store.open(data);
+      await importImage(store, disk.file, fs, {});
+      let out: string;
+      let parts: ReturnType<typeof partsNow>;
+      if (mounted) {
+        // The server's export: the disk is written, the GPT backup moves, the partition keeps its size.
+        out = join(dir, `${fs}-grown.img`);
+        const r = await cli(['image', 'export', fs, out, '--grow-last', '--size', String(grownMiB * MiB), '--data', data]);
+        expect(r.code, r.stderr).toBe(0);
+        expect(r.stderr).toMatch(new RegExp(`warning: the last partition \\(3\\) keeps its size: it holds ${fs}, which grows only while mounted, and the server does not mount filesystems from images.*deploy with --grow-last`));
+        expect(partsNow(out)[2].size).toBe(disk.parts[2].size);
+        expect(check('sgdisk', ['-v', out]).out).toMatch(/No problems found/);
+        // The agent's step on the target machine, where its own kernel mounts it.
+        const report = await finishDisk(out, grownMiB * MiB, (await store.readManifest(fs, 1)).meta, { growLast: true, mayMount: true });
+        expect(report.grown).toMatchObject({ number: 3, fs, fsGrown: true });
+        parts = partsNow(out);
+        expect(grownMiB * MiB - (parts[2].start + parts[2].size)).toBeLessThan(MiB);
+      } else ({ out, parts } = await growExport(fs, grownMiB));
       onPart(out, parts[2], (dev) => {
         let size: number;
         if (fs === 'ntfs') {
@@ -84,7 +104,7 @@ describe('export onto a larger or smaller target', () => {
     const out = join(dir, 'fat-grown.img');
     const r = await cli(['image', 'export', 'fat', out, '--grow-last', '--size', String(64 * MiB), '--data', data]);
     expect(r.code, r.stderr).toBe(0);
-    expect(r.stderr).toMatch(/warning: the last partition \(3\) holds vfat, which cannot be grown here; it keeps its size/);
+    expect(r.stderr).toMatch(/warning: the last partition \(3\) keeps its size: it holds vfat, which cannot be grown here/);
     const parts = partsNow(out);
     expect(parts[2].size).toBe(disk.parts[2].size);
     expect(check('sgdisk', ['-v', out]).out).toMatch(/No problems found/);

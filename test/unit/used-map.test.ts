@@ -52,6 +52,14 @@ describe('partclone domain map', () => {
     });
   }
 
+  it('a map without its current-position line is refused, not read with its first used range dropped', () => {
+    // The first line is a range: taken as the position line, its used range [1 MiB, 3 MiB) was lost.
+    const headless = '0x00100000 0x00200000 +\n0x00300000 0x00100000 ?\n0x00400000 0x00100000 +\n';
+    expect(() => parseDomainMap(headless, START, LENGTH)).toThrow(/line 1: expected "0xPOSITION STATUS" as the current position/);
+    expect(() => parseDomainMap('0x04100000 ? x\n0x00100000 0x00200000 +\n', START, LENGTH)).toThrow(/pass "x" is not a number/);
+    expect(parseDomainMap('0x04100000 + 2\n0x00100000 0x00200000 +\n', START, LENGTH)).toEqual([{ start: 0x100000, end: 0x300000 }]);
+  });
+
   it('never crashes on random text, only throws Errors', () => {
     for (let k = 0; k < 3000; k++) {
       const junk = k % 2 === 0 ? randomBytes(k % 200).toString('latin1') : REAL.slice(0, k % REAL.length) + randomBytes(8).toString('latin1');
@@ -123,6 +131,10 @@ describe('used-block metadata in manifests', () => {
     ['more used bytes than the partition', [{ ...good, usedBytes: 70000 }]],
     ['an unknown method', [{ ...good, method: 'magic' }]],
     ['a control character in a reason', [{ ...good, reason: 'a\u001b[2Jb' }]],
+    ['a C1 control (CSI, an escape sequence on its own) in a filesystem name', [{ ...good, fs: 'ntfs\u009b2J' }]],
+    ['a right-to-left override in a reason', [{ ...good, reason: 'clean \u202efdp.exe' }]],
+    ['a bidirectional isolate in a label', [{ ...good, label: 'a\u2066b' }]],
+    ['a line separator in a uuid', [{ ...good, uuid: 'u\u2028v' }]],
     ['a negative index', [{ ...good, index: -1 }]],
     ['not a list', { 0: good }],
   ];
@@ -145,4 +157,33 @@ describe('reading a tool\'s first bytes', () => {
     expect(r).toEqual({ started: true, bytes: Buffer.from('HIBR') });
     expect((await firstBytes('/nonexistent/tool', [], 4)).started).toBe(false);
   }, 30_000);
+});
+
+describe('image info of hostile partition records', () => {
+  it('prints C1 controls and bidirectional overrides in a filesystem name and a reason as "?"', async () => {
+    const { printInfo } = await import('../../cli/output.js');
+    // A manifest stored before the check was strict, or written by hand: printInfo must not pass it raw.
+    const meta = {
+      name: 'lab', version: 1, diskSize: 131072, sectorSize: 512, chunkSize: 65536, createdAt: '2026-11-30T00:00:00.000Z', parent: null,
+      source: { path: '/dev/sda\u009b2J', kind: 'block-device', description: 'fixture' },
+      partitionTable: { scheme: 'gpt', sectorSize: 512, partitions: [{ number: 1, start: 65536, size: 65536, type: '0FC63DAF-8483-4772-8E79-3D69D8477DE4', name: 'p\u202e1', bootable: false }], warnings: [] },
+      partitions: [{ index: 0, start: 65536, length: 65536, fs: 'ext4\u009b2J', method: 'full', reason: 'clean \u202efdp.exe \u2066x\u2069 \u001b]0;t\u0007', usedBytes: 65536 }],
+      badRanges: [], newBytes: 0, usedBytes: 65536,
+    };
+    const info = { meta, usedBytes: 65536, chunks: 2, dataChunks: 1, zeroChunks: 0, absentChunks: 0, unusedChunks: 1, storedBytes: 1, uniqueChunks: 1, compressionRatio: 1, dedupeRatio: 1, totalRatio: 1 };
+    let out = '';
+    const write = process.stdout.write;
+    process.stdout.write = ((s: string) => ((out += s), true)) as typeof process.stdout.write;
+    try {
+      printInfo(info as never);
+    } finally {
+      process.stdout.write = write;
+    }
+    expect(out).toMatch(/ext4\?2J/);
+    expect(out).toContain('clean ?fdp.exe ?x? ?]0;t?');
+    expect(out).toContain('"p?1"');
+    expect(out).toContain('/dev/sda?2J');
+    // eslint-disable-next-line no-control-regex
+    expect(out).not.toMatch(/[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u2028-\u202e\u2066-\u2069]/);
+  });
 });
