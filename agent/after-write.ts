@@ -63,7 +63,7 @@ export async function afterVerified(a: Assign, manifest: Manifest, r: ReceiverRe
       // The table as it is now on the disk: finishing may have grown the last partition.
       const disk = Disk.open(a.device!, { write: false, force: true });
       const table = await readTable(disk).finally(() => disk.close());
-      const named = nameMachine(a.device!, table, a.machineName, { unattend: a.unattend ?? '', log });
+      const named = await nameMachine(a.device!, table, a.machineName, { unattend: a.unattend ?? '', log });
       if (named.length === 0) log?.('info', `session ${a.sessionId}: no Linux root or Windows system found to name ${a.machineName}`);
     } catch (err) {
       return new ClonecastError((err as ClonecastError).code ?? ERR.WRITE_ERROR, `the image was written and verified, but naming the machine ${a.machineName} failed: ${(err as Error).message}`, {}, { cause: err });

@@ -24,6 +24,7 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import type { PartitionTable } from '../protocol/partitions.js';
 import { hiveGetDword, hiveGetString, hiveSetStrings } from '../native/hive.js';
 import { MACHINE_NAME, netbiosName } from '../protocol/machine-name.js';
+import { uncleanReason } from '../native/fs-tools.js';
 
 const SYSTEM_HIVE = '/Windows/System32/config/SYSTEM';
 
@@ -43,7 +44,7 @@ export interface NamingOptions {
 }
 
 /** Writes name into every Linux root and Windows system on device; returns what it changed. */
-export function nameMachine(device: string, table: PartitionTable, name: string, o: NamingOptions = {}): Named[] {
+export async function nameMachine(device: string, table: PartitionTable, name: string, o: NamingOptions = {}): Promise<Named[]> {
   if (!MACHINE_NAME.test(name)) throw new ClonecastError(ERR.USAGE, `"${name}" cannot be a machine name: 1-64 letters, digits, ".", "_" or "-"`);
   const done: Named[] = [];
   const scratch = mkdtempSync(join(tmpdir(), 'cc-name-'));
@@ -52,7 +53,7 @@ export function nameMachine(device: string, table: PartitionTable, name: string,
       const loop = execFileSync('losetup', ['--find', '--show', '--offset', String(p.start), '--sizelimit', String(p.size), device], { encoding: 'utf8' }).trim();
       try {
         const fs = spawnSync('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loop], { encoding: 'utf8' }).stdout.trim();
-        const r = /^ext[234]$/.test(fs) ? nameLinux(loop, name, scratch) : fs === 'ntfs' ? nameWindows(loop, name, scratch, o.unattend || undefined) : null;
+        const r = /^ext[234]$/.test(fs) ? nameLinux(loop, name, scratch) : fs === 'ntfs' ? await nameWindows(loop, name, scratch, o.unattend || undefined) : null;
         if (r !== null) {
           done.push({ partition: p.number, system: r.system, what: r.what });
           o.log?.('info', `partition ${p.number}: ${r.what}`);
@@ -108,11 +109,14 @@ function nameLinux(loop: string, name: string, scratch: string): { system: 'linu
   return { system: 'linux', what: `Linux: /etc/hostname and /etc/hosts say ${name}` };
 }
 
-function nameWindows(loop: string, name: string, scratch: string, unattend: string | undefined): { system: 'windows'; what: string } | null {
+async function nameWindows(loop: string, name: string, scratch: string, unattend: string | undefined): Promise<{ system: 'windows'; what: string } | null> {
   const hive = join(scratch, 'SYSTEM');
   const cat = spawnSync('ntfscat', ['-f', loop, SYSTEM_HIVE], { maxBuffer: 1 << 30 });
   if (cat.error !== undefined) throw new ClonecastError(ERR.NOT_FOUND, 'ntfscat is missing: install ntfs-3g');
   if (cat.status !== 0 || cat.stdout.length === 0) return null;
+  // A hibernated Windows (or one whose $LogFile was not replayed) would resume or replay over the changed hive.
+  const unclean = await uncleanReason('ntfs', loop);
+  if (unclean !== null) throw new ClonecastError(ERR.WRITE_ERROR, `the Windows system was not named: ${unclean}`);
   writeFileSync(hive, cat.stdout);
   // The control set Windows boots with (Select\Current); ControlSet001 where the hive has no Select.
   const current = hiveGetDword(hive, 'Select', 'Current') ?? 1;

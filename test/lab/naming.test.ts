@@ -25,7 +25,7 @@ function sh(cmd: string, args: string[], input?: string): string {
 }
 
 /** A disk file: partition 1 ext4 (a Debian-like root), 2 NTFS (a Windows-like system), 3 empty. */
-function makeDisk(dir: string): string {
+function makeDisk(dir: string, hibernated = false): string {
   mkdirSync(dir, { recursive: true });
   const disk = join(dir, 'disk.img');
   sh('truncate', ['-s', String(64 * MiB), disk]);
@@ -56,6 +56,8 @@ function makeDisk(dir: string): string {
     mkdirSync(join(mnt, 'Windows', 'System32', 'config'), { recursive: true });
     mkdirSync(join(mnt, 'Windows', 'Panther'), { recursive: true });
     sh('cp', [hive, join(mnt, 'Windows', 'System32', 'config', 'SYSTEM')]);
+    // Windows hibernated (or Fast Startup): hiberfil.sys starts with "hibr".
+    if (hibernated) writeFileSync(join(mnt, 'hiberfil.sys'), Buffer.concat([Buffer.from('hibr'), Buffer.alloc(4092)]));
   } finally {
     sh('umount', [mnt]);
   }
@@ -83,7 +85,7 @@ describe('naming deployed machines', () => {
     const table = await readTable(d);
     d.close();
     const unattend = '<unattend><ComputerName>{{name}}</ComputerName></unattend>\n';
-    const named = nameMachine(disk, table, 'physics-lab-pc-12', { unattend });
+    const named = await nameMachine(disk, table, 'physics-lab-pc-12', { unattend });
     expect(named.map((n) => [n.partition, n.system])).toEqual([[1, 'linux'], [2, 'windows']]);
     expect(named[1].what).toMatch(/computer name PHYSICS-LAB-PC-/);
 
@@ -167,7 +169,7 @@ describe('naming deployed machines', () => {
     const d = Disk.open(disk);
     const table = await readTable(d);
     d.close();
-    expect(nameMachine(disk, table, 'after-crash').map((n) => n.system)).toContain('linux');
+    expect((await nameMachine(disk, table, 'after-crash')).map((n) => n.system)).toContain('linux');
     // What the first boot sees: mount (which would replay a journal) and read the name.
     onPartition(disk, MiB, 16 * MiB, (loop) => {
       expect(sh('dumpe2fs', ['-h', loop])).not.toMatch(/needs_recovery/);
@@ -182,7 +184,20 @@ describe('naming deployed machines', () => {
     });
   }, 120_000);
 
-  itNeeds(CAPS, 'refuses a name the registry would not give, before touching the disk', () => {
-    expect(() => nameMachine('/nonexistent', { scheme: 'none', partitions: [], warnings: [] } as never, 'a b')).toThrow(/cannot be a machine name/);
+  itNeeds(CAPS, 'a hibernated Windows is not named (it would resume over the changed hive), and says why', async () => {
+    const disk = makeDisk(join(dir, 'hibernated'), true);
+    const d = Disk.open(disk);
+    const table = await readTable(d);
+    d.close();
+    await expect(nameMachine(disk, table, 'pc-7')).rejects.toThrow(/Windows system was not named: .*hibernat/i);
+    onPartition(disk, 17 * MiB, 24 * MiB, (loop) => {
+      const hive = join(dir, 'SYSTEM.hibernated');
+      writeFileSync(hive, spawnSync('ntfscat', [loop, '/Windows/System32/config/SYSTEM']).stdout);
+      expect(sh('hivexget', [hive, '\\ControlSet002\\Control\\ComputerName\\ComputerName', 'ComputerName']).trim()).toBe('DESKTOP-OLD');
+    });
+  });
+
+  itNeeds(CAPS, 'refuses a name the registry would not give, before touching the disk', async () => {
+    await expect(nameMachine('/nonexistent', { scheme: 'none', partitions: [], warnings: [] } as never, 'a b')).rejects.toThrow(/cannot be a machine name/);
   });
 });
