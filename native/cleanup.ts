@@ -17,6 +17,11 @@ function install(): void {
   if (installed) return;
   installed = true;
   process.on('exit', releaseAll);
+  // Node ends on SIGTERM and SIGHUP without an 'exit' event: where nothing else handles them (a one-shot
+  // command killed by kill, timeout or a closed terminal), turn them into an exit so the release runs.
+  for (const [signal, code] of [['SIGTERM', 143], ['SIGHUP', 129]] as const) {
+    if (process.listenerCount(signal) === 0) process.once(signal, () => process.exit(code));
+  }
 }
 
 /** Records loop device dev (a /dev/loopN this process attached) to be detached at exit. */

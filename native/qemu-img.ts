@@ -138,6 +138,9 @@ function namedFiles(path: string, spec: unknown): string[] {
   const d = data as { extents?: unknown; 'data-file'?: unknown };
   if (d['data-file'] !== undefined) {
     if (typeof d['data-file'] !== 'string') throw refuse(path, 'its data file name is not a string');
+    // qemu opens a relative data file name from the current folder of whoever runs it, not from the
+    // image's folder: the file checked would not be the file read.
+    if (!isAbsolute(d['data-file'])) throw refuse(path, `its external data file "${d['data-file']}" is named relative to no folder qemu agrees on; name it with an absolute path (qemu-img amend -o data_file=/full/path)`);
     files.push(d['data-file']);
   }
   if (d.extents !== undefined) {
@@ -163,7 +166,8 @@ export interface QemuNbd {
 /** Starts `qemu-nbd --read-only` for file (format fmt) on a Unix socket and waits until it listens. */
 export async function startQemuNbd(file: string, fmt: VirtualFormat, socket: string): Promise<QemuNbd> {
   requireTool('qemu-nbd');
-  const child: ChildProcess = spawn('qemu-nbd', ['--read-only', '--format', fmt, '--socket', socket, '--shared', '4', '--cache', 'writeback', '--aio', 'threads', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  // Run from the private socket folder: no name in the image can reach a file through the caller's folder.
+  const child: ChildProcess = spawn('qemu-nbd', ['--read-only', '--format', fmt, '--socket', socket, '--shared', '4', '--cache', 'writeback', '--aio', 'threads', file], { stdio: ['ignore', 'ignore', 'pipe'], cwd: dirname(socket) });
   const err: Buffer[] = [];
   child.stderr!.on('data', (b: Buffer) => err.push(b));
   let exited: number | null | undefined;

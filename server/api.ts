@@ -25,6 +25,7 @@ import type { CaptureManager } from './captures.js';
 import type { PxeServices } from '../pxe/service.js';
 import { secretMatches } from './credentials.js';
 import { BootScriptLimits } from './boot-limits.js';
+import { ownAddress } from './boot-grub.js';
 import { metrics } from './metrics.js';
 import { wakeMachines, type WakeReport } from './wake.js';
 import { namingWarnings } from './session-naming.js';
@@ -395,7 +396,9 @@ async function serveBoot(c: ApiContext, path: string, query: URLSearchParams, re
     if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) throw new ClonecastError(ERR.USAGE, `${path.slice(1)} needs ?mac=aa:bb:cc:dd:ee:ff`);
     // Per address and per MAC (server/boot-limits.ts), before any other work.
     c.bootLimits ??= new BootScriptLimits();
-    const wait = c.bootLimits.wait(req.socket.remoteAddress ?? '', mac, Date.now(), c.pxe?.()?.knows(mac) ?? false);
+    const from = req.socket.remoteAddress ?? '';
+    const known = c.pxe?.()?.knows(mac) ?? false;
+    const wait = c.bootLimits.wait(from, mac, Date.now(), known, known && ownAddress(c, mac) === from.replace(/^::ffff:/, ''));
     if (wait > 0) {
       const retry = Math.ceil(wait / 1000);
       res.writeHead(429, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store', 'retry-after': String(retry) }).end(`too many boot script requests; try again in ${retry} s\n`);

@@ -37,14 +37,18 @@ export class BootScriptLimits {
   /**
    * 0 if a script for mac may be sent to address now (a token of each is
    * taken), else the ms to wait. known: mac is a machine the server knows
-   * (its bucket lives in the table unknown MACs cannot evict).
+   * (its bucket lives in the table unknown MACs cannot evict). own: the
+   * request comes from the address the machine is known at (its lease or
+   * its agent's address): it then has a bucket of its own, so that others
+   * asking about its MAC from elsewhere cannot use up its boots.
    */
-  wait(address: string, mac: string, now = Date.now(), known = false): number {
+  wait(address: string, mac: string, now = Date.now(), known = false, own = false): number {
     const byMac = known ? this.byKnownMac : this.byMac;
-    const wait = Math.max(this.byAddress.waitMs(address, now), byMac.waitMs(mac, now));
+    const key = known && own ? `${mac} ${address}` : mac;
+    const wait = Math.max(this.byAddress.waitMs(address, now), byMac.waitMs(key, now));
     if (wait > 0) return wait;
     this.byAddress.take(address, now);
-    byMac.take(mac, now);
+    byMac.take(key, now);
     return 0;
   }
 }

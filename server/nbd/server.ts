@@ -120,18 +120,47 @@ export class NbdServer {
     return typeof addr === 'object' && addr !== null ? addr.port : port;
   }
 
+  /**
+   * Room for a new connection in the handshake. On TCP nobody has shown a key yet, so a full table
+   * never locks newcomers out (someone silent from two addresses could otherwise hold every slot):
+   * an address at its cap gives up its own oldest handshake, and a full table loses the oldest one
+   * of the address that holds the most. A Unix socket (mode 0600) refuses the newcomer instead.
+   */
+  private admitHandshake(socket: Socket, address: string | undefined): boolean {
+    const o = this.options;
+    const evict = (from: string | undefined) => {
+      for (const [s, a] of this.handshaking) {
+        if (a !== from) continue;
+        this.handshaking.delete(s);
+        this.closed.busy = (this.closed.busy ?? 0) + 1;
+        s.destroy();
+        return;
+      }
+    };
+    const counts = new Map<string | undefined, number>();
+    for (const a of this.handshaking.values()) counts.set(a, (counts.get(a) ?? 0) + 1);
+    if (address === undefined) {
+      if (this.handshaking.size >= (o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES)) return false;
+    } else if ((counts.get(address) ?? 0) >= (o.maxHandshakesPerAddress ?? DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)) {
+      evict(address);
+    } else if (this.handshaking.size >= (o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES)) {
+      const busiest = [...counts.entries()].sort((x, y) => y[1] - x[1])[0][0];
+      evict(busiest);
+    }
+    this.handshaking.set(socket, address);
+    return true;
+  }
+
   private makeServer(tls: TLSSocketOptions | undefined, requireTls: boolean): Server {
     const o = this.options;
     const server = createServer({ noDelay: true }, (socket) => {
       socket.on('error', () => undefined);
       const address = requireTls ? socket.remoteAddress : undefined;
-      const fromAddress = address === undefined ? 0 : [...this.handshaking.values()].filter((a) => a === address).length;
-      if (this.handshaking.size >= (o.maxHandshakes ?? DEFAULT_MAX_HANDSHAKES) || fromAddress >= (o.maxHandshakesPerAddress ?? DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)) {
+      if (!this.admitHandshake(socket, address)) {
         this.closed.busy = (this.closed.busy ?? 0) + 1;
         socket.destroy();
         return;
       }
-      this.handshaking.set(socket, address);
       void serveConnection(socket, {
         lookup: (n) => this.lookup(n),
         names: () => [...this.exports.keys()],

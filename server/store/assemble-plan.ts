@@ -143,10 +143,12 @@ export async function planAssembly(store: Store, specs: readonly PartSpec[], opt
   }
   const needed = end + backup;
   let diskSize = needed;
+  const most = Math.min(MAX_ASSEMBLED_SIZE, MAX_ASSEMBLED_CHUNKS * chunkSize);
+  // The same cap without --size: partitions of large images could add up to more than any chunk table here.
+  if (needed > most) throw usage(`these partitions need a ${formatBytes(needed)} disk, larger than the ${formatBytes(most)} an assembled disk may have (${MAX_ASSEMBLED_CHUNKS} chunks of ${formatBytes(chunkSize)}); assemble fewer or smaller partitions`, { most, needed });
   if (options.size !== undefined) {
     if (!Number.isSafeInteger(options.size) || options.size % sectorSize !== 0) throw usage(`--size ${options.size} is not a whole number of ${sectorSize}-byte sectors`);
     if (options.size < needed) throw usage(`--size ${options.size} is smaller than the ${needed} bytes (${formatBytes(needed)}) these partitions and the table need; give at least ${needed}, or leave --size out`, { needed });
-    const most = Math.min(MAX_ASSEMBLED_SIZE, MAX_ASSEMBLED_CHUNKS * chunkSize);
     if (options.size > most) throw usage(`--size ${options.size} is larger than the ${most} bytes (${formatBytes(most)}) an assembled disk may have (${MAX_ASSEMBLED_CHUNKS} chunks of ${formatBytes(chunkSize)}, at most ${formatBytes(MAX_ASSEMBLED_SIZE)}); give a smaller --size`, { most });
     diskSize = options.size;
   }

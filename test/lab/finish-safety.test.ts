@@ -138,35 +138,38 @@ describe('Ctrl-C during an import', () => {
   const dir = tempDir('sigint');
   afterAll(() => detachLoops());
 
-  itNeeds(['loop', 'fstools'], 'leaves no loop device over the source behind', async () => {
-    const disk = makeFsDisk(join(dir, 'src.img'), 40, 'ext4');
-    // A partclone.extfs that says it started, then waits: the import holds its loop devices meanwhile.
-    const bin = join(dir, 'bin');
-    mkdirSync(bin);
-    const started = join(dir, 'started');
-    writeFileSync(join(bin, 'partclone.extfs'), `#!/bin/sh\ntouch '${started}'\nexec sleep 600\n`, { mode: 0o755 });
-    const child = spawn(process.execPath, [CLI, 'image', 'import', disk.file, 'src', '--data', join(dir, 'data')], {
-      env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
-      detached: true,
-      stdio: 'ignore',
-    });
-    const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    try {
-      while (!existsSync(started)) await new Promise((r) => setTimeout(r, 50));
-      expect(loopsOver(disk.file).length).toBeGreaterThan(0);
-      child.kill('SIGINT');
-      expect(await exited).toBe(130);
-      expect(loopsOver(disk.file)).toEqual([]);
-    } finally {
-      // The waiting tools are in the import's process group.
+  for (const [signal, code] of [['SIGINT', 130], ['SIGTERM', 143]] as const) {
+    itNeeds(['loop', 'fstools'], `leaves no loop device over the source behind (${signal})`, async () => {
+      const disk = makeFsDisk(join(dir, `src-${signal}.img`), 40, 'ext4');
+      // A partclone.extfs that says it started, then waits: the import holds its loop devices meanwhile.
+      const bin = join(dir, `bin-${signal}`);
+      mkdirSync(bin);
+      const started = join(dir, `started-${signal}`);
+      writeFileSync(join(bin, 'partclone.extfs'), `#!/bin/sh\ntouch '${started}'\nexec sleep 600\n`, { mode: 0o755 });
+      const child = spawn(process.execPath, [CLI, 'image', 'import', disk.file, 'src', '--data', join(dir, `data-${signal}`)], {
+        env: { ...process.env, PATH: `${bin}:${process.env.PATH}` },
+        detached: true,
+        stdio: 'ignore',
+      });
+      const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
       try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // already gone
+        while (!existsSync(started)) await new Promise((r) => setTimeout(r, 50));
+        expect(loopsOver(disk.file).length).toBeGreaterThan(0);
+        // SIGTERM (kill, timeout, a service stop) ends Node without an exit event unless something handles it.
+        child.kill(signal);
+        expect(await exited).toBe(code);
+        expect(loopsOver(disk.file)).toEqual([]);
+      } finally {
+        // The waiting tools are in the import's process group.
+        try {
+          process.kill(-child.pid!, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+        for (const l of loopsOver(disk.file)) spawnSync('losetup', ['-d', l.split(':')[0]]);
       }
-      for (const l of loopsOver(disk.file)) spawnSync('losetup', ['-d', l.split(':')[0]]);
-    }
-  }, LONG);
+    }, LONG);
+  }
 
   itNeeds(['loop'], 'a finishing step ended by process.exit (what Ctrl-C does) leaves no loop device or mount behind', async () => {
     const file = join(dir, 'finish.img');

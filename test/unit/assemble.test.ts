@@ -198,6 +198,23 @@ describe('image assemble', () => {
     expect(store.versions('huge').length).toBe(before);
   });
 
+  itNeeds(NEEDS, 'partitions that add up to more than an assembled disk may hold are refused without --size too', async () => {
+    // Two stored versions with 16 MiB chunks, each a 9 TiB disk holding one 8.5 TiB partition (all zero
+    // chunks: nothing is read before the plan refuses): 17 TiB is over 2^20 chunks of 16 MiB.
+    const chunkSize = 16 << 20;
+    const diskSize = 9 * 2 ** 40;
+    const src: Manifest = await store.readManifest('srca', 1);
+    for (const name of ['big1', 'big2']) {
+      const n = diskSize / chunkSize;
+      const meta = { ...src.meta, name, diskSize, chunkSize, partitionTable: { ...src.meta.partitionTable, partitions: [{ ...src.meta.partitionTable.partitions[1], number: 1, start: 1 << 20, size: 8.5 * 2 ** 40 }] } };
+      store.publish({ meta, table: Buffer.alloc(n * 48) });
+    }
+    const err = await assembleImage(store, 'toobig', specs('big1:1', 'big2:1')).then(() => null, (e: unknown) => e);
+    expect(isError(err, ERR.USAGE), String(err)).toBe(true);
+    expect((err as Error).message).toMatch(/larger than the .* an assembled disk may have/);
+    expect(store.versions('toobig')).toEqual([]);
+  });
+
   itNeeds(NEEDS, 'refuses a source whose table puts a partition beyond its disk (a forged manifest)', async () => {
     const m: Manifest = await store.readManifest('srcb', 1);
     m.meta.partitionTable.partitions[1].size = 1 << 40;

@@ -15,7 +15,7 @@ function context(): { ctx: ApiContext; events: string[] } {
     boot: { script: (mac: string, format: string) => `# ${format} ${mac}\n` },
     pxe: () => pxe,
     bootLimits,
-    registry: { event: (mac: string, kind: string, text: string) => events.push(`${mac} ${kind} ${text}`) },
+    registry: { event: (mac: string, kind: string, text: string) => events.push(`${mac} ${kind} ${text}`), get: (mac: string) => (mac === VICTIM ? { address: '10.0.0.5' } : undefined) },
   } as unknown as ApiContext;
   return { ctx, events };
 }
@@ -51,5 +51,16 @@ describe('Secure Boot GRUB config over TFTP', () => {
     const { ctx, events } = context();
     for (let i = 0; i < 6; i++) grubOverTftp(ctx, VICTIM, '10.200.0.9');
     expect(events.length).toBe(BOOT_SCRIPT_LIMITS.perMac.burst);
+  });
+
+  it('someone asking for a known machine\'s config from another address cannot use up its boots: from its own address it has a bucket of its own', () => {
+    const { ctx } = context();
+    // The attacker drains the shared per-MAC allowance for the victim's MAC from 10.0.0.200 (and more).
+    let got = 0;
+    for (let i = 0; i < 20; i++) if ('content' in grubOverTftp(ctx, VICTIM, `10.0.0.${200 + (i % 10)}`)) got++;
+    expect(got).toBe(BOOT_SCRIPT_LIMITS.perMac.burst);
+    expect('error' in grubOverTftp(ctx, VICTIM, '10.0.0.201')).toBe(true);
+    // The machine itself, from the address it is known at, still boots (before the fix it shared the drained bucket).
+    expect(grubOverTftp(ctx, VICTIM, '10.0.0.5')).toEqual({ content: `# grub ${VICTIM}\n` });
   });
 });

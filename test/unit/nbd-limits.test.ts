@@ -102,6 +102,27 @@ describe('NBD exports against peers without the key', () => {
     expect(srv.closed['handshake-timeout']).toBeGreaterThanOrEqual(1);
   });
 
+  it('two addresses that keep every handshake slot full by reconnecting do not lock the key holder out (the busiest address gives up a slot)', async () => {
+    const ex = new NbdExports(store, '127.0.0.1', 600_000);
+    try {
+      const o = await ex.offer('lab', 1);
+      const srv = ex.servers[0];
+      let stop = false;
+      const hold = async (addr: string) => {
+        while (!stop) await (await silent(o.port, addr)).closed;
+      };
+      const holders = ['127.0.0.2', '127.0.0.3'].flatMap((a) => Array.from({ length: 4 }, () => hold(a)));
+      await until(() => srv.handshakes === 8, 10_000, 'the two addresses to fill every handshake slot');
+      // Before, the newcomer was refused while the table was full: the key holder never got in.
+      expect((await readWithKey(o.port, o.psk, o.export)).equals(image.subarray(0, 64))).toBe(true);
+      stop = true;
+      for (const s of [...srv['handshaking'].keys()]) s.destroy();
+      await Promise.all(holders);
+    } finally {
+      await ex.close();
+    }
+  }, 60_000);
+
   it('connections stuck in the handshake do not keep an idle export open', async () => {
     const idle = new NbdExports(store, '127.0.0.1', 300, { handshakeMs: 600_000 });
     try {

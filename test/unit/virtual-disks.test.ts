@@ -211,6 +211,11 @@ describe('virtual disk export and import through qemu-img and NBD', () => {
     await qemuImg('create', '-f', 'qcow2', '-o', `data_file=${copy},data_file_raw=on`, join(evil, 'ext.qcow2'), '1M');
     await qemuImg('amend', '-f', 'qcow2', '-o', `data_file=${secret}`, join(evil, 'ext.qcow2'));
     await expect(importAny(store, join(evil, 'ext.qcow2'), 'stolen')).rejects.toThrow(/data file outside/);
+    // A relative data file name is opened by qemu from the importer's current folder, not the image's:
+    // a decoy beside the image would pass a check made there while a file elsewhere is read. Refused.
+    writeFileSync(join(evil, 'decoy.bin'), Buffer.alloc(MiB, 0x61));
+    await run('qemu-img', ['create', '-f', 'qcow2', '-o', 'data_file=decoy.bin,data_file_raw=on', 'rel.qcow2', '1M'], { cwd: evil });
+    await expect(importAny(store, join(evil, 'rel.qcow2'), 'stolen')).rejects.toThrow(/data file "decoy.bin" is named relative/);
     expect(store.versions('stolen')).toEqual([]);
     // An extent beside the descriptor (a split VMDK) is what such files normally are: imported.
     writeFileSync(join(evil, 'beside.vmdk'), descriptor('data.bin'));
