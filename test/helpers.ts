@@ -244,16 +244,30 @@ export async function until(check: () => boolean | Promise<boolean>, timeoutMs: 
 /**
  * page.goto that tries again when Chromium reports ERR_NETWORK_CHANGED: it
  * watches the interfaces of its network namespace, and a lab built or torn
- * down beside it (veth pairs appear there before they move) aborts a load.
+ * down beside it (veth pairs appear there before they move) aborts a load,
+ * or only one of the page's scripts (the page then never starts).
  */
-export async function gotoSteady(page: { goto(url: string): Promise<unknown> }, url: string, tries = 5): Promise<void> {
+export async function gotoSteady(
+  page: { goto(url: string): Promise<unknown>; on(e: 'requestfailed', f: (r: { failure(): { errorText: string } | null }) => void): unknown; off(e: 'requestfailed', f: (r: { failure(): { errorText: string } | null }) => void): unknown },
+  url: string,
+  tries = 5,
+): Promise<void> {
   for (let i = 1; ; i++) {
+    let changed = false;
+    const seen = (r: { failure(): { errorText: string } | null }) => {
+      if (/ERR_NETWORK_CHANGED/.test(r.failure()?.errorText ?? '')) changed = true;
+    };
+    page.on('requestfailed', seen);
     try {
       await page.goto(url);
-      return;
     } catch (err) {
-      if (i >= tries || !/ERR_NETWORK_CHANGED/.test((err as Error).message)) throw err;
-      await new Promise((r) => setTimeout(r, 500 * i));
+      if (!/ERR_NETWORK_CHANGED/.test((err as Error).message)) throw err;
+      changed = true;
+    } finally {
+      page.off('requestfailed', seen);
     }
+    if (!changed) return;
+    if (i >= tries) throw new Error(`loading ${url} failed ${tries} times with ERR_NETWORK_CHANGED`);
+    await new Promise((r) => setTimeout(r, 500 * i));
   }
 }
