@@ -25,6 +25,7 @@ import type { PartitionTable } from '../protocol/partitions.js';
 import { hiveGetDword, hiveGetString, hiveSetStrings } from '../native/hive.js';
 import { MACHINE_NAME, netbiosName } from '../protocol/machine-name.js';
 import { uncleanReason } from '../native/fs-tools.js';
+import { trackLoop, untrackLoop } from '../native/cleanup.js';
 
 const SYSTEM_HIVE = '/Windows/System32/config/SYSTEM';
 
@@ -51,6 +52,7 @@ export async function nameMachine(device: string, table: PartitionTable, name: s
   try {
     for (const p of table.partitions) {
       const loop = execFileSync('losetup', ['--find', '--show', '--offset', String(p.start), '--sizelimit', String(p.size), device], { encoding: 'utf8' }).trim();
+      trackLoop(loop); // detached at exit too, should the agent be stopped meanwhile
       try {
         const fs = spawnSync('blkid', ['-p', '-o', 'value', '-s', 'TYPE', loop], { encoding: 'utf8' }).stdout.trim();
         const r = /^ext[234]$/.test(fs) ? nameLinux(loop, name, scratch) : fs === 'ntfs' ? await nameWindows(loop, name, scratch, o.unattend || undefined) : null;
@@ -60,6 +62,7 @@ export async function nameMachine(device: string, table: PartitionTable, name: s
         }
       } finally {
         spawnSync('losetup', ['-d', loop]);
+        untrackLoop(loop);
       }
     }
   } finally {
