@@ -7,7 +7,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { UNATTEND_MAX } from '../protocol/control.js';
-import { netbiosCollisions } from '../protocol/machine-name.js';
+import { netbiosCollisions, netbiosName } from '../protocol/machine-name.js';
 import type { ManifestMeta } from '../protocol/manifest.js';
 import type { Registry } from './registry.js';
 import type { StartRule } from './session-rules.js';
@@ -38,7 +38,7 @@ export function namingWarnings(registry: Registry, rule: StartRule, nameMachines
   if (nameMachines === false) return [];
   const machines = rule.machines !== undefined ? rule.machines.map((id) => registry.get(id)) : rule.group !== undefined ? registry.inGroup(rule.group) : [];
   const names = machines.flatMap((m) => (m !== undefined && m.name !== '' ? [m.name] : []));
-  return netbiosCollisions(names).map((g) => `${g.join(', ')} all become the Windows computer name ${g[0].replace(/[._]/g, '-').slice(0, 15).toUpperCase()} (at most 15 characters): give them names that differ in their first 15 characters`);
+  return netbiosCollisions(names).map((g) => `${g.join(', ')} all become the Windows computer name ${netbiosName(g[0])} (at most 15 characters): give them names that differ in their first 15 characters`);
 }
 
 function unattendFor(dataRoot: string, mac: string, log?: (level: 'warn', m: string) => void): string {
