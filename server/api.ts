@@ -233,6 +233,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
         return send(res, 200, c.sessions.list().map(shown));
       case 'POST /api/sessions': {
         const { wake: wakeFirst, ...request } = (await readJson(req)) as SessionRequest & { wake?: unknown };
+        if (wakeFirst !== undefined && typeof wakeFirst !== 'boolean') throw new ClonecastError(ERR.USAGE, 'wake must be true or false');
         const session = await c.sessions.create(request);
         // The session exists first: a machine that wakes fast finds it waiting. It exists whatever the
         // wake-up does, so a failed wake-up is part of the answer, not an error (a retry would make a second session).

@@ -17,6 +17,7 @@ import {
   MachineState,
   type AgentMessage,
   type ServerMessage,
+  UNATTEND_MAX,
 } from '../../protocol/control.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { ROOT } from '../helpers.js';
@@ -185,6 +186,15 @@ describe('control messages: refused input', () => {
     expect(() => decoded({ receiverKey: Buffer.alloc(33) })).toThrow(/receiver key of 33 bytes/);
     expect(() => decoded({ encryptKey: Buffer.alloc(16) })).toThrow(/encryption key of 16 bytes/);
     expect(decoded({ encryptKey: Buffer.alloc(32, 1) })).toMatchObject({ type: 'assign', assign: { encryptKey: Buffer.alloc(32, 1) } });
+  });
+
+  it('an assignment whose machine name is not a registry name, or whose unattend template is over 64 KiB', () => {
+    const assign = revive(golden.find((g) => g.type === 'assign')!.message) as any;
+    const decoded = (a: object) => decodeServerMessage(encodeServerMessage({ type: 'assign', assign: { ...assign, ...a } }));
+    for (const bad of ['pc;reboot', 'a b', '../etc', 'x'.repeat(65), 'pc\n12']) expect(() => decoded({ machineName: bad }), bad).toThrow(/machine name is not/);
+    expect(() => decoded({ machineName: 'pc-12', unattend: 'x'.repeat(UNATTEND_MAX + 1) })).toThrow(/unattend is/);
+    expect(decoded({ machineName: 'pc-12', unattend: '<u>{{name}}</u>' })).toMatchObject({ assign: { machineName: 'pc-12', unattend: '<u>{{name}}</u>' } });
+    expect(decoded({})).toMatchObject({ assign: { machineName: '', unattend: '' } });
   });
 
   it('random bytes: 20,000 inputs, only ever decoded or refused as malformed', () => {

@@ -86,6 +86,10 @@ describe('one owner per machine', () => {
       [{ rateMbit: '100; rm -rf' }, /rateMbit must be a number/],
       [{ target: '../../etc/passwd' }, /target must be "auto" or a device path/],
       [{ differential: 'yes' }, /differential must be true or false/],
+      [{ nameMachines: 'no' }, /nameMachines must be true or false/],
+      [{ wake: 'yes' }, /wake must be true or false/],
+      [{ discard: 1 }, /discard must be true or false/],
+      [{ growLast: 'yes' }, /growLast must be true or false/],
       [{ rule: { any: true, clients: 1e9 } }, /clients must be a whole number/],
     ];
     for (const [fields, message] of bad) {
