@@ -15,65 +15,33 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, fstatSync, linkSync, mkdirSync, openSync, closeSync, readSync, readdirSync, readFileSync, statSync, writeFileSync, fsyncSync, renameSync, unlinkSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { CHUNK } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { decodeManifest, encodeManifest, type Manifest } from '../../protocol/manifest.js';
 import { native } from '../../native/addon.js';
 import { acquireLock, liveLocks, type Lock } from './lock.js';
+import { checkName, NAME_RE, type ImageRef } from './names.js';
 
-/** Where the store lives when neither --data nor CLONECAST_DATA says otherwise. */
-export const DEFAULT_DATA_DIR = join(homedir(), '.local', 'share', 'clonecast');
-
-/** The data directory to use: the flag, then CLONECAST_DATA, then the default. */
-export function dataDir(flag?: string): string {
-  return flag ?? process.env.CLONECAST_DATA ?? DEFAULT_DATA_DIR;
-}
+export { checkName, dataDir, DEFAULT_DATA_DIR, parseRef, type ImageRef } from './names.js';
 
 const STORE_FORMAT = 1;
 
 /** Chunk files are written with O_DIRECT in multiples of this. */
 export const DIRECT_UNIT = 4096;
-const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
-
-/** A parsed image reference: NAME (latest), NAME@N, or NAME@DATE (the latest version at or before it). */
-export interface ImageRef {
-  name: string;
-  version?: number;
-  /** ISO time: the latest version created at or before it (restore-as-of). */
-  asOf?: string;
-}
-
-/** Parses "NAME", "NAME@N", "NAME@2026-11-20" (end of that day, UTC) or "NAME@2026-11-20T18:00Z"; throws BAD_NAME with the rule. */
-export function parseRef(ref: string): ImageRef {
-  const at = ref.lastIndexOf('@');
-  const name = at < 0 ? ref : ref.slice(0, at);
-  checkName(name);
-  if (at < 0) return { name };
-  const v = ref.slice(at + 1);
-  if (/^\d{4}-\d{2}-\d{2}$/.test(v) && !Number.isNaN(Date.parse(`${v}T00:00:00Z`))) return { name, asOf: `${v}T23:59:59.999Z` };
-  if (/^\d{4}-\d{2}-\d{2}T/.test(v) && !Number.isNaN(Date.parse(v))) return { name, asOf: new Date(v).toISOString() };
-  if (!/^[1-9][0-9]{0,8}$/.test(v)) {
-    throw new ClonecastError(ERR.BAD_NAME, `"${ref}": a version is written NAME@N with N a positive whole number (e.g. ${name}@2), or NAME@DATE for the latest version at or before a date (e.g. ${name}@2026-11-20)`);
-  }
-  return { name, version: Number(v) };
-}
-
-/** Throws BAD_NAME unless name is a valid image name. */
-export function checkName(name: string): void {
-  if (!NAME_RE.test(name)) {
-    throw new ClonecastError(ERR.BAD_NAME, `"${name}" is not a valid image name: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit`);
-  }
-}
 
 /** An open image store. */
 export class Store {
-  private constructor(readonly root: string) {}
+  protected constructor(readonly root: string) {}
 
   /** Opens (creating if needed) the store at root. */
   static open(root: string): Store {
-    const store = new Store(root);
+    return Store.prepare(new Store(root));
+  }
+
+  /** Checks the format marker and makes the folders of a store object not yet used. */
+  protected static prepare<S extends Store>(store: S): S {
+    const root = store.root;
     const marker = join(root, 'store.json');
     if (existsSync(marker)) {
       const format = (JSON.parse(readFileSync(marker, 'utf8')) as { format?: number }).format ?? 0;
@@ -88,6 +56,31 @@ export class Store {
     }
     if (!existsSync(marker)) store.writeAtomic(marker, Buffer.from(JSON.stringify({ format: STORE_FORMAT }) + '\n'));
     return store;
+  }
+
+  /** The repository this store is the cache of (store.json), if it is an edge's. */
+  repository(): string | undefined {
+    const r = (JSON.parse(readFileSync(join(this.root, 'store.json'), 'utf8')) as { repository?: unknown }).repository;
+    return typeof r === 'string' ? r : undefined;
+  }
+
+  /**
+   * Makes this store the cache of a repository (an edge's): from then on its
+   * versions carry the repository's numbers, and new versions are published
+   * to the repository, never here alone. Refused for a store that already
+   * holds images of its own, or caches another repository.
+   */
+  bindRepository(address: string): void {
+    const bound = this.repository();
+    if (bound === address) return;
+    if (bound !== undefined) throw new ClonecastError(ERR.EXISTS, `${this.root} is the cache of ${bound}, not ${address}; use another --data folder for this repository`);
+    const own = this.images();
+    if (own.length > 0) {
+      throw new ClonecastError(ERR.EXISTS, `${this.root} holds images of its own (${own.slice(0, 5).join(', ')}${own.length > 5 ? ', ...' : ''}), so it cannot become the cache of ${address}: push them with "clonecast image push", and give the edge an empty --data folder`);
+    }
+    const marker = join(this.root, 'store.json');
+    const current = JSON.parse(readFileSync(marker, 'utf8')) as Record<string, unknown>;
+    this.writeAtomic(marker, Buffer.from(JSON.stringify({ ...current, repository: address }) + '\n'));
   }
 
   /** Path of a stored chunk by its SHA-256. */
@@ -195,6 +188,10 @@ export class Store {
    */
   publish(manifest: Manifest): number {
     const name = manifest.meta.name;
+    const bound = this.repository();
+    if (bound !== undefined) {
+      throw new ClonecastError(ERR.USAGE, `${this.root} is the cache of ${bound}: new versions go to the repository. Import into a store of your own (--data) and "clonecast image push" it, or capture through the edge server`);
+    }
     mkdirSync(join(this.root, 'images', name), { recursive: true });
     fsyncDir(join(this.root, 'images'));
     const versions = this.versions(name);
@@ -210,6 +207,30 @@ export class Store {
     }
     this.writeAtomic(this.manifestPath(name, version), data);
     return version;
+  }
+
+  /**
+   * Publishes a new version and returns its number. Here the same as
+   * publish(); an edge's store publishes it to its repository first.
+   */
+  async publishVersion(manifest: Manifest): Promise<number> {
+    return this.publish(manifest);
+  }
+
+  /**
+   * Publishes a repository's version under the repository's number (a cache
+   * fill). The caller holds the image's lock and has made its chunks durable.
+   */
+  publishAs(manifest: Manifest): void {
+    const { name, version } = manifest.meta;
+    checkName(name);
+    if (!Number.isSafeInteger(version) || version < 1) throw new ClonecastError(ERR.USAGE, `cannot publish ${name} as version ${version}`);
+    if (existsSync(this.manifestPath(name, version))) throw new ClonecastError(ERR.EXISTS, `${name}@${version} is already in ${this.root}`);
+    mkdirSync(join(this.root, 'images', name), { recursive: true });
+    fsyncDir(join(this.root, 'images'));
+    const data = encodeManifest(manifest);
+    decodeManifest(data, `the cached manifest of ${name}@${version}`);
+    this.writeAtomic(this.manifestPath(name, version), data);
   }
 
   /**

@@ -1,0 +1,99 @@
+/**
+ * image pull: a repository version into a local store (an edge's cache).
+ * Chunks the store lacks are fetched in parallel, each checked (decode,
+ * xxh64, SHA-256 against its name, length against its place) before it is
+ * stored; the version is published locally, under the repository's number,
+ * only after a barrier makes every one of them durable. A pull cut off at any
+ * point keeps the chunks it stored (the next pull skips them) and publishes
+ * nothing.
+ */
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import type { Manifest } from '../../protocol/manifest.js';
+import { native } from '../../native/addon.js';
+import type { ImageRef, Store } from '../store/store.js';
+import type { RepoProgress } from './push.js';
+import { dataChunks, inParallel, sameDisk, type NeededChunk, type Repository } from './repository.js';
+
+/** What pull() did. */
+export interface PullReport {
+  name: string;
+  version: number;
+  chunks: number;
+  fetched: number;
+  fetchedBytes: number;
+  /** True if the store already had the whole version. */
+  alreadyCached: boolean;
+}
+
+/** Options of pull() and fillCache(). */
+export interface PullOptions {
+  concurrency?: number;
+  onProgress?: (p: RepoProgress) => void;
+  /** Stop early (an edge shutting down); what is stored stays. */
+  stopped?: () => boolean;
+}
+
+/** Pulls NAME[@V] from the repository into the store. */
+export async function pull(repo: Repository, store: Store, ref: ImageRef, o: PullOptions = {}): Promise<PullReport> {
+  const { name, version } = await repo.resolve(ref);
+  const m = await repo.readManifest(name, version);
+  const report: PullReport = { name, version, chunks: 0, fetched: 0, fetchedBytes: 0, alreadyCached: false };
+  if (store.versions(name).includes(version)) {
+    await checkSameVersion(store, m);
+    report.alreadyCached = true;
+  }
+  const filled = await fillCache(repo, store, m, o);
+  await publishCached(store, m);
+  return { ...report, chunks: filled.total, fetched: filled.moved, fetchedBytes: filled.movedBytes };
+}
+
+/**
+ * Fetches every data chunk of m the store lacks, checked, into the store;
+ * returns the counts. Does not publish m.
+ */
+export async function fillCache(repo: Repository, store: Store, m: Manifest, o: PullOptions = {}, fetchOne: (c: NeededChunk) => Promise<number> = (c) => fetchInto(repo, store, c)): Promise<RepoProgress> {
+  const needed = dataChunks(m);
+  const missing = needed.filter((c) => store.chunkHead(Buffer.from(c.sha, 'hex')) === null);
+  const p: RepoProgress = { done: needed.length - missing.length, total: needed.length, moved: 0, movedBytes: 0 };
+  o.onProgress?.({ ...p });
+  await inParallel(missing, o.concurrency ?? 16, async (c) => {
+    if (o.stopped?.() === true) throw new ClonecastError(ERR.CANCELLED, `the pull of ${m.meta.name}@${m.meta.version} was stopped; the chunks fetched so far are kept`);
+    const bytes = await fetchOne(c);
+    p.done++;
+    if (bytes > 0) {
+      p.moved++;
+      p.movedBytes += bytes;
+    }
+    o.onProgress?.({ ...p });
+  });
+  return p;
+}
+
+/** Fetches one checked chunk into the store; returns the bytes fetched (0 if another fetch stored it first). */
+export async function fetchInto(repo: Repository, store: Store, c: NeededChunk): Promise<number> {
+  const stored = await repo.fetchChunk(c);
+  const out = native().alignedBuffer(Math.ceil((stored.length + 1) / 4096) * 4096 + 4096, 4096);
+  stored.copy(out);
+  await store.putChunk(Buffer.from(c.sha, 'hex'), out, stored.length, false);
+  return stored.length;
+}
+
+/** Publishes a repository version in the store under its own number, after a barrier; a no-op if it is there. */
+export async function publishCached(store: Store, m: Manifest): Promise<void> {
+  const lock = store.lockImage(m.meta.name, `caching ${m.meta.name}@${m.meta.version} from the repository`);
+  try {
+    if (store.versions(m.meta.name).includes(m.meta.version)) return checkSameVersion(store, m);
+    await store.barrier();
+    store.publishAs(m);
+  } finally {
+    lock.release();
+  }
+}
+
+/** Refuses when the store holds a different version under the same number (it is not a cache of this repository). */
+async function checkSameVersion(store: Store, m: Manifest): Promise<void> {
+  const mine = await store.readManifest(m.meta.name, m.meta.version);
+  if (!sameDisk(mine, m)) {
+    throw new ClonecastError(ERR.EXISTS, `${store.root} already has a different ${m.meta.name}@${m.meta.version}: this store is not a cache of the repository; pull into an edge's own --data folder`);
+  }
+}

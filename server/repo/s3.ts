@@ -1,0 +1,223 @@
+/**
+ * The object store under an image repository: a bucket and a key prefix on
+ * any S3-compatible server, reached with the AWS SDK v3 S3 client. This file
+ * is the only one that knows the SDK: the repository above it sees head, get,
+ * put, delete and list, and ClonecastErrors that never carry a credential.
+ *
+ * Credentials come from the environment (AWS_ACCESS_KEY_ID,
+ * AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN) or the shared files
+ * (~/.aws/credentials, AWS_PROFILE, AWS_SHARED_CREDENTIALS_FILE). The SDK's
+ * default chain would also ask the cloud metadata service at a link-local
+ * address: an edge server on a school LAN must not, so it is left out.
+ */
+import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2Command, PutObjectCommand, S3Client, S3ServiceException } from '@aws-sdk/client-s3';
+import { fromEnv } from '@aws-sdk/credential-provider-env';
+import { fromIni } from '@aws-sdk/credential-provider-ini';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { Agent as HttpAgent } from 'node:http';
+import { Agent as HttpsAgent } from 'node:https';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+
+/** Where a repository lives: s3://BUCKET/PREFIX on ENDPOINT. */
+export interface RepositoryTarget {
+  bucket: string;
+  /** Key prefix, '' or ending in '/'. */
+  prefix: string;
+  /** The S3 endpoint URL (http or https); undefined: AWS itself. */
+  endpoint?: string;
+  region: string;
+}
+
+/** Requests in flight at once per repository (pull, push and read-through share them). */
+export const DEFAULT_S3_CONCURRENCY = 16;
+/** Attempts per request, with the SDK's exponential back-off and jitter between them. */
+export const DEFAULT_S3_ATTEMPTS = 4;
+
+const BUCKET_RE = /^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/;
+const PREFIX_RE = /^([A-Za-z0-9._-]+\/)*$/;
+
+/**
+ * Parses "s3://BUCKET[/PREFIX]" and an endpoint URL. The prefix is limited to
+ * plain path segments so that no key this program makes can reach outside it.
+ */
+export function parseRepository(url: string, endpoint?: string, region?: string): RepositoryTarget {
+  const m = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(url);
+  if (m === null) throw new ClonecastError(ERR.USAGE, `"${url}" is not a repository address: write s3://BUCKET or s3://BUCKET/PREFIX (e.g. s3://images/district)`);
+  const bucket = m[1];
+  if (!BUCKET_RE.test(bucket) || bucket.includes('..')) throw new ClonecastError(ERR.USAGE, `"${bucket}" is not a valid bucket name: 3-63 lower-case letters, digits, '.' or '-'`);
+  let prefix = (m[2] ?? '').replace(/\/*$/, '');
+  prefix = prefix === '' ? '' : `${prefix}/`;
+  if (!PREFIX_RE.test(prefix) || prefix.split('/').some((s) => s === '.' || s === '..')) {
+    throw new ClonecastError(ERR.USAGE, `"${m[2]}" is not a valid repository prefix: use folders of letters, digits, '.', '_' or '-' separated by '/'`);
+  }
+  const ep = endpoint ?? process.env.AWS_ENDPOINT_URL_S3 ?? process.env.AWS_ENDPOINT_URL;
+  if (ep !== undefined) {
+    let u: URL;
+    try {
+      u = new URL(ep);
+    } catch {
+      throw new ClonecastError(ERR.USAGE, `"${ep}" is not an endpoint URL: write http(s)://HOST[:PORT]`);
+    }
+    if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.username !== '' || u.password !== '' || (u.pathname !== '/' && u.pathname !== '') || u.search !== '') {
+      throw new ClonecastError(ERR.USAGE, `"${ep}" is not an endpoint URL: write http(s)://HOST[:PORT], with no path and no credentials in it (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)`);
+    }
+  }
+  return { bucket, prefix, endpoint: ep, region: region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
+}
+
+/** How the repository is named to people: never with a credential. */
+export function describeTarget(t: RepositoryTarget): string {
+  return `s3://${t.bucket}/${t.prefix}${t.endpoint !== undefined ? ` at ${t.endpoint}` : ''}`;
+}
+
+/** One listed object. */
+export interface ListedObject {
+  key: string;
+  size: number;
+  lastModified: Date;
+}
+
+/** What head() learns of an object. */
+export interface ObjectHead {
+  size: number;
+  lastModified: Date;
+}
+
+/** A bucket and prefix, with keys given relative to the prefix. */
+export class Bucket {
+  private readonly client: S3Client;
+  private readonly where: string;
+
+  constructor(readonly target: RepositoryTarget, options: { concurrency?: number; attempts?: number } = {}) {
+    const sockets = options.concurrency ?? DEFAULT_S3_CONCURRENCY;
+    this.where = describeTarget(target);
+    this.client = new S3Client({
+      region: target.region,
+      endpoint: target.endpoint,
+      forcePathStyle: target.endpoint !== undefined,
+      credentials: credentialChain(),
+      maxAttempts: options.attempts ?? DEFAULT_S3_ATTEMPTS,
+      // Many S3-compatible servers reject the newer default CRC32 checksum headers; integrity is checked here by SHA-256.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: new NodeHttpHandler({
+        connectionTimeout: 5_000,
+        requestTimeout: 60_000,
+        httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }),
+        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets }),
+      }),
+    });
+  }
+
+  /** The object's size and time, or null if there is none. */
+  async head(key: string): Promise<ObjectHead | null> {
+    try {
+      const r = await this.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key }));
+      return { size: r.ContentLength ?? 0, lastModified: r.LastModified ?? new Date(0) };
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      throw this.failure(err, `look for ${key}`);
+    }
+  }
+
+  /** The object's bytes (or bytes [start, end) of it), or null if there is none; at most `limit` bytes are accepted. */
+  async get(key: string, limit: number, range?: { start: number; end: number }): Promise<Buffer | null> {
+    try {
+      const r = await this.client.send(
+        new GetObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key, Range: range === undefined ? undefined : `bytes=${range.start}-${range.end - 1}` }),
+      );
+      if ((r.ContentLength ?? 0) > limit) {
+        (r.Body as { destroy?: () => void } | undefined)?.destroy?.();
+        throw new ClonecastError(ERR.TOO_LARGE, `${this.where}: ${key} is ${r.ContentLength} bytes, more than the ${limit} it can be; the repository holds something clonecast did not write there`);
+      }
+      const body = r.Body === undefined ? new Uint8Array(0) : await r.Body.transformToByteArray();
+      if (body.length > limit) throw new ClonecastError(ERR.TOO_LARGE, `${this.where}: ${key} is larger than the ${limit} bytes it can be`);
+      return Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+    } catch (err) {
+      if (isNotFound(err)) return null;
+      if (err instanceof ClonecastError) throw err;
+      throw this.failure(err, `read ${key}`);
+    }
+  }
+
+  /** Writes an object (whole: S3 makes it visible only complete). */
+  async put(key: string, body: Uint8Array, contentType = 'application/octet-stream'): Promise<void> {
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key, Body: body, ContentLength: body.length, ContentType: contentType }));
+    } catch (err) {
+      throw this.failure(err, `write ${key}`);
+    }
+  }
+
+  /** Deletes an object (no error if it is already gone). */
+  async delete(key: string): Promise<void> {
+    try {
+      await this.client.send(new DeleteObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key }));
+    } catch (err) {
+      if (isNotFound(err)) return;
+      throw this.failure(err, `delete ${key}`);
+    }
+  }
+
+  /** Every object under a key prefix (relative keys), page by page. */
+  async *list(under: string): AsyncGenerator<ListedObject> {
+    let token: string | undefined;
+    do {
+      let r;
+      try {
+        r = await this.client.send(new ListObjectsV2Command({ Bucket: this.target.bucket, Prefix: this.target.prefix + under, ContinuationToken: token }));
+      } catch (err) {
+        throw this.failure(err, `list ${under || 'the repository'}`);
+      }
+      for (const o of r.Contents ?? []) {
+        if (o.Key === undefined || !o.Key.startsWith(this.target.prefix)) continue;
+        yield { key: o.Key.slice(this.target.prefix.length), size: o.Size ?? 0, lastModified: o.LastModified ?? new Date(0) };
+      }
+      token = r.IsTruncated === true ? r.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  /** Closes the connections. */
+  close(): void {
+    this.client.destroy();
+  }
+
+  /** A ClonecastError for a failed request: what failed, why, what to do; never a credential or a signature. */
+  private failure(err: unknown, doing: string): ClonecastError {
+    const e = err as { name?: string; message?: string; code?: string; $metadata?: { httpStatusCode?: number } };
+    const status = e.$metadata?.httpStatusCode;
+    if (err instanceof S3ServiceException && (status === 403 || e.name === 'AccessDenied' || e.name === 'InvalidAccessKeyId' || e.name === 'SignatureDoesNotMatch')) {
+      return new ClonecastError(ERR.REFUSED, `${this.where} refused to ${doing} (${e.name}): check the access key and secret (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials) and that they may use bucket ${this.target.bucket}`);
+    }
+    if (e.name === 'NoSuchBucket') return new ClonecastError(ERR.NOT_FOUND, `${this.where}: there is no bucket "${this.target.bucket}"; create it first (e.g. s3cmd mb s3://${this.target.bucket})`);
+    if (e.name === 'CredentialsProviderError') return new ClonecastError(ERR.REFUSED, `no credentials for ${this.where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write them in ~/.aws/credentials (AWS_PROFILE picks a profile)`);
+    const why = redact(e.code ?? e.name ?? 'error') + (status !== undefined ? ` (HTTP ${status})` : '') + (e.message ? `: ${redact(e.message)}` : '');
+    return new ClonecastError(ERR.UNREACHABLE, `cannot ${doing} in ${this.where}: ${why}; check that the repository is up and reachable, then try again`);
+  }
+}
+
+/** Credentials from the environment, then the shared files; never from a metadata service. */
+function credentialChain() {
+  const env = fromEnv();
+  const ini = fromIni({ profile: process.env.AWS_PROFILE });
+  return async () => {
+    try {
+      return await env();
+    } catch {
+      return ini();
+    }
+  };
+}
+
+function isNotFound(err: unknown): boolean {
+  const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  return e.name === 'NotFound' || e.name === 'NoSuchKey' || e.$metadata?.httpStatusCode === 404;
+}
+
+/** Removes anything that looks like a signature or a key from an error text. */
+function redact(text: string): string {
+  const secret = process.env.AWS_SECRET_ACCESS_KEY;
+  let out = text.replace(/(Signature|Credential|X-Amz-Security-Token)=[^&\s,]+/gi, '$1=…');
+  if (secret !== undefined && secret.length >= 4) out = out.split(secret).join('…');
+  return out.slice(0, 300);
+}
