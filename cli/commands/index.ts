@@ -15,12 +15,15 @@ import { imageInfo } from './image-info.js';
 import { imageList } from './image-list.js';
 import { imageRecompress } from './image-recompress.js';
 import { imagePrune } from './image-prune.js';
+import { imagePull } from './image-pull.js';
+import { imagePush } from './image-push.js';
 import { imageRm } from './image-rm.js';
 import { imageVerify } from './image-verify.js';
 import { labDemo, labDown, labForward, labStatus, labUp } from './lab.js';
 import { machines, machinesSet } from './machines.js';
 import { machinesForget, machinesShow } from './machines-console.js';
 import { receive } from './receive.js';
+import { repositoryGc, repositoryList, repositoryRm } from './repository.js';
 import { send } from './send.js';
 import { serve } from './serve.js';
 import { sessions, sessionsCancel, sessionsStart } from './sessions.js';
@@ -43,6 +46,11 @@ export const COMMANDS: readonly Command[] = [
   imagePrune,
   imageRm,
   imageGc,
+  imagePush,
+  imagePull,
+  repositoryList,
+  repositoryRm,
+  repositoryGc,
   serve,
   token,
   fingerprint,

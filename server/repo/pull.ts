@@ -8,11 +8,12 @@
  * nothing.
  */
 import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { CHUNK } from '../../protocol/chunk.js';
 import type { Manifest } from '../../protocol/manifest.js';
 import { native } from '../../native/addon.js';
 import type { ImageRef, Store } from '../store/store.js';
 import type { RepoProgress } from './push.js';
-import { dataChunks, inParallel, sameDisk, type NeededChunk, type Repository } from './repository.js';
+import { dataChunks, inParallel, sameDisk, storedBytes, type NeededChunk, type Repository } from './repository.js';
 
 /** What pull() did. */
 export interface PullReport {
@@ -54,12 +55,14 @@ export async function pull(repo: Repository, store: Store, ref: ImageRef, o: Pul
 export async function fillCache(repo: Repository, store: Store, m: Manifest, o: PullOptions = {}, fetchOne: (c: NeededChunk) => Promise<number> = (c) => fetchInto(repo, store, c)): Promise<RepoProgress> {
   const needed = dataChunks(m);
   const missing = needed.filter((c) => store.chunkHead(Buffer.from(c.sha, 'hex')) === null);
-  const p: RepoProgress = { done: needed.length - missing.length, total: needed.length, moved: 0, movedBytes: 0 };
+  const total = storedBytes(needed);
+  const p: RepoProgress = { done: needed.length - missing.length, total: needed.length, moved: 0, movedBytes: 0, bytes: total - storedBytes(missing), totalBytes: total };
   o.onProgress?.({ ...p });
   await inParallel(missing, o.concurrency ?? 16, async (c) => {
     if (o.stopped?.() === true) throw new ClonecastError(ERR.CANCELLED, `the pull of ${m.meta.name}@${m.meta.version} was stopped; the chunks fetched so far are kept`);
     const bytes = await fetchOne(c);
     p.done++;
+    p.bytes += CHUNK.HEADER_SIZE + c.storedLength;
     if (bytes > 0) {
       p.moved++;
       p.movedBytes += bytes;

@@ -12,7 +12,7 @@ import { CHUNK } from '../../protocol/chunk.js';
 import { tableLength, type Manifest } from '../../protocol/manifest.js';
 import type { Store } from '../store/store.js';
 import { claimVersion, takeLease } from './leases.js';
-import { dataChunks, inParallel, sameDisk, withStoredForms, type NeededChunk, type Repository } from './repository.js';
+import { dataChunks, inParallel, sameDisk, storedBytes, withStoredForms, type NeededChunk, type Repository } from './repository.js';
 
 /** Progress of a push or a pull. */
 export interface RepoProgress {
@@ -22,6 +22,9 @@ export interface RepoProgress {
   /** Chunks and stored bytes that crossed the network. */
   moved: number;
   movedBytes: number;
+  /** Stored bytes of the chunks handled so far (moved or not), and in all. */
+  bytes: number;
+  totalBytes: number;
 }
 
 /** What push() did. */
@@ -67,7 +70,7 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
     const needed = dataChunks(local);
     report.chunks = needed.length;
     const forms = new Map<string, { compression: number; payloadLength: number }>();
-    const progress: { done: number; total: number; moved: number; movedBytes: number } = { done: 0, total: needed.length, moved: 0, movedBytes: 0 };
+    const progress: RepoProgress = { done: 0, total: needed.length, moved: 0, movedBytes: 0, bytes: 0, totalBytes: storedBytes(needed) };
     const upload = async (c: NeededChunk) => {
       const size = await repo.chunkSize(c.sha);
       if (size === null) {
@@ -83,6 +86,7 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
         if (h !== null) forms.set(c.sha, { compression: h.compression, payloadLength: h.payloadLength });
       }
       progress.done++;
+      progress.bytes += CHUNK.HEADER_SIZE + c.storedLength;
       o.onProgress?.({ ...progress });
     };
     await inParallel(needed, o.concurrency ?? 16, upload);

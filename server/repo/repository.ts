@@ -45,6 +45,13 @@ export function dataChunks(m: Manifest): NeededChunk[] {
   return out;
 }
 
+/** Stored bytes (headers included) of some chunks, as their manifest records them. */
+export function storedBytes(chunks: readonly NeededChunk[]): number {
+  let n = 0;
+  for (const c of chunks) n += CHUNK.HEADER_SIZE + c.storedLength;
+  return n;
+}
+
 /** Runs fn over items with at most `limit` at once; the first failure stops new starts and is thrown. */
 export async function inParallel<T>(items: readonly T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
   let next = 0;
@@ -128,7 +135,7 @@ export class Repository {
   /** NAME, NAME@N or NAME@DATE against the repository; NOT_FOUND says what exists. */
   async resolve(ref: ImageRef): Promise<{ name: string; version: number }> {
     const versions = await this.versions(ref.name);
-    if (versions.length === 0) throw new ClonecastError(ERR.NOT_FOUND, `${this.where} has no image named "${ref.name}"; "clonecast image list --repository ..." shows what it holds`);
+    if (versions.length === 0) throw new ClonecastError(ERR.NOT_FOUND, `${this.where} has no image named "${ref.name}"; "clonecast repository list" shows what it holds`);
     if (ref.asOf !== undefined) {
       const limit = Date.parse(ref.asOf);
       for (const v of [...versions].reverse()) if (Date.parse((await this.readManifest(ref.name, v)).meta.createdAt) <= limit) return { name: ref.name, version: v };
@@ -158,7 +165,7 @@ export class Repository {
    */
   async fetchChunk(c: NeededChunk): Promise<Buffer> {
     const data = await this.bucket.get(chunkKey(c.sha), MAX_STORED_CHUNK);
-    if (data === null) throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${c.sha} is missing from ${this.where}; run "clonecast repository verify" to see which versions are affected`, { sha: c.sha });
+    if (data === null) throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${c.sha} is missing from ${this.where}; push the versions that use it again from a store that has it, or remove them`, { sha: c.sha });
     const where = `chunk ${c.sha} from ${this.where}`;
     const { raw } = decodeChunk(data, where);
     if (raw.length !== c.rawLength) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} is ${raw.length} bytes, not the ${c.rawLength} its place in the image needs`, { sha: c.sha });

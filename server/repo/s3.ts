@@ -65,9 +65,14 @@ export function parseRepository(url: string, endpoint?: string, region?: string)
   return { bucket, prefix, endpoint: ep, region: region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
 }
 
+/** The repository's canonical address, s3://BUCKET[/PREFIX] (what an edge's store records). */
+export function repositoryAddress(t: RepositoryTarget): string {
+  return `s3://${t.bucket}${t.prefix === '' ? '' : `/${t.prefix.slice(0, -1)}`}`;
+}
+
 /** How the repository is named to people: never with a credential. */
 export function describeTarget(t: RepositoryTarget): string {
-  return `s3://${t.bucket}/${t.prefix}${t.endpoint !== undefined ? ` at ${t.endpoint}` : ''}`;
+  return `${repositoryAddress(t)}${t.endpoint !== undefined ? ` at ${t.endpoint}` : ''}`;
 }
 
 /** One listed object. */
@@ -211,6 +216,7 @@ function credentialChain() {
 
 function isNotFound(err: unknown): boolean {
   const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
+  if (e.name === 'NoSuchBucket') return false;
   return e.name === 'NotFound' || e.name === 'NoSuchKey' || e.$metadata?.httpStatusCode === 404;
 }
 

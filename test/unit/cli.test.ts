@@ -441,6 +441,7 @@ describe('the command table', () => {
     expect(having('workers')).toEqual(['image export', 'image import', 'image recompress', 'image verify']);
     expect(having('codec')).toEqual(['image assemble', 'image import']);
     expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines forget', 'machines set', 'machines show', 'sessions', 'sessions cancel', 'sessions start', 'wake']);
-    expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm']);
+    expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm', 'repository gc', 'repository rm']);
+    expect(having('repository')).toEqual(['image pull', 'image push', 'repository gc', 'repository list', 'repository rm']);
   });
 });

@@ -1,0 +1,37 @@
+/**
+ * The options every repository command shares (--repository, --endpoint,
+ * --region) and opening the repository they name. Credentials are never
+ * options: they come from the environment or ~/.aws/credentials.
+ */
+import type { OptionSpec } from './args.js';
+import type { Context } from './command.js';
+import { ClonecastError, ERR } from '../protocol/errors.js';
+import type { Repository } from '../server/repo/repository.js';
+
+/** --repository, --endpoint, --region. */
+export const REPOSITORY: Record<string, OptionSpec> = {
+  repository: { kind: 'string', value: 's3://BUCKET[/PREFIX]', help: 'The image repository.', default: "$CLONECAST_REPOSITORY, else the one the store caches" },
+  endpoint: { kind: 'string', value: 'URL', help: 'The S3 server (https://HOST[:PORT]; http:// only on a trusted network).', default: '$AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS' },
+  region: { kind: 'string', value: 'REGION', help: 'The S3 region.', default: '$AWS_REGION, else us-east-1' },
+};
+
+/** What the repository commands say about credentials in --help. */
+export const CREDENTIALS_HELP = 'Credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or from ~/.aws/credentials (AWS_PROFILE picks a profile); they are never printed.';
+
+/** Opens the repository the options name (with create, an empty prefix becomes one). */
+export async function openRepository(ctx: Context, create = false): Promise<Repository> {
+  const { parseRepository } = await import('../server/repo/s3.js');
+  const { Repository } = await import('../server/repo/repository.js');
+  const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? boundRepository(ctx);
+  if (url === undefined) throw ctx.usage('which repository? give --repository s3://BUCKET/PREFIX (or set CLONECAST_REPOSITORY)');
+  return Repository.open(parseRepository(url, ctx.str('endpoint'), ctx.str('region')), { create });
+}
+
+function boundRepository(ctx: Context): string | undefined {
+  try {
+    return ctx.store().repository();
+  } catch (err) {
+    if (err instanceof ClonecastError && err.code !== ERR.USAGE) throw err;
+    return undefined;
+  }
+}
