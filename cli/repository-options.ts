@@ -13,6 +13,7 @@ export const REPOSITORY: Record<string, OptionSpec> = {
   repository: { kind: 'string', value: 's3://BUCKET[/PREFIX]', help: 'The image repository.', default: "$CLONECAST_REPOSITORY, else the one the store caches" },
   endpoint: { kind: 'string', value: 'URL', help: 'The S3 server (https://HOST[:PORT]; http:// only on a trusted network).', default: '$AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS' },
   region: { kind: 'string', value: 'REGION', help: 'The S3 region.', default: '$AWS_REGION, else us-east-1' },
+  'ca-bundle': { kind: 'string', value: 'PEM', help: 'Trust this CA for an https:// endpoint whose certificate a private CA signed.', default: '$AWS_CA_BUNDLE, else the system\'s CAs' },
 };
 
 /** What the repository commands say about credentials in --help. */
@@ -20,11 +21,14 @@ export const CREDENTIALS_HELP = 'Credentials come from AWS_ACCESS_KEY_ID and AWS
 
 /** Opens the repository the options name (with create, an empty prefix becomes one). */
 export async function openRepository(ctx: Context, create = false): Promise<Repository> {
-  const { parseRepository } = await import('../server/repo/s3.js');
+  const { cleartextWarning, parseRepository } = await import('../server/repo/s3.js');
   const { Repository } = await import('../server/repo/repository.js');
   const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? boundRepository(ctx);
   if (url === undefined) throw ctx.usage('which repository? give --repository s3://BUCKET/PREFIX (or set CLONECAST_REPOSITORY)');
-  return Repository.open(parseRepository(url, ctx.str('endpoint'), ctx.str('region')), { create });
+  const target = parseRepository(url, ctx.str('endpoint'), ctx.str('region'), ctx.str('ca-bundle'));
+  const warning = cleartextWarning(target);
+  if (warning !== null) process.stderr.write(`warning: ${warning}\n`);
+  return Repository.open(target, { create });
 }
 
 function boundRepository(ctx: Context): string | undefined {

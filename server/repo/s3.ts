@@ -14,6 +14,7 @@ import { DeleteObjectCommand, GetObjectCommand, HeadObjectCommand, ListObjectsV2
 import { fromEnv } from '@aws-sdk/credential-provider-env';
 import { fromIni } from '@aws-sdk/credential-provider-ini';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent } from 'node:http';
 import { Agent as HttpsAgent } from 'node:https';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
@@ -26,6 +27,8 @@ export interface RepositoryTarget {
   /** The S3 endpoint URL (http or https); undefined: AWS itself. */
   endpoint?: string;
   region: string;
+  /** PEM file of the CA that signed the endpoint's certificate (a private CA), if not a public one. */
+  caBundle?: string;
 }
 
 /** Requests in flight at once per repository (pull, push and read-through share them). */
@@ -40,7 +43,7 @@ const PREFIX_RE = /^([A-Za-z0-9._-]+\/)*$/;
  * Parses "s3://BUCKET[/PREFIX]" and an endpoint URL. The prefix is limited to
  * plain path segments so that no key this program makes can reach outside it.
  */
-export function parseRepository(url: string, endpoint?: string, region?: string): RepositoryTarget {
+export function parseRepository(url: string, endpoint?: string, region?: string, caBundle?: string): RepositoryTarget {
   const m = /^s3:\/\/([^/]+)(?:\/(.*))?$/.exec(url);
   if (m === null) throw new ClonecastError(ERR.USAGE, `"${url}" is not a repository address: write s3://BUCKET or s3://BUCKET/PREFIX (e.g. s3://images/district)`);
   const bucket = m[1];
@@ -62,7 +65,20 @@ export function parseRepository(url: string, endpoint?: string, region?: string)
       throw new ClonecastError(ERR.USAGE, `"${ep}" is not an endpoint URL: write http(s)://HOST[:PORT], with no path and no credentials in it (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)`);
     }
   }
-  return { bucket, prefix, endpoint: ep, region: region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1' };
+  const ca = caBundle ?? (process.env.AWS_CA_BUNDLE || undefined);
+  return { bucket, prefix, endpoint: ep, region: region ?? process.env.AWS_REGION ?? process.env.AWS_DEFAULT_REGION ?? 'us-east-1', ...(ca !== undefined ? { caBundle: ca } : {}) };
+}
+
+/**
+ * A warning when images would cross the network in clear: an http:// endpoint
+ * that is not this host. SigV4 never sends the secret, but chunks and
+ * manifests are the disks themselves.
+ */
+export function cleartextWarning(t: RepositoryTarget): string | null {
+  if (t.endpoint === undefined) return null;
+  const u = new URL(t.endpoint);
+  if (u.protocol === 'https:' || ['localhost', '127.0.0.1', '[::1]'].includes(u.hostname)) return null;
+  return `the repository's endpoint ${t.endpoint} is plain http: images cross the network in clear and a machine on the path could read them; use https:// (requests are signed, so the secret itself never travels)`;
 }
 
 /** The repository's canonical address, s3://BUCKET[/PREFIX] (what an edge's store records). */
@@ -109,7 +125,7 @@ export class Bucket {
         connectionTimeout: 5_000,
         requestTimeout: 60_000,
         httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }),
-        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets }),
+        httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets, ...(target.caBundle !== undefined ? { ca: readCaBundle(target.caBundle) } : {}) }),
       }),
     });
   }
@@ -198,6 +214,17 @@ export class Bucket {
     if (e.name === 'CredentialsProviderError') return new ClonecastError(ERR.REFUSED, `no credentials for ${this.where}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or write them in ~/.aws/credentials (AWS_PROFILE picks a profile)`);
     const why = redact(e.code ?? e.name ?? 'error') + (status !== undefined ? ` (HTTP ${status})` : '') + (e.message ? `: ${redact(e.message)}` : '');
     return new ClonecastError(ERR.UNREACHABLE, `cannot ${doing} in ${this.where}: ${why}; check that the repository is up and reachable, then try again`);
+  }
+}
+
+/** The CA bundle's certificates; a clear error if it cannot be read. */
+function readCaBundle(path: string): string {
+  try {
+    const pem = readFileSync(path, 'utf8');
+    if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+    return pem;
+  } catch (err) {
+    throw new ClonecastError(ERR.USAGE, `cannot use ${path} as the repository's CA bundle: ${(err as Error).message}; give a PEM file of the CA that signed the S3 server's certificate`);
   }
 }
 
