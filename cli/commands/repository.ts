@@ -79,17 +79,16 @@ export const repositoryRm: Command = {
     ...REPOSITORY,
     ...COMMON,
   },
-  details: ['Edges that cached the version keep their copy until their own "image rm"; its chunks leave the repository at the next "repository gc" once no version uses them.', CREDENTIALS_HELP],
+  details: ['Its number is never given to another version. Edges that cached the version keep their copy until their own "image rm"; its chunks leave the repository at the next "repository gc" once no version uses them.', CREDENTIALS_HELP],
   interrupted: 'the version is either still there or removed; run the rm again to be sure',
   async run(ctx) {
     const { parseRef } = await import('../../server/store/store.js');
-    const { manifestKey } = await import('../../server/repo/layout.js');
     const ref = parseRef(ctx.positionals[0]);
     if (ref.version === undefined) throw ctx.usage(`give the version to remove as NAME@N (e.g. ${ref.name}@2): a repository version is never removed by name alone`);
     const repo = await openRepository(ctx);
     try {
       const { name, version } = await repo.resolve(ref);
-      if (!ctx.flag('dry-run')) await repo.bucket.delete(manifestKey(name, version));
+      if (!ctx.flag('dry-run')) await repo.removeVersion(name, version);
       ctx.out(() => console.log(ctx.flag('dry-run') ? `would remove ${name}@${version} from ${repo.where}; nothing was removed` : `removed ${name}@${version} from ${repo.where}; "clonecast repository gc" frees the chunks no version uses`), { repository: repo.where, name, version, dryRun: ctx.flag('dry-run') });
       return 0;
     } finally {

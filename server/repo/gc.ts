@@ -8,7 +8,7 @@
  * died before publishing, are removed too.
  */
 import { ClonecastError, ERR } from '../../protocol/errors.js';
-import { chunkKey, LAYOUT, parseChunkKey, parseImageKey } from './layout.js';
+import { chunkKey, LAYOUT, parseChunkKey, parseImageKey, TOMBSTONE_ID } from './layout.js';
 import { takeLease } from './leases.js';
 import { dataChunks, inParallel, type Repository } from './repository.js';
 
@@ -56,7 +56,7 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
       const k = parseImageKey(obj.key);
       if (k === null) continue;
       if (k.kind === 'claim') {
-        if (now - obj.lastModified.getTime() > STALE_CLAIM_MS) claims.push(obj.key);
+        if (k.id !== TOMBSTONE_ID && now - obj.lastModified.getTime() > STALE_CLAIM_MS) claims.push(obj.key);
         continue;
       }
       // One unreadable version stops gc: its chunks would look like garbage.

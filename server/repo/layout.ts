@@ -5,7 +5,8 @@
  *   repository.json                format marker, written once
  *   chunks/<sha256 hex>            a chunk's stored form (header + payload), immutable
  *   images/NAME/<N>.manifest       a version, written last (after every chunk it names)
- *   images/NAME/claims/<N>.<id>    a writer's claim on version number N
+ *   images/NAME/claims/<N>.<id>    a writer's claim on version number N; with the id
+ *                                  0000000000000000, a tombstone: N was removed and is never reused
  *   leases/writer.<id>             a push, capture or import writing chunks now
  *   leases/sweeper.<id>            a gc deleting chunks now
  *
@@ -50,6 +51,9 @@ export function manifestKey(name: string, version: number): string {
 export function claimPrefix(name: string, version?: number): string {
   return `${LAYOUT.IMAGES}${name}/claims/${version === undefined ? '' : `${version}.`}`;
 }
+
+/** The claim id that marks a removed version's number as used for ever. */
+export const TOMBSTONE_ID = '0000000000000000';
 
 /** A fresh random id for a lease or a claim. */
 export function newId(): string {

@@ -15,7 +15,7 @@ import { CHUNK, decodeChunk, decodeChunkHeader } from '../../protocol/chunk.js';
 import { sha256 } from '../../protocol/hash.js';
 import { chunkAt, ChunkKind, decodeManifest, encodeManifest, MANIFEST, setChunk, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { checkName, type ImageRef } from '../store/store.js';
-import { chunkKey, LAYOUT, manifestKey, parseImageKey, REPOSITORY_FORMAT } from './layout.js';
+import { chunkKey, claimPrefix, LAYOUT, manifestKey, parseImageKey, REPOSITORY_FORMAT, TOMBSTONE_ID } from './layout.js';
 import { Bucket, describeTarget, type RepositoryTarget } from './s3.js';
 
 /** Largest stored form of a chunk. */
@@ -195,6 +195,12 @@ export class Repository {
     const data = encodeManifest(m);
     decodeManifest(data, `the new manifest of ${m.meta.name}@${m.meta.version}`);
     await this.bucket.put(manifestKey(m.meta.name, m.meta.version), data);
+  }
+
+  /** Removes a version: a tombstone first, so its number is never given to another version, then its manifest. */
+  async removeVersion(name: string, version: number): Promise<void> {
+    await this.bucket.put(`${claimPrefix(name, version)}${TOMBSTONE_ID}`, Buffer.from(new Date().toISOString()), 'text/plain');
+    await this.bucket.delete(manifestKey(name, version));
   }
 
   /** Closes the connections. */

@@ -31,6 +31,10 @@ export interface RepositoryTarget {
   caBundle?: string;
 }
 
+// The SDK warns on every run under Node 20 that releases after January 2027 will need Node 22;
+// package-lock.json pins a release that supports Node 20, so the warning only confuses people.
+process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+
 /** Requests in flight at once per repository (pull, push and read-through share them). */
 export const DEFAULT_S3_CONCURRENCY = 16;
 /** Attempts per request, with the SDK's exponential back-off and jitter between them. */
@@ -59,10 +63,11 @@ export function parseRepository(url: string, endpoint?: string, region?: string,
     try {
       u = new URL(ep);
     } catch {
-      throw new ClonecastError(ERR.USAGE, `"${ep}" is not an endpoint URL: write http(s)://HOST[:PORT]`);
+      throw new ClonecastError(ERR.USAGE, `"${ep.replace(/\/\/[^/@]*@/, '//…@')}" is not an endpoint URL: write http(s)://HOST[:PORT]`);
     }
     if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.username !== '' || u.password !== '' || (u.pathname !== '/' && u.pathname !== '') || u.search !== '') {
-      throw new ClonecastError(ERR.USAGE, `"${ep}" is not an endpoint URL: write http(s)://HOST[:PORT], with no path and no credentials in it (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)`);
+      const shown = u.username !== '' || u.password !== '' ? `${u.protocol}//…@${u.host}` : ep;
+      throw new ClonecastError(ERR.USAGE, `"${shown}" is not an endpoint URL: write http(s)://HOST[:PORT], with no path and no credentials in it (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)`);
     }
   }
   const ca = caBundle ?? (process.env.AWS_CA_BUNDLE || undefined);

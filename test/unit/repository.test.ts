@@ -28,10 +28,11 @@ let dir = '';
 let swift: Awaited<ReturnType<typeof startSwift>> | undefined;
 let env: Record<string, string> = {};
 let n = 0;
+const BUCKET = `cc${process.pid.toString(36)}${Date.now().toString(36)}`;
 
 /** A fresh repository target (its own prefix) in the test bucket. */
 function target(): RepositoryTarget {
-  return parseRepository(`s3://ccimages/t${++n}-${Date.now().toString(36)}`, swift!.endpoint, 'us-east-1');
+  return parseRepository(`s3://${BUCKET}/t${++n}-${Date.now().toString(36)}`, swift!.endpoint, 'us-east-1');
 }
 
 /** A disk file: seeded data with zero runs, and `changed` chunks altered by seed. */
@@ -59,7 +60,7 @@ beforeAll(async () => {
   env = { AWS_ACCESS_KEY_ID: swift.accessKey, AWS_SECRET_ACCESS_KEY: swift.secretKey, AWS_REGION: swift.region };
   Object.assign(process.env, env);
   const s3 = new S3Client({ endpoint: swift.endpoint, region: swift.region, forcePathStyle: true, credentials: { accessKeyId: swift.accessKey, secretAccessKey: swift.secretKey } });
-  await s3.send(new CreateBucketCommand({ Bucket: 'ccimages' }));
+  await s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
   s3.destroy();
 }, 120_000);
 
@@ -125,9 +126,9 @@ describe('image repository on a real S3 server', () => {
     const central = await storeWith('gc', [1, 2, 3], [20]);
     const repo = await Repository.open(t, { create: true });
     try {
-      // Version 1 becomes garbage: its manifest is removed, its chunks stay.
+      // Version 1 becomes garbage: it is removed, its chunks stay.
       await push(repo, central, 'pc', 1);
-      await repo.bucket.delete(manifestKey('pc', 1));
+      await repo.removeVersion('pc', 1);
       // Pushing version 3 finds most of those chunks already there (HEAD) and does not upload them:
       // a gc that swept them now would leave version 3 with missing chunks.
       let gc: Promise<Awaited<ReturnType<typeof collectRepository>>> | undefined;
@@ -147,7 +148,7 @@ describe('image repository on a real S3 server', () => {
       expect(only1.length).toBe(1);
       expect(report.removed).toBe(only1.length);
       expect(await repo.chunkSize(only1[0].sha)).toBeNull();
-      expect(pushed.version).toBe(2);
+      expect(pushed.version).toBe(2); // a removed version's number is never reused
       // And a pull of it verifies.
       const edge = Store.open(join(dir, 'gc-edge'));
       await pull(repo, edge, { name: 'pc', version: 2 });
@@ -163,7 +164,7 @@ describe('image repository on a real S3 server', () => {
     const repo = await Repository.open(t, { create: true });
     try {
       await push(repo, central, 'pc', 1);
-      await repo.bucket.delete(manifestKey('pc', 1));
+      await repo.removeVersion('pc', 1);
       const r = await collectRepository(repo, { graceMs: 3_600_000 });
       expect(r.removed).toBe(0);
       expect(r.young).toBe(dataChunks(await central.readManifest('pc', 1)).length);
@@ -250,7 +251,7 @@ describe('image repository on a real S3 server', () => {
     const edge = join(dir, 'cli-edge');
     const raw = disk('cli.raw', 5);
     expect((await cli(['image', 'import', raw, 'lab', '--data', central, '--chunk-size', String(C), '--raw'])).code).toBe(0);
-    const addr = `s3://ccimages/cli-${Date.now().toString(36)}`;
+    const addr = `s3://${BUCKET}/cli-${Date.now().toString(36)}`;
     const common = ['--repository', addr, '--endpoint', swift!.endpoint];
     const outputs: string[] = [];
     const run = async (args: string[], e = env) => {
@@ -291,10 +292,10 @@ describe('image repository on a real S3 server', () => {
   itNeeds(['s3'], 'addresses are checked before anything is sent', async () => {
     for (const [url, ep] of [
       ['s3://Bad_Bucket/x', swift!.endpoint],
-      ['s3://ccimages/../up', swift!.endpoint],
-      ['http://ccimages/x', swift!.endpoint],
-      ['s3://ccimages/x', 'http://user:pass@127.0.0.1:1/'],
-      ['s3://ccimages/x', 'ftp://127.0.0.1/'],
+      [`s3://${BUCKET}/../up`, swift!.endpoint],
+      [`http://${BUCKET}/x`, swift!.endpoint],
+      [`s3://${BUCKET}/x`, 'http://user:pass@127.0.0.1:1/'],
+      [`s3://${BUCKET}/x`, 'ftp://127.0.0.1/'],
     ]) {
       const r = await cli(['repository', 'list', '--repository', url, '--endpoint', ep], env);
       expect(r.code, `${url} ${ep}`).toBe(2);
