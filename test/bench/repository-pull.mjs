@@ -11,7 +11,7 @@
 // Run under `flock /tmp/cc-lab.lock`:
 //   node test/bench/repository-pull.mjs [SIZE_MIB=1024] [RUNS=3]
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, openSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, rmSync, writeFileSync, writeSync, closeSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -49,12 +49,13 @@ try {
   execFileSync(process.execPath, [join(ROOT, 'test', 'bench', 'mkimage.mjs'), raw, String(size)], { stdio: 'ignore' });
   execFileSync(CLI, ['image', 'import', raw, 'pc', '--data', central], { stdio: 'ignore' });
   const pushed = JSON.parse(execFileSync(CLI, ['image', 'push', 'pc', ...repo, '--data', central, '--json'], { env, encoding: 'utf8' }));
-  console.log(`repository pull: ${size} MiB benchmark image, ${pushed.chunks} chunks, ${(pushed.uploadedBytes / 2 ** 20).toFixed(1)} MiB stored, on ${swift.endpoint} (Swift ${'s3api'}); ${runs} runs each, alternating`);
+  console.log(`repository pull: ${size} MiB benchmark image, ${pushed.chunks} chunks, ${(pushed.uploadedBytes / 2 ** 20).toFixed(1)} MiB stored, on ${swift.endpoint} (Swift with s3api); ${runs} runs each, alternating`);
 
   const ours = [];
   const base = [];
   for (let i = 0; i < runs; i++) {
     rmSync(down, { recursive: true, force: true });
+    mkdirSync(down);
     base.push(timed('s3cmd', ['-c', s3cfg, '--no-progress', '--quiet', 'get', '--recursive', 's3://ccbench/district/chunks/', `${down}/`], env));
     rmSync(edge, { recursive: true, force: true });
     const r = timed(CLI, ['image', 'pull', 'pc', ...repo, '--data', edge, '--json'], env);
