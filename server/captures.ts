@@ -341,8 +341,8 @@ export class CaptureManager extends EventEmitter {
         newBytes: c.received.newBytes,
         ...checkUsedAgainstTable(m.used, partitionTable),
       };
-      // store.publish() writes only what the normal manifest decoder reads back.
-      const version = this.store.publish({ meta, table });
+      // publishVersion() writes only what the normal manifest decoder reads back (an edge's goes to its repository first).
+      const version = await this.store.publishVersion({ meta, table });
       const dataBytes = Math.max(1, progress.bytesRead);
       c.progress = progress;
       c.result = { version, newBytes: c.received.newBytes, diskSize: m.diskSize, dedupeRatio: dataBytes / Math.max(1, c.received.bytes), badRanges: m.badRanges };

@@ -12,7 +12,7 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { chunkAt, diskDigest, encodeManifest, type Manifest } from '../protocol/manifest.js';
 import { Sender } from '../transfer/sender.js';
 import { dropReasonText, liveness } from '../transfer/policy.js';
-import { ReceiverState } from '../protocol/mcast.js';
+import { DropReason, ReceiverState } from '../protocol/mcast.js';
 import { FINAL_MACHINE_STATES } from '../protocol/states.js';
 import type { SessionMachine, SessionRecord } from './session-types.js';
 import type { Lock } from './store/lock.js';
@@ -34,6 +34,8 @@ export interface Live {
   senderPort: number;
   /** A reader's lock on the store while the session runs: gc and recompress wait for it (a chunk's stored form never changes under a sender). */
   lock: Lock;
+  /** True if the sender's reads waited on an edge's repository within the last ms: its machines made no progress through no fault of theirs. */
+  stalled?: (ms: number) => boolean;
 }
 
 /** Stops the session's sender and lets go of its store lock. */
@@ -49,6 +51,7 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
   try {
     const m = manifest ?? (await store.readManifest(s.image, s.version));
     await currentRecords(store, m); // receivers count fragments from the stored lengths it announces
+    store.warm(m); // an edge fetches the chunks it lacks while the sender streams (or refuses at once if it cannot)
     const manifestBytes = encodeManifest(m);
     if (!/^[0-9a-f]{64}$/.test(s.secret ?? '')) s.secret = randomBytes(32).toString('hex'); // saved before secrets existed
     sender = new Sender({
@@ -71,7 +74,7 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     } catch (err) {
       throw new ClonecastError(ERR.USAGE, `the multicast sender cannot use ${senderAddress}: ${(err as Error).message}; check --interface`);
     }
-    return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock };
+    return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock, stalled: (ms) => store.stalledWithin(ms) };
   } catch (err) {
     sender?.stop();
     lock.release();
@@ -147,6 +150,7 @@ export function pollLive(s: SessionRecord, live: Live, dropAfterMs: number): voi
   const at = performance.now();
   for (const r of live.sender.receivers()) {
     const reason = mine.has(r.receiverId) ? liveness(r, at, dropAfterMs) : null;
+    if (reason === DropReason.NO_PROGRESS && live.stalled?.(dropAfterMs) === true) continue; // waiting for the repository, not stuck
     if (reason !== null) live.sender.drop(r.receiverId, reason);
   }
 }

@@ -4,6 +4,8 @@ import { list } from '../args.js';
 import { secureBootModeError } from '../../pxe/secureboot.js';
 import { COMMON, logLine, version, type Command, type Context } from '../command.js';
 import { emitJson } from '../output.js';
+import { edgeLine, serveStore } from '../edge.js';
+import { CREDENTIALS_HELP, REPOSITORY } from '../repository-options.js';
 
 /** --static-lease MAC=IP,MAC=IP */
 function parseStatics(ctx: Context): Map<string, string> | undefined {
@@ -49,6 +51,8 @@ export const serve: Command = {
     'boot-credential-ttl': { kind: 'positive', value: 'S', help: 'How long a boot credential in a named machine\'s boot script stays good for its first Hello.', default: '900' },
     'secure-boot': { kind: 'flag', help: 'UEFI machines boot through Debian\'s signed shim, GRUB and kernel (collected by "clonecast bootenv build") instead of iPXE, so Secure Boot can stay on; per machine: "secureBoot": true|false in DATA/pxe/machines.json. BIOS machines keep iPXE.' },
     efi: { kind: 'string', value: 'ipxe.efi|snponly.efi', help: 'The iPXE binary for UEFI machines.', default: 'ipxe.efi' },
+    ...REPOSITORY,
+    'repository-refresh': { kind: 'positive', value: 'S', help: 'With --repository: how often the repository\'s catalogue is listed again.', default: '60' },
     ...COMMON,
   },
   details: [
@@ -57,6 +61,10 @@ export const serve: Command = {
     'printed at start ("clonecast fingerprint" prints it again; "clonecast tls renew" makes a new one). With --pxe, a second,',
     'plain-HTTP listener (--boot-listen) serves only what firmware fetches: boot scripts, kernel and initramfs. The dashboard',
     'asks for the token in its login field and keeps it in page memory only; no URL carries it.',
+    'With --repository s3://BUCKET/PREFIX (and --endpoint URL) the server is an edge: its --data folder becomes a read-through cache of',
+    'that repository (refused if it holds images of its own). It lists the repository\'s versions, fetches the chunks it lacks while it',
+    'multicasts (each checked by SHA-256), keeps them, and sends captures to the repository. If the repository is unreachable it serves',
+    'its cached versions and refuses the others at once. ' + CREDENTIALS_HELP,
   ],
   interrupted: 'the server stops; sessions are saved and resume at the next start, and agents reconnect when it is back',
   async run(ctx) {
@@ -71,7 +79,7 @@ export const serve: Command = {
     }
     const efi = oneOf(ctx, 'efi', ['ipxe.efi', 'snponly.efi'] as const, 'ipxe.efi', 'ipxe.efi or snponly.efi')!;
     const statics = parseStatics(ctx);
-    const store = ctx.store();
+    const { store, edge } = await serveStore(ctx);
     const { startServer } = await import('../../server/app.js');
     const srv = await startServer({
       store,
@@ -103,7 +111,7 @@ export const serve: Command = {
     });
     // The dashboard's URL carries no token (browsers keep URLs): the page asks for it.
     // The token is printed once, when it is made: after that, output that ends up in a log (a service's journal) never holds it.
-    if (ctx.json) emitJson({ url: srv.url, dashboard: srv.url, fingerprint: srv.fingerprint, bootUrl: srv.bootUrl ?? null, token: srv.tokenCreated ? srv.token : null, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null });
+    if (ctx.json) emitJson({ url: srv.url, dashboard: srv.url, fingerprint: srv.fingerprint, bootUrl: srv.bootUrl ?? null, token: srv.tokenCreated ? srv.token : null, tokenPath: srv.tokenPath, data: store.root, multicastFrom: srv.senderAddress ?? null, repository: edge?.repositoryStatus() ?? null });
     else {
       console.log(`clonecast server ${version()}
   dashboard:   ${srv.url}  (paste the token below into its login field)
@@ -117,6 +125,7 @@ export const serve: Command = {
   multicast:   ${srv.senderAddress !== undefined ? `from ${srv.senderAddress}` : 'off: restart with --interface IF (the network the machines are on) to deploy'}
   network boot: ${srv.pxe !== undefined ? `${pxeMode === 'proxy' ? "proxyDHCP (the lab's DHCP server hands out addresses)" : 'DHCP'} + TFTP on ${ctx.str('interface')}, iPXE scripts${ctx.flag('secure-boot') ? ' (BIOS; UEFI: shim and GRUB, Secure Boot)' : ''} and boot files over plain HTTP at ${srv.bootUrl}boot/` : 'off (--pxe proxy|full to boot machines from this server)'}
   image store: ${store.root}
+  repository:  ${edgeLine(edge)}
   stop with Ctrl-C`);
     }
     // Stopped by the operator, or by a fault that already closed every listener (srv.ended).
@@ -126,11 +135,13 @@ export const serve: Command = {
       void srv.ended.then(resolve);
     });
     if (fault !== undefined) {
+      edge?.close();
       logLine('warn', `the server stopped: ${fault.message}; sessions are saved and resume at the next start`);
       return 1;
     }
     logLine('info', 'stopping: sessions are saved and resume at the next start');
     await srv.close();
+    edge?.close();
     return 0;
   },
 };

@@ -217,6 +217,13 @@ export class Store {
     return this.publish(manifest);
   }
 
+  /** Starts filling the rest of a version a session sends (an edge's cache); a no-op here. */
+  warm(_m: Manifest): void {}
+  /** True if chunk reads waited on something outside the store within the last ms (an edge's repository); never here. */
+  stalledWithin(_ms: number): boolean {
+    return false;
+  }
+
   /**
    * Publishes a repository's version under the repository's number (a cache
    * fill). The caller holds the image's lock and has made its chunks durable.

@@ -1,0 +1,384 @@
+/**
+ * An edge server's store: a local store kept as a read-through cache of a
+ * repository (docs/repository.md, "Edge servers"). It lists the union of
+ * what it holds and what the repository's catalogue names; a chunk it lacks
+ * is fetched from the repository when someone reads it (checked by SHA-256
+ * and length before it is stored or used, one fetch per chunk however many
+ * ask) and kept; a version a session sends is filled in the background in
+ * table order and then published locally under the repository's number, so
+ * the next session and the local gc see an ordinary cached version.
+ *
+ * The repository may be unreachable at any time. The edge then serves what
+ * it has, refuses at once what it cannot serve whole, and a read that needs
+ * a missing chunk waits (retrying with back-off, one warning per outage)
+ * until the repository returns or its patience runs out.
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ClonecastError, ERR } from '../../protocol/errors.js';
+import { decodeManifest, type Manifest } from '../../protocol/manifest.js';
+import { Store, type ImageRef } from '../store/store.js';
+import { pushManifest } from './push.js';
+import { fetchInto, fillCache, publishCached } from './pull.js';
+import { dataChunks, Repository, type NeededChunk } from './repository.js';
+import { describeTarget, repositoryAddress, type RepositoryTarget } from './s3.js';
+
+/** Defaults of an edge store's timers. */
+export const EDGE_DEFAULTS = Object.freeze({
+  /** How often the catalogue is listed again, ms. */
+  refreshMs: 60_000,
+  /** First wait before a failed fetch is tried again, ms (doubles up to retryMaxMs). */
+  retryMs: 1_000,
+  retryMaxMs: 10_000,
+  /** How long a read waits for an unreachable repository before it fails, ms. */
+  patienceMs: 15 * 60_000,
+  /** Chunks a background fill fetches at once. */
+  fillConcurrency: 4,
+});
+
+/** Options of an edge store; undefined means the default. */
+export interface EdgeOptions {
+  refreshMs?: number;
+  retryMs?: number;
+  retryMaxMs?: number;
+  patienceMs?: number;
+  fillConcurrency?: number;
+  log?: (level: 'info' | 'warn', message: string) => void;
+  /** Opens the repository (tests); default Repository.open. */
+  open?: (target: RepositoryTarget) => Promise<Repository>;
+}
+
+/** Where one version's chunks are at an edge. */
+export interface CacheState {
+  state: 'cached' | 'partial' | 'remote';
+  /** Distinct data chunks of the version, and how many of them are here. */
+  chunks: number;
+  cachedChunks: number;
+  /** A background fill of it is running. */
+  filling: boolean;
+  /** Why its last fill stopped, if it failed. */
+  error?: string;
+}
+
+/** The repository as the edge sees it (no credential ever appears here). */
+export interface RepositoryStatus {
+  address: string;
+  /** null until the first request answered or failed. */
+  reachable: boolean | null;
+  /** When reachable last changed (ISO time). */
+  since: string;
+  lastError: string | null;
+  /** When the catalogue was last listed. */
+  refreshedAt: string | null;
+}
+
+/** A local store that caches a repository. */
+export class EdgeStore extends Store {
+  /** The same folder as a plain store: what the cache holds, without the repository's versions. */
+  readonly local: Store;
+  /** Distinct chunks fetched from the repository since this edge started. */
+  fetched = 0;
+  private repo: Repository | undefined;
+  private catalogue = new Map<string, number[]>();
+  private readonly manifests = new Map<string, Manifest>();
+  private readonly lengths = new Map<string, number>();
+  private readonly fetching = new Map<string, Promise<number>>();
+  private readonly fills = new Map<string, { running: boolean; error?: string }>();
+  private refreshing: Promise<void> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private stalledAt = 0;
+  private closed = false;
+  private readonly status: RepositoryStatus;
+  private readonly o: Required<Omit<EdgeOptions, 'log' | 'open'>> & EdgeOptions;
+
+  private constructor(root: string, readonly target: RepositoryTarget, o: EdgeOptions) {
+    super(root);
+    this.local = Store.open(root);
+    this.o = { ...EDGE_DEFAULTS, ...(Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as EdgeOptions) };
+    this.status = { address: repositoryAddress(target), reachable: null, since: new Date().toISOString(), lastError: null, refreshedAt: null };
+  }
+
+  /**
+   * Opens the store at root as the cache of target: binds it (refused if it
+   * holds images of its own), then reaches for the repository. An
+   * unreachable repository does not stop the edge: it serves its cached
+   * versions, and the first refresh that reaches the repository opens it.
+   */
+  static async openEdge(root: string, target: RepositoryTarget, o: EdgeOptions = {}): Promise<EdgeStore> {
+    Store.open(root).bindRepository(repositoryAddress(target));
+    const edge = EdgeStore.prepare(new EdgeStore(root, target, o));
+    await edge.refresh();
+    edge.timer = setInterval(() => void edge.refresh(), edge.o.refreshMs);
+    edge.timer.unref();
+    return edge;
+  }
+
+  /** How the repository is doing. */
+  repositoryStatus(): RepositoryStatus {
+    return { ...this.status };
+  }
+
+  /** Lists the catalogue again (on demand; also every refreshMs); never throws. */
+  refresh(): Promise<void> {
+    this.refreshing ??= this.refreshNow().finally(() => (this.refreshing = undefined));
+    return this.refreshing;
+  }
+
+  private async refreshNow(): Promise<void> {
+    try {
+      this.repo ??= await (this.o.open ?? ((t) => Repository.open(t)))(this.target);
+      this.catalogue = await this.repo.catalogue();
+      this.status.refreshedAt = new Date().toISOString();
+      this.up();
+    } catch (err) {
+      this.down(err);
+      return;
+    }
+    // Remote manifests are read ahead (small), so that NAME@DATE and the images page never wait on the network.
+    for (const [name, versions] of this.catalogue) {
+      for (const v of versions) {
+        if (this.closed || this.manifests.has(`${name}@${v}`) || existsSync(this.manifestPath(name, v))) continue;
+        try {
+          await this.readManifest(name, v);
+        } catch {
+          // a damaged manifest is reported when it is asked for; an outage was noted by down()
+        }
+      }
+    }
+  }
+
+  /** The repository answered. */
+  private up(): void {
+    if (this.status.reachable !== true) {
+      if (this.status.reachable === false) this.o.log?.('info', `the repository ${describeTarget(this.target)} is reachable again`);
+      this.status.reachable = true;
+      this.status.since = new Date().toISOString();
+    }
+  }
+
+  /** The repository did not answer: one warning per outage. */
+  private down(err: unknown): void {
+    const message = err instanceof ClonecastError ? err.message : 'the repository could not be reached';
+    this.status.lastError = message;
+    if (this.status.reachable !== false) {
+      this.status.reachable = false;
+      this.status.since = new Date().toISOString();
+      this.o.log?.('warn', `${message}; this edge serves its cached versions (${this.cachedList() || 'none'}) until the repository is back`);
+    }
+  }
+
+  /** Cached versions as NAME@N, for messages. */
+  cachedList(): string {
+    return this.local.images().flatMap((n) => this.local.versions(n).map((v) => `${n}@${v}`)).join(', ');
+  }
+
+  private unreachable(what: string): ClonecastError {
+    const cached = this.cachedList();
+    return new ClonecastError(
+      ERR.UNREACHABLE,
+      `${what} is not wholly cached on this edge and the repository ${describeTarget(this.target)} is unreachable (${this.status.lastError ?? 'not reached yet'}); ${cached ? `cached versions it can deploy now: ${cached}` : 'it has no cached version yet'}`,
+    );
+  }
+
+  override images(): string[] {
+    return [...new Set([...this.local.images(), ...[...this.catalogue].filter(([, v]) => v.length > 0).map(([n]) => n)])].sort();
+  }
+
+  override versions(name: string): number[] {
+    return [...new Set([...this.local.versions(name), ...(this.catalogue.get(name) ?? [])])].sort((a, b) => a - b);
+  }
+
+  /** NAME, NAME@N or NAME@DATE; NAME@DATE uses the manifests read ahead, never the network. */
+  override resolve(ref: ImageRef): { name: string; version: number } {
+    if (ref.asOf === undefined) return super.resolve(ref);
+    const versions = this.versions(ref.name);
+    if (versions.length === 0) return super.resolve(ref);
+    const limit = Date.parse(ref.asOf);
+    for (const v of [...versions].reverse()) {
+      const created = this.createdAt(ref.name, v);
+      if (created !== undefined && Date.parse(created) <= limit) return { name: ref.name, version: v };
+    }
+    throw new ClonecastError(ERR.NOT_FOUND, `image "${ref.name}" has no version at or before ${ref.asOf} that this edge knows of`);
+  }
+
+  private createdAt(name: string, v: number): string | undefined {
+    const path = this.manifestPath(name, v);
+    if (existsSync(path)) return decodeManifest(readFileSync(path), `manifest of ${name}@${v}`).meta.createdAt;
+    return this.manifests.get(`${name}@${v}`)?.meta.createdAt;
+  }
+
+  /** A version's manifest: the cached one, else the repository's (checked, then kept). */
+  override async readManifest(name: string, version: number): Promise<Manifest> {
+    let m: Manifest;
+    if (existsSync(this.manifestPath(name, version))) m = await super.readManifest(name, version);
+    else {
+      const key = `${name}@${version}`;
+      let kept = this.manifests.get(key);
+      if (kept === undefined) {
+        if (this.repo === undefined) throw this.unreachable(key);
+        try {
+          kept = await this.repo.readManifest(name, version);
+          this.up();
+        } catch (err) {
+          if (!(err instanceof ClonecastError) || err.code !== ERR.UNREACHABLE) throw err;
+          this.down(err);
+          throw this.unreachable(key);
+        }
+        this.manifests.set(key, kept);
+      }
+      m = kept;
+    }
+    for (const c of dataChunks(m)) this.lengths.set(c.sha, c.rawLength);
+    // Callers may align the table's records with the chunk files (currentRecords): they get their own copy.
+    return { meta: { ...m.meta }, table: Buffer.from(m.table) };
+  }
+
+  /** A chunk's stored form: the cached file, else fetched from the repository (checked), stored, then read. */
+  override async readChunk(sha: Buffer | string): Promise<Buffer> {
+    const hex = typeof sha === 'string' ? sha : sha.toString('hex');
+    try {
+      return await super.readChunk(hex);
+    } catch (err) {
+      const rawLength = this.lengths.get(hex);
+      if (!(err instanceof ClonecastError) || err.code !== ERR.CHUNK_MISSING || rawLength === undefined) throw err;
+      await this.fetchPatiently({ sha: hex, rawLength, storedLength: 0 });
+    }
+    return super.readChunk(hex);
+  }
+
+  /** One fetch per chunk at a time, however many readers ask. */
+  private fetchOne(c: NeededChunk): Promise<number> {
+    let p = this.fetching.get(c.sha);
+    if (p === undefined) {
+      p = this.fetchNow(c).finally(() => this.fetching.delete(c.sha));
+      this.fetching.set(c.sha, p);
+    }
+    return p;
+  }
+
+  private async fetchNow(c: NeededChunk): Promise<number> {
+    if (this.local.chunkHead(Buffer.from(c.sha, 'hex')) !== null) return 0;
+    if (this.repo === undefined) {
+      await this.refresh();
+      if (this.repo === undefined) throw new ClonecastError(ERR.UNREACHABLE, this.status.lastError ?? `the repository ${describeTarget(this.target)} is unreachable`);
+    }
+    try {
+      const n = await fetchInto(this.repo, this.local, c);
+      this.fetched++;
+      this.up();
+      return n;
+    } catch (err) {
+      if (err instanceof ClonecastError && err.code === ERR.UNREACHABLE) this.down(err);
+      else if (err instanceof ClonecastError && err.code === ERR.CHUNK_CORRUPT) this.o.log?.('warn', `${err.message}; it was not stored`);
+      throw err;
+    }
+  }
+
+  /** fetchOne, waiting through an outage (with back-off) for up to patienceMs; other failures at once. */
+  private async fetchPatiently(c: NeededChunk): Promise<number> {
+    const deadline = Date.now() + this.o.patienceMs;
+    for (let wait = this.o.retryMs; ; wait = Math.min(wait * 2, this.o.retryMaxMs)) {
+      try {
+        const n = await this.fetchOne(c);
+        if (this.stalledAt !== 0) this.stalledAt = Date.now(); // machines get their grace from the end of the outage
+        return n;
+      } catch (err) {
+        if (!(err instanceof ClonecastError) || err.code !== ERR.UNREACHABLE || this.closed || Date.now() + wait > deadline) throw err;
+        this.stalledAt = Date.now();
+        await sleep(wait);
+        if (this.closed) throw err;
+      }
+    }
+  }
+
+  /** True if a read waited for the repository within the last ms (a running session's machines are not dropped for it). */
+  override stalledWithin(ms: number): boolean {
+    return this.stalledAt !== 0 && Date.now() - this.stalledAt < ms;
+  }
+
+  /**
+   * Fills the rest of a version a session sends, in table order, in the
+   * background, then publishes it locally. Throws at once if the version is
+   * not wholly cached and the repository is unreachable.
+   */
+  override warm(m: Manifest): void {
+    const { name, version } = m.meta;
+    if (existsSync(this.manifestPath(name, version))) return;
+    const key = `${name}@${version}`;
+    if (this.fills.get(key)?.running === true) return;
+    const needed = dataChunks(m);
+    for (const c of needed) this.lengths.set(c.sha, c.rawLength);
+    const whole = needed.every((c) => this.local.chunkHead(Buffer.from(c.sha, 'hex')) !== null);
+    if (!whole && this.status.reachable !== true) throw this.unreachable(key);
+    const fill = { running: true } as { running: boolean; error?: string };
+    this.fills.set(key, fill);
+    void this.fill(m).then(
+      () => (fill.running = false),
+      (err: Error) => {
+        fill.running = false;
+        fill.error = err.message;
+        if (!this.closed) this.o.log?.('warn', `caching ${key} stopped: ${err.message}`);
+      },
+    );
+  }
+
+  private async fill(m: Manifest): Promise<void> {
+    const repo = this.repo;
+    if (repo === undefined) throw this.unreachable(`${m.meta.name}@${m.meta.version}`);
+    const o = { concurrency: this.o.fillConcurrency, stopped: () => this.closed };
+    const p = await fillCache(repo, this.local, m, o, (c) => this.fetchPatiently(c));
+    // The image's lock may be held by a capture or another fill: try again a little later.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await publishCached(this.local, m);
+        break;
+      } catch (err) {
+        if (!(err instanceof ClonecastError) || err.code !== ERR.BUSY || attempt >= 30 || this.closed) throw err;
+        await sleep(2_000);
+      }
+    }
+    this.o.log?.('info', `cached ${m.meta.name}@${m.meta.version} (${p.moved} of ${p.total} chunks fetched from the repository)`);
+  }
+
+  /** Starts caching name@version in the background (the dashboard's Pull); returns its state. */
+  async prefetch(name: string, version: number): Promise<CacheState> {
+    this.warm(await this.readManifest(name, version));
+    return this.cacheState(name, version);
+  }
+
+  /** Where a version's chunks are: all here (cached), some (partial) or none (remote). */
+  async cacheState(name: string, version: number): Promise<CacheState> {
+    const fill = this.fills.get(`${name}@${version}`);
+    const extra = { filling: fill?.running === true, ...(fill?.error !== undefined ? { error: fill.error } : {}) };
+    const m = await this.readManifest(name, version);
+    const needed = dataChunks(m);
+    if (existsSync(this.manifestPath(name, version))) return { state: 'cached', chunks: needed.length, cachedChunks: needed.length, ...extra };
+    const here = needed.filter((c) => this.local.chunkHead(Buffer.from(c.sha, 'hex')) !== null).length;
+    return { state: here === 0 ? 'remote' : 'partial', chunks: needed.length, cachedChunks: here, ...extra };
+  }
+
+  /**
+   * A new version (a capture at the edge): pushed to the repository, then
+   * published here under the repository's number. The caller holds the
+   * image's lock and has made its chunks durable, as for publish().
+   */
+  override async publishVersion(manifest: Manifest): Promise<number> {
+    if (this.repo === undefined) await this.refresh();
+    if (this.repo === undefined) throw this.unreachable(`a new version of ${manifest.meta.name}`);
+    const report = await pushManifest(this.repo, this.local, manifest);
+    const remote = await this.repo.readManifest(manifest.meta.name, report.version);
+    // Here the table keeps the local chunk files' stored forms; the repository's names the same chunks.
+    const mine: Manifest = { meta: { ...remote.meta }, table: manifest.table };
+    if (!existsSync(this.manifestPath(mine.meta.name, mine.meta.version))) this.publishAs(mine);
+    this.catalogue.set(mine.meta.name, [...new Set([...(this.catalogue.get(mine.meta.name) ?? []), report.version])].sort((a, b) => a - b));
+    manifest.meta.version = report.version;
+    return report.version;
+  }
+
+  /** Stops the refresh timer, the fills and the repository's connections. */
+  close(): void {
+    this.closed = true;
+    clearInterval(this.timer);
+    this.repo?.close();
+  }
+}
