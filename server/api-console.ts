@@ -14,6 +14,8 @@ import { checkName } from './store/store.js';
 import { describe, pruneImage, verifyStore } from './store/maintenance.js';
 import { takes, type RuleSubject } from './session-rules.js';
 import { chooseDisk } from './targets.js';
+import { cacheStateOf, edgeRoute } from './api-edge.js';
+import type { CacheState } from './repo/edge-store.js';
 
 /** An open session as a relabel check reads it. */
 type OpenSession = RuleSubject & { id: number; image: string; version: number; imageSize: number; target: string; state: string };
@@ -42,6 +44,8 @@ export interface VersionView {
   storedBytes: number;
   newBytes: number;
   badRanges: { offset: number; length: number }[];
+  /** At an edge: where its chunks are (cached, partial, remote). */
+  cache?: CacheState;
   error?: string;
 }
 
@@ -65,6 +69,7 @@ export async function imageVersions(store: Store, name: string): Promise<Version
         storedBytes: info.storedBytes,
         newBytes: m.meta.newBytes,
         badRanges: m.meta.badRanges.map((r) => ({ offset: Number(r.offset), length: Number(r.length) })),
+        cache: await cacheStateOf(store, name, version),
       });
     } catch (err) {
       out.push({ version, createdAt: '', source: '', parent: null, diskSize: 0, usedBytes: null, storedBytes: 0, newBytes: 0, badRanges: [], error: (err as Error).message });
@@ -125,6 +130,8 @@ export async function consoleRoute(
     }
     return undefined;
   }
+  const edge = await edgeRoute(c.store, method, path, c.imagesChanged);
+  if (edge !== undefined) return edge;
   const image = /^\/api\/images\/([^/]{1,64})(?:\/(versions|prune|verify))?$/.exec(path);
   if (image === null) return undefined;
   const [, name, action] = image;

@@ -15,7 +15,9 @@ import { ClonecastError, ERR } from '../protocol/errors.js';
 import { projectRoot } from '../native/addon.js';
 import { describeRule, type SessionManager, type SessionRequest } from './sessions.js';
 import { shown } from './session-types.js';
-import { listImages, type ListEntry } from './store/maintenance.js';
+import type { ListEntry } from './store/maintenance.js';
+import { listWithCache, repositoryStatus } from './api-edge.js';
+import type { RepositoryStatus } from './repo/edge-store.js';
 import { assembleRequest } from './assemble-route.js';
 import { tokenMatches } from './token.js';
 import type { Registry } from './registry.js';
@@ -113,6 +115,8 @@ export interface ServerHealth {
   files: FileHealth[];
   /** Network boot: null when off; ok false once a socket failure ended it. */
   pxe: { ok: boolean; error: string | null } | null;
+  /** An edge's repository (reachable or not, since when, the last error); null on a server with a store of its own. */
+  repository: RepositoryStatus | null;
 }
 
 /** An error as the unauthenticated /healthz may show it: code and reason, no paths. */
@@ -125,7 +129,7 @@ export function serverHealth(c: ApiContext): ServerHealth {
   const files = (c.stateFiles?.() ?? []).map(({ file, state }) => ({ file, ...state.health(), error: publicError(state.health().error), dirty: state.dirty }));
   const p = c.pxe?.();
   const pxe = p === undefined ? null : { ok: p.error === undefined, error: publicError(p.error?.message ?? null) };
-  return { ok: files.every((f) => f.ok) && (pxe?.ok ?? true), files, pxe };
+  return { ok: files.every((f) => f.ok) && (pxe?.ok ?? true), files, pxe, repository: repositoryStatus(c.store) };
 }
 
 /** The dashboard's view of everything, also GET /api/state. */
@@ -146,7 +150,7 @@ export class State {
 
   async snapshot(): Promise<Snapshot> {
     if (Date.now() - this.imagesAt > 5000) {
-      this.images = await listImages(this.c.store);
+      this.images = await listWithCache(this.c.store);
       this.imagesAt = Date.now();
     }
     return {
@@ -223,7 +227,7 @@ export async function handle(c: ApiContext, state: State, req: IncomingMessage, 
       case 'GET /api/machines':
         return send(res, 200, c.registry.list());
       case 'GET /api/images':
-        return send(res, 200, await listImages(c.store));
+        return send(res, 200, await listWithCache(c.store));
       case 'POST /api/images/assemble': {
         const summary = await assembleRequest(c.store, await readJson(req));
         state.imagesChanged();

@@ -54,7 +54,7 @@ function render(s) {
   sample(s.sessions, Date.parse(s.server.time) / 1000);
   renderMachines(s.machines, actions);
   renderSessions(s.sessions, s.machines, actions);
-  renderImages(s.images, actions);
+  renderImages(s.images, actions, s.server.health.repository);
   rows('captures', (s.captures || []).map((c) => {
     const p = c.progress;
     const m = s.machines.find((x) => x.id === c.machine);

@@ -87,6 +87,7 @@ export class EdgeStore extends Store {
   private refreshing: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stalledAt = 0;
+  private readonly warned = new Set<string>();
   private closed = false;
   private readonly status: RepositoryStatus;
   private readonly o: Required<Omit<EdgeOptions, 'log' | 'open'>> & EdgeOptions;
@@ -269,7 +270,10 @@ export class EdgeStore extends Store {
       return n;
     } catch (err) {
       if (err instanceof ClonecastError && err.code === ERR.UNREACHABLE) this.down(err);
-      else if (err instanceof ClonecastError && err.code === ERR.CHUNK_CORRUPT) this.o.log?.('warn', `${err.message}; it was not stored`);
+      else if (err instanceof ClonecastError && err.code === ERR.CHUNK_CORRUPT && !this.warned.has(c.sha)) {
+        this.warned.add(c.sha);
+        this.o.log?.('warn', `${err.message}; it was not stored`);
+      }
       throw err;
     }
   }
@@ -283,7 +287,11 @@ export class EdgeStore extends Store {
         if (this.stalledAt !== 0) this.stalledAt = Date.now(); // machines get their grace from the end of the outage
         return n;
       } catch (err) {
-        if (!(err instanceof ClonecastError) || err.code !== ERR.UNREACHABLE || this.closed || Date.now() + wait > deadline) throw err;
+        if (!(err instanceof ClonecastError) || err.code !== ERR.UNREACHABLE || this.closed || Date.now() + wait > deadline) {
+          // A damaged or missing object fails each time: a sender that asks again does so at most once a retryMs.
+          if (!this.closed) await sleep(this.o.retryMs);
+          throw err;
+        }
         this.stalledAt = Date.now();
         await sleep(wait);
         if (this.closed) throw err;
