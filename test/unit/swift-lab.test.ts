@@ -6,7 +6,7 @@
 import { describe, expect, afterAll } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { randomBytes, createHash } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { S3Client, CreateBucketCommand, PutObjectCommand, GetObjectCommand, ListObjectsV2Command } from '@aws-sdk/client-s3';
 import { itNeeds, tempDir } from '../helpers.js';
@@ -150,5 +150,25 @@ describe('swift-lab: a real S3 server for the repository tests', () => {
     const pids = lab.pids;
     await lab.stop();
     for (const pid of pids) expect(alive(pid)).toBe(false);
+  }, 300_000);
+
+  itNeeds(['s3', 'curl'], 'TLS: the proxy speaks HTTPS with a self-signed certificate that curl --cacert and s3cmd accept, and plain curl refuses', async () => {
+    const work = tempDir('swifttls');
+    const cert = join(work, 'cert.pem');
+    const key = join(work, 'key.pem');
+    const made = run(['openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=127.0.0.1', '-addext', 'subjectAltName=IP:127.0.0.1']);
+    expect(made.status, made.stderr).toBe(0);
+    chmodSync(key, 0o644); // the proxy reads it as the swift user
+    const lab = await startSwift({ dir: join(work, 'swift'), tls: { cert, key }, bucket: 'images-tls' });
+    stops.push(lab.stop);
+    expect(lab.endpoint).toMatch(/^https:/);
+    const ok = run(['curl', '-sS', '--cacert', cert, `${lab.endpoint}/healthcheck`]);
+    expect(ok.stdout).toBe('OK');
+    const refused = run(['curl', '-sS', `${lab.endpoint}/healthcheck`]);
+    expect(refused.status).not.toBe(0);
+    const ls = run(['s3cmd', '-c', lab.s3cmdConfig, 'ls']);
+    expect(ls.status, ls.stderr).toBe(0);
+    expect(ls.stdout).toContain('s3://images-tls');
+    await lab.stop();
   }, 300_000);
 });
