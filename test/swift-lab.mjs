@@ -244,6 +244,12 @@ export async function startSwift(opts) {
   /** @type {Map<string, string>} */
   const outputs = new Map();
 
+  // A caller that dies (an uncaught error, process.exit) must not leave servers behind: kill them by PID on exit.
+  const onExit = () => {
+    for (const c of children.values()) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+  };
+  process.on('exit', onExit);
+
   /** @param {string} name */
   function launch(name) {
     const conf = join(dir, `${name}-server.conf`);
@@ -315,6 +321,7 @@ Promise.all(ports.map(tcp)).then(() => new Promise((ok, no) => {
     for (const c of live) c.kill('SIGKILL');
     await Promise.all(gone);
     children.clear();
+    process.off('exit', onExit);
   }
 
   try {
