@@ -86,6 +86,15 @@ const CAPABILITIES: Record<string, () => string | null> = {
   kernel: () => (cachedKernelPackage() !== null ? null : `needs a Debian kernel package in ${KERNEL_CACHE} (.ci/run downloads it with apt-get download)`),
   'qemu-utils': () => (hasCommand('qemu-img') && hasCommand('qemu-nbd') ? null : 'needs qemu-img and qemu-nbd (apt-get install qemu-utils)'),
   blkio: () => (existsSync('/sys/fs/cgroup/blkio/cgroup.procs') ? null : 'needs the cgroup v1 blkio controller at /sys/fs/cgroup/blkio'),
+  // The image repository's real S3 server (test/swift-lab.mjs): Debian's OpenStack Swift with s3api, and s3cmd as the plain client.
+  s3: () =>
+    process.getuid?.() === 0 &&
+    ['/usr/bin/swift-proxy-server', '/usr/bin/swift-account-server', '/usr/bin/swift-container-server', '/usr/bin/swift-object-server'].every((f) => existsSync(f)) &&
+    hasCommand('swift-ring-builder') &&
+    hasCommand('s3cmd') &&
+    spawnSync('/usr/bin/python3', ['-c', 'import swift.common.middleware.s3api']).status === 0
+      ? null
+      : 'needs root, OpenStack Swift with s3api and s3cmd (apt-get install swift swift-proxy swift-object swift-container swift-account python3-swift s3cmd)',
   fuse: () =>
     existsSync('/dev/fuse') && spawnSync('/usr/bin/python3', ['-c', 'import fusepy']).status === 0 && process.getuid?.() === 0 ? null : 'needs root, /dev/fuse and python3-fusepy (Debian)',
 };

@@ -20,37 +20,55 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A held lease: renewed in the background until released. */
 export class Lease {
-  /** When (this host's monotonic clock, ms) a renewal last succeeded. */
-  private renewedAt = performance.now();
+  /** When a renewal that succeeded was sent, by the monotonic clock and by the wall clock (which also counts a suspended host's sleep). */
+  private sentMono = performance.now();
+  private sentWall = Date.now();
   private timer: NodeJS.Timeout | undefined;
+  private pending: Promise<void> = Promise.resolve();
   private released = false;
+  private everLapsed = false;
 
   constructor(private readonly bucket: Bucket, readonly key: string, private readonly body: Buffer, private readonly ttlMs: number, renewMs: number) {
     this.timer = setInterval(() => void this.renew(), renewMs);
     this.timer.unref();
   }
 
-  /** True while the lease has been renewed within its lifetime: a rival cannot have taken over. */
+  /**
+   * True while the lease has been renewed within its lifetime, so no rival can
+   * have taken over; once false it stays false (a lapse cannot be undone).
+   */
   get intact(): boolean {
-    return !this.released && performance.now() - this.renewedAt < this.ttlMs * 0.75;
+    if (this.released || this.everLapsed) return false;
+    const age = Math.max(performance.now() - this.sentMono, Date.now() - this.sentWall);
+    if (age >= this.ttlMs * 0.75) this.everLapsed = true;
+    return !this.everLapsed;
   }
 
-  /** Writes the lease object again; a failure is left for `intact` to show. */
-  async renew(): Promise<void> {
-    if (this.released) return;
-    try {
-      await this.bucket.put(this.key, this.body, 'application/json');
-      this.renewedAt = performance.now();
-    } catch {
-      // the repository is unreachable: intact turns false once the lease could have expired
-    }
+  /** Writes the lease object again (one renewal at a time); a failure is left for `intact` to show. */
+  renew(): Promise<void> {
+    this.pending = this.pending.then(async () => {
+      if (this.released || !this.intact) return;
+      const mono = performance.now();
+      const wall = Date.now();
+      try {
+        await this.bucket.put(this.key, this.body, 'application/json');
+        if (this.intact) {
+          this.sentMono = mono;
+          this.sentWall = wall;
+        }
+      } catch {
+        // the repository is unreachable: intact turns false once the lease could have expired
+      }
+    });
+    return this.pending;
   }
 
-  /** Stops renewing and deletes the lease object. */
+  /** Stops renewing and deletes the lease object (after a renewal in flight, so none re-creates it). */
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
     clearInterval(this.timer);
+    await this.pending;
     try {
       await this.bucket.delete(this.key);
     } catch {
@@ -88,9 +106,23 @@ export async function takeLease(bucket: Bucket, kind: 'writer' | 'sweeper', doin
   const key = `${LAYOUT.LEASES}${kind}.${newId()}`;
   const body = Buffer.from(JSON.stringify(leaseBody(doing)));
   let told = false;
+  let unlisted = 0;
   for (;;) {
     await bucket.put(key, body, 'application/json');
-    const rivals = await liveRivals(bucket, key, ttl);
+    let rivals: Rival[] | null;
+    try {
+      rivals = await liveRivals(bucket, key, ttl);
+    } catch (err) {
+      await bucket.delete(key).catch(() => undefined);
+      throw err;
+    }
+    if (rivals === null) {
+      // Our own object is not listed yet: this listing cannot be trusted to show rivals either.
+      await bucket.delete(key).catch(() => undefined);
+      if (++unlisted >= 10) throw notConsistent(bucket);
+      await sleep(200 + Math.random() * 300);
+      continue;
+    }
     const blocking = rivals.filter((r) => kind === 'sweeper' || r.kind === 'sweeper');
     if (blocking.length === 0) return new Lease(bucket, key, body, ttl, o.renewMs ?? LAYOUT.LEASE_RENEW_MS);
     await bucket.delete(key);
@@ -104,12 +136,16 @@ export async function takeLease(bucket: Bucket, kind: 'writer' | 'sweeper', doin
   }
 }
 
-/** Live leases other than `own`, by the store's clock (own's LastModified is "now"). */
-async function liveRivals(bucket: Bucket, own: string, ttlMs: number): Promise<Rival[]> {
+/**
+ * Live leases other than `own`, by the store's clock (own's LastModified is
+ * "now"); null if the listing does not show `own` (not yet consistent).
+ */
+async function liveRivals(bucket: Bucket, own: string, ttlMs: number): Promise<Rival[] | null> {
   const listed = [];
   for await (const o of bucket.list(LAYOUT.LEASES)) listed.push(o);
   const mine = listed.find((o) => o.key === own);
-  const now = mine?.lastModified.getTime() ?? Date.now();
+  if (mine === undefined) return null;
+  const now = mine.lastModified.getTime();
   const rivals: Rival[] = [];
   for (const o of listed) {
     const k = parseLeaseKey(o.key);
@@ -126,18 +162,28 @@ async function liveRivals(bucket: Bucket, own: string, ttlMs: number): Promise<R
   return rivals;
 }
 
+/** The error when the store's listings do not show what was just written. */
+function notConsistent(bucket: Bucket): ClonecastError {
+  return new ClonecastError(ERR.UNREACHABLE, `${bucket.target.bucket}: listings do not show objects just written, so writers and gc cannot see each other safely; clonecast needs an S3 server with list-after-write consistency (AWS S3, Ceph RGW, MinIO; Swift under load may lag): try again, and check the server's health`);
+}
+
 /** A field of a lease written by someone else, safe to print. */
 function printable(v: unknown, fallback: string): string {
   return typeof v === 'string' && v.length > 0 ? v.replace(/[^\x20-\x7e]/g, '?').slice(0, 120) : fallback;
 }
 
+/** The highest version number a repository holds (a key with more digits is ignored by readers). */
+export const MAX_VERSION = 999_999_999;
+
 /**
  * The next version number of an image, owned by the caller: one above every
- * published version and every claim (a claim whose writer died leaves a gap,
- * never a reused number). Returns the number and a function that deletes the
- * claim once the manifest is written.
+ * published version and every claim. Claims are kept after the manifest is
+ * written (a writer that listed before it must still see the number as taken)
+ * and a removed version leaves a tombstone claim, so a number is never given
+ * twice; a writer that died between claim and manifest leaves a gap. The
+ * caller checks that no manifest exists under the number before writing it.
  */
-export async function claimVersion(bucket: Bucket, name: string, attempts = 40): Promise<{ version: number; drop: () => Promise<void> }> {
+export async function claimVersion(bucket: Bucket, name: string, attempts = 40): Promise<{ version: number; key: string }> {
   for (let attempt = 0; attempt < attempts; attempt++) {
     let top = 0;
     for await (const o of bucket.list(`${LAYOUT.IMAGES}${name}/`)) {
@@ -145,13 +191,23 @@ export async function claimVersion(bucket: Bucket, name: string, attempts = 40):
       if (k !== null && k.name === name) top = Math.max(top, k.version);
     }
     const version = top + 1;
+    if (version > MAX_VERSION) throw new ClonecastError(ERR.REFUSED, `"${name}" already has version ${top} in ${bucket.target.bucket}, the highest a repository numbers; publish under another name`);
     const key = `${claimPrefix(name, version)}${newId()}`;
     await bucket.put(key, Buffer.from(new Date().toISOString()), 'text/plain');
     let rivals = 0;
-    for await (const o of bucket.list(claimPrefix(name, version))) if (o.key !== key) rivals++;
-    if (rivals === 0) return { version, drop: () => bucket.delete(key) };
+    let mine = false;
+    try {
+      for await (const o of bucket.list(claimPrefix(name, version))) {
+        if (o.key === key) mine = true;
+        else rivals++;
+      }
+    } catch (err) {
+      await bucket.delete(key).catch(() => undefined);
+      throw err;
+    }
+    if (mine && rivals === 0) return { version, key };
     await bucket.delete(key);
     await sleep(100 + Math.random() * 900);
   }
-  throw new ClonecastError(ERR.BUSY, `could not get a version number for "${name}": other writers kept publishing versions of it; try again`);
+  throw new ClonecastError(ERR.BUSY, `could not get a version number for "${name}": other writers kept publishing versions of it, or the S3 server's listings lag behind its writes; try again`);
 }

@@ -12,6 +12,7 @@ import { CHUNK } from '../../protocol/chunk.js';
 import { tableLength, type Manifest } from '../../protocol/manifest.js';
 import type { Store } from '../store/store.js';
 import { claimVersion, takeLease } from './leases.js';
+import { chunkKey, manifestKey } from './layout.js';
 import { dataChunks, inParallel, sameDisk, storedBytes, withStoredForms, type NeededChunk, type Repository } from './repository.js';
 
 /** Progress of a push or a pull. */
@@ -37,7 +38,7 @@ export interface PushReport {
   chunks: number;
   uploaded: number;
   uploadedBytes: number;
-  /** True when the repository's latest version was already this one (nothing written). */
+  /** True when the repository's latest version was already this one (no version written; missing chunks were uploaded again). */
   alreadyThere: boolean;
 }
 
@@ -46,73 +47,130 @@ export interface PushOptions {
   concurrency?: number;
   /** How long to wait for a running gc, ms. */
   waitMs?: number;
+  /** Read and check every chunk the repository already has, and replace damaged ones. */
+  repair?: boolean;
   onProgress?: (p: RepoProgress) => void;
   onWait?: (why: string) => void;
 }
 
 /** Pushes local version name@localVersion (already resolved) to the repository. */
 export async function push(repo: Repository, store: Store, name: string, localVersion: number, o: PushOptions = {}): Promise<PushReport> {
-  const local = await store.readManifest(name, localVersion);
-  return pushManifest(repo, store, local, o);
+  // A reader's lock: a local gc cannot take the chunks from under the upload.
+  const lock = store.lockReader(`pushing ${name}@${localVersion} to ${repo.where}`);
+  try {
+    const local = await store.readManifest(name, localVersion);
+    return await pushManifest(repo, store, local, o);
+  } finally {
+    lock.release();
+  }
+}
+
+/** The user metadata a chunk object carries: its codec and payload length, so a HEAD tells what it holds. */
+const FORM_META = 'cc-form';
+
+/** A chunk's stored form, as the manifest records it. */
+interface Form {
+  compression: number;
+  payloadLength: number;
 }
 
 /** Pushes a manifest whose chunks are all in the local store (a capture at an edge publishes through this). */
 export async function pushManifest(repo: Repository, store: Store, local: Manifest, o: PushOptions = {}): Promise<PushReport> {
   const name = local.meta.name;
   const report: PushReport = { name, localVersion: local.meta.version, version: 0, chunks: 0, uploaded: 0, uploadedBytes: 0, alreadyThere: false };
-  const same = await latestIfSame(repo, name, local);
-  if (same !== null) return { ...report, version: same, alreadyThere: true };
-  const lease = await takeLease(repo.bucket, 'writer', `a push of ${name}@${local.meta.version}`, {
-    waitMs: o.waitMs ?? 600_000,
-    waiting: (rivals) => o.onWait?.(`waiting for ${rivals.map((r) => `${r.kind === 'sweeper' ? 'a gc' : r.doing} on ${r.host}`).join(', ')} to finish`),
-  });
+  const needed = dataChunks(local);
+  report.chunks = needed.length;
+  const concurrency = o.concurrency ?? 16;
+  const takeWriter = () =>
+    takeLease(repo.bucket, 'writer', `a push of ${name}@${local.meta.version}`, {
+      waitMs: o.waitMs ?? 600_000,
+      waiting: (rivals) => o.onWait?.(`waiting for ${rivals.map((r) => `${r.kind === 'sweeper' ? 'a gc' : r.doing} on ${r.host}`).join(', ')} to finish`),
+    });
+  let lease = await takeWriter();
   try {
-    const needed = dataChunks(local);
-    report.chunks = needed.length;
-    const forms = new Map<string, { compression: number; payloadLength: number }>();
+    const forms = new Map<string, Form>();
     const progress: RepoProgress = { done: 0, total: needed.length, moved: 0, movedBytes: 0, bytes: 0, totalBytes: storedBytes(needed) };
     const upload = async (c: NeededChunk) => {
-      const size = await repo.chunkSize(c.sha);
-      if (size === null) {
-        const stored = await store.readChunk(c.sha);
-        await repo.putChunk(c.sha, stored);
-        progress.moved++;
-        progress.movedBytes += stored.length;
-        const h = stored.readUInt8(5);
-        forms.set(c.sha, { compression: h, payloadLength: stored.length - CHUNK.HEADER_SIZE });
-      } else if (size !== CHUNK.HEADER_SIZE + c.storedLength) {
-        // Another writer stored this chunk first, in another codec: the manifest must describe the object.
-        const h = await repo.chunkHeader(c.sha);
-        if (h !== null) forms.set(c.sha, { compression: h.compression, payloadLength: h.payloadLength });
+      const stored = await store.readChunk(c.sha);
+      const form = { compression: stored.readUInt8(5), payloadLength: stored.length - CHUNK.HEADER_SIZE };
+      await repo.putChunk(c.sha, stored, { [FORM_META]: `${form.compression}:${form.payloadLength}` });
+      forms.set(c.sha, form);
+      progress.moved++;
+      progress.movedBytes += stored.length;
+    };
+    // Every chunk is in the bucket, and forms says what each object holds.
+    const sync = async (c: NeededChunk) => {
+      const head = await repo.bucket.head(chunkKey(c.sha));
+      let form: Form | null = null;
+      if (head !== null) {
+        form = parseForm(head.meta[FORM_META], head.size) ?? (await repo.chunkHeader(c.sha));
+        if (form !== null && o.repair === true) {
+          try {
+            await repo.fetchChunk(c);
+          } catch (err) {
+            if (!(err instanceof ClonecastError) || (err.code !== ERR.CHUNK_CORRUPT && err.code !== ERR.CHUNK_MISSING)) throw err;
+            form = null; // damaged in the bucket: replaced by the good local copy
+          }
+        }
       }
-      progress.done++;
+      if (form === null) await upload(c);
+      else forms.set(c.sha, { compression: form.compression, payloadLength: form.payloadLength });
+      progress.done = Math.min(progress.total, progress.done + 1);
       progress.bytes += CHUNK.HEADER_SIZE + c.storedLength;
       o.onProgress?.({ ...progress });
     };
-    await inParallel(needed, o.concurrency ?? 16, upload);
-    // A lease that lapsed (the repository was unreachable for a while) may have let a gc run: look again.
-    if (!lease.intact) {
-      const gone: NeededChunk[] = [];
-      await inParallel(needed, o.concurrency ?? 16, async (c) => {
-        if ((await repo.chunkSize(c.sha)) === null) gone.push(c);
-      });
-      if (gone.length > 0) throw new ClonecastError(ERR.UNREACHABLE, `${gone.length} chunks of ${name} vanished from ${repo.where} while this push lost touch with it; push again`);
-    }
-    const claim = await claimVersion(repo.bucket, name);
-    try {
+    const same = await latestIfSame(repo, name, local);
+    await inParallel(needed, concurrency, sync);
+    if (same !== null) return { ...report, version: same, alreadyThere: true, uploaded: progress.moved, uploadedBytes: progress.movedBytes };
+    for (;;) {
+      // A lease that lapsed (the repository unreachable, the host asleep) may have let a gc run: take a
+      // fresh one, which waits out any gc, and make sure every chunk is there again.
+      if (!lease.intact) {
+        await lease.release();
+        lease = await takeWriter();
+        await inParallel(needed, concurrency, sync);
+        continue;
+      }
+      const claim = await claimVersion(repo.bucket, name);
+      if ((await repo.bucket.head(manifestKey(name, claim.version))) !== null) continue; // written by a writer that ignored claims: take the next
       const versions = await repo.versions(name);
       const parent = versions.filter((v) => v < claim.version).pop() ?? null;
       const m = withStoredForms(local, forms);
       m.meta = { ...m.meta, version: claim.version, parent, newBytes: progress.movedBytes };
-      if (tableLength(m.table) !== tableLength(local.table)) throw new Error('table length changed');
+      if (!lease.intact) continue; // the number stays a gap; the chunks are checked again first
       await repo.putManifest(m);
-    } finally {
-      await claim.drop().catch(() => undefined);
+      await reconcileForms(repo, m, forms, concurrency);
+      return { ...report, version: claim.version, uploaded: progress.moved, uploadedBytes: progress.movedBytes };
     }
-    return { ...report, version: claim.version, uploaded: progress.moved, uploadedBytes: progress.movedBytes };
   } finally {
     await lease.release();
   }
+}
+
+/**
+ * Two writers that upload the same new chunk at once in different codecs
+ * leave the last one's object: after publishing, the writer looks at the
+ * objects it uploaded and rewrites its own manifest if one of them changed.
+ */
+async function reconcileForms(repo: Repository, m: Manifest, forms: Map<string, Form>, concurrency: number): Promise<void> {
+  const changed = new Map<string, Form>();
+  await inParallel([...forms.keys()], concurrency, async (sha) => {
+    const head = await repo.bucket.head(chunkKey(sha));
+    const now = head === null ? null : (parseForm(head.meta[FORM_META], head.size) ?? (await repo.chunkHeader(sha)));
+    const was = forms.get(sha)!;
+    if (now !== null && (now.compression !== was.compression || now.payloadLength !== was.payloadLength)) changed.set(sha, now);
+  });
+  if (changed.size === 0) return;
+  const fixed = withStoredForms(m, changed);
+  fixed.meta = m.meta;
+  await repo.putManifest(fixed);
+}
+
+/** A form from an object's metadata, if it is there and agrees with the object's size. */
+function parseForm(meta: string | undefined, size: number): Form | null {
+  const f = /^([0-2]):([0-9]{1,9})$/.exec(meta ?? '');
+  if (f === null || CHUNK.HEADER_SIZE + Number(f[2]) !== size) return null;
+  return { compression: Number(f[1]), payloadLength: Number(f[2]) };
 }
 
 /** The repository's latest version of name if its chunk table and disk equal local's (pushing again would only add a copy). */

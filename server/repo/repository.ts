@@ -16,6 +16,7 @@ import { sha256 } from '../../protocol/hash.js';
 import { chunkAt, ChunkKind, decodeManifest, encodeManifest, MANIFEST, setChunk, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { checkName, type ImageRef } from '../store/store.js';
 import { chunkKey, claimPrefix, LAYOUT, manifestKey, parseImageKey, REPOSITORY_FORMAT, TOMBSTONE_ID } from './layout.js';
+import { MAX_VERSION } from './leases.js';
 import { Bucket, describeTarget, type RepositoryTarget } from './s3.js';
 
 /** Largest stored form of a chunk. */
@@ -185,13 +186,14 @@ export class Repository {
     return decodeChunkHeader(head, `chunk ${sha} in ${this.where}`);
   }
 
-  /** Uploads a chunk's stored form. */
-  putChunk(sha: string, stored: Buffer): Promise<void> {
-    return this.bucket.put(chunkKey(sha), stored);
+  /** Uploads a chunk's stored form, with metadata that tells a HEAD its form. */
+  putChunk(sha: string, stored: Buffer, meta?: Record<string, string>): Promise<void> {
+    return this.bucket.put(chunkKey(sha), stored, 'application/octet-stream', meta);
   }
 
   /** Writes a version's manifest (the caller owns the number and has every chunk in the bucket). */
   async putManifest(m: Manifest): Promise<void> {
+    if (m.meta.version > MAX_VERSION) throw new ClonecastError(ERR.REFUSED, `version ${m.meta.version} is above the highest a repository numbers`);
     const data = encodeManifest(m);
     decodeManifest(data, `the new manifest of ${m.meta.name}@${m.meta.version}`);
     await this.bucket.put(manifestKey(m.meta.name, m.meta.version), data);

@@ -63,10 +63,11 @@ export function parseRepository(url: string, endpoint?: string, region?: string,
     try {
       u = new URL(ep);
     } catch {
-      throw new ClonecastError(ERR.USAGE, `"${ep.replace(/\/\/[^/@]*@/, '//…@')}" is not an endpoint URL: write http(s)://HOST[:PORT]`);
+      // Not echoed: an unparsable URL may still carry a key or a secret.
+      throw new ClonecastError(ERR.USAGE, 'the endpoint given is not a URL: write http(s)://HOST[:PORT]');
     }
     if ((u.protocol !== 'http:' && u.protocol !== 'https:') || u.username !== '' || u.password !== '' || (u.pathname !== '/' && u.pathname !== '') || u.search !== '') {
-      const shown = u.username !== '' || u.password !== '' ? `${u.protocol}//…@${u.host}` : ep;
+      const shown = `${u.protocol}//${u.username !== '' || u.password !== '' ? '…@' : ''}${u.host}${u.pathname !== '/' || u.search !== '' ? '/…' : ''}`;
       throw new ClonecastError(ERR.USAGE, `"${shown}" is not an endpoint URL: write http(s)://HOST[:PORT], with no path and no credentials in it (they come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or ~/.aws/credentials)`);
     }
   }
@@ -107,6 +108,8 @@ export interface ListedObject {
 export interface ObjectHead {
   size: number;
   lastModified: Date;
+  /** User metadata (x-amz-meta-*), lower-case names. */
+  meta: Record<string, string>;
 }
 
 /** A bucket and prefix, with keys given relative to the prefix. */
@@ -139,26 +142,38 @@ export class Bucket {
   async head(key: string): Promise<ObjectHead | null> {
     try {
       const r = await this.client.send(new HeadObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key }));
-      return { size: r.ContentLength ?? 0, lastModified: r.LastModified ?? new Date(0) };
+      return { size: r.ContentLength ?? 0, lastModified: r.LastModified ?? new Date(0), meta: r.Metadata ?? {} };
     } catch (err) {
       if (isNotFound(err)) return null;
       throw this.failure(err, `look for ${key}`);
     }
   }
 
-  /** The object's bytes (or bytes [start, end) of it), or null if there is none; at most `limit` bytes are accepted. */
+  /** The object's bytes (or bytes [start, end) of it), or null if there is none; more than `limit` bytes is refused before they are all read. */
   async get(key: string, limit: number, range?: { start: number; end: number }): Promise<Buffer | null> {
     try {
       const r = await this.client.send(
         new GetObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key, Range: range === undefined ? undefined : `bytes=${range.start}-${range.end - 1}` }),
       );
+      const tooLarge = () => new ClonecastError(ERR.TOO_LARGE, `${this.where}: ${key} is larger than the ${limit} bytes it can be; the repository holds something clonecast did not write there`);
+      const body = r.Body as (AsyncIterable<Uint8Array> & { destroy?: () => void }) | undefined;
       if ((r.ContentLength ?? 0) > limit) {
-        (r.Body as { destroy?: () => void } | undefined)?.destroy?.();
-        throw new ClonecastError(ERR.TOO_LARGE, `${this.where}: ${key} is ${r.ContentLength} bytes, more than the ${limit} it can be; the repository holds something clonecast did not write there`);
+        body?.destroy?.();
+        throw tooLarge();
       }
-      const body = r.Body === undefined ? new Uint8Array(0) : await r.Body.transformToByteArray();
-      if (body.length > limit) throw new ClonecastError(ERR.TOO_LARGE, `${this.where}: ${key} is larger than the ${limit} bytes it can be`);
-      return Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+      if (body === undefined) return Buffer.alloc(0);
+      // Counted as it arrives: a response without a length (chunked) cannot make us buffer more than the limit.
+      const parts: Buffer[] = [];
+      let n = 0;
+      for await (const part of body) {
+        n += part.length;
+        if (n > limit) {
+          body.destroy?.();
+          throw tooLarge();
+        }
+        parts.push(Buffer.from(part.buffer, part.byteOffset, part.byteLength));
+      }
+      return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
     } catch (err) {
       if (isNotFound(err)) return null;
       if (err instanceof ClonecastError) throw err;
@@ -167,9 +182,9 @@ export class Bucket {
   }
 
   /** Writes an object (whole: S3 makes it visible only complete). */
-  async put(key: string, body: Uint8Array, contentType = 'application/octet-stream'): Promise<void> {
+  async put(key: string, body: Uint8Array, contentType = 'application/octet-stream', meta?: Record<string, string>): Promise<void> {
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key, Body: body, ContentLength: body.length, ContentType: contentType }));
+      await this.client.send(new PutObjectCommand({ Bucket: this.target.bucket, Key: this.target.prefix + key, Body: body, ContentLength: body.length, ContentType: contentType, Metadata: meta }));
     } catch (err) {
       throw this.failure(err, `write ${key}`);
     }
