@@ -220,7 +220,7 @@ export class Store {
   /** Starts filling the rest of a version a session sends (an edge's cache); a no-op here. */
   warm(_m: Manifest): void {}
   /** True if chunk reads waited on something outside the store within the last ms (an edge's repository); never here. */
-  stalledWithin(_ms: number): boolean { return false; } // prettier-ignore
+  stalledWithin(_ms: number): boolean { return false; }
 
   /**
    * Publishes a repository's version under the repository's number (a cache
