@@ -61,10 +61,8 @@ export const serve: Command = {
     'printed at start ("clonecast fingerprint" prints it again; "clonecast tls renew" makes a new one). With --pxe, a second,',
     'plain-HTTP listener (--boot-listen) serves only what firmware fetches: boot scripts, kernel and initramfs. The dashboard',
     'asks for the token in its login field and keeps it in page memory only; no URL carries it.',
-    'With --repository s3://BUCKET/PREFIX (and --endpoint URL) the server is an edge: its --data folder becomes a read-through cache of',
-    'that repository (refused if it holds images of its own). It lists the repository\'s versions, fetches the chunks it lacks while it',
-    'multicasts (each checked by SHA-256), keeps them, and sends captures to the repository. If the repository is unreachable it serves',
-    'its cached versions and refuses the others at once. ' + CREDENTIALS_HELP,
+    'With --repository s3://BUCKET/PREFIX (and --endpoint URL) the server is an edge: its --data folder becomes a read-through cache of that repository (refused if it holds images of its own). It lists the repository\'s versions, fetches the chunks it lacks while it multicasts (each checked by SHA-256), keeps them, and sends captures to the repository. If the repository is unreachable it serves its cached versions and refuses the others at once.',
+    CREDENTIALS_HELP,
   ],
   interrupted: 'the server stops; sessions are saved and resume at the next start, and agents reconnect when it is back',
   async run(ctx) {

@@ -442,6 +442,6 @@ describe('the command table', () => {
     expect(having('codec')).toEqual(['image assemble', 'image import']);
     expect(having('server')).toEqual(['agent', 'capture', 'captures', 'captures fail', 'deploy', 'machines', 'machines forget', 'machines set', 'machines show', 'sessions', 'sessions cancel', 'sessions start', 'wake']);
     expect(having('dry-run')).toEqual(['image gc', 'image prune', 'image rm', 'repository gc', 'repository rm']);
-    expect(having('repository')).toEqual(['image pull', 'image push', 'repository gc', 'repository list', 'repository rm']);
+    expect(having('repository')).toEqual(['image pull', 'image push', 'repository gc', 'repository list', 'repository rm', 'serve']);
   });
 });

@@ -1,0 +1,156 @@
+/**
+ * Two edge servers, each in a namespace lab of its own with two agents,
+ * share one repository: a real S3 server (Swift with s3api) in a third
+ * namespace, reached from each edge's server namespace through its own veth
+ * (10.77.201.0/30 and 10.77.202.0/30). A version pushed from site A's side
+ * deploys at site B by multicast while B fetches it from the repository
+ * (disks compared byte for byte); it deploys again at B with the repository
+ * killed (it is cached now), while site A, which cached nothing, refuses at
+ * once; a second version pushed at A appears at B after a refresh.
+ */
+import { afterAll, beforeAll, describe, expect } from 'vitest';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { importImage } from '../../server/store/import.js';
+import { Store } from '../../server/store/store.js';
+import { CLI, itNeeds, missing, tempDir, texty } from '../helpers.js';
+import { startSwift, type SwiftLab } from '../swift-lab.mjs';
+import { Fleet, until } from './fleet.js';
+// @ts-expect-error: a plain JavaScript module
+import { makeImage } from '../bench/mkimage.mjs';
+
+const MiB = 1 << 20;
+const LONG = 180_000;
+const CAPS = ['netns', 'curl', 's3'];
+const BUCKET = 'district';
+const REPO = `s3://${BUCKET}/images`;
+
+describe('two edge servers share one repository', () => {
+  const dir = tempDir('edges');
+  const central = join(dir, 'central');
+  const images: Buffer[] = [];
+  const tag = randomBytes(3).toString('hex');
+  const swiftNs = `cc${tag}w`;
+  let swift: SwiftLab | undefined;
+  let a: Fleet;
+  let b: Fleet;
+  let port = '';
+  const env: Record<string, string> = {};
+
+  const endpoint = (site: Fleet) => `http://10.77.${site === a ? 201 : 202}.1:${port}`;
+  /**
+   * `clonecast image push` of the central store's version, run from site A's server namespace; resolves to its output.
+   * Spawned, not run synchronously: the S3 server logs to this process, which must keep reading it.
+   */
+  const pushFromA = async (version: number): Promise<string> => {
+    const child = a.lab.spawnIn(a.lab.server.ns, process.execPath, [CLI, 'image', 'push', `pc@${version}`, '--data', central, '--repository', REPO, '--endpoint', endpoint(a)]);
+    let out = '';
+    child.stdout?.on('data', (d) => (out += d));
+    child.stderr?.on('data', (d) => (out += d));
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    if (code !== 0) throw new Error(`image push failed (${code}): ${out}`);
+    return out;
+  };
+  const disksHold = (site: Fleet, image: Buffer) => [0, 1].every((k) => readFileSync(site.diskPath(k)).subarray(0, image.length).equals(image));
+
+  beforeAll(async () => {
+    if (missing(CAPS).length > 0) return;
+    const store = Store.open(central);
+    for (const seed of [31, 32]) {
+      const raw = join(dir, `pc${seed}.raw`);
+      makeImage(raw, 16, { seed });
+      const bytes = readFileSync(raw);
+      texty(2 * MiB, seed).copy(bytes, MiB + 777);
+      writeFileSync(raw, bytes);
+      images.push(bytes);
+    }
+    await importImage(store, join(dir, 'pc31.raw'), 'pc', {});
+    a = new Fleet(join(dir, 'a'), join(dir, 'a-data'), 2);
+    b = new Fleet(join(dir, 'b'), join(dir, 'b-data'), 2);
+    // The repository's namespace, with one veth to each site's server namespace.
+    execFileSync('ip', ['netns', 'add', swiftNs]);
+    execFileSync('ip', ['-n', swiftNs, 'link', 'set', 'lo', 'up']);
+    for (const [site, net, ifname] of [[a, 201, 'sitea'], [b, 202, 'siteb']] as const) {
+      execFileSync('ip', ['-n', swiftNs, 'link', 'add', ifname, 'type', 'veth', 'peer', 'name', 'repo', 'netns', site.lab.server.ns]);
+      execFileSync('ip', ['-n', swiftNs, 'addr', 'add', `10.77.${net}.1/30`, 'dev', ifname]);
+      execFileSync('ip', ['-n', site.lab.server.ns, 'addr', 'add', `10.77.${net}.2/30`, 'dev', 'repo']);
+      execFileSync('ip', ['-n', swiftNs, 'link', 'set', ifname, 'up']);
+      execFileSync('ip', ['-n', site.lab.server.ns, 'link', 'set', 'repo', 'up']);
+    }
+    swift = await startSwift({ dir: join(dir, 'swift'), spawnPrefix: ['ip', 'netns', 'exec', swiftNs], bindIp: '0.0.0.0', bucket: BUCKET });
+    port = new URL(swift.endpoint).port;
+    Object.assign(env, { AWS_ACCESS_KEY_ID: swift.accessKey, AWS_SECRET_ACCESS_KEY: swift.secretKey, AWS_REGION: swift.region });
+    Object.assign(process.env, env); // the servers and the CLI inherit them; nothing else carries them
+    await pushFromA(1);
+    for (const site of [a, b]) {
+      await site.startServer(['--repository', REPO, '--endpoint', endpoint(site)]);
+      expect(site.server!.out).toMatch(/repository: +s3:\/\/district\/images, reachable/);
+    }
+    for (let k = 0; k < 2; k++) {
+      b.disk(k, 20 * MiB);
+      b.startAgent(k);
+    }
+    await until(async () => (await b.online()) === 2, 30_000, "site B's 2 agents online");
+  }, LONG);
+
+  afterAll(async () => {
+    a?.down();
+    b?.down();
+    await swift?.stop();
+    if (missing(CAPS).length === 0) execFileSync('ip', ['netns', 'del', swiftNs], { stdio: 'ignore' });
+    for (const k of Object.keys(env)) delete process.env[k];
+  });
+
+  itNeeds(CAPS, 'a version pushed from site A deploys at site B by multicast, fetched from the repository as it goes; then it is cached there', async () => {
+    const before = await b.api('GET', '/api/images/pc/versions');
+    expect(before[0]).toMatchObject({ version: 1, cache: { state: 'remote', cachedChunks: 0 } });
+    const d = b.deploy('pc', ['--any', '--clients', '2']);
+    expect(await d.exited, d.out).toBe(0);
+    expect(d.out).toMatch(/2 of 2 machine\(s\) done and verified; session done/);
+    expect(disksHold(b, images[0])).toBe(true);
+    await until(async () => (await b.api('GET', '/api/images/pc/versions'))[0].cache.state === 'cached', 60_000, 'pc@1 cached at site B');
+    const state = await b.api('GET', '/api/state');
+    expect(state.server.health.repository).toMatchObject({ address: REPO, reachable: true, lastError: null });
+    expect(state.images[0]).toMatchObject({ name: 'pc', versions: [1], cache: { 1: { state: 'cached' } } });
+    expect(b.server!.out).not.toContain(swift!.secretKey);
+  }, LONG);
+
+  itNeeds(CAPS, 'with the repository killed, site B deploys its cached version again; site A, which cached nothing, refuses at once naming what it could deploy', async () => {
+    await swift!.killProxy();
+    try {
+      for (const site of [a, b]) {
+        const status = await site.api('POST', '/api/repository/refresh');
+        expect(status).toMatchObject({ reachable: false });
+        expect(status.lastError).toMatch(/check that the repository is up/);
+      }
+      for (let k = 0; k < 2; k++) b.disk(k, 20 * MiB);
+      const d = b.deploy('pc', ['--any', '--clients', '2']);
+      expect(await d.exited, d.out).toBe(0);
+      expect(disksHold(b, images[0])).toBe(true);
+      const refused = a.deploy('pc', ['--any', '--clients', '2']);
+      expect(await refused.exited).not.toBe(0);
+      expect(refused.out).toMatch(/pc@1 is not wholly cached on this edge and the repository .* is unreachable .*it has no cached version yet/);
+      const state = await b.api('GET', '/api/state');
+      expect(state.server.health.repository).toMatchObject({ reachable: false });
+      expect(b.server!.out.match(/serves its cached versions/g)).toHaveLength(1); // one warning for the outage
+    } finally {
+      await swift!.startProxy();
+    }
+  }, LONG);
+
+  itNeeds(CAPS, 'a second version pushed at site A appears at site B after a refresh, and its Pull caches it', async () => {
+    await importImage(Store.open(central), join(dir, 'pc32.raw'), 'pc', {});
+    expect(await pushFromA(2)).toMatch(/pushed pc@2 to .* as pc@2/);
+    expect(await b.api('POST', '/api/repository/refresh')).toMatchObject({ reachable: true });
+    const versions = await b.api('GET', '/api/images/pc/versions');
+    expect(versions.map((v: { version: number }) => v.version)).toEqual([2, 1]);
+    expect(versions[0].cache).toMatchObject({ state: 'remote' });
+    expect(versions[1].cache).toMatchObject({ state: 'cached' });
+    const pulled = await b.api('POST', '/api/images/pc/2/pull');
+    expect(pulled).toMatchObject({ name: 'pc', version: 2 });
+    await until(async () => (await b.api('GET', '/api/images/pc/versions'))[0].cache.state === 'cached', 60_000, 'pc@2 cached at site B');
+    expect(b.server!.out).toMatch(/the repository .* is reachable again/);
+  }, LONG);
+});
