@@ -334,18 +334,24 @@ export class EdgeStore extends Store {
     const repo = this.repo;
     if (repo === undefined) throw this.unreachable(`${m.meta.name}@${m.meta.version}`);
     const o = { concurrency: this.o.fillConcurrency, stopped: () => this.closed };
-    const p = await fillCache(repo, this.local, m, o, (c) => this.fetchPatiently(c));
-    // The image's lock may be held by a capture or another fill: try again a little later.
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await publishCached(this.local, m);
-        break;
-      } catch (err) {
-        if (!(err instanceof ClonecastError) || err.code !== ERR.BUSY || attempt >= 30 || this.closed) throw err;
-        await sleep(2_000);
+    // A reader's lock: a local gc must not remove the chunks fetched so far, which no published manifest names yet.
+    const reader = this.local.lockReader(`caching ${m.meta.name}@${m.meta.version} from the repository`);
+    try {
+      const p = await fillCache(repo, this.local, m, o, (c) => this.fetchPatiently(c));
+      // The image's lock may be held by a capture or another fill: try again a little later.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await publishCached(this.local, m);
+          break;
+        } catch (err) {
+          if (!(err instanceof ClonecastError) || err.code !== ERR.BUSY || attempt >= 30 || this.closed) throw err;
+          await sleep(2_000);
+        }
       }
+      this.o.log?.('info', `cached ${m.meta.name}@${m.meta.version} (${p.moved} of ${p.total} chunks fetched from the repository)`);
+    } finally {
+      reader.release();
     }
-    this.o.log?.('info', `cached ${m.meta.name}@${m.meta.version} (${p.moved} of ${p.total} chunks fetched from the repository)`);
   }
 
   /** Starts caching name@version in the background (the dashboard's Pull); returns its state. */
@@ -381,6 +387,14 @@ export class EdgeStore extends Store {
     this.catalogue.set(mine.meta.name, [...new Set([...(this.catalogue.get(mine.meta.name) ?? []), report.version])].sort((a, b) => a - b));
     manifest.meta.version = report.version;
     return report.version;
+  }
+
+  /** Removes a cached version from the cache; the repository's own versions are removed there. */
+  override removeVersion(name: string, version: number): void {
+    if (!existsSync(this.manifestPath(name, version))) {
+      throw new ClonecastError(ERR.USAGE, `${name}@${version} is not cached on this edge: it is the repository's; remove it there with "clonecast repository rm ${name}@${version} --repository ${this.status.address}"`);
+    }
+    super.removeVersion(name, version);
   }
 
   /** Stops the refresh timer, the fills and the repository's connections. */
