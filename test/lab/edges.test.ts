@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
@@ -67,6 +67,7 @@ describe('two edge servers share one repository', () => {
       images.push(bytes);
     }
     await importImage(store, join(dir, 'pc31.raw'), 'pc', {});
+    for (const site of ['a', 'b']) mkdirSync(join(dir, site));
     a = new Fleet(join(dir, 'a'), join(dir, 'a-data'), 2);
     b = new Fleet(join(dir, 'b'), join(dir, 'b-data'), 2);
     // The repository's namespace, with one veth to each site's server namespace.
