@@ -11,7 +11,7 @@ import type { Repository } from '../server/repo/repository.js';
 /** --repository, --endpoint, --region. */
 export const REPOSITORY: Record<string, OptionSpec> = {
   repository: { kind: 'string', value: 's3://BUCKET[/PREFIX]', help: 'The image repository.', default: "$CLONECAST_REPOSITORY, else the one the store caches" },
-  endpoint: { kind: 'string', value: 'URL', help: 'The S3 server (https://HOST[:PORT]; http:// only on a trusted network).', default: '$AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else AWS' },
+  endpoint: { kind: 'string', value: 'URL', help: 'The S3 server (https://HOST[:PORT]; http:// only on a trusted network).', default: '$AWS_ENDPOINT_URL_S3, else $AWS_ENDPOINT_URL, else where the store\'s own repository was last reached, else AWS' },
   region: { kind: 'string', value: 'REGION', help: 'The S3 region.', default: '$AWS_REGION, else us-east-1' },
   'ca-bundle': { kind: 'string', value: 'PEM', help: 'Trust this CA for an https:// endpoint whose certificate a private CA signed.', default: '$AWS_CA_BUNDLE, else the system\'s CAs' },
 };
@@ -23,17 +23,22 @@ export const CREDENTIALS_HELP = 'Credentials come from AWS_ACCESS_KEY_ID and AWS
 export async function openRepository(ctx: Context, create = false): Promise<Repository> {
   const { cleartextWarning, parseRepository } = await import('../server/repo/s3.js');
   const { Repository } = await import('../server/repo/repository.js');
-  const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? boundRepository(ctx);
+  const bound = boundRepository(ctx);
+  const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? bound?.address;
   if (url === undefined) throw ctx.usage('which repository? give --repository s3://BUCKET/PREFIX (or set CLONECAST_REPOSITORY)');
-  const target = parseRepository(url, ctx.str('endpoint'), ctx.str('region'), ctx.str('ca-bundle'));
+  // The store's own repository is reached where it was last reached, unless told otherwise.
+  const endpoint = ctx.str('endpoint') ?? (url === bound?.address && !process.env.AWS_ENDPOINT_URL_S3 && !process.env.AWS_ENDPOINT_URL ? bound.endpoint : undefined);
+  const target = parseRepository(url, endpoint, ctx.str('region'), ctx.str('ca-bundle'));
   const warning = cleartextWarning(target);
   if (warning !== null) process.stderr.write(`warning: ${warning}\n`);
   return Repository.open(target, { create });
 }
 
-function boundRepository(ctx: Context): string | undefined {
+function boundRepository(ctx: Context): { address: string; endpoint?: string } | undefined {
   try {
-    return ctx.store().repository();
+    const store = ctx.store();
+    const address = store.repository();
+    return address === undefined ? undefined : { address, endpoint: store.repositoryEndpoint() };
   } catch (err) {
     if (err instanceof ClonecastError && err.code !== ERR.USAGE) throw err;
     return undefined;

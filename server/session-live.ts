@@ -19,6 +19,9 @@ import type { Lock } from './store/lock.js';
 import { currentRecords } from './store/recompress.js';
 import type { Store } from './store/store.js';
 
+/** A store whose reads may wait on something outside it: an edge's repository (server/repo/edge-store.ts). */
+type MayStall = { stalledWithin?: (ms: number) => boolean };
+
 /** What `after` means on the wire. */
 export const AFTER = { wait: After.AFTER_WAIT, reboot: After.AFTER_REBOOT, poweroff: After.AFTER_POWEROFF } as const;
 
@@ -74,7 +77,7 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
     } catch (err) {
       throw new ClonecastError(ERR.USAGE, `the multicast sender cannot use ${senderAddress}: ${(err as Error).message}; check --interface`);
     }
-    return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock, stalled: (ms) => store.stalledWithin(ms) };
+    return { manifest: m, manifestBytes, manifestSha: createHash('sha256').update(manifestBytes).digest(), digest: diskDigest(m), sender, senderPort, lock, stalled: (ms) => (store as MayStall).stalledWithin?.(ms) === true };
   } catch (err) {
     sender?.stop();
     lock.release();

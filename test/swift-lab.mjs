@@ -8,7 +8,7 @@
  * that its PID is the whole server and stop() can end it by PID.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, existsSync, mkdirSync, statSync, writeFileSync } from 'node:fs';
+import { appendFileSync, chmodSync, chownSync, closeSync, existsSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 
@@ -241,8 +241,8 @@ export async function startSwift(opts) {
 
   /** @type {Map<string, import('node:child_process').ChildProcess>} */
   const children = new Map();
-  /** @type {Map<string, string>} */
-  const outputs = new Map();
+  /** @type {Map<string, string>} log file of each server */
+  const logs = new Map();
 
   // A caller that dies (an uncaught error, process.exit) must not leave servers behind: kill them by PID on exit.
   const onExit = () => {
@@ -254,19 +254,31 @@ export async function startSwift(opts) {
   function launch(name) {
     const conf = join(dir, `${name}-server.conf`);
     const argv = [...prefix, PYTHON, `/usr/bin/swift-${name}-server`, conf, '-v'];
-    const child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], detached: false });
-    const keep = (/** @type {Buffer} */ d) => {
-      const s = (outputs.get(name) ?? '') + d.toString('utf8');
-      outputs.set(name, s.length > KEEP_OUTPUT ? s.slice(s.length - KEEP_OUTPUT) : s);
-    };
-    child.stdout?.on('data', keep);
-    child.stderr?.on('data', keep);
-    child.on('error', (e) => keep(Buffer.from(`spawn failed: ${e.message}\n`)));
+    // Output goes to a file, not a pipe: a caller that blocks its event loop (spawnSync of a client)
+    // would stop draining a pipe, and a server blocked writing its log stops answering.
+    const log = join(dir, `${name}-server.log`);
+    const fd = openSync(log, 'a');
+    let child;
+    try {
+      child = spawn(argv[0], argv.slice(1), { stdio: ['ignore', fd, fd], detached: false });
+    } finally {
+      closeSync(fd);
+    }
+    child.on('error', (e) => appendFileSync(log, `spawn failed: ${e.message}\n`));
+    logs.set(name, log);
     children.set(name, child);
     return child;
   }
 
-  const output = () => [...outputs].map(([n, s]) => `--- ${n}-server ---\n${s}`).join('\n');
+  const tail = (/** @type {string} */ path) => {
+    try {
+      const b = readFileSync(path);
+      return b.subarray(Math.max(0, b.length - KEEP_OUTPUT)).toString('utf8');
+    } catch {
+      return '';
+    }
+  };
+  const output = () => [...logs].map(([n, path]) => `--- ${n}-server ---\n${tail(path)}`).join('\n');
 
   /**
    * Runs a check inside the servers' network namespace; true when it exits 0.

@@ -24,9 +24,8 @@ export const imagePull: Command = {
     const ref = parseRef(ctx.positionals[0]);
     const repo = await openRepository(ctx);
     try {
-      store.bindRepository(repositoryAddress(repo.bucket.target));
       const progress = repoProgress(ctx, `pull ${ctx.positionals[0]}`);
-      const report = await pull(repo, store, ref, { onProgress: progress.update });
+      const report = await pull(repo, store, ref, { onProgress: progress.update, bind: { address: repositoryAddress(repo.bucket.target), endpoint: repo.bucket.target.endpoint } });
       progress.end();
       ctx.out(() => {
         const what = `${report.name}@${report.version}`;

@@ -44,7 +44,7 @@ export const repositoryGc: Command = {
     ...COMMON,
   },
   details: [
-    'It never deletes while anyone writes to the repository: pushes, edge captures and pulls that publish wait for it, and it waits for them.',
+    'It never deletes while anyone writes to the repository: pushes and edge captures wait for it, and it waits for them.',
     'It refuses to run if any version\'s manifest cannot be read (its chunks would look unused).',
     CREDENTIALS_HELP,
   ],

@@ -300,7 +300,7 @@ export class EdgeStore extends Store {
   }
 
   /** True if a read waited for the repository within the last ms (a running session's machines are not dropped for it). */
-  override stalledWithin(ms: number): boolean {
+  stalledWithin(ms: number): boolean {
     return this.stalledAt !== 0 && Date.now() - this.stalledAt < ms;
   }
 

@@ -4,11 +4,12 @@
  * it deletes, and none starts until it ends). Mark: every chunk named by a
  * published version. Sweep: every other chunk object older than the grace
  * period (by the store's clock), so that a chunk just uploaded by a writer
- * whose lease lapsed is never taken. Claims older than a day, whose writers
- * died before publishing, are removed too.
+ * whose lease lapsed is never taken; every few seconds it looks for writers
+ * again and stops if one appeared. Claims older than a day whose writers died
+ * before publishing (below a published number) and dead leases go too.
  */
 import { ClonecastError, ERR } from '../../protocol/errors.js';
-import { chunkKey, LAYOUT, parseChunkKey, parseImageKey, TOMBSTONE_ID } from './layout.js';
+import { chunkKey, LAYOUT, parseChunkKey, parseImageKey, parseLeaseKey, TOMBSTONE_ID } from './layout.js';
 import { takeLease } from './leases.js';
 import { dataChunks, inParallel, type Repository } from './repository.js';
 
@@ -40,6 +41,15 @@ export interface RepoGcOptions {
   onProgress?: (done: number, total: number) => void;
 }
 
+/** Writers' leases younger than the lease lifetime, by the store's clock (own's LastModified). */
+async function liveWriters(repo: Repository, own: string): Promise<number> {
+  const listed = [];
+  for await (const o of repo.bucket.list(LAYOUT.LEASES)) listed.push(o);
+  const now = listed.find((o) => o.key === own)?.lastModified.getTime();
+  if (now === undefined) return 1; // our own lease is not listed: the listing cannot be trusted, so stop
+  return listed.filter((o) => parseLeaseKey(o.key)?.kind === 'writer' && now - o.lastModified.getTime() <= LAYOUT.LEASE_TTL_MS).length;
+}
+
 /** Collects a repository's garbage. */
 export async function collectRepository(repo: Repository, o: RepoGcOptions = {}): Promise<RepoGcReport> {
   const grace = o.graceMs ?? DEFAULT_GC_GRACE_MS;
@@ -50,21 +60,36 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
   try {
     const now = (await repo.bucket.head(lease.key))?.lastModified.getTime() ?? Date.now();
     const referenced = new Set<string>();
-    const claims: string[] = [];
+    const claims: { key: string; version: number; name: string; old: boolean }[] = [];
+    const published = new Map<string, number>();
     let versions = 0;
     for await (const obj of repo.bucket.list(LAYOUT.IMAGES)) {
       const k = parseImageKey(obj.key);
       if (k === null) continue;
       if (k.kind === 'claim') {
-        if (k.id !== TOMBSTONE_ID && now - obj.lastModified.getTime() > STALE_CLAIM_MS) claims.push(obj.key);
+        if (k.id !== TOMBSTONE_ID) claims.push({ key: obj.key, version: k.version, name: k.name, old: now - obj.lastModified.getTime() > STALE_CLAIM_MS });
         continue;
       }
-      // One unreadable version stops gc: its chunks would look like garbage.
-      const m = await repo.readManifest(k.name, k.version);
+      let m;
+      try {
+        m = await repo.readManifest(k.name, k.version);
+      } catch (err) {
+        if (err instanceof ClonecastError && err.code === ERR.NOT_FOUND) continue; // removed since the listing
+        // One unreadable version stops gc: its chunks would look like garbage.
+        throw new ClonecastError(ERR.MANIFEST_CORRUPT, `gc removed nothing: ${k.name}@${k.version} in ${repo.where} cannot be read (${(err as Error).message}), so the chunks it names cannot be told from garbage; remove it with "clonecast repository rm ${k.name}@${k.version}" (or push it again), then run gc again`);
+      }
       for (const c of dataChunks(m)) referenced.add(c.sha);
+      published.set(k.name, Math.max(published.get(k.name) ?? 0, k.version));
       versions++;
     }
-    const report: RepoGcReport = { versions, chunks: 0, referenced: referenced.size, removed: 0, removedBytes: 0, young: 0, staleClaims: claims.length, dryRun: o.dryRun === true };
+    // A claim whose writer died without publishing is removed once a later version exists (its number stays
+    // taken by that one); claims of published versions and tombstones are kept: they keep numbers from reuse.
+    const staleClaims = claims.filter((c) => c.old && c.version < (published.get(c.name) ?? 0)).map((c) => c.key);
+    const deadLeases: string[] = [];
+    for await (const obj of repo.bucket.list(LAYOUT.LEASES)) {
+      if (obj.key !== lease.key && now - obj.lastModified.getTime() > 10 * LAYOUT.LEASE_TTL_MS) deadLeases.push(obj.key);
+    }
+    const report: RepoGcReport = { versions, chunks: 0, referenced: referenced.size, removed: 0, removedBytes: 0, young: 0, staleClaims: staleClaims.length, dryRun: o.dryRun === true };
     const doomed: { sha: string; size: number }[] = [];
     for await (const obj of repo.bucket.list(LAYOUT.CHUNKS)) {
       const sha = parseChunkKey(obj.key);
@@ -76,14 +101,22 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
     }
     if (o.dryRun === true) return { ...report, removed: doomed.length, removedBytes: doomed.reduce((a, d) => a + d.size, 0) };
     let done = 0;
+    let checkedAt = performance.now();
+    const stop = (why: string) => new ClonecastError(ERR.BUSY, `gc stopped deleting: ${why}; ${report.removed} unused chunks removed so far, every version is whole; run gc again`);
     await inParallel(doomed, 8, async (d) => {
-      if (!lease.intact) throw new ClonecastError(ERR.UNREACHABLE, `gc lost touch with ${repo.where} and stopped deleting (a writer may have started): ${report.removed} chunks removed so far; run gc again`);
+      if (!lease.intact) throw stop(`it lost touch with ${repo.where} (a writer may have started meanwhile)`);
+      if (performance.now() - checkedAt > 5_000) {
+        // A writer that did not see this gc's lease (its own had lapsed) must not lose chunks: look again.
+        checkedAt = performance.now();
+        const writers = await liveWriters(repo, lease.key);
+        if (writers > 0) throw stop(`${writers} writer(s) started`);
+      }
       await repo.bucket.delete(chunkKey(d.sha));
       report.removed++;
       report.removedBytes += d.size;
       o.onProgress?.(++done, doomed.length);
     });
-    for (const key of claims) await repo.bucket.delete(key);
+    for (const key of [...staleClaims, ...deadLeases]) await repo.bucket.delete(key);
     return report;
   } finally {
     await lease.release();

@@ -11,6 +11,7 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { CHUNK } from '../../protocol/chunk.js';
 import type { Manifest } from '../../protocol/manifest.js';
 import { native } from '../../native/addon.js';
+import { currentRecords } from '../store/recompress.js';
 import type { ImageRef, Store } from '../store/store.js';
 import type { RepoProgress } from './push.js';
 import { dataChunks, inParallel, sameDisk, storedBytes, type NeededChunk, type Repository } from './repository.js';
@@ -32,6 +33,8 @@ export interface PullOptions {
   onProgress?: (p: RepoProgress) => void;
   /** Stop early (an edge shutting down); what is stored stays. */
   stopped?: () => boolean;
+  /** Make the store this repository's cache (store.json) once every chunk is fetched, just before publishing. */
+  bind?: { address: string; endpoint?: string };
 }
 
 /** Pulls NAME[@V] from the repository into the store. */
@@ -39,13 +42,21 @@ export async function pull(repo: Repository, store: Store, ref: ImageRef, o: Pul
   const { name, version } = await repo.resolve(ref);
   const m = await repo.readManifest(name, version);
   const report: PullReport = { name, version, chunks: 0, fetched: 0, fetchedBytes: 0, alreadyCached: false };
-  if (store.versions(name).includes(version)) {
-    await checkSameVersion(store, m);
-    report.alreadyCached = true;
+  // Held from the first fetch to the publish: a local gc cannot remove what was fetched before it is published.
+  const lock = store.lockImage(name, `pulling ${name}@${version} from ${repo.where}`);
+  try {
+    if (store.versions(name).includes(version)) {
+      await checkSameVersion(store, m);
+      report.alreadyCached = true;
+    }
+    if (o.bind !== undefined) store.checkBindable(o.bind.address);
+    const filled = await fillCache(repo, store, m, o);
+    if (o.bind !== undefined) store.bindRepository(o.bind.address, o.bind.endpoint);
+    await publishLocked(store, m);
+    return { ...report, chunks: filled.total, fetched: filled.moved, fetchedBytes: filled.movedBytes };
+  } finally {
+    lock.release();
   }
-  const filled = await fillCache(repo, store, m, o);
-  await publishCached(store, m);
-  return { ...report, chunks: filled.total, fetched: filled.moved, fetchedBytes: filled.movedBytes };
 }
 
 /**
@@ -85,12 +96,25 @@ export async function fetchInto(repo: Repository, store: Store, c: NeededChunk):
 export async function publishCached(store: Store, m: Manifest): Promise<void> {
   const lock = store.lockImage(m.meta.name, `caching ${m.meta.name}@${m.meta.version} from the repository`);
   try {
-    if (store.versions(m.meta.name).includes(m.meta.version)) return checkSameVersion(store, m);
-    await store.barrier();
-    store.publishAs(m);
+    await publishLocked(store, m);
   } finally {
     lock.release();
   }
+}
+
+/** publishCached() for a caller that holds the image's lock. */
+async function publishLocked(store: Store, m: Manifest): Promise<void> {
+  if (store.versions(m.meta.name).includes(m.meta.version)) return checkSameVersion(store, m);
+  const missing = dataChunks(m).filter((c) => store.chunkHead(Buffer.from(c.sha, 'hex')) === null);
+  if (missing.length > 0) {
+    throw new ClonecastError(ERR.CHUNK_MISSING, `${m.meta.name}@${m.meta.version} was not published in ${store.root}: ${missing.length} of its chunks are not there (removed while it was fetched?); pull it again`);
+  }
+  await store.barrier();
+  // The local files are the authority on each chunk's codec and stored length (another writer may have
+  // uploaded a chunk in another codec than the manifest recorded): receivers size fragments by them.
+  const local: Manifest = { meta: { ...m.meta }, table: Buffer.from(m.table) };
+  await currentRecords(store, local);
+  store.publishAs(local);
 }
 
 /** Refuses when the store holds a different version under the same number (it is not a cache of this repository). */

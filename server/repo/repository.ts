@@ -166,11 +166,17 @@ export class Repository {
    */
   async fetchChunk(c: NeededChunk): Promise<Buffer> {
     const data = await this.bucket.get(chunkKey(c.sha), MAX_STORED_CHUNK);
-    if (data === null) throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${c.sha} is missing from ${this.where}; push the versions that use it again from a store that has it, or remove them`, { sha: c.sha });
+    if (data === null) throw new ClonecastError(ERR.CHUNK_MISSING, `chunk ${c.sha} is missing from ${this.where}; run "clonecast image push NAME@V" for a version that has it from a store that holds it (it uploads missing chunks again), or remove the versions that need it`, { sha: c.sha });
     const where = `chunk ${c.sha} from ${this.where}`;
-    const { raw } = decodeChunk(data, where);
-    if (raw.length !== c.rawLength) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} is ${raw.length} bytes, not the ${c.rawLength} its place in the image needs`, { sha: c.sha });
-    if (!sha256(raw).equals(Buffer.from(c.sha, 'hex'))) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} does not hash to its name: it was damaged in the repository or on the way`, { sha: c.sha });
+    let raw: Buffer;
+    try {
+      raw = decodeChunk(data, where).raw;
+    } catch (err) {
+      const why = (err as Error).message.replace(/; run "clonecast image verify".*$/, '');
+      throw new ClonecastError(ERR.CHUNK_CORRUPT, `${why}; nothing was stored. "clonecast image push --repair NAME@V" from a store that holds a version using it replaces it`, { sha: c.sha });
+    }
+    if (raw.length !== c.rawLength) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} is ${raw.length} bytes, not the ${c.rawLength} its place in the image needs; nothing was stored. "clonecast image push --repair NAME@V" from a store that holds a version using it replaces it`, { sha: c.sha });
+    if (!sha256(raw).equals(Buffer.from(c.sha, 'hex'))) throw new ClonecastError(ERR.CHUNK_CORRUPT, `${where} does not hash to its name: it was damaged in the repository or on the way; nothing was stored. "clonecast image push --repair NAME@V" from a store that holds a version using it replaces it`, { sha: c.sha });
     return data;
   }
 

@@ -58,10 +58,30 @@ export class Store {
     return store;
   }
 
-  /** The repository this store is the cache of (store.json), if it is an edge's. */
+  /** The repository this store is the cache of (store.json), if it is an edge's, and the endpoint it was last reached at. */
   repository(): string | undefined {
-    const r = (JSON.parse(readFileSync(join(this.root, 'store.json'), 'utf8')) as { repository?: unknown }).repository;
-    return typeof r === 'string' ? r : undefined;
+    return this.marker().repository;
+  }
+
+  /** The endpoint the bound repository was last reached at (the default for later pulls). */
+  repositoryEndpoint(): string | undefined {
+    return this.marker().endpoint;
+  }
+
+  private marker(): { repository?: string; endpoint?: string } {
+    const m = JSON.parse(readFileSync(join(this.root, 'store.json'), 'utf8')) as { repository?: unknown; endpoint?: unknown };
+    return { repository: typeof m.repository === 'string' ? m.repository : undefined, endpoint: typeof m.endpoint === 'string' ? m.endpoint : undefined };
+  }
+
+  /** Throws unless this store is, or may become, the cache of the repository at address. */
+  checkBindable(address: string): void {
+    const bound = this.repository();
+    if (bound === address) return;
+    if (bound !== undefined) throw new ClonecastError(ERR.EXISTS, `${this.root} is the cache of ${bound}, not ${address}; use another --data folder for this repository`);
+    const own = this.images();
+    if (own.length > 0) {
+      throw new ClonecastError(ERR.EXISTS, `${this.root} holds images of its own (${own.slice(0, 5).join(', ')}${own.length > 5 ? ', ...' : ''}), so it cannot become the cache of ${address}: push them with "clonecast image push", and give the edge an empty --data folder`);
+    }
   }
 
   /**
@@ -70,17 +90,12 @@ export class Store {
    * to the repository, never here alone. Refused for a store that already
    * holds images of its own, or caches another repository.
    */
-  bindRepository(address: string): void {
-    const bound = this.repository();
-    if (bound === address) return;
-    if (bound !== undefined) throw new ClonecastError(ERR.EXISTS, `${this.root} is the cache of ${bound}, not ${address}; use another --data folder for this repository`);
-    const own = this.images();
-    if (own.length > 0) {
-      throw new ClonecastError(ERR.EXISTS, `${this.root} holds images of its own (${own.slice(0, 5).join(', ')}${own.length > 5 ? ', ...' : ''}), so it cannot become the cache of ${address}: push them with "clonecast image push", and give the edge an empty --data folder`);
-    }
-    const marker = join(this.root, 'store.json');
-    const current = JSON.parse(readFileSync(marker, 'utf8')) as Record<string, unknown>;
-    this.writeAtomic(marker, Buffer.from(JSON.stringify({ ...current, repository: address }) + '\n'));
+  bindRepository(address: string, endpoint?: string): void {
+    this.checkBindable(address);
+    const path = join(this.root, 'store.json');
+    const current = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
+    if (current.repository === address && current.endpoint === endpoint) return;
+    this.writeAtomic(path, Buffer.from(JSON.stringify({ ...current, repository: address, ...(endpoint !== undefined ? { endpoint } : {}) }) + '\n'));
   }
 
   /** Path of a stored chunk by its SHA-256. */
@@ -219,8 +234,6 @@ export class Store {
 
   /** Starts filling the rest of a version a session sends (an edge's cache); a no-op here. */
   warm(_m: Manifest): void {}
-  /** True if chunk reads waited on something outside the store within the last ms (an edge's repository); never here. */
-  stalledWithin(_ms: number): boolean { return false; }
 
   /**
    * Publishes a repository's version under the repository's number (a cache

@@ -37,6 +37,8 @@ function timed(cmd, args, env) {
 }
 
 const swift = await startSwift({ dir: join(dir, 'swift') });
+// Ctrl-C or a kill: the Swift servers this script started go with it.
+for (const sig of ['SIGINT', 'SIGTERM']) process.once(sig, () => void swift.stop().finally(() => process.exit(130)));
 try {
   const env = { ...process.env, AWS_ACCESS_KEY_ID: swift.accessKey, AWS_SECRET_ACCESS_KEY: swift.secretKey, AWS_REGION: swift.region };
   const host = new URL(swift.endpoint).host;

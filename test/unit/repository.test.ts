@@ -8,6 +8,9 @@ import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Compression } from '../../protocol/chunk.js';
 import { ERR } from '../../protocol/errors.js';
 import { chunkAt, ChunkKind, encodeManifest, tableLength } from '../../protocol/manifest.js';
 import { collectRepository } from '../../server/repo/gc.js';
@@ -300,6 +303,135 @@ describe('image repository on a real S3 server', () => {
       const r = await cli(['repository', 'list', '--repository', url, '--endpoint', ep], env);
       expect(r.code, `${url} ${ep}`).toBe(2);
       expect(r.stderr).not.toContain('pass');
+    }
+  }, 60_000);
+
+  itNeeds(['s3'], 'a writer whose claim lands late (a slow or retried request) never takes a number another version was published under', async () => {
+    const t = target();
+    const a = await storeWith('late-a', [4]);
+    const b = await storeWith('late-b', [8]);
+    const ra = await Repository.open(t, { create: true });
+    const rb = await Repository.open(t, { create: true });
+    try {
+      let release!: () => void;
+      const gate = new Promise<void>((r) => (release = r));
+      let gated!: () => void;
+      const blocked = new Promise<void>((r) => (gated = r));
+      const put = rb.bucket.put.bind(rb.bucket);
+      let once = false;
+      rb.bucket.put = async (key, body, type, meta) => {
+        if (key.includes('/claims/') && !once) {
+          once = true;
+          gated();
+          await gate;
+        }
+        return put(key, body, type, meta);
+      };
+      const pb = push(rb, b, 'pc', 2);
+      await blocked; // B listed the image's versions and is about to claim the number after them
+      const pa = await push(ra, a, 'pc', 2);
+      release();
+      const rB = await pb;
+      expect([pa.version, rB.version]).toEqual([1, 2]);
+      expect(await ra.versions('pc')).toEqual([1, 2]);
+      expect(sameDisk(await ra.readManifest('pc', pa.version), await a.readManifest('pc', 2))).toBe(true);
+      expect(sameDisk(await ra.readManifest('pc', rB.version), await b.readManifest('pc', 2))).toBe(true);
+    } finally {
+      ra.close();
+      rb.close();
+    }
+  }, 180_000);
+
+  itNeeds(['s3'], 'two stores pushing the same new chunks in two codecs: every manifest in the repository says what its objects hold', async () => {
+    const t = target();
+    const raw = disk('codec.raw', 300, [0, 1, 2, 3]);
+    const lz = Store.open(join(dir, 'codec-lz4'));
+    const zs = Store.open(join(dir, 'codec-zstd'));
+    await importImage(lz, raw, 'pc', { chunkSize: C, workers: 2, raw: true, codec: { compression: Compression.LZ4 } });
+    await importImage(zs, raw, 'pc', { chunkSize: C, workers: 2, raw: true, codec: { compression: Compression.ZSTD, level: 3 } });
+    const r1 = await Repository.open(t, { create: true });
+    const r2 = await Repository.open(t, { create: true });
+    try {
+      const results = await Promise.all([push(r1, lz, 'pc', 1, { concurrency: 4 }), push(r2, zs, 'pc', 1, { concurrency: 4 })]);
+      for (const v of new Set(results.map((r) => r.version))) {
+        const m = await r1.readManifest('pc', v);
+        for (let i = 0; i < tableLength(m.table); i++) {
+          const rec = chunkAt(m.table, i);
+          if (rec.kind !== ChunkKind.DATA) continue;
+          const h = await r1.chunkHeader(rec.sha256.toString('hex'));
+          expect({ compression: h!.compression, payloadLength: h!.payloadLength }, `pc@${v} chunk ${i}`).toEqual({ compression: rec.compression, payloadLength: rec.storedLength });
+        }
+      }
+      const edge = Store.open(join(dir, 'codec-edge'));
+      await pull(r1, edge, { name: 'pc', version: results[0].version });
+      expect(await verifyStore(edge)).toMatchObject({ ok: true, damagedChunks: [], staleVersions: [] });
+    } finally {
+      r1.close();
+      r2.close();
+    }
+  }, 180_000);
+
+  itNeeds(['s3'], 'a local gc during a pull is refused: what the pull fetched is not removed before it is published', async () => {
+    const t = target();
+    const central = await storeWith('lgc');
+    const repo = await Repository.open(t, { create: true });
+    const edge = Store.open(join(dir, 'lgc-edge'));
+    try {
+      await push(repo, central, 'pc', 1);
+      // gc runs as its own process, as an operator would run it beside a nightly pull.
+      let gc: ReturnType<typeof cli> | undefined;
+      await pull(repo, edge, { name: 'pc' }, {
+        concurrency: 2,
+        onProgress: (p) => {
+          if (gc === undefined && p.moved >= 3) gc = cli(['image', 'gc', '--data', edge.root]);
+        },
+      });
+      const refused = await gc!;
+      expect(refused.code).not.toBe(0);
+      expect(refused.stderr).toContain('pulling pc@1');
+      expect(await verifyStore(edge)).toMatchObject({ ok: true, damagedChunks: [] });
+    } finally {
+      repo.close();
+    }
+  }, 120_000);
+
+  itNeeds(['s3'], 'a hostile endpoint streaming an endless object is cut off at the size limit', async () => {
+    let sent = 0;
+    let closed!: () => void;
+    const done = new Promise<void>((r) => (closed = r));
+    const server = createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' }); // chunked: no length to refuse up front
+      const block = Buffer.alloc(1 << 20, 0x41);
+      const more = () => {
+        while (sent < 256 << 20) {
+          sent += block.length;
+          if (!res.write(block)) return void res.once('drain', more);
+        }
+        res.end();
+      };
+      res.on('close', closed);
+      more();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    try {
+      const port = (server.address() as AddressInfo).port;
+      await expect(Repository.open(parseRepository('s3://ccfake/x', `http://127.0.0.1:${port}`, 'us-east-1'))).rejects.toMatchObject({ code: ERR.TOO_LARGE });
+      await done;
+      expect(sent).toBeLessThan(64 << 20); // the client stopped reading long before the 256 MiB were sent
+    } finally {
+      server.close();
+    }
+  }, 60_000);
+
+  itNeeds(['s3'], 'a failed pull leaves the store unbound, and an endpoint with a key in it is never echoed', async () => {
+    const data = join(dir, 'unbound');
+    const r = await cli(['image', 'pull', 'nosuch', '--repository', `s3://${BUCKET}/t1`, '--endpoint', swift!.endpoint, '--data', data], env);
+    expect(r.code).not.toBe(0);
+    expect(Store.open(data).repository()).toBeUndefined();
+    for (const ep of ['http://AKIAEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCY@minio.example:9000', 'https://AKIAEXAMPLE:se/cret@h:9000/path?x=1']) {
+      const bad = await cli(['repository', 'list', '--repository', `s3://${BUCKET}/x`, '--endpoint', ep, '--json'], env);
+      expect(bad.code).toBe(2);
+      expect(bad.stdout + bad.stderr).not.toMatch(/wJalr|se\/cret|AKIAEXAMPLE/);
     }
   }, 60_000);
 });
