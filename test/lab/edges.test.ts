@@ -6,7 +6,9 @@
  * deploys at site B by multicast while B fetches it from the repository
  * (disks compared byte for byte); it deploys again at B with the repository
  * killed (it is cached now), while site A, which cached nothing, refuses at
- * once; a second version pushed at A appears at B after a refresh.
+ * once; versions pushed at A appear at B after a refresh and B's Pull caches
+ * one; and a deploy at B whose chunks stop coming (the repository killed
+ * mid-way, over a slow link) waits and finishes when the repository is back.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
@@ -59,7 +61,7 @@ describe('two edge servers share one repository', () => {
   beforeAll(async () => {
     if (missing(CAPS).length > 0) return;
     const store = Store.open(central);
-    for (const seed of [31, 32]) {
+    for (const seed of [31, 32, 33]) {
       const raw = join(dir, `pc${seed}.raw`);
       makeImage(raw, 16, { seed });
       const bytes = readFileSync(raw);
@@ -148,17 +150,52 @@ describe('two edge servers share one repository', () => {
     }
   }, LONG);
 
-  itNeeds(CAPS, 'a second version pushed at site A appears at site B after a refresh, and its Pull caches it', async () => {
-    await importImage(Store.open(central), join(dir, 'pc32.raw'), 'pc', {});
-    expect(await pushFromA(2)).toMatch(/pushed pc@2 to .* as pc@2/);
+  itNeeds(CAPS, 'versions pushed at site A appear at site B after a refresh, and the Pull of one caches it', async () => {
+    for (const v of [2, 3]) {
+      await importImage(Store.open(central), join(dir, `pc${30 + v}.raw`), 'pc', {});
+      expect(await pushFromA(v)).toMatch(new RegExp(`pushed pc@${v} to .* as pc@${v}`));
+    }
     expect(await b.api('POST', '/api/repository/refresh')).toMatchObject({ reachable: true });
     const versions = await b.api('GET', '/api/images/pc/versions');
-    expect(versions.map((v: { version: number }) => v.version)).toEqual([2, 1]);
+    expect(versions.map((v: { version: number }) => v.version)).toEqual([3, 2, 1]);
     expect(versions[0].cache).toMatchObject({ state: 'remote' });
-    expect(versions[1].cache).toMatchObject({ state: 'cached' });
-    const pulled = await b.api('POST', '/api/images/pc/2/pull');
-    expect(pulled).toMatchObject({ name: 'pc', version: 2 });
-    await until(async () => (await b.api('GET', '/api/images/pc/versions'))[0].cache.state === 'cached', 60_000, 'pc@2 cached at site B');
+    expect(versions[1].cache).toMatchObject({ state: 'remote' });
+    expect(versions[2].cache).toMatchObject({ state: 'cached' });
+    const pulled = await b.api('POST', '/api/images/pc/3/pull');
+    expect(pulled).toMatchObject({ name: 'pc', version: 3 });
+    await until(async () => (await b.api('GET', '/api/images/pc/versions'))[0].cache.state === 'cached', 60_000, 'pc@3 cached at site B');
     expect(b.server!.out).toMatch(/the repository .* is reachable again/);
+  }, LONG);
+
+  itNeeds(CAPS, 'a session whose chunks stop coming (the repository killed mid-deploy) keeps its machines waiting and finishes when it is back', async () => {
+    // A slow link from the repository to site B (8 Mbit/s), so the deploy is still fetching when the repository goes.
+    execFileSync('tc', ['-n', swiftNs, 'qdisc', 'add', 'dev', 'siteb', 'root', 'tbf', 'rate', '8mbit', 'burst', '32kbit', 'latency', '400ms']);
+    try {
+      for (let k = 0; k < 2; k++) b.disk(k, 20 * MiB);
+      const warnings = () => b.server!.out.match(/serves its cached versions/g)?.length ?? 0;
+      const before = warnings();
+      const d = b.deploy('pc@2', ['--any', '--clients', '2']);
+      await until(async () => (await b.api('GET', '/api/images/pc/versions'))[1].cache.cachedChunks >= 1, 60_000, 'the first chunks of pc@2 at site B');
+      await swift!.killProxy();
+      try {
+        await until(() => warnings() > before, 60_000, 'site B to notice the repository is gone');
+        const cut = (await b.api('GET', '/api/images/pc/versions'))[1].cache;
+        expect(cut.state).toBe('partial');
+        expect(cut.cachedChunks).toBeLessThan(cut.chunks);
+        expect(d.child.exitCode).toBeNull(); // the session waits; its machines are not dropped
+        const session = (await b.api('GET', '/api/sessions'))[0];
+        expect(session.state).toBe('running');
+        expect(Object.values(session.machines).map((m: any) => m.state)).not.toContain('dropped');
+      } finally {
+        await swift!.startProxy();
+      }
+      expect(await d.exited, d.out).toBe(0);
+      expect(d.out).toMatch(/2 of 2 machine\(s\) done and verified; session done/);
+      expect(disksHold(b, images[1])).toBe(true);
+      await until(async () => (await b.api('GET', '/api/images/pc/versions'))[1].cache.state === 'cached', 60_000, 'pc@2 cached at site B');
+      expect(warnings()).toBe(before + 1); // one warning for this outage, however many reads waited
+    } finally {
+      execFileSync('tc', ['-n', swiftNs, 'qdisc', 'del', 'dev', 'siteb', 'root']);
+    }
   }, LONG);
 });
