@@ -87,6 +87,8 @@ export class EdgeStore extends Store {
   private refreshing: Promise<void> | undefined;
   private timer: NodeJS.Timeout | undefined;
   private stalledAt = 0;
+  private upAt = 0;
+  private downAt = 0;
   private readonly warned = new Set<string>();
   private closed = false;
   private readonly status: RepositoryStatus;
@@ -126,13 +128,14 @@ export class EdgeStore extends Store {
   }
 
   private async refreshNow(): Promise<void> {
+    const started = performance.now();
     try {
       this.repo ??= await (this.o.open ?? ((t) => Repository.open(t)))(this.target);
       this.catalogue = await this.repo.catalogue();
       this.status.refreshedAt = new Date().toISOString();
-      this.up();
+      this.up(started);
     } catch (err) {
-      this.down(err);
+      this.down(err, started);
       return;
     }
     // Remote manifests are read ahead (small), so that NAME@DATE and the images page never wait on the network.
@@ -148,22 +151,32 @@ export class EdgeStore extends Store {
     }
   }
 
-  /** The repository answered. */
-  private up(): void {
+  /**
+   * A request that began at startedAt was answered. An answer to a request sent before the
+   * outage began (it was on its way, over a slow link) does not say the repository is back.
+   */
+  private up(startedAt = performance.now()): void {
+    if (this.status.reachable === false && startedAt <= this.downAt) return;
     if (this.status.reachable !== true) {
       if (this.status.reachable === false) this.o.log?.('info', `the repository ${describeTarget(this.target)} is reachable again`);
       this.status.reachable = true;
       this.status.since = new Date().toISOString();
+      this.upAt = performance.now();
     }
   }
 
-  /** The repository did not answer: one warning per outage. */
-  private down(err: unknown): void {
+  /**
+   * A request that began at startedAt failed: one warning per outage. A request
+   * sent during the outage that fails after the repository answered again is not a new outage.
+   */
+  private down(err: unknown, startedAt = performance.now()): void {
+    if (this.status.reachable === true && startedAt <= this.upAt) return;
     const message = err instanceof ClonecastError ? err.message : 'the repository could not be reached';
     this.status.lastError = message;
     if (this.status.reachable !== false) {
       this.status.reachable = false;
       this.status.since = new Date().toISOString();
+      this.downAt = performance.now();
       this.o.log?.('warn', `${message}; this edge serves its cached versions (${this.cachedList() || 'none'}) until the repository is back`);
     }
   }
@@ -217,12 +230,13 @@ export class EdgeStore extends Store {
       let kept = this.manifests.get(key);
       if (kept === undefined) {
         if (this.repo === undefined) throw this.unreachable(key);
+        const started = performance.now();
         try {
           kept = await this.repo.readManifest(name, version);
-          this.up();
+          this.up(started);
         } catch (err) {
           if (!(err instanceof ClonecastError) || err.code !== ERR.UNREACHABLE) throw err;
-          this.down(err);
+          this.down(err, started);
           throw this.unreachable(key);
         }
         this.manifests.set(key, kept);
@@ -263,13 +277,14 @@ export class EdgeStore extends Store {
       await this.refresh();
       if (this.repo === undefined) throw new ClonecastError(ERR.UNREACHABLE, this.status.lastError ?? `the repository ${describeTarget(this.target)} is unreachable`);
     }
+    const started = performance.now();
     try {
       const n = await fetchInto(this.repo, this.local, c);
       this.fetched++;
-      this.up();
+      this.up(started);
       return n;
     } catch (err) {
-      if (err instanceof ClonecastError && err.code === ERR.UNREACHABLE) this.down(err);
+      if (err instanceof ClonecastError && err.code === ERR.UNREACHABLE) this.down(err, started);
       else if (err instanceof ClonecastError && err.code === ERR.CHUNK_CORRUPT && !this.warned.has(c.sha)) {
         this.warned.add(c.sha);
         this.o.log?.('warn', `${err.message}; it was not stored`);

@@ -193,7 +193,7 @@ describe('two edge servers share one repository', () => {
       expect(d.out).toMatch(/2 of 2 machine\(s\) done and verified; session done/);
       expect(disksHold(b, images[1])).toBe(true);
       await until(async () => (await b.api('GET', '/api/images/pc/versions'))[1].cache.state === 'cached', 60_000, 'pc@2 cached at site B');
-      expect(warnings()).toBe(before + 1); // one warning for this outage, however many reads waited
+      expect(warnings(), b.server!.out.split('\n').filter((l) => /repository/.test(l)).join('\n')).toBe(before + 1); // one warning for this outage, however many reads waited
     } finally {
       execFileSync('tc', ['-n', swiftNs, 'qdisc', 'del', 'dev', 'siteb', 'root']);
     }
