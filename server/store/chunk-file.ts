@@ -1,7 +1,4 @@
-/**
- * Chunk files of the local store on disk: their stored form inside the
- * O_DIRECT padding, and the errors of opening one (used by store.ts).
- */
+/** Chunk files of the store: their padded size, their stored form, and the errors of opening them. */
 import { closeSync, fsyncSync, openSync } from 'node:fs';
 import { CHUNK } from '../../protocol/chunk.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
@@ -9,7 +6,7 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 /** Chunk files are written with O_DIRECT in multiples of this. */
 export const DIRECT_UNIT = 4096;
 
-/** A missing chunk file as CHUNK_MISSING; other errors as they are. */
+/** The error for a chunk file that cannot be opened: CHUNK_MISSING if it is not there. */
 export function chunkOpenError(err: unknown, hex: string): unknown {
   if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return err;
   return new ClonecastError(ERR.CHUNK_MISSING, `chunk ${hex} is missing from the store; run "clonecast image verify" to see which images are affected`, { sha: hex });
