@@ -8,18 +8,19 @@
  * killed (it is cached now), while site A, which cached nothing, refuses at
  * once; versions pushed at A appear at B after a refresh and B's Pull caches
  * one; and a deploy at B whose chunks stop coming (the repository killed
- * mid-way, over a slow link) waits and finishes when the repository is back.
+ * mid-way, over a slow link) waits and finishes when the repository is back;
+ * B's dashboard shows the cache states and the repository, and its Pull works.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { importImage } from '../../server/store/import.js';
 import { Store } from '../../server/store/store.js';
-import { CLI, itNeeds, missing, tempDir, texty } from '../helpers.js';
+import { chromiumPin, CLI, dashboardLogin, gotoSteady, itNeeds, missing, tempDir, texty } from '../helpers.js';
 import { startSwift, type SwiftLab } from '../swift-lab.mjs';
-import { Fleet, until } from './fleet.js';
+import { Fleet, URL_, until } from './fleet.js';
 // @ts-expect-error: a plain JavaScript module
 import { makeImage } from '../bench/mkimage.mjs';
 
@@ -196,6 +197,37 @@ describe('two edge servers share one repository', () => {
       expect(warnings(), b.server!.out.split('\n').filter((l) => /repository/.test(l)).join('\n')).toBe(before + 1); // one warning for this outage, however many reads waited
     } finally {
       execFileSync('tc', ['-n', swiftNs, 'qdisc', 'del', 'dev', 'siteb', 'root']);
+    }
+  }, LONG);
+  itNeeds([...CAPS, 'chromium'], "site B's dashboard shows where each version's chunks are and the repository, and its Pull caches a remote version", async () => {
+    const raw = join(dir, 'pc34.raw');
+    makeImage(raw, 16, { seed: 34 });
+    await importImage(Store.open(central), raw, 'pc', {});
+    expect(await pushFromA(4)).toMatch(/as pc@4/);
+    await b.api('POST', '/api/repository/refresh');
+    const { chromium } = await import('playwright-core');
+    // The browser runs in site B's server namespace (Playwright talks to it over a pipe).
+    const wrapper = join(dir, 'chromium-in-b.sh');
+    writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${b.lab.server.ns} /usr/bin/chromium "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    const browser = await chromium.launch({ executablePath: wrapper, headless: true, args: chromiumPin(join(b.data, 'tls')) });
+    try {
+      const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
+      await gotoSteady(page, URL_);
+      await dashboardLogin(page, b.token);
+      await page.waitForSelector('#main:not([hidden])');
+      const row = '#images tr[data-image-name="pc"]';
+      await page.waitForFunction((r) => /@4 \(remote\)/.test(document.querySelector(r)?.textContent ?? ''), row, { timeout: 30_000 });
+      expect(await page.textContent(row)).toMatch(/@1 \(cached\) @2 \(cached\) @3 \(cached\) @4 \(remote\)/);
+      expect(await page.textContent('#repository-line')).toMatch(/^Repository s3:\/\/district\/images: reachable since /);
+      await page.click(`${row} button[data-image="pc"]`);
+      await page.waitForSelector('#i-versions button[data-pull="4"]');
+      expect(await page.locator('#i-versions button[data-pull]').count()).toBe(1); // only the version not cached
+      await page.click('#i-versions button[data-pull="4"]');
+      await page.waitForFunction(() => /pc@4: .*cached in the background/.test(document.getElementById('i-result')?.textContent ?? ''), undefined, { timeout: 30_000 });
+      await until(async () => (await b.api('GET', '/api/images/pc/versions'))[0].cache.state === 'cached', 60_000, 'pc@4 cached at site B');
+    } finally {
+      await browser.close();
     }
   }, LONG);
 });
