@@ -15,7 +15,9 @@ export async function serveStore(ctx: Context): Promise<{ store: Store; edge?: E
   if (url === undefined) return { store: plain };
   const { cleartextWarning, parseRepository } = await import('../server/repo/s3.js');
   const { EdgeStore } = await import('../server/repo/edge-store.js');
-  const target = parseRepository(url, ctx.str('endpoint'), ctx.str('region'), ctx.str('ca-bundle'));
+  // The store's own repository is reached where it was last reached, unless told otherwise (as the repository commands do).
+  const bound = plain.repository() === url && !process.env.AWS_ENDPOINT_URL_S3 && !process.env.AWS_ENDPOINT_URL ? plain.repositoryEndpoint() : undefined;
+  const target = parseRepository(url, ctx.str('endpoint') ?? bound, ctx.str('region'), ctx.str('ca-bundle'));
   const warning = cleartextWarning(target);
   if (warning !== null) logLine('warn', warning);
   const refresh = ctx.num('repository-refresh');

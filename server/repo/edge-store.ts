@@ -108,7 +108,7 @@ export class EdgeStore extends Store {
    * versions, and the first refresh that reaches the repository opens it.
    */
   static async openEdge(root: string, target: RepositoryTarget, o: EdgeOptions = {}): Promise<EdgeStore> {
-    Store.open(root).bindRepository(repositoryAddress(target));
+    Store.open(root).bindRepository(repositoryAddress(target), target.endpoint);
     const edge = EdgeStore.prepare(new EdgeStore(root, target, o));
     await edge.refresh();
     edge.timer = setInterval(() => void edge.refresh(), edge.o.refreshMs);
