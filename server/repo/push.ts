@@ -139,6 +139,13 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
       m.meta = { ...m.meta, version: claim.version, parent, newBytes: progress.movedBytes };
       if (!lease.intact) continue; // the number stays a gap; the chunks are checked again first
       await repo.putManifest(m);
+      if (!lease.intact) {
+        // The manifest PUT (with the client's retries) outlived the lease: a gc may have removed a chunk the
+        // push found in the bucket. A fresh lease waits out any gc; then every chunk is put back if it went.
+        await lease.release();
+        lease = await takeWriter();
+        await inParallel(needed, concurrency, sync);
+      }
       await reconcileForms(repo, m, forms, concurrency);
       return { ...report, version: claim.version, uploaded: progress.moved, uploadedBytes: progress.movedBytes };
     }

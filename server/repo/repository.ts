@@ -15,7 +15,7 @@ import { CHUNK, decodeChunk, decodeChunkHeader } from '../../protocol/chunk.js';
 import { sha256 } from '../../protocol/hash.js';
 import { chunkAt, ChunkKind, decodeManifest, encodeManifest, MANIFEST, setChunk, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { checkName, type ImageRef } from '../store/store.js';
-import { chunkKey, claimPrefix, LAYOUT, manifestKey, parseImageKey, REPOSITORY_FORMAT, TOMBSTONE_ID } from './layout.js';
+import { chunkKey, claimPrefix, LAYOUT, manifestKey, newId, parseImageKey, REPOSITORY_FORMAT, TOMBSTONE_ID } from './layout.js';
 import { MAX_VERSION } from './leases.js';
 import { Bucket, describeTarget, type RepositoryTarget } from './s3.js';
 
@@ -75,6 +75,9 @@ export async function inParallel<T>(items: readonly T[], limit: number, fn: (ite
 export class Repository {
   readonly where: string;
 
+  /** The repository's identity, made when it was created: a bucket wiped and made again, or another server's bucket of the same name, has another. */
+  id: string | undefined;
+
   private constructor(readonly bucket: Bucket) {
     this.where = describeTarget(bucket.target);
   }
@@ -90,11 +93,14 @@ export class Repository {
       const marker = await repo.bucket.get(LAYOUT.MARKER, 4096);
       if (marker === null) {
         if (o.create !== true) throw new ClonecastError(ERR.NOT_FOUND, `there is no clonecast repository at ${repo.where} (no ${LAYOUT.MARKER}); check the address, or push an image there first (clonecast image push)`);
-        await repo.bucket.put(LAYOUT.MARKER, Buffer.from(JSON.stringify({ format: REPOSITORY_FORMAT }) + '\n'), 'application/json');
+        repo.id = newId();
+        await repo.bucket.put(LAYOUT.MARKER, Buffer.from(JSON.stringify({ format: REPOSITORY_FORMAT, id: repo.id }) + '\n'), 'application/json');
       } else {
         let format = 0;
         try {
-          format = Number((JSON.parse(marker.toString('utf8')) as { format?: unknown }).format);
+          const parsed = JSON.parse(marker.toString('utf8')) as { format?: unknown; id?: unknown };
+          format = Number(parsed.format);
+          if (typeof parsed.id === 'string' && /^[0-9a-f]{16}$/.test(parsed.id)) repo.id = parsed.id;
         } catch {
           format = Number.NaN;
         }
