@@ -198,6 +198,35 @@ export class Repository {
     return decodeChunkHeader(head, `chunk ${sha} in ${this.where}`);
   }
 
+  /**
+   * What a chunk object holds (codec and payload length): from its metadata
+   * when that agrees with its size, else from its 24-byte header; null if
+   * the bucket lacks it.
+   */
+  async objectForm(sha: string): Promise<ChunkForm | null> {
+    const head = await this.bucket.head(chunkKey(sha));
+    if (head === null) return null;
+    return parseForm(head.meta[FORM_META], head.size) ?? (await this.chunkHeader(sha));
+  }
+
+  /**
+   * Sets the records of m's data chunks that `isLocal` says are not held
+   * here to what the repository's objects hold, so that a sender that will
+   * fetch them announces the lengths it will send. Returns how many changed.
+   */
+  async alignRecords(m: Manifest, isLocal: (sha: string) => boolean, concurrency = 16): Promise<number> {
+    const forms = new Map<string, ChunkForm>();
+    await inParallel(dataChunks(m).filter((c) => !isLocal(c.sha)), concurrency, async (c) => {
+      const f = await this.objectForm(c.sha);
+      if (f !== null) forms.set(c.sha, f);
+    });
+    const before = Buffer.from(m.table);
+    m.table = withStoredForms(m, forms).table;
+    let changed = 0;
+    for (let i = 0; i < tableLength(m.table); i++) if (!before.subarray(i * MANIFEST.RECORD_SIZE, (i + 1) * MANIFEST.RECORD_SIZE).equals(m.table.subarray(i * MANIFEST.RECORD_SIZE, (i + 1) * MANIFEST.RECORD_SIZE))) changed++;
+    return changed;
+  }
+
   /** Uploads a chunk's stored form, with metadata that tells a HEAD its form. */
   putChunk(sha: string, stored: Buffer, meta?: Record<string, string>): Promise<void> {
     return this.bucket.put(chunkKey(sha), stored, 'application/octet-stream', meta);
@@ -221,6 +250,22 @@ export class Repository {
   close(): void {
     this.bucket.close();
   }
+}
+
+/** The user metadata a chunk object carries: its codec and payload length, so a HEAD tells what it holds. */
+export const FORM_META = 'cc-form';
+
+/** A chunk's stored form, as a manifest records it. */
+export interface ChunkForm {
+  compression: number;
+  payloadLength: number;
+}
+
+/** A form from an object's metadata, if it is there and agrees with the object's size. */
+export function parseForm(meta: string | undefined, size: number): ChunkForm | null {
+  const f = /^([0-2]):([0-9]{1,9})$/.exec(meta ?? '');
+  if (f === null || CHUNK.HEADER_SIZE + Number(f[2]) !== size) return null;
+  return { compression: Number(f[1]), payloadLength: Number(f[2]) };
 }
 
 /** A copy of a manifest whose DATA records say what the repository's objects hold (their codec and stored length). */
