@@ -25,7 +25,7 @@ export const imagePull: Command = {
     const repo = await openRepository(ctx);
     try {
       const progress = repoProgress(ctx, `pull ${ctx.positionals[0]}`);
-      const report = await pull(repo, store, ref, { onProgress: progress.update, bind: { address: repositoryAddress(repo.bucket.target), endpoint: repo.bucket.target.endpoint } });
+      const report = await pull(repo, store, ref, { onProgress: progress.update, bind: { address: repositoryAddress(repo.bucket.target), endpoint: repo.bucket.target.endpoint, id: repo.id } });
       progress.end();
       ctx.out(() => {
         const what = `${report.name}@${report.version}`;

@@ -12,6 +12,7 @@ import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { chunkKey, LAYOUT, parseChunkKey, parseImageKey, parseLeaseKey, TOMBSTONE_ID } from './layout.js';
 import { takeLease } from './leases.js';
 import { dataChunks, inParallel, type Repository } from './repository.js';
+import { Bucket } from './s3.js';
 
 /** Chunks younger than this are never swept unless told. */
 export const DEFAULT_GC_GRACE_MS = 60 * 60_000;
@@ -62,6 +63,7 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
     const referenced = new Set<string>();
     const claims: { key: string; version: number; name: string; old: boolean }[] = [];
     const published = new Map<string, number>();
+    const numbers = new Set<string>();
     let versions = 0;
     for await (const obj of repo.bucket.list(LAYOUT.IMAGES)) {
       const k = parseImageKey(obj.key);
@@ -80,11 +82,12 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
       }
       for (const c of dataChunks(m)) referenced.add(c.sha);
       published.set(k.name, Math.max(published.get(k.name) ?? 0, k.version));
+      numbers.add(`${k.name}@${k.version}`);
       versions++;
     }
     // A claim whose writer died without publishing is removed once a later version exists (its number stays
     // taken by that one); claims of published versions and tombstones are kept: they keep numbers from reuse.
-    const staleClaims = claims.filter((c) => c.old && c.version < (published.get(c.name) ?? 0)).map((c) => c.key);
+    const staleClaims = claims.filter((c) => c.old && !numbers.has(`${c.name}@${c.version}`) && c.version < (published.get(c.name) ?? 0)).map((c) => c.key);
     const deadLeases: string[] = [];
     for await (const obj of repo.bucket.list(LAYOUT.LEASES)) {
       if (obj.key !== lease.key && now - obj.lastModified.getTime() > 10 * LAYOUT.LEASE_TTL_MS) deadLeases.push(obj.key);
@@ -102,20 +105,27 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
     if (o.dryRun === true) return { ...report, removed: doomed.length, removedBytes: doomed.reduce((a, d) => a + d.size, 0) };
     let done = 0;
     let checkedAt = performance.now();
+    // Deletes get one attempt and a short timeout: one retried for minutes could land after this gc's
+    // lease lapsed and a writer has found the chunk (the lease is counted lapsed 30 s before rivals see it dead).
+    const deleter = new Bucket(repo.bucket.target, { attempts: 1, requestTimeoutMs: 10_000, concurrency: 8 });
     const stop = (why: string) => new ClonecastError(ERR.BUSY, `gc stopped deleting: ${why}; ${report.removed} unused chunks removed so far, every version is whole; run gc again`);
-    await inParallel(doomed, 8, async (d) => {
-      if (!lease.intact) throw stop(`it lost touch with ${repo.where} (a writer may have started meanwhile)`);
-      if (performance.now() - checkedAt > 5_000) {
-        // A writer that did not see this gc's lease (its own had lapsed) must not lose chunks: look again.
-        checkedAt = performance.now();
-        const writers = await liveWriters(repo, lease.key);
-        if (writers > 0) throw stop(`${writers} writer(s) started`);
-      }
-      await repo.bucket.delete(chunkKey(d.sha));
-      report.removed++;
-      report.removedBytes += d.size;
-      o.onProgress?.(++done, doomed.length);
-    });
+    try {
+      await inParallel(doomed, 8, async (d) => {
+        if (!lease.intact) throw stop(`it lost touch with ${repo.where} (a writer may have started meanwhile)`);
+        if (performance.now() - checkedAt > 5_000) {
+          // A writer that did not see this gc's lease (its own had lapsed) must not lose chunks: look again.
+          checkedAt = performance.now();
+          const writers = await liveWriters(repo, lease.key);
+          if (writers > 0) throw stop(`${writers} writer(s) started`);
+        }
+        await deleter.delete(chunkKey(d.sha));
+        report.removed++;
+        report.removedBytes += d.size;
+        o.onProgress?.(++done, doomed.length);
+      });
+    } finally {
+      deleter.close();
+    }
     for (const key of [...staleClaims, ...deadLeases]) await repo.bucket.delete(key);
     return report;
   } finally {

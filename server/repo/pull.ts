@@ -34,7 +34,7 @@ export interface PullOptions {
   /** Stop early (an edge shutting down); what is stored stays. */
   stopped?: () => boolean;
   /** Make the store this repository's cache (store.json) once every chunk is fetched, just before publishing. */
-  bind?: { address: string; endpoint?: string };
+  bind?: { address: string; endpoint?: string; id?: string };
 }
 
 /** Pulls NAME[@V] from the repository into the store. */
@@ -49,9 +49,9 @@ export async function pull(repo: Repository, store: Store, ref: ImageRef, o: Pul
       await checkSameVersion(store, m);
       report.alreadyCached = true;
     }
-    if (o.bind !== undefined) store.checkBindable(o.bind.address);
+    if (o.bind !== undefined) store.checkBindable(o.bind.address, o.bind.id);
     const filled = await fillCache(repo, store, m, o);
-    if (o.bind !== undefined) store.bindRepository(o.bind.address, o.bind.endpoint);
+    if (o.bind !== undefined) store.bindRepository(o.bind.address, o.bind.endpoint, o.bind.id);
     await publishLocked(store, m);
     return { ...report, chunks: filled.total, fetched: filled.moved, fetchedBytes: filled.movedBytes };
   } finally {

@@ -13,7 +13,7 @@ import { tableLength, type Manifest } from '../../protocol/manifest.js';
 import type { Store } from '../store/store.js';
 import { claimVersion, takeLease } from './leases.js';
 import { chunkKey, manifestKey } from './layout.js';
-import { dataChunks, inParallel, sameDisk, storedBytes, withStoredForms, type NeededChunk, type Repository } from './repository.js';
+import { dataChunks, FORM_META, inParallel, parseForm, sameDisk, storedBytes, type ChunkForm, withStoredForms, type NeededChunk, type Repository } from './repository.js';
 
 /** Progress of a push or a pull. */
 export interface RepoProgress {
@@ -65,15 +65,6 @@ export async function push(repo: Repository, store: Store, name: string, localVe
   }
 }
 
-/** The user metadata a chunk object carries: its codec and payload length, so a HEAD tells what it holds. */
-const FORM_META = 'cc-form';
-
-/** A chunk's stored form, as the manifest records it. */
-interface Form {
-  compression: number;
-  payloadLength: number;
-}
-
 /** Pushes a manifest whose chunks are all in the local store (a capture at an edge publishes through this). */
 export async function pushManifest(repo: Repository, store: Store, local: Manifest, o: PushOptions = {}): Promise<PushReport> {
   const name = local.meta.name;
@@ -88,7 +79,7 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
     });
   let lease = await takeWriter();
   try {
-    const forms = new Map<string, Form>();
+    const forms = new Map<string, ChunkForm>();
     const progress: RepoProgress = { done: 0, total: needed.length, moved: 0, movedBytes: 0, bytes: 0, totalBytes: storedBytes(needed) };
     const upload = async (c: NeededChunk) => {
       const stored = await store.readChunk(c.sha);
@@ -101,7 +92,7 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
     // Every chunk is in the bucket, and forms says what each object holds.
     const sync = async (c: NeededChunk) => {
       const head = await repo.bucket.head(chunkKey(c.sha));
-      let form: Form | null = null;
+      let form: ChunkForm | null = null;
       if (head !== null) {
         form = parseForm(head.meta[FORM_META], head.size) ?? (await repo.chunkHeader(c.sha));
         if (form !== null && o.repair === true) {
@@ -139,6 +130,13 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
       m.meta = { ...m.meta, version: claim.version, parent, newBytes: progress.movedBytes };
       if (!lease.intact) continue; // the number stays a gap; the chunks are checked again first
       await repo.putManifest(m);
+      if (!lease.intact) {
+        // The manifest PUT (with the client's retries) outlived the lease: a gc may have removed a chunk the
+        // push found in the bucket. A fresh lease waits out any gc; then every chunk is put back if it went.
+        await lease.release();
+        lease = await takeWriter();
+        await inParallel(needed, concurrency, sync);
+      }
       await reconcileForms(repo, m, forms, concurrency);
       return { ...report, version: claim.version, uploaded: progress.moved, uploadedBytes: progress.movedBytes };
     }
@@ -152,8 +150,8 @@ export async function pushManifest(repo: Repository, store: Store, local: Manife
  * leave the last one's object: after publishing, the writer looks at the
  * objects it uploaded and rewrites its own manifest if one of them changed.
  */
-async function reconcileForms(repo: Repository, m: Manifest, forms: Map<string, Form>, concurrency: number): Promise<void> {
-  const changed = new Map<string, Form>();
+async function reconcileForms(repo: Repository, m: Manifest, forms: Map<string, ChunkForm>, concurrency: number): Promise<void> {
+  const changed = new Map<string, ChunkForm>();
   await inParallel([...forms.keys()], concurrency, async (sha) => {
     const head = await repo.bucket.head(chunkKey(sha));
     const now = head === null ? null : (parseForm(head.meta[FORM_META], head.size) ?? (await repo.chunkHeader(sha)));
@@ -164,13 +162,6 @@ async function reconcileForms(repo: Repository, m: Manifest, forms: Map<string, 
   const fixed = withStoredForms(m, changed);
   fixed.meta = m.meta;
   await repo.putManifest(fixed);
-}
-
-/** A form from an object's metadata, if it is there and agrees with the object's size. */
-function parseForm(meta: string | undefined, size: number): Form | null {
-  const f = /^([0-2]):([0-9]{1,9})$/.exec(meta ?? '');
-  if (f === null || CHUNK.HEADER_SIZE + Number(f[2]) !== size) return null;
-  return { compression: Number(f[1]), payloadLength: Number(f[2]) };
 }
 
 /** The repository's latest version of name if its chunk table and disk equal local's (pushing again would only add a copy). */

@@ -15,7 +15,7 @@ import { CHUNK, decodeChunk, decodeChunkHeader } from '../../protocol/chunk.js';
 import { sha256 } from '../../protocol/hash.js';
 import { chunkAt, ChunkKind, decodeManifest, encodeManifest, MANIFEST, setChunk, tableLength, type Manifest } from '../../protocol/manifest.js';
 import { checkName, type ImageRef } from '../store/store.js';
-import { chunkKey, claimPrefix, LAYOUT, manifestKey, parseImageKey, REPOSITORY_FORMAT, TOMBSTONE_ID } from './layout.js';
+import { chunkKey, claimPrefix, LAYOUT, manifestKey, newId, parseImageKey, REPOSITORY_FORMAT, TOMBSTONE_ID } from './layout.js';
 import { MAX_VERSION } from './leases.js';
 import { Bucket, describeTarget, type RepositoryTarget } from './s3.js';
 
@@ -75,6 +75,9 @@ export async function inParallel<T>(items: readonly T[], limit: number, fn: (ite
 export class Repository {
   readonly where: string;
 
+  /** The repository's identity, made when it was created: a bucket wiped and made again, or another server's bucket of the same name, has another. */
+  id: string | undefined;
+
   private constructor(readonly bucket: Bucket) {
     this.where = describeTarget(bucket.target);
   }
@@ -90,11 +93,14 @@ export class Repository {
       const marker = await repo.bucket.get(LAYOUT.MARKER, 4096);
       if (marker === null) {
         if (o.create !== true) throw new ClonecastError(ERR.NOT_FOUND, `there is no clonecast repository at ${repo.where} (no ${LAYOUT.MARKER}); check the address, or push an image there first (clonecast image push)`);
-        await repo.bucket.put(LAYOUT.MARKER, Buffer.from(JSON.stringify({ format: REPOSITORY_FORMAT }) + '\n'), 'application/json');
+        repo.id = newId();
+        await repo.bucket.put(LAYOUT.MARKER, Buffer.from(JSON.stringify({ format: REPOSITORY_FORMAT, id: repo.id }) + '\n'), 'application/json');
       } else {
         let format = 0;
         try {
-          format = Number((JSON.parse(marker.toString('utf8')) as { format?: unknown }).format);
+          const parsed = JSON.parse(marker.toString('utf8')) as { format?: unknown; id?: unknown };
+          format = Number(parsed.format);
+          if (typeof parsed.id === 'string' && /^[0-9a-f]{16}$/.test(parsed.id)) repo.id = parsed.id;
         } catch {
           format = Number.NaN;
         }
@@ -192,6 +198,35 @@ export class Repository {
     return decodeChunkHeader(head, `chunk ${sha} in ${this.where}`);
   }
 
+  /**
+   * What a chunk object holds (codec and payload length): from its metadata
+   * when that agrees with its size, else from its 24-byte header; null if
+   * the bucket lacks it.
+   */
+  async objectForm(sha: string): Promise<ChunkForm | null> {
+    const head = await this.bucket.head(chunkKey(sha));
+    if (head === null) return null;
+    return parseForm(head.meta[FORM_META], head.size) ?? (await this.chunkHeader(sha));
+  }
+
+  /**
+   * Sets the records of m's data chunks that `isLocal` says are not held
+   * here to what the repository's objects hold, so that a sender that will
+   * fetch them announces the lengths it will send. Returns how many changed.
+   */
+  async alignRecords(m: Manifest, isLocal: (sha: string) => boolean, concurrency = 16): Promise<number> {
+    const forms = new Map<string, ChunkForm>();
+    await inParallel(dataChunks(m).filter((c) => !isLocal(c.sha)), concurrency, async (c) => {
+      const f = await this.objectForm(c.sha);
+      if (f !== null) forms.set(c.sha, f);
+    });
+    const before = Buffer.from(m.table);
+    m.table = withStoredForms(m, forms).table;
+    let changed = 0;
+    for (let i = 0; i < tableLength(m.table); i++) if (!before.subarray(i * MANIFEST.RECORD_SIZE, (i + 1) * MANIFEST.RECORD_SIZE).equals(m.table.subarray(i * MANIFEST.RECORD_SIZE, (i + 1) * MANIFEST.RECORD_SIZE))) changed++;
+    return changed;
+  }
+
   /** Uploads a chunk's stored form, with metadata that tells a HEAD its form. */
   putChunk(sha: string, stored: Buffer, meta?: Record<string, string>): Promise<void> {
     return this.bucket.put(chunkKey(sha), stored, 'application/octet-stream', meta);
@@ -215,6 +250,22 @@ export class Repository {
   close(): void {
     this.bucket.close();
   }
+}
+
+/** The user metadata a chunk object carries: its codec and payload length, so a HEAD tells what it holds. */
+export const FORM_META = 'cc-form';
+
+/** A chunk's stored form, as a manifest records it. */
+export interface ChunkForm {
+  compression: number;
+  payloadLength: number;
+}
+
+/** A form from an object's metadata, if it is there and agrees with the object's size. */
+export function parseForm(meta: string | undefined, size: number): ChunkForm | null {
+  const f = /^([0-2]):([0-9]{1,9})$/.exec(meta ?? '');
+  if (f === null || CHUNK.HEADER_SIZE + Number(f[2]) !== size) return null;
+  return { compression: Number(f[1]), payloadLength: Number(f[2]) };
 }
 
 /** A copy of a manifest whose DATA records say what the repository's objects hold (their codec and stored length). */

@@ -117,7 +117,7 @@ export class Bucket {
   private readonly client: S3Client;
   private readonly where: string;
 
-  constructor(readonly target: RepositoryTarget, options: { concurrency?: number; attempts?: number } = {}) {
+  constructor(readonly target: RepositoryTarget, options: { concurrency?: number; attempts?: number; requestTimeoutMs?: number } = {}) {
     const sockets = options.concurrency ?? DEFAULT_S3_CONCURRENCY;
     this.where = describeTarget(target);
     this.client = new S3Client({
@@ -131,7 +131,7 @@ export class Bucket {
       responseChecksumValidation: 'WHEN_REQUIRED',
       requestHandler: new NodeHttpHandler({
         connectionTimeout: 5_000,
-        requestTimeout: 60_000,
+        requestTimeout: options.requestTimeoutMs ?? 60_000,
         httpAgent: new HttpAgent({ keepAlive: true, maxSockets: sockets }),
         httpsAgent: new HttpsAgent({ keepAlive: true, maxSockets: sockets, ...(target.caBundle !== undefined ? { ca: readCaBundle(target.caBundle) } : {}) }),
       }),
@@ -253,13 +253,20 @@ function credentialChain() {
   const env = fromEnv();
   const ini = fromIni({ profile: process.env.AWS_PROFILE });
   return async () => {
+    let c;
     try {
-      return await env();
+      c = await env();
     } catch {
-      return ini();
+      c = await ini();
     }
+    // Whatever their source, the secrets in use are cut out of any error text.
+    for (const s of [c.secretAccessKey, c.sessionToken]) if (typeof s === 'string' && s.length >= 4) SECRETS.add(s);
+    return c;
   };
 }
+
+/** The secrets the credential chain handed out, for redact(). */
+const SECRETS = new Set<string>();
 
 function isNotFound(err: unknown): boolean {
   const e = err as { name?: string; $metadata?: { httpStatusCode?: number } };
@@ -269,8 +276,7 @@ function isNotFound(err: unknown): boolean {
 
 /** Removes anything that looks like a signature or a key from an error text. */
 function redact(text: string): string {
-  const secret = process.env.AWS_SECRET_ACCESS_KEY;
   let out = text.replace(/(Signature|Credential|X-Amz-Security-Token)=[^&\s,]+/gi, '$1=…');
-  if (secret !== undefined && secret.length >= 4) out = out.split(secret).join('…');
+  for (const secret of [process.env.AWS_SECRET_ACCESS_KEY, ...SECRETS]) if (secret !== undefined && secret.length >= 4) out = out.split(secret).join('…');
   return out.slice(0, 300);
 }

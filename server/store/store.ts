@@ -68,16 +68,27 @@ export class Store {
     return this.marker().endpoint;
   }
 
-  private marker(): { repository?: string; endpoint?: string } {
-    const m = JSON.parse(readFileSync(join(this.root, 'store.json'), 'utf8')) as { repository?: unknown; endpoint?: unknown };
-    return { repository: typeof m.repository === 'string' ? m.repository : undefined, endpoint: typeof m.endpoint === 'string' ? m.endpoint : undefined };
+  private marker(): { repository?: string; endpoint?: string; repositoryId?: string } {
+    const m = JSON.parse(readFileSync(join(this.root, 'store.json'), 'utf8')) as Record<string, unknown>;
+    const str = (v: unknown) => (typeof v === 'string' ? v : undefined);
+    return { repository: str(m.repository), endpoint: str(m.endpoint), repositoryId: str(m.repositoryId) };
   }
 
-  /** Throws unless this store is, or may become, the cache of the repository at address. */
-  checkBindable(address: string): void {
-    const bound = this.repository();
-    if (bound === address) return;
-    if (bound !== undefined) throw new ClonecastError(ERR.EXISTS, `${this.root} is the cache of ${bound}, not ${address}; use another --data folder for this repository`);
+  /**
+   * Throws unless this store is, or may become, the cache of the repository
+   * at address with identity id (a repository made again under the same
+   * address numbers its versions afresh: the cached NAME@N would be another disk).
+   */
+  checkBindable(address: string, id?: string): void {
+    const bound = this.marker();
+    if (bound.repository === address) {
+      if (id !== undefined && bound.repositoryId !== undefined && id !== bound.repositoryId) {
+        throw new ClonecastError(ERR.EXISTS, `the repository at ${address} is not the one ${this.root} caches (it was made again, or it is another server's bucket of the same name): its versions could be other disks under the same numbers; give this repository an empty --data folder`);
+      }
+      return;
+    }
+    const other = bound.repository;
+    if (other !== undefined) throw new ClonecastError(ERR.EXISTS, `${this.root} is the cache of ${other}, not ${address}; use another --data folder for this repository`);
     const own = this.images();
     if (own.length > 0) {
       throw new ClonecastError(ERR.EXISTS, `${this.root} holds images of its own (${own.slice(0, 5).join(', ')}${own.length > 5 ? ', ...' : ''}), so it cannot become the cache of ${address}: push them with "clonecast image push", and give the edge an empty --data folder`);
@@ -90,12 +101,13 @@ export class Store {
    * to the repository, never here alone. Refused for a store that already
    * holds images of its own, or caches another repository.
    */
-  bindRepository(address: string, endpoint?: string): void {
-    this.checkBindable(address);
+  bindRepository(address: string, endpoint?: string, id?: string): void {
+    this.checkBindable(address, id);
     const path = join(this.root, 'store.json');
     const current = JSON.parse(readFileSync(path, 'utf8')) as Record<string, unknown>;
-    if (current.repository === address && current.endpoint === endpoint) return;
-    this.writeAtomic(path, Buffer.from(JSON.stringify({ ...current, repository: address, ...(endpoint !== undefined ? { endpoint } : {}) }) + '\n'));
+    const next = { ...current, repository: address, ...(endpoint !== undefined ? { endpoint } : {}), ...(id !== undefined ? { repositoryId: id } : {}) };
+    if (JSON.stringify(next) === JSON.stringify(current)) return;
+    this.writeAtomic(path, Buffer.from(JSON.stringify(next) + '\n'));
   }
 
   /** Path of a stored chunk by its SHA-256. */

@@ -5,7 +5,7 @@
  * objects in the bucket, and credentials never printed.
  */
 import { afterAll, beforeAll, describe, expect } from 'vitest';
-import { readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { createServer } from 'node:http';
@@ -304,6 +304,38 @@ describe('image repository on a real S3 server', () => {
       expect(r.code, `${url} ${ep}`).toBe(2);
       expect(r.stderr).not.toContain('pass');
     }
+  }, 60_000);
+
+  itNeeds(['s3'], 'a repository made again under the same address is not taken for the one an edge caches', async () => {
+    const t = target();
+    const central = await storeWith('again');
+    const edge = Store.open(join(dir, 'again-edge'));
+    let repo = await Repository.open(t, { create: true });
+    try {
+      await push(repo, central, 'pc', 1);
+      const address = `s3://${t.bucket}/${t.prefix.slice(0, -1)}`;
+      await pull(repo, edge, { name: 'pc' }, { bind: { address, endpoint: t.endpoint, id: repo.id } });
+      expect(repo.id).toMatch(/^[0-9a-f]{16}$/);
+      // The prefix is wiped and filled again: its numbers start afresh.
+      for await (const o of repo.bucket.list('')) await repo.bucket.delete(o.key);
+      repo.close();
+      repo = await Repository.open(t, { create: true });
+      await push(repo, await storeWith('again2', [1]), 'pc', 2);
+      await expect(pull(repo, edge, { name: 'pc' }, { bind: { address, endpoint: t.endpoint, id: repo.id } })).rejects.toMatchObject({ code: ERR.EXISTS });
+      expect(edge.versions('pc')).toEqual([1]);
+    } finally {
+      repo.close();
+    }
+  }, 120_000);
+
+  itNeeds(['s3'], 'a secret from ~/.aws/credentials is never printed either', async () => {
+    const home = join(dir, 'home');
+    mkdirSync(join(home, '.aws'), { recursive: true });
+    writeFileSync(join(home, '.aws', 'credentials'), `[default]\naws_access_key_id = ${swift!.accessKey}\naws_secret_access_key = file-secret-5678\n`, { mode: 0o600 });
+    const r = await cli(['repository', 'list', '--repository', `s3://${BUCKET}/x`, '--endpoint', swift!.endpoint], { HOME: home, AWS_ACCESS_KEY_ID: '', AWS_SECRET_ACCESS_KEY: '' });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/refused.*check the access key/);
+    expect(r.stdout + r.stderr).not.toContain('file-secret-5678');
   }, 60_000);
 
   itNeeds(['s3'], 'a writer whose claim lands late (a slow or retried request) never takes a number another version was published under', async () => {
