@@ -130,7 +130,17 @@ export class EdgeStore extends Store {
   private async refreshNow(): Promise<void> {
     const started = performance.now();
     try {
-      this.repo ??= await (this.o.open ?? ((t) => Repository.open(t)))(this.target);
+      if (this.repo === undefined) {
+        const repo = await (this.o.open ?? ((t) => Repository.open(t)))(this.target);
+        try {
+          // The cache records the repository's id: a repository made again at the same address is not taken for it.
+          if (repo.id !== undefined) this.local.bindRepository(repositoryAddress(this.target), this.target.endpoint, repo.id);
+        } catch (err) {
+          repo.close();
+          throw err;
+        }
+        this.repo = repo;
+      }
       this.catalogue = await this.repo.catalogue();
       this.status.refreshedAt = new Date().toISOString();
       this.up(started);
