@@ -41,6 +41,23 @@ export interface Live {
   stalled?: (ms: number) => boolean;
 }
 
+/**
+ * A log call that says the same text at most once a minute: a sender whose
+ * chunk cannot be read (an edge's repository away, a damaged object) asks
+ * for it again and again, and the log should say so once, not every second.
+ */
+export function throttled<T>(log: (text: string) => void, text: (arg: T) => string, everyMs = 60_000): (arg: T) => void {
+  const said = new Map<string, number>();
+  return (arg) => {
+    const t = text(arg);
+    const now = performance.now();
+    if (now - (said.get(t) ?? -Infinity) < everyMs) return;
+    if (said.size > 256) said.clear();
+    said.set(t, now);
+    log(t);
+  };
+}
+
 /** Stops the session's sender and lets go of its store lock. */
 export function closeLive(live: Live): void {
   live.sender.stop();
@@ -54,7 +71,7 @@ export async function openLive(store: Store, s: SessionRecord, senderAddress: st
   try {
     const m = manifest ?? (await store.readManifest(s.image, s.version));
     await currentRecords(store, m); // receivers count fragments from the stored lengths it announces
-    store.warm(m); // an edge fetches the chunks it lacks while the sender streams (or refuses at once if it cannot)
+    await store.warm(m); // an edge fetches the chunks it lacks while the sender streams (or refuses at once if it cannot)
     const manifestBytes = encodeManifest(m);
     if (!/^[0-9a-f]{64}$/.test(s.secret ?? '')) s.secret = randomBytes(32).toString('hex'); // saved before secrets existed
     sender = new Sender({

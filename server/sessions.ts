@@ -22,7 +22,7 @@ import type { MachineRecord } from './registry.js';
 import { chooseDisk } from './targets.js';
 import { allEnded, describeRule, firstTaker, namedBy, normaliseRule, ruleMet, takes, wanted, type StartRule } from './session-rules.js';
 import { StartClock } from './session-clock.js';
-import { admit, AFTER, assignment, closeLive, lostMachines, namingFor, openLive, pollLive, type Live } from './session-live.js';
+import { admit, AFTER, assignment, closeLive, lostMachines, namingFor, openLive, pollLive, throttled, type Live } from './session-live.js';
 import { startExpected } from './result-digest.js';
 import { countsOf, eta, groupFor, holder, judgeResult, newReceiverId, newRecord, parseImage, SESSION_DEFAULTS, type SessionMachine, type SessionManagerOptions, type SessionRecord, type SessionRequest } from './session-types.js';
 
@@ -277,7 +277,7 @@ export class SessionManager extends EventEmitter {
   private async open(s: SessionRecord, manifest?: Manifest): Promise<void> {
     const live = await openLive(this.o.store, s, this.o.senderAddress!, manifest, (sender) => {
       // Listening before the sender starts: a socket error while it binds is logged, never uncaught.
-      sender.on('error', (err: Error) => this.o.log?.('warn', `session ${s.id}: sender: ${err.message}`)).on('version', (m: string) => this.o.log?.('warn', `session ${s.id}: ${m}`));
+      sender.on('error', throttled((m: string) => this.o.log?.('warn', m), (err: Error) => `session ${s.id}: sender: ${err.message}`)).on('version', (m: string) => this.o.log?.('warn', `session ${s.id}: ${m}`));
       sender.on('drop', (d: DropEvent) => this.dropped(s, d));
     }, (m) => this.o.log?.('warn', `session ${s.id}: ${m}`));
     this.live.set(s.id, live);

@@ -20,57 +20,12 @@ import { decodeManifest, type Manifest } from '../../protocol/manifest.js';
 import { Store, type ImageRef } from '../store/store.js';
 import { pushManifest } from './push.js';
 import { fetchInto, fillCache, publishCached } from './pull.js';
+import { currentRecords } from '../store/recompress.js';
 import { dataChunks, Repository, type NeededChunk } from './repository.js';
 import { describeTarget, repositoryAddress, type RepositoryTarget } from './s3.js';
 
-/** Defaults of an edge store's timers. */
-export const EDGE_DEFAULTS = Object.freeze({
-  /** How often the catalogue is listed again, ms. */
-  refreshMs: 60_000,
-  /** First wait before a failed fetch is tried again, ms (doubles up to retryMaxMs). */
-  retryMs: 1_000,
-  retryMaxMs: 10_000,
-  /** How long a read waits for an unreachable repository before it fails, ms. */
-  patienceMs: 15 * 60_000,
-  /** Chunks a background fill fetches at once. */
-  fillConcurrency: 4,
-});
-
-/** Options of an edge store; undefined means the default. */
-export interface EdgeOptions {
-  refreshMs?: number;
-  retryMs?: number;
-  retryMaxMs?: number;
-  patienceMs?: number;
-  fillConcurrency?: number;
-  log?: (level: 'info' | 'warn', message: string) => void;
-  /** Opens the repository (tests); default Repository.open. */
-  open?: (target: RepositoryTarget) => Promise<Repository>;
-}
-
-/** Where one version's chunks are at an edge. */
-export interface CacheState {
-  state: 'cached' | 'partial' | 'remote';
-  /** Distinct data chunks of the version, and how many of them are here. */
-  chunks: number;
-  cachedChunks: number;
-  /** A background fill of it is running. */
-  filling: boolean;
-  /** Why its last fill stopped, if it failed. */
-  error?: string;
-}
-
-/** The repository as the edge sees it (no credential ever appears here). */
-export interface RepositoryStatus {
-  address: string;
-  /** null until the first request answered or failed. */
-  reachable: boolean | null;
-  /** When reachable last changed (ISO time). */
-  since: string;
-  lastError: string | null;
-  /** When the catalogue was last listed. */
-  refreshedAt: string | null;
-}
+import { EDGE_DEFAULTS, MANIFEST_MEMORY, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
+export { EDGE_DEFAULTS, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
 
 /** A local store that caches a repository. */
 export class EdgeStore extends Store {
@@ -80,7 +35,10 @@ export class EdgeStore extends Store {
   fetched = 0;
   private repo: Repository | undefined;
   private catalogue = new Map<string, number[]>();
+  /** Remote manifests lately read (at most MANIFEST_MEMORY, the oldest forgotten first), and every remote version's creation time. */
   private readonly manifests = new Map<string, Manifest>();
+  private readonly created = new Map<string, string>();
+  private readonly states = new Map<string, { at: number; state: CacheState }>();
   private readonly lengths = new Map<string, number>();
   private readonly fetching = new Map<string, Promise<number>>();
   private readonly fills = new Map<string, { running: boolean; error?: string }>();
@@ -151,7 +109,7 @@ export class EdgeStore extends Store {
     // Remote manifests are read ahead (small), so that NAME@DATE and the images page never wait on the network.
     for (const [name, versions] of this.catalogue) {
       for (const v of versions) {
-        if (this.closed || this.manifests.has(`${name}@${v}`) || existsSync(this.manifestPath(name, v))) continue;
+        if (this.closed || this.created.has(`${name}@${v}`) || existsSync(this.manifestPath(name, v))) continue;
         try {
           await this.readManifest(name, v);
         } catch {
@@ -228,7 +186,7 @@ export class EdgeStore extends Store {
   private createdAt(name: string, v: number): string | undefined {
     const path = this.manifestPath(name, v);
     if (existsSync(path)) return decodeManifest(readFileSync(path), `manifest of ${name}@${v}`).meta.createdAt;
-    return this.manifests.get(`${name}@${v}`)?.meta.createdAt;
+    return this.created.get(`${name}@${v}`);
   }
 
   /** A version's manifest: the cached one, else the repository's (checked, then kept). */
@@ -249,10 +207,14 @@ export class EdgeStore extends Store {
           this.down(err, started);
           throw this.unreachable(key);
         }
-        this.manifests.set(key, kept);
+        this.created.set(key, kept.meta.createdAt);
       }
+      this.manifests.delete(key);
+      this.manifests.set(key, kept);
+      if (this.manifests.size > MANIFEST_MEMORY) this.manifests.delete(this.manifests.keys().next().value!);
       m = kept;
     }
+    if (this.lengths.size > 1 << 22) this.lengths.clear(); // refilled by the manifests in use
     for (const c of dataChunks(m)) this.lengths.set(c.sha, c.rawLength);
     // Callers may align the table's records with the chunk files (currentRecords): they get their own copy.
     return { meta: { ...m.meta }, table: Buffer.from(m.table) };
@@ -291,6 +253,7 @@ export class EdgeStore extends Store {
     try {
       const n = await fetchInto(this.repo, this.local, c);
       this.fetched++;
+      this.states.clear(); // counts changed
       this.up(started);
       return n;
     } catch (err) {
@@ -330,11 +293,36 @@ export class EdgeStore extends Store {
   }
 
   /**
-   * Fills the rest of a version a session sends, in table order, in the
-   * background, then publishes it locally. Throws at once if the version is
-   * not wholly cached and the repository is unreachable.
+   * Gets a version a session sends ready: the records of chunks not held
+   * here are set to what the repository's objects hold (the sender will
+   * send those, and receivers size fragments by the records), then the rest
+   * is filled in table order in the background and published locally.
+   * Throws at once if the version is not wholly cached and the repository is
+   * unreachable.
    */
-  override warm(m: Manifest): void {
+  override async warm(m: Manifest): Promise<void> {
+    const key = `${m.meta.name}@${m.meta.version}`;
+    if (existsSync(this.manifestPath(m.meta.name, m.meta.version))) return;
+    const isLocal = (sha: string) => this.local.chunkHead(Buffer.from(sha, 'hex')) !== null;
+    // A version being filled already (another session, a Pull) may start while the repository is away: its reads wait.
+    const filling = this.fills.get(key)?.running === true;
+    if (!dataChunks(m).every((c) => isLocal(c.sha))) {
+      if (!filling && (this.repo === undefined || this.status.reachable !== true)) throw this.unreachable(key);
+      const started = performance.now();
+      try {
+        await this.repo?.alignRecords(m, isLocal);
+      } catch (err) {
+        if (!(err instanceof ClonecastError) || err.code !== ERR.UNREACHABLE) throw err;
+        this.down(err, started);
+        if (!filling) throw this.unreachable(key);
+      }
+      await currentRecords(this.local, m); // chunks another fill stored meanwhile: as their files say
+    }
+    this.startFill(m);
+  }
+
+  /** Starts the background fill of m (once at a time per version). */
+  private startFill(m: Manifest): void {
     const { name, version } = m.meta;
     if (existsSync(this.manifestPath(name, version))) return;
     const key = `${name}@${version}`;
@@ -373,6 +361,7 @@ export class EdgeStore extends Store {
           await sleep(2_000);
         }
       }
+      this.states.clear();
       this.o.log?.('info', `cached ${m.meta.name}@${m.meta.version} (${p.moved} of ${p.total} chunks fetched from the repository)`);
     } finally {
       reader.release();
@@ -381,12 +370,23 @@ export class EdgeStore extends Store {
 
   /** Starts caching name@version in the background (the dashboard's Pull); returns its state. */
   async prefetch(name: string, version: number): Promise<CacheState> {
-    this.warm(await this.readManifest(name, version));
+    this.startFill(await this.readManifest(name, version));
+    this.states.delete(`${name}@${version}`);
     return this.cacheState(name, version);
   }
 
   /** Where a version's chunks are: all here (cached), some (partial) or none (remote). */
   async cacheState(name: string, version: number): Promise<CacheState> {
+    // Counting a version's chunk files costs a stat each: the dashboard's every snapshot reuses a count for a few seconds.
+    const memo = this.states.get(`${name}@${version}`);
+    if (memo !== undefined && performance.now() - memo.at < 5_000) return { ...memo.state, filling: this.fills.get(`${name}@${version}`)?.running === true };
+    const state = await this.countCache(name, version);
+    this.states.set(`${name}@${version}`, { at: performance.now(), state });
+    if (this.states.size > 4 * MANIFEST_MEMORY) this.states.delete(this.states.keys().next().value!);
+    return state;
+  }
+
+  private async countCache(name: string, version: number): Promise<CacheState> {
     const fill = this.fills.get(`${name}@${version}`);
     const extra = { filling: fill?.running === true, ...(fill?.error !== undefined ? { error: fill.error } : {}) };
     const m = await this.readManifest(name, version);

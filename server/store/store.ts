@@ -245,7 +245,7 @@ export class Store {
   }
 
   /** Starts filling the rest of a version a session sends (an edge's cache); a no-op here. */
-  warm(_m: Manifest): void {}
+  async warm(_m: Manifest): Promise<void> {}
 
   /**
    * Publishes a repository's version under the repository's number (a cache

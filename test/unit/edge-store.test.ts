@@ -11,7 +11,8 @@ import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { cpSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { decodeChunk } from '../../protocol/chunk.js';
+import { Compression, decodeChunk, writeChunkHeader } from '../../protocol/chunk.js';
+import { xxh64 } from '../../protocol/hash.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
 import { sha256 } from '../../protocol/hash.js';
 import { chunkAt, ChunkKind, tableLength, type Manifest } from '../../protocol/manifest.js';
@@ -24,7 +25,7 @@ import { parseRepository, type RepositoryTarget } from '../../server/repo/s3.js'
 import { importImage } from '../../server/store/import.js';
 import { verifyStore } from '../../server/store/maintenance.js';
 import { Store } from '../../server/store/store.js';
-import { itNeeds, missing, seeded, tempDir, until } from '../helpers.js';
+import { itNeeds, missing, seeded, tempDir, texty, until } from '../helpers.js';
 import { startSwift } from '../swift-lab.mjs';
 
 const C = 64 << 10;
@@ -115,7 +116,7 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     expect(await e.cacheState('pc', 1)).toMatchObject({ state: 'partial', chunks: distinct, cachedChunks: distinct });
     expect(e.local.versions('pc')).toEqual([]);
 
-    e.warm(m);
+    await e.warm(m);
     await until(async () => (await e.cacheState('pc', 1)).state === 'cached', 60_000, 'the version to be published in the cache');
     expect(e.fetched).toBe(distinct); // the fill found them all here
     expect(e.local.versions('pc')).toEqual([1]);
@@ -146,7 +147,7 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     // The other chunks still come.
     expect(decodeChunk(await e.readChunk(other.sha), 'other').raw.length).toBe(other.rawLength);
 
-    e.warm(em);
+    await e.warm(em);
     await until(async () => (await e.cacheState('pc', 1)).error !== undefined, 60_000, 'the fill to stop at the damaged chunk');
     const state = await e.cacheState('pc', 1);
     expect(state).toMatchObject({ state: 'partial', filling: false });
@@ -166,12 +167,12 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     repo.close();
     const e = await edgeOn(t, 'edge3', { fillConcurrency: 1 });
     const m1 = await e.readManifest('pc', 1);
-    e.warm(m1);
+    await e.warm(m1);
     await until(async () => (await e.cacheState('pc', 1)).state === 'cached', 60_000, 'version 1 to be cached');
 
     const m2 = await e.readManifest('pc', 2);
     const before = e.fetched;
-    e.warm(m2);
+    await e.warm(m2);
     await until(() => e.fetched >= before + 3, 60_000, 'the fill of version 2 to begin', 5);
     await swift!.killProxy();
     const cut = await e.cacheState('pc', 2);
@@ -193,7 +194,7 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     let refused: unknown;
     try {
       const e2 = await edgeOn(t, 'edge3b');
-      e2.warm(m2);
+      await e2.warm(m2);
     } catch (x) {
       refused = x;
     }
@@ -203,13 +204,13 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     const e3 = edges[edges.length - 1];
     expect(e3.versions('pc')).toEqual([]); // a new edge that never reached the repository knows nothing remote
     // The edge that cached version 1 names it.
-    e.warm(m2); // its fill is running: no second one
+    await e.warm(m2); // its fill is running: no second one
     const otherEdge = await edgeOn(t, 'edge3c');
     cpSync(join(dir, 'edge3', 'images'), join(dir, 'edge3c', 'images'), { recursive: true });
     cpSync(join(dir, 'edge3', 'chunks'), join(dir, 'edge3c', 'chunks'), { recursive: true });
-    const msg = (() => {
+    const msg = await (async () => {
       try {
-        otherEdge.warm(m2);
+        await otherEdge.warm(m2);
         return '';
       } catch (x) {
         return (x as Error).message;
@@ -277,5 +278,35 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     await until(async () => (await e.cacheState('pc', 1)).state === 'cached', 60_000, 'the pulled version to be cached');
     // A store with images of its own does not become an edge.
     await expect(EdgeStore.openEdge(join(dir, 'c5'), t)).rejects.toThrow(/holds images of its own/);
+  }, 120_000);
+  itNeeds(['s3'], 'a session announces for chunks it will fetch the lengths the repository\'s objects hold, even where the manifest records another codec', async () => {
+    const t = target();
+    const src = Store.open(join(dir, 'c6'));
+    writeFileSync(join(dir, 'c6.raw'), texty(2 << 20, 6)); // compressible: stored compressed
+    await importImage(src, join(dir, 'c6.raw'), 'pc', { chunkSize: C, workers: 2, raw: true });
+    const repo = await Repository.open(t, { create: true });
+    await push(repo, src, 'pc', 1);
+    // Another writer's upload replaced some objects with another codec (raw) after the manifest was written.
+    const m0 = await repo.readManifest('pc', 1);
+    const changed = dataChunks(m0).slice(0, 5);
+    for (const c of changed) {
+      const { raw } = decodeChunk((await repo.bucket.get(chunkKey(c.sha), 1 << 24))!, 'chunk');
+      const form = Buffer.alloc(24 + raw.length);
+      writeChunkHeader(form, { compression: Compression.RAW, rawLength: raw.length, payloadLength: raw.length, xxh64: xxh64(raw) });
+      raw.copy(form, 24);
+      await repo.putChunk(c.sha, form, { 'cc-form': `0:${raw.length}` });
+    }
+    repo.close();
+    const e = await edgeOn(t, 'edge6');
+    const m = await e.readManifest('pc', 1);
+    expect(chunkAt(m.table, 0).storedLength).not.toBe(C); // the manifest still says compressed
+    await e.warm(m);
+    for (let i = 0; i < tableLength(m.table); i++) {
+      const r = chunkAt(m.table, i);
+      if (r.kind !== ChunkKind.DATA) continue;
+      const sent = await e.readChunk(r.sha256);
+      expect(sent.length - 24, `chunk ${i}`).toBe(r.storedLength);
+    }
+    expect(changed.every((c) => dataChunks(m).find((d) => d.sha === c.sha)!.storedLength === C)).toBe(true);
   }, 120_000);
 });
