@@ -27,6 +27,9 @@ import { describeTarget, repositoryAddress, type RepositoryTarget } from './s3.j
 import { EDGE_DEFAULTS, MANIFEST_MEMORY, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
 export { EDGE_DEFAULTS, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
 
+/** Versions the dashboard's Pull may cache at once (a session's own fill is never refused). */
+const MAX_PULLS = 3;
+
 /** A local store that caches a repository. */
 export class EdgeStore extends Store {
   /** The same folder as a plain store: what the cache holds, without the repository's versions. */
@@ -370,6 +373,9 @@ export class EdgeStore extends Store {
 
   /** Starts caching name@version in the background (the dashboard's Pull); returns its state. */
   async prefetch(name: string, version: number): Promise<CacheState> {
+    // Each fill holds connections and a reader's lock (no local gc meanwhile): Pulls queue behind a few.
+    const running = [...this.fills.entries()].filter(([k, f]) => f.running && k !== `${name}@${version}`).length;
+    if (running >= MAX_PULLS) throw new ClonecastError(ERR.BUSY, `${running} versions are being cached already; pull ${name}@${version} when one of them is done`);
     this.startFill(await this.readManifest(name, version));
     this.states.delete(`${name}@${version}`);
     return this.cacheState(name, version);

@@ -309,4 +309,21 @@ describe('edge store: a read-through cache of a repository on a real S3 server',
     }
     expect(changed.every((c) => dataChunks(m).find((d) => d.sha === c.sha)!.storedLength === C)).toBe(true);
   }, 120_000);
+  itNeeds(['s3'], 'a flood of Pull requests caches at most three versions at once; the rest are refused with when to ask again', async () => {
+    const t = target();
+    const src = await central('c7', [1, 2, 3, 4].map((seed) => ({ seed: 70 + seed, size: 16 << 20 })));
+    const repo = await Repository.open(t, { create: true });
+    for (const v of [1, 2, 3, 4]) await push(repo, src, 'pc', v);
+    repo.close();
+    const e = await edgeOn(t, 'edge7', { fillConcurrency: 1 });
+    for (const v of [1, 2, 3]) await e.prefetch('pc', v);
+    // The repository goes away: the three fills wait for it, so they are surely still running.
+    await swift!.killProxy();
+    await until(() => e.repositoryStatus().reachable === false, 60_000, 'the fills to find the repository gone');
+    await expect(e.prefetch('pc', 4)).rejects.toMatchObject({ code: ERR.BUSY, message: expect.stringMatching(/3 versions are being cached already/) });
+    await e.prefetch('pc', 1); // the same version again is no new fill
+    await swift!.startProxy();
+    await until(async () => (await e.cacheState('pc', 1)).state === 'cached', 120_000, 'the first pull to finish');
+    await e.prefetch('pc', 4);
+  }, 240_000);
 });
