@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { cpSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CreateBucketCommand, PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
 import { Compression, decodeChunk, writeChunkHeader } from '../../protocol/chunk.js';
 import { xxh64 } from '../../protocol/hash.js';
 import { ClonecastError, ERR } from '../../protocol/errors.js';
@@ -77,12 +77,9 @@ async function readAll(e: EdgeStore, m: Manifest): Promise<number> {
 beforeAll(async () => {
   if (missing(['s3']).length > 0) return;
   dir = tempDir('edge');
-  swift = await startSwift({ dir: join(dir, 'swift') });
+  swift = await startSwift({ dir: join(dir, 'swift'), bucket: BUCKET });
   env = { AWS_ACCESS_KEY_ID: swift.accessKey, AWS_SECRET_ACCESS_KEY: swift.secretKey, AWS_REGION: swift.region };
   Object.assign(process.env, env);
-  const s3 = new S3Client({ endpoint: swift.endpoint, region: swift.region, forcePathStyle: true, credentials: { accessKeyId: swift.accessKey, secretAccessKey: swift.secretKey } });
-  await s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
-  s3.destroy();
 }, 120_000);
 
 afterAll(async () => {

@@ -7,7 +7,6 @@
 import { afterAll, beforeAll, describe, expect } from 'vitest';
 import { mkdirSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Compression } from '../../protocol/chunk.js';
@@ -59,12 +58,9 @@ async function storeWith(tag: string, ...changes: number[][]): Promise<Store> {
 beforeAll(async () => {
   if (missing(['s3']).length > 0) return;
   dir = tempDir('repo');
-  swift = await startSwift({ dir: join(dir, 'swift') });
+  swift = await startSwift({ dir: join(dir, 'swift'), bucket: BUCKET });
   env = { AWS_ACCESS_KEY_ID: swift.accessKey, AWS_SECRET_ACCESS_KEY: swift.secretKey, AWS_REGION: swift.region };
   Object.assign(process.env, env);
-  const s3 = new S3Client({ endpoint: swift.endpoint, region: swift.region, forcePathStyle: true, credentials: { accessKeyId: swift.accessKey, secretAccessKey: swift.secretKey } });
-  await s3.send(new CreateBucketCommand({ Bucket: BUCKET }));
-  s3.destroy();
 }, 120_000);
 
 afterAll(async () => {
