@@ -187,7 +187,9 @@ describe('dashboard console in a real browser', () => {
       expect(loads).toBe(1);
 
       // Saving groups that a waiting session names asks first, naming the session and the image; Cancel changes nothing
-      // (saving groups used to make an idle machine join at once and overwrite its disk).
+      // (saving groups used to make an idle machine join at once and overwrite its disk). Only a connected machine
+      // would join: on a busy machine its agent may still be reconnecting after the restart.
+      await until(async () => (await fleet.online()) === 2, 120_000, 'both agents to reconnect after the restart');
       const waiting = await fleet.api('POST', '/api/sessions', { image: 'classroom', rule: { group: 'room202' } });
       await page.click(`#machines tr[data-machine="${macs[0]}"] button[data-open]`);
       await page.waitForSelector('#panel[open] #label-form');
