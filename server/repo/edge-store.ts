@@ -24,7 +24,7 @@ import { currentRecords } from '../store/recompress.js';
 import { dataChunks, Repository, type NeededChunk } from './repository.js';
 import { describeTarget, repositoryAddress, type RepositoryTarget } from './s3.js';
 
-import { EDGE_DEFAULTS, MANIFEST_MEMORY, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
+import { EDGE_DEFAULTS, MANIFEST_MEMORY, MANIFEST_MEMORY_BYTES, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
 export { EDGE_DEFAULTS, type CacheState, type EdgeOptions, type RepositoryStatus } from './edge-types.js';
 
 /** Versions the dashboard's Pull may cache at once (a session's own fill is never refused). */
@@ -38,7 +38,7 @@ export class EdgeStore extends Store {
   fetched = 0;
   private repo: Repository | undefined;
   private catalogue = new Map<string, number[]>();
-  /** Remote manifests lately read (at most MANIFEST_MEMORY, the oldest forgotten first), and every remote version's creation time. */
+  /** Remote manifests lately read (up to MANIFEST_MEMORY_BYTES of tables, the oldest forgotten first), and every remote version's creation time. */
   private readonly manifests = new Map<string, Manifest>();
   private readonly created = new Map<string, string>();
   private readonly states = new Map<string, { at: number; state: CacheState }>();
@@ -214,7 +214,14 @@ export class EdgeStore extends Store {
       }
       this.manifests.delete(key);
       this.manifests.set(key, kept);
-      if (this.manifests.size > MANIFEST_MEMORY) this.manifests.delete(this.manifests.keys().next().value!);
+      let bytes = 0;
+      for (const k of this.manifests.values()) bytes += k.table.length;
+      // The most lately read stay, up to MANIFEST_MEMORY_BYTES of tables: the images page lists every version every few seconds.
+      for (const [k, old] of this.manifests) {
+        if (bytes <= MANIFEST_MEMORY_BYTES || this.manifests.size <= 1) break;
+        this.manifests.delete(k);
+        bytes -= old.table.length;
+      }
       m = kept;
     }
     if (this.lengths.size > 1 << 22) this.lengths.clear(); // refilled by the manifests in use

@@ -2,8 +2,11 @@
 import type { Repository } from './repository.js';
 import type { RepositoryTarget } from './s3.js';
 
-/** Remote manifests an edge keeps in memory (the most lately read). */
+/** Versions whose cache counts an edge keeps for a few seconds, per 4 (the dashboard asks for all of them every few seconds). */
 export const MANIFEST_MEMORY = 32;
+
+/** Bytes of remote manifests an edge keeps in memory: a few very large disks' tables, or many small ones. */
+export const MANIFEST_MEMORY_BYTES = 256 << 20;
 
 /** Defaults of an edge store's timers. */
 export const EDGE_DEFAULTS = Object.freeze({
