@@ -2,7 +2,7 @@
 import type { Repository } from './repository.js';
 import type { RepositoryTarget } from './s3.js';
 
-/** Versions whose cache counts an edge keeps for a few seconds, per 4 (the dashboard asks for all of them every few seconds). */
+/** An edge keeps the cache counts of 4 x this many versions for a few seconds (the dashboard asks for all of them every few seconds). */
 export const MANIFEST_MEMORY = 32;
 
 /** Bytes of remote manifests an edge keeps in memory: a few very large disks' tables, or many small ones. */
