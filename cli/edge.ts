@@ -5,19 +5,19 @@
  */
 import type { Context } from './command.js';
 import { logLine } from './command.js';
+import { boundRepository, endpointFor } from './repository-options.js';
 import type { Store } from '../server/store/store.js';
 import type { EdgeStore } from '../server/repo/edge-store.js';
 
 /** The store serve uses: the plain one, or (with a repository) an edge store on the same folder. */
 export async function serveStore(ctx: Context): Promise<{ store: Store; edge?: EdgeStore }> {
   const plain = ctx.store();
-  const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? plain.repository();
+  const bound = boundRepository(ctx);
+  const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? bound?.address;
   if (url === undefined) return { store: plain };
   const { cleartextWarning, parseRepository } = await import('../server/repo/s3.js');
   const { EdgeStore } = await import('../server/repo/edge-store.js');
-  // The store's own repository is reached where it was last reached, unless told otherwise (as the repository commands do).
-  const bound = plain.repository() === url && !process.env.AWS_ENDPOINT_URL_S3 && !process.env.AWS_ENDPOINT_URL ? plain.repositoryEndpoint() : undefined;
-  const target = parseRepository(url, ctx.str('endpoint') ?? bound, ctx.str('region'), ctx.str('ca-bundle'));
+  const target = parseRepository(url, endpointFor(ctx, url, bound), ctx.str('region'), ctx.str('ca-bundle'));
   const warning = cleartextWarning(target);
   if (warning !== null) logLine('warn', warning);
   const refresh = ctx.num('repository-refresh');

@@ -26,15 +26,25 @@ export async function openRepository(ctx: Context, create = false): Promise<Repo
   const bound = boundRepository(ctx);
   const url = ctx.str('repository') ?? process.env.CLONECAST_REPOSITORY ?? bound?.address;
   if (url === undefined) throw ctx.usage('which repository? give --repository s3://BUCKET/PREFIX (or set CLONECAST_REPOSITORY)');
-  // The store's own repository is reached where it was last reached, unless told otherwise.
-  const endpoint = ctx.str('endpoint') ?? (url === bound?.address && !process.env.AWS_ENDPOINT_URL_S3 && !process.env.AWS_ENDPOINT_URL ? bound.endpoint : undefined);
-  const target = parseRepository(url, endpoint, ctx.str('region'), ctx.str('ca-bundle'));
+  const target = parseRepository(url, endpointFor(ctx, url, bound), ctx.str('region'), ctx.str('ca-bundle'));
   const warning = cleartextWarning(target);
   if (warning !== null) process.stderr.write(`warning: ${warning}\n`);
   return Repository.open(target, { create });
 }
 
-function boundRepository(ctx: Context): { address: string; endpoint?: string } | undefined {
+/**
+ * The endpoint to use for url: --endpoint; else, for the store's own
+ * repository and with no AWS_ENDPOINT_URL(_S3) set, where it was last reached;
+ * else undefined (parseRepository then takes the environment's or AWS).
+ */
+export function endpointFor(ctx: Context, url: string, bound: { address: string; endpoint?: string } | undefined): string | undefined {
+  const given = ctx.str('endpoint');
+  if (given !== undefined) return given;
+  return url === bound?.address && !process.env.AWS_ENDPOINT_URL_S3 && !process.env.AWS_ENDPOINT_URL ? bound.endpoint : undefined;
+}
+
+/** The repository the store caches and where it was last reached, if it is an edge's. */
+export function boundRepository(ctx: Context): { address: string; endpoint?: string } | undefined {
   try {
     const store = ctx.store();
     const address = store.repository();

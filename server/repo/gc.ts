@@ -9,8 +9,8 @@
  * before publishing (below a published number) and dead leases go too.
  */
 import { ClonecastError, ERR } from '../../protocol/errors.js';
-import { chunkKey, LAYOUT, parseChunkKey, parseImageKey, parseLeaseKey, TOMBSTONE_ID } from './layout.js';
-import { takeLease } from './leases.js';
+import { chunkKey, LAYOUT, parseChunkKey, parseImageKey, TOMBSTONE_ID } from './layout.js';
+import { liveRivals, takeLease } from './leases.js';
 import { dataChunks, inParallel, type Repository } from './repository.js';
 import { Bucket } from './s3.js';
 
@@ -40,15 +40,6 @@ export interface RepoGcOptions {
   waitMs?: number;
   onWait?: (why: string) => void;
   onProgress?: (done: number, total: number) => void;
-}
-
-/** Writers' leases younger than the lease lifetime, by the store's clock (own's LastModified). */
-async function liveWriters(repo: Repository, own: string): Promise<number> {
-  const listed = [];
-  for await (const o of repo.bucket.list(LAYOUT.LEASES)) listed.push(o);
-  const now = listed.find((o) => o.key === own)?.lastModified.getTime();
-  if (now === undefined) return 1; // our own lease is not listed: the listing cannot be trusted, so stop
-  return listed.filter((o) => parseLeaseKey(o.key)?.kind === 'writer' && now - o.lastModified.getTime() <= LAYOUT.LEASE_TTL_MS).length;
 }
 
 /** Collects a repository's garbage. */
@@ -115,7 +106,9 @@ export async function collectRepository(repo: Repository, o: RepoGcOptions = {})
         if (performance.now() - checkedAt > 5_000) {
           // A writer that did not see this gc's lease (its own had lapsed) must not lose chunks: look again.
           checkedAt = performance.now();
-          const writers = await liveWriters(repo, lease.key);
+          const rivals = await liveRivals(repo.bucket, lease.key, LAYOUT.LEASE_TTL_MS);
+          if (rivals === null) throw stop('its own lease is not listed, so the listing cannot show writers either');
+          const writers = rivals.filter((r) => r.kind === 'writer').length;
           if (writers > 0) throw stop(`${writers} writer(s) started`);
         }
         await deleter.delete(chunkKey(d.sha));

@@ -140,7 +140,7 @@ export async function takeLease(bucket: Bucket, kind: 'writer' | 'sweeper', doin
  * Live leases other than `own`, by the store's clock (own's LastModified is
  * "now"); null if the listing does not show `own` (not yet consistent).
  */
-async function liveRivals(bucket: Bucket, own: string, ttlMs: number): Promise<Rival[] | null> {
+export async function liveRivals(bucket: Bucket, own: string, ttlMs: number): Promise<Rival[] | null> {
   const listed = [];
   for await (const o of bucket.list(LAYOUT.LEASES)) listed.push(o);
   const mine = listed.find((o) => o.key === own);

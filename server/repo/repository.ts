@@ -212,19 +212,15 @@ export class Repository {
   /**
    * Sets the records of m's data chunks that `isLocal` says are not held
    * here to what the repository's objects hold, so that a sender that will
-   * fetch them announces the lengths it will send. Returns how many changed.
+   * fetch them announces the lengths it will send.
    */
-  async alignRecords(m: Manifest, isLocal: (sha: string) => boolean, concurrency = 16): Promise<number> {
+  async alignRecords(m: Manifest, isLocal: (sha: string) => boolean, concurrency = 16): Promise<void> {
     const forms = new Map<string, ChunkForm>();
     await inParallel(dataChunks(m).filter((c) => !isLocal(c.sha)), concurrency, async (c) => {
       const f = await this.objectForm(c.sha);
       if (f !== null) forms.set(c.sha, f);
     });
-    const before = Buffer.from(m.table);
     m.table = withStoredForms(m, forms).table;
-    let changed = 0;
-    for (let i = 0; i < tableLength(m.table); i++) if (!before.subarray(i * MANIFEST.RECORD_SIZE, (i + 1) * MANIFEST.RECORD_SIZE).equals(m.table.subarray(i * MANIFEST.RECORD_SIZE, (i + 1) * MANIFEST.RECORD_SIZE))) changed++;
-    return changed;
   }
 
   /** Uploads a chunk's stored form, with metadata that tells a HEAD its form. */
